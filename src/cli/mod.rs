@@ -1,0 +1,286 @@
+//! Subcommands. Each one is a thin layer over the library: load the config, call
+//! `plan`/`kernel`, print for people or as JSON.
+
+mod lab;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use symroute::config;
+use symroute::kernel::{self, apply::Faults, apply::Step};
+use symroute::model::Model;
+use symroute::plan;
+
+const ABOUT: &str = "Symmetric policy routing for multi-homed Linux hosts.
+
+Every reply leaves by the path its connection came in on, and chosen classes of new
+traffic leave by a chosen gateway. You describe gateways and policies in one TOML file
+(default /etc/symroute/symroute.toml); symroute programs the kernel (one nftables table,
+`inet symroute`, plus tagged ip rules and routes) atomically, idempotently, and without
+touching anything it does not own.
+
+Typical use:
+  symroute check              validate the config (no root needed)
+  symroute plan --script      see exactly what apply would do
+  symroute apply              make it so (again: a no-op)
+  symroute status             gateways, policy counters, live connections
+  symroute remove             put the host back as it was
+  symroute lab two-isps       watch it fix seed 1 in a private network-namespace lab";
+
+#[derive(Parser, Debug)]
+#[command(name = "symroute", version, about = "Symmetric policy routing for multi-homed Linux hosts", long_about = ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ConfigArg {
+    /// Config file [default: /etc/symroute/symroute.toml]
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "SYMROUTE_CONFIG",
+        value_name = "FILE"
+    )]
+    config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    fn load(&self) -> anyhow::Result<Model> {
+        let path = self
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+        Ok(config::load(&path)?)
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct NetnsArg {
+    /// Act inside this network namespace (a name from `ip netns list`)
+    #[arg(long, value_name = "NAME")]
+    netns: Option<String>,
+}
+
+impl NetnsArg {
+    fn enter(&self) -> anyhow::Result<()> {
+        if let Some(ns) = &self.netns {
+            kernel::netns::enter(ns)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Validate the config file; errors print as FILE:LINE:COL and exit 2. Needs no root.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Show what `apply` would change on this host (nothing is changed).
+    Plan {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        netns: NetnsArg,
+        /// Print the plan and changes as JSON
+        #[arg(long)]
+        json: bool,
+        /// Print equivalent `sysctl`/`nft`/`ip` commands for review
+        #[arg(long, conflicts_with = "json")]
+        script: bool,
+    },
+    /// Make the kernel match the config. Idempotent; rolls back if any step fails.
+    Apply {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        netns: NetnsArg,
+        /// Test only: fail right after STEP, so the rollback runs
+        #[arg(long, value_name = "STEP", hide = true)]
+        inject_failure: Option<Step>,
+        /// Test only: die right after STEP without cleaning up, like `kill -9`
+        #[arg(long, value_name = "STEP", hide = true)]
+        abort_after: Option<Step>,
+    },
+    /// Delete everything symroute made and restore the sysctls it changed.
+    Remove {
+        #[command(flatten)]
+        netns: NetnsArg,
+    },
+    /// Gateways, policy counters and live connections per gateway.
+    Status {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        netns: NetnsArg,
+        /// Print as JSON (gateways[].name/.connections, policies[].name/.packets/.bytes)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Build a seed scenario in private network namespaces and show symroute fixing it.
+    ///
+    /// Shows the connection failing without symroute, applies, shows it working with the
+    /// conntrack view, then removes everything it made. Needs root, nft, conntrack and
+    /// (for proxy-relay) haproxy.
+    Lab {
+        #[arg(value_enum, default_value = "two-isps")]
+        scenario: lab::Scenario,
+    },
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
+    match cli.cmd {
+        Cmd::Check { config } => {
+            let m = config.load()?;
+            let selectors: usize = m.policies.iter().map(|p| p.selector.item_count()).sum();
+            writeln!(
+                out,
+                "ok: {} gateway(s), {} policy(ies), {} divert(s), {selectors} selector item(s); mark_mask {}, tables from {}, priorities from {}",
+                m.gateways.len(),
+                m.policies.len(),
+                m.diverts.len(),
+                m.settings.mark_mask,
+                m.settings.first_table,
+                m.settings.first_priority
+            )?;
+        }
+        Cmd::Plan {
+            config,
+            netns,
+            json,
+            script,
+        } => {
+            let m = config.load()?;
+            netns.enter()?;
+            let (_, plan, changes) = kernel::apply::prepare(&m)?;
+            if json {
+                serde_json::to_writer_pretty(
+                    &mut out,
+                    &serde_json::json!({ "plan": plan, "changes": changes }),
+                )?;
+                writeln!(out)?;
+            } else if script {
+                write!(out, "{}", changes.script())?;
+            } else {
+                print_gateways(&mut out, &plan)?;
+                print_changes(&mut out, &changes, "would")?;
+            }
+        }
+        Cmd::Apply {
+            config,
+            netns,
+            inject_failure,
+            abort_after,
+        } => {
+            let m = config.load()?;
+            netns.enter()?;
+            let report = kernel::apply::apply(
+                &m,
+                Faults {
+                    fail_after: inject_failure,
+                    abort_after,
+                },
+            )?;
+            print_gateways(&mut out, &report.plan)?;
+            print_changes(&mut out, &report.changes, "applied")?;
+        }
+        Cmd::Remove { netns } => {
+            netns.enter()?;
+            let changes = kernel::apply::remove()?;
+            if changes.is_empty() {
+                writeln!(out, "nothing to remove: symroute owns nothing here")?;
+            } else {
+                for l in changes.summary() {
+                    writeln!(out, "{l}")?;
+                }
+                writeln!(out, "removed")?;
+            }
+        }
+        Cmd::Status {
+            config,
+            netns,
+            json,
+        } => {
+            let m = config.load()?;
+            netns.enter()?;
+            let observed = kernel::observe::observe()?;
+            let plan = plan::build(&m, &observed.host);
+            let applied =
+                observed.nft_fingerprint.as_deref() == Some(plan.nft_fingerprint.as_str());
+            let st = kernel::status::status(&plan, observed.nft_fingerprint.is_some())?;
+            if json {
+                serde_json::to_writer_pretty(&mut out, &st)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "{}",
+                    match (observed.nft_fingerprint.is_some(), applied) {
+                        (false, _) => "not applied (no nftables table inet symroute)",
+                        (true, true) => "applied, matches the config",
+                        (true, false) =>
+                            "applied, but differs from the config: run `symroute plan`",
+                    }
+                )?;
+                writeln!(out, "gateways:")?;
+                for g in &st.gateways {
+                    writeln!(
+                        out,
+                        "  {:<16} {:<10} table {:<6} {:<40} {} connection(s)",
+                        g.name,
+                        g.interface,
+                        g.table,
+                        kernel::status::describe(&g.state),
+                        g.connections
+                    )?;
+                }
+                writeln!(out, "policies:")?;
+                for p in &st.policies {
+                    writeln!(
+                        out,
+                        "  {:<20} {} {:<12} mark {}  {} packet(s) {} byte(s) classified",
+                        p.name, p.kind, p.gateway, p.mark, p.packets, p.bytes
+                    )?;
+                }
+            }
+        }
+        Cmd::Lab { scenario } => {
+            drop(out);
+            lab::run(scenario).context("lab failed")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_gateways(out: &mut impl Write, plan: &plan::Plan) -> anyhow::Result<()> {
+    for g in &plan.gateways {
+        if let plan::GatewayState::Down(why) = &g.state {
+            writeln!(out, "gateway {} is down ({why}); its routes will be added when it comes up (apply again)", g.name)?;
+        }
+    }
+    Ok(())
+}
+
+fn print_changes(
+    out: &mut impl Write,
+    changes: &plan::diff::Changes,
+    verb: &str,
+) -> anyhow::Result<()> {
+    if changes.is_empty() {
+        writeln!(out, "no changes: the kernel already matches the config")?;
+        return Ok(());
+    }
+    for l in changes.summary() {
+        writeln!(out, "{l}")?;
+    }
+    writeln!(out, "{verb}: {} change(s)", changes.summary().len())?;
+    Ok(())
+}

@@ -1,0 +1,444 @@
+//! Reading `symroute.toml`: parse with spans (`raw`), then check meaning and build the
+//! typed `Model`. Every problem is reported as `FILE:LINE:COL: what, and what is expected`.
+
+pub mod diag;
+pub mod raw;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+use ipnet::IpNet;
+
+use diag::Locator;
+pub use diag::{ConfigError, Diagnostic};
+use raw::{RawConfig, RawMatch, Sp};
+
+use crate::model::{
+    Action, Divert, Gateway, GatewayIdx, IfName, MacAddr, MarkMask, Model, Name, PortRange,
+    Prefixes, Priority, Protocol, Selector, Settings, TableId,
+};
+
+/// Where symroute looks when neither `-c` nor `SYMROUTE_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/symroute/symroute.toml";
+
+/// Read and validate a config file.
+pub fn load(path: &Path) -> Result<Model, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_str(&text, &path.display().to_string())
+}
+
+/// Validate config text; `origin` names the file in messages.
+pub fn parse_str(text: &str, origin: &str) -> Result<Model, ConfigError> {
+    let mut loc = Locator::new(origin, text);
+    let raw: RawConfig = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let msg = e.message().trim().replace('\n', " ");
+            loc.error(span, explain_serde(&msg));
+            return Err(ConfigError::Invalid(loc.diags));
+        }
+    };
+    let model = validate(raw, &mut loc);
+    if loc.diags.is_empty() {
+        Ok(model)
+    } else {
+        Err(ConfigError::Invalid(loc.diags))
+    }
+}
+
+/// serde's wording names Rust types; say it in the config's terms instead.
+fn explain_serde(msg: &str) -> String {
+    let msg = msg
+        .replace(
+            "invalid type: integer",
+            "expected a string here, found an integer",
+        )
+        .replace("invalid type: string", "found a string")
+        .replace("expected i64", "expected a whole number");
+    if msg.starts_with("unknown field") {
+        format!("{msg} (see examples/ and the README for the keys symroute knows)")
+    } else {
+        msg
+    }
+}
+
+fn validate(raw: RawConfig, loc: &mut Locator) -> Model {
+    let settings = raw
+        .settings
+        .as_ref()
+        .map(|s| validate_settings(s, loc))
+        .unwrap_or_default();
+
+    let mut names = BTreeSet::new();
+    let mut gateways = Vec::new();
+    for g in &raw.gateway {
+        let g = g.get_ref();
+        let name = checked_name(&g.name, "gateway", &mut names, loc);
+        let interface = match IfName::new(g.interface.get_ref()) {
+            Ok(i) => Some(i),
+            Err(e) => {
+                loc.error(g.interface.span(), format!("gateway.interface: {e}"));
+                None
+            }
+        };
+        let via = g.via.as_ref().and_then(|v| {
+            parse_addr::<Ipv4Addr>(v, "gateway.via", "an IPv4 address like 203.0.113.1", loc)
+        });
+        let via6 = g.via6.as_ref().and_then(|v| {
+            parse_addr::<Ipv6Addr>(v, "gateway.via6", "an IPv6 address like 2001:db8:1::1", loc)
+        });
+        if let (Some(name), Some(interface)) = (name, interface) {
+            gateways.push(Gateway {
+                name,
+                interface,
+                via,
+                via6,
+            });
+        }
+    }
+    // Names refer by index: only resolve references if every gateway was valid.
+    let gateways_ok = gateways.len() == raw.gateway.len();
+
+    let mut policy_names = BTreeSet::new();
+    let mut policies = Vec::new();
+    for p in &raw.policy {
+        let span = p.span();
+        let p = p.get_ref();
+        let name = checked_name(&p.name, "policy", &mut policy_names, loc);
+        let resolve = |r: &Sp<String>, key: &str, loc: &mut Locator| -> Option<GatewayIdx> {
+            let found = gateways.iter().position(|g| g.name.as_str() == r.get_ref());
+            if found.is_none() && gateways_ok {
+                let known: Vec<&str> = gateways.iter().map(|g| g.name.as_str()).collect();
+                loc.error(
+                    r.span(),
+                    format!(
+                        "policy.{key}: no gateway named \"{}\" (defined gateways: {})",
+                        r.get_ref(),
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                );
+            }
+            found.map(GatewayIdx)
+        };
+        let action = match (&p.reply_via, &p.route_via) {
+            (Some(r), None) => resolve(r, "reply_via", loc).map(Action::ReplyVia),
+            (None, Some(r)) => resolve(r, "route_via", loc).map(Action::RouteVia),
+            (Some(_), Some(r)) => {
+                loc.error(
+                    r.span(),
+                    "a policy has exactly one of reply_via / route_via, this one has both",
+                );
+                None
+            }
+            (None, None) => {
+                loc.error(span.clone(), "a policy needs reply_via = \"GATEWAY\" (answer arriving connections) or route_via = \"GATEWAY\" (send new connections)");
+                None
+            }
+        };
+        let selector = match &p.matches {
+            Some(m) => validate_match(m.get_ref(), loc),
+            None => Selector::default(),
+        };
+        // An empty selector on reply_via would claim every arriving connection, the
+        // LAN's own included: almost surely a mistake, so refuse it.
+        if matches!(action, Some(Action::ReplyVia(_))) && selector == Selector::default() {
+            loc.error(
+                span.clone(),
+                "a reply_via policy needs a [policy.match] that says which arriving connections it answers (e.g. in_interface = \"eth2\" or source_mac = [...])",
+            );
+        }
+        if let (Some(name), Some(action)) = (name, action) {
+            policies.push(crate::model::Policy {
+                name,
+                action,
+                selector,
+            });
+        }
+    }
+
+    let mut divert_names = BTreeSet::new();
+    let mut diverts = Vec::new();
+    for d in &raw.divert {
+        let d = d.get_ref();
+        let name = checked_name(&d.name, "divert", &mut divert_names, loc);
+        let protocol = match &d.protocol {
+            Some(v) => list_of(v, "divert.protocol", "tcp or udp", loc, Protocol::parse),
+            None => vec![Protocol::Tcp, Protocol::Udp],
+        };
+        for p in &protocol {
+            if !matches!(p, Protocol::Tcp | Protocol::Udp) {
+                if let Some(v) = &d.protocol {
+                    loc.error(v.span(), format!("divert.protocol: transparent sockets exist only for tcp and udp, not {p}"));
+                }
+            }
+        }
+        if let Some(name) = name {
+            diverts.push(Divert { name, protocol });
+        }
+    }
+
+    let model = Model {
+        settings,
+        gateways,
+        policies,
+        diverts,
+    };
+    check_capacity(&model, &raw, loc);
+    model
+}
+
+fn validate_settings(s: &Sp<raw::RawSettings>, loc: &mut Locator) -> Settings {
+    let s = s.get_ref();
+    let mut out = Settings::default();
+    if let Some(m) = &s.mark_mask {
+        let bits = match m.get_ref() {
+            toml::Value::String(t) => parse_u32(t),
+            toml::Value::Integer(i) => u32::try_from(*i).ok(),
+            _ => None,
+        };
+        match bits.map(MarkMask::new) {
+            Some(Ok(mask)) => out.mark_mask = mask,
+            Some(Err(e)) => loc.error(m.span(), format!("settings.mark_mask: {e}")),
+            None => loc.error(
+                m.span(),
+                "settings.mark_mask: expected a 32-bit mask like \"0xff000000\"",
+            ),
+        }
+    }
+    if let Some(t) = &s.first_table {
+        match u32::try_from(*t.get_ref()).map_err(|_| "out of range".to_string()).and_then(TableId::new) {
+            Ok(id) if id.id() > u32::MAX - 512 => {
+                loc.error(t.span(), "settings.first_table: too close to 2^32 to allocate tables after it")
+            }
+            Ok(id) if (253..=255).any(|r| r > id.id() && r < id.id() + 258) => loc.error(
+                t.span(),
+                "settings.first_table: the range symroute allocates from here would cross the kernel's tables 253-255; pick a number above 255 (default 42000)",
+            ),
+            Ok(id) => out.first_table = id,
+            Err(e) => loc.error(t.span(), format!("settings.first_table: {e}")),
+        }
+    }
+    if let Some(p) = &s.first_priority {
+        match u32::try_from(*p.get_ref()).map_err(|_| "out of range".to_string()).and_then(Priority::new) {
+            Ok(pr) if pr.get() + 600 >= 32766 => loc.error(
+                p.span(),
+                "settings.first_priority: leave room for symroute's rules before main (32766); use at most 32000",
+            ),
+            Ok(pr) => out.first_priority = pr,
+            Err(e) => loc.error(p.span(), format!("settings.first_priority: {e}")),
+        }
+    }
+    out
+}
+
+fn parse_u32(t: &str) -> Option<u32> {
+    let t = t.trim();
+    match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => t.parse().ok(),
+    }
+}
+
+fn checked_name(
+    n: &Sp<String>,
+    what: &str,
+    seen: &mut BTreeSet<String>,
+    loc: &mut Locator,
+) -> Option<Name> {
+    match Name::new(n.get_ref()) {
+        Ok(name) => {
+            if !seen.insert(n.get_ref().clone()) {
+                loc.error(
+                    n.span(),
+                    format!(
+                        "{what}.name: \"{}\" is used by another {what}; names must be unique",
+                        n.get_ref()
+                    ),
+                );
+                return None;
+            }
+            Some(name)
+        }
+        Err(e) => {
+            loc.error(n.span(), format!("{what}.name: {e}"));
+            None
+        }
+    }
+}
+
+fn parse_addr<T: std::str::FromStr>(
+    v: &Sp<String>,
+    key: &str,
+    expected: &str,
+    loc: &mut Locator,
+) -> Option<T> {
+    match v.get_ref().parse::<T>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            loc.error(
+                v.span(),
+                format!("{key}: \"{}\" is not {expected}", v.get_ref()),
+            );
+            None
+        }
+    }
+}
+
+/// One value or a list of values, each converted by `parse`; errors name the key.
+fn list_of<T>(
+    v: &Sp<toml::Value>,
+    key: &str,
+    expected: &str,
+    loc: &mut Locator,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Vec<T> {
+    let items: Vec<&toml::Value> = match v.get_ref() {
+        toml::Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    if items.is_empty() {
+        loc.error(
+            v.span(),
+            format!("{key}: the list is empty; remove the key or list at least one {expected}"),
+        );
+    }
+    let mut out = Vec::new();
+    for item in items {
+        let text = match item {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            other => {
+                loc.error(
+                    v.span(),
+                    format!("{key}: expected {expected}, found {}", other.type_str()),
+                );
+                continue;
+            }
+        };
+        match parse(&text) {
+            Ok(x) => out.push(x),
+            Err(e) => loc.error(v.span(), format!("{key}: {e}")),
+        }
+    }
+    out
+}
+
+fn parse_prefix(s: &str) -> Result<IpNet, String> {
+    let net: IpNet = match s.parse::<IpNet>() {
+        Ok(n) => n,
+        Err(_) => match s.parse::<IpAddr>() {
+            Ok(a) => IpNet::from(a),
+            Err(_) => {
+                return Err(format!(
+                    "\"{s}\" is not an IPv4 or IPv6 address or prefix (expected e.g. 10.0.0.0/8 or 2001:db8::/32)"
+                ))
+            }
+        },
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "\"{s}\" has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn validate_match(m: &RawMatch, loc: &mut Locator) -> Selector {
+    let prefixes = |v: &Option<Sp<toml::Value>>, key: &str, loc: &mut Locator| match v {
+        Some(v) => Prefixes::from_nets(list_of(v, key, "prefix", loc, parse_prefix)),
+        None => Prefixes::default(),
+    };
+    let mut s = Selector {
+        in_interface: m
+            .in_interface
+            .as_ref()
+            .map(|v| list_of(v, "match.in_interface", "interface name", loc, IfName::new))
+            .unwrap_or_default(),
+        source_mac: m
+            .source_mac
+            .as_ref()
+            .map(|v| list_of(v, "match.source_mac", "MAC address", loc, MacAddr::parse))
+            .unwrap_or_default(),
+        source: prefixes(&m.source, "match.source", loc),
+        not_source: prefixes(&m.not_source, "match.not_source", loc),
+        destination: prefixes(&m.destination, "match.destination", loc),
+        not_destination: prefixes(&m.not_destination, "match.not_destination", loc),
+        protocol: m
+            .protocol
+            .as_ref()
+            .map(|v| list_of(v, "match.protocol", "protocol", loc, Protocol::parse))
+            .unwrap_or_default(),
+        source_port: m
+            .source_port
+            .as_ref()
+            .map(|v| list_of(v, "match.source_port", "port", loc, PortRange::parse))
+            .unwrap_or_default(),
+        destination_port: m
+            .destination_port
+            .as_ref()
+            .map(|v| list_of(v, "match.destination_port", "port", loc, PortRange::parse))
+            .unwrap_or_default(),
+    };
+    for (ports, raw, key) in [
+        (&s.source_port, &m.source_port, "source_port"),
+        (&s.destination_port, &m.destination_port, "destination_port"),
+    ] {
+        if ports.is_empty() {
+            continue;
+        }
+        let span = raw.as_ref().map(|r| r.span()).unwrap_or(0..0);
+        if s.protocol.is_empty() {
+            loc.error(span, format!("match.{key}: ports need a protocol; add protocol = \"tcp\" (or \"udp\", or [\"tcp\", \"udp\"])"));
+        } else if let Some(p) = s.protocol.iter().find(|p| !p.has_ports()) {
+            loc.error(span, format!("match.{key}: protocol {p} has no ports; list only tcp, udp, sctp, dccp or udplite with ports"));
+        }
+    }
+    // A family named only in a negative key can't contradict a positive key; but a
+    // positive key in one family and another positive key only in the other can never match.
+    let fam_ok = |f| {
+        [&s.source, &s.destination]
+            .iter()
+            .all(|p| p.is_empty() || p.has(f))
+    };
+    if !s.source.is_empty()
+        && !s.destination.is_empty()
+        && !fam_ok(crate::model::Family::Inet4)
+        && !fam_ok(crate::model::Family::Inet6)
+    {
+        let span = m.destination.as_ref().map(|r| r.span()).unwrap_or(0..0);
+        loc.error(span, "match.destination: source and destination share no address family, so nothing can match");
+    }
+    s.in_interface.dedup();
+    s
+}
+
+/// Every decision needs its own value inside the mask; refuse configs that cannot fit.
+fn check_capacity(model: &Model, raw: &RawConfig, loc: &mut Locator) {
+    let needed = crate::plan::alloc::values_needed(model);
+    let cap = model.settings.mark_mask.capacity() as usize;
+    if needed > cap {
+        let span = raw
+            .settings
+            .as_ref()
+            .and_then(|s| s.get_ref().mark_mask.as_ref().map(|m| m.span()))
+            .unwrap_or(0..0);
+        loc.error(
+            span,
+            format!(
+                "settings.mark_mask: {} gateways and diverts need {needed} mark values but mask {} holds only {cap}; widen the mask",
+                model.gateways.len(),
+                model.settings.mark_mask
+            ),
+        );
+    }
+}

@@ -1,0 +1,264 @@
+//! Executing `Changes`: sysctls (previous values recorded first), the nft table (one atomic
+//! transaction), then routes and rules (one `ip -batch` per family). `apply` converges from
+//! whatever it finds and, if a step fails, puts back what it found; `remove` deletes all
+//! that carries our tag and restores recorded sysctls, carrying on past errors.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{cmd, observe, state, KernelError};
+use crate::model::{Family, Model};
+use crate::plan::diff::{self, Changes, Observed, SysctlChange};
+use crate::plan::{self, nft, Plan, RouteSpec, RuleSpec};
+
+/// A step of `execute`, for test-only fault injection (`--inject-failure`, `--abort-after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Step {
+    Sysctls,
+    Nft,
+    Routes,
+    Rules,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Fail (and roll back) right after this step.
+    pub fail_after: Option<Step>,
+    /// Die without cleaning up right after this step, like `kill -9`.
+    pub abort_after: Option<Step>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApplyReport {
+    pub plan: Plan,
+    pub changes: Changes,
+}
+
+/// Observe, plan, diff; refuse on conflicts; apply the difference; roll back on failure.
+pub fn apply(model: &Model, faults: Faults) -> Result<ApplyReport, KernelError> {
+    let (observed, plan, changes) = prepare(model)?;
+    if changes.is_empty() {
+        return Ok(ApplyReport { plan, changes });
+    }
+    let saved_table = match (&changes.nft, &observed.nft_fingerprint) {
+        (Some(_), Some(_)) => Some(cmd::run(
+            "nft",
+            &["list", "table", "inet", nft::TABLE],
+            None,
+        )?),
+        _ => None,
+    };
+    let state_before = state::load()?;
+    if let Err(e) = execute(&changes, faults, false) {
+        let rollback = roll_back(&observed, saved_table.as_deref(), &state_before);
+        let msg = match rollback {
+            Ok(()) => format!("{e}\nrolled back: the host is as it was before this apply"),
+            Err(r) => format!(
+                "{e}\nrollback also failed, run `symroute apply` again or `symroute remove`: {r}"
+            ),
+        };
+        return Err(KernelError::Other(msg));
+    }
+    Ok(ApplyReport { plan, changes })
+}
+
+/// The read-only half of apply: what would change (`symroute plan`).
+pub fn prepare(model: &Model) -> Result<(Observed, Plan, Changes), KernelError> {
+    let observed = observe::observe()?;
+    let plan = plan::build(model, &observed.host);
+    let conflicts = diff::conflicts(&plan, &observed);
+    if !conflicts.is_empty() {
+        return Err(KernelError::Conflicts(conflicts));
+    }
+    let recorded = state::load()?.sysctls;
+    let changes = diff::diff(&plan, &observed, &recorded);
+    Ok((observed, plan, changes))
+}
+
+/// Delete everything symroute owns and restore recorded sysctls. Returns what it did;
+/// errors are collected, not fatal, so one stuck object doesn't strand the rest.
+pub fn remove() -> Result<Changes, KernelError> {
+    let observed = observe::observe()?;
+    let recorded = state::load()?.sysctls;
+    let changes = Changes {
+        nft: observed.nft_fingerprint.is_some().then(nft::delete_script),
+        rules_del: observed.rules.iter().cloned().collect(),
+        routes_del: observed.routes.iter().cloned().collect(),
+        sysctls_restore: restore_list(&recorded, &observed.host.sysctls),
+        ..Changes::default()
+    };
+    execute(&changes, Faults::default(), true)?;
+    state::save(&state::State::default())?;
+    Ok(changes)
+}
+
+fn restore_list(
+    recorded: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+) -> Vec<SysctlChange> {
+    recorded
+        .iter()
+        .filter_map(|(k, prev)| {
+            let cur = current.get(k)?;
+            (cur != prev).then(|| SysctlChange {
+                key: k.clone(),
+                from: cur.clone(),
+                to: prev.clone(),
+            })
+        })
+        .collect()
+}
+
+fn checkpoint(step: Step, faults: Faults) -> Result<(), KernelError> {
+    if faults.abort_after == Some(step) {
+        eprintln!("symroute: aborting after step {step:?} (--abort-after)");
+        std::process::abort();
+    }
+    if faults.fail_after == Some(step) {
+        return Err(KernelError::Other(format!(
+            "injected failure after step {step:?} (--inject-failure)"
+        )));
+    }
+    Ok(())
+}
+
+/// Run the changes in order. `best_effort` carries on past errors and reports them at the end.
+fn execute(c: &Changes, faults: Faults, best_effort: bool) -> Result<(), KernelError> {
+    let mut errors = Vec::new();
+    let mut step = |r: Result<(), KernelError>| -> Result<(), KernelError> {
+        match r {
+            Err(e) if best_effort => {
+                errors.push(e.to_string());
+                Ok(())
+            }
+            other => other,
+        }
+    };
+    step(write_sysctls(&c.sysctls, &c.sysctls_restore))?;
+    checkpoint(Step::Sysctls, faults)?;
+    if let Some(script) = &c.nft {
+        step(cmd::run("nft", &["-f", "-"], Some(script)).map(drop))?;
+    }
+    checkpoint(Step::Nft, faults)?;
+    for family in [Family::Inet4, Family::Inet6] {
+        let del: Vec<String> = c
+            .routes_del
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| format!("route del {}", r.ip_args()))
+            .collect();
+        let add: Vec<String> = c
+            .routes_add
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| format!("route add {}", r.ip_args()))
+            .collect();
+        step(ip_batch(family, &del, best_effort))?;
+        step(ip_batch(family, &add, best_effort))?;
+    }
+    checkpoint(Step::Routes, faults)?;
+    for family in [Family::Inet4, Family::Inet6] {
+        let del: Vec<String> = c
+            .rules_del
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| format!("rule del {}", r.ip_args()))
+            .collect();
+        let add: Vec<String> = c
+            .rules_add
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| format!("rule add {}", r.ip_args()))
+            .collect();
+        step(ip_batch(family, &del, best_effort))?;
+        step(ip_batch(family, &add, best_effort))?;
+    }
+    checkpoint(Step::Rules, faults)?;
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(KernelError::Other(errors.join("\n")))
+    }
+}
+
+fn ip_batch(family: Family, lines: &[String], force: bool) -> Result<(), KernelError> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec![family.ip_flag()];
+    if force {
+        args.push("-force");
+    }
+    args.extend(["-batch", "-"]);
+    cmd::run("ip", &args, Some(&(lines.join("\n") + "\n"))).map(drop)
+}
+
+/// Record previous values (once, before the first change) and write the new ones.
+fn write_sysctls(set: &[SysctlChange], restore: &[SysctlChange]) -> Result<(), KernelError> {
+    if set.is_empty() && restore.is_empty() {
+        return Ok(());
+    }
+    let mut st = state::load()?;
+    for c in set {
+        st.sysctls
+            .entry(c.key.clone())
+            .or_insert_with(|| c.from.clone());
+    }
+    state::save(&st)?;
+    for c in set.iter().chain(restore) {
+        let path = observe::sysctl_path(&c.key);
+        std::fs::write(&path, &c.to).map_err(|source| KernelError::Io {
+            what: format!("setting {} = {} ({path})", c.key, c.to),
+            source,
+        })?;
+    }
+    for c in restore {
+        st.sysctls.remove(&c.key);
+    }
+    state::save(&st)
+}
+
+/// Put back the rules, routes, table and sysctls that `before` saw.
+fn roll_back(
+    before: &Observed,
+    saved_table: Option<&str>,
+    state_before: &state::State,
+) -> Result<(), KernelError> {
+    let now = observe::observe()?;
+    let changes = Changes {
+        nft: Some(match saved_table {
+            Some(text) => nft::replace_script(text),
+            None => nft::delete_script(),
+        }),
+        rules_del: now
+            .rules
+            .difference(&before.rules)
+            .cloned()
+            .collect::<Vec<RuleSpec>>(),
+        rules_add: before.rules.difference(&now.rules).cloned().collect(),
+        routes_del: now
+            .routes
+            .difference(&before.routes)
+            .cloned()
+            .collect::<Vec<RouteSpec>>(),
+        routes_add: before.routes.difference(&now.routes).cloned().collect(),
+        sysctls: Vec::new(),
+        sysctls_restore: before
+            .host
+            .sysctls
+            .iter()
+            .filter_map(|(k, v)| {
+                let cur = now.host.sysctls.get(k)?;
+                (cur != v).then(|| SysctlChange {
+                    key: k.clone(),
+                    from: cur.clone(),
+                    to: v.clone(),
+                })
+            })
+            .collect(),
+    };
+    let r = execute(&changes, Faults::default(), true);
+    state::save(state_before)?;
+    r
+}

@@ -1,0 +1,147 @@
+//! What is live: per-policy counters from our nft table and connections per gateway from
+//! conntrack marks.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::{cmd, observe, KernelError};
+use crate::plan::{GatewayState, Plan};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub applied: bool,
+    pub gateways: Vec<GatewayStatus>,
+    pub policies: Vec<PolicyStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GatewayStatus {
+    pub name: String,
+    pub interface: String,
+    pub table: u32,
+    pub state: GatewayState,
+    /// Live conntrack entries whose mark carries one of this gateway's decisions.
+    pub connections: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PolicyStatus {
+    pub name: String,
+    pub kind: &'static str,
+    pub gateway: String,
+    pub mark: String,
+    /// Packets and bytes of the connections' first packets this policy classified.
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
+    let counters = if applied {
+        read_counters()?
+    } else {
+        BTreeMap::new()
+    };
+    let marks = conntrack_marks(plan.mark_mask.bits())?;
+    let gateways = plan
+        .gateways
+        .iter()
+        .map(|g| {
+            let connections = [g.reply_mark, g.route_mark]
+                .into_iter()
+                .flatten()
+                .map(|m| marks.get(&m.bits()).copied().unwrap_or(0))
+                .sum();
+            GatewayStatus {
+                name: g.name.clone(),
+                interface: g.interface.clone(),
+                table: g.table.id(),
+                state: g.state.clone(),
+                connections,
+            }
+        })
+        .collect();
+    let policies = plan
+        .policies
+        .iter()
+        .map(|p| {
+            let (packets, bytes) = counters.get(&p.counter).copied().unwrap_or((0, 0));
+            PolicyStatus {
+                name: p.name.clone(),
+                kind: p.kind,
+                gateway: p.gateway.clone(),
+                mark: p.mark.to_string(),
+                packets,
+                bytes,
+            }
+        })
+        .collect();
+    Ok(Status {
+        applied,
+        gateways,
+        policies,
+    })
+}
+
+/// Named counters of our table: name → (packets, bytes).
+fn read_counters() -> Result<BTreeMap<String, (u64, u64)>, KernelError> {
+    let rs = observe::nft_ruleset()?;
+    let mut out = BTreeMap::new();
+    for item in rs["nftables"].as_array().into_iter().flatten() {
+        let Some(c) = item.get("counter") else {
+            continue;
+        };
+        if c["family"] == "inet" && c["table"] == crate::plan::nft::TABLE {
+            if let Some(name) = c["name"].as_str() {
+                out.insert(
+                    name.to_string(),
+                    (
+                        c["packets"].as_u64().unwrap_or(0),
+                        c["bytes"].as_u64().unwrap_or(0),
+                    ),
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Count conntrack entries by `mark & mask`. Uses `conntrack -L`; a missing tool is an error
+/// that names the package.
+pub fn conntrack_marks(mask: u32) -> Result<BTreeMap<u32, u64>, KernelError> {
+    let text = match cmd::run("conntrack", &["-L"], None) {
+        Ok(t) => t,
+        // conntrack exits non-zero when the table module isn't loaded yet: nothing tracked.
+        Err(KernelError::Failed { stderr, .. }) if stderr.contains("0 flow entries") => {
+            String::new()
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(count_marks(&text, mask))
+}
+
+pub fn count_marks(text: &str, mask: u32) -> BTreeMap<u32, u64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let Some(m) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("mark="))
+        else {
+            continue;
+        };
+        if let Ok(v) = m.parse::<u32>() {
+            if v & mask != 0 {
+                *out.entry(v & mask).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Gateway states as reported by the plan, for people.
+pub fn describe(state: &GatewayState) -> String {
+    match state {
+        GatewayState::Up => "up".into(),
+        GatewayState::Down(why) => format!("down: {why}"),
+    }
+}

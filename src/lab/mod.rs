@@ -1,0 +1,10 @@
+//! Namespace lab: the seed topologies built from network namespaces, with real
+//! in-process TCP/UDP traffic. Used by `symroute lab` and the end-to-end tests.
+
+pub mod netns;
+pub mod topology;
+pub mod traffic;
+
+pub use netns::{in_netns, veth, veth_mac, Netns};
+pub use topology::{ProxyRelay, Services, TwoIsps};
+pub use traffic::{tcp_probe, udp_probe, TcpServer, UdpEcho};

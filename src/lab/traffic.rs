@@ -1,0 +1,169 @@
+//! Real TCP/UDP traffic between lab namespaces, in-process: sockets are created on a
+//! thread that joined the namespace (see [`in_netns`]) and keep it afterwards.
+//!
+//! Servers answer with the peer address they saw, so a probe proves both that the
+//! reply came back and which source address the server observed (NAT, proxies).
+
+use super::netns::{in_netns, Netns};
+use anyhow::{anyhow, Context};
+use std::io::{self, BufRead, BufReader, ErrorKind, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often server threads look at their stop flag.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A background server thread that stops (and closes its socket) when dropped.
+struct Worker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start(
+        name: String,
+        body: impl FnOnce(&AtomicBool) + Send + 'static,
+    ) -> anyhow::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || body(&flag))
+            .context("spawn server thread")?;
+        Ok(Worker {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// TCP server that writes `hello <peer-ip> <peer-port>\n` to each connection and closes.
+pub struct TcpServer {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    _worker: Worker,
+}
+
+impl TcpServer {
+    /// Binds `addr` inside `ns` (for IPv6 bind the exact address, since std cannot set
+    /// IPV6_V6ONLY and `[::]` would collide with a `0.0.0.0` listener on the same port).
+    pub fn start(ns: &Netns, addr: SocketAddr) -> anyhow::Result<TcpServer> {
+        let listener = in_netns(ns.name(), move || TcpListener::bind(addr))?
+            .with_context(|| format!("bind tcp {addr} in netns {}", ns.name()))?;
+        // Nonblocking accept + polling the stop flag: the thread never blocks forever.
+        listener.set_nonblocking(true).context("set_nonblocking")?;
+        let worker = Worker::start(format!("tcp-{addr}"), move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        let _ = greet(stream, peer);
+                    }
+                    Err(_) => std::thread::sleep(POLL),
+                }
+            }
+        })?;
+        Ok(TcpServer {
+            addr,
+            _worker: worker,
+        })
+    }
+}
+
+fn greet(mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(format!("hello {} {}\n", peer.ip(), peer.port()).as_bytes())
+}
+
+/// UDP server that answers each datagram with `echo <peer-ip> <peer-port>`.
+pub struct UdpEcho {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    _worker: Worker,
+}
+
+impl UdpEcho {
+    /// Binds `addr` inside `ns` and echoes until dropped.
+    pub fn start(ns: &Netns, addr: SocketAddr) -> anyhow::Result<UdpEcho> {
+        let sock = in_netns(ns.name(), move || UdpSocket::bind(addr))?
+            .with_context(|| format!("bind udp {addr} in netns {}", ns.name()))?;
+        sock.set_read_timeout(Some(POLL))
+            .context("set_read_timeout")?;
+        let worker = Worker::start(format!("udp-{addr}"), move |stop| {
+            let mut buf = [0u8; 1500];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = sock.recv_from(&mut buf) {
+                    let reply = format!("echo {} {}", peer.ip(), peer.port());
+                    let _ = sock.send_to(reply.as_bytes(), peer);
+                }
+            }
+        })?;
+        Ok(UdpEcho {
+            addr,
+            _worker: worker,
+        })
+    }
+}
+
+/// Connects from inside `ns` to `dst` and returns the server's greeting line, trimmed.
+/// A timeout, reset or a connection closed without a line is an error.
+pub fn tcp_probe(ns: &Netns, dst: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    let from = ns.name().to_string();
+    in_netns(ns.name(), move || -> anyhow::Result<String> {
+        let ctx =
+            |what: &str, e: io::Error| anyhow!("{what} {dst} from netns {from}: {}", describe(&e));
+        let stream = TcpStream::connect_timeout(&dst, timeout).map_err(|e| ctx("connect to", e))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .context("set_read_timeout")?;
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .map_err(|e| ctx("read from", e))?;
+        if line.is_empty() {
+            return Err(anyhow!(
+                "read from {dst} from netns {from}: closed without a greeting"
+            ));
+        }
+        Ok(line.trim().to_string())
+    })?
+}
+
+/// Sends `ping` from inside `ns` to `dst` and returns the answer.
+pub fn udp_probe(ns: &Netns, dst: SocketAddr, timeout: Duration) -> anyhow::Result<String> {
+    let from = ns.name().to_string();
+    in_netns(ns.name(), move || -> anyhow::Result<String> {
+        let ctx = |e: io::Error| anyhow!("udp to {dst} from netns {from}: {}", describe(&e));
+        let any: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+            .parse()
+            .context("parse wildcard address")?;
+        let sock = UdpSocket::bind(any).map_err(ctx)?;
+        sock.connect(dst).map_err(ctx)?;
+        sock.set_read_timeout(Some(timeout))
+            .context("set_read_timeout")?;
+        sock.send(b"ping").map_err(ctx)?;
+        let mut buf = [0u8; 1500];
+        let n = sock.recv(&mut buf).map_err(ctx)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).trim().to_string())
+    })?
+}
+
+/// Socket timeouts surface as EAGAIN on Linux; call them what they are.
+fn describe(e: &io::Error) -> String {
+    match e.kind() {
+        ErrorKind::WouldBlock | ErrorKind::TimedOut => "timed out".to_string(),
+        _ => e.to_string(),
+    }
+}

@@ -1,0 +1,399 @@
+//! Newtypes for the values symroute juggles. Each validates on construction, so a
+//! `Mark` outside its mask or a reserved `TableId` cannot exist past the config layer.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+/// The packet/conntrack mark bits symroute owns. Always non-zero and contiguous, so
+/// decision values can be numbered `1..=max` shifted into place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct MarkMask(u32);
+
+impl MarkMask {
+    pub fn new(bits: u32) -> Result<Self, String> {
+        if bits == 0 {
+            return Err("mark_mask must have at least one bit set".into());
+        }
+        let shifted = bits >> bits.trailing_zeros();
+        if shifted & (shifted + 1) != 0 {
+            return Err(format!(
+                "mark_mask {bits:#010x} is not one contiguous run of bits (e.g. 0xff000000)"
+            ));
+        }
+        Ok(Self(bits))
+    }
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+    /// How many distinct non-zero decision values fit in the mask.
+    pub fn capacity(self) -> u32 {
+        self.0 >> self.0.trailing_zeros()
+    }
+    /// The `n`-th decision value (1-based) inside the mask.
+    pub fn value(self, n: u32) -> Option<Mark> {
+        (n >= 1 && n <= self.capacity()).then(|| Mark(n << self.0.trailing_zeros()))
+    }
+}
+
+impl fmt::Display for MarkMask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#010x}", self.0)
+    }
+}
+
+/// A decision value: non-zero, and only ever made by `MarkMask::value`, so it fits its mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Mark(u32);
+
+impl Mark {
+    pub fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Mark {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#010x}", self.0)
+    }
+}
+
+/// A routing table id. 0 (unspec) and 253–255 (default, main, local) are the kernel's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct TableId(u32);
+
+impl TableId {
+    pub const MAIN: TableId = TableId(254);
+
+    pub fn new(id: u32) -> Result<Self, String> {
+        match id {
+            0 | 253..=255 => Err(format!(
+                "table {id} is reserved by the kernel (0 unspec, 253 default, 254 main, 255 local)"
+            )),
+            _ => Ok(Self(id)),
+        }
+    }
+    /// Tables as the kernel reports them, reserved ones included.
+    pub fn from_kernel(id: u32) -> Self {
+        Self(id)
+    }
+    pub fn id(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for TableId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            254 => f.write_str("main"),
+            255 => f.write_str("local"),
+            253 => f.write_str("default"),
+            n => write!(f, "{n}"),
+        }
+    }
+}
+
+/// An `ip rule` priority. 0 is the kernel's `lookup local`; 32766/32767 are main/default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Priority(u32);
+
+impl Priority {
+    pub fn new(p: u32) -> Result<Self, String> {
+        if p == 0 || p >= 32766 {
+            return Err(format!(
+                "priority {p} is outside 1..32765 (0 is `lookup local`, 32766/32767 are main/default)"
+            ));
+        }
+        Ok(Self(p))
+    }
+    pub fn from_kernel(p: u32) -> Self {
+        Self(p)
+    }
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A Linux interface name: 1–15 bytes, no '/', whitespace, quotes or ':'.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct IfName(String);
+
+impl IfName {
+    pub fn new(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 15
+            && s != "."
+            && s != ".."
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && !b"/:\"'\\".contains(&b));
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "\"{s}\" is not an interface name (1-15 characters, no spaces, '/', ':' or quotes)"
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for IfName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A name the user gave a gateway, policy or divert. Restricted so it can appear
+/// verbatim in nft object names, logs and metrics labels.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Name(String);
+
+impl Name {
+    pub fn new(s: &str) -> Result<Self, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(format!(
+                "\"{s}\" is not a valid name (1-64 of letters, digits, '-', '_', '.', starting with a letter or digit)"
+            ))
+        }
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An Ethernet source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct MacAddr([u8; 6]);
+
+impl MacAddr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let err = || {
+            format!("\"{s}\" is not a MAC address (expected six hex pairs like 02:03:04:05:06:07)")
+        };
+        let parts: Vec<&str> = s.split([':', '-']).collect();
+        if parts.len() != 6 {
+            return Err(err());
+        }
+        let mut out = [0u8; 6];
+        for (o, p) in out.iter_mut().zip(parts) {
+            if p.len() != 2 {
+                return Err(err());
+            }
+            *o = u8::from_str_radix(p, 16).map_err(|_| err())?;
+        }
+        Ok(Self(out))
+    }
+}
+
+impl fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+/// A port or an inclusive port range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let err = || format!("\"{s}\" is not a port or range (expected 25 or \"465-587\")");
+        let port = |p: &str| -> Result<u16, String> {
+            match p.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(err()),
+                Ok(n) => Ok(n),
+            }
+        };
+        let r = match s.split_once('-') {
+            Some((a, b)) => PortRange {
+                first: port(a)?,
+                last: port(b)?,
+            },
+            None => {
+                let p = port(s)?;
+                PortRange { first: p, last: p }
+            }
+        };
+        if r.first > r.last {
+            return Err(format!(
+                "port range \"{s}\" runs backwards (write \"{}-{}\")",
+                r.last, r.first
+            ));
+        }
+        Ok(r)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// Layer-4 protocols a policy can select. Ports make sense only for the ones with ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+    Dccp,
+    Udplite,
+    Icmp,
+    Icmpv6,
+}
+
+impl Protocol {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "tcp" => Self::Tcp,
+            "udp" => Self::Udp,
+            "sctp" => Self::Sctp,
+            "dccp" => Self::Dccp,
+            "udplite" => Self::Udplite,
+            "icmp" => Self::Icmp,
+            "icmpv6" | "ipv6-icmp" => Self::Icmpv6,
+            _ => {
+                return Err(format!(
+                    "\"{s}\" is not a protocol symroute knows (expected tcp, udp, sctp, dccp, udplite, icmp or icmpv6)"
+                ))
+            }
+        })
+    }
+    pub fn has_ports(self) -> bool {
+        !matches!(self, Self::Icmp | Self::Icmpv6)
+    }
+    /// nft spelling for `meta l4proto`.
+    pub fn nft(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+            Self::Sctp => "sctp",
+            Self::Dccp => "dccp",
+            Self::Udplite => "udplite",
+            Self::Icmp => "icmp",
+            Self::Icmpv6 => "ipv6-icmp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Icmpv6 => "icmpv6",
+            p => p.nft(),
+        })
+    }
+}
+
+/// IPv4 or IPv6: rules and routes exist once per family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Inet4,
+    Inet6,
+}
+
+impl Family {
+    pub fn of(addr: &IpAddr) -> Self {
+        match addr {
+            IpAddr::V4(_) => Self::Inet4,
+            IpAddr::V6(_) => Self::Inet6,
+        }
+    }
+    /// The `ip` command's family flag.
+    pub fn ip_flag(self) -> &'static str {
+        match self {
+            Self::Inet4 => "-4",
+            Self::Inet6 => "-6",
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Inet4 => "ipv4",
+            Self::Inet6 => "ipv6",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_values_fit_and_count() {
+        let m = MarkMask::new(0xff00_0000).unwrap();
+        assert_eq!(m.capacity(), 255);
+        assert_eq!(m.value(1).unwrap().bits(), 0x0100_0000);
+        assert_eq!(m.value(255).unwrap().bits(), 0xff00_0000);
+        assert!(m.value(0).is_none());
+        assert!(m.value(256).is_none());
+        assert!(MarkMask::new(0).is_err());
+        assert!(MarkMask::new(0x0f0f_0000).is_err());
+        assert_eq!(MarkMask::new(0x8000_0000).unwrap().capacity(), 1);
+    }
+
+    #[test]
+    fn reserved_tables_and_priorities_refused() {
+        for t in [0, 253, 254, 255] {
+            assert!(TableId::new(t).is_err());
+        }
+        assert!(TableId::new(42000).is_ok());
+        assert!(Priority::new(0).is_err());
+        assert!(Priority::new(32766).is_err());
+    }
+
+    #[test]
+    fn parse_small_values() {
+        assert_eq!(
+            MacAddr::parse("02:03:04:05:06:07").unwrap().to_string(),
+            "02:03:04:05:06:07"
+        );
+        assert!(MacAddr::parse("02:03:04:05:06").is_err());
+        assert!(MacAddr::parse("zz:03:04:05:06:07").is_err());
+        assert_eq!(PortRange::parse("465-587").unwrap().to_string(), "465-587");
+        assert!(PortRange::parse("587-465").is_err());
+        assert!(PortRange::parse("0").is_err());
+        assert!(PortRange::parse("70000").is_err());
+        assert!(IfName::new("eth0").is_ok());
+        assert!(IfName::new("averyveryverylongname").is_err());
+        assert!(Name::new("isp-1").is_ok());
+        assert!(Name::new("has space").is_err());
+    }
+}

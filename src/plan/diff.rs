@@ -1,0 +1,211 @@
+//! Desired (a `Plan`) against actual (an `Observed`): the `Changes` that would make them
+//! equal, and the `Conflict`s that forbid touching anything. Pure functions over values.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+
+use super::{HostView, Plan, RouteSpec, RuleSpec};
+use crate::model::{Family, MarkMask, Priority, TableId};
+
+/// What the kernel holds, as far as symroute cares.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Observed {
+    pub host: HostView,
+    /// Rules and routes carrying symroute's protocol tag.
+    pub rules: BTreeSet<RuleSpec>,
+    pub routes: BTreeSet<RouteSpec>,
+    /// `None`: no `inet symroute` table. `Some(fp)`: the fingerprint in its comment
+    /// (empty when the comment is missing or foreign).
+    pub nft_fingerprint: Option<String>,
+    /// Rules without our tag: (family, priority, how `ip rule` shows it).
+    pub foreign_rules: Vec<ForeignRule>,
+    /// Tables holding at least one route without our tag.
+    pub foreign_route_tables: BTreeMap<TableId, String>,
+    /// Firewall rules and ip rules of others that read or write mark bits (see `kernel::marks`).
+    pub mark_users: Vec<MarkUser>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ForeignRule {
+    pub family: Family,
+    pub priority: Priority,
+    pub fwmark: Option<(u32, u32)>,
+    pub text: String,
+}
+
+/// A foreign object that sets mark bits, or tests them under a partial mask.
+#[derive(Debug, Clone, Serialize)]
+pub struct MarkUser {
+    /// Where it lives: `ip rule`, `nft table ip mangle`, `iptables -t mangle`.
+    pub place: String,
+    pub text: String,
+    /// Mark bits it sets (value bits) or tests (mask bits).
+    pub bits: u32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SysctlChange {
+    pub key: String,
+    pub from: String,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Changes {
+    /// The `nft -f` input replacing our table, if it differs.
+    pub nft: Option<String>,
+    pub rules_del: Vec<RuleSpec>,
+    pub rules_add: Vec<RuleSpec>,
+    pub routes_del: Vec<RouteSpec>,
+    pub routes_add: Vec<RouteSpec>,
+    /// Sysctls to set now (their previous values get recorded first).
+    pub sysctls: Vec<SysctlChange>,
+    /// Sysctls symroute changed earlier and no longer needs: back to the recorded value.
+    pub sysctls_restore: Vec<SysctlChange>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.nft.is_none()
+            && self.rules_del.is_empty()
+            && self.rules_add.is_empty()
+            && self.routes_del.is_empty()
+            && self.routes_add.is_empty()
+            && self.sysctls.is_empty()
+            && self.sysctls_restore.is_empty()
+    }
+
+    /// Equivalent shell commands, for review (`symroute plan --script`).
+    pub fn script(&self) -> String {
+        let mut s = String::new();
+        for c in self.sysctls.iter().chain(&self.sysctls_restore) {
+            s += &format!("sysctl -w {}={}    # was {}\n", c.key, c.to, c.from);
+        }
+        if let Some(nft) = &self.nft {
+            s += &format!("nft -f - <<'EOF'\n{nft}EOF\n");
+        }
+        for r in &self.routes_del {
+            s += &format!("ip {} route del {}\n", r.family.ip_flag(), r.ip_args());
+        }
+        for r in &self.rules_del {
+            s += &format!("ip {} rule del {}\n", r.family.ip_flag(), r.ip_args());
+        }
+        for r in &self.routes_add {
+            s += &format!("ip {} route add {}\n", r.family.ip_flag(), r.ip_args());
+        }
+        for r in &self.rules_add {
+            s += &format!("ip {} rule add {}\n", r.family.ip_flag(), r.ip_args());
+        }
+        s
+    }
+
+    /// One line per change, for people (`symroute plan`, `apply`).
+    pub fn summary(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(script) = &self.nft {
+            out.push(if script.contains("table inet symroute {") {
+                "~ nftables table inet symroute (replaced atomically)".to_string()
+            } else {
+                "- nftables table inet symroute".to_string()
+            });
+        }
+        out.extend(self.routes_del.iter().map(|r| format!("- {r}")));
+        out.extend(self.rules_del.iter().map(|r| format!("- {r}")));
+        out.extend(self.routes_add.iter().map(|r| format!("+ {r}")));
+        out.extend(self.rules_add.iter().map(|r| format!("+ {r}")));
+        for c in &self.sysctls {
+            out.push(format!("~ sysctl {} {} -> {}", c.key, c.from, c.to));
+        }
+        for c in &self.sysctls_restore {
+            out.push(format!(
+                "~ sysctl {} {} -> {} (restored)",
+                c.key, c.from, c.to
+            ));
+        }
+        out
+    }
+}
+
+/// The changes that turn `observed` into `plan`. `recorded` holds the values sysctls had
+/// before symroute changed them.
+pub fn diff(plan: &Plan, observed: &Observed, recorded: &BTreeMap<String, String>) -> Changes {
+    let mut c = Changes {
+        nft: (observed.nft_fingerprint.as_deref() != Some(plan.nft_fingerprint.as_str()))
+            .then(|| super::nft::replace_script(&plan.nft)),
+        rules_del: observed.rules.difference(&plan.rules).cloned().collect(),
+        rules_add: plan.rules.difference(&observed.rules).cloned().collect(),
+        routes_del: observed.routes.difference(&plan.routes).cloned().collect(),
+        routes_add: plan.routes.difference(&observed.routes).cloned().collect(),
+        ..Changes::default()
+    };
+    for (key, want) in &plan.sysctls {
+        let Some(current) = observed.host.sysctl(key) else {
+            continue;
+        };
+        if let Some(to) = want.fix(current, &observed.host) {
+            c.sysctls.push(SysctlChange {
+                key: key.clone(),
+                from: current.to_string(),
+                to,
+            });
+        }
+    }
+    for (key, previous) in recorded {
+        if plan.sysctls.contains_key(key) {
+            continue;
+        }
+        match observed.host.sysctl(key) {
+            Some(current) if current != previous => c.sysctls_restore.push(SysctlChange {
+                key: key.clone(),
+                from: current.to_string(),
+                to: previous.clone(),
+            }),
+            _ => {}
+        }
+    }
+    c
+}
+
+/// A reason apply must not touch the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict(pub String);
+
+impl fmt::Display for Conflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Foreign objects in the places the plan wants, or foreign users of our mark bits.
+pub fn conflicts(plan: &Plan, observed: &Observed) -> Vec<Conflict> {
+    let mut out = Vec::new();
+    for r in &observed.foreign_rules {
+        if plan.priorities.contains(&r.priority) {
+            out.push(Conflict(format!(
+                "priority {} is taken by a rule symroute does not own: `{}`; set [settings] first_priority to a free range",
+                r.priority, r.text
+            )));
+        }
+    }
+    for (table, example) in &observed.foreign_route_tables {
+        if plan.tables.contains(table) {
+            out.push(Conflict(format!(
+                "routing table {table} holds routes symroute does not own (e.g. `{example}`); set [settings] first_table to a free range"
+            )));
+        }
+    }
+    let mask: MarkMask = plan.mark_mask;
+    for u in &observed.mark_users {
+        if u.bits & mask.bits() != 0 {
+            out.push(Conflict(format!(
+                "{} uses mark bits {:#010x} inside symroute's mark_mask {mask}: `{}`; set [settings] mark_mask to bits nobody else uses",
+                u.place,
+                u.bits & mask.bits(),
+                u.text
+            )));
+        }
+    }
+    out
+}

@@ -1,0 +1,355 @@
+//! The plan: the complete kernel state symroute wants, as a plain value. `build` is a pure
+//! function of the validated model and a view of the host; `diff` compares a plan with what
+//! the kernel holds. Nothing here performs I/O.
+
+pub mod alloc;
+pub mod diff;
+pub mod host;
+pub mod nft;
+pub mod objects;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+pub use host::{HostView, Link};
+pub use objects::{RouteKind, RouteSpec, RuleSpec, RT_PROTO};
+
+use crate::model::{Action, Family, GatewayIdx, Mark, Model, Priority, TableId};
+
+/// Why a gateway's routes are not in its table yet. Its rules stay, so traffic simply
+/// falls through to the main table until a later apply (or the daemon) completes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", content = "reason", rename_all = "lowercase")]
+pub enum GatewayState {
+    Up,
+    Down(String),
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct GatewayPlan {
+    pub name: String,
+    pub interface: String,
+    pub table: TableId,
+    /// Set when some policy answers via this gateway.
+    pub reply_mark: Option<Mark>,
+    /// Set when some policy routes new connections via this gateway.
+    pub route_mark: Option<Mark>,
+    pub state: GatewayState,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyPlan {
+    pub name: String,
+    /// `reply_via` or `route_via`.
+    pub kind: &'static str,
+    pub gateway: String,
+    pub mark: Mark,
+    /// The nft named counter counting the connections this policy classified.
+    pub counter: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub mark_mask: crate::model::MarkMask,
+    pub gateways: Vec<GatewayPlan>,
+    pub policies: Vec<PolicyPlan>,
+    pub divert: Option<(Mark, TableId)>,
+    /// The full `inet symroute` table, ready for `nft -f`.
+    pub nft: String,
+    /// Fingerprint of `nft`, stored in the table's comment to detect no-op applies.
+    pub nft_fingerprint: String,
+    pub rules: BTreeSet<RuleSpec>,
+    pub routes: BTreeSet<RouteSpec>,
+    /// sysctl key → what symroute needs of it.
+    pub sysctls: BTreeMap<String, SysctlWant>,
+    /// Priorities and tables the plan occupies (foreign objects there are conflicts).
+    pub priorities: BTreeSet<Priority>,
+    pub tables: BTreeSet<TableId>,
+}
+
+/// Build the desired kernel state. Pure: the same model and host view give the same plan.
+pub fn build(model: &Model, host: &HostView) -> Plan {
+    let mask = model.settings.mark_mask;
+    let uses = |want_reply: bool, i: usize| {
+        model.policies.iter().any(|p| match p.action {
+            Action::ReplyVia(g) => want_reply && g.index() == i,
+            Action::RouteVia(g) => !want_reply && g.index() == i,
+        })
+    };
+
+    let gateways: Vec<GatewayPlan> = model
+        .gateways
+        .iter()
+        .enumerate()
+        .map(|(i, g)| GatewayPlan {
+            name: g.name.to_string(),
+            interface: g.interface.to_string(),
+            table: alloc::gateway_table(model, GatewayIdx(i)),
+            reply_mark: uses(true, i).then(|| alloc::reply_mark(model, GatewayIdx(i))),
+            route_mark: uses(false, i).then(|| alloc::route_mark(model, GatewayIdx(i))),
+            state: gateway_state(g, host),
+        })
+        .collect();
+
+    let policies = model
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let (kind, gw, mark) = match p.action {
+                Action::ReplyVia(g) => ("reply_via", g, alloc::reply_mark(model, g)),
+                Action::RouteVia(g) => ("route_via", g, alloc::route_mark(model, g)),
+            };
+            PolicyPlan {
+                name: p.name.to_string(),
+                kind,
+                gateway: model.gateway(gw).name.to_string(),
+                mark,
+                counter: nft::counter_name(i, p.name.as_str()),
+            }
+        })
+        .collect::<Vec<_>>();
+
+    let divert = (!model.diverts.is_empty())
+        .then(|| (alloc::divert_mark(model), alloc::divert_table(model)));
+
+    // Rule order: diverts and reply rules first (replies always leave by their arrival
+    // path), then main without its default route (LAN, VPN and other specific routes win),
+    // then route_via rules (new connections of a class leave via their gateway).
+    let mut rules = BTreeSet::new();
+    let mut priorities = BTreeSet::new();
+    let mut tables = BTreeSet::new();
+    let mut next = model.settings.first_priority.get();
+    let mut take = |priorities: &mut BTreeSet<Priority>| {
+        let p = Priority::new(next).expect("validated priority range");
+        next += 1;
+        priorities.insert(p);
+        p
+    };
+    if let Some((mark, table)) = divert {
+        let p = take(&mut priorities);
+        tables.insert(table);
+        for fam in [Family::Inet4, Family::Inet6] {
+            rules.insert(RuleSpec::fwmark(p, fam, mark, mask, table));
+        }
+    }
+    for (i, gp) in gateways.iter().enumerate() {
+        if let Some(mark) = gp.reply_mark {
+            let p = take(&mut priorities);
+            tables.insert(gp.table);
+            for fam in families(&model.gateways[i]) {
+                rules.insert(RuleSpec::fwmark(p, fam, mark, mask, gp.table));
+            }
+        }
+    }
+    if gateways.iter().any(|g| g.route_mark.is_some()) {
+        let p = take(&mut priorities);
+        for family in [Family::Inet4, Family::Inet6] {
+            rules.insert(RuleSpec {
+                priority: p,
+                family,
+                fwmark: None,
+                table: TableId::MAIN,
+                suppress_prefixlength: Some(0),
+            });
+        }
+    }
+    for (i, gp) in gateways.iter().enumerate() {
+        if let Some(mark) = gp.route_mark {
+            let p = take(&mut priorities);
+            tables.insert(gp.table);
+            for fam in families(&model.gateways[i]) {
+                rules.insert(RuleSpec::fwmark(p, fam, mark, mask, gp.table));
+            }
+        }
+    }
+
+    let mut routes = BTreeSet::new();
+    for (i, gp) in gateways.iter().enumerate() {
+        if gp.state != GatewayState::Up || (gp.reply_mark.is_none() && gp.route_mark.is_none()) {
+            continue;
+        }
+        gateway_routes(&model.gateways[i], gp.table, host, &mut routes);
+    }
+    if let Some((_, table)) = divert {
+        for (family, dst) in [(Family::Inet4, "0.0.0.0/0"), (Family::Inet6, "::/0")] {
+            routes.insert(RouteSpec {
+                table,
+                family,
+                kind: RouteKind::Local,
+                dst: dst.parse().expect("constant prefix"),
+                via: None,
+                dev: "lo".into(),
+            });
+        }
+    }
+
+    let sysctls = sysctls(model, host);
+    let (nft, nft_fingerprint) = nft::render(model, &gateways, divert.map(|d| d.0));
+
+    Plan {
+        mark_mask: mask,
+        gateways,
+        policies,
+        divert,
+        nft,
+        nft_fingerprint,
+        rules,
+        routes,
+        sysctls,
+        priorities,
+        tables,
+    }
+}
+
+fn families(g: &crate::model::Gateway) -> Vec<Family> {
+    [Family::Inet4, Family::Inet6]
+        .into_iter()
+        .filter(|f| g.serves(*f))
+        .collect()
+}
+
+fn gateway_state(g: &crate::model::Gateway, host: &HostView) -> GatewayState {
+    let Some(link) = host.links.get(g.interface.as_str()) else {
+        return GatewayState::Down(format!("interface {} does not exist", g.interface));
+    };
+    if !link.up {
+        return GatewayState::Down(format!("interface {} is down", g.interface));
+    }
+    let on_link = |via: IpAddr| {
+        matches!(via, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+            || link.addrs.iter().any(|a| a.contains(&via))
+    };
+    for via in [g.via.map(IpAddr::V4), g.via6.map(IpAddr::V6)]
+        .into_iter()
+        .flatten()
+    {
+        if !on_link(via) {
+            return GatewayState::Down(format!(
+                "next hop {via} is not on any network of {} (no address of the interface covers it)",
+                g.interface
+            ));
+        }
+    }
+    GatewayState::Up
+}
+
+/// A gateway's table: its default route(s), plus every directly connected network, so
+/// steered packets to on-link destinations are not sent to the gateway instead.
+fn gateway_routes(
+    g: &crate::model::Gateway,
+    table: TableId,
+    host: &HostView,
+    out: &mut BTreeSet<RouteSpec>,
+) {
+    if g.serves_v4() {
+        out.insert(RouteSpec {
+            table,
+            family: Family::Inet4,
+            kind: RouteKind::Unicast,
+            dst: "0.0.0.0/0".parse().expect("constant prefix"),
+            via: g.via.map(IpAddr::V4),
+            dev: g.interface.to_string(),
+        });
+    }
+    if let Some(v6) = g.via6 {
+        out.insert(RouteSpec {
+            table,
+            family: Family::Inet6,
+            kind: RouteKind::Unicast,
+            dst: "::/0".parse().expect("constant prefix"),
+            via: Some(IpAddr::V6(v6)),
+            dev: g.interface.to_string(),
+        });
+    }
+    for (name, link) in &host.links {
+        if !link.up || name == "lo" {
+            continue;
+        }
+        for addr in &link.addrs {
+            let net = addr.trunc();
+            let family = Family::of(&net.addr());
+            let link_local =
+                matches!(net, IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 == 0xfe80);
+            if net.prefix_len() == net.max_prefix_len() || link_local || !g.serves(family) {
+                continue;
+            }
+            out.insert(RouteSpec {
+                table,
+                family,
+                kind: RouteKind::Unicast,
+                dst: net,
+                via: None,
+                dev: name.clone(),
+            });
+        }
+    }
+}
+
+/// Sysctls the design needs:
+/// - `net.ipv4.conf.IF.rp_filter`: strict mode (1) drops the first packet of a connection
+///   that arrives on an interface the main table would not answer through, before any
+///   mark exists. The effective value is max(all, IF), so IF is set to loose (2) wherever
+///   the effective value is strict, on every gateway interface and `in_interface`.
+/// - `net.ipv4.icmp_errors_use_inbound_ifaddr = 1`: ICMP errors about steered traffic
+///   then carry the address of the interface the offending packet came in on.
+fn sysctls(model: &Model, host: &HostView) -> BTreeMap<String, SysctlWant> {
+    let mut out = BTreeMap::new();
+    let mut ifaces: BTreeSet<&str> = model
+        .gateways
+        .iter()
+        .map(|g| g.interface.as_str())
+        .collect();
+    for p in &model.policies {
+        ifaces.extend(p.selector.in_interface.iter().map(|i| i.as_str()));
+    }
+    for ifname in ifaces {
+        if host.links.contains_key(ifname) {
+            out.insert(
+                format!("net.ipv4.conf.{ifname}.rp_filter"),
+                SysctlWant::NotStrictRpFilter,
+            );
+        }
+    }
+    if model
+        .policies
+        .iter()
+        .any(|p| matches!(p.action, Action::ReplyVia(_)))
+    {
+        out.insert(
+            "net.ipv4.icmp_errors_use_inbound_ifaddr".to_string(),
+            SysctlWant::Exactly("1".into()),
+        );
+    }
+    out
+}
+
+/// What symroute needs of one sysctl. Wants are conditions, not values, so a host that
+/// already satisfies one is left alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SysctlWant {
+    Exactly(String),
+    /// Effective rp_filter (max of `all` and the interface) must not be strict (1).
+    NotStrictRpFilter,
+}
+
+impl SysctlWant {
+    /// The value to write, or `None` when the current state already satisfies the want.
+    pub fn fix(&self, current: &str, host: &HostView) -> Option<String> {
+        match self {
+            SysctlWant::Exactly(v) => (current != v).then(|| v.clone()),
+            SysctlWant::NotStrictRpFilter => {
+                let all = host
+                    .sysctl("net.ipv4.conf.all.rp_filter")
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .unwrap_or(0);
+                let cur = current.trim().parse::<u32>().unwrap_or(0);
+                (all.max(cur) == 1).then(|| "2".to_string())
+            }
+        }
+    }
+}

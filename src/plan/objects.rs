@@ -1,0 +1,107 @@
+//! The kernel objects a plan asks for, as plain values: `ip rule`s and routes. Each knows
+//! its `ip` spelling, so `plan --script`, `apply` and the tests share one rendering.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::model::{Family, Mark, MarkMask, Priority, TableId};
+
+/// The `protocol` tag on every rule and route symroute owns (iproute2 shows the number;
+/// it is unclaimed in iproute2's rt_protos list). Nothing without it is ever touched.
+pub const RT_PROTO: u8 = 157;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct RuleSpec {
+    pub priority: Priority,
+    pub family: Family,
+    /// `fwmark VALUE/MASK`; `None` matches every packet.
+    pub fwmark: Option<(u32, u32)>,
+    pub table: TableId,
+    /// `suppress_prefixlength N`: ignore routes this short (0: the default route).
+    pub suppress_prefixlength: Option<u8>,
+}
+
+impl RuleSpec {
+    pub fn fwmark(
+        priority: Priority,
+        family: Family,
+        mark: Mark,
+        mask: MarkMask,
+        table: TableId,
+    ) -> Self {
+        Self {
+            priority,
+            family,
+            fwmark: Some((mark.bits(), mask.bits())),
+            table,
+            suppress_prefixlength: None,
+        }
+    }
+
+    /// `ip` arguments after `ip -4 rule add|del`.
+    pub fn ip_args(&self) -> String {
+        let mut s = format!("pref {}", self.priority);
+        if let Some((v, m)) = self.fwmark {
+            s += &format!(" fwmark {v:#x}/{m:#x}");
+        }
+        s += &format!(" lookup {}", self.table);
+        if let Some(n) = self.suppress_prefixlength {
+            s += &format!(" suppress_prefixlength {n}");
+        }
+        s += &format!(" protocol {RT_PROTO}");
+        s
+    }
+}
+
+impl fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ip {} rule {}", self.family.ip_flag(), self.ip_args())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    Unicast,
+    /// Deliver locally (the divert table's `local default dev lo`).
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct RouteSpec {
+    pub table: TableId,
+    pub family: Family,
+    pub kind: RouteKind,
+    pub dst: IpNet,
+    pub via: Option<IpAddr>,
+    pub dev: String,
+}
+
+impl RouteSpec {
+    /// `ip` arguments after `ip -4 route add|del`.
+    pub fn ip_args(&self) -> String {
+        let mut s = String::new();
+        if self.kind == RouteKind::Local {
+            s += "local ";
+        }
+        s += &self.dst.to_string();
+        if let Some(v) = self.via {
+            s += &format!(" via {v}");
+        }
+        s += &format!(
+            " dev {} table {} proto {RT_PROTO}",
+            self.dev,
+            self.table.id()
+        );
+        s
+    }
+}
+
+impl fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ip {} route {}", self.family.ip_flag(), self.ip_args())
+    }
+}

@@ -265,7 +265,15 @@ fn gateway_routes(
             dev: g.interface.to_string(),
         });
     }
-    for (name, link) in &host.links {
+    // One route per prefix: a table can't hold the same destination twice. The gateway's
+    // own interface wins, then interfaces in name order.
+    let mut seen = BTreeSet::new();
+    let own = host.links.get_key_value(g.interface.as_str());
+    let others = host
+        .links
+        .iter()
+        .filter(|(n, _)| n.as_str() != g.interface.as_str());
+    for (name, link) in own.into_iter().chain(others) {
         if !link.up || name == "lo" {
             continue;
         }
@@ -274,7 +282,11 @@ fn gateway_routes(
             let family = Family::of(&net.addr());
             let link_local =
                 matches!(net, IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 == 0xfe80);
-            if net.prefix_len() == net.max_prefix_len() || link_local || !g.serves(family) {
+            if net.prefix_len() == net.max_prefix_len()
+                || link_local
+                || !g.serves(family)
+                || !seen.insert(net)
+            {
                 continue;
             }
             out.insert(RouteSpec {

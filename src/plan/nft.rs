@@ -136,6 +136,32 @@ pub fn render(model: &Model, gateways: &[GatewayPlan], divert: Option<Mark>) -> 
     }
     body += "\t}\n";
 
+    // Connections the host opens itself chose their source address from the main table,
+    // before the route_via mark re-routed them: give them the gateway interface's address,
+    // or the answers would come back by the other path. Forwarded traffic is left alone
+    // (its source is not local); the user's own NAT, if any, applies to it.
+    let snat: Vec<String> = gateways
+        .iter()
+        .filter_map(|g| {
+            g.route_mark.map(|m| {
+                format!(
+                    "ct direction original ct mark and {mask} == {m} oifname \"{}\" fib saddr type local fib saddr . oif type != local masquerade",
+                    g.interface
+                )
+            })
+        })
+        .collect();
+    if !snat.is_empty() {
+        let _ = writeln!(
+            body,
+            "\tchain post {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;"
+        );
+        for l in &snat {
+            let _ = writeln!(body, "\t\t{l}");
+        }
+        body += "\t}\n";
+    }
+
     let fp = fingerprint(&body);
     // nft's JSON drops table comments, so the fingerprint also names an empty chain.
     let text = format!(

@@ -1,0 +1,125 @@
+//! Bad configs: each gives its exact message, located as FILE:LINE:COL, and exit code 2.
+//! No root needed (the "changes nothing on the host" half lives in e2e_lifecycle.rs).
+
+use symroute::config::{parse_str, ConfigError};
+
+const GW: &str = "[[gateway]]\nname = \"isp1\"\ninterface = \"eth2\"\nvia = \"203.0.113.1\"\n";
+
+fn err(text: &str) -> String {
+    match parse_str(text, "bad.toml") {
+        Ok(_) => panic!("accepted a bad config:\n{text}"),
+        Err(ConfigError::Invalid(d)) => d
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn table_of_bad_configs() {
+    let cases: Vec<(String, &str)> = vec![
+        ("[[gateway]\nname = \"x\"".into(), "bad.toml:1:10: invalid table header expected `.`, `]]`"),
+        ("[settings]\nmark_mask = \"0x0f0f0000\"\n".into(), "bad.toml:2:13: settings.mark_mask: mark_mask 0x0f0f0000 is not one contiguous run of bits (e.g. 0xff000000)"),
+        ("[settings]\nmark_mask = \"banana\"\n".into(), "bad.toml:2:13: settings.mark_mask: expected a 32-bit mask like \"0xff000000\""),
+        ("[settings]\nmark_mask = 0\n".into(), "bad.toml:2:13: settings.mark_mask: mark_mask must have at least one bit set"),
+        ("[settings]\nfirst_table = 254\n".into(), "bad.toml:2:15: settings.first_table: table 254 is reserved by the kernel (0 unspec, 253 default, 254 main, 255 local)"),
+        ("[settings]\nfirst_table = 100\n".into(), "bad.toml:2:15: settings.first_table: the range symroute allocates from here would cross the kernel's tables 253-255; pick a number above 255 (default 42000)"),
+        ("[settings]\nfirst_priority = 0\n".into(), "bad.toml:2:18: settings.first_priority: priority 0 is outside 1..32765 (0 is `lookup local`, 32766/32767 are main/default)"),
+        ("[settings]\nfirst_priority = 32700\n".into(), "bad.toml:2:18: settings.first_priority: leave room for symroute's rules before main (32766); use at most 32000"),
+        ("[settings]\nmark = 1\n".into(), "bad.toml:2:1: unknown field `mark`, expected one of `mark_mask`, `first_table`, `first_priority` (see examples/ and the README for the keys symroute knows)"),
+        (format!("{GW}via = \"1.2.3.4\"\n"), "bad.toml:5:1: duplicate key `via` in table `gateway`"),
+        ("[[gateway]]\nname = \"isp 1\"\ninterface = \"eth2\"\n".into(), "bad.toml:2:8: gateway.name: \"isp 1\" is not a valid name (1-64 of letters, digits, '-', '_', '.', starting with a letter or digit)"),
+        ("[[gateway]]\nname = \"isp1\"\ninterface = \"averyveryverylongname\"\n".into(), "bad.toml:3:13: gateway.interface: \"averyveryverylongname\" is not an interface name (1-15 characters, no spaces, '/', ':' or quotes)"),
+        ("[[gateway]]\nname = \"isp1\"\ninterface = \"eth2\"\nvia = \"203.0.113\"\n".into(), "bad.toml:4:7: gateway.via: \"203.0.113\" is not an IPv4 address like 203.0.113.1"),
+        ("[[gateway]]\nname = \"isp1\"\ninterface = \"eth2\"\nvia6 = \"203.0.113.1\"\n".into(), "bad.toml:4:8: gateway.via6: \"203.0.113.1\" is not an IPv6 address like 2001:db8:1::1"),
+        ("[[gateway]]\nname = \"isp1\"\n".into(), "bad.toml:1:1: missing field `interface`"),
+        (format!("{GW}{GW}"), "bad.toml:6:8: gateway.name: \"isp1\" is used by another gateway; names must be unique"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nreply_via = \"isp9\"\n[policy.match]\nin_interface = \"eth2\"\n"), "bad.toml:7:13: policy.reply_via: no gateway named \"isp9\" (defined gateways: isp1)"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nreply_via = \"isp1\"\nroute_via = \"isp1\"\n"), "bad.toml:8:13: a policy has exactly one of reply_via / route_via, this one has both"),
+        (format!("{GW}[[policy]]\nname = \"p\"\n[policy.match]\nprotocol = \"tcp\"\n"), "bad.toml:5:1: a policy needs reply_via = \"GATEWAY\" (answer arriving connections) or route_via = \"GATEWAY\" (send new connections)"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nreply_via = \"isp1\"\n"), "bad.toml:5:1: a reply_via policy needs a [policy.match] that says which arriving connections it answers (e.g. in_interface = \"eth2\" or source_mac = [...])"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nsource_mac = [\"02:03:04:05:06\"]\n"), "bad.toml:9:14: match.source_mac: \"02:03:04:05:06\" is not a MAC address (expected six hex pairs like 02:03:04:05:06:07)"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nsource = \"10.0.0.1/8\"\n"), "bad.toml:9:10: match.source: \"10.0.0.1/8\" has host bits set; did you mean 10.0.0.0/8?"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nnot_destination = [\"10.0.0/8\"]\n"), "bad.toml:9:19: match.not_destination: \"10.0.0/8\" is not an IPv4 or IPv6 address or prefix (expected e.g. 10.0.0.0/8 or 2001:db8::/32)"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\ndestination_port = 25\n"), "bad.toml:9:20: match.destination_port: ports need a protocol; add protocol = \"tcp\" (or \"udp\", or [\"tcp\", \"udp\"])"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nprotocol = \"icmp\"\ndestination_port = 25\n"), "bad.toml:10:20: match.destination_port: protocol icmp has no ports; list only tcp, udp, sctp, dccp or udplite with ports"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nprotocol = \"tcp\"\ndestination_port = [\"587-465\"]\n"), "bad.toml:10:20: match.destination_port: port range \"587-465\" runs backwards (write \"465-587\")"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nprotocol = \"tcp\"\ndestination_port = [70000]\n"), "bad.toml:10:20: match.destination_port: \"70000\" is not a port or range (expected 25 or \"465-587\")"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nprotocol = \"gre\"\n"), "bad.toml:9:12: match.protocol: \"gre\" is not a protocol symroute knows (expected tcp, udp, sctp, dccp, udplite, icmp or icmpv6)"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nin_interface = []\n"), "bad.toml:9:16: match.in_interface: the list is empty; remove the key or list at least one interface name"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nsource = \"10.0.0.0/8\"\ndestination = \"2001:db8::/32\"\n"), "bad.toml:10:15: match.destination: source and destination share no address family, so nothing can match"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nsrc = \"10.0.0.0/8\"\n"), "bad.toml:9:1: unknown field `src`, expected one of `in_interface`, `source_mac`, `source`, `not_source`, `destination`, `not_destination`, `protocol`, `source_port`, `destination_port` (see examples/ and the README for the keys symroute knows)"),
+        ("[[divert]]\nname = \"h\"\nprotocol = \"icmp\"\n".into(), "bad.toml:3:12: divert.protocol: transparent sockets exist only for tcp and udp, not icmp"),
+        ("[settings]\nmark_mask = \"0x80000000\"\n[[divert]]\nname = \"h\"\n".into() , ""),
+        (format!("[settings]\nmark_mask = \"0x03000000\"\n{GW}[[gateway]]\nname = \"isp2\"\ninterface = \"eth1\"\n"), "bad.toml:2:13: settings.mark_mask: 2 gateways and diverts need 4 mark values but mask 0x03000000 holds only 3; widen the mask"),
+    ];
+    let mut failures = Vec::new();
+    for (text, want) in &cases {
+        if want.is_empty() {
+            assert!(
+                parse_str(text, "bad.toml").is_ok(),
+                "should be accepted:\n{text}"
+            );
+            continue;
+        }
+        let got = err(text);
+        if got != *want {
+            failures.push(format!("config:\n{text}\n  want: {want}\n  got:  {got}\n"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+/// Several problems in one file are all reported, in file order.
+#[test]
+fn all_errors_reported_at_once() {
+    let text = "[[gateway]]\nname = \"a b\"\ninterface = \"eth0\"\nvia = \"x\"\n";
+    let got = err(text);
+    assert_eq!(got.lines().count(), 2, "{got}");
+    assert!(got.starts_with("bad.toml:2:8: gateway.name"), "{got}");
+    assert!(got.contains("bad.toml:4:7: gateway.via"), "{got}");
+}
+
+/// The binary: exit code 2 and the located message on stderr, nothing on stdout.
+#[test]
+fn check_exits_2_with_location() {
+    let dir = std::env::temp_dir().join(format!("symroute-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, format!("{GW}[[policy]]\nname = \"p\"\nreply_via = \"nope\"\n[policy.match]\nin_interface = \"eth2\"\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_symroute"))
+        .args(["check", "-c"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:7:13: policy.reply_via: no gateway named \"nope\"",
+            file.display()
+        )),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn missing_file_is_exit_2_and_named() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_symroute"))
+        .args(["check", "-c", "/nonexistent/symroute.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("/nonexistent/symroute.toml: cannot read config"));
+}

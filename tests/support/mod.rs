@@ -1,0 +1,82 @@
+//! Shared by the end-to-end tests: run the real `symroute` binary inside a namespace and
+//! snapshot a namespace's kernel state. Every test needs root; `require_root` says so.
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+
+use symroute::lab::Netns;
+
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this end-to-end test builds network namespaces and needs root: run `sudo scripts/test`");
+    for tool in ["nft", "conntrack", "ip"] {
+        let ok = Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
+            || Command::new(tool).arg("-V").output().map(|o| o.status.success()).unwrap_or(false);
+        assert!(ok, "`{tool}` is missing: run `scripts/setup` (or `sudo scripts/test`, which runs it)");
+    }
+}
+
+/// The result of one `symroute` run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Self {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "symroute failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        self
+    }
+}
+
+/// `symroute ARGS` (no namespace).
+pub fn symroute(args: &[&str]) -> Run {
+    Run::from(Command::new(env!("CARGO_BIN_EXE_symroute")).args(args).output().expect("run symroute"))
+}
+
+/// `symroute CMD -c CONFIG --netns NS` with a config given as text.
+pub fn symroute_in(ns: &Netns, cmd: &str, config: Option<&str>, extra: &[&str]) -> Run {
+    let dir = std::env::temp_dir().join(format!("symroute-test-{}-{}", std::process::id(), ns.name()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut args: Vec<String> = vec![cmd.into(), "--netns".into(), ns.name().into()];
+    if let Some(text) = config {
+        let p = dir.join("symroute.toml");
+        std::fs::write(&p, text).expect("write config");
+        args.push("-c".into());
+        args.push(p.display().to_string());
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let out = Command::new(env!("CARGO_BIN_EXE_symroute")).args(&args).output().expect("run symroute");
+    let _ = std::fs::remove_dir_all(&dir);
+    Run::from(out)
+}
+
+/// Everything `remove` must restore, as text: rules, routes (all tables), the nft ruleset,
+/// and the sysctls symroute may touch.
+pub fn kernel_snapshot(ns: &Netns) -> String {
+    let mut s = String::new();
+    for args in [
+        &["ip", "-4", "rule", "show"][..],
+        &["ip", "-6", "rule", "show"],
+        &["ip", "-4", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+        &["nft", "list", "ruleset"],
+    ] {
+        s += &format!("## {}\n", args.join(" "));
+        s += &ns.exec(args).expect("snapshot command");
+    }
+    s += "## sysctls\n";
+    s += &ns
+        .sh("sysctl -a 2>/dev/null | grep -E 'rp_filter|icmp_errors_use_inbound_ifaddr' | sort")
+        .expect("sysctl -a");
+    s
+}

@@ -1,6 +1,6 @@
 //! Rendering the plan's nftables table `inet symroute` as `nft -f` input. Pure text.
 //!
-//! Shape (see docs/design.md): classification runs once per connection (`ct state new`,
+//! Shape: classification runs once per connection (`ct state new`,
 //! our ct-mark bits still zero) and stores the decision in the conntrack mark; every later
 //! packet restores it through a verdict map keyed on `ct mark & MASK`, in the direction
 //! the decision is for. nft 1.0.x cannot OR a register into another register's value, so
@@ -59,7 +59,9 @@ pub fn render(model: &Model, gateways: &[GatewayPlan], divert: Option<Mark>) -> 
         ));
     }
 
-    let is_new = format!("ct state new ct mark and {mask} == 0");
+    // Each policy's decision lives in its own chain (count, then store the decision);
+    // classification chains reach it by `goto`, so the first match ends classification.
+    let mut chains = String::new();
     for (i, p) in model.policies.iter().enumerate() {
         let c = counter_name(i, p.name.as_str());
         let _ = writeln!(counters, "\tcounter {c} {{ }}");
@@ -67,21 +69,41 @@ pub fn render(model: &Model, gateways: &[GatewayPlan], divert: Option<Mark>) -> 
             Action::ReplyVia(g) => super::alloc::reply_mark(model, g),
             Action::RouteVia(g) => super::alloc::route_mark(model, g),
         };
-        for conds in selector_variants(&p.selector, &format!("p{i}"), &mut sets) {
-            let line = format!(
-                "{is_new}{conds} counter name \"{c}\" {}",
-                set_mark("ct", mask, mark)
-            );
-            // Local connections never match interface or MAC selectors, and only
-            // route_via decisions matter for connections the host opens itself.
-            if matches!(p.action, Action::RouteVia(_)) && !p.selector.needs_ingress() {
-                out.push(line.clone());
-            }
-            pre.push(line);
+        let _ = writeln!(
+            chains,
+            "\tchain set_p{i} {{\n\t\tcounter name \"{c}\" {};\n\t}}",
+            set_mark("ct", mask, mark)
+        );
+    }
+    // A policy's own rules (and named sets) are rendered only if some chain needs them.
+    let mut own_rules: Vec<Option<Vec<String>>> = vec![None; model.policies.len()];
+    // Local connections never match interface or MAC selectors, and only route_via
+    // decisions matter for connections the host opens itself.
+    let all: Vec<usize> = (0..model.policies.len()).collect();
+    let local: Vec<usize> = model
+        .policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| matches!(p.action, Action::RouteVia(_)) && !p.selector.needs_ingress())
+        .map(|(i, _)| i)
+        .collect();
+    let is_new = format!("ct state new ct mark and {mask} == 0");
+    for (chain, hook_rules, members) in [
+        ("classify", &mut pre, &all),
+        ("classify_out", &mut out, &local),
+    ] {
+        let rules = classify_rules(model, members, &mut own_rules, chain, &mut sets);
+        if rules.is_empty() {
+            continue;
         }
+        let _ = writeln!(chains, "\tchain {chain} {{");
+        for r in &rules {
+            let _ = writeln!(chains, "\t\t{r}");
+        }
+        chains += "\t}\n";
+        hook_rules.push(format!("{is_new} jump {chain}"));
     }
 
-    let mut chains = String::new();
     let mut reply_map = Vec::new();
     let mut orig_map = Vec::new();
     let mut marks: Vec<Mark> = Vec::new();
@@ -168,6 +190,184 @@ pub fn render(model: &Model, gateways: &[GatewayPlan], divert: Option<Mark>) -> 
         "table inet {TABLE} {{\n\tcomment \"symroute {fp}\"\n\tchain fingerprint_{fp} {{\n\t}}\n{body}}}\n"
     );
     (text, fp)
+}
+
+/// The selector kinds that can share one verdict map across consecutive policies: a
+/// policy whose only key is one of these costs one map lookup for the whole run, however
+/// many policies and items the run holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GroupKey {
+    Mac,
+    Iif,
+    Src(Family),
+    Dst(Family),
+}
+
+impl GroupKey {
+    fn of(s: &Selector) -> Option<GroupKey> {
+        let single = |p: &Prefixes| match (p.v4.is_empty(), p.v6.is_empty()) {
+            (false, true) => Some(Family::Inet4),
+            (true, false) => Some(Family::Inet6),
+            _ => None,
+        };
+        let keys = [
+            !s.in_interface.is_empty(),
+            !s.source_mac.is_empty(),
+            !s.source.is_empty(),
+            !s.destination.is_empty(),
+            !s.not_source.is_empty(),
+            !s.not_destination.is_empty(),
+            !s.protocol.is_empty(),
+            !s.source_port.is_empty(),
+            !s.destination_port.is_empty(),
+        ];
+        if keys.iter().filter(|k| **k).count() != 1 {
+            return None;
+        }
+        if !s.source_mac.is_empty() {
+            Some(GroupKey::Mac)
+        } else if !s.in_interface.is_empty() {
+            Some(GroupKey::Iif)
+        } else if !s.source.is_empty() {
+            single(&s.source).map(GroupKey::Src)
+        } else if !s.destination.is_empty() {
+            single(&s.destination).map(GroupKey::Dst)
+        } else {
+            None
+        }
+    }
+
+    /// (left-hand side, map key type, interval flag needed)
+    fn lhs(self) -> (&'static str, &'static str) {
+        match self {
+            GroupKey::Mac => ("ether saddr", "ether_addr"),
+            GroupKey::Iif => ("iifname", "ifname"),
+            GroupKey::Src(Family::Inet4) => ("ip saddr", "ipv4_addr"),
+            GroupKey::Src(Family::Inet6) => ("ip6 saddr", "ipv6_addr"),
+            GroupKey::Dst(Family::Inet4) => ("ip daddr", "ipv4_addr"),
+            GroupKey::Dst(Family::Inet6) => ("ip6 daddr", "ipv6_addr"),
+        }
+    }
+
+    /// The policy's items as map keys, as prefixes too when they are addresses.
+    fn items(self, s: &Selector) -> Vec<(String, Option<ipnet::IpNet>)> {
+        let nets = |p: &Prefixes, f: Family| -> Vec<ipnet::IpNet> {
+            match f {
+                Family::Inet4 => p.v4.iter().map(|n| ipnet::IpNet::V4(*n)).collect(),
+                Family::Inet6 => p.v6.iter().map(|n| ipnet::IpNet::V6(*n)).collect(),
+            }
+        };
+        let show = |n: &ipnet::IpNet| {
+            if n.prefix_len() == n.max_prefix_len() {
+                n.addr().to_string()
+            } else {
+                n.to_string()
+            }
+        };
+        match self {
+            GroupKey::Mac => s.source_mac.iter().map(|m| (m.to_string(), None)).collect(),
+            GroupKey::Iif => s
+                .in_interface
+                .iter()
+                .map(|i| (format!("\"{i}\""), None))
+                .collect(),
+            GroupKey::Src(f) => nets(&s.source, f)
+                .iter()
+                .map(|n| (show(n), Some(*n)))
+                .collect(),
+            GroupKey::Dst(f) => nets(&s.destination, f)
+                .iter()
+                .map(|n| (show(n), Some(*n)))
+                .collect(),
+        }
+    }
+}
+
+fn overlaps(a: &ipnet::IpNet, b: &ipnet::IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+/// The rules of one classification chain over `members` (policy indexes, in file order).
+/// Runs of at least two consecutive groupable policies of the same key become one verdict
+/// map; the first policy keeps an item listed twice, exactly as rule order would.
+fn classify_rules(
+    model: &Model,
+    members: &[usize],
+    own: &mut [Option<Vec<String>>],
+    chain: &str,
+    sets: &mut String,
+) -> Vec<String> {
+    let mut own_of = |i: usize, sets: &mut String| -> Vec<String> {
+        own[i]
+            .get_or_insert_with(|| {
+                selector_variants(&model.policies[i].selector, &format!("p{i}"), sets)
+                    .into_iter()
+                    .map(|conds| {
+                        format!("{} goto set_p{i}", conds.trim_start())
+                            .trim_start()
+                            .to_string()
+                    })
+                    .collect()
+            })
+            .clone()
+    };
+    let mut rules = Vec::new();
+    let mut k = 0;
+    while k < members.len() {
+        let first = members[k];
+        let Some(key) = GroupKey::of(&model.policies[first].selector) else {
+            rules.extend(own_of(first, sets));
+            k += 1;
+            continue;
+        };
+        let mut elements: Vec<(String, usize)> = Vec::new();
+        let mut seen: std::collections::BTreeSet<String> = Default::default();
+        let mut nets: Vec<ipnet::IpNet> = Vec::new();
+        let mut end = k;
+        while end < members.len() {
+            let i = members[end];
+            let sel = &model.policies[i].selector;
+            if GroupKey::of(sel) != Some(key) {
+                break;
+            }
+            let items = key.items(sel);
+            // Overlapping prefixes of different policies can't share an interval map.
+            if items
+                .iter()
+                .any(|(_, n)| n.is_some_and(|n| nets.iter().any(|m| overlaps(&n, m))))
+            {
+                break;
+            }
+            for (text, net) in items {
+                nets.extend(net);
+                if seen.insert(text.clone()) {
+                    elements.push((text, i));
+                }
+            }
+            end += 1;
+        }
+        if end - k < 2 {
+            rules.extend(own_of(first, sets));
+            k += 1;
+            continue;
+        }
+        let name = format!("{chain}_{k}");
+        let (lhs, ty) = key.lhs();
+        let interval = nets.iter().any(|n| n.prefix_len() < n.max_prefix_len());
+        let flags = if interval { "\t\tflags interval\n" } else { "" };
+        let elems: Vec<String> = elements
+            .iter()
+            .map(|(t, i)| format!("{t} : goto set_p{i}"))
+            .collect();
+        let _ = writeln!(
+            sets,
+            "\tmap {name} {{\n\t\ttype {ty} : verdict\n{flags}\t\telements = {{ {} }}\n\t}}",
+            elems.join(", ")
+        );
+        rules.push(format!("{lhs} vmap @{name}"));
+        k = end;
+    }
+    rules
 }
 
 /// `KEY mark set KEY mark and ~MASK or VALUE`: our bits become VALUE, foreign bits stay.
@@ -340,4 +540,64 @@ pub fn fingerprint(text: &str) -> String {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_str;
+    use crate::plan::{build, HostView};
+
+    fn nft_of(cfg: &str) -> String {
+        let model = parse_str(cfg, "t.toml").expect("valid");
+        build(&model, &HostView::default()).nft
+    }
+
+    const GWS: &str = "[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n[[gateway]]\nname=\"b\"\ninterface=\"e1\"\nvia=\"192.0.2.2\"\n";
+
+    #[test]
+    fn consecutive_mac_policies_share_one_map_and_first_wins() {
+        let cfg = format!(
+            "{GWS}[[policy]]\nname=\"p\"\nreply_via=\"a\"\n[policy.match]\nsource_mac=[\"02:00:00:00:00:01\",\"02:00:00:00:00:02\"]\n\
+             [[policy]]\nname=\"q\"\nreply_via=\"b\"\n[policy.match]\nsource_mac=[\"02:00:00:00:00:02\",\"02:00:00:00:00:03\"]\n"
+        );
+        let nft = nft_of(&cfg);
+        assert!(nft.contains("elements = { 02:00:00:00:00:01 : goto set_p0, 02:00:00:00:00:02 : goto set_p0, 02:00:00:00:00:03 : goto set_p1 }"), "{nft}");
+        assert!(nft.contains("ether saddr vmap @classify_0"), "{nft}");
+        assert!(
+            !nft.contains("ether saddr {"),
+            "the grouped policies must not also get rules of their own:\n{nft}"
+        );
+    }
+
+    #[test]
+    fn overlapping_prefixes_keep_rule_order() {
+        let cfg = format!(
+            "{GWS}[[policy]]\nname=\"p\"\nreply_via=\"a\"\n[policy.match]\nsource=\"10.1.0.0/16\"\n\
+             [[policy]]\nname=\"q\"\nreply_via=\"b\"\n[policy.match]\nsource=\"10.0.0.0/8\"\n"
+        );
+        let nft = nft_of(&cfg);
+        assert!(!nft.contains("vmap @classify"), "{nft}");
+        let p = nft
+            .find("ip saddr 10.1.0.0/16 goto set_p0")
+            .expect("policy p rule");
+        let q = nft
+            .find("ip saddr 10.0.0.0/8 goto set_p1")
+            .expect("policy q rule");
+        assert!(p < q, "{nft}");
+    }
+
+    #[test]
+    fn local_chain_only_for_route_via_without_ingress_keys() {
+        let cfg = format!(
+            "{GWS}[[policy]]\nname=\"in\"\nreply_via=\"a\"\n[policy.match]\nin_interface=\"e0\"\n\
+             [[policy]]\nname=\"out\"\nroute_via=\"b\"\n[policy.match]\nprotocol=\"tcp\"\ndestination_port=25\n"
+        );
+        let nft = nft_of(&cfg);
+        let out = &nft[nft.find("chain classify_out").expect("classify_out")..];
+        let out = &out[..out.find('}').unwrap()];
+        assert!(
+            out.contains("goto set_p1") && !out.contains("set_p0"),
+            "{out}"
+        );
+    }
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{cmd, marks, KernelError};
 use crate::model::{Family, Priority, TableId};
 use crate::plan::diff::{ForeignRule, Observed};
-use crate::plan::{HostView, Link, RouteKind, RouteSpec, RuleSpec, RT_PROTO};
+use crate::plan::{HostView, Link, RouteKind, RouteSpec, RuleAction, RuleSpec, RT_PROTO};
 
 pub fn observe() -> Result<Observed, KernelError> {
     let host = host_view()?;
@@ -120,14 +120,16 @@ fn read_rules(family: Family, obs: &mut Observed) -> Result<(), KernelError> {
         };
         let fwmark = num(&r["fwmark"]).map(|v| (v, num(&r["fwmask"]).unwrap_or(u32::MAX)));
         if is_ours(r) {
-            let Some(table) = table_of(&r["table"]) else {
-                continue;
+            let action = match (num(&r["goto"]), table_of(&r["table"])) {
+                (Some(target), _) => RuleAction::Goto(Priority::from_kernel(target)),
+                (None, Some(table)) => RuleAction::Lookup(table),
+                (None, None) => continue,
             };
             obs.rules.insert(RuleSpec {
                 priority,
                 family,
                 fwmark,
-                table,
+                action,
                 suppress_prefixlength: r["suppress_prefixlen"]
                     .as_u64()
                     .and_then(|n| u8::try_from(n).ok()),

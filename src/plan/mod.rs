@@ -15,7 +15,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 pub use host::{HostView, Link};
-pub use objects::{RouteKind, RouteSpec, RuleSpec, RT_PROTO};
+pub use objects::{RouteKind, RouteSpec, RuleAction, RuleSpec, RT_PROTO};
 
 use crate::model::{Action, Family, GatewayIdx, Mark, Model, Priority, TableId};
 
@@ -120,9 +120,12 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     // path), then main without its default route (LAN, VPN and other specific routes win),
     // then route_via rules (new connections of a class leave via their gateway).
     let mut rules = BTreeSet::new();
-    let mut priorities = BTreeSet::new();
+    let mut priorities: BTreeSet<Priority> = BTreeSet::new();
     let mut tables = BTreeSet::new();
-    let mut next = model.settings.first_priority.get();
+    // The first priority is reserved for the skip rule (added below when worth it).
+    let skip_priority = model.settings.first_priority;
+    priorities.insert(skip_priority);
+    let mut next = skip_priority.get() + 1;
     let mut take = |priorities: &mut BTreeSet<Priority>| {
         let p = Priority::new(next).expect("validated priority range");
         next += 1;
@@ -152,7 +155,7 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
                 priority: p,
                 family,
                 fwmark: None,
-                table: TableId::MAIN,
+                action: RuleAction::Lookup(TableId::MAIN),
                 suppress_prefixlength: Some(0),
             });
         }
@@ -164,6 +167,25 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             for fam in families(&model.gateways[i]) {
                 rules.insert(RuleSpec::fwmark(p, fam, mark, mask, gp.table));
             }
+        }
+    }
+
+    // Packets without a decision (most of them) jump over all our rules at once: each
+    // `ip rule` costs every routed packet a little, and there can be hundreds of them.
+    for family in [Family::Inet4, Family::Inet6] {
+        let ours: Vec<Priority> = rules
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| r.priority)
+            .collect();
+        if let (true, Some(&last)) = (ours.len() >= 3, ours.last()) {
+            rules.insert(RuleSpec {
+                priority: skip_priority,
+                family,
+                fwmark: Some((0, mask.bits())),
+                action: RuleAction::Goto(last),
+                suppress_prefixlength: None,
+            });
         }
     }
 

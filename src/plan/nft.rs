@@ -1,10 +1,12 @@
 //! Rendering the plan's nftables table `inet symroute` as `nft -f` input. Pure text.
 //!
-//! Shape: classification runs once per connection (`ct state new`,
-//! our ct-mark bits still zero) and stores the decision in the conntrack mark; every later
-//! packet restores it through a verdict map keyed on `ct mark & MASK`, in the direction
-//! the decision is for. nft 1.0.x cannot OR a register into another register's value, so
-//! each decision value gets a one-line chain that sets exactly our bits.
+//! Shape: a connection's first packet (`ct state new`, our ct-mark bits still zero) jumps
+//! to `classify`, whose rules (or verdict maps, for runs of single-key policies) `goto`
+//! the matching policy's `set_pN` chain: count it, store the decision in the conntrack
+//! mark. Every packet then restores the decision through a verdict map keyed on
+//! `ct mark & MASK`, in the direction the decision is for (`reply_via`: replies,
+//! `route_via`: originals). nft 1.0.x cannot OR one register into another, so each
+//! decision value has a one-line `mark_V` chain that sets exactly our bits.
 
 use std::fmt::Write as _;
 

@@ -13,13 +13,22 @@ use crate::model::{Family, Mark, MarkMask, Priority, TableId};
 /// it is unclaimed in iproute2's rt_protos list). Nothing without it is ever touched.
 pub const RT_PROTO: u8 = 157;
 
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Lookup(TableId),
+    /// Jump to the rule at this priority (skips the rules in between).
+    Goto(Priority),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct RuleSpec {
     pub priority: Priority,
     pub family: Family,
     /// `fwmark VALUE/MASK`; `None` matches every packet.
     pub fwmark: Option<(u32, u32)>,
-    pub table: TableId,
+    pub action: RuleAction,
     /// `suppress_prefixlength N`: ignore routes this short (0: the default route).
     pub suppress_prefixlength: Option<u8>,
 }
@@ -36,7 +45,7 @@ impl RuleSpec {
             priority,
             family,
             fwmark: Some((mark.bits(), mask.bits())),
-            table,
+            action: RuleAction::Lookup(table),
             suppress_prefixlength: None,
         }
     }
@@ -47,7 +56,10 @@ impl RuleSpec {
         if let Some((v, m)) = self.fwmark {
             s += &format!(" fwmark {v:#x}/{m:#x}");
         }
-        s += &format!(" lookup {}", self.table);
+        match self.action {
+            RuleAction::Lookup(t) => s += &format!(" lookup {t}"),
+            RuleAction::Goto(p) => s += &format!(" goto {p}"),
+        }
         if let Some(n) = self.suppress_prefixlength {
             s += &format!(" suppress_prefixlength {n}");
         }

@@ -37,6 +37,7 @@ pub struct ApplyReport {
 
 /// Observe, plan, diff; refuse on conflicts; apply the difference; roll back on failure.
 pub fn apply(model: &Model, faults: Faults) -> Result<ApplyReport, KernelError> {
+    let _lock = state::lock()?;
     let (observed, plan, changes) = prepare(model)?;
     if changes.is_empty() {
         return Ok(ApplyReport { plan, changes });
@@ -79,6 +80,7 @@ pub fn prepare(model: &Model) -> Result<(Observed, Plan, Changes), KernelError> 
 /// Delete everything symroute owns and restore recorded sysctls. Returns what it did;
 /// errors are collected, not fatal, so one stuck object doesn't strand the rest.
 pub fn remove() -> Result<Changes, KernelError> {
+    let _lock = state::lock()?;
     let observed = observe::observe()?;
     let recorded = state::load()?.sysctls;
     let changes = Changes {

@@ -58,3 +58,28 @@ pub fn save(state: &State) -> Result<(), KernelError> {
     std::fs::write(&tmp, text).map_err(io)?;
     std::fs::rename(&tmp, &p).map_err(io)
 }
+
+/// Held while applying or removing, so two symroute runs in one namespace never
+/// interleave their steps. Released when dropped (or when the process dies).
+pub struct Lock(#[allow(dead_code)] std::fs::File);
+
+pub fn lock() -> Result<Lock, KernelError> {
+    let p = PathBuf::from(DIR).join(format!("netns-{}.lock", super::netns::cookie()?));
+    let io = |source| KernelError::Io {
+        what: format!("locking {}", p.display()),
+        source,
+    };
+    std::fs::create_dir_all(DIR).map_err(io)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(io)?;
+    // SAFETY: flock on a descriptor we own; blocks until the other run finishes.
+    let rc = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) };
+    if rc != 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    Ok(Lock(f))
+}

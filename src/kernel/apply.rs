@@ -92,6 +92,7 @@ pub fn remove() -> Result<Changes, KernelError> {
     };
     execute(&changes, Faults::default(), true)?;
     state::save(&state::State::default())?;
+    state::forget_lock();
     Ok(changes)
 }
 

@@ -52,6 +52,12 @@ pub fn host_view() -> Result<HostView, KernelError> {
             if let Ok(net) = format!("{local}/{len}").parse::<IpNet>() {
                 addrs.push(net);
             }
+            // Point-to-point links (`local A peer B/len`): the peer's network is on-link.
+            if let Some(peer) = a["address"].as_str().filter(|p| *p != local) {
+                if let Ok(net) = format!("{peer}/{len}").parse::<IpNet>() {
+                    addrs.push(net);
+                }
+            }
         }
         host.links.insert(name.to_string(), Link { up, addrs });
     }

@@ -63,8 +63,20 @@ pub fn save(state: &State) -> Result<(), KernelError> {
 /// interleave their steps. Released when dropped (or when the process dies).
 pub struct Lock(#[allow(dead_code)] std::fs::File);
 
+fn lock_path() -> Result<PathBuf, KernelError> {
+    Ok(PathBuf::from(DIR).join(format!("netns-{}.lock", super::netns::cookie()?)))
+}
+
+/// After `remove` nothing is left to protect; drop the lock file (best effort) so
+/// namespaces that come and go don't leave files behind.
+pub fn forget_lock() {
+    if let Ok(p) = lock_path() {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 pub fn lock() -> Result<Lock, KernelError> {
-    let p = PathBuf::from(DIR).join(format!("netns-{}.lock", super::netns::cookie()?));
+    let p = lock_path()?;
     let io = |source| KernelError::Io {
         what: format!("locking {}", p.display()),
         source,

@@ -9,11 +9,25 @@ use symroute::lab::Netns;
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this end-to-end test builds network namespaces and needs root: run `sudo scripts/test`");
+    assert_eq!(
+        euid, 0,
+        "this end-to-end test builds network namespaces and needs root: run `sudo scripts/test`"
+    );
     for tool in ["nft", "conntrack", "ip"] {
-        let ok = Command::new(tool).arg("--version").output().map(|o| o.status.success()).unwrap_or(false)
-            || Command::new(tool).arg("-V").output().map(|o| o.status.success()).unwrap_or(false);
-        assert!(ok, "`{tool}` is missing: run `scripts/setup` (or `sudo scripts/test`, which runs it)");
+        let ok = Command::new(tool)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+            || Command::new(tool)
+                .arg("-V")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+        assert!(
+            ok,
+            "`{tool}` is missing: run `scripts/setup` (or `sudo scripts/test`, which runs it)"
+        );
     }
 }
 
@@ -33,19 +47,32 @@ impl Run {
         }
     }
     pub fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "symroute failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "symroute failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
         self
     }
 }
 
 /// `symroute ARGS` (no namespace).
 pub fn symroute(args: &[&str]) -> Run {
-    Run::from(Command::new(env!("CARGO_BIN_EXE_symroute")).args(args).output().expect("run symroute"))
+    Run::from(
+        Command::new(env!("CARGO_BIN_EXE_symroute"))
+            .args(args)
+            .output()
+            .expect("run symroute"),
+    )
 }
 
 /// `symroute CMD -c CONFIG --netns NS` with a config given as text.
 pub fn symroute_in(ns: &Netns, cmd: &str, config: Option<&str>, extra: &[&str]) -> Run {
-    let dir = std::env::temp_dir().join(format!("symroute-test-{}-{}", std::process::id(), ns.name()));
+    let dir = std::env::temp_dir().join(format!(
+        "symroute-test-{}-{}",
+        std::process::id(),
+        ns.name()
+    ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut args: Vec<String> = vec![cmd.into(), "--netns".into(), ns.name().into()];
     if let Some(text) = config {
@@ -55,7 +82,10 @@ pub fn symroute_in(ns: &Netns, cmd: &str, config: Option<&str>, extra: &[&str]) 
         args.push(p.display().to_string());
     }
     args.extend(extra.iter().map(|s| s.to_string()));
-    let out = Command::new(env!("CARGO_BIN_EXE_symroute")).args(&args).output().expect("run symroute");
+    let out = Command::new(env!("CARGO_BIN_EXE_symroute"))
+        .args(&args)
+        .output()
+        .expect("run symroute");
     let _ = std::fs::remove_dir_all(&dir);
     Run::from(out)
 }

@@ -31,6 +31,15 @@ Typical use:
   symroute remove             put the host back as it was
   symroute lab two-isps       watch it fix seed 1 in a private network-namespace lab";
 
+const SNAPSHOT_BY_HAND: &str = "To make the same files by hand on a box without symroute, run in an empty directory:
+
+  ip rule > ip-rule.txt; ip -6 rule > ip6-rule.txt
+  ip route show table all > ip-route.txt; ip -6 route show table all > ip6-route.txt
+  nft -j list ruleset > nft.json
+  iptables-save > iptables-save.txt; ip6tables-save > ip6tables-save.txt
+  ip -j addr > ip-addr.json; ip -j link > ip-link.json
+  sysctl -a 2>/dev/null | grep -E '^net\\.ipv[46]\\.(conf\\.|ip_forward|icmp_errors|fwmark)' > sysctl.txt";
+
 #[derive(Parser, Debug)]
 #[command(name = "symroute", version, about = "Symmetric policy routing for multi-homed Linux hosts", long_about = ABOUT)]
 pub struct Cli {
@@ -123,6 +132,17 @@ enum Cmd {
         /// Print as JSON (gateways[].name/.connections, policies[].name/.packets/.bytes)
         #[arg(long)]
         json: bool,
+    },
+    /// Save this box's routing state as plain command outputs in DIR (for explain --from).
+    ///
+    /// Files: ip-rule.txt, ip6-rule.txt, ip-route.txt, ip6-route.txt, nft.json,
+    /// iptables-save.txt, ip6tables-save.txt, ip-addr.json, ip-link.json, sysctl.txt.
+    /// Tools that are missing are reported and skipped.
+    #[command(after_long_help = SNAPSHOT_BY_HAND)]
+    Snapshot {
+        dir: PathBuf,
+        #[command(flatten)]
+        netns: NetnsArg,
     },
     /// Build a seed scenario in private network namespaces and show symroute fixing it.
     ///
@@ -250,6 +270,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         p.name, p.kind, p.gateway, p.mark, p.packets, p.bytes
                     )?;
                 }
+            }
+        }
+        Cmd::Snapshot { dir, netns } => {
+            netns.enter()?;
+            let report = kernel::snapshot::take(&dir)?;
+            writeln!(
+                out,
+                "wrote {} file(s) to {}: {}",
+                report.written.len(),
+                dir.display(),
+                report.written.join(", ")
+            )?;
+            for (file, why) in &report.missing {
+                writeln!(out, "missing {file}: {why}")?;
             }
         }
         Cmd::Lab { scenario } => {

@@ -13,6 +13,7 @@ pub mod cmd;
 pub mod marks;
 pub mod netns;
 pub mod observe;
+pub mod snapshot;
 pub mod state;
 pub mod status;
 

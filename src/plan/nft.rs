@@ -94,7 +94,15 @@ pub fn render(model: &Model, gateways: &[GatewayPlan], divert: Option<Mark>) -> 
         ("classify", &mut pre, &all),
         ("classify_out", &mut out, &local),
     ] {
-        let rules = classify_rules(model, members, &mut own_rules, chain, &mut sets);
+        let rules = classify_rules(
+            model,
+            members,
+            &mut own_rules,
+            chain,
+            mask,
+            &mut chains,
+            &mut sets,
+        );
         if rules.is_empty() {
             continue;
         }
@@ -206,26 +214,13 @@ enum GroupKey {
 }
 
 impl GroupKey {
-    fn of(s: &Selector) -> Option<GroupKey> {
+    /// The key a policy is dispatched on: the first hashable key it has.
+    fn primary(s: &Selector) -> Option<GroupKey> {
         let single = |p: &Prefixes| match (p.v4.is_empty(), p.v6.is_empty()) {
             (false, true) => Some(Family::Inet4),
             (true, false) => Some(Family::Inet6),
             _ => None,
         };
-        let keys = [
-            !s.in_interface.is_empty(),
-            !s.source_mac.is_empty(),
-            !s.source.is_empty(),
-            !s.destination.is_empty(),
-            !s.not_source.is_empty(),
-            !s.not_destination.is_empty(),
-            !s.protocol.is_empty(),
-            !s.source_port.is_empty(),
-            !s.destination_port.is_empty(),
-        ];
-        if keys.iter().filter(|k| **k).count() != 1 {
-            return None;
-        }
         if !s.source_mac.is_empty() {
             Some(GroupKey::Mac)
         } else if !s.in_interface.is_empty() {
@@ -237,6 +232,18 @@ impl GroupKey {
         } else {
             None
         }
+    }
+
+    /// The selector without this key: what is left to check after the dispatch.
+    fn rest(self, s: &Selector) -> Selector {
+        let mut r = s.clone();
+        match self {
+            GroupKey::Mac => r.source_mac.clear(),
+            GroupKey::Iif => r.in_interface.clear(),
+            GroupKey::Src(_) => r.source = Prefixes::default(),
+            GroupKey::Dst(_) => r.destination = Prefixes::default(),
+        }
+        r
     }
 
     /// (left-hand side, map key type, interval flag needed)
@@ -290,26 +297,29 @@ fn overlaps(a: &ipnet::IpNet, b: &ipnet::IpNet) -> bool {
 }
 
 /// The rules of one classification chain over `members` (policy indexes, in file order).
-/// Runs of at least two consecutive groupable policies of the same key become one verdict
-/// map; the first policy keeps an item listed twice, exactly as rule order would.
+///
+/// Runs of consecutive policies with the same primary key (MAC, interface, or a
+/// one-family prefix list) share one verdict map, so a new connection costs one lookup
+/// per run however many policies and items it holds. A policy whose primary key is its
+/// only key maps straight to its decision; one with more keys maps to a `chk_pN` chain
+/// that tests the rest, after which classification goes on with the next rule if the
+/// rest did not match. Items are kept disjoint within a run, so no policy can hide a
+/// later one that might still match: an item already claimed by a one-key policy is
+/// unreachable for later policies (dropped, as rule order would), anything else shared
+/// ends the run.
 fn classify_rules(
     model: &Model,
     members: &[usize],
     own: &mut [Option<Vec<String>>],
     chain: &str,
+    mask: MarkMask,
+    chains: &mut String,
     sets: &mut String,
 ) -> Vec<String> {
     let mut own_of = |i: usize, sets: &mut String| -> Vec<String> {
         own[i]
             .get_or_insert_with(|| {
-                selector_variants(&model.policies[i].selector, &format!("p{i}"), sets)
-                    .into_iter()
-                    .map(|conds| {
-                        format!("{} goto set_p{i}", conds.trim_start())
-                            .trim_start()
-                            .to_string()
-                    })
-                    .collect()
+                goto_rules(&model.policies[i].selector, &format!("p{i}"), i, sets)
             })
             .clone()
     };
@@ -317,59 +327,113 @@ fn classify_rules(
     let mut k = 0;
     while k < members.len() {
         let first = members[k];
-        let Some(key) = GroupKey::of(&model.policies[first].selector) else {
+        let Some(key) = GroupKey::primary(&model.policies[first].selector) else {
             rules.extend(own_of(first, sets));
             k += 1;
             continue;
         };
+        // (map key text, policy index)
         let mut elements: Vec<(String, usize)> = Vec::new();
-        let mut seen: std::collections::BTreeSet<String> = Default::default();
-        let mut nets: Vec<ipnet::IpNet> = Vec::new();
+        let mut owner: std::collections::BTreeMap<String, (usize, bool)> = Default::default();
+        let mut nets: Vec<(ipnet::IpNet, usize)> = Vec::new();
         let mut end = k;
-        while end < members.len() {
+        'run: while end < members.len() {
             let i = members[end];
             let sel = &model.policies[i].selector;
-            if GroupKey::of(sel) != Some(key) {
+            if GroupKey::primary(sel) != Some(key) {
                 break;
             }
+            let total = key.rest(sel) == Selector::default();
             let items = key.items(sel);
-            // Overlapping prefixes of different policies can't share an interval map.
-            if items
-                .iter()
-                .any(|(_, n)| n.is_some_and(|n| nets.iter().any(|m| overlaps(&n, m))))
-            {
-                break;
-            }
+            let mut keep = Vec::new();
             for (text, net) in items {
-                nets.extend(net);
-                if seen.insert(text.clone()) {
-                    elements.push((text, i));
+                let clash_net =
+                    net.and_then(|n| nets.iter().find(|(m, _)| overlaps(&n, m)).map(|(_, o)| *o));
+                let clash = owner.get(&text).map(|(o, _)| *o).or(clash_net);
+                match clash {
+                    None => keep.push((text, net)),
+                    // Same item claimed by an earlier one-key policy: this one can never
+                    // see it; leave it out exactly as the rule order would.
+                    Some(o)
+                        if owner.get(&text).is_some_and(|(_, t)| *t)
+                            && clash_net.is_none_or(|c| c == o) => {}
+                    Some(_) => break 'run,
                 }
+            }
+            for (text, net) in keep {
+                if let Some(n) = net {
+                    nets.push((n, i));
+                }
+                owner.insert(text.clone(), (i, total));
+                elements.push((text, i));
             }
             end += 1;
         }
-        if end - k < 2 {
+        if end == k {
+            // The first policy alone clashes with nothing; this can't happen, but never loop.
             rules.extend(own_of(first, sets));
             k += 1;
             continue;
         }
+        let group: Vec<usize> = members[k..end].to_vec();
+        let all_total = group
+            .iter()
+            .all(|&i| key.rest(&model.policies[i].selector) == Selector::default());
+        if group.len() == 1 && (all_total || elements.len() <= INLINE_MAX) {
+            rules.extend(own_of(first, sets));
+            k = end;
+            continue;
+        }
         let name = format!("{chain}_{k}");
         let (lhs, ty) = key.lhs();
-        let interval = nets.iter().any(|n| n.prefix_len() < n.max_prefix_len());
-        let flags = if interval { "\t\tflags interval\n" } else { "" };
-        let elems: Vec<String> = elements
+        let interval = nets
             .iter()
-            .map(|(t, i)| format!("{t} : goto set_p{i}"))
-            .collect();
+            .any(|(n, _)| n.prefix_len() < n.max_prefix_len());
+        let flags = if interval { "\t\tflags interval\n" } else { "" };
+        let mut elems = Vec::new();
+        for (t, i) in &elements {
+            let rest = key.rest(&model.policies[*i].selector);
+            if rest == Selector::default() {
+                elems.push(format!("{t} : goto set_p{i}"));
+            } else {
+                elems.push(format!("{t} : jump chk_p{i}"));
+            }
+        }
+        for &i in &group {
+            let rest = key.rest(&model.policies[i].selector);
+            if rest != Selector::default() && !chains.contains(&format!("chain chk_p{i} {{")) {
+                let _ = writeln!(chains, "\tchain chk_p{i} {{");
+                for r in goto_rules(&rest, &format!("p{i}r"), i, sets) {
+                    let _ = writeln!(chains, "\t\t{r}");
+                }
+                *chains += "\t}\n";
+            }
+        }
         let _ = writeln!(
             sets,
             "\tmap {name} {{\n\t\ttype {ty} : verdict\n{flags}\t\telements = {{ {} }}\n\t}}",
             elems.join(", ")
         );
         rules.push(format!("{lhs} vmap @{name}"));
+        if !all_total {
+            // A `chk_pN` chain that decided returns here: stop classifying.
+            rules.push(format!("ct mark and {mask} != 0 return"));
+        }
         k = end;
     }
     rules
+}
+
+/// A selector's rules ending in `goto set_pN` (one per address family it needs).
+fn goto_rules(s: &Selector, id: &str, i: usize, sets: &mut String) -> Vec<String> {
+    selector_variants(s, id, sets)
+        .into_iter()
+        .map(|conds| {
+            format!("{} goto set_p{i}", conds.trim_start())
+                .trim_start()
+                .to_string()
+        })
+        .collect()
 }
 
 /// `KEY mark set KEY mark and ~MASK or VALUE`: our bits become VALUE, foreign bits stay.
@@ -601,5 +665,66 @@ mod tests {
             out.contains("goto set_p1") && !out.contains("set_p0"),
             "{out}"
         );
+    }
+}
+
+#[cfg(test)]
+mod dispatch_tests {
+    use crate::config::parse_str;
+    use crate::plan::{build, HostView};
+
+    const GWS: &str = "[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n[[gateway]]\nname=\"b\"\ninterface=\"e1\"\nvia=\"192.0.2.2\"\n";
+
+    fn nft_of(cfg: &str) -> String {
+        build(
+            &parse_str(cfg, "t.toml").expect("valid"),
+            &HostView::default(),
+        )
+        .nft
+    }
+
+    #[test]
+    fn multi_key_policies_dispatch_on_mac_then_check_the_rest() {
+        let cfg = format!(
+            "{GWS}[[policy]]\nname=\"p\"\nreply_via=\"a\"\n[policy.match]\nsource_mac=[\"02:00:00:00:00:01\"]\nsource=\"10.1.0.0/16\"\n\
+             [[policy]]\nname=\"q\"\nreply_via=\"b\"\n[policy.match]\nsource_mac=[\"02:00:00:00:00:02\"]\nprotocol=\"tcp\"\n"
+        );
+        let nft = nft_of(&cfg);
+        assert!(
+            nft.contains(
+                "elements = { 02:00:00:00:00:01 : jump chk_p0, 02:00:00:00:00:02 : jump chk_p1 }"
+            ),
+            "{nft}"
+        );
+        assert!(
+            nft.contains("chain chk_p0 {\n\t\tip saddr 10.1.0.0/16 goto set_p0\n\t}"),
+            "{nft}"
+        );
+        assert!(
+            nft.contains("chain chk_p1 {\n\t\tmeta l4proto tcp goto set_p1\n\t}"),
+            "{nft}"
+        );
+        assert!(
+            nft.contains("ether saddr vmap @classify_0\n\t\tct mark and 0xff000000 != 0 return"),
+            "{nft}"
+        );
+    }
+
+    #[test]
+    fn a_shared_mac_behind_a_partial_policy_ends_the_run() {
+        // p takes MAC 01 only for tcp; q must still see non-tcp packets from MAC 01.
+        let cfg = format!(
+            "{GWS}[[policy]]\nname=\"p\"\nreply_via=\"a\"\n[policy.match]\nsource_mac=\"02:00:00:00:00:01\"\nprotocol=\"tcp\"\n\
+             [[policy]]\nname=\"q\"\nreply_via=\"b\"\n[policy.match]\nsource_mac=\"02:00:00:00:00:01\"\n"
+        );
+        let nft = nft_of(&cfg);
+        assert!(!nft.contains("vmap @classify"), "{nft}");
+        let p = nft
+            .find("ether saddr 02:00:00:00:00:01 meta l4proto tcp goto set_p0")
+            .expect("p");
+        let q = nft
+            .find("ether saddr 02:00:00:00:00:01 goto set_p1")
+            .expect("q");
+        assert!(p < q);
     }
 }

@@ -46,8 +46,13 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let t_all = Instant::now();
     println!("symroute apply benchmark: {SYMROUTE}");
-    println!("{RUNS} runs per figure; wall clock of the whole `symroute apply -c X --netns NS` process");
-    println!("load average at start: {} (2 cores; other work on the machine inflates every figure)\n", loadavg());
+    println!(
+        "{RUNS} runs per figure; wall clock of the whole `symroute apply -c X --netns NS` process"
+    );
+    println!(
+        "load average at start: {} (2 cores; other work on the machine inflates every figure)\n",
+        loadavg()
+    );
     let mut rows = Vec::new();
 
     // --- seed 1: firewall with two ISPs and a LAN ----------------------------------------
@@ -254,7 +259,11 @@ fn command_breakdown(ns: &Netns, what: &str) -> anyhow::Result<()> {
                 ms(s.max),
                 bytes,
                 if ok { "" } else { "  (failed or missing)" },
-                if terse { "  (NOT run by symroute: terse, omits set elements; for comparison)" } else { "" }
+                if terse {
+                    "  (NOT run by symroute: terse, omits set elements; for comparison)"
+                } else {
+                    ""
+                }
             ));
         }
         out.push(format!(

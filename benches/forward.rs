@@ -176,7 +176,10 @@ fn run() -> anyhow::Result<()> {
     );
     println!("{}", "-".repeat(38 + 12 + 24 + 9 + 10 + 12));
     for (ci, case) in CASES.iter().enumerate() {
-        let runs: Vec<String> = samples[ci].iter().map(|s| format!("{:.0}k", s.pps / 1e3)).collect();
+        let runs: Vec<String> = samples[ci]
+            .iter()
+            .map(|s| format!("{:.0}k", s.pps / 1e3))
+            .collect();
         let fill = samples[ci].iter().map(|s| s.ct_count).max().unwrap_or(0);
         println!(
             "{:<38} | {:>12.0} | {:>24} | {:>8.1}% | {:>10}",
@@ -200,10 +203,20 @@ fn run() -> anyhow::Result<()> {
     let max_lost = samples.iter().flatten().map(|s| s.lost).max().unwrap_or(0);
     println!(
         "packets lost inside rtr (sent - counted at sink, any run): at most {max_lost}{}",
-        if max_lost > 0 { "" } else { " (rtr kept up; the generator's CPU is the limit)" }
+        if max_lost > 0 {
+            ""
+        } else {
+            " (rtr kept up; the generator's CPU is the limit)"
+        }
     );
-    println!("load average at end: {} (other work on this 2-core machine shows up as run-to-run spread)", loadavg());
-    println!("\n(total benchmark time {:.1} s)", t_all.elapsed().as_secs_f64());
+    println!(
+        "load average at end: {} (other work on this 2-core machine shows up as run-to-run spread)",
+        loadavg()
+    );
+    println!(
+        "\n(total benchmark time {:.1} s)",
+        t_all.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -224,7 +237,9 @@ fn build() -> anyhow::Result<Lab> {
     sink.nft(SINK_RULES)?;
     // No ARP round trip (or ARP table churn) inside the measurement.
     let sink_mac = mac_of(&sink, "s0")?;
-    rtr.ip(&format!("neigh replace 198.18.0.2 lladdr {sink_mac} dev out0 nud permanent"))?;
+    rtr.ip(&format!(
+        "neigh replace 198.18.0.2 lladdr {sink_mac} dev out0 nud permanent"
+    ))?;
 
     // Let conntrack hold every connection of a run, if this kernel allows it in a
     // non-initial namespace (newer kernels cap it at the initial namespace's value).
@@ -339,10 +354,21 @@ fn configure(lab: &Lab, case: Case, describe: bool) -> anyhow::Result<()> {
         Case::Big | Case::Small => &["table inet symroute"],
     };
     if tables != expected {
-        anyhow::bail!("rtr should hold {expected:?} for {}, holds {tables:?}", case.label());
+        anyhow::bail!(
+            "rtr should hold {expected:?} for {}, holds {tables:?}",
+            case.label()
+        );
     }
     if describe {
-        let mut line = format!("{}: rtr holds {}", case.label(), if tables.is_empty() { "no nft table".to_string() } else { tables.join(", ") });
+        let mut line = format!(
+            "{}: rtr holds {}",
+            case.label(),
+            if tables.is_empty() {
+                "no nft table".to_string()
+            } else {
+                tables.join(", ")
+            }
+        );
         if let Some(run) = what {
             line += &format!(
                 "; `symroute apply` took {:.0} ms ({})",
@@ -352,8 +378,14 @@ fn configure(lab: &Lab, case: Case, describe: bool) -> anyhow::Result<()> {
             let classify = rtr
                 .exec(&["nft", "list", "chain", "inet", "symroute", "classify"])
                 .unwrap_or_default();
-            let rules = classify.lines().filter(|l| l.contains("goto") || l.contains("vmap")).count();
-            let rules_ip = rtr.ip("-4 rule show").map(|s| s.lines().count()).unwrap_or(0);
+            let rules = classify
+                .lines()
+                .filter(|l| l.contains("goto") || l.contains("vmap"))
+                .count();
+            let rules_ip = rtr
+                .ip("-4 rule show")
+                .map(|s| s.lines().count())
+                .unwrap_or(0);
             line += &format!(
                 "; classify chain: {rules} rule(s) every new connection walks; {rules_ip} IPv4 ip rules"
             );
@@ -369,9 +401,24 @@ struct Trafgen(Option<Child>);
 impl Trafgen {
     fn start(gen: &Netns, cfg: &ConfigFile) -> anyhow::Result<Trafgen> {
         let child = Command::new("ip")
-            .args(["netns", "exec", gen.name(), "trafgen", "--dev", "g0", "--conf"])
+            .args([
+                "netns",
+                "exec",
+                gen.name(),
+                "trafgen",
+                "--dev",
+                "g0",
+                "--conf",
+            ])
             .arg(cfg.path())
-            .args(["--cpus", "1", "--num", "0", "--no-sock-mem", "--notouch-irq"])
+            .args([
+                "--cpus",
+                "1",
+                "--num",
+                "0",
+                "--no-sock-mem",
+                "--notouch-irq",
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -435,7 +482,8 @@ fn sink_count(sink: &Netns) -> anyhow::Result<(u64, Instant)> {
 fn measure(lab: &Lab) -> anyhow::Result<Sample> {
     // Every run starts with an empty table (flushing an empty or absent one is fine).
     let _ = lab.rtr.exec(&["conntrack", "-F"]);
-    lab.sink.exec(&["nft", "reset", "counter", "netdev", "sink", "rx"])?;
+    lab.sink
+        .exec(&["nft", "reset", "counter", "netdev", "sink", "rx"])?;
     let tg = Trafgen::start(&lab.gen, &lab.trafgen_cfg)?;
     std::thread::sleep(WARMUP);
     let (c0, t0) = sink_count(&lab.sink)?;
@@ -460,7 +508,9 @@ fn measure(lab: &Lab) -> anyhow::Result<Sample> {
         anyhow::bail!("trafgen printed no packet total:\n{printed}");
     };
     if c1 <= c0 {
-        anyhow::bail!("sink counted nothing during the window ({c0} -> {c1}); trafgen said:\n{printed}");
+        anyhow::bail!(
+            "sink counted nothing during the window ({c0} -> {c1}); trafgen said:\n{printed}"
+        );
     }
     Ok(Sample {
         pps: (c1 - c0) as f64 / (t1 - t0).as_secs_f64(),

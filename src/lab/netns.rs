@@ -64,9 +64,18 @@ impl Netns {
     }
 
     /// Sets a sysctl inside the namespace (the `net.*` tree is per-namespace).
+    /// procps' `sysctl -w` exits 0 even when the kernel refuses the write, so the value
+    /// is read back and compared.
     pub fn sysctl(&self, key: &str, value: &str) -> anyhow::Result<()> {
-        self.exec(&["sysctl", "-qw", &format!("{key}={value}")])
-            .map(drop)
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")])?;
+        let now = self.exec(&["sysctl", "-n", key])?;
+        anyhow::ensure!(
+            now.trim() == value,
+            "sysctl {key}={value} in netns {} did not take (still {})",
+            self.name(),
+            now.trim()
+        );
+        Ok(())
     }
 
     /// Starts a background process inside the namespace (e.g. haproxy). The guard owns

@@ -1,12 +1,14 @@
 //! Executing `Changes`: sysctls (previous values recorded first), the nft table (one atomic
-//! transaction), then routes and rules (one `ip -batch` per family). `apply` converges from
-//! whatever it finds and, if a step fails, puts back what it found; `remove` deletes all
-//! that carries our tag and restores recorded sysctls, carrying on past errors.
+//! transaction), then routes and rules (pipelined netlink batches: deletes, then adds, per
+//! family). `apply` converges from whatever it finds and, if a step fails, puts back what
+//! it found; `remove` deletes all that carries our tag and restores recorded sysctls,
+//! carrying on past errors.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::netlink::{Netlink, Request};
 use super::{cmd, observe, state, KernelError};
 use crate::model::{Family, Model};
 use crate::plan::diff::{self, Changes, Observed, SysctlChange};
@@ -144,38 +146,40 @@ fn execute(c: &Changes, faults: Faults, best_effort: bool) -> Result<(), KernelE
         step(cmd::run("nft", &["-f", "-"], Some(script)).map(drop))?;
     }
     checkpoint(Step::Nft, faults)?;
+    // One socket for all route and rule batches, opened on first use.
+    let mut nl = None;
     for family in [Family::Inet4, Family::Inet6] {
-        let del: Vec<String> = c
+        let del: Vec<Request> = c
             .routes_del
             .iter()
             .filter(|r| r.family == family)
-            .map(|r| format!("route del {}", r.ip_args()))
+            .map(|r| Request::DelRoute(r.clone()))
             .collect();
-        let add: Vec<String> = c
+        let add: Vec<Request> = c
             .routes_add
             .iter()
             .filter(|r| r.family == family)
-            .map(|r| format!("route add {}", r.ip_args()))
+            .map(|r| Request::AddRoute(r.clone()))
             .collect();
-        step(ip_batch(family, &del, best_effort))?;
-        step(ip_batch(family, &add, best_effort))?;
+        step(batch(&mut nl, &del, best_effort))?;
+        step(batch(&mut nl, &add, best_effort))?;
     }
     checkpoint(Step::Routes, faults)?;
     for family in [Family::Inet4, Family::Inet6] {
-        let del: Vec<String> = c
+        let del: Vec<Request> = c
             .rules_del
             .iter()
             .filter(|r| r.family == family)
-            .map(|r| format!("rule del {}", r.ip_args()))
+            .map(|r| Request::DelRule(r.clone()))
             .collect();
-        let add: Vec<String> = c
+        let add: Vec<Request> = c
             .rules_add
             .iter()
             .filter(|r| r.family == family)
-            .map(|r| format!("rule add {}", r.ip_args()))
+            .map(|r| Request::AddRule(r.clone()))
             .collect();
-        step(ip_batch(family, &del, best_effort))?;
-        step(ip_batch(family, &add, best_effort))?;
+        step(batch(&mut nl, &del, best_effort))?;
+        step(batch(&mut nl, &add, best_effort))?;
     }
     checkpoint(Step::Rules, faults)?;
     if errors.is_empty() {
@@ -185,16 +189,20 @@ fn execute(c: &Changes, faults: Faults, best_effort: bool) -> Result<(), KernelE
     }
 }
 
-fn ip_batch(family: Family, lines: &[String], force: bool) -> Result<(), KernelError> {
-    if lines.is_empty() {
+/// Send one batch of rule or route changes, opening the netlink socket on first need.
+fn batch(
+    nl: &mut Option<Netlink>,
+    requests: &[Request],
+    best_effort: bool,
+) -> Result<(), KernelError> {
+    if requests.is_empty() {
         return Ok(());
     }
-    let mut args = vec![family.ip_flag()];
-    if force {
-        args.push("-force");
-    }
-    args.extend(["-batch", "-"]);
-    cmd::run("ip", &args, Some(&(lines.join("\n") + "\n"))).map(drop)
+    let socket = match nl {
+        Some(socket) => socket,
+        None => nl.insert(Netlink::open()?),
+    };
+    socket.apply(requests, best_effort)
 }
 
 /// Record previous values (once, before the first change) and write the new ones.

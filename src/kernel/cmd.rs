@@ -1,4 +1,4 @@
-//! Running `ip`, `nft` and friends, with errors that say what was run and what it said.
+//! Running `nft` and friends, with errors that say what was run and what it said.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -14,6 +14,9 @@ pub enum KernelError {
     },
     #[error("`{cmd}` failed: {stderr}")]
     Failed { cmd: String, stderr: String },
+    /// A netlink request the kernel refused, named by the `ip` command doing the same.
+    #[error("`{request}` failed: {reason}")]
+    Netlink { request: String, reason: String },
     #[error("cannot understand the output of `{cmd}`: {detail}")]
     Parse { cmd: String, detail: String },
     #[error("{what}: {source}")]
@@ -71,20 +74,4 @@ pub fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, 
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         })
     }
-}
-
-/// `ip -j …` parsed as JSON.
-pub fn ip_json(args: &[&str]) -> Result<serde_json::Value, KernelError> {
-    let mut full = vec!["-j"];
-    full.extend_from_slice(args);
-    let text = run("ip", &full, None)?;
-    let text = if text.trim().is_empty() {
-        "[]"
-    } else {
-        text.as_str()
-    };
-    serde_json::from_str(text).map_err(|e| KernelError::Parse {
-        cmd: format!("ip {}", full.join(" ")),
-        detail: e.to_string(),
-    })
 }

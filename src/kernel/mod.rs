@@ -1,16 +1,17 @@
 //! The only module that touches the host: observe what the kernel holds, apply `Changes`,
-//! read status. Everything is driven through iproute2 (`ip -batch`, `ip -j`) and nftables
-//! (`nft -f`, `nft -j`), one process per step and batched, inside the network namespace
-//! the process entered (`netns::enter`).
+//! read status, inside the network namespace the process entered (`netns::enter`).
 //!
-//! Why the tools and not netlink sockets from Rust: `nft` is the only supported way to
-//! build an nftables transaction from text on nft 1.0.x hosts, and `ip -batch` gives the
-//! same one-process batching for rules and routes with error messages our users already
-//! know from their own scripts. Both are in every distribution that has the kernel features.
+//! Rules, routes, links and addresses go over an rtnetlink socket (`netlink`): one dump
+//! per table instead of one `ip` process each, and every rule or route change of a step
+//! pipelined in one datagram with an ack per request, so errors still name the `ip`
+//! command that does the same. nftables stays with `nft -f` (the only supported way to
+//! build a transaction from text on nft 1.0.x hosts), and `iptables-save`/`conntrack`
+//! stay command-line tools: their output formats are what we parse.
 
 pub mod apply;
 pub mod cmd;
 pub mod marks;
+pub mod netlink;
 pub mod netns;
 pub mod observe;
 pub mod snapshot;

@@ -1,6 +1,6 @@
 //! Acting inside a named network namespace (`--netns NAME`, as made by `ip netns add`).
-//! The whole process switches before it starts any thread or child, so every `ip`, `nft`
-//! and `/proc/sys/net` access afterwards sees that namespace.
+//! The whole process switches before it starts any thread or child, so every netlink
+//! socket, `nft` run and `/proc/sys/net` access afterwards sees that namespace.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

@@ -3,25 +3,28 @@
 //! objects that would conflict with us.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 
-use ipnet::IpNet;
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::link::LinkMessage;
 use serde_json::Value;
 
+use super::netlink::{convert, Netlink};
 use super::{cmd, marks, KernelError};
-use crate::model::{Family, Priority, TableId};
+use crate::model::Family;
 use crate::plan::diff::{ForeignRule, Observed};
-use crate::plan::{HostView, Link, RouteKind, RouteSpec, RuleAction, RuleSpec, RT_PROTO};
+use crate::plan::{HostView, RT_PROTO};
 
 pub fn observe() -> Result<Observed, KernelError> {
-    let host = host_view()?;
+    let mut nl = Netlink::open()?;
+    let (links, addrs) = nl.dump_links_addrs()?;
     let mut obs = Observed {
-        host,
+        host: host_view_of(&links, &addrs),
         ..Observed::default()
     };
+    let names = convert::link_names(&links);
     for family in [Family::Inet4, Family::Inet6] {
-        read_rules(family, &mut obs)?;
-        read_routes(family, &mut obs)?;
+        read_rules(&mut nl, family, &mut obs)?;
+        read_routes(&mut nl, family, &names, &mut obs)?;
     }
     let ruleset = nft_ruleset()?;
     obs.nft_fingerprint = our_fingerprint(&ruleset);
@@ -31,36 +34,15 @@ pub fn observe() -> Result<Observed, KernelError> {
 
 /// Links, their addresses, and the sysctls symroute may change.
 pub fn host_view() -> Result<HostView, KernelError> {
-    let mut host = HostView::default();
-    let links = cmd::ip_json(&["addr", "show"])?;
-    for l in links.as_array().into_iter().flatten() {
-        let Some(name) = l["ifname"].as_str() else {
-            continue;
-        };
-        let flags: Vec<&str> = l["flags"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let up = flags.contains(&"UP") && (flags.contains(&"LOWER_UP") || name == "lo");
-        let mut addrs = Vec::new();
-        for a in l["addr_info"].as_array().into_iter().flatten() {
-            let (Some(local), Some(len)) = (a["local"].as_str(), a["prefixlen"].as_u64()) else {
-                continue;
-            };
-            if let Ok(net) = format!("{local}/{len}").parse::<IpNet>() {
-                addrs.push(net);
-            }
-            // Point-to-point links (`local A peer B/len`): the peer's network is on-link.
-            if let Some(peer) = a["address"].as_str().filter(|p| *p != local) {
-                if let Ok(net) = format!("{peer}/{len}").parse::<IpNet>() {
-                    addrs.push(net);
-                }
-            }
-        }
-        host.links.insert(name.to_string(), Link { up, addrs });
-    }
+    let (links, addrs) = Netlink::open()?.dump_links_addrs()?;
+    Ok(host_view_of(&links, &addrs))
+}
+
+fn host_view_of(links: &[LinkMessage], addrs: &[AddressMessage]) -> HostView {
+    let mut host = HostView {
+        links: convert::host_links(links, addrs),
+        ..HostView::default()
+    };
     let mut keys = vec![
         "net.ipv4.icmp_errors_use_inbound_ifaddr".to_string(),
         "net.ipv4.conf.all.rp_filter".to_string(),
@@ -75,7 +57,7 @@ pub fn host_view() -> Result<HostView, KernelError> {
             host.sysctls.insert(key, v.trim().to_string());
         }
     }
-    Ok(host)
+    host
 }
 
 pub fn sysctl_path(key: &str) -> String {
@@ -93,149 +75,49 @@ pub fn sysctl_path(key: &str) -> String {
     }
 }
 
-fn num(v: &Value) -> Option<u32> {
-    match v {
-        Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()),
-        Value::String(s) => match s.strip_prefix("0x") {
-            Some(h) => u32::from_str_radix(h, 16).ok(),
-            None => s.parse().ok(),
-        },
-        _ => None,
-    }
-}
-
-fn table_of(v: &Value) -> Option<TableId> {
-    match v.as_str() {
-        Some("main") => Some(TableId::from_kernel(254)),
-        Some("local") => Some(TableId::from_kernel(255)),
-        Some("default") => Some(TableId::from_kernel(253)),
-        _ => num(v).map(TableId::from_kernel),
-    }
-}
-
-fn is_ours(v: &Value) -> bool {
-    v["protocol"].as_str() == Some(&RT_PROTO.to_string())
-        || v["protocol"].as_u64() == Some(u64::from(RT_PROTO))
-}
-
-fn read_rules(family: Family, obs: &mut Observed) -> Result<(), KernelError> {
-    let rules = cmd::ip_json(&[family.ip_flag(), "-d", "rule", "show"])?;
-    for r in rules.as_array().into_iter().flatten() {
-        let Some(priority) = num(&r["priority"]).map(Priority::from_kernel) else {
-            continue;
-        };
-        let fwmark = num(&r["fwmark"]).map(|v| (v, num(&r["fwmask"]).unwrap_or(u32::MAX)));
-        if is_ours(r) {
-            let action = match (num(&r["goto"]), table_of(&r["table"])) {
-                (Some(target), _) => RuleAction::Goto(Priority::from_kernel(target)),
-                (None, Some(table)) => RuleAction::Lookup(table),
-                (None, None) => continue,
-            };
-            obs.rules.insert(RuleSpec {
-                priority,
-                family,
-                fwmark,
-                action,
-                suppress_prefixlength: r["suppress_prefixlen"]
-                    .as_u64()
-                    .and_then(|n| u8::try_from(n).ok()),
-            });
+/// Our tagged rules, and everyone else's (with their text, for conflict messages).
+fn read_rules(nl: &mut Netlink, family: Family, obs: &mut Observed) -> Result<(), KernelError> {
+    for r in nl.dump_rules(family)? {
+        if convert::rule_protocol(&r) == RT_PROTO {
+            // A tagged rule of a shape symroute never makes is left alone, not guessed at.
+            if let Some(spec) = convert::rule_spec(&r) {
+                obs.rules.insert(spec);
+            }
         } else {
             obs.foreign_rules.push(ForeignRule {
                 family,
-                priority,
-                fwmark,
-                text: rule_text(r),
+                priority: convert::rule_priority(&r),
+                fwmark: convert::rule_fwmark(&r),
+                text: convert::rule_text(&r),
             });
         }
     }
     Ok(())
 }
 
-/// Approximately how `ip rule` prints a rule, for messages.
-fn rule_text(r: &Value) -> String {
-    let mut s = format!("{}:", r["priority"]);
-    if r["not"].as_bool() == Some(true) {
-        s += " not";
-    }
-    s += &format!(" from {}", r["src"].as_str().unwrap_or("all"));
-    if let Some(l) = r["srclen"].as_u64() {
-        s += &format!("/{l}");
-    }
-    for (key, word) in [("dst", "to"), ("iifname", "iif"), ("oifname", "oif")] {
-        if let Some(v) = r[key].as_str() {
-            s += &format!(" {word} {v}");
-        }
-    }
-    if let Some(m) = r["fwmark"].as_str() {
-        s += &format!(" fwmark {m}");
-        if let Some(mask) = r["fwmask"].as_str() {
-            s += &format!("/{mask}");
-        }
-    }
-    if let Some(t) = r["table"].as_str() {
-        s += &format!(" lookup {t}");
-    }
-    if let Some(a) = r["action"].as_str() {
-        s += &format!(" {a}");
-    }
-    s
-}
-
-fn read_routes(family: Family, obs: &mut Observed) -> Result<(), KernelError> {
-    let routes = cmd::ip_json(&[family.ip_flag(), "route", "show", "table", "all"])?;
-    for r in routes.as_array().into_iter().flatten() {
-        let table = table_of(&r["table"]).unwrap_or(TableId::MAIN);
-        if !is_ours(r) {
-            if table.id() != 254 && table.id() != 255 {
-                obs.foreign_route_tables
-                    .entry(table)
-                    .or_insert_with(|| route_text(r));
+/// Our tagged routes, and the tables (other than main and local) holding anyone else's.
+fn read_routes(
+    nl: &mut Netlink,
+    family: Family,
+    names: &BTreeMap<u32, String>,
+    obs: &mut Observed,
+) -> Result<(), KernelError> {
+    for r in nl.dump_routes(family)? {
+        if u8::from(r.header.protocol) == RT_PROTO {
+            // Kinds symroute never makes (blackhole, …) are left alone.
+            if let Some(spec) = convert::route_spec(&r, names) {
+                obs.routes.insert(spec);
             }
             continue;
         }
-        let kind = match r["type"].as_str() {
-            Some("local") => RouteKind::Local,
-            None | Some("unicast") => RouteKind::Unicast,
-            Some(_) => continue, // not a kind symroute makes; leave it for `remove` below
-        };
-        let Some(dst) = parse_dst(r["dst"].as_str().unwrap_or("default"), family) else {
-            continue;
-        };
-        obs.routes.insert(RouteSpec {
-            table,
-            family,
-            kind,
-            dst,
-            via: r["gateway"].as_str().and_then(|g| g.parse::<IpAddr>().ok()),
-            dev: r["dev"].as_str().unwrap_or_default().to_string(),
-        });
+        let table = convert::route_table(&r);
+        if table.id() != 254 && table.id() != 255 {
+            obs.foreign_route_tables
+                .entry(table)
+                .or_insert_with(|| convert::route_text(&r, names));
+        }
     }
     Ok(())
-}
-
-fn route_text(r: &Value) -> String {
-    let mut s = r["dst"].as_str().unwrap_or("?").to_string();
-    if let Some(g) = r["gateway"].as_str() {
-        s += &format!(" via {g}");
-    }
-    if let Some(d) = r["dev"].as_str() {
-        s += &format!(" dev {d}");
-    }
-    s += &format!(" table {}", r["table"].as_str().unwrap_or("main"));
-    s
-}
-
-fn parse_dst(dst: &str, family: Family) -> Option<IpNet> {
-    if dst == "default" {
-        return Some(match family {
-            Family::Inet4 => "0.0.0.0/0".parse().ok()?,
-            Family::Inet6 => "::/0".parse().ok()?,
-        });
-    }
-    dst.parse::<IpNet>()
-        .ok()
-        .or_else(|| dst.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// The whole nft ruleset as JSON (our table and everyone else's).

@@ -122,9 +122,10 @@ fn read_routes(
 
 /// The whole nft ruleset as JSON (our table and everyone else's).
 pub fn nft_ruleset() -> Result<Value, KernelError> {
-    let text = cmd::run("nft", &["-j", "list", "ruleset"], None)?;
+    // Terse (`-t`): set elements are not needed here and dominate the output at scale.
+    let text = cmd::run("nft", &["-j", "-t", "list", "ruleset"], None)?;
     serde_json::from_str(&text).map_err(|e| KernelError::Parse {
-        cmd: "nft -j list ruleset".into(),
+        cmd: "nft -j -t list ruleset".into(),
         detail: e.to_string(),
     })
 }

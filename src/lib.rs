@@ -6,6 +6,7 @@
 //! touches the host). `lab` builds the seed topologies in network namespaces.
 
 pub mod config;
+pub mod explain;
 pub mod kernel;
 pub mod lab;
 pub mod model;

@@ -39,7 +39,25 @@ pub fn take(dir: &Path) -> Result<Report, KernelError> {
         what: format!("creating {}", dir.display()),
         source,
     })?;
-    let mut report = Report::default();
+    let captured = capture();
+    let mut report = Report {
+        missing: captured.missing,
+        ..Report::default()
+    };
+    for (file, text) in &captured.files {
+        let path = dir.join(file);
+        std::fs::write(&path, text).map_err(|source| KernelError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })?;
+        report.written.push(file.clone());
+    }
+    Ok(report)
+}
+
+/// What `take` would write, in memory (the live state for `explain`, `doctor`, `import`).
+pub fn capture() -> Captured {
+    let mut c = Captured::default();
     for (file, command) in FILES {
         let result = if *file == "sysctl.txt" {
             Ok(sysctl_lines())
@@ -49,19 +67,21 @@ pub fn take(dir: &Path) -> Result<Report, KernelError> {
         };
         match result {
             Ok(text) => {
-                let path = dir.join(file);
-                std::fs::write(&path, text).map_err(|source| KernelError::Io {
-                    what: format!("writing {}", path.display()),
-                    source,
-                })?;
-                report.written.push(file.to_string());
+                c.files.insert(file.to_string(), text);
             }
             Err(e) => {
-                report.missing.insert(file.to_string(), e.to_string());
+                c.missing.insert(file.to_string(), e.to_string());
             }
         }
     }
-    Ok(report)
+    c
+}
+
+/// Command outputs by file name, and the ones that could not be made (with why).
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub files: BTreeMap<String, String>,
+    pub missing: BTreeMap<String, String>,
 }
 
 /// `key = value` lines like `sysctl -a` prints, for the keys routing depends on.

@@ -142,6 +142,7 @@ pub fn count_marks(text: &str, mask: u32) -> BTreeMap<u32, u64> {
 pub fn describe(state: &GatewayState) -> String {
     match state {
         GatewayState::Up => "up".into(),
+        GatewayState::Partial(why) => format!("partly up: {why}"),
         GatewayState::Down(why) => format!("down: {why}"),
     }
 }

@@ -25,6 +25,8 @@ use crate::model::{Action, Family, GatewayIdx, Mark, Model, Priority, TableId};
 #[serde(tag = "state", content = "reason", rename_all = "lowercase")]
 pub enum GatewayState {
     Up,
+    /// Usable for one family only (the reason names the other family's problem).
+    Partial(String),
     Down(String),
 }
 
@@ -191,10 +193,11 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
 
     let mut routes = BTreeSet::new();
     for (i, gp) in gateways.iter().enumerate() {
-        if gp.state != GatewayState::Up || (gp.reply_mark.is_none() && gp.route_mark.is_none()) {
+        if gp.reply_mark.is_none() && gp.route_mark.is_none() {
             continue;
         }
-        gateway_routes(&model.gateways[i], gp.table, host, &mut routes);
+        let families = usable_families(&model.gateways[i], host);
+        gateway_routes(&model.gateways[i], gp.table, host, &families, &mut routes);
     }
     if let Some((_, table)) = divert {
         for (family, dst) in [(Family::Inet4, "0.0.0.0/0"), (Family::Inet6, "::/0")] {
@@ -245,18 +248,37 @@ fn gateway_state(g: &crate::model::Gateway, host: &HostView) -> GatewayState {
         matches!(via, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
             || link.addrs.iter().any(|a| a.contains(&via))
     };
-    for via in [g.via.map(IpAddr::V4), g.via6.map(IpAddr::V6)]
+    let off: Vec<String> = [g.via.map(IpAddr::V4), g.via6.map(IpAddr::V6)]
         .into_iter()
         .flatten()
-    {
-        if !on_link(via) {
-            return GatewayState::Down(format!(
-                "next hop {via} is not on any network of {} (no address of the interface covers it)",
-                g.interface
-            ));
-        }
+        .filter(|via| !on_link(*via))
+        .map(|via| format!("next hop {via} is not on any network of {} (no address of the interface covers it)", g.interface))
+        .collect();
+    let families = usable_families(g, host);
+    match (off.is_empty(), families.is_empty()) {
+        (true, _) => GatewayState::Up,
+        (false, true) => GatewayState::Down(off.join("; ")),
+        (false, false) => GatewayState::Partial(off.join("; ")),
     }
-    GatewayState::Up
+}
+
+/// The families whose next hop is usable now (on-link, interface up).
+fn usable_families(g: &crate::model::Gateway, host: &HostView) -> Vec<Family> {
+    let Some(link) = host.links.get(g.interface.as_str()).filter(|l| l.up) else {
+        return Vec::new();
+    };
+    let on_link = |via: IpAddr| {
+        matches!(via, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+            || link.addrs.iter().any(|a| a.contains(&via))
+    };
+    let mut out = Vec::new();
+    if g.serves_v4() && g.via.is_none_or(|v| on_link(IpAddr::V4(v))) {
+        out.push(Family::Inet4);
+    }
+    if g.via6.is_some_and(|v| on_link(IpAddr::V6(v))) {
+        out.push(Family::Inet6);
+    }
+    out
 }
 
 /// A gateway's table: its default route(s), plus every directly connected network, so
@@ -265,9 +287,10 @@ fn gateway_routes(
     g: &crate::model::Gateway,
     table: TableId,
     host: &HostView,
+    families: &[Family],
     out: &mut BTreeSet<RouteSpec>,
 ) {
-    if g.serves_v4() {
+    if families.contains(&Family::Inet4) {
         out.insert(RouteSpec {
             table,
             family: Family::Inet4,
@@ -277,7 +300,7 @@ fn gateway_routes(
             dev: g.interface.to_string(),
         });
     }
-    if let Some(v6) = g.via6 {
+    if let Some(v6) = g.via6.filter(|_| families.contains(&Family::Inet6)) {
         out.insert(RouteSpec {
             table,
             family: Family::Inet6,
@@ -306,7 +329,7 @@ fn gateway_routes(
                 matches!(net, IpNet::V6(n) if n.addr().segments()[0] & 0xffc0 == 0xfe80);
             if net.prefix_len() == net.max_prefix_len()
                 || link_local
-                || !g.serves(family)
+                || !families.contains(&family)
                 || !seen.insert(net)
             {
                 continue;

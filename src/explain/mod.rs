@@ -1,0 +1,4 @@
+pub mod host;
+pub mod netfilter;
+pub mod routing;
+pub mod trace;

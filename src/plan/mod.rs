@@ -192,12 +192,24 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     }
 
     let mut routes = BTreeSet::new();
+    let gateway_ifaces: BTreeSet<&str> = model
+        .gateways
+        .iter()
+        .map(|g| g.interface.as_str())
+        .collect();
     for (i, gp) in gateways.iter().enumerate() {
         if gp.reply_mark.is_none() && gp.route_mark.is_none() {
             continue;
         }
         let families = usable_families(&model.gateways[i], host);
-        gateway_routes(&model.gateways[i], gp.table, host, &families, &mut routes);
+        gateway_routes(
+            &model.gateways[i],
+            gp.table,
+            host,
+            &families,
+            &gateway_ifaces,
+            &mut routes,
+        );
     }
     if let Some((_, table)) = divert {
         for (family, dst) in [(Family::Inet4, "0.0.0.0/0"), (Family::Inet6, "::/0")] {
@@ -281,13 +293,18 @@ fn usable_families(g: &crate::model::Gateway, host: &HostView) -> Vec<Family> {
     out
 }
 
-/// A gateway's table: its default route(s), plus every directly connected network, so
-/// steered packets to on-link destinations are not sent to the gateway instead.
+/// A gateway's table: its default route(s), plus the directly connected networks that a
+/// steered packet may still need to reach on-link: those of its own interface (a client
+/// on the gateway's own segment is answered directly, not hairpinned through the
+/// gateway) and of interfaces no gateway uses (the LAN). Other uplinks' networks stay
+/// out: a connection that arrived via this gateway is answered via this gateway, and the
+/// table stays O(gateways) routes instead of O(gateways × interfaces).
 fn gateway_routes(
     g: &crate::model::Gateway,
     table: TableId,
     host: &HostView,
     families: &[Family],
+    gateway_ifaces: &BTreeSet<&str>,
     out: &mut BTreeSet<RouteSpec>,
 ) {
     if families.contains(&Family::Inet4) {
@@ -319,7 +336,9 @@ fn gateway_routes(
         .iter()
         .filter(|(n, _)| n.as_str() != g.interface.as_str());
     for (name, link) in own.into_iter().chain(others) {
-        if !link.up || name == "lo" {
+        let other_uplink =
+            name.as_str() != g.interface.as_str() && gateway_ifaces.contains(name.as_str());
+        if !link.up || name == "lo" || other_uplink {
             continue;
         }
         for addr in &link.addrs {

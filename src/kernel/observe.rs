@@ -26,7 +26,7 @@ pub fn observe() -> Result<Observed, KernelError> {
         read_rules(&mut nl, family, &mut obs)?;
         read_routes(&mut nl, family, &names, &mut obs)?;
     }
-    let ruleset = nft_ruleset()?;
+    let ruleset = nft_for_observe()?;
     obs.nft_fingerprint = our_fingerprint(&ruleset);
     obs.mark_users = marks::foreign_mark_users(&ruleset, &obs.foreign_rules);
     Ok(obs)
@@ -128,6 +128,51 @@ pub fn nft_ruleset() -> Result<Value, KernelError> {
         cmd: "nft -j -t list ruleset".into(),
         detail: e.to_string(),
     })
+}
+
+/// What observe needs from nftables, without listing our own (possibly huge) table:
+/// every chain (which tables exist, and our fingerprint chain), plus the rules of every
+/// foreign table (for mark users), each listed on its own.
+fn nft_for_observe() -> Result<Value, KernelError> {
+    let parse = |cmd: &str, text: &str| -> Result<Value, KernelError> {
+        serde_json::from_str(text).map_err(|e| KernelError::Parse {
+            cmd: cmd.into(),
+            detail: e.to_string(),
+        })
+    };
+    let chains = parse(
+        "nft -j list chains",
+        &cmd::run("nft", &["-j", "list", "chains"], None)?,
+    )?;
+    let mut items: Vec<Value> = Vec::new();
+    let mut tables: Vec<(String, String)> = Vec::new();
+    for item in chains["nftables"].as_array().into_iter().flatten() {
+        let Some(c) = item.get("chain") else { continue };
+        let (Some(f), Some(t)) = (c["family"].as_str(), c["table"].as_str()) else {
+            continue;
+        };
+        if !tables.iter().any(|(a, b)| a == f && b == t) {
+            tables.push((f.to_string(), t.to_string()));
+            items.push(serde_json::json!({ "table": { "family": f, "name": t } }));
+        }
+        items.push(item.clone());
+    }
+    for (family, table) in &tables {
+        if family == "inet" && table == crate::plan::nft::TABLE {
+            continue;
+        }
+        let text = cmd::run("nft", &["-j", "-t", "list", "table", family, table], None)?;
+        let listed = parse(&format!("nft -j -t list table {family} {table}"), &text)?;
+        items.extend(
+            listed["nftables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i.get("rule").is_some())
+                .cloned(),
+        );
+    }
+    Ok(serde_json::json!({ "nftables": items }))
 }
 
 /// nft's JSON omits table comments, so the fingerprint also names an empty chain.

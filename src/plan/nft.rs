@@ -90,6 +90,8 @@ pub fn render(model: &Model, gateways: &[GatewayPlan], divert: Option<Mark>) -> 
         .map(|(i, _)| i)
         .collect();
     let is_new = format!("ct state new ct mark and {mask} == 0");
+    // Both classification chains may dispatch to the same `chk_pN`: write each once.
+    let mut checks = CheckChains::default();
     for (chain, hook_rules, members) in [
         ("classify", &mut pre, &all),
         ("classify_out", &mut out, &local),
@@ -100,7 +102,7 @@ pub fn render(model: &Model, gateways: &[GatewayPlan], divert: Option<Mark>) -> 
             &mut own_rules,
             chain,
             mask,
-            &mut chains,
+            &mut checks,
             &mut sets,
         );
         if rules.is_empty() {
@@ -113,6 +115,7 @@ pub fn render(model: &Model, gateways: &[GatewayPlan], divert: Option<Mark>) -> 
         chains += "\t}\n";
         hook_rules.push(format!("{is_new} jump {chain}"));
     }
+    chains += &checks.text;
 
     let mut reply_map = Vec::new();
     let mut orig_map = Vec::new();
@@ -292,8 +295,52 @@ impl GroupKey {
     }
 }
 
-fn overlaps(a: &ipnet::IpNet, b: &ipnet::IpNet) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
+/// The `chk_pN` chains written so far.
+#[derive(Default)]
+struct CheckChains {
+    text: String,
+    done: std::collections::BTreeSet<usize>,
+}
+
+/// Disjoint prefixes with their owning policy, answering "does this prefix overlap one
+/// already taken?" in O(log n): a run can hold thousands of prefixes.
+#[derive(Default)]
+struct Taken {
+    /// first address → (last address, owner); IPv4 is mapped into ::ffff:0:0/96, which
+    /// keeps the families apart.
+    ranges: std::collections::BTreeMap<u128, (u128, usize)>,
+}
+
+impl Taken {
+    fn bounds(n: &ipnet::IpNet) -> (u128, u128) {
+        let as_u128 = |a: std::net::IpAddr| match a {
+            std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            std::net::IpAddr::V6(v6) => u128::from(v6),
+        };
+        (as_u128(n.network()), as_u128(n.broadcast()))
+    }
+
+    fn overlap(&self, n: &ipnet::IpNet) -> Option<usize> {
+        let (lo, hi) = Self::bounds(n);
+        if let Some((_, (end, owner))) = self.ranges.range(..=lo).next_back() {
+            if *end >= lo {
+                return Some(*owner);
+            }
+        }
+        self.ranges
+            .range(lo..=hi)
+            .next()
+            .map(|(_, (_, owner))| *owner)
+    }
+
+    fn insert(&mut self, n: &ipnet::IpNet, owner: usize) {
+        let (lo, hi) = Self::bounds(n);
+        self.ranges.insert(lo, (hi, owner));
+    }
+
+    fn any_interval(&self) -> bool {
+        self.ranges.iter().any(|(lo, (hi, _))| lo != hi)
+    }
 }
 
 /// The rules of one classification chain over `members` (policy indexes, in file order).
@@ -313,7 +360,7 @@ fn classify_rules(
     own: &mut [Option<Vec<String>>],
     chain: &str,
     mask: MarkMask,
-    chains: &mut String,
+    checks: &mut CheckChains,
     sets: &mut String,
 ) -> Vec<String> {
     let mut own_of = |i: usize, sets: &mut String| -> Vec<String> {
@@ -335,7 +382,7 @@ fn classify_rules(
         // (map key text, policy index)
         let mut elements: Vec<(String, usize)> = Vec::new();
         let mut owner: std::collections::BTreeMap<String, (usize, bool)> = Default::default();
-        let mut nets: Vec<(ipnet::IpNet, usize)> = Vec::new();
+        let mut nets = Taken::default();
         let mut end = k;
         'run: while end < members.len() {
             let i = members[end];
@@ -347,8 +394,7 @@ fn classify_rules(
             let items = key.items(sel);
             let mut keep = Vec::new();
             for (text, net) in items {
-                let clash_net =
-                    net.and_then(|n| nets.iter().find(|(m, _)| overlaps(&n, m)).map(|(_, o)| *o));
+                let clash_net = net.and_then(|n| nets.overlap(&n));
                 let clash = owner.get(&text).map(|(o, _)| *o).or(clash_net);
                 match clash {
                     None => keep.push((text, net)),
@@ -362,7 +408,7 @@ fn classify_rules(
             }
             for (text, net) in keep {
                 if let Some(n) = net {
-                    nets.push((n, i));
+                    nets.insert(&n, i);
                 }
                 owner.insert(text.clone(), (i, total));
                 elements.push((text, i));
@@ -386,9 +432,7 @@ fn classify_rules(
         }
         let name = format!("{chain}_{k}");
         let (lhs, ty) = key.lhs();
-        let interval = nets
-            .iter()
-            .any(|(n, _)| n.prefix_len() < n.max_prefix_len());
+        let interval = nets.any_interval();
         let flags = if interval { "\t\tflags interval\n" } else { "" };
         let mut elems = Vec::new();
         for (t, i) in &elements {
@@ -401,12 +445,12 @@ fn classify_rules(
         }
         for &i in &group {
             let rest = key.rest(&model.policies[i].selector);
-            if rest != Selector::default() && !chains.contains(&format!("chain chk_p{i} {{")) {
-                let _ = writeln!(chains, "\tchain chk_p{i} {{");
+            if rest != Selector::default() && checks.done.insert(i) {
+                let _ = writeln!(checks.text, "\tchain chk_p{i} {{");
                 for r in goto_rules(&rest, &format!("p{i}r"), i, sets) {
-                    let _ = writeln!(chains, "\t\t{r}");
+                    let _ = writeln!(checks.text, "\t\t{r}");
                 }
-                *chains += "\t}\n";
+                checks.text += "\t}\n";
             }
         }
         let _ = writeln!(
@@ -726,5 +770,25 @@ mod dispatch_tests {
             .find("ether saddr 02:00:00:00:00:01 goto set_p1")
             .expect("q");
         assert!(p < q);
+    }
+}
+
+#[cfg(test)]
+mod shared_chain_tests {
+    use crate::config::parse_str;
+    use crate::plan::{build, HostView};
+
+    /// route_via policies dispatched on a prefix appear in both classification chains;
+    /// their check chain must be defined once.
+    #[test]
+    fn check_chains_are_defined_once() {
+        let mut cfg =
+            String::from("[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n");
+        for (i, net) in ["10.1.0.0/16", "10.2.0.0/16"].iter().enumerate() {
+            cfg += &format!("[[policy]]\nname=\"p{i}\"\nroute_via=\"a\"\n[policy.match]\ndestination=\"{net}\"\nprotocol=\"tcp\"\n");
+        }
+        let nft = build(&parse_str(&cfg, "t.toml").unwrap(), &HostView::default()).nft;
+        assert_eq!(nft.matches("chain chk_p0 {").count(), 1, "{nft}");
+        assert!(nft.contains("chain classify_out {"), "{nft}");
     }
 }

@@ -237,6 +237,22 @@ impl GroupKey {
         }
     }
 
+    /// Whether this key is all the selector tests (a hit in the map decides the policy).
+    fn is_only_key(self, s: &Selector) -> bool {
+        let others = [
+            !s.in_interface.is_empty() && self != GroupKey::Iif,
+            !s.source_mac.is_empty() && self != GroupKey::Mac,
+            !s.source.is_empty() && !matches!(self, GroupKey::Src(_)),
+            !s.destination.is_empty() && !matches!(self, GroupKey::Dst(_)),
+            !s.not_source.is_empty(),
+            !s.not_destination.is_empty(),
+            !s.protocol.is_empty(),
+            !s.source_port.is_empty(),
+            !s.destination_port.is_empty(),
+        ];
+        !others.iter().any(|o| *o)
+    }
+
     /// The selector without this key: what is left to check after the dispatch.
     fn rest(self, s: &Selector) -> Selector {
         let mut r = s.clone();
@@ -390,7 +406,7 @@ fn classify_rules(
             if GroupKey::primary(sel) != Some(key) {
                 break;
             }
-            let total = key.rest(sel) == Selector::default();
+            let total = key.is_only_key(sel);
             let items = key.items(sel);
             let mut keep = Vec::new();
             for (text, net) in items {
@@ -424,7 +440,7 @@ fn classify_rules(
         let group: Vec<usize> = members[k..end].to_vec();
         let all_total = group
             .iter()
-            .all(|&i| key.rest(&model.policies[i].selector) == Selector::default());
+            .all(|&i| key.is_only_key(&model.policies[i].selector));
         if group.len() == 1 && (all_total || elements.len() <= INLINE_MAX) {
             rules.extend(own_of(first, sets));
             k = end;
@@ -436,8 +452,7 @@ fn classify_rules(
         let flags = if interval { "\t\tflags interval\n" } else { "" };
         let mut elems = Vec::new();
         for (t, i) in &elements {
-            let rest = key.rest(&model.policies[*i].selector);
-            if rest == Selector::default() {
+            if key.is_only_key(&model.policies[*i].selector) {
                 elems.push(format!("{t} : goto set_p{i}"));
             } else {
                 elems.push(format!("{t} : jump chk_p{i}"));

@@ -9,7 +9,24 @@ use serde_json::Value;
 
 use crate::plan::diff::{ForeignRule, MarkUser};
 
-pub fn foreign_mark_users(ruleset: &Value, rules: &[ForeignRule]) -> Vec<MarkUser> {
+/// `iptables-save -t mangle` and `ip6tables-save -t mangle` outputs (absent tools or
+/// tables are simply not there).
+pub fn iptables_texts() -> Vec<(&'static str, String)> {
+    ["iptables-save", "ip6tables-save"]
+        .into_iter()
+        .filter_map(|tool| {
+            super::cmd::run(tool, &["-t", "mangle"], None)
+                .ok()
+                .map(|t| (tool, t))
+        })
+        .collect()
+}
+
+pub fn foreign_mark_users(
+    ruleset: &Value,
+    rules: &[ForeignRule],
+    iptables: &[(&'static str, String)],
+) -> Vec<MarkUser> {
     let mut out = Vec::new();
     for r in rules {
         if let Some((_, mask)) = r.fwmark {
@@ -23,10 +40,8 @@ pub fn foreign_mark_users(ruleset: &Value, rules: &[ForeignRule]) -> Vec<MarkUse
         }
     }
     out.extend(nft_users(ruleset));
-    for tool in ["iptables-save", "ip6tables-save"] {
-        if let Ok(text) = super::cmd::run(tool, &["-t", "mangle"], None) {
-            out.extend(iptables_users(tool, &text));
-        }
+    for (tool, text) in iptables {
+        out.extend(iptables_users(tool, text));
     }
     out
 }

@@ -15,21 +15,30 @@ use crate::plan::diff::{ForeignRule, Observed};
 use crate::plan::{HostView, RT_PROTO};
 
 pub fn observe() -> Result<Observed, KernelError> {
-    let mut nl = Netlink::open()?;
-    let (links, addrs) = nl.dump_links_addrs()?;
-    let mut obs = Observed {
-        host: host_view_of(&links, &addrs),
-        ..Observed::default()
-    };
-    let names = convert::link_names(&links);
-    for family in [Family::Inet4, Family::Inet6] {
-        read_rules(&mut nl, family, &mut obs)?;
-        read_routes(&mut nl, family, &names, &mut obs)?;
-    }
-    let ruleset = nft_for_observe()?;
-    obs.nft_fingerprint = our_fingerprint(&ruleset);
-    obs.mark_users = marks::foreign_mark_users(&ruleset, &obs.foreign_rules);
-    Ok(obs)
+    // The child processes (nft, iptables-save) run while this thread reads netlink: they
+    // are most of the time a no-op apply takes. Threads started after `netns::enter`
+    // live in the same namespace, and so do their children.
+    std::thread::scope(|scope| {
+        let nft = scope.spawn(nft_for_observe);
+        let iptables = scope.spawn(marks::iptables_texts);
+        let mut nl = Netlink::open()?;
+        let (links, addrs) = nl.dump_links_addrs()?;
+        let mut obs = Observed {
+            host: host_view_of(&links, &addrs),
+            ..Observed::default()
+        };
+        let names = convert::link_names(&links);
+        for family in [Family::Inet4, Family::Inet6] {
+            read_rules(&mut nl, family, &mut obs)?;
+            read_routes(&mut nl, family, &names, &mut obs)?;
+        }
+        let joined = |what: &str| KernelError::Other(format!("{what} reader thread panicked"));
+        let ruleset = nft.join().map_err(|_| joined("nft"))??;
+        let iptables = iptables.join().map_err(|_| joined("iptables-save"))?;
+        obs.nft_fingerprint = our_fingerprint(&ruleset);
+        obs.mark_users = marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables);
+        Ok(obs)
+    })
 }
 
 /// Links, their addresses, and the sysctls symroute may change.

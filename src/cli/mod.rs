@@ -162,6 +162,22 @@ enum Cmd {
         #[arg(short, long)]
         verbose: bool,
     },
+    /// Find the mistakes in a hand-made (or any) policy-routing setup.
+    ///
+    /// Reads the live kernel (or --netns, or a snapshot with --from) and reports each
+    /// finding with a severity, a stable code (listed in the README), the offending rule
+    /// quoted as written, why it breaks, and the fix. Exits 1 when an error-level finding
+    /// exists, 0 otherwise.
+    Doctor {
+        /// Read the state from a snapshot directory (see `symroute snapshot`)
+        #[arg(long, value_name = "DIR", conflicts_with = "netns")]
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        netns: NetnsArg,
+        /// Print as JSON: {"findings": [{severity, code, rule, why, fix, place}]}
+        #[arg(long)]
+        json: bool,
+    },
     /// Save this box's routing state as plain command outputs in DIR (for explain --from).
     ///
     /// Files: ip-rule.txt, ip6-rule.txt, ip-route.txt, ip6-route.txt, nft.json,
@@ -427,6 +443,27 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 write!(out, "{}", symroute::explain::trace::render(&e, verbose))?;
             }
+        }
+        Cmd::Doctor { from, netns, json } => {
+            let host = load_host(from.as_ref(), &netns)?;
+            let findings = symroute::explain::doctor::doctor(&host);
+            if json {
+                serde_json::to_writer_pretty(
+                    &mut out,
+                    &serde_json::json!({ "findings": findings }),
+                )?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", symroute::explain::doctor::render(&findings))?;
+            }
+            let errors = findings
+                .iter()
+                .any(|f| f.severity == symroute::explain::doctor::Severity::Error);
+            return Ok(if errors {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         Cmd::Snapshot { dir, netns } => {
             netns.enter()?;

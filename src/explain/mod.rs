@@ -1,3 +1,4 @@
+pub mod doctor;
 pub mod host;
 pub mod netfilter;
 pub mod routing;

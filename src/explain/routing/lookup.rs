@@ -185,6 +185,7 @@ pub fn lookup(state: &RoutingState, q: &Query) -> Lookup {
         st: state,
         steps: Vec::new(),
         stage: Stage::Route,
+        branches: 0,
     };
     let verdict = e.route(q);
     Lookup {
@@ -270,7 +271,13 @@ struct Engine<'s> {
     st: &'s RoutingState,
     steps: Vec<Step>,
     stage: Stage,
+    /// Hash-dependent branches followed so far (bounded: each one walks the rest of
+    /// the rules again).
+    branches: u32,
 }
+
+/// At most this many hash-dependent branches per lookup.
+const MAX_BRANCHES: u32 = 8;
 
 fn is_v4_multicast(a: IpAddr) -> bool {
     matches!(a, IpAddr::V4(v) if v.is_multicast())
@@ -654,41 +661,68 @@ impl<'s> Engine<'s> {
         TableResult::Miss
     }
 
-    /// `fib6_table_lookup` + `fib6_select_path`: longest prefix (then longest source
-    /// prefix) with a usable route; within it the routes of the lowest metric are scored
-    /// (device = oif: 2, router preference on top) and the first best wins; only when none
-    /// of them is usable are the higher metrics considered. Reject routes sit on `lo` and
-    /// are scored like the others.
+    /// `fib6_table_lookup` + `fib6_select_path`: the trie nodes containing the
+    /// destination, longest first; in a node the routes of the lowest metric are scored
+    /// (device = oif: 2, router preference on top) and the first best wins; only when
+    /// none of them is usable are the higher metrics considered; a node with nothing
+    /// usable hands over to the next one. Reject routes sit on `lo` and compete like any
+    /// other.
+    ///
+    /// Source-specific routes (`from PREFIX`) hang in a subtree of their destination
+    /// node. The first descent (`fib6_node_lookup_1`) looks only into that subtree: a
+    /// destination prefix with source-specific routes none of which matches the source
+    /// is skipped *including its plain routes* (except `::/0`, the root, where the kernel
+    /// falls back when the descent finds nothing). Those are only reached when
+    /// backtracking (`fib6_backtrack`) after a matching node had nothing usable: the
+    /// remaining (shorter) source nodes, then the prefix's plain routes, then the parents.
+    ///
+    /// Not visible in any output, so not modelled: when the plain routes of a prefix with
+    /// a source subtree are deleted (an interface went down), the kernel's node keeps a
+    /// leaf borrowed from a more specific prefix and then only reaches the subtree for
+    /// destinations inside that prefix; for the others it falls back to shorter prefixes.
     fn table6(&self, tables: &[u32], flow: &Flow, o: &Opts) -> TableResult<'s> {
         let st = self.st;
         let src = flow.src.unwrap_or(unspecified(Family::Inet6));
-        let mut cands: Vec<&'s RouteEntry> = st
+        let cands: Vec<&'s RouteEntry> = st
             .routes
             .iter()
             .filter(|r| {
                 r.family == Family::Inet6
                     && tables.contains(&r.table)
                     && r.dst.contains(&flow.dst)
-                    && r.src.is_none_or(|s| s.contains(&src))
                     && r.kind != RouteKind::Other
             })
             .collect();
-        cands.sort_by_key(|r| {
-            (
-                Reverse(r.dst.prefix_len()),
-                Reverse(r.src.map_or(0, |s| s.prefix_len())),
-                r.metric,
-            )
-        });
-        let mut i = 0;
-        while i < cands.len() {
-            let key = (cands[i].dst, cands[i].src);
-            let mut j = i;
-            while j < cands.len() && (cands[j].dst, cands[j].src) == key {
-                j += 1;
+        let specific = |r: &RouteEntry| r.src.is_some_and(|s| s.prefix_len() > 0);
+        let mut dsts: Vec<ipnet::IpNet> = cands.iter().map(|r| r.dst).collect();
+        dsts.sort_by_key(|d| Reverse(d.prefix_len()));
+        dsts.dedup();
+        // The nodes in visiting order, each a list of routes in printed order.
+        let mut nodes: Vec<Vec<&'s RouteEntry>> = Vec::new();
+        for d in dsts {
+            let at: Vec<&'s RouteEntry> = cands.iter().copied().filter(|r| r.dst == d).collect();
+            let plain: Vec<&'s RouteEntry> = at.iter().copied().filter(|r| !specific(r)).collect();
+            let has_subtree = at.iter().any(|r| specific(r));
+            let mut srcs: Vec<ipnet::IpNet> = at
+                .iter()
+                .filter_map(|r| r.src.filter(|s| s.prefix_len() > 0 && s.contains(&src)))
+                .collect();
+            srcs.sort_by_key(|s| Reverse(s.prefix_len()));
+            srcs.dedup();
+            // The first descent skips this prefix entirely — except the root (::/0):
+            // when the descent finds nothing the kernel falls back to the root node.
+            if nodes.is_empty() && has_subtree && srcs.is_empty() && d.prefix_len() > 0 {
+                continue;
             }
-            let group = &cands[i..j];
-            i = j;
+            for s in srcs {
+                nodes.push(at.iter().copied().filter(|r| r.src == Some(s)).collect());
+            }
+            if !plain.is_empty() {
+                nodes.push(plain);
+            }
+        }
+        for mut group in nodes {
+            group.sort_by_key(|r| r.metric);
             // Each next hop of a multipath route is its own sibling entry in the kernel.
             let entries: Vec<(&'s RouteEntry, Option<&'s NextHop>)> = group
                 .iter()
@@ -1026,7 +1060,11 @@ impl<'s> Engine<'s> {
                                 let (gone, kept): (Vec<&'s NextHop>, Vec<&'s NextHop>) = hops
                                     .iter()
                                     .partition(|nh| self.link_group(nh.dev.as_deref()) == Some(g));
-                                if !gone.is_empty() && !kept.is_empty() {
+                                if !gone.is_empty()
+                                    && !kept.is_empty()
+                                    && self.branches < MAX_BRANCHES
+                                {
+                                    self.branches += 1;
                                     self.table_step(
                                         Some(r),
                                         t,

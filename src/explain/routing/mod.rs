@@ -23,8 +23,19 @@
 //! ```
 //!
 //! The model is checked against the kernel by `tests/explain_routing_kernel.rs` (random
-//! setups in namespaces, every verdict compared with `ip route get`). What it showed,
-//! and what is easy to get wrong (kernel 6.18, iproute2 6.1):
+//! setups in namespaces, every verdict compared with `ip route get`). What it showed —
+//! kernel 6.18, iproute2 6.1 — and what is easy to get wrong:
+//!
+//! **Reading the state**
+//! - `ip route show table all` without `-4` prints IPv6 routes too (with `table all`
+//!   iproute2 leaves the family open); [`parse_ip_routes`] keeps the family asked for.
+//! - `ip -6 route show table all` prints its whole dump twice; duplicates are dropped.
+//! - Carrier loss reaches the routing tables asynchronously (linkwatch): a snapshot taken
+//!   right after a cable is pulled may not show `linkdown` yet.
+//! - The printed flags are the truth. An interface going down deletes its routes, except
+//!   IPv4 `local` routes, which stay (its addresses still answer as local); multipath
+//!   next hops become `dead`; `linkdown` next hops are printed `dead linkdown` when
+//!   `ignore_routes_with_linkdown` applies; IPv6 `local` routes never get `linkdown`.
 //!
 //! **Rules**
 //! - Rules are tried in priority order; `not` inverts the whole match (iif, oif and
@@ -33,26 +44,38 @@
 //!   `throw` route, continues with the next rule; `unreachable`/`prohibit`/`blackhole`
 //!   routes end the walk with an error, and `suppress_prefixlength` /
 //!   `suppress_ifgroup` never suppress them (only successful lookups are suppressed).
+//!   IPv4 `suppress_ifgroup` looks at the route's first next hop, IPv6 at the multipath
+//!   sibling the hash picked (so the outcome can depend on the hash:
+//!   [`Verdict::alternatives`]).
 //! - `iif` matches the arrival interface; locally generated packets have iif `lo`, so
 //!   `iif lo` selects them. `oif` only matches when the packet has an output interface
 //!   (a bound socket, `ip route get … oif`). `iif X [detached]` never matches.
 //! - IPv6 `from PREFIX` rules never match a locally generated packet whose source is not
 //!   chosen yet; IPv4 compares 0.0.0.0 against the prefix.
 //! - With only the three default IPv4 rules the kernel skips the rule list and looks up
-//!   local and main as one table (longest prefix across both), then default.
+//!   local and main as one trie (longest prefix across both; hits are reported as table
+//!   main), then default — but only after a miss or `throw`, not after an error route.
+//!   The "is this source one of ours" check then also sees `local` routes in main.
 //! - Errors: an `unreachable` *rule* says "Network is unreachable", an `unreachable`
 //!   *route* "No route to host" (IPv6 too), `prohibit` "Permission denied", `blackhole`
 //!   "Invalid argument"; nothing found anywhere: "Network is unreachable".
 //!
 //! **Tables**
 //! - IPv4: longest prefix; a `dead` next hop is never used, a `linkdown` one only when
-//!   `ignore_routes_with_linkdown` is 0 (the default) on `all` and the device; a
-//!   prefix whose routes are all unusable falls back to shorter prefixes. Reject routes
-//!   answer before any next-hop check.
+//!   `ignore_routes_with_linkdown` is 0 (the default) on `all` and the device; a prefix
+//!   whose routes are all unusable falls back to shorter prefixes; among routes of one
+//!   prefix, TOS-specific ones first, then by metric, then in printed order. Reject
+//!   routes answer before any next-hop check.
 //! - IPv6: the lowest metric of the longest prefix wins if usable; reject routes hang off
 //!   `lo` and compete like any other. Multipath routes are printed as one route with
 //!   `nexthop` lines; the kernel hashes each flow over the usable next hops, so
 //!   [`Verdict::candidates`] lists them all.
+//! - IPv6 source-specific routes (`… from PREFIX`): a destination prefix that has any is
+//!   skipped entirely — its plain routes included — when none of its source prefixes
+//!   matches, except for `::/0`; the plain routes are only reached by backtracking.
+//! - A gateway that is an address of the next hop's own device (not `onlink`) is
+//!   accepted but ignored: the kernel sends directly to the destination. (It is decided
+//!   once, when the route is added, against the tables of that moment.)
 //!
 //! **Locally generated packets (output)**
 //! - IPv4 with a source address that is not this host's: "Network is unreachable"
@@ -60,33 +83,40 @@
 //! - IPv4 with an output interface: only routes through that interface qualify — even a
 //!   local address of another interface is then *not* local — and if nothing qualifies,
 //!   or the rules end in blackhole/prohibit/unreachable, the kernel assumes the
-//!   destination is on-link on that interface and sends it there.
-//! - IPv6 with an output interface and no source: only routes through it qualify, and
-//!   nothing else: "Network is unreachable". With a source, the interface is only a
+//!   destination is on-link on that interface and sends it there. A 127.0.0.0/8 source
+//!   may only leave through `lo` ("Invalid argument").
+//! - IPv6 with an output interface and no source: only routes through it qualify
+//!   ("Network is unreachable" otherwise). With a source, the interface is only a
 //!   preference among routes of equal metric.
 //!
 //! **Received packets (input)**
+//! - IPv4 without a source address (0.0.0.0) is a martian; every input drop reaches
+//!   `ip route get` as "Invalid argument" since kernel 6.13 (older kernels said "Invalid
+//!   cross-device link" for rp_filter).
 //! - IPv4: a destination that is not local needs `forwarding` on the arrival interface,
-//!   otherwise the kernel answers "No route to host" (also when no route exists at all).
+//!   otherwise the kernel answers "No route to host" — also when no route exists at all.
 //!   Local and broadcast destinations are delivered regardless.
 //! - rp_filter (IPv4 only, effective value max(all, iif)): the kernel looks up the source
 //!   address with iif = *the forward route's output device* (`lo` for local delivery),
-//!   no oif, and the packet's mark only if `src_valid_mark`. Strict (1): the route found
-//!   must have a next hop on the arrival interface. Loose (2): any route will do — but an
-//!   arrival interface without IPv4 addresses fails both modes unless the route back uses
-//!   it. A reverse route of type blackhole/unreachable/prohibit counts as no route; one of
-//!   type local is a martian unless `accept_local`. With rp_filter 0 but custom rules
-//!   present, the reverse lookup still runs and still rejects local/broadcast sources.
-//! - Since kernel 6.13 every input drop (rp_filter included) reaches `ip route get` as
-//!   "Invalid argument"; older kernels said "Invalid cross-device link" for rp_filter.
+//!   so `iif` rules see that device, no oif, and the packet's mark only with
+//!   `src_valid_mark`. Strict (1): the route found must have a next hop on the arrival
+//!   interface. Loose (2): any route will do — but an arrival interface without IPv4
+//!   addresses fails both modes unless the route back uses it. A reverse route of type
+//!   blackhole/unreachable/prohibit counts as none; one of type local is a martian
+//!   unless `accept_local`. With rp_filter 0 but custom rules present the reverse lookup
+//!   still runs and still rejects local and broadcast sources. Multipath: each next hop
+//!   is checked on its own; the hash decides ([`Verdict::alternatives`]).
 //! - IPv6 has no rp_filter; `ip -6 route get … iif` returns the forward route even when
 //!   forwarding is off — the packet is dropped later, in `ip6_forward`
-//!   ([`VerdictKind::Drop`] without [`Verdict::error`]).
+//!   ([`VerdictKind::Drop`] without [`Verdict::error`]). Among routes of equal metric the
+//!   lookup prefers those through the arrival interface.
 //!
-//! Not modelled (documented, never guessed): uid ranges, l3mdev/VRF, tunnel ids, IPv6
-//! source-specific routing beyond prefix matching, `fib_multipath_use_neigh`, default
-//! router selection among equal-metric IPv4 default routes (`ip route append`),
-//! multicast input, nexthop objects beyond their printed via/dev.
+//! Not modelled (documented, never guessed): uid ranges, l3mdev/VRF, tunnel ids, DSCP and
+//! flow-label selectors, `fib_multipath_use_neigh`, default-router selection among
+//! equal-metric IPv4 default routes (`ip route append`), multicast input, nexthop objects
+//! beyond their printed via/dev, and kernel state no output shows (a gateway's scope
+//! after the tables changed, the borrowed leaf of an IPv6 node whose plain routes were
+//! deleted while it had a source subtree, custom rules added and removed again).
 
 mod lookup;
 mod names;

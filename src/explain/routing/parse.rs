@@ -361,9 +361,11 @@ fn parse_rule_line(
     rule.action = match action {
         Some(a) => a,
         None if !rule.unmodeled.is_empty() => RuleAction::Nop,
-        None => return Err(err(format!(
+        None => {
+            return Err(err(format!(
             "rule has no action (lookup, goto, nop, blackhole, unreachable or prohibit): \"{t}\""
-        ))),
+        )))
+        }
     };
     Ok(rule)
 }

@@ -3,8 +3,6 @@
 //! state is generated in memory, no root needed. Prints figures; target < 50 ms per
 //! explain. Run: `cargo bench --bench explain`.
 
-#[path = "common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::collections::BTreeMap;

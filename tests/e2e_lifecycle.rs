@@ -1016,3 +1016,42 @@ fn snapshot_diff_is_readable() {
         "x counter packets N bytes N\n:PREROUTING ACCEPT N\n"
     );
 }
+
+/// wg-quick on an nft host: its premangle copies the conntrack mark into the packet mark
+/// for UDP, its postmangle stores 0xca6c for its own packets, and `not fwmark 0xca6c
+/// lookup 51820` sends everything else to its table. None of this touches symroute's
+/// bits, so apply must go ahead, and TCP and UDP through ISP1 must work beside it.
+#[test]
+fn coexists_with_wg_quick_nft() {
+    let t = lab();
+    let _svc = services(&t);
+    let fw = &t.fw;
+    fw.nft(
+        "table ip wg-quick-wg0 {\n\
+         \tchain preraw {\n\t\ttype filter hook prerouting priority raw; policy accept;\n\t}\n\
+         \tchain premangle {\n\t\ttype filter hook prerouting priority mangle; policy accept;\n\t\tmeta l4proto udp meta mark set ct mark\n\t}\n\
+         \tchain postmangle {\n\t\ttype filter hook postrouting priority mangle; policy accept;\n\t\tmeta l4proto udp meta mark 0x0000ca6c ct mark set meta mark\n\t}\n\
+         }\n",
+    )
+    .expect("wg-quick table");
+    fw.ip("rule add not fwmark 0xca6c lookup 51820 pref 32764")
+        .expect("wg rule");
+    fw.ip("rule add table main suppress_prefixlength 0 pref 32763")
+        .expect("wg suppress");
+    fw.ip("route add default dev lan0 table 51820")
+        .expect("wg table");
+    let _cleanup = RemoveOnDrop(fw);
+    apply_ok(fw, CONFIG, "apply beside wg-quick");
+    expect_answer(&t, smtp_v4(), "TCP beside wg-quick");
+    let udp = symroute::lab::udp_probe(&t.client, sa(TwoIsps::FW_UP1_V4, TwoIsps::UDP_PORT), OK)
+        .expect("UDP beside wg-quick");
+    assert!(
+        udp.starts_with(&format!("echo {} ", TwoIsps::CLIENT_V4)),
+        "{udp}"
+    );
+    let rules = fw.ip("rule show").expect("ip rule");
+    assert!(
+        rules.contains("32764:\tnot from all fwmark 0xca6c lookup 51820"),
+        "{rules}"
+    );
+}

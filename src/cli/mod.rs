@@ -178,6 +178,19 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a symroute.toml for a hand-made setup (iptables/nft marks, CONNMARK,
+    /// `ip rule fwmark`, extra tables, DIVERT), where it can be expressed.
+    ///
+    /// Everything it could not express is listed precisely, as comments at the top of the
+    /// file and on stderr. Review the file, then `symroute plan -c FILE` and remove the
+    /// hand-made rules it replaces (listed under "Replaces") before `symroute apply`.
+    Import {
+        /// Read the state from a snapshot directory (see `symroute snapshot`)
+        #[arg(long, value_name = "DIR", conflicts_with = "netns")]
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        netns: NetnsArg,
+    },
     /// Save this box's routing state as plain command outputs in DIR (for explain --from).
     ///
     /// Files: ip-rule.txt, ip6-rule.txt, ip-route.txt, ip6-route.txt, nft.json,
@@ -464,6 +477,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::SUCCESS
             });
+        }
+        Cmd::Import { from, netns } => {
+            let host = load_host(from.as_ref(), &netns)?;
+            let imported = symroute::explain::import::import(&host);
+            write!(out, "{}", imported.toml)?;
+            if !imported.unexpressed.is_empty() {
+                eprint!("{}", imported.report());
+            }
         }
         Cmd::Snapshot { dir, netns } => {
             netns.enter()?;

@@ -60,19 +60,37 @@ fn number(v: &Value) -> Option<u32> {
     v.as_u64().and_then(|n| u32::try_from(n).ok())
 }
 
+/// What the rule is known to hold in each mark register at this point: an earlier exact
+/// test (`meta mark 0xca6c`) pins the value.
+#[derive(Default, Clone, Copy)]
+struct Known {
+    meta: Option<u32>,
+    ct: Option<u32>,
+}
+
 /// Bits an expression assigned to `key mark` can turn on. Unknown shapes: all bits.
-fn bits_set(v: &Value, key: &str) -> u32 {
+///
+/// Copies between the registers are judged by direction. Copying the conntrack mark into
+/// the packet mark (`meta mark set ct mark`, wg-quick's premangle) only carries values
+/// someone stored, ours included, and sets none of its own: not a conflict. Copying the
+/// packet mark into the conntrack mark overwrites stored decisions, unless an exact test
+/// before it pins the value (wg-quick's `meta mark 0xca6c ct mark set meta mark`).
+fn bits_set(v: &Value, key: &str, known: Known) -> u32 {
     if let Some(n) = number(v) {
         return n;
     }
     if let Some(k) = is_mark(v) {
-        return if k == key { 0 } else { u32::MAX };
+        return match (key, k) {
+            (a, b) if a == b => 0,
+            ("meta", _) => 0,
+            _ => known.meta.unwrap_or(u32::MAX),
+        };
     }
     if let Some([a, b]) = v.get("|").and_then(Value::as_array).map(Vec::as_slice) {
-        return bits_set(a, key) | bits_set(b, key);
+        return bits_set(a, key, known) | bits_set(b, key, known);
     }
     if let Some([a, m]) = v.get("&").and_then(Value::as_array).map(Vec::as_slice) {
-        return bits_set(a, key) & number(m).unwrap_or(u32::MAX);
+        return bits_set(a, key, known) & number(m).unwrap_or(u32::MAX);
     }
     u32::MAX
 }
@@ -93,9 +111,20 @@ fn nft_users(ruleset: &Value) -> Vec<MarkUser> {
             rule["chain"].as_str().unwrap_or("?")
         );
         let text = format!("handle {}", rule["handle"]);
+        let mut known = Known::default();
         for e in rule["expr"].as_array().into_iter().flatten() {
+            if let Some(m) = e.get("match") {
+                if m["op"] == "==" {
+                    if let (Some(k), Some(v)) = (is_mark(&m["left"]), number(&m["right"])) {
+                        match k {
+                            "meta" => known.meta = Some(v),
+                            _ => known.ct = Some(v),
+                        }
+                    }
+                }
+            }
             let bits = if let Some(m) = e.get("mangle") {
-                is_mark(&m["key"]).map(|k| bits_set(&m["value"], k))
+                is_mark(&m["key"]).map(|k| bits_set(&m["value"], k, known))
             } else if let Some(m) = e.get("match") {
                 match m["left"]
                     .get("&")
@@ -158,6 +187,13 @@ pub fn iptables_users(tool: &str, text: &str) -> Vec<MarkUser> {
         }
         let words: Vec<&str> = line.split_whitespace().collect();
         let mut bits = 0u32;
+        // `-m mark --mark V` (all 32 bits) pins the packet mark for the rest of the line.
+        let exact_mark = words
+            .windows(4)
+            .find(|w| w[0] == "-m" && w[1] == "mark" && w[2] == "--mark")
+            .and_then(|w| parse_vm(w[3]))
+            .filter(|(_, m)| *m == u32::MAX)
+            .map(|(v, _)| v);
         for (i, w) in words.iter().enumerate() {
             let next = words.get(i + 1).copied().unwrap_or("");
             match *w {
@@ -171,7 +207,13 @@ pub fn iptables_users(tool: &str, text: &str) -> Vec<MarkUser> {
                         }
                     }
                 }
-                "--save-mark" | "--restore-mark" => {
+                // Restoring copies stored values into the packet mark: sets nothing of
+                // its own (see `bits_set`).
+                "--restore-mark" => {}
+                "--save-mark" if exact_mark.is_some() => bits |= exact_mark.unwrap_or(0),
+                "--save-mark" => {
+                    // Saving copies the packet mark over the stored one: every bit the
+                    // masks let through.
                     let mask_after = |key: &str| {
                         words
                             .iter()
@@ -202,10 +244,12 @@ mod tests {
 
     #[test]
     fn iptables_lines_are_classified() {
-        let text = "*mangle\n-A PREROUTING -i eth2 -p tcp -m tcp --dport 25 -j MARK --set-xmark 0x0/0xffffffff\n-A PREROUTING -m mark --mark 0x1/0xff -j RETURN\n-A PREROUTING -j MARK --set-xmark 0x1000000/0xffffffff\n-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A PREROUTING -m mark --mark 0xca6c -j RETURN\nCOMMIT\n";
+        let text = "*mangle\n-A PREROUTING -i eth2 -p tcp -m tcp --dport 25 -j MARK --set-xmark 0x0/0xffffffff\n-A PREROUTING -m mark --mark 0x1/0xff -j RETURN\n-A PREROUTING -j MARK --set-xmark 0x1000000/0xffffffff\n-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A PREROUTING -m mark --mark 0xca6c -j RETURN\n-A POSTROUTING -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A POSTROUTING -m mark --mark 0xca6c -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\nCOMMIT\n";
         let users = iptables_users("iptables-save", text);
         let bits: Vec<u32> = users.iter().map(|u| u.bits).collect();
-        assert_eq!(bits, vec![0xff, 0x0100_0000, u32::MAX]);
+        // restore: carries stored values (none of its own); unguarded save: all bits;
+        // save guarded by an exact mark: just that value.
+        assert_eq!(bits, vec![0xff, 0x0100_0000, u32::MAX, 0xca6c]);
     }
 
     #[test]
@@ -215,9 +259,12 @@ mod tests {
           {"rule":{"family":"ip","table":"mangle","chain":"p","handle":3,"expr":[{"match":{"op":"==","left":{"&":[{"meta":{"key":"mark"}},251658240]},"right":16777216}}]}},
           {"rule":{"family":"ip","table":"mangle","chain":"p","handle":4,"expr":[{"match":{"op":"==","left":{"meta":{"key":"mark"}},"right":51820}}]}},
           {"rule":{"family":"ip","table":"mangle","chain":"p","handle":5,"expr":[{"mangle":{"key":{"ct":{"key":"mark"}},"value":{"meta":{"key":"mark"}}}}]}},
+          {"rule":{"family":"ip","table":"wg-quick-wg0","chain":"premangle","handle":7,"expr":[{"mangle":{"key":{"meta":{"key":"mark"}},"value":{"ct":{"key":"mark"}}}}]}},
+          {"rule":{"family":"ip","table":"wg-quick-wg0","chain":"postmangle","handle":8,"expr":[{"match":{"op":"==","left":{"meta":{"key":"mark"}},"right":51820}},{"mangle":{"key":{"ct":{"key":"mark"}},"value":{"meta":{"key":"mark"}}}}]}},
           {"rule":{"family":"inet","table":"symroute","chain":"p","handle":6,"expr":[{"mangle":{"key":{"ct":{"key":"mark"}},"value":1}}]}}
         ]}"#).unwrap();
         let bits: Vec<u32> = nft_users(&rs).iter().map(|u| u.bits).collect();
-        assert_eq!(bits, vec![0x4000, 0x0f00_0000, u32::MAX]);
+        // wg-quick's premangle copy sets nothing; its guarded postmangle copy sets 0xca6c.
+        assert_eq!(bits, vec![0x4000, 0x0f00_0000, u32::MAX, 51820]);
     }
 }

@@ -41,6 +41,8 @@ pub struct LegVerdict {
     pub ct_mark: String,
     pub source: IpAddr,
     pub destination: IpAddr,
+    pub source_port: Option<u16>,
+    pub destination_port: Option<u16>,
     pub reason: String,
 }
 
@@ -401,6 +403,8 @@ fn leg(host: &HostState, start: Start) -> LegOut {
             ct_mark: hex(ctx.ct.mark),
             source: ctx.src,
             destination: ctx.dst,
+            source_port: ctx.sport,
+            destination_port: ctx.dport,
             reason,
         },
         steps,
@@ -410,33 +414,24 @@ fn leg(host: &HostState, start: Start) -> LegOut {
     }
 }
 
-/// The human rendering: a two-line path diagram, then the steps that mattered.
+/// The human rendering: a small path diagram, then the steps that mattered.
 pub fn render(e: &Explanation, verbose: bool) -> String {
     let mut s = String::new();
     let p = &e.packet;
-    let port = |x: Option<u16>| x.map(|p| format!(":{p}")).unwrap_or_default();
-    let from = match &p.in_interface {
-        Some(i) => format!("[{i}]"),
-        None => "[local]".to_string(),
-    };
-    s += "path:\n";
+    s += "path (after NAT; marks as routing sees them):\n";
     s += &format!(
-        "  {from} {}{} -> {}{}  ==>  {}\n",
-        e.verdict.source,
-        port(p.source_port),
-        p.destination,
-        port(p.destination_port),
-        arrow(&e.verdict)
+        "  {}\n",
+        diagram(&e.verdict, p.in_interface.as_deref(), "first packet")
     );
-    if let Some(r) = &e.reply {
-        s += &format!(
-            "  reply {} -> {}  ==>  {}\n",
-            r.verdict.source,
-            r.verdict.destination,
-            arrow(&r.verdict)
-        );
-    } else {
-        s += "  reply: none (the first packet does not get through)\n";
+    match &e.reply {
+        Some(r) => {
+            let reply_in = match e.verdict.kind.as_str() {
+                "local" => None,
+                _ => e.verdict.interface.as_deref(),
+            };
+            s += &format!("  {}\n", diagram(&r.verdict, reply_in, "reply"));
+        }
+        None => s += "  reply: none (the first packet does not get through)\n",
     }
     s += &format!(
         "\nfirst packet: {} ({})\n",
@@ -461,19 +456,34 @@ pub fn render(e: &Explanation, verbose: bool) -> String {
     s
 }
 
-fn arrow(v: &LegVerdict) -> String {
-    let mut s = v.kind.clone();
-    if let Some(i) = &v.interface {
-        s += &format!(" out {i}");
-    }
-    if let Some(via) = v.via {
-        s += &format!(" via {via}");
-    }
-    if let Some(t) = &v.table {
-        s += &format!(" (table {t})");
-    }
-    s += &format!(" mark {} ct mark {}", v.mark, v.ct_mark);
-    s
+/// One leg as `SRC --> [IN] --> route (table T, mark M) --> [OUT] via NH --> DST`.
+fn diagram(v: &LegVerdict, iif: Option<&str>, label: &str) -> String {
+    let (sport, dport) = (v.source_port, v.destination_port);
+    let port = |x: Option<u16>| x.map(|p| format!(":{p}")).unwrap_or_default();
+    let from = match iif {
+        Some(i) => format!("{}{} --> [{i}]", v.source, port(sport)),
+        None => format!("{}{} (this host)", v.source, port(sport)),
+    };
+    let table = v
+        .table
+        .as_deref()
+        .map(|t| format!("table {t}, "))
+        .unwrap_or_default();
+    let route = format!("route ({table}mark {}, ct mark {})", v.mark, v.ct_mark);
+    let to = match v.kind.as_str() {
+        "local" => format!("this host {}{}", v.destination, port(dport)),
+        "unicast" | "broadcast" | "multicast" | "anycast" => {
+            let via = v.via.map(|n| format!(" via {n}")).unwrap_or_default();
+            format!(
+                "[{}]{via} --> {}{}",
+                v.interface.as_deref().unwrap_or("?"),
+                v.destination,
+                port(dport)
+            )
+        }
+        other => format!("X {other}"),
+    };
+    format!("{label:<12} {from} --> {route} --> {to}")
 }
 
 fn steps_text(steps: &[TraceStep], verbose: bool) -> String {

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod explain;
+pub mod fuzz;
 pub mod kernel;
 pub mod lab;
 pub mod model;

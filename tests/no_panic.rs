@@ -1,25 +1,12 @@
 //! No input may panic: mutated example configs go through parse → plan → render → diff.
-//! A small deterministic generator (xorshift) keeps this dependency-free and reproducible;
-//! a failure prints the seed and the input.
+//! `symroute::fuzz` keeps this dependency-free and reproducible; a failure prints the
+//! case and the input.
 
 use std::collections::BTreeMap;
 
 use symroute::config::parse_str;
+use symroute::fuzz::{mutate, Rng};
 use symroute::plan::{self, diff, HostView, Link};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 const PIECES: &[&str] = &[
     "\"",
@@ -89,25 +76,10 @@ fn mutated_configs_never_panic() {
         include_str!("../examples/haproxy-divert.toml"),
     ];
     let host = host();
-    let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let mut rng = Rng::new(0x5eed_1234_abcd_0001);
     let mut accepted = 0;
     for case in 0..4000 {
-        let mut text: Vec<char> = seeds[case % seeds.len()].chars().collect();
-        for _ in 0..1 + rng.below(4) {
-            let pos = rng.below(text.len() + 1);
-            match rng.below(3) {
-                0 if !text.is_empty() => {
-                    let end = (pos + 1 + rng.below(8)).min(text.len());
-                    text.drain(pos.min(text.len())..end.max(pos.min(text.len())));
-                }
-                _ => {
-                    let piece = PIECES[rng.below(PIECES.len())];
-                    let pos = pos.min(text.len());
-                    text.splice(pos..pos, piece.chars());
-                }
-            }
-        }
-        let text: String = text.into_iter().collect();
+        let text = mutate(&mut rng, seeds[case % seeds.len()], PIECES, 4, 8);
         let result = std::panic::catch_unwind(|| {
             if let Ok(model) = parse_str(&text, "fuzz.toml") {
                 let p = plan::build(&model, &host);

@@ -605,19 +605,7 @@ fn ir_serializes() {
 // ---------------------------------------------------------------------------------------
 // No input may panic
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::fuzz::Rng;
 
 const PIECES: &[&str] = &[
     "\"",
@@ -688,18 +676,7 @@ const PIECES: &[&str] = &[
 ];
 
 fn mutate(rng: &mut Rng, seed: &str) -> String {
-    let mut text: Vec<char> = seed.chars().collect();
-    for _ in 0..1 + rng.below(4) {
-        let pos = rng.below(text.len() + 1).min(text.len());
-        if rng.below(3) == 0 && !text.is_empty() {
-            let end = (pos + 1 + rng.below(8)).min(text.len());
-            text.drain(pos..end);
-        } else {
-            let piece = PIECES[rng.below(PIECES.len())];
-            text.splice(pos..pos, piece.chars());
-        }
-    }
-    text.into_iter().collect()
+    crate::fuzz::mutate(rng, seed, PIECES, 4, 8)
 }
 
 fn probe_packets() -> Vec<PacketCtx> {
@@ -750,7 +727,7 @@ fn mutated_inputs_never_panic() {
         "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A PREROUTING -i up1 -p tcp -m tcp --dport 2525 -j DNAT --to-destination 10.77.0.10:25\n-A POSTROUTING -o up2 -j SNAT --to-source 1.2.3.4-1.2.3.9:1000-2000\nCOMMIT\n".to_string(),
     ];
     let seed_json = include_str!("testdata/rich.json");
-    let mut rng = Rng(0x5eed_0007_0000_0001);
+    let mut rng = Rng::new(0x5eed_0007_0000_0001);
     let (mut ok_text, mut ok_save, mut ok_json) = (0, 0, 0);
     for case in 0..1500 {
         let t = mutate(&mut rng, &seeds_text[case % seeds_text.len()]);
@@ -836,7 +813,7 @@ fn structurally_mutated_json_never_panics() {
     }
     let mut all = Vec::new();
     paths(&base, &mut Vec::new(), &mut all);
-    let mut rng = Rng(0xabcd_ef01_2345_6789);
+    let mut rng = Rng::new(0xabcd_ef01_2345_6789);
     for case in 0..800 {
         let mut v = base.clone();
         for _ in 0..1 + rng.below(3) {

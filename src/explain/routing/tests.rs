@@ -677,19 +677,7 @@ local 10.77.0.1 dev lan0 table local proto kernel scope host src 10.77.0.1
 
 // ---- nothing panics ----------------------------------------------------------------
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use crate::fuzz::Rng;
 
 const PIECES: &[&str] = &[
     " ",
@@ -761,25 +749,14 @@ const PIECES: &[&str] = &[
 ];
 
 fn mutate(rng: &mut Rng, seed: &str) -> String {
-    let mut text: Vec<char> = seed.chars().collect();
-    for _ in 0..1 + rng.below(5) {
-        let pos = rng.below(text.len() + 1).min(text.len());
-        if rng.below(3) == 0 && !text.is_empty() {
-            let end = (pos + 1 + rng.below(12)).min(text.len());
-            text.drain(pos..end.max(pos));
-        } else {
-            let piece = PIECES[rng.below(PIECES.len())];
-            text.splice(pos..pos, piece.chars());
-        }
-    }
-    text.into_iter().collect()
+    crate::fuzz::mutate(rng, seed, PIECES, 5, 12)
 }
 
 #[test]
 fn mutated_outputs_never_panic() {
     let rule_seeds = [RULES, "0:\tfrom all lookup local\n100:\tfrom 2001:db8::/32 lookup 100\n32766:\tfrom all lookup main\n"];
     let route_seeds = [ROUTES];
-    let mut rng = Rng(0x5eed_0007_0bad_cafe);
+    let mut rng = Rng::new(0x5eed_0007_0bad_cafe);
     let mut parsed = 0;
     let queries = [
         Query::output(ip("10.77.0.9")),
@@ -808,7 +785,7 @@ fn mutated_outputs_never_panic() {
                 ok += usize::from(parse_ip_routes(&routes, family).is_ok());
             }
             let _ = parse_ip_addr_json(&mutate(
-                &mut Rng(case as u64 + 1),
+                &mut Rng::new(case as u64 + 1),
                 r#"[{"ifname":"up1","ifindex":2,"flags":["UP"],"addr_info":[{"local":"10.0.0.1","prefixlen":24}]}]"#,
             ));
             let st = RoutingState::from_texts(&StateTexts {

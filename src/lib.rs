@@ -3,9 +3,11 @@
 //! The pipeline, one module per room:
 //! `config` (TOML with spans) → `model` (validated, typed) → `plan` (desired kernel
 //! state, a plain value, no I/O) → `kernel` (observe, diff, apply; the only module that
-//! touches the host). `lab` builds the seed topologies in network namespaces.
+//! touches the host). `daemon` keeps the plan applied as the kernel changes (`symroute
+//! run`). `lab` builds the seed topologies in network namespaces.
 
 pub mod config;
+pub mod daemon;
 pub mod explain;
 pub mod fuzz;
 pub mod kernel;

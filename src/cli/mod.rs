@@ -123,6 +123,34 @@ enum Cmd {
         #[command(flatten)]
         netns: NetnsArg,
     },
+    /// Keep the policy applied: apply, then re-apply whenever the kernel changes.
+    ///
+    /// Applies like `apply` (a gateway that is down is logged, not fatal; a bad config
+    /// exits 2, conflicts exit 1), then watches links, addresses, routes, rules, rp_filter
+    /// and nftables and re-applies symroute's own difference within ~100 ms of a change.
+    /// Foreign objects are never touched: a conflict is logged and retried on the next
+    /// change. SIGHUP reloads the config (an invalid one is logged and the old one kept);
+    /// SIGTERM/SIGINT exit 0, leaving the policy applied unless --remove-on-exit.
+    /// Speaks systemd's notify protocol and watchdog: see contrib/symroute.service.
+    Run {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        netns: NetnsArg,
+        /// On SIGTERM/SIGINT, remove everything symroute made before exiting
+        #[arg(long)]
+        remove_on_exit: bool,
+        /// What to log to stderr: a level (error, warn, info, debug, trace) or
+        /// RUST_LOG-style TARGET=LEVEL pairs, e.g. symroute=debug,info
+        #[arg(
+            long,
+            env = "SYMROUTE_LOG",
+            value_name = "FILTER",
+            default_value = "info",
+            value_parser = symroute::daemon::log::parse_filter
+        )]
+        log_level: tracing_subscriber::filter::Targets,
+    },
     /// Gateways, policy counters and live connections per gateway.
     Status {
         #[command(flatten)]
@@ -385,6 +413,28 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
                 writeln!(out, "removed")?;
             }
+        }
+        Cmd::Run {
+            config,
+            netns,
+            remove_on_exit,
+            log_level,
+        } => {
+            drop(out);
+            symroute::daemon::log::init(log_level);
+            let path = config
+                .config
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+            let model = config.load()?;
+            // Before any thread exists: threads and children inherit the namespace.
+            netns.enter()?;
+            symroute::daemon::run(symroute::daemon::Options {
+                config: path,
+                model,
+                netns: netns.netns,
+                remove_on_exit,
+            })?;
         }
         Cmd::Status {
             config,

@@ -54,7 +54,12 @@ pub fn apply(model: &Model, faults: Faults) -> Result<ApplyReport, KernelError> 
     };
     let state_before = state::load()?;
     if let Err(e) = execute(&changes, faults, false) {
-        let rollback = roll_back(&observed, saved_table.as_deref(), &state_before);
+        let rollback = roll_back(
+            &observed,
+            changes.nft.is_some(),
+            saved_table.as_deref(),
+            &state_before,
+        );
         let msg = match rollback {
             Ok(()) => format!("{e}\nrolled back: the host is as it was before this apply"),
             Err(r) => format!(
@@ -230,15 +235,18 @@ fn write_sysctls(set: &[SysctlChange], restore: &[SysctlChange]) -> Result<(), K
     state::save(&st)
 }
 
-/// Put back the rules, routes, table and sysctls that `before` saw.
+/// Put back the rules, routes, table and sysctls that `before` saw. The table is only
+/// touched when this apply changed it (`nft_changed`): otherwise `saved_table` is `None`
+/// although the table exists, and must stay.
 fn roll_back(
     before: &Observed,
+    nft_changed: bool,
     saved_table: Option<&str>,
     state_before: &state::State,
 ) -> Result<(), KernelError> {
     let now = observe::observe()?;
     let changes = Changes {
-        nft: Some(match saved_table {
+        nft: nft_changed.then(|| match saved_table {
             Some(text) => nft::replace_script(text),
             None => nft::delete_script(),
         }),

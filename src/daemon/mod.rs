@@ -1,0 +1,477 @@
+//! `symroute run`: a daemon that keeps the policy true.
+//!
+//! One actor (the thread that called `run`) owns the model and is the only one that
+//! touches the kernel, through the same `kernel::apply::apply` that `symroute apply`
+//! uses: observe → plan → diff → apply the difference, with its rollback and its
+//! per-namespace lock (so a `symroute apply` by hand meanwhile is safe). Watchers on
+//! their own threads only send `Event`s over a channel:
+//!
+//! - `monitor`: rtnetlink and nftables notifications (its own sockets, apart from the
+//!   request socket), one event per burst;
+//! - `signals`: SIGHUP (reload), SIGTERM/SIGINT (exit);
+//! - later slices add health probes (their results are events too) and a status socket.
+//!
+//! Events only mark the state dirty; `debounce` decides when to reconcile (a quiet
+//! period, and a maximum delay from the first event). After an apply that changed
+//! something, one more reconcile follows a quiet period later: it verifies the result,
+//! and the notifications of symroute's own changes fold into it. It finds nothing to do
+//! and writes nothing, so the echo ends there. Foreign objects are never touched:
+//! a conflict is logged, nothing is applied, and the next change tries again.
+//!
+//! The process must already be in its network namespace (`kernel::netns::enter`): every
+//! thread and child starts from this one and inherits it.
+
+pub mod debounce;
+pub mod event;
+pub mod log;
+mod monitor;
+mod signals;
+pub mod systemd;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, error, info, warn};
+
+use crate::config;
+use crate::kernel::apply::{self, ApplyReport, Faults};
+use crate::kernel::KernelError;
+use crate::model::Model;
+use crate::plan::{GatewayState, Plan};
+use debounce::{Backoff, Debounce, Pace, Pending};
+use event::{Event, KernelEvent, Sources};
+use systemd::{one_line, Systemd};
+
+/// Reconciles that changed something may come this many at once…
+const PACE_BURST: u32 = 20;
+/// …and then one per this long, so a program undoing our objects in a loop is answered
+/// at a bounded rate.
+const PACE_REFILL: Duration = Duration::from_millis(200);
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+pub struct Options {
+    /// The config file, read again on SIGHUP.
+    pub config: PathBuf,
+    /// The config as loaded at startup (a bad file is refused before the daemon starts).
+    pub model: Model,
+    /// The namespace entered, for the log.
+    pub netns: Option<String>,
+    /// On SIGTERM/SIGINT, remove everything symroute made (default: leave it applied).
+    pub remove_on_exit: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Watcher(String),
+}
+
+fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::Io {
+        what: what.to_string(),
+        source,
+    }
+}
+
+/// Apply, then keep applying whenever something that affects the plan changes, until
+/// SIGTERM or SIGINT. Errors: the first apply failed (conflicts included), a watcher
+/// could not start or died, or `--remove-on-exit` could not remove everything.
+pub fn run(opts: Options) -> Result<(), DaemonError> {
+    let signals =
+        signals::SignalWatch::install().map_err(io_error("installing signal handlers"))?;
+    // Subscribed before the first apply: nothing that changes after it goes unseen.
+    let monitor = monitor::Monitor::open().map_err(io_error("watching the kernel"))?;
+    info!(
+        "symroute {} starting: config {}{}; watching links, addresses, routes, rules, rp_filter and nftables ({} KiB receive buffer)",
+        env!("CARGO_PKG_VERSION"),
+        opts.config.display(),
+        opts.netns
+            .as_deref()
+            .map(|n| format!(", network namespace {n}"))
+            .unwrap_or_default(),
+        monitor.rcvbuf() / 1024
+    );
+    let (tx, rx) = mpsc::channel();
+    monitor
+        .spawn(tx.clone())
+        .map_err(io_error("starting the monitor thread"))?;
+    signals
+        .spawn(tx)
+        .map_err(io_error("starting the signal thread"))?;
+
+    let now = Instant::now();
+    let mut d = Daemon {
+        systemd: Systemd::from_env(now),
+        config: opts.config,
+        model: opts.model,
+        remove_on_exit: opts.remove_on_exit,
+        debounce: Debounce::new(debounce::QUIET, debounce::MAX_DELAY),
+        pace: Pace::new(PACE_BURST, PACE_REFILL, now),
+        backoff: Backoff::new(RETRY_FIRST, RETRY_MAX),
+        retry_at: None,
+        gateways: BTreeMap::new(),
+        status: String::new(),
+        last_conflicts: Vec::new(),
+        reload_failed: false,
+    };
+    // At startup, any failure is fatal (exit 1), conflicts included: as `symroute apply`.
+    let report = d.attempt(&Why::Start)?;
+    d.settled(&report);
+    d.systemd.ready(&d.status());
+    d.run_loop(rx)
+}
+
+/// Why a reconcile runs, for the log.
+enum Why {
+    Start,
+    Changes(Pending),
+    Retry,
+    Reload,
+}
+
+impl Why {
+    fn describe(&self, now: Instant) -> String {
+        match self {
+            Why::Start => "at startup".into(),
+            Why::Retry => "retrying after a failure".into(),
+            Why::Reload => "after reloading the config".into(),
+            Why::Changes(p) if p.sources.is_empty() && !p.overrun => {
+                "verifying the last apply".into()
+            }
+            Why::Changes(p) => format!(
+                "{} ms after a change ({}){}",
+                now.saturating_duration_since(p.first).as_millis(),
+                p.sources,
+                if p.overrun {
+                    " (notifications were lost: full resync)"
+                } else {
+                    ""
+                }
+            ),
+        }
+    }
+}
+
+struct Daemon {
+    systemd: Systemd,
+    config: PathBuf,
+    model: Model,
+    remove_on_exit: bool,
+    debounce: Debounce,
+    pace: Pace,
+    backoff: Backoff,
+    /// When to try again after a failed apply.
+    retry_at: Option<Instant>,
+    /// Each gateway's state at the last successful reconcile, to log what changed.
+    gateways: BTreeMap<String, GatewayState>,
+    /// The STATUS= line without the reload note.
+    status: String,
+    /// The conflicts last logged, so a storm of events doesn't repeat them.
+    last_conflicts: Vec<String>,
+    reload_failed: bool,
+}
+
+impl Daemon {
+    fn run_loop(&mut self, rx: Receiver<Event>) -> Result<(), DaemonError> {
+        loop {
+            let now = Instant::now();
+            let wake = [self.due_at(now), self.retry_at, self.systemd.next_ping()]
+                .into_iter()
+                .flatten()
+                .min();
+            let first = next_event(&rx, wake, now)?;
+            // Take in everything already queued before deciding: a burst read while the
+            // last reconcile ran is one change, not many.
+            let mut reload = false;
+            for e in first.into_iter().chain(rx.try_iter()) {
+                match e {
+                    Event::Kernel(k) => self.debounce.note(&k),
+                    Event::Reload => reload = true,
+                    Event::Stop(sig) => return self.stop(sig),
+                    Event::WatcherFailed(msg) => return Err(DaemonError::Watcher(msg)),
+                }
+            }
+            let now = Instant::now();
+            self.systemd.ping_if_due(now);
+            if reload {
+                self.reload();
+            } else if self.retry_at.is_some_and(|t| t <= now) {
+                self.reconcile(Why::Retry);
+            } else if self.due_at(now).is_some_and(|t| t <= now) {
+                if let Some(p) = self.debounce.take_due(now) {
+                    self.reconcile(Why::Changes(p));
+                }
+            }
+        }
+    }
+
+    /// When pending changes may be reconciled: debounced, paced, and after a failure not
+    /// before the retry (a failed apply's rollback is itself a burst of changes: without
+    /// this, a persistent failure would retry in a loop).
+    fn due_at(&mut self, now: Instant) -> Option<Instant> {
+        let d = self.debounce.deadline()?;
+        let t = d.max(self.pace.ready_at(now));
+        Some(self.retry_at.map_or(t, |r| t.max(r)))
+    }
+
+    /// One apply; logs what it changed. Errors are the caller's to report.
+    fn attempt(&mut self, why: &Why) -> Result<ApplyReport, KernelError> {
+        let started = Instant::now();
+        let reason = why.describe(started);
+        let report = apply::apply(&self.model, Faults::default())?;
+        let took = started.elapsed().as_millis();
+        self.log_gateways(&report.plan, matches!(why, Why::Start));
+        let lines = report.changes.summary();
+        if lines.is_empty() {
+            let msg = format!("reconciled {reason}: no changes ({took} ms)");
+            if matches!(why, Why::Start | Why::Reload) {
+                info!("{msg}");
+            } else {
+                debug!("{msg}");
+            }
+        } else {
+            for l in &lines {
+                info!("applied: {}", one_line(l));
+            }
+            info!(
+                "reconciled {reason}: {} change(s) applied in {took} ms",
+                lines.len()
+            );
+            let end = Instant::now();
+            self.pace.spend(end);
+            // Verify a quiet period later. The notifications of our own changes (some
+            // read only after apply returned) fold into that same pass, which finds
+            // nothing to do, writes nothing, and so ends the echo.
+            self.debounce.note(&KernelEvent {
+                at: end,
+                sources: Sources::default(),
+                overrun: false,
+            });
+        }
+        Ok(report)
+    }
+
+    /// After a successful apply: clear failure state, update STATUS.
+    fn settled(&mut self, report: &ApplyReport) {
+        self.retry_at = None;
+        self.backoff.succeeded();
+        self.last_conflicts.clear();
+        self.status = summary(&report.plan);
+    }
+
+    /// A reconcile inside the loop: failures are logged and retried, never fatal.
+    fn reconcile(&mut self, why: Why) {
+        // Pending changes are covered by this reconcile, whatever triggered it.
+        let why = match (why, self.debounce.take()) {
+            (Why::Changes(p), Some(q)) => Why::Changes(Pending {
+                first: p.first.min(q.first),
+                last: p.last.max(q.last),
+                sources: p.sources.union(q.sources),
+                overrun: p.overrun || q.overrun,
+                batches: p.batches + q.batches,
+            }),
+            (why, _) => why,
+        };
+        match self.attempt(&why) {
+            Ok(report) => self.settled(&report),
+            Err(KernelError::Conflicts(conflicts)) => {
+                let texts: Vec<String> = conflicts.iter().map(|c| one_line(&c.0)).collect();
+                if texts != self.last_conflicts {
+                    for t in &texts {
+                        warn!("not applying, a foreign object is in the way: {t}");
+                    }
+                    warn!("nothing was changed; trying again on the next change");
+                } else {
+                    debug!("still in conflict with foreign objects; nothing changed");
+                }
+                self.status = format!(
+                    "not applied: {} conflict(s) with foreign objects (see the log)",
+                    texts.len()
+                );
+                self.last_conflicts = texts;
+                // A conflict is resolved by someone changing the kernel: that is an event.
+                self.retry_at = None;
+            }
+            Err(e) => {
+                let delay = self.backoff.failed();
+                error!(
+                    "apply failed {}, trying again in {} s: {}",
+                    why.describe(Instant::now()),
+                    delay.as_secs(),
+                    one_line(&e.to_string())
+                );
+                self.status = format!(
+                    "apply failed (see the log), retrying in {} s",
+                    delay.as_secs()
+                );
+                self.retry_at = Some(Instant::now() + delay);
+            }
+        }
+        self.systemd.status(&self.status());
+    }
+
+    fn reload(&mut self) {
+        self.systemd.reloading();
+        info!("SIGHUP: reloading {}", self.config.display());
+        match config::load(&self.config) {
+            Ok(model) => {
+                self.model = model;
+                self.reload_failed = false;
+                self.last_conflicts.clear();
+                self.reconcile(Why::Reload);
+            }
+            Err(e) => {
+                for line in e.to_string().lines() {
+                    error!("reload failed, keeping the previous config: {line}");
+                }
+                self.reload_failed = true;
+            }
+        }
+        self.systemd.ready(&self.status());
+    }
+
+    fn stop(&mut self, sig: &str) -> Result<(), DaemonError> {
+        if !self.remove_on_exit {
+            info!("{sig}: exiting; the policy stays applied (`symroute remove` takes it away)");
+            self.systemd.stopping("stopping; the policy stays applied");
+            return Ok(());
+        }
+        info!("{sig}: removing everything symroute made, then exiting");
+        self.systemd.stopping("removing the policy");
+        let changes = apply::remove()?;
+        for l in changes.summary() {
+            info!("removed: {}", one_line(&l));
+        }
+        info!("removed {} object(s); exiting", changes.summary().len());
+        Ok(())
+    }
+
+    fn status(&self) -> String {
+        if self.reload_failed {
+            format!(
+                "{}; the last reload failed, running the previous config",
+                self.status
+            )
+        } else {
+            self.status.clone()
+        }
+    }
+
+    /// Log gateways whose state changed (at startup: those not up).
+    fn log_gateways(&mut self, plan: &Plan, start: bool) {
+        let mut now = BTreeMap::new();
+        for g in &plan.gateways {
+            let before = self.gateways.get(&g.name);
+            if before != Some(&g.state) && !(start && g.state == GatewayState::Up) {
+                match &g.state {
+                    GatewayState::Up => info!("gateway {} is up: its routes are installed", g.name),
+                    GatewayState::Partial(why) => warn!(
+                        "gateway {} is partly up ({}); the other family's routes are installed",
+                        g.name,
+                        one_line(why)
+                    ),
+                    GatewayState::Down(why) => warn!(
+                        "gateway {} is down ({}); its rules fall through to the main table until it comes back",
+                        g.name,
+                        one_line(why)
+                    ),
+                }
+            }
+            now.insert(g.name.clone(), g.state.clone());
+        }
+        self.gateways = now;
+    }
+}
+
+/// The next event, or `None` when `wake` comes first.
+fn next_event(
+    rx: &Receiver<Event>,
+    wake: Option<Instant>,
+    now: Instant,
+) -> Result<Option<Event>, DaemonError> {
+    let gone = || DaemonError::Watcher("every watcher thread has ended".into());
+    match wake {
+        None => rx.recv().map(Some).map_err(|_| gone()),
+        Some(t) => match rx.recv_timeout(t.saturating_duration_since(now)) {
+            Ok(e) => Ok(Some(e)),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(gone()),
+        },
+    }
+}
+
+/// The one-line STATUS=: `applied, 2 gateways up`, or which are not.
+pub fn summary(plan: &Plan) -> String {
+    let n = plan.gateways.len();
+    let named = |want: fn(&GatewayState) -> bool| -> Vec<&str> {
+        plan.gateways
+            .iter()
+            .filter(|g| want(&g.state))
+            .map(|g| g.name.as_str())
+            .collect()
+    };
+    let up = named(|s| *s == GatewayState::Up).len();
+    let partial = named(|s| matches!(s, GatewayState::Partial(_)));
+    let down = named(|s| matches!(s, GatewayState::Down(_)));
+    let mut s = match (n, up) {
+        (0, _) => "applied, no gateways".to_string(),
+        (1, 1) => "applied, 1 gateway up".to_string(),
+        (n, up) if up == n => format!("applied, {n} gateways up"),
+        (n, up) => format!("applied, {up} of {n} gateways up"),
+    };
+    if !partial.is_empty() {
+        s += &format!("; partly up: {}", partial.join(", "));
+    }
+    if !down.is_empty() {
+        s += &format!("; down: {}", down.join(", "));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{self, HostView, Link};
+
+    fn plan_with(up1: bool, up2: bool) -> Plan {
+        let m = config::parse_str(
+            include_str!("../../examples/two-isps-firewall.toml"),
+            "two-isps.toml",
+        )
+        .expect("example parses");
+        let mut host = HostView::default();
+        for (name, up, addrs) in [
+            ("up1", up1, &["203.0.113.2/24", "2001:db8:1::2/64"]),
+            ("up2", up2, &["198.51.100.2/24", "2001:db8:2::2/64"]),
+        ] {
+            host.links.insert(
+                name.into(),
+                Link {
+                    up,
+                    addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                },
+            );
+        }
+        plan::build(&m, &host)
+    }
+
+    #[test]
+    fn status_line_names_what_is_not_up() {
+        assert_eq!(summary(&plan_with(true, true)), "applied, 2 gateways up");
+        assert_eq!(
+            summary(&plan_with(true, false)),
+            "applied, 1 of 2 gateways up; down: isp2"
+        );
+    }
+}

@@ -1,0 +1,282 @@
+//! Kernel change notifications: two multicast netlink sockets, separate from the request
+//! socket that `kernel::apply` opens, read by one thread that turns each burst into one
+//! `Event::Kernel`.
+//!
+//! - NETLINK_ROUTE: links, IPv4/IPv6 addresses, routes and rules, and IPv4 netconf
+//!   (rp_filter). Route notifications for cached clones (PMTU exceptions) are skipped:
+//!   observe never reads those.
+//! - NETLINK_NETFILTER, group NFNLGRP_NFTABLES: every nftables commit anyone makes
+//!   (ours, `nft delete table inet symroute`, firewalld…). The messages are not parsed:
+//!   any of them means our table may have changed.
+//!
+//! Both sockets get a large receive buffer (an `nft -f` of a big table is one message
+//! per object); if one overflows anyway, the kernel says ENOBUFS, which becomes an
+//! `overrun` event: notifications were lost, so the actor just reconciles from fresh dumps.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::mpsc::Sender;
+use std::time::Instant;
+
+use netlink_packet_core::NetlinkBuffer;
+use netlink_sys::{protocols, Socket};
+
+use super::event::{Event, KernelEvent, Source, Sources};
+
+/// Receive buffer of each monitor socket.
+const RCVBUF: usize = 4 << 20;
+
+// Multicast groups (linux/rtnetlink.h, linux/netfilter/nfnetlink.h).
+const RTNLGRP_LINK: u32 = 1;
+const RTNLGRP_IPV4_IFADDR: u32 = 5;
+const RTNLGRP_IPV4_ROUTE: u32 = 7;
+const RTNLGRP_IPV4_RULE: u32 = 8;
+const RTNLGRP_IPV6_IFADDR: u32 = 9;
+const RTNLGRP_IPV6_ROUTE: u32 = 11;
+const RTNLGRP_IPV6_RULE: u32 = 19;
+const RTNLGRP_IPV4_NETCONF: u32 = 24;
+const NFNLGRP_NFTABLES: u32 = 7;
+
+// Message types (linux/rtnetlink.h).
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_NEWRULE: u16 = 32;
+const RTM_DELRULE: u16 = 33;
+const RTM_NEWNETCONF: u16 = 80;
+const RTM_DELNETCONF: u16 = 81;
+/// `rtm_flags` bit of a cached clone (linux/rtnetlink.h); the flags follow 8 bytes of
+/// `struct rtmsg`.
+const RTM_F_CLONED: u32 = 0x200;
+const NLMSG_OVERRUN: u16 = 4;
+
+/// The subscribed sockets. Opened by the actor's thread (inside the namespace, before the
+/// first apply, so no change after that apply goes unseen), then moved to `spawn`.
+pub struct Monitor {
+    route: Socket,
+    nft: Option<Socket>,
+}
+
+fn subscribe(protocol: isize, groups: &[u32], what: &str) -> io::Result<Socket> {
+    let context = |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let mut s = Socket::new(protocol).map_err(context)?;
+    s.bind_auto().map_err(context)?;
+    set_rcvbuf(&s, RCVBUF);
+    for g in groups {
+        s.add_membership(*g)
+            .map_err(|e| context(io::Error::new(e.kind(), format!("joining group {g}: {e}"))))?;
+    }
+    s.set_non_blocking(true).map_err(context)?;
+    Ok(s)
+}
+
+/// SO_RCVBUFFORCE (root may exceed net.core.rmem_max), else SO_RCVBUF (capped there).
+fn set_rcvbuf(s: &Socket, bytes: usize) {
+    let v = bytes as libc::c_int;
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt reads the int we pass, for a descriptor `s` owns.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+impl Monitor {
+    /// Subscribe in the current network namespace. Without nftables notifications (an old
+    /// kernel without nf_tables) the daemon still runs, and says what it will miss.
+    pub fn open() -> io::Result<Monitor> {
+        let route = subscribe(
+            protocols::NETLINK_ROUTE,
+            &[
+                RTNLGRP_LINK,
+                RTNLGRP_IPV4_IFADDR,
+                RTNLGRP_IPV6_IFADDR,
+                RTNLGRP_IPV4_ROUTE,
+                RTNLGRP_IPV6_ROUTE,
+                RTNLGRP_IPV4_RULE,
+                RTNLGRP_IPV6_RULE,
+                RTNLGRP_IPV4_NETCONF,
+            ],
+            "rtnetlink monitor socket",
+        )?;
+        let nft = match subscribe(
+            protocols::NETLINK_NETFILTER,
+            &[NFNLGRP_NFTABLES],
+            "nftables monitor socket",
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch nftables changes ({e}): a changed or deleted table inet symroute is only repaired on the next other change"
+                );
+                None
+            }
+        };
+        Ok(Monitor { route, nft })
+    }
+
+    /// The receive buffer the kernel granted, for the log (it reports twice the usable
+    /// size: the other half is its bookkeeping).
+    pub fn rcvbuf(&self) -> usize {
+        self.route.get_rx_buf_sz().unwrap_or(0) / 2
+    }
+
+    /// Read notifications forever on a thread of its own, sending one event per burst.
+    /// Ends when the actor has gone, or with `Event::WatcherFailed` on a socket error.
+    pub fn spawn(self, tx: Sender<Event>) -> io::Result<()> {
+        std::thread::Builder::new()
+            .name("monitor".into())
+            .spawn(move || {
+                if let Err(e) = self.run(&tx) {
+                    let _ = tx.send(Event::WatcherFailed(format!(
+                        "reading kernel notifications: {e}"
+                    )));
+                }
+            })
+            .map(drop)
+    }
+
+    fn run(self, tx: &Sender<Event>) -> io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut fds = vec![libc::pollfd {
+            fd: self.route.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(nft) = &self.nft {
+            fds.push(libc::pollfd {
+                fd: nft.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        loop {
+            // SAFETY: `fds` is a valid array of pollfd for the descriptors we own.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if rc < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let at = Instant::now();
+            let mut ev = KernelEvent {
+                at,
+                sources: Sources::default(),
+                overrun: false,
+            };
+            drain(&self.route, &mut buf, &mut ev, route_sources)?;
+            if let Some(nft) = &self.nft {
+                drain(nft, &mut buf, &mut ev, |_, s| s.insert(Source::Nftables))?;
+            }
+            if ev.overrun {
+                tracing::debug!("a monitor socket overflowed: resyncing from fresh dumps");
+            }
+            if !ev.sources.is_empty() || ev.overrun {
+                tracing::trace!(sources = %ev.sources, "kernel notifications");
+                if tx.send(Event::Kernel(ev)).is_err() {
+                    return Ok(()); // the actor has gone: the process is exiting
+                }
+            }
+        }
+    }
+}
+
+/// Read every datagram waiting on `s`, noting what they are about.
+fn drain(
+    s: &Socket,
+    buf: &mut [u8],
+    ev: &mut KernelEvent,
+    classify: impl Fn(&[u8], &mut Sources),
+) -> io::Result<()> {
+    loop {
+        match s.recv(&mut &mut buf[..], 0) {
+            Ok(n) => classify(&buf[..n.min(buf.len())], &mut ev.sources),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => ev.overrun = true,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The kinds of object the rtnetlink notifications of one datagram are about.
+pub fn route_sources(mut data: &[u8], sources: &mut Sources) {
+    while let Ok(msg) = NetlinkBuffer::new_checked(data) {
+        let len = msg.length() as usize;
+        match msg.message_type() {
+            RTM_NEWLINK | RTM_DELLINK => sources.insert(Source::Link),
+            RTM_NEWADDR | RTM_DELADDR => sources.insert(Source::Address),
+            RTM_NEWROUTE | RTM_DELROUTE => {
+                let flags = msg
+                    .payload()
+                    .get(8..12)
+                    .map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap_or_default()));
+                if flags & RTM_F_CLONED == 0 {
+                    sources.insert(Source::Route);
+                }
+            }
+            RTM_NEWRULE | RTM_DELRULE => sources.insert(Source::Rule),
+            RTM_NEWNETCONF | RTM_DELNETCONF => sources.insert(Source::Netconf),
+            // Not expected on a multicast socket; harmless either way.
+            NLMSG_OVERRUN => {}
+            _ => {}
+        }
+        data = data.get((len + 3) & !3..).unwrap_or_default();
+        if len == 0 {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let len = 16 + payload.len();
+        let mut b = Vec::new();
+        b.extend_from_slice(&(len as u32).to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(&0u16.to_ne_bytes());
+        b.extend_from_slice(&[0; 8]);
+        b.extend_from_slice(payload);
+        b.resize((b.len() + 3) & !3, 0);
+        b
+    }
+
+    fn rtmsg(flags: u32) -> Vec<u8> {
+        let mut p = vec![2, 24, 0, 0, 254, 4, 0, 1];
+        p.extend_from_slice(&flags.to_ne_bytes());
+        p
+    }
+
+    #[test]
+    fn notifications_are_classified_and_clones_skipped() {
+        let mut data = msg(RTM_DELRULE, &[0; 12]);
+        data.extend(msg(RTM_NEWADDR, &[0; 8]));
+        data.extend(msg(RTM_NEWROUTE, &rtmsg(RTM_F_CLONED)));
+        let mut s = Sources::default();
+        route_sources(&data, &mut s);
+        assert_eq!(s.to_string(), "address, rule");
+        route_sources(&msg(RTM_DELROUTE, &rtmsg(0)), &mut s);
+        route_sources(&msg(RTM_NEWLINK, &[0; 16]), &mut s);
+        assert_eq!(s.to_string(), "link, address, route, rule");
+        // Garbage or a cut datagram must not panic or loop.
+        route_sources(&[1, 2, 3], &mut s);
+        route_sources(&data[..20], &mut s);
+    }
+}

@@ -1,0 +1,914 @@
+//! `symroute run` end to end on the two-ISP firewall lab: the daemon starts and converges
+//! (with READY=1, STATUS= and watchdog pings on a notify socket of our own), then repairs
+//! what others break — its rule, a route of its table, its nft table, a link going down
+//! and up, a new address, a strict rp_filter — reloads on SIGHUP (keeping the old config when the new one is
+//! invalid), exits cleanly on SIGTERM/SIGINT (leaving the policy applied, or removing it
+//! exactly with --remove-on-exit), and never touches foreign rules, even in its range or
+//! in its way.
+//!
+//! The daemon is the real binary, `symroute run -c FILE --netns NS`, as a child process
+//! killed by a guard on drop (which then runs `symroute remove`). Timings are printed;
+//! assertions only use generous timeouts (the 100 ms target is `benches/daemon.rs`'s).
+//! Needs root, `nft`, `ip` and `conntrack`.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{kernel_snapshot, require_root, symroute, symroute_in, Run};
+use symroute::kernel::netlink::{convert, Netlink};
+use symroute::lab::{in_netns, tcp_probe, Netns, Services, TwoIsps};
+use symroute::model::Family;
+use symroute::plan::{RouteSpec, RT_PROTO};
+
+const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
+/// How long anything may take to converge before the test fails (the target is 100 ms).
+const SETTLE: Duration = Duration::from_secs(3);
+/// How long the first apply may take.
+const START: Duration = Duration::from_secs(10);
+const ISP1_TABLE: u32 = 42000;
+const ISP1_RULE: u32 = 3001;
+
+// ---------------------------------------------------------------------------------------
+// the daemon under test
+
+type Lines = Arc<Mutex<Vec<String>>>;
+
+/// A running `symroute run`, with its stderr and its sd_notify messages collected.
+struct Daemon<'a> {
+    ns: &'a Netns,
+    child: Child,
+    dir: PathBuf,
+    log: Lines,
+    notes: Lines,
+    stop_notes: Arc<AtomicBool>,
+}
+
+impl<'a> Daemon<'a> {
+    /// Starts the daemon with `config` and waits for READY=1.
+    fn start(ns: &'a Netns, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon<'a> {
+        let d = Self::spawn(ns, config, extra, env);
+        d.wait_ready();
+        d
+    }
+
+    fn spawn(ns: &'a Netns, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon<'a> {
+        let dir = std::env::temp_dir().join(format!(
+            "symroute-daemon-{}-{}",
+            std::process::id(),
+            ns.name()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        // Our own stand-in for systemd's notify socket, drained continuously (a full
+        // datagram queue would block the daemon's sends).
+        let sock_path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("read timeout");
+        let notes: Lines = Arc::default();
+        let stop_notes = Arc::new(AtomicBool::new(false));
+        {
+            let (notes, stop) = (notes.clone(), stop_notes.clone());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(n) = sock.recv(&mut buf) {
+                        let text = String::from_utf8_lossy(&buf[..n]);
+                        lock(&notes).extend(text.lines().map(str::to_string));
+                    }
+                }
+            });
+        }
+        let config_path = dir.join("symroute.toml");
+        write_atomically(&config_path, config);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_symroute"));
+        cmd.args(["run", "-c"])
+            .arg(&config_path)
+            .args(["--netns", ns.name(), "--log-level", "debug"])
+            .args(extra)
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
+            .env_remove("JOURNAL_STREAM")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn symroute run");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log: Lines = Arc::default();
+        {
+            let (log, tag) = (log.clone(), ns.name().to_string());
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("  [run {tag}] {line}");
+                    lock(&log).push(line);
+                }
+            });
+        }
+        Daemon {
+            ns,
+            child,
+            dir,
+            log,
+            notes,
+            stop_notes,
+        }
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("symroute.toml")
+    }
+
+    /// Replaces the config file (atomically: the daemon never reads half a file).
+    fn write_config(&self, text: &str) {
+        write_atomically(&self.config_path(), text);
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill({sig})");
+    }
+
+    fn log(&self) -> String {
+        lock(&self.log).join("\n")
+    }
+
+    fn notes(&self) -> Vec<String> {
+        lock(&self.notes).clone()
+    }
+
+    fn wait_note(&self, what: &str, from: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notes = self.notes();
+            if let Some(i) = notes.iter().skip(from).position(|n| n == what) {
+                return from + i;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "no {what} from the daemon within {timeout:?}; notifications: {notes:?}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + START;
+        while !self.notes().iter().any(|n| n == "READY=1") {
+            // SAFETY: waitpid-free liveness check: signal 0 only checks the pid exists.
+            let alive = unsafe { libc::kill(self.pid(), 0) } == 0
+                && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
+                    .unwrap_or_default()
+                    .contains(") Z ");
+            assert!(
+                alive,
+                "symroute run exited before READY=1; log:\n{}",
+                self.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "no READY=1 within {START:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait().expect("try_wait") {
+                return st.code().unwrap_or(-1);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "symroute run still running {timeout:?} after the signal; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn wait_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.log().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not log {needle:?} within {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `symroute plan` with the daemon's current config file.
+    fn plan(&self) -> Run {
+        symroute(&[
+            "plan",
+            "-c",
+            &self.config_path().display().to_string(),
+            "--netns",
+            self.ns.name(),
+        ])
+    }
+
+    /// Waits until `symroute plan` says there is nothing to do.
+    fn wait_converged(&self, what: &str) {
+        wait_plan_clean(self.ns, what, || self.plan(), &self.log());
+    }
+}
+
+impl Drop for Daemon<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stop_notes.store(true, Ordering::Relaxed);
+        let _ = symroute(&["remove", "--netns", self.ns.name()]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn wait_plan_clean(ns: &Netns, what: &str, plan: impl Fn() -> Run, log: &str) {
+    let t0 = Instant::now();
+    loop {
+        let r = plan();
+        if r.code == 0 && r.stdout.contains("no changes") {
+            eprintln!(
+                "{what}: converged (plan: no changes) after {:?}",
+                t0.elapsed()
+            );
+            return;
+        }
+        assert!(
+            t0.elapsed() < SETTLE,
+            "{what}: {} still has changes to make after {SETTLE:?}:\n{}{}\ndaemon log:\n{log}",
+            ns.name(),
+            r.stdout,
+            r.stderr
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// probes of the namespace's kernel, in-process (a netlink dump takes well under 1 ms)
+
+fn lab() -> TwoIsps {
+    require_root();
+    let t0 = Instant::now();
+    let lab = TwoIsps::build().expect("build TwoIsps");
+    eprintln!("TwoIsps::build took {:?}", t0.elapsed());
+    lab
+}
+
+fn services(lab: &TwoIsps) -> Services {
+    lab.start_services().expect("start lab services")
+}
+
+fn smtp_v4() -> SocketAddr {
+    SocketAddr::new(TwoIsps::FW_UP1_V4.into(), TwoIsps::SMTP_PORT)
+}
+
+fn expect_traffic(lab: &TwoIsps, what: &str) {
+    let t0 = Instant::now();
+    match tcp_probe(&lab.client, smtp_v4(), SETTLE) {
+        Ok(line) => {
+            assert!(
+                line.starts_with(&format!("hello {} ", TwoIsps::CLIENT_V4)),
+                "{what}: unexpected greeting {line:?}"
+            );
+            eprintln!(
+                "{what}: client -> {} answered in {:?}",
+                smtp_v4(),
+                t0.elapsed()
+            );
+        }
+        Err(e) => panic!("{what}: client -> {} got no answer: {e:#}", smtp_v4()),
+    }
+}
+
+fn our_rule_present(nl: &mut Netlink, priority: u32) -> bool {
+    nl.dump_rules(Family::Inet4)
+        .expect("dump rules")
+        .iter()
+        .any(|r| {
+            convert::rule_priority(r).get() == priority && convert::rule_protocol(r) == RT_PROTO
+        })
+}
+
+/// Our IPv4 routes in `table`.
+fn our_routes(nl: &mut Netlink, table: u32) -> BTreeSet<RouteSpec> {
+    let names = convert::link_names(&nl.dump_links().expect("dump links"));
+    nl.dump_routes(Family::Inet4)
+        .expect("dump routes")
+        .iter()
+        .filter(|r| u8::from(r.header.protocol) == RT_PROTO)
+        .filter_map(|r| convert::route_spec(r, &names))
+        .filter(|r| r.table.id() == table)
+        .collect()
+}
+
+/// `nft list tables` (cheap whatever the table holds; `nft -f` is atomic, so a table that
+/// is there is complete).
+fn nft_table_present() -> bool {
+    Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "table inet symroute")
+        })
+        .unwrap_or(false)
+}
+
+/// Inside `ns`: checks `is_ok` holds, runs `break_it` (a shell script), then polls
+/// `is_ok` every 2 ms. Returns the time from the end of the script until `is_ok` held
+/// again, and whether the first poll saw it broken. Panics after `SETTLE`.
+fn time_repair(
+    ns: &Netns,
+    what: &str,
+    break_it: &str,
+    is_ok: impl FnMut(&mut Netlink) -> bool + Send + 'static,
+) -> Duration {
+    time_until(ns, what, break_it, true, is_ok)
+}
+
+/// Like `time_repair`, for a state that only holds after the change (`ok_before` false).
+fn time_until(
+    ns: &Netns,
+    what: &str,
+    break_it: &str,
+    ok_before: bool,
+    is_ok: impl FnMut(&mut Netlink) -> bool + Send + 'static,
+) -> Duration {
+    let (script, label) = (break_it.to_string(), what.to_string());
+    let (took, saw_broken) = in_netns(ns.name(), move || {
+        let mut is_ok = is_ok;
+        let mut nl = Netlink::open().expect("netlink");
+        assert_eq!(
+            is_ok(&mut nl),
+            ok_before,
+            "{label}: the state before the change"
+        );
+        let out = Command::new("sh")
+            .args(["-ec", &script])
+            .output()
+            .expect("run sh");
+        assert!(
+            out.status.success(),
+            "{label}: `{script}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let t0 = Instant::now();
+        let mut first = true;
+        let mut saw_broken = false;
+        loop {
+            if is_ok(&mut nl) {
+                return (t0.elapsed(), saw_broken);
+            }
+            if first {
+                saw_broken = true;
+            }
+            first = false;
+            assert!(
+                t0.elapsed() < SETTLE,
+                "{label}: not repaired within {SETTLE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+    .expect("in netns");
+    eprintln!(
+        "{what}: repaired {:.1} ms after `{break_it}`{} (target 100 ms)",
+        took.as_secs_f64() * 1e3,
+        if saw_broken {
+            ""
+        } else {
+            " (already back at the first look)"
+        }
+    );
+    took
+}
+
+fn ip_rules(ns: &Netns) -> String {
+    ns.ip("-4 rule show").expect("ip rule") + &ns.ip("-6 rule show").expect("ip -6 rule")
+}
+
+/// The kernel snapshot once the namespace has stopped changing by itself (IPv6 addresses
+/// leave "tentative", link-local routes appear shortly after link-up).
+fn settled_snapshot(ns: &Netns) -> String {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut last = kernel_snapshot(ns);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = kernel_snapshot(ns);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
+// ---------------------------------------------------------------------------------------
+// the tests
+
+/// (1) Start: READY=1 after the first apply, a STATUS= summary, watchdog pings at half
+/// of $WATCHDOG_USEC; the kernel matches the plan and client traffic works.
+#[test]
+fn starts_converges_and_notifies_systemd() {
+    let lab = lab();
+    let _services = services(&lab);
+    let d = Daemon::start(&lab.fw, CONFIG, &[], &[("WATCHDOG_USEC", "400000")]);
+    d.wait_converged("start");
+    expect_traffic(&lab, "after start");
+    let notes = d.notes();
+    assert!(
+        notes.iter().any(|n| n == "STATUS=applied, 2 gateways up"),
+        "no STATUS summary: {notes:?}"
+    );
+    // Pings every 200 ms: a handful within a second.
+    let first = d.wait_note("WATCHDOG=1", 0, Duration::from_secs(2));
+    d.wait_note("WATCHDOG=1", first + 1, Duration::from_secs(2));
+    let log = d.log();
+    assert!(log.contains("reconciled at startup"), "{log}");
+    // Idle means idle: no reconcile loop fed by our own changes.
+    let reconciles = |log: &str| log.matches("reconciled").count();
+    let before = reconciles(&log);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        reconciles(&d.log()),
+        before,
+        "the daemon kept reconciling while nothing changed:\n{}",
+        d.log()
+    );
+    assert!(
+        before <= 3,
+        "more than the startup apply and its echo: {}",
+        d.log()
+    );
+}
+
+/// (2) Someone deletes symroute's rule: it comes back.
+#[test]
+fn deleted_rule_comes_back() {
+    let lab = lab();
+    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    time_repair(
+        &lab.fw,
+        "rule 3001 deleted",
+        &format!("ip rule del pref {ISP1_RULE}"),
+        |nl| our_rule_present(nl, ISP1_RULE),
+    );
+    d.wait_converged("after the rule came back");
+    assert!(
+        d.log().contains("applied: + ip -4 rule pref 3001"),
+        "{}",
+        d.log()
+    );
+}
+
+/// (3) Someone deletes a route of symroute's table: it comes back.
+#[test]
+fn deleted_route_comes_back() {
+    let lab = lab();
+    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    let want = in_netns(lab.fw.name(), || {
+        our_routes(&mut Netlink::open().expect("netlink"), ISP1_TABLE)
+    })
+    .expect("in netns");
+    assert!(
+        want.iter().any(|r| r.dst.prefix_len() == 0),
+        "no default route in table {ISP1_TABLE}: {want:?}"
+    );
+    time_repair(
+        &lab.fw,
+        "default route of table 42000 deleted",
+        &format!("ip route del default table {ISP1_TABLE}"),
+        move |nl| our_routes(nl, ISP1_TABLE) == want,
+    );
+    d.wait_converged("after the route came back");
+}
+
+/// (4) `nft delete table inet symroute`: the table comes back (nftables notifications).
+#[test]
+fn deleted_nft_table_comes_back() {
+    let lab = lab();
+    let _services = services(&lab);
+    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    time_repair(
+        &lab.fw,
+        "nft table deleted",
+        "nft delete table inet symroute",
+        |_| nft_table_present(),
+    );
+    d.wait_converged("after the table came back");
+    expect_traffic(&lab, "after the table came back");
+}
+
+/// (5) The ISP1 link goes down and up: its table's routes (which the kernel flushed) are
+/// back after link-up, and traffic works.
+#[test]
+fn link_down_and_up_restores_the_gateway_table() {
+    let lab = lab();
+    let _services = services(&lab);
+    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    let want = in_netns(lab.fw.name(), || {
+        our_routes(&mut Netlink::open().expect("netlink"), ISP1_TABLE)
+    })
+    .expect("in netns");
+    time_repair(
+        &lab.fw,
+        "up1 down, 300 ms, up",
+        "ip link set up1 down; sleep 0.3; ip link set up1 up",
+        move |nl| our_routes(nl, ISP1_TABLE) == want,
+    );
+    d.wait_log("gateway isp1 is down", SETTLE);
+    d.wait_converged("after link-up");
+    expect_traffic(&lab, "after link-up");
+}
+
+/// (6) A second LAN address: the gateway table gains its connected network.
+#[test]
+fn new_address_adds_its_network_to_the_gateway_table() {
+    let lab = lab();
+    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    let net: ipnet::IpNet = "10.78.0.0/24".parse().unwrap();
+    time_until(
+        &lab.fw,
+        "address 10.78.0.1/24 added to lan0",
+        "ip addr add 10.78.0.1/24 dev lan0",
+        false,
+        move |nl| {
+            our_routes(nl, ISP1_TABLE)
+                .iter()
+                .any(|r| r.dst == net && r.dev == "lan0")
+        },
+    );
+    d.wait_converged("after the address change");
+}
+
+/// (6b) rp_filter set back to strict on the ISP1 interface: loosened again (IPv4 netconf
+/// notifications).
+#[test]
+fn strict_rp_filter_is_loosened_again() {
+    let lab = lab();
+    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    let key = "/proc/sys/net/ipv4/conf/up1/rp_filter";
+    time_repair(
+        &lab.fw,
+        "rp_filter on up1 set to 1 (strict)",
+        &format!("echo 1 > {key}"),
+        move |_| {
+            std::fs::read_to_string(key)
+                .map(|v| v.trim() == "2")
+                .unwrap_or(false)
+        },
+    );
+    d.wait_converged("after rp_filter was loosened again");
+}
+
+/// (7) SIGHUP applies a changed config (RELOADING=1, then READY=1); an invalid one is
+/// logged with FILE:LINE:COL and the old config stays in force.
+#[test]
+fn sighup_reloads_and_keeps_the_old_config_when_invalid() {
+    let lab = lab();
+    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    assert!(ip_rules(&lab.fw).contains("lookup 42001"));
+
+    let without_isp2 = CONFIG
+        .split("# The same for ISP2")
+        .next()
+        .expect("example has the isp2 policy")
+        .to_string();
+    d.write_config(&without_isp2);
+    let from = d.notes().len();
+    d.signal(libc::SIGHUP);
+    let reloading = d.wait_note("RELOADING=1", from, SETTLE);
+    d.wait_note("READY=1", reloading, SETTLE);
+    d.wait_converged("after the reload");
+    let rules = ip_rules(&lab.fw);
+    assert!(
+        !rules.contains("lookup 42001"),
+        "isp2's rule is still there:\n{rules}"
+    );
+    assert!(
+        rules.contains("lookup 42000"),
+        "isp1's rule is gone:\n{rules}"
+    );
+
+    // Invalid: a number where a name belongs.
+    d.write_config("[[gateway]]\nname = 3\n");
+    let from = d.notes().len();
+    d.signal(libc::SIGHUP);
+    d.wait_note("READY=1", from, SETTLE);
+    let path = d.config_path().display().to_string();
+    d.wait_log(
+        &format!("reload failed, keeping the previous config: {path}:2:8:"),
+        SETTLE,
+    );
+    let mut d = d;
+    assert!(
+        d.running(),
+        "the daemon died on an invalid config:\n{}",
+        d.log()
+    );
+    assert!(
+        d.notes()
+            .iter()
+            .any(|n| n.starts_with("STATUS=") && n.contains("last reload failed")),
+        "{:?}",
+        d.notes()
+    );
+    // Still enforcing the previous (valid) config.
+    time_repair(
+        &lab.fw,
+        "rule 3001 deleted after a failed reload",
+        &format!("ip rule del pref {ISP1_RULE}"),
+        |nl| our_rule_present(nl, ISP1_RULE),
+    );
+    wait_plan_clean(
+        &lab.fw,
+        "previous config still in force",
+        || symroute_in(&lab.fw, "plan", Some(&without_isp2), &[]),
+        &d.log(),
+    );
+    assert!(!ip_rules(&lab.fw).contains("lookup 42001"));
+}
+
+/// (8) SIGTERM exits 0 and leaves the policy applied; with --remove-on-exit it removes it,
+/// and the kernel is exactly as before the daemon.
+#[test]
+fn sigterm_exits_cleanly_leaving_or_removing_the_policy() {
+    let lab = lab();
+    let before = settled_snapshot(&lab.fw);
+
+    let mut d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    d.signal(libc::SIGTERM);
+    let code = d.wait_exit(SETTLE);
+    assert_eq!(code, 0, "exit code after SIGTERM; log:\n{}", d.log());
+    assert!(
+        d.notes().iter().any(|n| n == "STOPPING=1"),
+        "{:?}",
+        d.notes()
+    );
+    let r = symroute_in(&lab.fw, "plan", Some(CONFIG), &[]);
+    assert!(
+        r.stdout.contains("no changes"),
+        "the policy did not stay applied:\n{}",
+        r.stdout
+    );
+    drop(d); // (its guard runs `symroute remove`: start the second run from scratch)
+    assert_eq!(
+        settled_snapshot(&lab.fw),
+        before,
+        "remove after the first run"
+    );
+
+    // Applied by hand first: the daemon starts on an applied host, then removes it all.
+    let r = symroute_in(&lab.fw, "apply", Some(CONFIG), &[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let mut d = Daemon::start(&lab.fw, CONFIG, &["--remove-on-exit"], &[]);
+    d.wait_converged("second start");
+    assert!(
+        d.log().contains("reconciled at startup: no changes"),
+        "{}",
+        d.log()
+    );
+    d.signal(libc::SIGTERM);
+    let code = d.wait_exit(SETTLE);
+    assert_eq!(code, 0, "exit code after SIGTERM; log:\n{}", d.log());
+    assert!(d.log().contains("removed"), "{}", d.log());
+    assert_eq!(
+        settled_snapshot(&lab.fw),
+        before,
+        "--remove-on-exit left the kernel different from before the daemon"
+    );
+}
+
+/// (9) Foreign rules are never touched: one at a free priority (inside symroute's range)
+/// survives repairs; one in symroute's way stops the daemon from applying (logged, not
+/// forced) until it goes away. SIGINT exits 0.
+#[test]
+fn foreign_rules_are_left_alone() {
+    let lab = lab();
+    let mut d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+
+    lab.fw
+        .ip("rule add pref 3050 from 192.0.2.99 lookup main")
+        .expect("foreign rule");
+    let foreign = |ns: &Netns, pref: &str| -> Vec<String> {
+        ns.ip("-4 rule show")
+            .expect("ip rule")
+            .lines()
+            .filter(|l| l.starts_with(pref))
+            .map(str::to_string)
+            .collect()
+    };
+    let before = foreign(&lab.fw, "3050:");
+    assert_eq!(before.len(), 1, "{before:?}");
+    // A repair right after: the reconcile sees the foreign rule and leaves it.
+    time_repair(
+        &lab.fw,
+        "rule 3001 deleted next to a foreign rule",
+        &format!("ip rule del pref {ISP1_RULE}"),
+        |nl| our_rule_present(nl, ISP1_RULE),
+    );
+    d.wait_converged("with a foreign rule at 3050");
+    assert_eq!(
+        foreign(&lab.fw, "3050:"),
+        before,
+        "the foreign rule was touched"
+    );
+
+    // A foreign rule at one of symroute's priorities: a conflict, logged, not forced.
+    lab.fw
+        .ip("rule add pref 3002 from 192.0.2.98 lookup main")
+        .expect("conflicting rule");
+    d.wait_log(
+        "not applying, a foreign object is in the way: priority 3002",
+        SETTLE,
+    );
+    lab.fw
+        .ip(&format!("rule del pref {ISP1_RULE}"))
+        .expect("delete our rule");
+    std::thread::sleep(Duration::from_millis(500));
+    let rules = lab.fw.ip("-4 rule show").expect("ip rule");
+    assert!(
+        !rules.contains("lookup 42000"),
+        "applied despite the conflict:\n{rules}"
+    );
+    assert!(rules.contains("from 192.0.2.98 lookup main"), "{rules}");
+    assert!(d.running(), "a conflict killed the daemon:\n{}", d.log());
+    // The foreign rule goes: the daemon converges again by itself.
+    lab.fw
+        .ip("rule del pref 3002 from 192.0.2.98 lookup main")
+        .expect("delete the conflicting rule");
+    d.wait_converged("after the conflict went away");
+    assert_eq!(
+        foreign(&lab.fw, "3050:"),
+        before,
+        "the foreign rule was touched"
+    );
+
+    d.signal(libc::SIGINT);
+    assert_eq!(
+        d.wait_exit(SETTLE),
+        0,
+        "exit code after SIGINT; log:\n{}",
+        d.log()
+    );
+}
+
+/// (10) Startup: a bad config exits 2 before touching anything; a conflict exits 1 with
+/// nothing changed; a gateway that is down is only logged, and picked up when it comes.
+#[test]
+fn startup_errors_and_a_gateway_down() {
+    let lab = lab();
+    let before = settled_snapshot(&lab.fw);
+    let mut bad = Daemon::spawn(&lab.fw, "[[gateway]]\nname = 3\n", &[], &[]);
+    assert_eq!(bad.wait_exit(SETTLE), 2, "bad config; log:\n{}", bad.log());
+    bad.wait_log(":2:8:", SETTLE);
+    drop(bad);
+
+    lab.fw
+        .ip(&format!("rule add pref {ISP1_RULE} lookup main"))
+        .expect("conflicting rule");
+    let mut conflict = Daemon::spawn(&lab.fw, CONFIG, &[], &[]);
+    assert_eq!(
+        conflict.wait_exit(SETTLE),
+        1,
+        "conflict; log:\n{}",
+        conflict.log()
+    );
+    conflict.wait_log("priority 3001", SETTLE);
+    assert!(!conflict.notes().iter().any(|n| n == "READY=1"));
+    drop(conflict);
+    lab.fw
+        .ip(&format!("rule del pref {ISP1_RULE} lookup main"))
+        .expect("delete conflicting rule");
+    assert_eq!(
+        settled_snapshot(&lab.fw),
+        before,
+        "a failed start changed the kernel"
+    );
+
+    // Keep up2's IPv6 addresses while it is down (by default the kernel flushes them,
+    // and the gateway would come back IPv4-only: "partly up").
+    lab.fw
+        .sysctl("net.ipv6.conf.up2.keep_addr_on_down", "1")
+        .expect("keep_addr_on_down");
+    lab.fw.ip("link set up2 down").expect("up2 down");
+    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_log("gateway isp2 is down", SETTLE);
+    assert!(
+        d.notes()
+            .iter()
+            .any(|n| n == "STATUS=applied, 1 of 2 gateways up; down: isp2"),
+        "{:?}",
+        d.notes()
+    );
+    d.wait_converged("with up2 down");
+    lab.fw.ip("link set up2 up").expect("up2 up");
+    d.wait_log("gateway isp2 is up", SETTLE);
+    d.wait_converged("after up2 came up");
+    let table = lab.fw.ip("-4 route show table 42001").expect("ip route");
+    assert!(
+        table.contains("default via 198.51.100.1 dev up2"),
+        "{table}"
+    );
+}
+
+/// (11) An apply the kernel refuses (an IPv6 next hop that is the firewall's own address:
+/// a valid config, but "Gateway can not be a local address") is rolled back and retried after 1 s, 2 s, 4 s… — not in
+/// a loop, although each rollback is itself a burst of changes. The previous policy stays
+/// in force meanwhile; a reload with a good config converges at once.
+#[test]
+fn a_failing_apply_backs_off_instead_of_looping() {
+    let lab = lab();
+    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    let broken = CONFIG.replace("via6 = \"2001:db8:1::1\"", "via6 = \"2001:db8:1::2\"");
+    assert_ne!(broken, CONFIG);
+    d.write_config(&broken);
+    d.signal(libc::SIGHUP);
+    d.wait_log("apply failed", SETTLE);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(3500));
+    let failures = d.log().matches("apply failed").count();
+    eprintln!("{failures} failed applies in {:?}", t0.elapsed());
+    assert!(
+        (2..=5).contains(&failures),
+        "expected the reload's attempt and 1-3 retries (1 s, 2 s, …), got {failures}:\n{}",
+        d.log()
+    );
+    assert!(d.log().contains("trying again in 2 s"), "{}", d.log());
+    assert!(
+        d.notes()
+            .iter()
+            .any(|n| n.starts_with("STATUS=apply failed")),
+        "{:?}",
+        d.notes()
+    );
+    // Rolled back each time: the previous policy is still exactly in place.
+    wait_plan_clean(
+        &lab.fw,
+        "old policy still in force",
+        || symroute_in(&lab.fw, "plan", Some(CONFIG), &[]),
+        &d.log(),
+    );
+    d.write_config(CONFIG);
+    d.signal(libc::SIGHUP);
+    d.wait_converged("after reloading a good config");
+    let failures_after = d.log().matches("apply failed").count();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        d.log().matches("apply failed").count(),
+        failures_after,
+        "still failing after the good config:\n{}",
+        d.log()
+    );
+}

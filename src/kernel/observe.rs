@@ -2,7 +2,7 @@
 //! touch, our tagged rules and routes, our nft table's fingerprint, and the foreign
 //! objects that would conflict with us.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::LinkMessage;
@@ -209,22 +209,4 @@ fn our_fingerprint(ruleset: &Value) -> Option<String> {
     Some(fp.unwrap_or_default())
 }
 
-/// Priorities of every rule in the kernel (ours and foreign), for messages and tests.
-pub fn rule_priorities(obs: &Observed) -> BTreeSet<u32> {
-    obs.rules
-        .iter()
-        .map(|r| r.priority.get())
-        .chain(obs.foreign_rules.iter().map(|r| r.priority.get()))
-        .collect()
-}
 
-/// Current values of the given sysctls (missing ones are skipped).
-pub fn read_sysctls<'a>(keys: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, String> {
-    keys.into_iter()
-        .filter_map(|k| {
-            std::fs::read_to_string(sysctl_path(k))
-                .ok()
-                .map(|v| (k.clone(), v.trim().to_string()))
-        })
-        .collect()
-}

@@ -181,6 +181,7 @@ fn no_error_or_warning(what: &str, ns: &Netns) {
 fn symroute_applied_two_isps_is_clean() {
     require_root();
     let lab = TwoIsps::build().expect("lab");
+    let _cleanup = support::RemoveOnDrop(&lab.fw);
     symroute_in(&lab.fw, "apply", Some(FIREWALL), &[]).ok();
     no_error_or_warning("two-isps firewall", &lab.fw);
 }
@@ -191,6 +192,10 @@ fn symroute_applied_two_isps_is_clean() {
 fn symroute_applied_proxy_relay_is_clean() {
     require_root();
     let lab = ProxyRelay::build().expect("lab");
+    let _cleanup = (
+        support::RemoveOnDrop(&lab.relay),
+        support::RemoveOnDrop(&lab.proxy),
+    );
     symroute_in(&lab.relay, "apply", Some(RELAY), &[]).ok();
     symroute_in(&lab.proxy, "apply", Some(DIVERT), &[]).ok();
     no_error_or_warning("relay", &lab.relay);

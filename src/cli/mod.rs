@@ -117,6 +117,22 @@ enum Cmd {
         /// Test only: die right after STEP without cleaning up, like `kill -9`
         #[arg(long, value_name = "STEP", hide = true)]
         abort_after: Option<Step>,
+        /// Roll the change back after SECS seconds unless `symroute confirm` runs first
+        #[arg(long, value_name = "SECS", conflicts_with_all = ["inject_failure", "abort_after"])]
+        confirm: Option<u64>,
+    },
+    /// Keep the change of a pending `apply --confirm` (so it is not rolled back).
+    Confirm {
+        #[command(flatten)]
+        netns: NetnsArg,
+    },
+    /// Internal: wait for a pending `apply --confirm` and roll it back at its deadline.
+    #[command(hide = true)]
+    ConfirmWatch {
+        #[command(flatten)]
+        netns: NetnsArg,
+        #[arg(long)]
+        token: String,
     },
     /// Delete everything symroute made and restore the sysctls it changed.
     Remove {
@@ -389,6 +405,37 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             netns,
             inject_failure,
             abort_after,
+            confirm: Some(secs),
+        } => {
+            let _ = (inject_failure, abort_after);
+            let m = config.load()?;
+            netns.enter()?;
+            let (report, token) = kernel::confirm::apply(&m, secs)?;
+            print_gateways(&mut out, &report.plan)?;
+            let Some(token) = token else {
+                print_changes(&mut out, &report.changes, "applied")?;
+                writeln!(out, "nothing to confirm: no watcher started")?;
+                return Ok(ExitCode::SUCCESS);
+            };
+            for l in report.changes.summary() {
+                writeln!(out, "{l}")?;
+            }
+            if let Err(e) = spawn_watcher(netns.netns.as_deref(), &token) {
+                // Without a watcher nothing rolls back: do it now rather than strand it.
+                let _ = kernel::confirm::roll_back_now(&token);
+                return Err(e.context("starting the confirm watcher (the change was rolled back)"));
+            }
+            writeln!(
+                out,
+                "applied; run `symroute confirm` within {secs} s or this change is rolled back"
+            )?;
+        }
+        Cmd::Apply {
+            config,
+            netns,
+            inject_failure,
+            abort_after,
+            confirm: None,
         } => {
             let m = config.load()?;
             netns.enter()?;
@@ -401,6 +448,17 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             print_gateways(&mut out, &report.plan)?;
             print_changes(&mut out, &report.changes, "applied")?;
+        }
+        Cmd::Confirm { netns } => {
+            netns.enter()?;
+            if !kernel::confirm::confirm()? {
+                anyhow::bail!("nothing to confirm: no `apply --confirm` is pending here");
+            }
+            writeln!(out, "confirmed")?;
+        }
+        Cmd::ConfirmWatch { netns, token } => {
+            netns.enter()?;
+            kernel::confirm::watch(&token)?;
         }
         Cmd::Remove { netns } => {
             netns.enter()?;
@@ -556,6 +614,32 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Start `symroute confirm-watch` detached: its own session, stdio on /dev/null.
+fn spawn_watcher(netns: Option<&str>, token: &str) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().context("finding the symroute binary")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("confirm-watch").arg("--token").arg(token);
+    if let Some(ns) = netns {
+        cmd.arg("--netns").arg(ns);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().context("spawning symroute confirm-watch")?;
+    Ok(())
 }
 
 fn print_gateways(out: &mut impl Write, plan: &plan::Plan) -> anyhow::Result<()> {

@@ -40,6 +40,25 @@ pub struct ApplyReport {
 /// Observe, plan, diff; refuse on conflicts; apply the difference; roll back on failure.
 pub fn apply(model: &Model, faults: Faults) -> Result<ApplyReport, KernelError> {
     let _lock = state::lock()?;
+    apply_locked(model, faults, |_| Ok(()))
+}
+
+/// What `apply` knows just before its first change: all a rollback needs.
+pub(crate) struct Before<'a> {
+    pub observed: &'a Observed,
+    pub changes: &'a Changes,
+    /// `nft list table` text, when this apply replaces an existing table.
+    pub saved_table: Option<&'a str>,
+    pub state: &'a state::State,
+}
+
+/// `apply` with the lock already held; `before_change` runs once there is something to
+/// change, before the first change (an error from it stops the apply, changing nothing).
+pub(crate) fn apply_locked(
+    model: &Model,
+    faults: Faults,
+    before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
+) -> Result<ApplyReport, KernelError> {
     let (observed, plan, changes) = prepare(model)?;
     if changes.is_empty() {
         return Ok(ApplyReport { plan, changes });
@@ -53,6 +72,12 @@ pub fn apply(model: &Model, faults: Faults) -> Result<ApplyReport, KernelError> 
         _ => None,
     };
     let state_before = state::load()?;
+    before_change(&Before {
+        observed: &observed,
+        changes: &changes,
+        saved_table: saved_table.as_deref(),
+        state: &state_before,
+    })?;
     if let Err(e) = execute(&changes, faults, false) {
         let rollback = roll_back(
             &observed,
@@ -99,6 +124,11 @@ pub fn remove() -> Result<Changes, KernelError> {
     };
     execute(&changes, Faults::default(), true)?;
     state::save(&state::State::default())?;
+    // A pending `apply --confirm` would put back what was there before it: after a
+    // remove, nothing is left to confirm or roll back.
+    if let Ok(p) = state::pending_path() {
+        let _ = std::fs::remove_file(p);
+    }
     state::forget_lock();
     Ok(changes)
 }
@@ -238,7 +268,7 @@ fn write_sysctls(set: &[SysctlChange], restore: &[SysctlChange]) -> Result<(), K
 /// Put back the rules, routes, table and sysctls that `before` saw. The table is only
 /// touched when this apply changed it (`nft_changed`): otherwise `saved_table` is `None`
 /// although the table exists, and must stay.
-fn roll_back(
+pub(crate) fn roll_back(
     before: &Observed,
     nft_changed: bool,
     saved_table: Option<&str>,

@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod cmd;
+pub mod confirm;
 pub mod marks;
 pub mod netlink;
 pub mod netns;

@@ -208,5 +208,3 @@ fn our_fingerprint(ruleset: &Value) -> Option<String> {
         });
     Some(fp.unwrap_or_default())
 }
-
-

@@ -59,6 +59,11 @@ pub fn save(state: &State) -> Result<(), KernelError> {
     std::fs::rename(&tmp, &p).map_err(io)
 }
 
+/// Where `apply --confirm` keeps what a rollback needs until `confirm` (see `kernel::confirm`).
+pub fn pending_path() -> Result<PathBuf, KernelError> {
+    Ok(PathBuf::from(DIR).join(format!("netns-{}.confirm.json", super::netns::cookie()?)))
+}
+
 /// Held while applying or removing, so two symroute runs in one namespace never
 /// interleave their steps. Released when dropped (or when the process dies).
 pub struct Lock(#[allow(dead_code)] std::fs::File);

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The packet/conntrack mark bits symroute owns. Always non-zero and contiguous, so
 /// decision values can be numbered `1..=max` shifted into place.
@@ -60,7 +60,7 @@ impl fmt::Display for Mark {
 }
 
 /// A routing table id. 0 (unspec) and 253–255 (default, main, local) are the kernel's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TableId(u32);
 
 impl TableId {
@@ -95,7 +95,7 @@ impl fmt::Display for TableId {
 }
 
 /// An `ip rule` priority. 0 is the kernel's `lookup local`; 32766/32767 are main/default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Priority(u32);
 
 impl Priority {
@@ -320,7 +320,7 @@ impl fmt::Display for Protocol {
 }
 
 /// IPv4 or IPv6: rules and routes exist once per family.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Family {
     Inet4,

@@ -110,3 +110,13 @@ pub fn kernel_snapshot(ns: &Netns) -> String {
         .expect("sysctl -a");
     s
 }
+
+/// Runs `symroute remove` in its namespace when dropped (also when the test panics), so
+/// no recorded sysctl state is left in /run/symroute after the namespace is gone.
+pub struct RemoveOnDrop<'a>(pub &'a Netns);
+
+impl Drop for RemoveOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = symroute_in(self.0, "remove", None, &[]);
+    }
+}

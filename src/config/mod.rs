@@ -92,12 +92,14 @@ fn validate(raw: RawConfig, loc: &mut Locator) -> Model {
         let via6 = g.via6.as_ref().and_then(|v| {
             parse_addr::<Ipv6Addr>(v, "gateway.via6", "an IPv6 address like 2001:db8:1::1", loc)
         });
+        let check = g.check.as_ref().map(|c| validate_check(c.get_ref(), loc));
         if let (Some(name), Some(interface)) = (name, interface) {
             gateways.push(Gateway {
                 name,
                 interface,
                 via,
                 via6,
+                check,
             });
         }
     }
@@ -238,6 +240,96 @@ fn validate_settings(s: &Sp<raw::RawSettings>, loc: &mut Locator) -> Settings {
         }
     }
     out
+}
+
+fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {
+    use crate::model::ProbeTarget;
+    let mut targets = Vec::new();
+    if c.targets.get_ref().is_empty() {
+        loc.error(
+            c.targets.span(),
+            "gateway.check.targets: the list is empty; list at least one address to ping or tcp:ADDR:PORT to connect to",
+        );
+    }
+    for t in c.targets.get_ref() {
+        let text = t.get_ref();
+        let parsed = match text.strip_prefix("tcp:") {
+            Some(rest) => rest
+                .parse::<std::net::SocketAddr>()
+                .ok()
+                .map(ProbeTarget::Tcp),
+            None => text.parse::<IpAddr>().ok().map(ProbeTarget::Icmp),
+        };
+        match parsed {
+            Some(p) => targets.push(p),
+            None => loc.error(
+                t.span(),
+                format!("gateway.check.targets: \"{text}\" is not an address to ping (192.0.2.53, 2001:db8::53) or tcp:ADDR:PORT (tcp:198.51.100.80:443, tcp:[2001:db8::80]:443)"),
+            ),
+        }
+    }
+    let duration = |v: &Option<Sp<String>>, key: &str, default: u64, loc: &mut Locator| {
+        let Some(v) = v else {
+            return std::time::Duration::from_millis(default);
+        };
+        match parse_duration(v.get_ref()) {
+            Some(d) if !d.is_zero() => d,
+            _ => {
+                loc.error(
+                    v.span(),
+                    format!("gateway.check.{key}: \"{}\" is not a duration (expected e.g. \"250ms\" or \"2s\")", v.get_ref()),
+                );
+                std::time::Duration::from_millis(default)
+            }
+        }
+    };
+    let interval = duration(&c.interval, "interval", 250, loc);
+    let timeout = duration(&c.timeout, "timeout", 500, loc);
+    let (mut down_lost, mut down_window) = (3, 5);
+    if let Some(d) = &c.down {
+        let parsed = d.get_ref().split_once('/').and_then(|(a, b)| {
+            Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
+        });
+        match parsed {
+            Some((a, b)) if a >= 1 && a <= b && b <= 64 => (down_lost, down_window) = (a, b),
+            _ => loc.error(
+                d.span(),
+                format!("gateway.check.down: \"{}\" is not LOST/WINDOW with 1 <= LOST <= WINDOW <= 64 (e.g. \"3/5\": down after 3 of the last 5 probes are lost)", d.get_ref()),
+            ),
+        }
+    }
+    let mut up = 5;
+    if let Some(u) = &c.up {
+        match u32::try_from(*u.get_ref()) {
+            Ok(n) if (1..=1000).contains(&n) => up = n,
+            _ => loc.error(
+                u.span(),
+                "gateway.check.up: expected the number of good probes in a row that bring a gateway back, 1 to 1000",
+            ),
+        }
+    }
+    crate::model::Check {
+        targets,
+        interval,
+        timeout,
+        down_lost,
+        down_window,
+        up,
+    }
+}
+
+/// `250ms`, `2s`, `1.5s`.
+fn parse_duration(t: &str) -> Option<std::time::Duration> {
+    let t = t.trim();
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(std::time::Duration::from_millis);
+    }
+    let s = t.strip_suffix('s')?.trim().parse::<f64>().ok()?;
+    (s.is_finite() && (0.0..=3600.0).contains(&s)).then(|| std::time::Duration::from_secs_f64(s))
 }
 
 fn parse_u32(t: &str) -> Option<u32> {

@@ -34,6 +34,17 @@ pub struct RawGateway {
     pub interface: Sp<String>,
     pub via: Option<Sp<String>>,
     pub via6: Option<Sp<String>>,
+    pub check: Option<Sp<RawCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCheck {
+    pub targets: Sp<Vec<Sp<String>>>,
+    pub interval: Option<Sp<String>>,
+    pub timeout: Option<Sp<String>>,
+    pub down: Option<Sp<String>>,
+    pub up: Option<Sp<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

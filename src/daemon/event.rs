@@ -17,8 +17,13 @@ pub enum Event {
     /// A watcher thread cannot go on; the daemon exits with this error rather than run
     /// blind.
     WatcherFailed(String),
-    // Later slices: `Health { gateway, result }` from the probes, and requests from the
-    // status socket, arrive here too.
+    /// One probe's result: `target` indexes the gateway's `check.targets`.
+    Health {
+        gateway: String,
+        target: usize,
+        ok: bool,
+    },
+    // Later slices: requests from the status socket arrive here too.
 }
 
 /// One batch of kernel notifications, read together by the monitor thread.
@@ -44,16 +49,19 @@ pub enum Source {
     /// Per-interface IPv4 settings (rp_filter).
     Netconf = 16,
     Nftables = 32,
+    /// A gateway's health checks changed their verdict.
+    Health = 64,
 }
 
 impl Source {
-    const ALL: [Source; 6] = [
+    const ALL: [Source; 7] = [
         Source::Link,
         Source::Address,
         Source::Route,
         Source::Rule,
         Source::Netconf,
         Source::Nftables,
+        Source::Health,
     ];
 
     fn name(self) -> &'static str {
@@ -64,6 +72,7 @@ impl Source {
             Source::Rule => "rule",
             Source::Netconf => "rp_filter",
             Source::Nftables => "nftables",
+            Source::Health => "health check",
         }
     }
 }

@@ -23,6 +23,7 @@
 
 pub mod debounce;
 pub mod event;
+pub mod health;
 pub mod log;
 mod monitor;
 mod signals;
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 use crate::config;
-use crate::kernel::apply::{self, ApplyReport, Faults};
+use crate::kernel::apply::{self, ApplyReport};
 use crate::kernel::KernelError;
 use crate::model::Model;
 use crate::plan::{GatewayState, Plan};
@@ -107,8 +108,9 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         .spawn(tx.clone())
         .map_err(io_error("starting the monitor thread"))?;
     signals
-        .spawn(tx)
+        .spawn(tx.clone())
         .map_err(io_error("starting the signal thread"))?;
+    let probes = health::spawn(&opts.model, &tx).map_err(io_error("starting the health probes"))?;
 
     let now = Instant::now();
     let mut d = Daemon {
@@ -124,6 +126,10 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         status: String::new(),
         last_conflicts: Vec::new(),
         reload_failed: false,
+        tx,
+        probes: Some(probes),
+        windows: BTreeMap::new(),
+        health_down: BTreeMap::new(),
     };
     // At startup, any failure is fatal (exit 1), conflicts included: as `symroute apply`.
     let report = d.attempt(&Why::Start)?;
@@ -180,6 +186,13 @@ struct Daemon {
     /// The conflicts last logged, so a storm of events doesn't repeat them.
     last_conflicts: Vec<String>,
     reload_failed: bool,
+    /// For restarting the probes on reload.
+    tx: mpsc::Sender<Event>,
+    probes: Option<health::Probes>,
+    /// Each checked gateway's per-target probe windows.
+    windows: BTreeMap<String, Vec<health::Window>>,
+    /// Gateways their checks declare down (name → why), handed to the plan.
+    health_down: BTreeMap<String, String>,
 }
 
 impl Daemon {
@@ -200,6 +213,11 @@ impl Daemon {
                     Event::Reload => reload = true,
                     Event::Stop(sig) => return self.stop(sig),
                     Event::WatcherFailed(msg) => return Err(DaemonError::Watcher(msg)),
+                    Event::Health {
+                        gateway,
+                        target,
+                        ok,
+                    } => self.health(&gateway, target, ok),
                 }
             }
             let now = Instant::now();
@@ -229,7 +247,7 @@ impl Daemon {
     fn attempt(&mut self, why: &Why) -> Result<ApplyReport, KernelError> {
         let started = Instant::now();
         let reason = why.describe(started);
-        let report = apply::apply(&self.model, Faults::default())?;
+        let report = apply::apply_with_health(&self.model, &self.health_down)?;
         let took = started.elapsed().as_millis();
         self.log_gateways(&report.plan, matches!(why, Why::Start));
         let lines = report.changes.summary();
@@ -326,6 +344,13 @@ impl Daemon {
         info!("SIGHUP: reloading {}", self.config.display());
         match config::load(&self.config) {
             Ok(model) => {
+                self.probes = None;
+                self.windows.clear();
+                self.health_down.clear();
+                match health::spawn(&model, &self.tx) {
+                    Ok(p) => self.probes = Some(p),
+                    Err(e) => error!("could not start the health probes: {e}"),
+                }
                 self.model = model;
                 self.reload_failed = false;
                 self.last_conflicts.clear();
@@ -355,6 +380,63 @@ impl Daemon {
         }
         info!("removed {} object(s); exiting", changes.summary().len());
         Ok(())
+    }
+
+    /// One probe result: update the target's window; when the gateway's verdict changes,
+    /// log it and reconcile (debounced like a kernel change).
+    fn health(&mut self, gateway: &str, target: usize, ok: bool) {
+        let Some(check) = self
+            .model
+            .gateways
+            .iter()
+            .find(|g| g.name.as_str() == gateway)
+            .and_then(|g| g.check.as_ref())
+        else {
+            return; // from probes of a config since replaced
+        };
+        let windows = self
+            .windows
+            .entry(gateway.to_string())
+            .or_insert_with(|| vec![health::Window::default(); check.targets.len()]);
+        let Some(w) = windows.get_mut(target) else {
+            return;
+        };
+        if !w.note(ok, check) {
+            return;
+        }
+        let all_down = windows.iter().all(|w| w.down);
+        let was_down = self.health_down.contains_key(gateway);
+        if all_down && !was_down {
+            let lost: Vec<String> = windows
+                .iter()
+                .zip(&check.targets)
+                .map(|(w, t)| {
+                    format!(
+                        "{} of last {} probes lost to {t}",
+                        w.lost(),
+                        check.down_window
+                    )
+                })
+                .collect();
+            let why = format!("health check: {}", lost.join(", "));
+            warn!("gateway {gateway} down: {}", lost.join(", "));
+            self.health_down.insert(gateway.to_string(), why);
+        } else if !all_down && was_down {
+            info!(
+                "gateway {gateway} answers its health checks again ({} good probes in a row)",
+                check.up
+            );
+            self.health_down.remove(gateway);
+        } else {
+            return;
+        }
+        let mut sources = Sources::default();
+        sources.insert(event::Source::Health);
+        self.debounce.note(&KernelEvent {
+            at: Instant::now(),
+            sources,
+            overrun: false,
+        });
     }
 
     fn status(&self) -> String {
@@ -464,6 +546,42 @@ mod tests {
             );
         }
         plan::build(&m, &host)
+    }
+
+    #[test]
+    fn a_gateway_down_by_health_keeps_only_probe_routes() {
+        let text = include_str!("../../examples/two-isps-firewall.toml").replacen(
+            "via6 = \"2001:db8:1::1\"\n",
+            "via6 = \"2001:db8:1::1\"\n[gateway.check]\ntargets = [\"192.0.2.10\"]\n",
+            1,
+        );
+        let m = config::parse_str(&text, "t.toml").expect("parses");
+        let mut host = HostView::default();
+        for (name, addrs) in [
+            ("up1", ["203.0.113.2/24", "2001:db8:1::2/64"]),
+            ("up2", ["198.51.100.2/24", "2001:db8:2::2/64"]),
+        ] {
+            host.links.insert(
+                name.into(),
+                Link {
+                    up: true,
+                    addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                },
+            );
+        }
+        host.health_down.insert(
+            "isp1".into(),
+            "health check: 3 of last 5 probes lost".into(),
+        );
+        let p = plan::build(&m, &host);
+        assert_eq!(summary(&p), "applied, 1 of 2 gateways up; down: isp1");
+        let t42000: Vec<String> = p
+            .routes
+            .iter()
+            .filter(|r| r.table.id() == 42000)
+            .map(|r| r.dst.to_string())
+            .collect();
+        assert_eq!(t42000, ["192.0.2.10/32"]);
     }
 
     #[test]

@@ -43,6 +43,15 @@ pub fn apply(model: &Model, faults: Faults) -> Result<ApplyReport, KernelError> 
     apply_locked(model, faults, |_| Ok(()))
 }
 
+/// `apply` with gateways declared down by the daemon's health checks (name → why).
+pub fn apply_with_health(
+    model: &Model,
+    health_down: &std::collections::BTreeMap<String, String>,
+) -> Result<ApplyReport, KernelError> {
+    let _lock = state::lock()?;
+    apply_locked_health(model, health_down, Faults::default(), |_| Ok(()))
+}
+
 /// What `apply` knows just before its first change: all a rollback needs.
 pub(crate) struct Before<'a> {
     pub observed: &'a Observed,
@@ -59,7 +68,16 @@ pub(crate) fn apply_locked(
     faults: Faults,
     before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
 ) -> Result<ApplyReport, KernelError> {
-    let (observed, plan, changes) = prepare(model)?;
+    apply_locked_health(model, &Default::default(), faults, before_change)
+}
+
+fn apply_locked_health(
+    model: &Model,
+    health_down: &std::collections::BTreeMap<String, String>,
+    faults: Faults,
+    before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
+) -> Result<ApplyReport, KernelError> {
+    let (observed, plan, changes) = prepare_health(model, health_down)?;
     if changes.is_empty() {
         return Ok(ApplyReport { plan, changes });
     }
@@ -98,7 +116,15 @@ pub(crate) fn apply_locked(
 
 /// The read-only half of apply: what would change (`symroute plan`).
 pub fn prepare(model: &Model) -> Result<(Observed, Plan, Changes), KernelError> {
-    let observed = observe::observe()?;
+    prepare_health(model, &Default::default())
+}
+
+fn prepare_health(
+    model: &Model,
+    health_down: &std::collections::BTreeMap<String, String>,
+) -> Result<(Observed, Plan, Changes), KernelError> {
+    let mut observed = observe::observe()?;
+    observed.host.health_down = health_down.clone();
     let plan = plan::build(model, &observed.host);
     let conflicts = diff::conflicts(&plan, &observed);
     if !conflicts.is_empty() {

@@ -45,6 +45,47 @@ pub struct Gateway {
     pub interface: IfName,
     pub via: Option<Ipv4Addr>,
     pub via6: Option<Ipv6Addr>,
+    /// Health checks (`[gateway.check]`); without them only link state counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<Check>,
+}
+
+/// One probe target: an ICMP echo or a TCP connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum ProbeTarget {
+    Icmp(std::net::IpAddr),
+    Tcp(std::net::SocketAddr),
+}
+
+impl ProbeTarget {
+    pub fn addr(&self) -> std::net::IpAddr {
+        match self {
+            ProbeTarget::Icmp(a) => *a,
+            ProbeTarget::Tcp(s) => s.ip(),
+        }
+    }
+}
+
+impl std::fmt::Display for ProbeTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProbeTarget::Icmp(a) => write!(f, "{a}"),
+            ProbeTarget::Tcp(s) => write!(f, "tcp:{s}"),
+        }
+    }
+}
+
+/// `[gateway.check]`: a target is down after `down_lost` of its last `down_window`
+/// probes were lost; the gateway is down when every target is; it is up again after
+/// `up` good probes in a row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    pub targets: Vec<ProbeTarget>,
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    pub down_lost: u32,
+    pub down_window: u32,
+    pub up: u32,
 }
 
 impl Gateway {

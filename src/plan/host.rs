@@ -11,6 +11,10 @@ pub struct HostView {
     pub links: BTreeMap<String, Link>,
     /// sysctl key (dotted, e.g. `net.ipv4.conf.up1.rp_filter`) → current value.
     pub sysctls: BTreeMap<String, String>,
+    /// Gateways the daemon's health checks declare down (name → why). Not observed from
+    /// the kernel: the daemon fills it in.
+    #[serde(skip)]
+    pub health_down: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

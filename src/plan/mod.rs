@@ -202,6 +202,12 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             continue;
         }
         let families = usable_families(&model.gateways[i], host);
+        if host.health_down.contains_key(gp.name.as_str()) {
+            // Down by its health checks: only host routes to the check targets stay, so
+            // the probes keep testing this path and can see it come back.
+            probe_routes(&model.gateways[i], gp.table, &families, &mut routes);
+            continue;
+        }
         gateway_routes(
             &model.gateways[i],
             gp.table,
@@ -250,6 +256,16 @@ fn families(g: &crate::model::Gateway) -> Vec<Family> {
 }
 
 fn gateway_state(g: &crate::model::Gateway, host: &HostView) -> GatewayState {
+    match link_state(g, host) {
+        GatewayState::Down(why) => GatewayState::Down(why),
+        state => match host.health_down.get(g.name.as_str()) {
+            Some(why) => GatewayState::Down(why.clone()),
+            None => state,
+        },
+    }
+}
+
+fn link_state(g: &crate::model::Gateway, host: &HostView) -> GatewayState {
     let Some(link) = host.links.get(g.interface.as_str()) else {
         return GatewayState::Down(format!("interface {} does not exist", g.interface));
     };
@@ -299,6 +315,32 @@ fn usable_families(g: &crate::model::Gateway, host: &HostView) -> Vec<Family> {
 /// gateway) and of interfaces no gateway uses (the LAN). Other uplinks' networks stay
 /// out: a connection that arrived via this gateway is answered via this gateway, and the
 /// table stays O(gateways) routes instead of O(gateways × interfaces).
+fn probe_routes(
+    g: &crate::model::Gateway,
+    table: TableId,
+    families: &[Family],
+    out: &mut BTreeSet<RouteSpec>,
+) {
+    let Some(check) = &g.check else { return };
+    for t in &check.targets {
+        let (family, via) = match t.addr() {
+            IpAddr::V4(_) => (Family::Inet4, g.via.map(IpAddr::V4)),
+            IpAddr::V6(_) => (Family::Inet6, g.via6.map(IpAddr::V6)),
+        };
+        if !families.contains(&family) {
+            continue;
+        }
+        out.insert(RouteSpec {
+            table,
+            family,
+            kind: RouteKind::Unicast,
+            dst: IpNet::from(t.addr()),
+            via,
+            dev: g.interface.to_string(),
+        });
+    }
+}
+
 fn gateway_routes(
     g: &crate::model::Gateway,
     table: TableId,

@@ -11,7 +11,7 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use support::{kernel_snapshot, require_root, symroute_in, Run};
+use support::{kernel_snapshot, require_root, settled_snapshot, symroute_in, Run};
 use symroute::lab::{tcp_probe, Netns, TwoIsps};
 
 const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
@@ -65,32 +65,6 @@ fn show(r: &Run) -> String {
         "exit code {}\n--- stdout:\n{}--- stderr:\n{}",
         r.code, r.stdout, r.stderr
     )
-}
-
-/// The kernel snapshot once the namespace stops changing by itself (IPv6 DAD, link-local
-/// routes appearing after link-up).
-fn settled_snapshot(ns: &Netns) -> String {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        let tentative = ns
-            .exec(&["ip", "-6", "addr", "show", "tentative"])
-            .expect("ip -6 addr show tentative");
-        if tentative.trim().is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let mut prev = kernel_snapshot(ns);
-    for _ in 0..25 {
-        std::thread::sleep(Duration::from_millis(200));
-        let next = kernel_snapshot(ns);
-        if next == prev {
-            return next;
-        }
-        prev = next;
-    }
-    panic!("the kernel state of {} kept changing by itself", ns.name());
 }
 
 fn applied(ns: &Netns) -> bool {

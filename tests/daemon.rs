@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{kernel_snapshot, require_root, symroute, symroute_in, Run};
+use support::{require_root, settled_snapshot, symroute, symroute_in, Run};
 use symroute::kernel::netlink::{convert, Netlink};
 use symroute::lab::{in_netns, tcp_probe, Netns, Services, TwoIsps};
 use symroute::model::Family;
@@ -426,22 +426,6 @@ fn time_until(
 
 fn ip_rules(ns: &Netns) -> String {
     ns.ip("-4 rule show").expect("ip rule") + &ns.ip("-6 rule show").expect("ip -6 rule")
-}
-
-/// The kernel snapshot once the namespace has stopped changing by itself (IPv6 addresses
-/// leave "tentative", link-local routes appear shortly after link-up).
-fn settled_snapshot(ns: &Netns) -> String {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let mut last = kernel_snapshot(ns);
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = kernel_snapshot(ns);
-        if now == last {
-            break;
-        }
-        last = now;
-    }
-    last
 }
 
 // ---------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ mod support;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use support::{kernel_snapshot, require_root, symroute_in, Run};
+use support::{kernel_snapshot, require_root, settled_snapshot, symroute_in, Run};
 use symroute::lab::{tcp_probe, veth, Netns, Services, TwoIsps};
 
 const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
@@ -125,36 +125,6 @@ fn smtp_v4() -> SocketAddr {
 
 fn dnat_v4() -> SocketAddr {
     sa(TwoIsps::FW_UP1_V4, TwoIsps::DNAT_PORT)
-}
-
-/// The kernel snapshot once the namespace has stopped changing by itself: no tentative
-/// IPv6 addresses, and two snapshots in a row equal (link-local routes and addresses
-/// appear shortly after link-up).
-fn settled_snapshot(ns: &Netns) -> String {
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while Instant::now() < deadline {
-        let tentative = ns
-            .exec(&["ip", "-6", "addr", "show", "tentative"])
-            .expect("ip -6 addr show tentative");
-        if tentative.trim().is_empty() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    let mut prev = kernel_snapshot(ns);
-    for _ in 0..25 {
-        std::thread::sleep(Duration::from_millis(200));
-        let next = kernel_snapshot(ns);
-        if next == prev {
-            return next;
-        }
-        prev = next;
-    }
-    panic!(
-        "the kernel state of {} kept changing by itself:\n{prev}",
-        ns.name()
-    );
 }
 
 /// Line diff (LCS) of two texts: changed lines with `-`/`+`, each under the nearest

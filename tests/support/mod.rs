@@ -120,3 +120,34 @@ impl Drop for RemoveOnDrop<'_> {
         let _ = symroute_in(self.0, "remove", None, &[]);
     }
 }
+
+/// The kernel snapshot once the namespace has stopped changing by itself: no tentative
+/// IPv6 addresses, and two snapshots in a row equal (link-local routes and addresses
+/// appear shortly after link-up).
+pub fn settled_snapshot(ns: &Netns) -> String {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let tentative = ns
+            .exec(&["ip", "-6", "addr", "show", "tentative"])
+            .expect("ip -6 addr show tentative");
+        if tentative.trim().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut prev = kernel_snapshot(ns);
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(200));
+        let next = kernel_snapshot(ns);
+        if next == prev {
+            return next;
+        }
+        prev = next;
+    }
+    panic!(
+        "the kernel state of {} kept changing by itself:\n{prev}",
+        ns.name()
+    );
+}

@@ -210,29 +210,13 @@ fn parse_rule_line(
     })?;
     let lines = [(line, rest)];
     let mut cur = Cursor::new(&lines);
+    // Start from the plain rule and let the words fill in the rest; the action is
+    // decided after the loop.
     let mut rule = RuleEntry {
-        family,
-        priority,
-        not: false,
-        from: None,
-        to: None,
-        iif: None,
-        iif_detached: false,
-        oif: None,
-        oif_detached: false,
-        fwmark: None,
-        ipproto: None,
-        sport: None,
-        dport: None,
-        tos: None,
         action: RuleAction::Nop,
-        unresolved: false,
-        suppress_prefixlength: None,
-        suppress_ifgroup: None,
-        protocol: None,
-        unmodeled: Vec::new(),
         line,
         text: t.to_string(),
+        ..RuleEntry::lookup(family, priority, 0)
     };
     let mut action = None;
     while let Some(w) = cur.next() {

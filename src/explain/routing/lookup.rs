@@ -1502,18 +1502,26 @@ impl<'s> Engine<'s> {
         self.found(&hit, kind, &hops, reason)
     }
 
-    /// `ip_route_input_slow`.
-    fn input4(&mut self, q: &Query, iif: &str) -> Verdict {
+    /// The arrival interface must exist (when links are known); a down one is noted.
+    fn check_iif(&mut self, iif: &str) -> Option<Verdict> {
         if !self.st.links.is_empty() && !self.st.links.contains_key(iif) {
-            return self.dropped(
+            return Some(self.dropped(
                 RouteError::NoSuchDevice,
                 format!("iif {iif}: no such interface"),
-            );
+            ));
         }
         if self.st.links.get(iif).is_some_and(|l| !l.up) {
             self.check(format!(
                 "iif {iif} is down: no packet can arrive there; routing it as if it did"
             ));
+        }
+        None
+    }
+
+    /// `ip_route_input_slow`.
+    fn input4(&mut self, q: &Query, iif: &str) -> Verdict {
+        if let Some(v) = self.check_iif(iif) {
+            return v;
         }
         let src = q.src.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         let dst = q.dst;
@@ -1910,16 +1918,8 @@ impl<'s> Engine<'s> {
     /// `ip6_route_input`: the lookup scores routes through the arrival interface higher
     /// (it is passed as the lookup's oif). There is no rp_filter for IPv6.
     fn input6(&mut self, q: &Query, iif: &str) -> Verdict {
-        if !self.st.links.is_empty() && !self.st.links.contains_key(iif) {
-            return self.dropped(
-                RouteError::NoSuchDevice,
-                format!("iif {iif}: no such interface"),
-            );
-        }
-        if self.st.links.get(iif).is_some_and(|l| !l.up) {
-            self.check(format!(
-                "iif {iif} is down: no packet can arrive there; routing it as if it did"
-            ));
+        if let Some(v) = self.check_iif(iif) {
+            return v;
         }
         let flow = self.flow(q, iif, None);
         let opts = Opts {

@@ -18,10 +18,12 @@ pub enum Event {
     /// blind.
     WatcherFailed(String),
     /// One probe's result: `target` indexes the gateway's `check.targets`.
+    /// `rtt` is the round trip of a good probe (None when lost).
     Health {
         gateway: String,
         target: usize,
         ok: bool,
+        rtt: Option<std::time::Duration>,
     },
     // Later slices: requests from the status socket arrive here too.
 }

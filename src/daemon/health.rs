@@ -93,6 +93,7 @@ pub fn spawn(model: &Model, tx: &Sender<Event>) -> io::Result<Probes> {
                             gateway: name.clone(),
                             target: t,
                             ok,
+                            rtt: None,
                         };
                         if tx.send(ev).is_err() {
                             return;

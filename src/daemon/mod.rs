@@ -217,6 +217,7 @@ impl Daemon {
                         gateway,
                         target,
                         ok,
+                        rtt: _,
                     } => self.health(&gateway, target, ok),
                 }
             }

@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod cmd;
 pub mod confirm;
+pub mod conntrack;
 pub mod marks;
 pub mod netlink;
 pub mod netns;

@@ -1,7 +1,9 @@
 //! Rules, routes, links and addresses over rtnetlink: `socket` talks to the kernel,
 //! `convert` turns symroute's values into messages and back (pure, tested without root).
+//! The socket helpers also serve `kernel::conntrack` (ctnetlink).
 
 pub mod convert;
 mod socket;
 
+pub(crate) use socket::{dump_raw, encode, open_socket, request_acked};
 pub use socket::{Netlink, Request};

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use netlink_packet_core::{
     parse_string, DecodeError, NetlinkBuffer, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-    NlasIterator, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS, NLM_F_CAPPED, NLM_F_CREATE,
-    NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
+    NetlinkSerializable, NlasIterator, NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, NLM_F_ACK_TLVS,
+    NLM_F_CAPPED, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_EXCL, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::AddressMessage;
 use netlink_packet_route::link::LinkMessage;
@@ -94,23 +94,8 @@ fn parse_error(what: &str) -> impl FnOnce(DecodeError) -> KernelError + '_ {
 impl Netlink {
     /// A socket talking to the kernel of the current network namespace.
     pub fn open() -> Result<Self, KernelError> {
-        let mut socket =
-            Socket::new(NETLINK_ROUTE).map_err(io_error("opening a NETLINK_ROUTE socket"))?;
-        socket
-            .bind_auto()
-            .map_err(io_error("binding the netlink socket"))?;
-        // Connected to the kernel, the socket takes no messages from other processes.
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(io_error("connecting the netlink socket to the kernel"))?;
-        // Both optional (older kernels lack them): CAP_ACK keeps error acks small (no copy
-        // of our request), EXT_ACK adds the kernel's own explanation to an error.
-        let _ = socket.set_cap_ack(true);
-        let _ = socket.set_ext_ack(true);
-        set_recv_timeout(&socket, RECV_TIMEOUT)
-            .map_err(io_error("setting a receive timeout on the netlink socket"))?;
         Ok(Self {
-            socket,
+            socket: open_socket(NETLINK_ROUTE, "NETLINK_ROUTE")?,
             seq: 0,
             buf: vec![0; 32 * 1024],
             ifindex: None,
@@ -123,45 +108,11 @@ impl Netlink {
     }
 
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        loop {
-            match self.socket.send(bytes, 0) {
-                Ok(n) if n == bytes.len() => return Ok(()),
-                Ok(n) => {
-                    return Err(io::Error::other(format!(
-                        "sent {n} of {} bytes",
-                        bytes.len()
-                    )))
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
-        }
+        send_all(&self.socket, bytes)
     }
 
-    /// One datagram (it may hold several messages), however large; its length.
     fn recv(&mut self) -> io::Result<usize> {
-        loop {
-            // MSG_PEEK|MSG_TRUNC tells the datagram's full length without consuming it, so
-            // the buffer can grow first instead of the datagram being cut.
-            let peeked = self
-                .socket
-                .recv(&mut &mut self.buf[..], libc::MSG_PEEK | libc::MSG_TRUNC);
-            match peeked {
-                Ok(n) if n > self.buf.len() => self.buf.resize(n, 0),
-                Ok(_) => match self.socket.recv(&mut &mut self.buf[..], 0) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => return other,
-                },
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no answer from the kernel within {RECV_TIMEOUT:?}"),
-                    ))
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        recv_datagram(&self.socket, &mut self.buf)
     }
 
     /// Every link of the namespace.
@@ -233,42 +184,14 @@ impl Netlink {
         let seq = self.next_seq();
         let mut bytes = Vec::new();
         encode(request, NLM_F_REQUEST | NLM_F_DUMP, seq, &mut bytes);
-        self.send(&bytes).map_err(io_error(what))?;
         let mut items = Vec::new();
-        let mut interrupted = false;
-        loop {
-            let n = self.recv().map_err(io_error(what))?;
-            for m in messages(&self.buf[..n]).map_err(parse_error(what))? {
-                if m.seq != seq {
-                    continue; // a late answer to something earlier: not part of this dump
-                }
-                interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
-                match m.kind {
-                    NLMSG_DONE => {
-                        // A dump that failed midway says so in NLMSG_DONE's errno.
-                        let code = m.payload.get(..4).map_or(0, read_i32);
-                        if code < 0 {
-                            return Err(KernelError::Netlink {
-                                request: what.to_string(),
-                                reason: reason(code, extack_after(m.payload, 4)),
-                            });
-                        }
-                        return Ok((items, interrupted));
-                    }
-                    NLMSG_ERROR => {
-                        let (code, text) = ack_error(m.flags, m.payload);
-                        if code != 0 {
-                            return Err(KernelError::Netlink {
-                                request: what.to_string(),
-                                reason: reason(code, text),
-                            });
-                        }
-                    }
-                    k if k == answer => items.push(parse(m.payload).map_err(parse_error(what))?),
-                    _ => {} // NLMSG_NOOP and anything newer: nothing to collect
-                }
+        let interrupted = dump_raw(&self.socket, &mut self.buf, what, seq, &bytes, |m| {
+            if m.kind == answer {
+                items.push(parse(m.payload).map_err(parse_error(what))?);
             }
-        }
+            Ok(())
+        })?;
+        Ok((items, interrupted))
     }
 
     /// Send `requests` in order, pipelined: a datagram of up to `CHUNK` requests, then its
@@ -394,8 +317,144 @@ impl Netlink {
     }
 }
 
+/// A netlink socket of `protocol` (its name for errors) connected to the kernel of the
+/// current network namespace, with extended acks and a receive timeout.
+pub(crate) fn open_socket(protocol: isize, name: &str) -> Result<Socket, KernelError> {
+    let opening = format!("opening a {name} socket");
+    let mut socket = Socket::new(protocol).map_err(io_error(&opening))?;
+    socket
+        .bind_auto()
+        .map_err(io_error("binding the netlink socket"))?;
+    // Connected to the kernel, the socket takes no messages from other processes.
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(io_error("connecting the netlink socket to the kernel"))?;
+    // Both optional (older kernels lack them): CAP_ACK keeps error acks small (no copy
+    // of our request), EXT_ACK adds the kernel's own explanation to an error.
+    let _ = socket.set_cap_ack(true);
+    let _ = socket.set_ext_ack(true);
+    set_recv_timeout(&socket, RECV_TIMEOUT)
+        .map_err(io_error("setting a receive timeout on the netlink socket"))?;
+    Ok(socket)
+}
+
+pub(crate) fn send_all(socket: &Socket, bytes: &[u8]) -> io::Result<()> {
+    loop {
+        match socket.send(bytes, 0) {
+            Ok(n) if n == bytes.len() => return Ok(()),
+            Ok(n) => {
+                return Err(io::Error::other(format!(
+                    "sent {n} of {} bytes",
+                    bytes.len()
+                )))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One datagram (it may hold several messages), however large; its length.
+pub(crate) fn recv_datagram(socket: &Socket, buf: &mut Vec<u8>) -> io::Result<usize> {
+    loop {
+        // MSG_PEEK|MSG_TRUNC tells the datagram's full length without consuming it, so
+        // the buffer can grow first instead of the datagram being cut.
+        let peeked = socket.recv(&mut &mut buf[..], libc::MSG_PEEK | libc::MSG_TRUNC);
+        match peeked {
+            Ok(n) if n > buf.len() => buf.resize(n, 0),
+            Ok(_) => match socket.recv(&mut &mut buf[..], 0) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            },
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer from the kernel within {RECV_TIMEOUT:?}"),
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Send a dump request (`request`, encoded with sequence number `seq`) and hand every
+/// message of its answer to `each`, until NLMSG_DONE; whether the kernel flagged the dump
+/// interrupted (a change raced with it). Errors in the answer name `what`.
+pub(crate) fn dump_raw(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    what: &str,
+    seq: u32,
+    request: &[u8],
+    mut each: impl FnMut(&Msg<'_>) -> Result<(), KernelError>,
+) -> Result<bool, KernelError> {
+    send_all(socket, request).map_err(io_error(what))?;
+    let mut interrupted = false;
+    loop {
+        let n = recv_datagram(socket, buf).map_err(io_error(what))?;
+        for m in messages(&buf[..n]).map_err(parse_error(what))? {
+            if m.seq != seq {
+                continue; // a late answer to something earlier: not part of this dump
+            }
+            interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
+            match m.kind {
+                NLMSG_DONE => {
+                    // A dump that failed midway says so in NLMSG_DONE's errno.
+                    let code = m.payload.get(..4).map_or(0, read_i32);
+                    if code < 0 {
+                        return Err(KernelError::Netlink {
+                            request: what.to_string(),
+                            reason: reason(code, extack_after(m.payload, 4)),
+                        });
+                    }
+                    return Ok(interrupted);
+                }
+                NLMSG_ERROR => {
+                    let (code, text) = ack_error(m.flags, m.payload);
+                    if code != 0 {
+                        return Err(KernelError::Netlink {
+                            request: what.to_string(),
+                            reason: reason(code, text),
+                        });
+                    }
+                }
+                _ => each(&m)?,
+            }
+        }
+    }
+}
+
+/// Send one request (encoded with sequence number `seq` and NLM_F_ACK) and wait for its
+/// ack; a negative ack is an error naming `what`.
+pub(crate) fn request_acked(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    what: &str,
+    seq: u32,
+    request: &[u8],
+) -> Result<(), KernelError> {
+    send_all(socket, request).map_err(io_error(what))?;
+    loop {
+        let n = recv_datagram(socket, buf).map_err(io_error(what))?;
+        for m in messages(&buf[..n]).map_err(parse_error(what))? {
+            if m.seq != seq || m.kind != NLMSG_ERROR {
+                continue;
+            }
+            let (code, text) = ack_error(m.flags, m.payload);
+            if code != 0 {
+                return Err(KernelError::Netlink {
+                    request: what.to_string(),
+                    reason: reason(code, text),
+                });
+            }
+            return Ok(());
+        }
+    }
+}
+
 /// Append one request to `out`, at the 4-byte alignment netlink requires.
-fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32, out: &mut Vec<u8>) {
+pub(crate) fn encode<T: NetlinkSerializable>(msg: T, flags: u16, seq: u32, out: &mut Vec<u8>) {
     let mut header = NetlinkHeader::default();
     header.flags = flags;
     header.sequence_number = seq;
@@ -409,15 +468,15 @@ fn encode(msg: RouteNetlinkMessage, flags: u16, seq: u32, out: &mut Vec<u8>) {
 
 /// One netlink message of a datagram.
 #[derive(Debug)]
-struct Msg<'a> {
-    kind: u16,
-    flags: u16,
-    seq: u32,
-    payload: &'a [u8],
+pub(crate) struct Msg<'a> {
+    pub kind: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub payload: &'a [u8],
 }
 
 /// The messages of a datagram (each checked to lie within it).
-fn messages(mut data: &[u8]) -> Result<Vec<Msg<'_>>, DecodeError> {
+pub(crate) fn messages(mut data: &[u8]) -> Result<Vec<Msg<'_>>, DecodeError> {
     let mut out = Vec::new();
     while !data.is_empty() {
         let buf = NetlinkBuffer::new_checked(data)?;

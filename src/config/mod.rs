@@ -239,7 +239,39 @@ fn validate_settings(s: &Sp<raw::RawSettings>, loc: &mut Locator) -> Settings {
             Err(e) => loc.error(p.span(), format!("settings.first_priority: {e}")),
         }
     }
+    out.metrics = validate_metrics(s, loc);
     out
+}
+
+/// `metrics = "ADDR:PORT"`: loopback only, unless `metrics_allow_remote = true` says that
+/// serving gateway names, policies and traffic counts beyond this host is intended.
+fn validate_metrics(s: &raw::RawSettings, loc: &mut Locator) -> Option<std::net::SocketAddr> {
+    let m = s.metrics.as_ref()?;
+    let Ok(addr) = m.get_ref().trim().parse::<std::net::SocketAddr>() else {
+        loc.error(
+            m.span(),
+            format!(
+                "settings.metrics: \"{}\" is not an address and port to listen on (expected e.g. \"127.0.0.1:9469\" or \"[::1]:9469\")",
+                m.get_ref()
+            ),
+        );
+        return None;
+    };
+    let remote_ok = s
+        .metrics_allow_remote
+        .as_ref()
+        .is_some_and(|r| *r.get_ref());
+    if !addr.ip().is_loopback() && !remote_ok {
+        loc.error(
+            m.span(),
+            format!(
+                "settings.metrics: {addr} is not a loopback address, so anyone who can reach it could read the gateways, policies and traffic counts; use \"127.0.0.1:{}\", or add metrics_allow_remote = true to serve beyond this host on purpose",
+                addr.port()
+            ),
+        );
+        return None;
+    }
+    Some(addr)
 }
 
 fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {

@@ -27,6 +27,8 @@ pub struct Settings {
     pub mark_mask: MarkMask,
     pub first_table: TableId,
     pub first_priority: Priority,
+    /// Where `symroute run` serves Prometheus metrics (off when `None`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -35,6 +37,7 @@ impl Default for Settings {
             mark_mask: MarkMask::new(0xff00_0000).expect("constant mask is valid"),
             first_table: TableId::new(42000).expect("constant table is valid"),
             first_priority: Priority::new(3000).expect("constant priority is valid"),
+            metrics: None,
         }
     }
 }

@@ -44,6 +44,11 @@ impl Window {
     pub fn lost(&self) -> u32 {
         self.results.iter().filter(|ok| !**ok).count() as u32
     }
+
+    /// How many results the window holds.
+    pub fn probes(&self) -> usize {
+        self.results.len()
+    }
 }
 
 /// Stops the probe threads when dropped.

@@ -23,8 +23,10 @@
 
 pub mod debounce;
 pub mod event;
+mod flush;
 pub mod health;
 pub mod log;
+pub mod metrics;
 mod monitor;
 mod signals;
 pub mod systemd;
@@ -111,6 +113,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         .spawn(tx.clone())
         .map_err(io_error("starting the signal thread"))?;
     let probes = health::spawn(&opts.model, &tx).map_err(io_error("starting the health probes"))?;
+    let metrics = metrics::Metrics::start(opts.model.settings.metrics)
+        .map_err(io_error("serving metrics"))?;
 
     let now = Instant::now();
     let mut d = Daemon {
@@ -130,6 +134,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         probes: Some(probes),
         windows: BTreeMap::new(),
         health_down: BTreeMap::new(),
+        metrics,
     };
     // At startup, any failure is fatal (exit 1), conflicts included: as `symroute apply`.
     let report = d.attempt(&Why::Start)?;
@@ -193,6 +198,8 @@ struct Daemon {
     windows: BTreeMap<String, Vec<health::Window>>,
     /// Gateways their checks declare down (name → why), handed to the plan.
     health_down: BTreeMap<String, String>,
+    /// What the metrics thread serves.
+    metrics: metrics::Metrics,
 }
 
 impl Daemon {
@@ -217,8 +224,12 @@ impl Daemon {
                         gateway,
                         target,
                         ok,
-                        rtt: _,
-                    } => self.health(&gateway, target, ok),
+                        rtt,
+                    } => {
+                        self.health(&gateway, target, ok);
+                        let windows = self.windows.get(&gateway).map(Vec::as_slice);
+                        self.metrics.probed(&gateway, rtt, windows);
+                    }
                 }
             }
             let now = Instant::now();
@@ -248,8 +259,11 @@ impl Daemon {
     fn attempt(&mut self, why: &Why) -> Result<ApplyReport, KernelError> {
         let started = Instant::now();
         let reason = why.describe(started);
-        let report = apply::apply_with_health(&self.model, &self.health_down)?;
+        let report = apply::apply_with_health(&self.model, &self.health_down);
+        self.metrics.reconciled(started.elapsed());
+        let report = report?;
         let took = started.elapsed().as_millis();
+        let went_down = flush::went_down(&self.gateways, &report.plan.gateways);
         self.log_gateways(&report.plan, matches!(why, Why::Start));
         let lines = report.changes.summary();
         if lines.is_empty() {
@@ -278,6 +292,9 @@ impl Daemon {
                 overrun: false,
             });
         }
+        // After the apply that took them out: their connections re-establish elsewhere.
+        flush::flush_routed(&went_down, report.plan.mark_mask);
+        self.metrics.applied(&report.plan, &went_down);
         Ok(report)
     }
 

@@ -85,7 +85,30 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
 
 /// Named counters of our table: name → (packets, bytes).
 fn read_counters() -> Result<BTreeMap<String, (u64, u64)>, KernelError> {
-    let rs = observe::nft_ruleset()?;
+    Ok(counters_in(&observe::nft_ruleset()?))
+}
+
+/// Named counters of our table alone (`nft -j list counters table inet symroute`: cheap
+/// however large the rest of the ruleset); an error when the table does not exist.
+pub fn policy_counters() -> Result<BTreeMap<String, (u64, u64)>, KernelError> {
+    let args = [
+        "-j",
+        "list",
+        "counters",
+        "table",
+        "inet",
+        crate::plan::nft::TABLE,
+    ];
+    let text = cmd::run("nft", &args, None)?;
+    let rs = serde_json::from_str(&text).map_err(|e| KernelError::Parse {
+        cmd: format!("nft {}", args.join(" ")),
+        detail: e.to_string(),
+    })?;
+    Ok(counters_in(&rs))
+}
+
+/// The named counters of our table in `nft -j` output: name → (packets, bytes).
+pub fn counters_in(rs: &serde_json::Value) -> BTreeMap<String, (u64, u64)> {
     let mut out = BTreeMap::new();
     for item in rs["nftables"].as_array().into_iter().flatten() {
         let Some(c) = item.get("counter") else {
@@ -103,7 +126,7 @@ fn read_counters() -> Result<BTreeMap<String, (u64, u64)>, KernelError> {
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Count conntrack entries by `mark & mask`. Uses `conntrack -L`; a missing tool is an error

@@ -1,0 +1,661 @@
+//! Prometheus metrics of `symroute run`, opt-in with `[settings] metrics = "ADDR:PORT"`.
+//!
+//! The actor publishes what it knows (gateway states, probe results, failovers, reconcile
+//! durations) into a `Snapshot` behind a mutex, a few field updates per event. A thread of
+//! its own serves `GET /metrics`: it copies the snapshot, then does the live kernel reads
+//! itself (the policies' nft counters, conntrack entries per gateway mark), so neither a
+//! slow client nor a slow read ever holds up the actor.
+//!
+//! The HTTP side is a hand-written HTTP/1.0 responder for this one endpoint: a web
+//! framework or an async runtime would dwarf the rest of the daemon for a single GET.
+//! Clients are served one at a time, each with a bounded request (8 KiB of head) and a
+//! deadline, so a stuck or hostile client costs at most a few seconds of scraping and no
+//! unbounded threads or memory.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::health;
+use crate::kernel::conntrack::Conntrack;
+use crate::kernel::status;
+use crate::plan::{GatewayPlan, GatewayState, Plan};
+
+/// Upper bounds of the reconcile-duration buckets, in seconds (a typical pass takes
+/// ~25 ms; an `nft -f` of a large table can take seconds).
+pub const RECONCILE_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Largest request head accepted.
+const MAX_REQUEST: usize = 8 * 1024;
+/// How long one client may take, reading its request and writing the answer together.
+const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// What the actor knows, as of its last update.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The mark bits symroute owns (conntrack marks are counted inside them).
+    pub mark_mask: u32,
+    /// The gateways of the last successful reconcile, in config order.
+    pub gateways: Vec<GatewaySnap>,
+    /// The policies of the last successful reconcile, in config order.
+    pub policies: Vec<PolicySnap>,
+    /// Up → down transitions per gateway since the daemon started.
+    pub failovers: BTreeMap<String, u64>,
+    /// The round trip of each checked gateway's last answered probe.
+    pub rtt: BTreeMap<String, Duration>,
+    /// Lost probes / probes in each checked gateway's windows (all its targets).
+    pub loss: BTreeMap<String, f64>,
+    /// Durations of every reconcile (apply) the actor ran, failed ones included.
+    pub reconcile: Histogram,
+}
+
+impl Default for Snapshot {
+    fn default() -> Self {
+        Snapshot {
+            mark_mask: 0,
+            gateways: Vec::new(),
+            policies: Vec::new(),
+            failovers: BTreeMap::new(),
+            rtt: BTreeMap::new(),
+            loss: BTreeMap::new(),
+            reconcile: Histogram::new(&RECONCILE_BUCKETS),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewaySnap {
+    pub name: String,
+    /// Up or partly up (at least one family's routes installed).
+    pub up: bool,
+    /// Its reply and route marks: the conntrack marks of its connections.
+    pub marks: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySnap {
+    pub name: String,
+    /// Its named counter in `table inet symroute`.
+    pub counter: String,
+}
+
+/// A Prometheus histogram: per-bucket counts (not cumulative), sum and count.
+#[derive(Debug, Clone)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One per bound, plus the last for values above every bound.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// What the serving thread reads from the kernel at scrape time; `None` when a read
+/// failed (its samples are left out rather than reported as zero).
+#[derive(Debug, Default)]
+pub struct Live {
+    /// Counter name → (packets, bytes).
+    pub counters: Option<BTreeMap<String, (u64, u64)>>,
+    /// Gateway name → conntrack entries with one of its marks.
+    pub connections: Option<BTreeMap<String, u64>>,
+}
+
+/// The actor's handle: updates go into the shared snapshot.
+pub struct Metrics {
+    shared: Arc<Mutex<Snapshot>>,
+}
+
+fn lock(m: &Mutex<Snapshot>) -> MutexGuard<'_, Snapshot> {
+    // A panic elsewhere while holding the lock leaves plain data behind: still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Metrics {
+    /// Start serving on `addr` (bound here, so a taken port is a startup error), or just
+    /// keep the snapshot when metrics are off.
+    pub fn start(addr: Option<SocketAddr>) -> io::Result<Metrics> {
+        let shared = Arc::new(Mutex::new(Snapshot::default()));
+        if let Some(addr) = addr {
+            let listener = TcpListener::bind(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("listening on {addr}: {e}")))?;
+            let snap = shared.clone();
+            std::thread::Builder::new()
+                .name("metrics".into())
+                .spawn(move || serve(listener, &snap))?;
+            tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
+        }
+        Ok(Metrics { shared })
+    }
+
+    /// One reconcile took `took` (whether it succeeded or not).
+    pub fn reconciled(&self, took: Duration) {
+        lock(&self.shared).reconcile.observe(took.as_secs_f64());
+    }
+
+    /// A reconcile succeeded with `plan`; `went_down` are the gateways it took down.
+    pub fn applied(&self, plan: &Plan, went_down: &[GatewayPlan]) {
+        let mut s = lock(&self.shared);
+        s.mark_mask = plan.mark_mask.bits();
+        s.gateways = plan.gateways.iter().map(gateway_snap).collect();
+        s.policies = plan
+            .policies
+            .iter()
+            .map(|p| PolicySnap {
+                name: p.name.clone(),
+                counter: p.counter.clone(),
+            })
+            .collect();
+        for g in went_down {
+            *s.failovers.entry(g.name.clone()).or_default() += 1;
+        }
+        // Probe figures of gateways no longer configured (after a reload) go.
+        let names: Vec<String> = s.gateways.iter().map(|g| g.name.clone()).collect();
+        s.rtt.retain(|n, _| names.contains(n));
+        s.loss.retain(|n, _| names.contains(n));
+    }
+
+    /// A probe result of `gateway`: its round trip when answered, and the gateway's
+    /// windows after the actor noted it (`None`: not a checked gateway).
+    pub fn probed(&self, gateway: &str, rtt: Option<Duration>, windows: Option<&[health::Window]>) {
+        let Some(windows) = windows else {
+            return;
+        };
+        let mut s = lock(&self.shared);
+        if let Some(rtt) = rtt {
+            s.rtt.insert(gateway.to_string(), rtt);
+        }
+        let (lost, seen) = windows.iter().fold((0u64, 0u64), |(l, n), w| {
+            (l + u64::from(w.lost()), n + w.probes() as u64)
+        });
+        if seen > 0 {
+            s.loss
+                .insert(gateway.to_string(), lost as f64 / seen as f64);
+        }
+    }
+}
+
+fn gateway_snap(g: &GatewayPlan) -> GatewaySnap {
+    GatewaySnap {
+        name: g.name.clone(),
+        up: !matches!(g.state, GatewayState::Down(_)),
+        marks: [g.reply_mark, g.route_mark]
+            .into_iter()
+            .flatten()
+            .map(|m| m.bits())
+            .collect(),
+    }
+}
+
+/// Accept clients one at a time, forever (the thread ends with the process).
+fn serve(listener: TcpListener, shared: &Mutex<Snapshot>) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(s) => {
+                if let Err(e) = answer(s, shared) {
+                    tracing::debug!("metrics client: {e}");
+                }
+            }
+            // EMFILE and the like: don't spin.
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn answer(mut stream: TcpStream, shared: &Mutex<Snapshot>) -> io::Result<()> {
+    let deadline = Instant::now() + CLIENT_DEADLINE;
+    let (head, complete) = read_head(&mut stream, deadline)?;
+    let response = respond(&head, complete, || {
+        let snap = lock(shared).clone();
+        render(&snap, &read_live(&snap))
+    });
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream.set_write_timeout(Some(left.max(Duration::from_millis(100))))?;
+    stream.write_all(&response)?;
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    Ok(())
+}
+
+/// The request head (up to the blank line, at most `MAX_REQUEST` bytes); whether the
+/// blank line was seen.
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> io::Result<(Vec<u8>, bool)> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(end) = head_end(&head) {
+            head.truncate(end);
+            return Ok((head, true));
+        }
+        if head.len() >= MAX_REQUEST {
+            return Ok((head, false));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = stream.read(&mut buf)?;
+        if n == 0 {
+            return Ok((head, false));
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Where the request head ends (before its blank line).
+fn head_end(data: &[u8]) -> Option<usize> {
+    let crlf = data.windows(4).position(|w| w == b"\r\n\r\n");
+    let lf = data.windows(2).position(|w| w == b"\n\n");
+    crlf.into_iter().chain(lf).min()
+}
+
+/// The whole HTTP/1.0 response to a request head; `metrics` renders the page, called
+/// only for `GET /metrics` (or HEAD).
+fn respond(head: &[u8], complete: bool, metrics: impl FnOnce() -> String) -> Vec<u8> {
+    let text = |code: &str, body: &str| {
+        (
+            code.to_string(),
+            "text/plain; charset=utf-8",
+            body.to_string(),
+        )
+    };
+    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split_whitespace();
+    let (method, target, version) = (words.next(), words.next(), words.next());
+    let (status, ctype, body) = if !complete && head.len() >= MAX_REQUEST {
+        text("431 Request Header Fields Too Large", "request too large\n")
+    } else if !complete || !version.is_some_and(|v| v.starts_with("HTTP/")) {
+        text("400 Bad Request", "bad request\n")
+    } else if target.map(|t| t.split('?').next().unwrap_or(t)) != Some("/metrics") {
+        text("404 Not Found", "not found: only /metrics is served here\n")
+    } else if !matches!(method, Some("GET" | "HEAD")) {
+        text("405 Method Not Allowed", "only GET /metrics\n")
+    } else {
+        (
+            "200 OK".to_string(),
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics(),
+        )
+    };
+    let mut out = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != Some("HEAD") {
+        out.extend_from_slice(body.as_bytes());
+    }
+    out
+}
+
+/// The kernel reads of one scrape, in the daemon's namespace (the process is in it).
+fn read_live(snap: &Snapshot) -> Live {
+    let counters = match status::policy_counters() {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::debug!("metrics: reading the policy counters: {e}");
+            None
+        }
+    };
+    let connections = Conntrack::open().and_then(|mut ct| {
+        let mut out = BTreeMap::new();
+        for g in &snap.gateways {
+            let mut n = 0;
+            for m in &g.marks {
+                n += ct.count(*m, snap.mark_mask)?;
+            }
+            out.insert(g.name.clone(), n);
+        }
+        Ok(out)
+    });
+    let connections = match connections {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::debug!("metrics: counting conntrack entries: {e}");
+            None
+        }
+    };
+    Live {
+        counters,
+        connections,
+    }
+}
+
+/// The text exposition format (version 0.0.4) of one scrape.
+pub fn render(s: &Snapshot, live: &Live) -> String {
+    let mut out = Page::default();
+    let each = |f: &dyn Fn(&GatewaySnap) -> Option<String>| -> Vec<(&str, String)> {
+        s.gateways
+            .iter()
+            .filter_map(|g| Some((g.name.as_str(), f(g)?)))
+            .collect()
+    };
+    out.per_gateway(
+        "symroute_gateway_up",
+        "gauge",
+        "1 when the gateway is up (its routes installed, for at least one address family), 0 when down (link or health checks).",
+        each(&|g| Some(u8::from(g.up).to_string())),
+    );
+    out.per_gateway(
+        "symroute_probe_rtt_seconds",
+        "gauge",
+        "Round trip of the gateway's last answered health probe.",
+        each(&|g| s.rtt.get(&g.name).map(|r| float(r.as_secs_f64()))),
+    );
+    out.per_gateway(
+        "symroute_probe_loss_ratio",
+        "gauge",
+        "Lost health probes over the probes in the gateway's current windows (all its targets).",
+        each(&|g| s.loss.get(&g.name).map(|l| float(*l))),
+    );
+    out.per_gateway(
+        "symroute_failovers_total",
+        "counter",
+        "Times the gateway went from up to down since the daemon started.",
+        each(&|g| Some(s.failovers.get(&g.name).copied().unwrap_or(0).to_string())),
+    );
+    out.per_gateway(
+        "symroute_connections",
+        "gauge",
+        "Conntrack entries carrying the gateway's route or reply mark (connections symroute pins to it).",
+        each(&|g| {
+            let conns = live.connections.as_ref()?;
+            Some(conns.get(&g.name).copied().unwrap_or(0).to_string())
+        }),
+    );
+    for (name, help, pick) in [
+        (
+            "symroute_policy_packets_total",
+            "Packets the policy classified: the first packet of each new connection it matched.",
+            (|c: (u64, u64)| c.0) as fn((u64, u64)) -> u64,
+        ),
+        (
+            "symroute_policy_bytes_total",
+            "Bytes of the packets the policy classified (first packets of new connections only).",
+            |c: (u64, u64)| c.1,
+        ),
+    ] {
+        out.family(name, "counter", help);
+        if let Some(counters) = &live.counters {
+            for p in &s.policies {
+                let c = counters.get(&p.counter).copied().unwrap_or((0, 0));
+                out.sample(name, &[("policy", &p.name)], pick(c));
+            }
+        }
+    }
+    let h = &s.reconcile;
+    let name = "symroute_reconcile_duration_seconds";
+    out.family(
+        name,
+        "histogram",
+        "Duration of the daemon's reconciles (observe, plan, diff, apply), failed ones included.",
+    );
+    let mut cumulative = 0;
+    for (i, c) in h.counts.iter().enumerate() {
+        cumulative += c;
+        let le = h.bounds.get(i).map_or("+Inf".to_string(), |b| float(*b));
+        out.sample(&format!("{name}_bucket"), &[("le", &le)], cumulative);
+    }
+    out.sample(&format!("{name}_sum"), &[], float(h.sum));
+    out.sample(&format!("{name}_count"), &[], h.count);
+    out.0
+}
+
+/// A float as Prometheus writes it.
+fn float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        v.to_string()
+    }
+}
+
+#[derive(Default)]
+struct Page(String);
+
+impl Page {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A family with one sample per gateway.
+    fn per_gateway(&mut self, name: &str, kind: &str, help: &str, values: Vec<(&str, String)>) {
+        self.family(name, kind, help);
+        for (gateway, v) in values {
+            self.sample(name, &[("gateway", gateway)], v);
+        }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0 += name;
+        if !labels.is_empty() {
+            let labels: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape_label(v)))
+                .collect();
+            let _ = write!(self.0, "{{{}}}", labels.join(","));
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+}
+
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot() -> Snapshot {
+        let mut s = Snapshot {
+            mark_mask: 0xff00_0000,
+            gateways: vec![
+                GatewaySnap {
+                    name: "isp1".into(),
+                    up: true,
+                    marks: vec![0x0100_0000],
+                },
+                GatewaySnap {
+                    name: "we\"ird\\gw\nx".into(),
+                    up: false,
+                    marks: vec![],
+                },
+            ],
+            policies: vec![PolicySnap {
+                name: "smtp-out".into(),
+                counter: "p0_smtp-out".into(),
+            }],
+            ..Snapshot::default()
+        };
+        s.failovers.insert("we\"ird\\gw\nx".into(), 2);
+        s.rtt.insert("isp1".into(), Duration::from_micros(1500));
+        s.loss.insert("isp1".into(), 0.2);
+        s.rtt.insert("gone".into(), Duration::from_millis(1));
+        for v in [0.003, 0.02, 0.02, 30.0] {
+            s.reconcile.observe(v);
+        }
+        s
+    }
+
+    #[test]
+    fn renders_the_exposition_format() {
+        let mut counters = BTreeMap::new();
+        counters.insert("p0_smtp-out".to_string(), (7u64, 420u64));
+        let mut conns = BTreeMap::new();
+        conns.insert("isp1".to_string(), 3u64);
+        let live = Live {
+            counters: Some(counters),
+            connections: Some(conns),
+        };
+        let page = render(&snapshot(), &live);
+        let want = r#"# HELP symroute_gateway_up 1 when the gateway is up (its routes installed, for at least one address family), 0 when down (link or health checks).
+# TYPE symroute_gateway_up gauge
+symroute_gateway_up{gateway="isp1"} 1
+symroute_gateway_up{gateway="we\"ird\\gw\nx"} 0
+# HELP symroute_probe_rtt_seconds Round trip of the gateway's last answered health probe.
+# TYPE symroute_probe_rtt_seconds gauge
+symroute_probe_rtt_seconds{gateway="isp1"} 0.0015
+# HELP symroute_probe_loss_ratio Lost health probes over the probes in the gateway's current windows (all its targets).
+# TYPE symroute_probe_loss_ratio gauge
+symroute_probe_loss_ratio{gateway="isp1"} 0.2
+# HELP symroute_failovers_total Times the gateway went from up to down since the daemon started.
+# TYPE symroute_failovers_total counter
+symroute_failovers_total{gateway="isp1"} 0
+symroute_failovers_total{gateway="we\"ird\\gw\nx"} 2
+# HELP symroute_connections Conntrack entries carrying the gateway's route or reply mark (connections symroute pins to it).
+# TYPE symroute_connections gauge
+symroute_connections{gateway="isp1"} 3
+symroute_connections{gateway="we\"ird\\gw\nx"} 0
+# HELP symroute_policy_packets_total Packets the policy classified: the first packet of each new connection it matched.
+# TYPE symroute_policy_packets_total counter
+symroute_policy_packets_total{policy="smtp-out"} 7
+# HELP symroute_policy_bytes_total Bytes of the packets the policy classified (first packets of new connections only).
+# TYPE symroute_policy_bytes_total counter
+symroute_policy_bytes_total{policy="smtp-out"} 420
+# HELP symroute_reconcile_duration_seconds Duration of the daemon's reconciles (observe, plan, diff, apply), failed ones included.
+# TYPE symroute_reconcile_duration_seconds histogram
+symroute_reconcile_duration_seconds_bucket{le="0.005"} 1
+symroute_reconcile_duration_seconds_bucket{le="0.01"} 1
+symroute_reconcile_duration_seconds_bucket{le="0.025"} 3
+symroute_reconcile_duration_seconds_bucket{le="0.05"} 3
+symroute_reconcile_duration_seconds_bucket{le="0.1"} 3
+symroute_reconcile_duration_seconds_bucket{le="0.25"} 3
+symroute_reconcile_duration_seconds_bucket{le="0.5"} 3
+symroute_reconcile_duration_seconds_bucket{le="1"} 3
+symroute_reconcile_duration_seconds_bucket{le="2.5"} 3
+symroute_reconcile_duration_seconds_bucket{le="5"} 3
+symroute_reconcile_duration_seconds_bucket{le="10"} 3
+symroute_reconcile_duration_seconds_bucket{le="+Inf"} 4
+symroute_reconcile_duration_seconds_sum 30.043
+symroute_reconcile_duration_seconds_count 4
+"#;
+        assert_eq!(page, want);
+    }
+
+    #[test]
+    fn failed_live_reads_leave_their_samples_out() {
+        let page = render(&snapshot(), &Live::default());
+        assert!(page
+            .contains("# TYPE symroute_connections gauge\n# HELP symroute_policy_packets_total"));
+        assert!(!page.contains("symroute_policy_bytes_total{"));
+        assert!(page.contains("symroute_gateway_up{gateway=\"isp1\"} 1\n"));
+    }
+
+    #[test]
+    fn help_is_escaped_and_floats_are_prometheus_floats() {
+        let mut p = Page::default();
+        p.family("x", "gauge", "a\\b\nc");
+        assert_eq!(p.0, "# HELP x a\\\\b\\nc\n# TYPE x gauge\n");
+        assert_eq!(float(f64::INFINITY), "+Inf");
+        assert_eq!(float(f64::NAN), "NaN");
+        assert_eq!(float(1.0), "1");
+        assert_eq!(float(0.25), "0.25");
+    }
+
+    fn status_of(head: &str) -> (String, String) {
+        let complete = head_end(head.as_bytes()).is_some();
+        let end = head_end(head.as_bytes()).unwrap_or(head.len());
+        let out = respond(&head.as_bytes()[..end], complete, || "PAGE".into());
+        let out = String::from_utf8(out).unwrap();
+        let status = out.lines().next().unwrap().to_string();
+        let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
+        (status, body)
+    }
+
+    #[test]
+    fn only_get_metrics_is_served() {
+        assert_eq!(
+            status_of("GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            ("HTTP/1.0 200 OK".into(), "PAGE".into())
+        );
+        assert_eq!(
+            status_of("GET /metrics?x=1 HTTP/1.0\n\n").0,
+            "HTTP/1.0 200 OK"
+        );
+        assert_eq!(
+            status_of("HEAD /metrics HTTP/1.0\r\n\r\n"),
+            ("HTTP/1.0 200 OK".into(), "".into())
+        );
+        assert_eq!(
+            status_of("GET / HTTP/1.0\r\n\r\n").0,
+            "HTTP/1.0 404 Not Found"
+        );
+        assert_eq!(
+            status_of("GET /metricsx HTTP/1.0\r\n\r\n").0,
+            "HTTP/1.0 404 Not Found"
+        );
+        assert_eq!(
+            status_of("POST /metrics HTTP/1.0\r\n\r\n").0,
+            "HTTP/1.0 405 Method Not Allowed"
+        );
+        assert_eq!(
+            status_of("GET /metrics\r\n\r\n").0,
+            "HTTP/1.0 400 Bad Request"
+        );
+        assert_eq!(
+            status_of("GET /metrics HTTP/1.0\r\n").0,
+            "HTTP/1.0 400 Bad Request"
+        );
+        let big = format!("GET /metrics HTTP/1.0\r\nX: {}", "a".repeat(MAX_REQUEST));
+        let out = respond(big.as_bytes(), false, || unreachable!());
+        assert!(out.starts_with(b"HTTP/1.0 431 "));
+        let ok =
+            String::from_utf8(respond(b"GET /metrics HTTP/1.0", true, || "abc".into())).unwrap();
+        assert!(
+            ok.contains(
+                "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: 3\r\n"
+            ),
+            "{ok}"
+        );
+    }
+
+    #[test]
+    fn applied_counts_failovers_and_forgets_gone_gateways() {
+        let m = Metrics::start(None).unwrap();
+        m.reconciled(Duration::from_millis(20));
+        lock(&m.shared)
+            .rtt
+            .insert("gone".into(), Duration::from_millis(1));
+        let text = include_str!("../../examples/two-isps-firewall.toml");
+        let model = crate::config::parse_str(text, "t.toml").unwrap();
+        let plan = crate::plan::build(&model, &crate::plan::HostView::default());
+        m.applied(&plan, &plan.gateways[..1]);
+        let s = lock(&m.shared).clone();
+        assert_eq!(s.failovers.get("isp1"), Some(&1));
+        assert!(s.rtt.is_empty());
+        assert_eq!(s.reconcile.count, 1);
+        assert_eq!(s.gateways.len(), 2);
+        assert_eq!(s.policies.len(), 2);
+    }
+}

@@ -160,3 +160,129 @@ fn a_dead_upstream_takes_the_gateway_down_and_back() {
         up.as_secs_f64() * 1e3
     );
 }
+
+/// Median and worst of a set of durations, in ms.
+fn median_worst(mut v: Vec<Duration>) -> (f64, f64) {
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    (ms(v[v.len() / 2]), ms(*v.last().expect("some runs")))
+}
+
+/// The default check settings (only `targets` given), with an ICMPv6 and a TCP target:
+/// isp1 is judged down only when both are, within 2 s of its upstream dying, every time
+/// of 10; each recovery follows `up` good probes. Figures are printed for the notes.
+#[test]
+fn defaults_judge_a_dead_upstream_within_2s_with_icmpv6_and_tcp_targets() {
+    require_root();
+    let lab = TwoIsps::build().expect("build TwoIsps");
+    let _server = symroute::lab::TcpServer::start(
+        &lab.client,
+        std::net::SocketAddr::new(TwoIsps::CLIENT_V4.into(), 7777),
+    )
+    .expect("tcp server on the client");
+    let config = include_str!("../examples/two-isps-firewall.toml").replacen(
+        "via6 = \"2001:db8:1::1\"\n",
+        "via6 = \"2001:db8:1::1\"\n[gateway.check]\ntargets = [\"2001:db8:c::10\", \"tcp:192.0.2.10:7777\"]\n",
+        1,
+    );
+    let d = Daemon::start(&lab.fw, &config);
+    wait_default(&d, true, "start");
+    // A full window of good probes (10 × 150 ms) before the first cut.
+    std::thread::sleep(Duration::from_millis(1600));
+    assert!(
+        has_default(&lab.fw),
+        "isp1 went down with both targets answering; log:\n{}",
+        d.log()
+    );
+    let (mut downs, mut ups) = (Vec::new(), Vec::new());
+    for run in 0..10 {
+        lab.isp1.ip("link set cl0 down").expect("cl0 down");
+        let down = wait_default(&d, false, "after isp1's upstream died");
+        lab.isp1.ip("link set cl0 up").expect("cl0 up");
+        // IPv6 needs its address back from DAD before the ICMPv6 target can answer;
+        // the TCP target answers at once, and the gateway is up when either is.
+        let up = wait_default(&d, true, "after isp1's upstream came back");
+        eprintln!(
+            "run {run}: down after {:.0} ms, up after {:.0} ms",
+            down.as_secs_f64() * 1e3,
+            up.as_secs_f64() * 1e3
+        );
+        downs.push(down);
+        ups.push(up);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (dm, dw) = median_worst(downs);
+    let (um, uw) = median_worst(ups);
+    eprintln!(
+        "defaults (150ms, 450ms, 7/10, up 5), ICMPv6 + TCP targets, 10 runs: detection median {dm:.0} ms worst {dw:.0} ms; recovery median {um:.0} ms worst {uw:.0} ms"
+    );
+    assert!(dw < 2000.0, "a detection took {dw:.0} ms (target 2 s)");
+    let log = d.log();
+    assert!(
+        log.contains("of last 10 probes lost to 2001:db8:c::10")
+            && log.contains("of last 10 probes lost to tcp:192.0.2.10:7777"),
+        "both targets must be named when isp1 goes down; log:\n{log}"
+    );
+}
+
+/// 5 % of the packets isp1 forwards, each way, are dropped at random (nft `numgen`) for
+/// 60 s: about 10 % of the probes are lost, and the default settings never judge isp1
+/// down.
+#[test]
+fn five_percent_loss_for_60s_changes_no_state() {
+    require_root();
+    let lab = TwoIsps::build().expect("build TwoIsps");
+    let config = include_str!("../examples/two-isps-firewall.toml").replacen(
+        "via6 = \"2001:db8:1::1\"\n",
+        "via6 = \"2001:db8:1::1\"\n[gateway.check]\ntargets = [\"192.0.2.10\"]\n",
+        1,
+    );
+    let d = Daemon::start(&lab.fw, &config);
+    wait_default(&d, true, "start");
+    std::thread::sleep(Duration::from_millis(1600));
+    lab.isp1
+        .nft(
+            "table inet loss {\n\tcounter seen {\n\t}\n\tcounter dropped {\n\t}\n\tchain lossy {\n\t\ttype filter hook forward priority 0; policy accept;\n\
+             \t\tmeta l4proto icmp counter name \"seen\"\n\
+             \t\tnumgen random mod 100 < 5 meta l4proto icmp counter name \"dropped\" drop\n\
+             \t\tnumgen random mod 100 < 5 meta l4proto != icmp drop\n\t}\n}\n",
+        )
+        .expect("loss rule");
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(60) {
+        assert!(
+            has_default(&lab.fw),
+            "isp1 was judged down after {:?} of 5 % loss; log:\n{}",
+            t0.elapsed(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let counters = lab
+        .isp1
+        .exec(&["nft", "list", "counters", "table", "inet", "loss"])
+        .expect("counters");
+    let packets = |name: &str| -> u64 {
+        let at = counters.find(&format!("counter {name}")).expect("counter");
+        counters[at..]
+            .split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .expect("packets")
+    };
+    let (seen, dropped) = (packets("seen"), packets("dropped"));
+    eprintln!(
+        "60 s of 5 % loss each way: {dropped} of {seen} ICMP packets dropped ({:.1} %); state changes: 0",
+        100.0 * dropped as f64 / seen.max(1) as f64
+    );
+    assert!(
+        seen > 600 && dropped > seen / 40,
+        "the probes must have crossed the lossy link: {dropped} of {seen} dropped"
+    );
+    let log = d.log();
+    assert!(
+        !log.contains("gateway isp1 down") && !log.contains("answers its health checks again"),
+        "state changed under 5 % loss; log:\n{log}"
+    );
+}

@@ -268,9 +268,10 @@ fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {
             ),
         }
     }
-    let duration = |v: &Option<Sp<String>>, key: &str, default: u64, loc: &mut Locator| {
+    use crate::model::Check;
+    let duration = |v: &Option<Sp<String>>, key: &str, default, loc: &mut Locator| {
         let Some(v) = v else {
-            return std::time::Duration::from_millis(default);
+            return default;
         };
         match parse_duration(v.get_ref()) {
             Some(d) if !d.is_zero() => d,
@@ -279,13 +280,13 @@ fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {
                     v.span(),
                     format!("gateway.check.{key}: \"{}\" is not a duration (expected e.g. \"250ms\" or \"2s\")", v.get_ref()),
                 );
-                std::time::Duration::from_millis(default)
+                default
             }
         }
     };
-    let interval = duration(&c.interval, "interval", 250, loc);
-    let timeout = duration(&c.timeout, "timeout", 500, loc);
-    let (mut down_lost, mut down_window) = (3, 5);
+    let interval = duration(&c.interval, "interval", Check::DEFAULT_INTERVAL, loc);
+    let timeout = duration(&c.timeout, "timeout", Check::DEFAULT_TIMEOUT, loc);
+    let (mut down_lost, mut down_window) = Check::DEFAULT_DOWN;
     if let Some(d) = &c.down {
         let parsed = d.get_ref().split_once('/').and_then(|(a, b)| {
             Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
@@ -298,7 +299,7 @@ fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {
             ),
         }
     }
-    let mut up = 5;
+    let mut up = Check::DEFAULT_UP;
     if let Some(u) = &c.up {
         match u32::try_from(*u.get_ref()) {
             Ok(n) if (1..=1000).contains(&n) => up = n,
@@ -308,7 +309,7 @@ fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {
             ),
         }
     }
-    crate::model::Check {
+    Check {
         targets,
         interval,
         timeout,

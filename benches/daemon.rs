@@ -107,6 +107,14 @@ fn run() -> anyhow::Result<()> {
             true,
             move |nl| Ok(our_routes(nl, 42000)? == want),
         )?);
+        let want = table.clone();
+        rows.push(d.measure(
+            "up1 renumbered .2 -> .3 (a new DHCP lease)",
+            "ip addr del 203.0.113.2/24 dev up1; ip addr add 203.0.113.3/24 dev up1",
+            Some("ip addr del 203.0.113.3/24 dev up1; ip addr add 203.0.113.2/24 dev up1"),
+            true,
+            move |nl| Ok(our_routes(nl, 42000)? == want),
+        )?);
         let net: ipnet::IpNet = "10.78.0.0/24".parse()?;
         rows.push(d.measure(
             "address 10.78.0.1/24 added to lan0",

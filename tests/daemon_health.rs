@@ -286,3 +286,115 @@ fn five_percent_loss_for_60s_changes_no_state() {
         "state changed under 5 % loss; log:\n{log}"
     );
 }
+
+/// A server both ISPs reach: 100.64.0.1 on the client's loopback, behind isp1 (as
+/// before) and behind isp2 through a second link. Each ISP masquerades what it forwards
+/// to the client, so the server's greeting (`hello <peer> <port>`) names the ISP a
+/// connection took: 192.0.2.1 (isp1) or 10.99.0.1 (isp2).
+const SERVER: &str = "100.64.0.1";
+const VIA_ISP1: &str = "hello 192.0.2.1 ";
+const VIA_ISP2: &str = "hello 10.99.0.1 ";
+
+fn reach_server_via_both(lab: &TwoIsps) -> symroute::lab::TcpServer {
+    symroute::lab::veth(&lab.isp2, "cl0", &lab.client, "eth1").expect("veth isp2-client");
+    lab.client
+        .sh(&format!(
+            "ip addr add {SERVER}/32 dev lo && ip addr add 10.99.0.2/24 dev eth1 && ip link set eth1 up"
+        ))
+        .expect("client addresses");
+    lab.isp2
+        .sh(&format!(
+            "ip addr add 10.99.0.1/24 dev cl0 && ip link set cl0 up && sysctl -qw net.ipv4.ip_forward=1 && ip route add {SERVER}/32 via 10.99.0.2 && ip route add 10.77.0.0/24 via 198.51.100.2"
+        ))
+        .expect("isp2 routes");
+    lab.isp1
+        .sh(&format!(
+            "ip route add {SERVER}/32 via 192.0.2.10 && ip route add 10.77.0.0/24 via 203.0.113.2"
+        ))
+        .expect("isp1 routes");
+    for isp in [&lab.isp1, &lab.isp2] {
+        isp.nft("table ip masq {\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname \"cl0\" masquerade\n\t}\n}\n")
+            .expect("isp masquerade");
+    }
+    symroute::lab::TcpServer::start(&lab.client, format!("{SERVER}:80").parse().expect("addr"))
+        .expect("server")
+}
+
+/// Which ISP a new connection from the LAN host takes now (None: no answer).
+fn path_now(lab: &TwoIsps) -> Option<&'static str> {
+    let line = symroute::lab::tcp_probe(
+        &lab.lan,
+        format!("{SERVER}:80").parse().expect("addr"),
+        Duration::from_millis(150),
+    )
+    .ok()?;
+    if line.starts_with(VIA_ISP1) {
+        Some("isp1")
+    } else if line.starts_with(VIA_ISP2) {
+        Some("isp2")
+    } else {
+        None
+    }
+}
+
+/// Polls new connections until they take `want`; the time it took.
+fn wait_path(lab: &TwoIsps, d: &Daemon, want: &str, what: &str) -> Duration {
+    let t0 = Instant::now();
+    while path_now(lab) != Some(want) {
+        assert!(
+            t0.elapsed() < LIMIT,
+            "{what}: new connections still not via {want} after {LIMIT:?}; log:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t0.elapsed()
+}
+
+/// `route_via = ["isp1", "isp2"]` with the default checks: ISP1's upstream dies (its link
+/// to the firewall stays up) and new connections from the LAN take ISP2; it comes back
+/// and they return to ISP1. 10 runs; detection (the gateway's table loses its route) and
+/// switch (a new connection answered via the other ISP) are printed as median/worst.
+#[test]
+fn failover_list_moves_new_connections_within_2s_10_runs() {
+    require_root();
+    let lab = TwoIsps::build().expect("build TwoIsps");
+    let _server = reach_server_via_both(&lab);
+    let config = format!(
+        "{}\n[gateway.check]\ntargets = [\"192.0.2.10\"]\n\n[[gateway]]\nname = \"isp2\"\ninterface = \"up2\"\nvia = \"198.51.100.1\"\n\n[[policy]]\nname = \"lan-out\"\nroute_via = [\"isp1\", \"isp2\"]\n[policy.match]\nin_interface = \"lan0\"\n",
+        "[[gateway]]\nname = \"isp1\"\ninterface = \"up1\"\nvia = \"203.0.113.1\""
+    );
+    let d = Daemon::start(&lab.fw, &config);
+    wait_default(&d, true, "start");
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(path_now(&lab), Some("isp1"), "log:\n{}", d.log());
+    let (mut detect, mut switch, mut back) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..10 {
+        lab.isp1.ip("link set cl0 down").expect("cl0 down");
+        let cut = Instant::now();
+        let down = wait_default(&d, false, "after isp1's upstream died");
+        wait_path(&lab, &d, "isp2", "after isp1's upstream died");
+        let moved = cut.elapsed();
+        lab.isp1.ip("link set cl0 up").expect("cl0 up");
+        let returned = wait_path(&lab, &d, "isp1", "after isp1's upstream came back");
+        eprintln!(
+            "run {run}: isp1 judged down after {:.0} ms, new connections via isp2 after {:.0} ms, back via isp1 {:.0} ms after restore",
+            down.as_secs_f64() * 1e3,
+            moved.as_secs_f64() * 1e3,
+            returned.as_secs_f64() * 1e3
+        );
+        detect.push(down);
+        switch.push(moved);
+        back.push(returned);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (dm, dw) = median_worst(detect);
+    let (sm, sw) = median_worst(switch);
+    let (bm, bw) = median_worst(back);
+    eprintln!(
+        "failover, default checks, 10 runs (median/worst ms): detection {dm:.0}/{dw:.0}, switch to isp2 {sm:.0}/{sw:.0}, back to isp1 after restore {bm:.0}/{bw:.0}"
+    );
+    assert!(sw < 2000.0, "a switch took {sw:.0} ms (target 2 s)");
+    let log = d.log();
+    assert!(log.contains("gateway isp1 down"), "log:\n{log}");
+}

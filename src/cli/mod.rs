@@ -173,7 +173,7 @@ enum Cmd {
         config: ConfigArg,
         #[command(flatten)]
         netns: NetnsArg,
-        /// Print as JSON (gateways[].name/.connections, policies[].name/.packets/.bytes)
+        /// Print as JSON (gateways[].name/.connections, policies[].name/.gateways[]/.packets/.bytes)
         #[arg(long)]
         json: bool,
     },
@@ -537,7 +537,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     writeln!(
                         out,
                         "  {:<20} {} {:<12} mark {}  {} packet(s) {} byte(s) classified",
-                        p.name, p.kind, p.gateway, p.mark, p.packets, p.bytes
+                        p.name,
+                        p.kind,
+                        kernel::status::describe_gateways(&p.gateways),
+                        p.mark,
+                        p.packets,
+                        p.bytes
                     )?;
                 }
             }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::event::Event;
-use crate::model::{Action, Check, GatewayIdx, Model, ProbeTarget};
+use crate::model::{Check, GatewayIdx, Model, ProbeTarget};
 use crate::plan::alloc;
 
 /// The last probes of one target, and whether it is judged down.
@@ -62,15 +62,9 @@ pub fn spawn(model: &Model, tx: &Sender<Event>) -> io::Result<Probes> {
         let Some(check) = g.check.clone() else {
             continue;
         };
-        let uses = |route: bool| {
-            model.policies.iter().any(|p| match p.action {
-                Action::ReplyVia(x) => !route && x.index() == i,
-                Action::RouteVia(x) => route && x.index() == i,
-            })
-        };
-        let mark = if uses(true) {
+        let mark = if model.routes_via(GatewayIdx(i)) {
             alloc::route_mark(model, GatewayIdx(i)).bits()
-        } else if uses(false) {
+        } else if model.replies_via(GatewayIdx(i)) {
             alloc::reply_mark(model, GatewayIdx(i)).bits()
         } else {
             0

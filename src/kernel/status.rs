@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::{cmd, observe, KernelError};
-use crate::plan::{GatewayState, Plan};
+use crate::plan::{GatewayState, Plan, PolicyGateway};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
@@ -31,6 +31,9 @@ pub struct PolicyStatus {
     pub kind: &'static str,
     pub gateway: String,
     pub mark: String,
+    /// Every gateway of the policy, with weight (shares) and whether it takes new
+    /// connections now.
+    pub gateways: Vec<PolicyGateway>,
     /// Packets and bytes of the connections' first packets this policy classified.
     pub packets: u64,
     pub bytes: u64,
@@ -71,6 +74,7 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
                 kind: p.kind,
                 gateway: p.gateway.clone(),
                 mark: p.mark.to_string(),
+                gateways: p.gateways.clone(),
                 packets,
                 bytes,
             }
@@ -145,4 +149,24 @@ pub fn describe(state: &GatewayState) -> String {
         GatewayState::Partial(why) => format!("partly up: {why}"),
         GatewayState::Down(why) => format!("down: {why}"),
     }
+}
+
+/// A policy's gateways in one line: `isp1`, or `isp1=3 isp2=1 (isp2 not used now)`.
+pub fn describe_gateways(gateways: &[PolicyGateway]) -> String {
+    let mut names: Vec<String> = gateways
+        .iter()
+        .map(|g| match g.weight {
+            Some(w) => format!("{}={w}", g.name),
+            None => g.name.clone(),
+        })
+        .collect();
+    let idle: Vec<&str> = gateways
+        .iter()
+        .filter(|g| !g.active)
+        .map(|g| g.name.as_str())
+        .collect();
+    if !idle.is_empty() {
+        names.push(format!("({} not used now)", idle.join(", ")));
+    }
+    names.join(" ")
 }

@@ -118,13 +118,78 @@ impl Gateway {
 }
 
 /// What a policy does with the connections it selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "gateway", rename_all = "snake_case")]
 pub enum Action {
     /// Replies to connections that arrive matching leave via the gateway.
     ReplyVia(GatewayIdx),
-    /// New connections that match (forwarded or local) leave via the gateway.
-    RouteVia(GatewayIdx),
+    /// New connections that match (forwarded or local) leave via one of the route's
+    /// gateways; the connection keeps it for its whole life.
+    RouteVia(Route),
+}
+
+impl Action {
+    /// Every gateway the action may send traffic through.
+    pub fn gateways(&self) -> Vec<GatewayIdx> {
+        match self {
+            Action::ReplyVia(g) => vec![*g],
+            Action::RouteVia(r) => r.gateways(),
+        }
+    }
+}
+
+/// How a `route_via` policy picks the gateway of a new connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    pub mode: RouteMode,
+    /// Sticky per source address: a source keeps the gateway it was last given for this
+    /// long after its last new connection (only with more than one gateway).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<std::time::Duration>,
+}
+
+/// Never empty, gateways never repeated (the validator makes them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteMode {
+    /// The first usable gateway of the list; `route_via = "isp1"` is a list of one.
+    Failover(Vec<GatewayIdx>),
+    /// New connections are shared among the usable gateways by weight.
+    Share(Vec<(GatewayIdx, Weight)>),
+}
+
+impl Route {
+    /// A single gateway, no stickiness: `route_via = "NAME"`.
+    pub fn one(g: GatewayIdx) -> Route {
+        Route {
+            mode: RouteMode::Failover(vec![g]),
+            sticky: None,
+        }
+    }
+    /// The gateways in the order written.
+    pub fn gateways(&self) -> Vec<GatewayIdx> {
+        match &self.mode {
+            RouteMode::Failover(l) => l.clone(),
+            RouteMode::Share(l) => l.iter().map(|(g, _)| *g).collect(),
+        }
+    }
+}
+
+/// A share weight, 1..=1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Weight(u16);
+
+impl Weight {
+    pub const MAX: u16 = 1000;
+    pub fn new(w: i64) -> Option<Weight> {
+        u16::try_from(w)
+            .ok()
+            .filter(|w| (1..=Self::MAX).contains(w))
+            .map(Weight)
+    }
+    pub fn get(self) -> u32 {
+        u32::from(self.0)
+    }
 }
 
 /// Prefixes split by family; normalized (host bits checked, covered entries dropped, sorted).
@@ -220,5 +285,18 @@ pub struct Model {
 impl Model {
     pub fn gateway(&self, idx: GatewayIdx) -> &Gateway {
         &self.gateways[idx.0]
+    }
+    /// Some `reply_via` policy answers through gateway `idx`.
+    pub fn replies_via(&self, idx: GatewayIdx) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.action == Action::ReplyVia(idx))
+    }
+    /// Some `route_via` policy may send new connections through gateway `idx`.
+    pub fn routes_via(&self, idx: GatewayIdx) -> bool {
+        self.policies.iter().any(|p| match &p.action {
+            Action::RouteVia(r) => r.gateways().contains(&idx),
+            Action::ReplyVia(_) => false,
+        })
     }
 }

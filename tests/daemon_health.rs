@@ -370,12 +370,17 @@ fn failover_list_moves_new_connections_within_2s_10_runs() {
     assert_eq!(path_now(&lab), Some("isp1"), "log:\n{}", d.log());
     let (mut detect, mut switch, mut back) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..10 {
-        lab.isp1.ip("link set cl0 down").expect("cl0 down");
+        // ISP1 stops forwarding to its upstream (its links stay up, routes stay).
+        lab.isp1
+            .nft("table inet cut {\n\tchain f {\n\t\ttype filter hook forward priority 0; policy accept;\n\t\toifname \"cl0\" drop\n\t}\n}\n")
+            .expect("cut isp1's upstream");
         let cut = Instant::now();
         let down = wait_default(&d, false, "after isp1's upstream died");
         wait_path(&lab, &d, "isp2", "after isp1's upstream died");
         let moved = cut.elapsed();
-        lab.isp1.ip("link set cl0 up").expect("cl0 up");
+        lab.isp1
+            .exec(&["nft", "delete", "table", "inet", "cut"])
+            .expect("restore isp1's upstream");
         let returned = wait_path(&lab, &d, "isp1", "after isp1's upstream came back");
         eprintln!(
             "run {run}: isp1 judged down after {:.0} ms, new connections via isp2 after {:.0} ms, back via isp1 {:.0} ms after restore",

@@ -1,6 +1,7 @@
 //! Subcommands. Each one is a thin layer over the library: load the config, call
 //! `plan`/`kernel`, print for people or as JSON.
 
+mod daemon;
 mod lab;
 
 use std::io::Write;
@@ -410,6 +411,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = (inject_failure, abort_after);
             let m = config.load()?;
             netns.enter()?;
+            if let Some(code) = daemon::apply(&mut out, &config, Some(secs))? {
+                return Ok(code);
+            }
             let (report, token) = kernel::confirm::apply(&m, secs)?;
             print_gateways(&mut out, &report.plan)?;
             let Some(token) = token else {
@@ -439,6 +443,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let m = config.load()?;
             netns.enter()?;
+            let faults = inject_failure.is_some() || abort_after.is_some();
+            if !faults {
+                if let Some(code) = daemon::apply(&mut out, &config, None)? {
+                    return Ok(code);
+                }
+            }
             let report = kernel::apply::apply(
                 &m,
                 Faults {
@@ -451,6 +461,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Confirm { netns } => {
             netns.enter()?;
+            if daemon::confirm(&mut out)? {
+                return Ok(ExitCode::SUCCESS);
+            }
             if !kernel::confirm::confirm()? {
                 anyhow::bail!("nothing to confirm: no `apply --confirm` is pending here");
             }
@@ -499,13 +512,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             netns,
             json,
         } => {
-            let m = config.load()?;
             netns.enter()?;
+            let live = daemon::status();
+            // Without -c, the config the daemon runs.
+            let m = match (&config.config, &live) {
+                (None, Some(l)) => config::load(std::path::Path::new(&l.daemon.config))?,
+                _ => config.load()?,
+            };
             let observed = kernel::observe::observe()?;
             let plan = plan::build(&m, &observed.host);
             let applied =
                 observed.nft_fingerprint.as_deref() == Some(plan.nft_fingerprint.as_str());
-            let st = kernel::status::status(&plan, observed.nft_fingerprint.is_some())?;
+            let mut st = kernel::status::status(&plan, observed.nft_fingerprint.is_some())?;
+            if let Some(l) = &live {
+                daemon::overlay(&mut st, l);
+            }
             if json {
                 serde_json::to_writer_pretty(&mut out, &st)?;
                 writeln!(out)?;
@@ -520,17 +541,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             "applied, but differs from the config: run `symroute plan`",
                     }
                 )?;
-                writeln!(out, "gateways:")?;
-                for g in &st.gateways {
+                match &live {
+                    Some(l) => writeln!(
+                        out,
+                        "daemon: pid {}, config {}, started {}; {}",
+                        l.daemon.pid, l.daemon.config, l.daemon.started, l.summary
+                    )?,
+                    None => writeln!(out, "daemon: not running in this namespace")?,
+                }
+                if let Some(p) = live.as_ref().and_then(|l| l.pending_confirm.as_ref()) {
                     writeln!(
                         out,
-                        "  {:<16} {:<10} table {:<6} {:<40} {} connection(s)",
-                        g.name,
-                        g.interface,
-                        g.table,
-                        kernel::status::describe(&g.state),
-                        g.connections
+                        "pending: `apply --confirm`; back to {} at {} unless `symroute confirm`",
+                        p.previous_config, p.deadline
                     )?;
+                }
+                writeln!(out, "gateways:")?;
+                for g in &st.gateways {
+                    writeln!(out, "  {}", daemon::gateway_line(g))?;
                 }
                 writeln!(out, "policies:")?;
                 for p in &st.policies {

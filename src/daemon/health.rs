@@ -85,6 +85,7 @@ pub fn spawn(model: &Model, tx: &Sender<Event>) -> io::Result<Probes> {
                 while !stop.load(Ordering::Relaxed) {
                     for (t, target) in check.targets.iter().enumerate() {
                         seq = seq.wrapping_add(1);
+                        let sent = Instant::now();
                         let ok = probe(target, &dev, mark, check.timeout, seq).unwrap_or(false);
                         if stop.load(Ordering::Relaxed) {
                             return;
@@ -93,7 +94,7 @@ pub fn spawn(model: &Model, tx: &Sender<Event>) -> io::Result<Probes> {
                             gateway: name.clone(),
                             target: t,
                             ok,
-                            rtt: None,
+                            rtt: ok.then(|| sent.elapsed()),
                         };
                         if tx.send(ev).is_err() {
                             return;

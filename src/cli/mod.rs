@@ -107,6 +107,9 @@ enum Cmd {
         script: bool,
     },
     /// Make the kernel match the config. Idempotent; rolls back if any step fails.
+    ///
+    /// While `symroute run` runs in the namespace, the daemon switches to this config
+    /// instead (and with --confirm, goes back to its previous one unless confirmed).
     Apply {
         #[command(flatten)]
         config: ConfigArg,
@@ -148,6 +151,8 @@ enum Cmd {
     /// Foreign objects are never touched: a conflict is logged and retried on the next
     /// change. SIGHUP reloads the config (an invalid one is logged and the old one kept);
     /// SIGTERM/SIGINT exit 0, leaving the policy applied unless --remove-on-exit.
+    /// `symroute status`, `apply` and `confirm` talk to it over a unix socket in
+    /// /run/symroute; `[settings] on_change` commands run on gateway up/down changes.
     /// Speaks systemd's notify protocol and watchdog: see contrib/symroute.service.
     Run {
         #[command(flatten)]
@@ -168,13 +173,16 @@ enum Cmd {
         )]
         log_level: tracing_subscriber::filter::Targets,
     },
-    /// Gateways, policy counters and live connections per gateway.
+    /// Gateways, policy counters and live connections per gateway; with a running
+    /// `symroute run`, its live health (since, loss, round trip). Without -c, the
+    /// daemon's config.
     Status {
         #[command(flatten)]
         config: ConfigArg,
         #[command(flatten)]
         netns: NetnsArg,
-        /// Print as JSON (gateways[].name/.connections, policies[].name/.packets/.bytes)
+        /// Print as JSON (daemon.pid/.config/.started, gateways[].name/.state/.since/.loss/
+        /// .rtt_ms/.connections, policies[].name/.packets/.bytes)
         #[arg(long)]
         json: bool,
     },

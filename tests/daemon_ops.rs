@@ -76,6 +76,12 @@ fn isp1_is(state: &'static str) -> impl Fn(&serde_json::Value) -> bool {
     move |st| gateway(st, "isp1")["state"] == state
 }
 
+fn expect_env(env: &[String], wants: &[&str]) {
+    for want in wants {
+        assert!(env.iter().any(|l| l == want), "{want} not in {env:?}");
+    }
+}
+
 fn read_env(path: &std::path::Path) -> Vec<String> {
     let deadline = Instant::now() + LIMIT;
     loop {
@@ -163,16 +169,17 @@ fn status_shows_live_health_and_hooks_run_on_down_and_up() {
     );
 
     let env = read_env(&hooks.join("hook-down.env"));
-    for want in [
-        "SYMROUTE_EVENT=gateway",
-        "SYMROUTE_GATEWAY=isp1",
-        "SYMROUTE_INTERFACE=up1",
-        "SYMROUTE_OLD_STATE=up",
-        "SYMROUTE_NEW_STATE=down",
-        &format!("SYMROUTE_NETNS={}", lab.fw.name()),
-    ] {
-        assert!(env.iter().any(|l| l == want), "{want} not in {env:?}");
-    }
+    expect_env(
+        &env,
+        &[
+            "SYMROUTE_EVENT=gateway",
+            "SYMROUTE_GATEWAY=isp1",
+            "SYMROUTE_INTERFACE=up1",
+            "SYMROUTE_OLD_STATE=up",
+            "SYMROUTE_NEW_STATE=down",
+            &format!("SYMROUTE_NETNS={}", lab.fw.name()),
+        ],
+    );
     assert!(
         env.iter()
             .any(|l| l.starts_with("SYMROUTE_REASON=health check: ")),
@@ -187,16 +194,47 @@ fn status_shows_live_health_and_hooks_run_on_down_and_up() {
         t.as_secs_f64() * 1e3
     );
     let env = read_env(&hooks.join("hook-up.env"));
-    for want in [
-        "SYMROUTE_OLD_STATE=down",
-        "SYMROUTE_NEW_STATE=up",
-        "SYMROUTE_GATEWAY=isp1",
-    ] {
-        assert!(env.iter().any(|l| l == want), "{want} not in {env:?}");
-    }
+    expect_env(
+        &env,
+        &[
+            "SYMROUTE_OLD_STATE=down",
+            "SYMROUTE_NEW_STATE=up",
+            "SYMROUTE_GATEWAY=isp1",
+        ],
+    );
     d.wait_log_count("on_change `echo", 2, LIMIT);
     let calls = std::fs::read_to_string(hooks.join("calls")).unwrap_or_default();
     assert_eq!(calls, "isp1\nisp1\n", "both hooks ran once per change");
+
+    // A link going down is a change too (isp2 has no checks).
+    std::fs::remove_file(hooks.join("hook-down.env")).expect("remove hook-down.env");
+    lab.fw.ip("link set up2 down").expect("up2 down");
+    let (st, t) = wait_status(&d, "isp2 down with its link", |st| {
+        gateway(st, "isp2")["state"] == "down"
+    });
+    eprintln!(
+        "status: isp2 down {:.0} ms after its link went down",
+        t.as_secs_f64() * 1e3
+    );
+    assert!(gateway(&st, "isp2")["loss"].is_null(), "{st:#}");
+    let env = read_env(&hooks.join("hook-down.env"));
+    expect_env(
+        &env,
+        &[
+            "SYMROUTE_GATEWAY=isp2",
+            "SYMROUTE_INTERFACE=up2",
+            "SYMROUTE_NEW_STATE=down",
+        ],
+    );
+    assert!(
+        env.iter()
+            .any(|l| l.starts_with("SYMROUTE_REASON=") && l.len() > "SYMROUTE_REASON=".len()),
+        "{env:?}"
+    );
+    lab.fw.ip("link set up2 up").expect("up2 up");
+    wait_status(&d, "isp2 up with its link", |st| {
+        gateway(st, "isp2")["state"] == "up"
+    });
     assert!(d.log().contains("exit 0 in"), "{}", d.log());
     let _ = std::fs::remove_dir_all(&hooks);
 }

@@ -505,6 +505,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .config
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+            // Absolute: `status` reads it from wherever it runs.
+            let path = std::path::absolute(&path)?;
             let model = config.load()?;
             // Before any thread exists: threads and children inherit the namespace.
             netns.enter()?;

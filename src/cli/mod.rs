@@ -484,6 +484,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Remove { netns } => {
             netns.enter()?;
             let changes = kernel::apply::remove()?;
+            symroute::daemon::control::remove_stale()?;
             if changes.is_empty() {
                 writeln!(out, "nothing to remove: symroute owns nothing here")?;
             } else {

@@ -166,6 +166,18 @@ pub fn call(req: &Request) -> Result<Option<Response>, KernelError> {
         })
 }
 
+/// Delete this namespace's socket if no daemon listens on it (one killed with SIGKILL
+/// leaves it behind); `symroute remove` calls this.
+pub fn remove_stale() -> Result<(), KernelError> {
+    let path = state::socket_path()?;
+    match UnixStream::connect(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            std::fs::remove_file(&path).map_err(io(format!("removing {}", path.display())))
+        }
+        _ => Ok(()),
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // server
 

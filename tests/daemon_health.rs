@@ -7,13 +7,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{require_root, symroute};
+use support::daemon::Daemon;
+use support::require_root;
 use symroute::kernel::netlink::{convert, Netlink};
 use symroute::lab::{in_netns, Netns, TwoIsps};
 use symroute::model::Family;
@@ -21,73 +18,6 @@ use symroute::plan::RT_PROTO;
 
 const ISP1_TABLE: u32 = 42000;
 const LIMIT: Duration = Duration::from_secs(5);
-
-struct Daemon<'a> {
-    ns: &'a Netns,
-    child: Child,
-    dir: PathBuf,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl<'a> Daemon<'a> {
-    fn start(ns: &'a Netns, config: &str) -> Daemon<'a> {
-        let dir = std::env::temp_dir().join(format!(
-            "symroute-health-{}-{}",
-            std::process::id(),
-            ns.name()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("symroute.toml");
-        std::fs::write(&path, config).expect("write config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_symroute"))
-            .args(["run", "-c"])
-            .arg(&path)
-            .args(["--netns", ns.name(), "--log-level", "debug"])
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn symroute run");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log: Arc<Mutex<Vec<String>>> = Arc::default();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    eprintln!("  [run] {line}");
-                    log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                }
-            });
-        }
-        Daemon {
-            ns,
-            child,
-            dir,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .join("\n")
-    }
-}
-
-impl Drop for Daemon<'_> {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = symroute(&["remove", "--netns", self.ns.name()]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Whether table 42000 holds our IPv4 default route.
 fn has_default(ns: &Netns) -> bool {

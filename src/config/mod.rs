@@ -348,6 +348,35 @@ fn validate_settings(s: &Sp<raw::RawSettings>, loc: &mut Locator) -> Settings {
             Err(e) => loc.error(p.span(), format!("settings.first_priority: {e}")),
         }
     }
+    if let Some(v) = &s.on_change {
+        out.on_change = validate_on_change(v, loc);
+    }
+    out
+}
+
+/// `on_change = "CMD"` or `["CMD", …]`: non-empty shell commands.
+fn validate_on_change(v: &Sp<toml::Value>, loc: &mut Locator) -> Vec<String> {
+    let items: Vec<&toml::Value> = match v.get_ref() {
+        toml::Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            toml::Value::String(c) if !c.trim().is_empty() => out.push(c.clone()),
+            toml::Value::String(_) => loc.error(
+                v.span(),
+                "settings.on_change: an empty command; expected a shell command like \"logger -t symroute $SYMROUTE_GATEWAY $SYMROUTE_NEW_STATE\" (or remove the key)",
+            ),
+            other => loc.error(
+                v.span(),
+                format!(
+                    "settings.on_change: expected a shell command (a string) or a list of them, found {}",
+                    other.type_str()
+                ),
+            ),
+        }
+    }
     out
 }
 

@@ -25,6 +25,8 @@ pub struct RawSettings {
     pub mark_mask: Option<Sp<toml::Value>>,
     pub first_table: Option<Sp<i64>>,
     pub first_priority: Option<Sp<i64>>,
+    /// `symroute run`: command(s) run on each gateway up/down change (string or list).
+    pub on_change: Option<Sp<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{cmd, observe, KernelError};
 use crate::plan::{GatewayState, Plan, PolicyGateway};
@@ -11,6 +11,8 @@ use crate::plan::{GatewayState, Plan, PolicyGateway};
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub applied: bool,
+    /// The `symroute run` of this namespace, when its control socket answered.
+    pub daemon: Option<DaemonInfo>,
     pub gateways: Vec<GatewayStatus>,
     pub policies: Vec<PolicyStatus>,
 }
@@ -20,9 +22,27 @@ pub struct GatewayStatus {
     pub name: String,
     pub interface: String,
     pub table: u32,
-    pub state: GatewayState,
+    /// "up" or "down" ("up" includes partly up; `reason` says what is missing).
+    pub state: String,
+    pub reason: Option<String>,
     /// Live conntrack entries whose mark carries one of this gateway's decisions.
     pub connections: u64,
+    /// From the daemon (null without one): since when in this state (RFC 3339 UTC),
+    /// lost probes over the check window (0.0–1.0), mean round trip of recent good
+    /// probes, up→down transitions. loss/rtt_ms are null for gateways without checks.
+    pub since: Option<String>,
+    pub loss: Option<f64>,
+    pub rtt_ms: Option<f64>,
+    pub failovers: Option<u64>,
+}
+
+/// Who is running: `symroute run`'s pid, config file and start time (RFC 3339 UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub config: String,
+    pub started: String,
+    pub started_unix: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -59,8 +79,13 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
                 name: g.name.clone(),
                 interface: g.interface.clone(),
                 table: g.table.id(),
-                state: g.state.clone(),
+                state: state_and_reason(&g.state).0.into(),
+                reason: state_and_reason(&g.state).1,
                 connections,
+                since: None,
+                loss: None,
+                rtt_ms: None,
+                failovers: None,
             }
         })
         .collect();
@@ -82,6 +107,7 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
         .collect();
     Ok(Status {
         applied,
+        daemon: None,
         gateways,
         policies,
     })
@@ -142,12 +168,13 @@ pub fn count_marks(text: &str, mask: u32) -> BTreeMap<u32, u64> {
     out
 }
 
-/// Gateway states as reported by the plan, for people.
-pub fn describe(state: &GatewayState) -> String {
+/// A plan's gateway state as status reports it: "up" (partly up included, with the
+/// missing family as the reason) or "down", and why.
+pub fn state_and_reason(state: &GatewayState) -> (&'static str, Option<String>) {
     match state {
-        GatewayState::Up => "up".into(),
-        GatewayState::Partial(why) => format!("partly up: {why}"),
-        GatewayState::Down(why) => format!("down: {why}"),
+        GatewayState::Up => ("up", None),
+        GatewayState::Partial(why) => ("up", Some(format!("partly up: {why}"))),
+        GatewayState::Down(why) => ("down", Some(why.clone())),
     }
 }
 

@@ -27,6 +27,9 @@ pub struct Settings {
     pub mark_mask: MarkMask,
     pub first_table: TableId,
     pub first_priority: Priority,
+    /// `symroute run`: shell commands run on every gateway up/down change.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_change: Vec<String>,
 }
 
 impl Default for Settings {
@@ -35,6 +38,7 @@ impl Default for Settings {
             mark_mask: MarkMask::new(0xff00_0000).expect("constant mask is valid"),
             first_table: TableId::new(42000).expect("constant table is valid"),
             first_priority: Priority::new(3000).expect("constant priority is valid"),
+            on_change: Vec::new(),
         }
     }
 }

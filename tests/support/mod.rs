@@ -2,6 +2,8 @@
 //! snapshot a namespace's kernel state. Every test needs root; `require_root` says so.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::process::{Command, Output};
 
 use symroute::lab::Netns;

@@ -67,6 +67,7 @@ fn run() -> anyhow::Result<()> {
         loadavg()
     );
     let mut rows = Vec::new();
+    let memory: Option<(u64, u64)>;
     {
         let lab = TwoIsps::build()?;
         let cfg = ConfigFile::new(
@@ -103,6 +104,14 @@ fn run() -> anyhow::Result<()> {
             "up1 down 300 ms, then up (from link-up)",
             "ip link set up1 down; sleep 0.3; ip link set up1 up",
             None,
+            true,
+            move |nl| Ok(our_routes(nl, 42000)? == want),
+        )?);
+        let want = table.clone();
+        rows.push(d.measure(
+            "up1 renumbered .2 -> .3 (a new DHCP lease)",
+            "ip addr del 203.0.113.2/24 dev up1; ip addr add 203.0.113.3/24 dev up1",
+            Some("ip addr del 203.0.113.3/24 dev up1; ip addr add 203.0.113.2/24 dev up1"),
             true,
             move |nl| Ok(our_routes(nl, 42000)? == want),
         )?);
@@ -146,6 +155,8 @@ fn run() -> anyhow::Result<()> {
             true,
             |_| Ok(nft_table_present()),
         )?);
+        let (rss, peak) = d.memory()?;
+        memory = Some((rss, peak));
     }
 
     println!();
@@ -167,6 +178,14 @@ fn run() -> anyhow::Result<()> {
             ms(r.stats.max),
             TARGET_MS,
             r.reconciles
+        );
+    }
+    if let Some((rss, peak)) = memory {
+        println!(
+            "\ndaemon memory with the 10,000-selector config after its reconciles: resident {:.1} MB, peak {:.1} MB (target < 20 MB{})",
+            rss as f64 / 1024.0,
+            peak as f64 / 1024.0,
+            if peak < 20 * 1024 { ": met" } else { ": NOT met" }
         );
     }
     println!(
@@ -318,6 +337,19 @@ impl<'a> Daemon<'a> {
             stats,
             reconciles: reconciles as f64 / RUNS as f64,
         })
+    }
+
+    /// Resident and peak resident size (VmRSS, VmHWM) in KiB.
+    fn memory(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .with_context(|| format!("{name} in /proc/PID/status"))
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
     }
 
     /// CPU time (user + system) the daemon used over `period` with nothing changing.

@@ -4,6 +4,7 @@
 use symroute::config::{parse_str, ConfigError};
 
 const GW: &str = "[[gateway]]\nname = \"isp1\"\ninterface = \"eth2\"\nvia = \"203.0.113.1\"\n";
+const GW2: &str = "[[gateway]]\nname = \"isp2\"\ninterface = \"eth1\"\nvia = \"198.51.100.1\"\n";
 
 fn err(text: &str) -> String {
     match parse_str(text, "bad.toml") {
@@ -28,7 +29,7 @@ fn table_of_bad_configs() {
         ("[settings]\nfirst_table = 100\n".into(), "bad.toml:2:15: settings.first_table: the range symroute allocates from here would cross the kernel's tables 253-255; pick a number above 255 (default 42000)"),
         ("[settings]\nfirst_priority = 0\n".into(), "bad.toml:2:18: settings.first_priority: priority 0 is outside 1..32765 (0 is `lookup local`, 32766/32767 are main/default)"),
         ("[settings]\nfirst_priority = 32700\n".into(), "bad.toml:2:18: settings.first_priority: leave room for symroute's rules before main (32766); use at most 32000"),
-        ("[settings]\nmark = 1\n".into(), "bad.toml:2:1: unknown field `mark`, expected one of `mark_mask`, `first_table`, `first_priority`, `metrics`, `metrics_allow_remote` (see examples/ and the README for the keys symroute knows)"),
+        ("[settings]\nmark = 1\n".into(), "bad.toml:2:1: unknown field `mark`, expected one of `mark_mask`, `first_table`, `first_priority`, `metrics`, `metrics_allow_remote`, `on_change` (see examples/ and the README for the keys symroute knows)"),
         ("[settings]\nmetrics = \"0.0.0.0:9469\"\n".into(), "bad.toml:2:11: settings.metrics: 0.0.0.0:9469 is not a loopback address, so anyone who can reach it could read the gateways, policies and traffic counts; use \"127.0.0.1:9469\", or add metrics_allow_remote = true to serve beyond this host on purpose"),
         ("[settings]\nmetrics = \"[2001:db8::1]:9100\"\nmetrics_allow_remote = false\n".into(), "bad.toml:2:11: settings.metrics: [2001:db8::1]:9100 is not a loopback address, so anyone who can reach it could read the gateways, policies and traffic counts; use \"127.0.0.1:9100\", or add metrics_allow_remote = true to serve beyond this host on purpose"),
         ("[settings]\nmetrics = \"localhost:9469\"\n".into(), "bad.toml:2:11: settings.metrics: \"localhost:9469\" is not an address and port to listen on (expected e.g. \"127.0.0.1:9469\" or \"[::1]:9469\")"),
@@ -62,6 +63,23 @@ fn table_of_bad_configs() {
         (format!("{GW}[gateway.check]\ntargets = [\"2001:db8::53\"]\ndown = \"5/3\"\n"), "bad.toml:7:8: gateway.check.down: \"5/3\" is not LOST/WINDOW with 1 <= LOST <= WINDOW <= 64 (e.g. \"3/5\": down after 3 of the last 5 probes are lost)"),
         (format!("{GW}[gateway.check]\ninterval = \"1s\"\n"), "bad.toml:5:1: missing field `targets`"),
         (format!("{GW}[gateway.check]\ntargets = [\"192.0.2.53\", \"tcp:[2001:db8::80]:443\"]\ninterval = \"1.5s\"\ntimeout = \"500ms\"\ndown = \"2/4\"\nup = 3\n"), ""),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = []\n"), "bad.toml:11:13: policy.route_via: the list is empty; name at least one gateway (the first usable one is taken)"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = [\"isp1\", \"isp2\", \"isp1\"]\n"), "bad.toml:11:30: policy.route_via: gateway \"isp1\" is listed twice; name each gateway once"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = [\"isp1\", 2]\n"), "bad.toml:11:22: policy.route_via: expected a gateway name, found integer"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = [\"isp1\", \"isp3\"]\n"), "bad.toml:11:22: policy.route_via: no gateway named \"isp3\" (defined gateways: isp1, isp2)"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = {{}}\n"), "bad.toml:11:13: policy.route_via: the table is empty; give each gateway a weight, e.g. { isp1 = 3, isp2 = 1 }"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = {{ isp1 = 3, isp2 = 0 }}\n"), "bad.toml:11:32: policy.route_via: the weight of \"isp2\" must be a whole number from 1 to 1000"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = {{ isp1 = 1001, isp2 = \"1\" }}\n"), "bad.toml:11:22: policy.route_via: the weight of \"isp1\" must be a whole number from 1 to 1000\nbad.toml:11:35: policy.route_via: the weight of \"isp2\" must be a whole number from 1 to 1000"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = {{ isp1 = 3, isp9 = 1 }}\n"), "bad.toml:11:25: policy.route_via: no gateway named \"isp9\" (defined gateways: isp1, isp2)"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = 7\n"), "bad.toml:11:13: policy.route_via: expected a gateway name, a failover list like [\"isp1\", \"isp2\"] or weights like { isp1 = 3, isp2 = 1 }, found integer"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = {{ isp1 = 3, isp2 = 1 }}\nsticky = \"10 minutes\"\n"), "bad.toml:12:10: policy.sticky: \"10 minutes\" is not a duration up to 24h (expected e.g. \"30s\", \"10m\" or \"1h\")"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = {{ isp1 = 3, isp2 = 1 }}\nsticky = \"0s\"\n"), "bad.toml:12:10: policy.sticky: \"0s\" is not a duration up to 24h (expected e.g. \"30s\", \"10m\" or \"1h\")"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = [\"isp2\"]\nsticky = \"10m\"\n"), "bad.toml:12:10: policy.sticky: route_via names one gateway, so there is nothing to stick to; list several (a failover list or weights)"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nreply_via = \"isp1\"\nsticky = \"10m\"\n[policy.match]\nin_interface = \"eth2\"\n"), "bad.toml:8:10: policy.sticky: only route_via policies choose a gateway; reply_via always answers by the path a connection arrived on"),
+        (format!("{GW}{GW2}[[policy]]\nname = \"p\"\nroute_via = {{ isp1 = 3, isp2 = 1 }}\nsticky = \"1.5h\"\n[[policy]]\nname = \"q\"\nroute_via = [\"isp2\", \"isp1\"]\n"), ""),
+        ("[settings]\non_change = \"\"\n".into(), "bad.toml:2:13: settings.on_change: an empty command; expected a shell command like \"logger -t symroute $SYMROUTE_GATEWAY $SYMROUTE_NEW_STATE\" (or remove the key)"),
+        ("[settings]\non_change = [\"logger x\", 3]\n".into(), "bad.toml:2:13: settings.on_change: expected a shell command (a string) or a list of them, found integer"),
+        ("[settings]\non_change = [\"logger x\", \"/usr/local/bin/notify\"]\n".into(), ""),
         ("[[divert]]\nname = \"h\"\nprotocol = \"icmp\"\n".into(), "bad.toml:3:12: divert.protocol: transparent sockets exist only for tcp and udp, not icmp"),
         ("[settings]\nmark_mask = \"0x80000000\"\n[[divert]]\nname = \"h\"\n".into() , ""),
         (format!("[settings]\nmark_mask = \"0x03000000\"\n{GW}[[gateway]]\nname = \"isp2\"\ninterface = \"eth1\"\n"), "bad.toml:2:13: settings.mark_mask: 2 gateways and diverts need 4 mark values but mask 0x03000000 holds only 3; widen the mask"),

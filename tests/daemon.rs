@@ -896,3 +896,79 @@ fn a_failing_apply_backs_off_instead_of_looping() {
         d.log()
     );
 }
+
+/// CPU time (user + system) a process and its finished children have used so far.
+fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, and cutime, cstime: the `nft` children it waited for count too.
+    let ticks: u64 = f[11..15]
+        .iter()
+        .map(|x| x.parse::<u64>().expect("cpu ticks"))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_millis(ticks * 1000 / hz.max(1))
+}
+
+/// (10) A flap storm: up1 goes down and up 500 times in 10 s. The daemon keeps answering
+/// (a SIGHUP in the middle is taken in within the storm), uses a bounded share of one CPU
+/// (its reconciles are paced), and ends in the right state with traffic working.
+#[test]
+fn flap_storm_500_flaps_in_10s_stays_bounded_and_converges() {
+    let lab = lab();
+    let _services = services(&lab);
+    let mut d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    let cpu0 = cpu_time(d.pid());
+    let t0 = Instant::now();
+    // 100 bursts of 5 flaps, one every 100 ms.
+    let batch = "link set up1 down\nlink set up1 up\n".repeat(5);
+    let mut reload_seen = None;
+    for burst in 0..100u32 {
+        lab.fw
+            .sh(&format!("ip -batch - <<'EOF'\n{batch}EOF"))
+            .expect("5 flaps");
+        if burst == 50 {
+            let from = d.log().lines().count();
+            d.signal(libc::SIGHUP);
+            let sent = Instant::now();
+            while sent.elapsed() < Duration::from_secs(3) {
+                if d.log()
+                    .lines()
+                    .skip(from)
+                    .any(|l| l.contains("SIGHUP: reloading"))
+                {
+                    reload_seen = Some(sent.elapsed());
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        if burst < 99 {
+            let next = Duration::from_millis(100 * (u64::from(burst) + 1));
+            std::thread::sleep(next.saturating_sub(t0.elapsed()));
+        }
+    }
+    let storm = t0.elapsed();
+    let after = Instant::now();
+    d.wait_converged("after the flap storm");
+    let settle = after.elapsed();
+    let cpu = cpu_time(d.pid()) - cpu0;
+    let reconciles = d.log().lines().filter(|l| l.contains("reconciled")).count();
+    eprintln!(
+        "flap storm: 500 flaps in {storm:.1?}; {reconciles} reconciles; daemon CPU incl. nft children {cpu:.2?} ({:.0} % of one core); SIGHUP answered after {reload_seen:?}; converged {settle:.0?} after the last flap",
+        100.0 * cpu.as_secs_f64() / (storm + settle).as_secs_f64()
+    );
+    let reload = reload_seen.expect("the daemon must take in a SIGHUP during the storm");
+    assert!(reload < Duration::from_secs(1), "SIGHUP took {reload:?}");
+    assert!(
+        cpu.as_secs_f64() < 0.5 * (storm + settle).as_secs_f64(),
+        "the daemon used {cpu:?} of CPU in {:?}",
+        storm + settle
+    );
+    expect_traffic(&lab, "after the flap storm");
+    assert!(d.running(), "the daemon exited; log:\n{}", d.log());
+}

@@ -58,6 +58,29 @@ fn render(name: &str) -> String {
             g.state
         );
     }
+    for p in &p.policies {
+        let list: Vec<String> = p
+            .gateways
+            .iter()
+            .map(|g| {
+                let w = g.weight.map(|w| format!("={w}")).unwrap_or_default();
+                let on = if g.active { "" } else { " (inactive)" };
+                format!("{}{w}{on}", g.name)
+            })
+            .collect();
+        s += &format!(
+            "policy {} {} {} mark {} [{}]{}{}\n",
+            p.name,
+            p.kind,
+            p.gateway,
+            p.mark,
+            list.join(", "),
+            p.mode.map(|m| format!(" {m}")).unwrap_or_default(),
+            p.sticky_secs
+                .map(|t| format!(" sticky {t}s"))
+                .unwrap_or_default()
+        );
+    }
     s += "## nft\n";
     s += &p.nft;
     s += "## rules\n";
@@ -115,10 +138,21 @@ fn full() {
     check("full");
 }
 
+#[test]
+fn failover() {
+    check("failover");
+}
+
 /// Property: a plan compared with a kernel that holds exactly that plan needs no change.
 #[test]
 fn diff_of_applied_plan_is_empty() {
-    for name in ["two-isps-firewall", "proxy-relay", "haproxy-divert", "full"] {
+    for name in [
+        "two-isps-firewall",
+        "proxy-relay",
+        "haproxy-divert",
+        "full",
+        "failover",
+    ] {
         let path = format!("{}/examples/{name}.toml", env!("CARGO_MANIFEST_DIR"));
         let model = config::load(std::path::Path::new(&path)).unwrap();
         let mut host = host();

@@ -1,6 +1,7 @@
 //! Subcommands. Each one is a thin layer over the library: load the config, call
 //! `plan`/`kernel`, print for people or as JSON.
 
+mod daemon;
 mod lab;
 
 use std::io::Write;
@@ -106,6 +107,9 @@ enum Cmd {
         script: bool,
     },
     /// Make the kernel match the config. Idempotent; rolls back if any step fails.
+    ///
+    /// While `symroute run` runs in the namespace, the daemon switches to this config
+    /// instead (and with --confirm, goes back to its previous one unless confirmed).
     Apply {
         #[command(flatten)]
         config: ConfigArg,
@@ -147,6 +151,8 @@ enum Cmd {
     /// Foreign objects are never touched: a conflict is logged and retried on the next
     /// change. SIGHUP reloads the config (an invalid one is logged and the old one kept);
     /// SIGTERM/SIGINT exit 0, leaving the policy applied unless --remove-on-exit.
+    /// `symroute status`, `apply` and `confirm` talk to it over a unix socket in
+    /// /run/symroute; `[settings] on_change` commands run on gateway up/down changes.
     /// Speaks systemd's notify protocol and watchdog: see contrib/symroute.service.
     Run {
         #[command(flatten)]
@@ -167,13 +173,16 @@ enum Cmd {
         )]
         log_level: tracing_subscriber::filter::Targets,
     },
-    /// Gateways, policy counters and live connections per gateway.
+    /// Gateways, policy counters and live connections per gateway; with a running
+    /// `symroute run`, its live health (since, loss, round trip). Without -c, the
+    /// daemon's config.
     Status {
         #[command(flatten)]
         config: ConfigArg,
         #[command(flatten)]
         netns: NetnsArg,
-        /// Print as JSON (gateways[].name/.connections, policies[].name/.packets/.bytes)
+        /// Print as JSON (daemon.pid/.config/.started, gateways[].name/.state/.since/.loss/
+        /// .rtt_ms/.connections, policies[].name/.gateways[]/.packets/.bytes)
         #[arg(long)]
         json: bool,
     },
@@ -410,6 +419,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let _ = (inject_failure, abort_after);
             let m = config.load()?;
             netns.enter()?;
+            if let Some(code) = daemon::apply(&mut out, &config, Some(secs))? {
+                return Ok(code);
+            }
             let (report, token) = kernel::confirm::apply(&m, secs)?;
             print_gateways(&mut out, &report.plan)?;
             let Some(token) = token else {
@@ -439,6 +451,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let m = config.load()?;
             netns.enter()?;
+            let faults = inject_failure.is_some() || abort_after.is_some();
+            if !faults {
+                if let Some(code) = daemon::apply(&mut out, &config, None)? {
+                    return Ok(code);
+                }
+            }
             let report = kernel::apply::apply(
                 &m,
                 Faults {
@@ -451,6 +469,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Confirm { netns } => {
             netns.enter()?;
+            if daemon::confirm(&mut out)? {
+                return Ok(ExitCode::SUCCESS);
+            }
             if !kernel::confirm::confirm()? {
                 anyhow::bail!("nothing to confirm: no `apply --confirm` is pending here");
             }
@@ -463,6 +484,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Remove { netns } => {
             netns.enter()?;
             let changes = kernel::apply::remove()?;
+            symroute::daemon::control::remove_stale()?;
             if changes.is_empty() {
                 writeln!(out, "nothing to remove: symroute owns nothing here")?;
             } else {
@@ -484,6 +506,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .config
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+            // Absolute: `status` reads it from wherever it runs.
+            let path = std::path::absolute(&path)?;
             let model = config.load()?;
             // Before any thread exists: threads and children inherit the namespace.
             netns.enter()?;
@@ -499,13 +523,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             netns,
             json,
         } => {
-            let m = config.load()?;
             netns.enter()?;
+            let live = daemon::status();
+            // Without -c, the config the daemon runs.
+            let m = match (&config.config, &live) {
+                (None, Some(l)) => config::load(std::path::Path::new(&l.daemon.config))?,
+                _ => config.load()?,
+            };
             let observed = kernel::observe::observe()?;
             let plan = plan::build(&m, &observed.host);
             let applied =
                 observed.nft_fingerprint.as_deref() == Some(plan.nft_fingerprint.as_str());
-            let st = kernel::status::status(&plan, observed.nft_fingerprint.is_some())?;
+            let mut st = kernel::status::status(&plan, observed.nft_fingerprint.is_some())?;
+            if let Some(l) = &live {
+                daemon::overlay(&mut st, l);
+            }
             if json {
                 serde_json::to_writer_pretty(&mut out, &st)?;
                 writeln!(out)?;
@@ -520,24 +552,36 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             "applied, but differs from the config: run `symroute plan`",
                     }
                 )?;
-                writeln!(out, "gateways:")?;
-                for g in &st.gateways {
+                match &live {
+                    Some(l) => writeln!(
+                        out,
+                        "daemon: pid {}, config {}, started {}; {}",
+                        l.daemon.pid, l.daemon.config, l.daemon.started, l.summary
+                    )?,
+                    None => writeln!(out, "daemon: not running in this namespace")?,
+                }
+                if let Some(p) = live.as_ref().and_then(|l| l.pending_confirm.as_ref()) {
                     writeln!(
                         out,
-                        "  {:<16} {:<10} table {:<6} {:<40} {} connection(s)",
-                        g.name,
-                        g.interface,
-                        g.table,
-                        kernel::status::describe(&g.state),
-                        g.connections
+                        "pending: `apply --confirm`; back to {} at {} unless `symroute confirm`",
+                        p.previous_config, p.deadline
                     )?;
+                }
+                writeln!(out, "gateways:")?;
+                for g in &st.gateways {
+                    writeln!(out, "  {}", daemon::gateway_line(g))?;
                 }
                 writeln!(out, "policies:")?;
                 for p in &st.policies {
                     writeln!(
                         out,
                         "  {:<20} {} {:<12} mark {}  {} packet(s) {} byte(s) classified",
-                        p.name, p.kind, p.gateway, p.mark, p.packets, p.bytes
+                        p.name,
+                        p.kind,
+                        kernel::status::describe_gateways(&p.gateways),
+                        p.mark,
+                        p.packets,
+                        p.bytes
                     )?;
                 }
             }

@@ -12,11 +12,11 @@ use ipnet::IpNet;
 
 use diag::Locator;
 pub use diag::{ConfigError, Diagnostic};
-use raw::{RawConfig, RawMatch, Sp};
+use raw::{RawConfig, RawMatch, RawRouteVia, Sp};
 
 use crate::model::{
     Action, Divert, Gateway, GatewayIdx, IfName, MacAddr, MarkMask, Model, Name, PortRange,
-    Prefixes, Priority, Protocol, Selector, Settings, TableId,
+    Prefixes, Priority, Protocol, Route, RouteMode, Selector, Settings, TableId, Weight,
 };
 
 /// Where symroute looks when neither `-c` nor `SYMROUTE_CONFIG` says otherwise.
@@ -112,15 +112,14 @@ fn validate(raw: RawConfig, loc: &mut Locator) -> Model {
         let span = p.span();
         let p = p.get_ref();
         let name = checked_name(&p.name, "policy", &mut policy_names, loc);
-        let resolve = |r: &Sp<String>, key: &str, loc: &mut Locator| -> Option<GatewayIdx> {
-            let found = gateways.iter().position(|g| g.name.as_str() == r.get_ref());
+        let resolve = |name: &str, span: std::ops::Range<usize>, key: &str, loc: &mut Locator| {
+            let found = gateways.iter().position(|g| g.name.as_str() == name);
             if found.is_none() && gateways_ok {
                 let known: Vec<&str> = gateways.iter().map(|g| g.name.as_str()).collect();
                 loc.error(
-                    r.span(),
+                    span,
                     format!(
-                        "policy.{key}: no gateway named \"{}\" (defined gateways: {})",
-                        r.get_ref(),
+                        "policy.{key}: no gateway named \"{name}\" (defined gateways: {})",
                         if known.is_empty() {
                             "none".to_string()
                         } else {
@@ -132,8 +131,15 @@ fn validate(raw: RawConfig, loc: &mut Locator) -> Model {
             found.map(GatewayIdx)
         };
         let action = match (&p.reply_via, &p.route_via) {
-            (Some(r), None) => resolve(r, "reply_via", loc).map(Action::ReplyVia),
-            (None, Some(r)) => resolve(r, "route_via", loc).map(Action::RouteVia),
+            (Some(r), None) => {
+                if let Some(s) = &p.sticky {
+                    loc.error(s.span(), "policy.sticky: only route_via policies choose a gateway; reply_via always answers by the path a connection arrived on");
+                }
+                resolve(r.get_ref(), r.span(), "reply_via", loc).map(Action::ReplyVia)
+            }
+            (None, Some(r)) => {
+                validate_route(r, p.sticky.as_ref(), loc, resolve).map(Action::RouteVia)
+            }
             (Some(_), Some(r)) => {
                 loc.error(
                     r.span(),
@@ -198,6 +204,109 @@ fn validate(raw: RawConfig, loc: &mut Locator) -> Model {
     model
 }
 
+/// `route_via` (one name, a failover list or a table of weights) and `sticky`.
+fn validate_route(
+    r: &Sp<RawRouteVia>,
+    sticky: Option<&Sp<String>>,
+    loc: &mut Locator,
+    resolve: impl Fn(&str, std::ops::Range<usize>, &str, &mut Locator) -> Option<GatewayIdx>,
+) -> Option<Route> {
+    const KEY: &str = "route_via";
+    let mut ok = true;
+    let mut seen = BTreeSet::new();
+    let mut once = |name: &str, span: std::ops::Range<usize>, what: &str, loc: &mut Locator| {
+        if !seen.insert(name.to_string()) {
+            loc.error(
+                span.clone(),
+                format!(
+                    "policy.route_via: gateway \"{name}\" is {what} twice; name each gateway once"
+                ),
+            );
+            return None;
+        }
+        resolve(name, span, KEY, loc)
+    };
+    let mode = match r.get_ref() {
+        RawRouteVia::One(name) => RouteMode::Failover(vec![resolve(name, r.span(), KEY, loc)?]),
+        RawRouteVia::List(items) => {
+            if items.is_empty() {
+                loc.error(r.span(), "policy.route_via: the list is empty; name at least one gateway (the first usable one is taken)");
+                return None;
+            }
+            let mut list = Vec::new();
+            for item in items {
+                match item.get_ref() {
+                    toml::Value::String(name) => match once(name, item.span(), "listed", loc) {
+                        Some(g) => list.push(g),
+                        None => ok = false,
+                    },
+                    other => {
+                        loc.error(
+                            item.span(),
+                            format!(
+                                "policy.route_via: expected a gateway name, found {}",
+                                other.type_str()
+                            ),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            RouteMode::Failover(list)
+        }
+        RawRouteVia::Weights(items) => {
+            if items.is_empty() {
+                loc.error(r.span(), "policy.route_via: the table is empty; give each gateway a weight, e.g. { isp1 = 3, isp2 = 1 }");
+                return None;
+            }
+            let mut list = Vec::new();
+            for (name, w) in items {
+                let g = once(name.get_ref(), name.span(), "weighted", loc);
+                let weight = match w.get_ref() {
+                    toml::Value::Integer(i) => Weight::new(*i),
+                    _ => None,
+                };
+                if weight.is_none() {
+                    loc.error(w.span(), format!("policy.route_via: the weight of \"{}\" must be a whole number from 1 to {}", name.get_ref(), Weight::MAX));
+                }
+                match (g, weight) {
+                    (Some(g), Some(w)) => list.push((g, w)),
+                    _ => ok = false,
+                }
+            }
+            let total: u32 = list.iter().map(|(_, w)| w.get()).sum();
+            if total > 10_000 {
+                loc.error(r.span(), format!("policy.route_via: the weights add up to {total}; keep the sum at most 10000"));
+                ok = false;
+            }
+            RouteMode::Share(list)
+        }
+        RawRouteVia::Other(found) => {
+            loc.error(r.span(), format!("policy.route_via: expected a gateway name, a failover list like [\"isp1\", \"isp2\"] or weights like {{ isp1 = 3, isp2 = 1 }}, found {found}"));
+            return None;
+        }
+    };
+    let several = match &mode {
+        RouteMode::Failover(l) => l.len() > 1,
+        RouteMode::Share(l) => l.len() > 1,
+    };
+    let sticky = match sticky {
+        None => None,
+        Some(s) => match parse_duration(s.get_ref(), 24 * 3600) {
+            Some(d) if !d.is_zero() && !several => {
+                loc.error(s.span(), "policy.sticky: route_via names one gateway, so there is nothing to stick to; list several (a failover list or weights)");
+                None
+            }
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                loc.error(s.span(), format!("policy.sticky: \"{}\" is not a duration up to 24h (expected e.g. \"30s\", \"10m\" or \"1h\")", s.get_ref()));
+                None
+            }
+        },
+    };
+    ok.then_some(Route { mode, sticky })
+}
+
 fn validate_settings(s: &Sp<raw::RawSettings>, loc: &mut Locator) -> Settings {
     let s = s.get_ref();
     let mut out = Settings::default();
@@ -239,7 +348,36 @@ fn validate_settings(s: &Sp<raw::RawSettings>, loc: &mut Locator) -> Settings {
             Err(e) => loc.error(p.span(), format!("settings.first_priority: {e}")),
         }
     }
+    if let Some(v) = &s.on_change {
+        out.on_change = validate_on_change(v, loc);
+    }
     out.metrics = validate_metrics(s, loc);
+    out
+}
+
+/// `on_change = "CMD"` or `["CMD", …]`: non-empty shell commands.
+fn validate_on_change(v: &Sp<toml::Value>, loc: &mut Locator) -> Vec<String> {
+    let items: Vec<&toml::Value> = match v.get_ref() {
+        toml::Value::Array(a) => a.iter().collect(),
+        other => vec![other],
+    };
+    let mut out = Vec::new();
+    for item in items {
+        match item {
+            toml::Value::String(c) if !c.trim().is_empty() => out.push(c.clone()),
+            toml::Value::String(_) => loc.error(
+                v.span(),
+                "settings.on_change: an empty command; expected a shell command like \"logger -t symroute $SYMROUTE_GATEWAY $SYMROUTE_NEW_STATE\" (or remove the key)",
+            ),
+            other => loc.error(
+                v.span(),
+                format!(
+                    "settings.on_change: expected a shell command (a string) or a list of them, found {}",
+                    other.type_str()
+                ),
+            ),
+        }
+    }
     out
 }
 
@@ -300,24 +438,25 @@ fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {
             ),
         }
     }
-    let duration = |v: &Option<Sp<String>>, key: &str, default: u64, loc: &mut Locator| {
+    use crate::model::Check;
+    let duration = |v: &Option<Sp<String>>, key: &str, default, loc: &mut Locator| {
         let Some(v) = v else {
-            return std::time::Duration::from_millis(default);
+            return default;
         };
-        match parse_duration(v.get_ref()) {
+        match parse_duration(v.get_ref(), 3600) {
             Some(d) if !d.is_zero() => d,
             _ => {
                 loc.error(
                     v.span(),
                     format!("gateway.check.{key}: \"{}\" is not a duration (expected e.g. \"250ms\" or \"2s\")", v.get_ref()),
                 );
-                std::time::Duration::from_millis(default)
+                default
             }
         }
     };
-    let interval = duration(&c.interval, "interval", 250, loc);
-    let timeout = duration(&c.timeout, "timeout", 500, loc);
-    let (mut down_lost, mut down_window) = (3, 5);
+    let interval = duration(&c.interval, "interval", Check::DEFAULT_INTERVAL, loc);
+    let timeout = duration(&c.timeout, "timeout", Check::DEFAULT_TIMEOUT, loc);
+    let (mut down_lost, mut down_window) = Check::DEFAULT_DOWN;
     if let Some(d) = &c.down {
         let parsed = d.get_ref().split_once('/').and_then(|(a, b)| {
             Some((a.trim().parse::<u32>().ok()?, b.trim().parse::<u32>().ok()?))
@@ -330,7 +469,7 @@ fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {
             ),
         }
     }
-    let mut up = 5;
+    let mut up = Check::DEFAULT_UP;
     if let Some(u) = &c.up {
         match u32::try_from(*u.get_ref()) {
             Ok(n) if (1..=1000).contains(&n) => up = n,
@@ -340,7 +479,7 @@ fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {
             ),
         }
     }
-    crate::model::Check {
+    Check {
         targets,
         interval,
         timeout,
@@ -350,18 +489,23 @@ fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {
     }
 }
 
-/// `250ms`, `2s`, `1.5s`.
-fn parse_duration(t: &str) -> Option<std::time::Duration> {
+/// `250ms`, `2s`, `1.5s`, `10m`, `1h`, at most `max_secs`.
+fn parse_duration(t: &str, max_secs: u64) -> Option<std::time::Duration> {
     let t = t.trim();
     if let Some(ms) = t.strip_suffix("ms") {
         return ms
             .trim()
             .parse::<u64>()
             .ok()
+            .filter(|ms| *ms <= max_secs * 1000)
             .map(std::time::Duration::from_millis);
     }
-    let s = t.strip_suffix('s')?.trim().parse::<f64>().ok()?;
-    (s.is_finite() && (0.0..=3600.0).contains(&s)).then(|| std::time::Duration::from_secs_f64(s))
+    let (num, unit) = [("s", 1.0), ("m", 60.0), ("h", 3600.0)]
+        .into_iter()
+        .find_map(|(suffix, unit)| t.strip_suffix(suffix).map(|n| (n, unit)))?;
+    let s = num.trim().parse::<f64>().ok()? * unit;
+    (s.is_finite() && (0.0..=max_secs as f64).contains(&s))
+        .then(|| std::time::Duration::from_secs_f64(s))
 }
 
 fn parse_u32(t: &str) -> Option<u32> {

@@ -27,6 +27,8 @@ pub struct RawSettings {
     pub first_priority: Option<Sp<i64>>,
     pub metrics: Option<Sp<String>>,
     pub metrics_allow_remote: Option<Sp<bool>>,
+    /// `symroute run`: command(s) run on each gateway up/down change (string or list).
+    pub on_change: Option<Sp<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,7 +56,8 @@ pub struct RawCheck {
 pub struct RawPolicy {
     pub name: Sp<String>,
     pub reply_via: Option<Sp<String>>,
-    pub route_via: Option<Sp<String>>,
+    pub route_via: Option<Sp<RawRouteVia>>,
+    pub sticky: Option<Sp<String>>,
     #[serde(rename = "match")]
     pub matches: Option<Sp<RawMatch>>,
 }
@@ -79,4 +82,64 @@ pub struct RawMatch {
 pub struct RawDivert {
     pub name: Sp<String>,
     pub protocol: Option<Sp<toml::Value>>,
+}
+
+/// `route_via`: one gateway, an ordered failover list, or a table of share weights. Read
+/// by hand (not an untagged enum, which would lose the items' spans); item types are
+/// checked by `config::validate`, so its messages, not serde's, explain them.
+#[derive(Debug)]
+pub enum RawRouteVia {
+    One(String),
+    List(Vec<Sp<toml::Value>>),
+    Weights(Vec<(Sp<String>, Sp<toml::Value>)>),
+    /// Any other type, named as TOML names it.
+    Other(&'static str),
+}
+
+impl<'de> Deserialize<'de> for RawRouteVia {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawRouteVia;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a gateway name, a list of names, or a table of weights")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawRouteVia, E> {
+                Ok(RawRouteVia::One(v.to_string()))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<RawRouteVia, E> {
+                Ok(RawRouteVia::Other("integer"))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<RawRouteVia, E> {
+                Ok(RawRouteVia::Other("integer"))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<RawRouteVia, E> {
+                Ok(RawRouteVia::Other("float"))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<RawRouteVia, E> {
+                Ok(RawRouteVia::Other("boolean"))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawRouteVia, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(RawRouteVia::List(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawRouteVia, A::Error> {
+                let mut items = Vec::new();
+                while let Some(key) = map.next_key()? {
+                    items.push((key, map.next_value()?));
+                }
+                Ok(RawRouteVia::Weights(items))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }

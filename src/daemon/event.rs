@@ -1,5 +1,5 @@
 //! What wakes the daemon's actor. Every thread that watches something (the kernel
-//! monitor, the signal thread, and later the health probes) only sends `Event`s; the
+//! monitor, the signal thread, the health probes, the control socket) only sends `Event`s; the
 //! actor alone decides, and alone touches the kernel.
 
 use std::fmt;
@@ -25,7 +25,8 @@ pub enum Event {
         ok: bool,
         rtt: Option<std::time::Duration>,
     },
-    // Later slices: requests from the status socket arrive here too.
+    /// A request from the control socket (`symroute status`, `apply`, `confirm`).
+    Control(super::control::Call),
 }
 
 /// One batch of kernel notifications, read together by the monitor thread.

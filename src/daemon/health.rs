@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::event::Event;
-use crate::model::{Action, Check, GatewayIdx, Model, ProbeTarget};
+use crate::model::{Check, GatewayIdx, Model, ProbeTarget};
 use crate::plan::alloc;
 
 /// The last probes of one target, and whether it is judged down.
@@ -44,11 +44,6 @@ impl Window {
     pub fn lost(&self) -> u32 {
         self.results.iter().filter(|ok| !**ok).count() as u32
     }
-
-    /// How many results the window holds.
-    pub fn probes(&self) -> usize {
-        self.results.len()
-    }
 }
 
 /// Stops the probe threads when dropped.
@@ -67,69 +62,250 @@ pub fn spawn(model: &Model, tx: &Sender<Event>) -> io::Result<Probes> {
         let Some(check) = g.check.clone() else {
             continue;
         };
-        let uses = |route: bool| {
-            model.policies.iter().any(|p| match p.action {
-                Action::ReplyVia(x) => !route && x.index() == i,
-                Action::RouteVia(x) => route && x.index() == i,
-            })
-        };
-        let mark = if uses(true) {
+        let mark = if model.routes_via(GatewayIdx(i)) {
             alloc::route_mark(model, GatewayIdx(i)).bits()
-        } else if uses(false) {
+        } else if model.replies_via(GatewayIdx(i)) {
             alloc::reply_mark(model, GatewayIdx(i)).bits()
         } else {
             0
         };
-        let (name, dev) = (g.name.to_string(), g.interface.to_string());
-        let (tx, stop) = (tx.clone(), stop.clone());
+        let prober = Prober {
+            gateway: g.name.to_string(),
+            dev: g.interface.to_string(),
+            mark,
+            check,
+            tx: tx.clone(),
+            stop: stop.clone(),
+        };
         std::thread::Builder::new()
-            .name(format!("probe-{name}"))
-            .spawn(move || {
-                let mut seq: u16 = 0;
-                let mut next = Instant::now();
-                while !stop.load(Ordering::Relaxed) {
-                    for (t, target) in check.targets.iter().enumerate() {
-                        seq = seq.wrapping_add(1);
-                        let ok = probe(target, &dev, mark, check.timeout, seq).unwrap_or(false);
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let ev = Event::Health {
-                            gateway: name.clone(),
-                            target: t,
-                            ok,
-                            rtt: None,
-                        };
-                        if tx.send(ev).is_err() {
-                            return;
-                        }
-                    }
-                    next += check.interval;
-                    let now = Instant::now();
-                    if next > now {
-                        std::thread::sleep(next - now);
-                    } else {
-                        next = now;
-                    }
-                }
-            })?;
+            .name(format!("probe-{}", g.name))
+            .spawn(move || prober.run())?;
     }
     Ok(Probes(stop))
 }
 
-fn probe(
-    target: &ProbeTarget,
-    dev: &str,
+/// Longest a probe thread sleeps before looking at the stop flag again.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+/// One gateway's probe loop. Probes go out on a fixed schedule (every `interval`, all
+/// targets together) whether or not earlier ones were answered, each with its own
+/// deadline: a lost probe does not delay the next one, so detection time is
+/// `(down_lost - 1) * interval + timeout` and does not grow with the timeout.
+struct Prober {
+    gateway: String,
+    dev: String,
     mark: u32,
-    timeout: Duration,
-    seq: u16,
-) -> io::Result<bool> {
-    match target {
-        ProbeTarget::Icmp(a) => ping(*a, dev, mark, timeout, seq),
-        ProbeTarget::Tcp(s) => connect(*s, dev, mark, timeout),
+    check: Check,
+    tx: Sender<Event>,
+    stop: Arc<AtomicBool>,
+}
+
+/// A probe waiting for its answer.
+enum InFlight {
+    Echo {
+        target: usize,
+        seq: u16,
+        sent: Instant,
+    },
+    Connect {
+        target: usize,
+        fd: OwnedFd,
+        sent: Instant,
+    },
+}
+
+impl InFlight {
+    fn target(&self) -> usize {
+        match self {
+            InFlight::Echo { target, .. } | InFlight::Connect { target, .. } => *target,
+        }
+    }
+    fn sent(&self) -> Instant {
+        match self {
+            InFlight::Echo { sent, .. } | InFlight::Connect { sent, .. } => *sent,
+        }
     }
 }
 
+impl Prober {
+    fn run(self) {
+        // One echo socket per ICMP target, kept open (opened again after an error, e.g.
+        // while the interface is missing).
+        let mut echo: Vec<Option<EchoSocket>> = self.check.targets.iter().map(|_| None).collect();
+        let mut flying: Vec<InFlight> = Vec::new();
+        let mut seq: u16 = 0;
+        let mut next = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now >= next {
+                seq = seq.wrapping_add(1);
+                for (t, target) in self.check.targets.iter().enumerate() {
+                    match self.send(target, t, seq, &mut echo[t], now) {
+                        Ok(p) => flying.push(p),
+                        // Nothing went out (no route, interface gone): lost, now.
+                        Err(_) => {
+                            echo[t] = None;
+                            if !self.report(t, None) {
+                                return;
+                            }
+                        }
+                    }
+                }
+                next += self.check.interval;
+                if next < now {
+                    next = now + self.check.interval;
+                }
+            }
+            // Expired probes are lost.
+            let mut i = 0;
+            while i < flying.len() {
+                if now.duration_since(flying[i].sent()) >= self.check.timeout {
+                    let p = flying.swap_remove(i);
+                    if !self.report(p.target(), None) {
+                        return;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            let deadline = flying
+                .iter()
+                .map(|p| p.sent() + self.check.timeout)
+                .chain([next, now + STOP_POLL])
+                .min()
+                .unwrap_or(next);
+            match self.wait(&echo, &mut flying, deadline) {
+                Ok(results) => {
+                    for (t, rtt) in results {
+                        if !self.report(t, rtt) {
+                            return;
+                        }
+                    }
+                }
+                // poll itself failed (should not happen): don't spin.
+                Err(_) => std::thread::sleep(STOP_POLL),
+            }
+        }
+    }
+
+    /// Wait until `deadline` for answers; returns each finished probe's target and its
+    /// round trip (None: failed, e.g. a refused connect), removed from `flying`.
+    fn wait(
+        &self,
+        echo: &[Option<EchoSocket>],
+        flying: &mut Vec<InFlight>,
+        deadline: Instant,
+    ) -> io::Result<Vec<(usize, Option<Duration>)>> {
+        // A pollfd per open echo socket with a probe out, then per pending connect.
+        let mut fds = Vec::new();
+        let mut who = Vec::new();
+        for (t, s) in echo.iter().enumerate() {
+            let Some(s) = s else { continue };
+            if flying
+                .iter()
+                .any(|p| matches!(p, InFlight::Echo { target, .. } if *target == t))
+            {
+                fds.push(pollfd(s.fd.as_raw_fd(), libc::POLLIN));
+                who.push(Waiting::Echo(t));
+            }
+        }
+        for (i, p) in flying.iter().enumerate() {
+            if let InFlight::Connect { fd, .. } = p {
+                fds.push(pollfd(fd.as_raw_fd(), libc::POLLOUT));
+                who.push(Waiting::Connect(i));
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        let n = cvt(unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                left.as_millis().min(i32::MAX as u128) as i32,
+            )
+        })?;
+        let now = Instant::now();
+        // Index in `flying` → answered (Some(rtt)) or failed (None).
+        let mut finished: Vec<(usize, Option<Duration>)> = Vec::new();
+        if n > 0 {
+            for (p, w) in fds.iter().zip(&who) {
+                if p.revents == 0 {
+                    continue;
+                }
+                match *w {
+                    Waiting::Echo(t) => {
+                        let s = echo[t].as_ref().expect("polled sockets are open");
+                        for seq in s.answers() {
+                            let found = flying.iter().position(|f| {
+                                matches!(f, InFlight::Echo { target, seq: q, .. } if *target == t && *q == seq)
+                            });
+                            if let Some(i) = found {
+                                finished.push((i, Some(now.duration_since(flying[i].sent()))));
+                            }
+                        }
+                    }
+                    Waiting::Connect(i) => {
+                        if let InFlight::Connect { fd, sent, .. } = &flying[i] {
+                            let ok = connect_result(fd).unwrap_or(false);
+                            finished.push((i, ok.then(|| now.duration_since(*sent))));
+                        }
+                    }
+                }
+            }
+        }
+        // Remove from the back so the indices stay valid.
+        finished.sort_unstable_by_key(|x| std::cmp::Reverse(x.0));
+        finished.dedup_by_key(|x| x.0);
+        Ok(finished
+            .into_iter()
+            .map(|(i, rtt)| (flying.remove(i).target(), rtt))
+            .collect())
+    }
+
+    fn send(
+        &self,
+        target: &ProbeTarget,
+        t: usize,
+        seq: u16,
+        echo: &mut Option<EchoSocket>,
+        now: Instant,
+    ) -> io::Result<InFlight> {
+        match target {
+            ProbeTarget::Icmp(a) => {
+                if echo.is_none() {
+                    *echo = Some(EchoSocket::open(*a, &self.dev, self.mark)?);
+                }
+                let s = echo.as_ref().expect("opened above");
+                s.send(seq)?;
+                Ok(InFlight::Echo {
+                    target: t,
+                    seq,
+                    sent: now,
+                })
+            }
+            ProbeTarget::Tcp(s) => Ok(InFlight::Connect {
+                target: t,
+                fd: start_connect(*s, &self.dev, self.mark)?,
+                sent: now,
+            }),
+        }
+    }
+
+    /// Send one result to the actor; false when the daemon is gone or stopping.
+    fn report(&self, target: usize, rtt: Option<Duration>) -> bool {
+        if self.stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.tx
+            .send(Event::Health {
+                gateway: self.gateway.clone(),
+                target,
+                ok: rtt.is_some(),
+                rtt,
+            })
+            .is_ok()
+    }
+}
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -203,18 +379,6 @@ fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     (ss, len as libc::socklen_t)
 }
 
-fn wait(fd: &OwnedFd, events: i16, deadline: Instant) -> io::Result<bool> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    let mut p = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    let n = cvt(unsafe { libc::poll(&mut p, 1, left.as_millis() as i32) })?;
-    Ok(n > 0)
-}
-
 fn checksum(b: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for c in b.chunks(2) {
@@ -226,86 +390,120 @@ fn checksum(b: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// One ICMP echo; an unprivileged ping socket if allowed, a raw one otherwise.
-fn ping(a: IpAddr, dev: &str, mark: u32, timeout: Duration, seq: u16) -> io::Result<bool> {
-    let (domain, proto, req, rep) = match a {
-        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP, 8u8, 0u8),
-        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6, 128, 129),
-    };
-    let (fd, raw) = match socket(domain, libc::SOCK_DGRAM, proto) {
-        Ok(fd) => (fd, false),
-        Err(_) => (socket(domain, libc::SOCK_RAW, proto)?, true),
-    };
-    bind_path(&fd, dev, mark)?;
-    let id = (std::process::id() as u16) ^ 0x5359;
-    let mut pkt = [0u8; 16];
-    pkt[0] = req;
-    pkt[4..6].copy_from_slice(&id.to_be_bytes());
-    pkt[6..8].copy_from_slice(&seq.to_be_bytes());
-    pkt[8..16].copy_from_slice(b"symroute");
-    if domain == libc::AF_INET {
-        let c = checksum(&pkt);
-        pkt[2..4].copy_from_slice(&c.to_be_bytes());
-    }
-    let (ss, len) = sockaddr(SocketAddr::new(a, 0));
-    // SAFETY: buffer and address are valid for the given lengths.
-    cvt(unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            pkt.as_ptr().cast(),
-            pkt.len(),
-            0,
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        ) as i32
-    })?;
-    let deadline = Instant::now() + timeout;
-    let mut buf = [0u8; 1500];
-    while wait(&fd, libc::POLLIN, deadline)? {
-        // SAFETY: zeroed storage is a valid out-parameter.
-        let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let mut flen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        // SAFETY: buffers are valid for their lengths.
-        let n = unsafe {
-            libc::recvfrom(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-                (&mut from as *mut libc::sockaddr_storage).cast(),
-                &mut flen,
-            )
-        };
-        if n < 0 {
-            continue;
-        }
-        let mut msg = &buf[..n as usize];
-        if raw && domain == libc::AF_INET {
-            let ihl = usize::from(msg.first().copied().unwrap_or(0) & 0x0f) * 4;
-            if msg.len() < ihl + 8
-                || msg[12..16]
-                    != match a {
-                        IpAddr::V4(v4) => v4.octets(),
-                        IpAddr::V6(_) => [0; 4],
-                    }
-            {
-                continue;
-            }
-            msg = &msg[ihl..];
-        }
-        if msg.len() < 8 || msg[0] != rep || msg[6..8] != seq.to_be_bytes() {
-            continue;
-        }
-        if raw && msg[4..6] != id.to_be_bytes() {
-            continue;
-        }
-        return Ok(true);
-    }
-    Ok(false)
+enum Waiting {
+    Echo(usize),
+    Connect(usize),
 }
 
-/// One TCP connect: good when the handshake completes within the timeout.
-fn connect(s: SocketAddr, dev: &str, mark: u32, timeout: Duration) -> io::Result<bool> {
+fn pollfd(fd: i32, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    }
+}
+
+/// An ICMP echo socket for one target: an unprivileged ping socket if allowed, a raw
+/// one otherwise, bound to the gateway's interface and mark.
+struct EchoSocket {
+    fd: OwnedFd,
+    to: IpAddr,
+    raw: bool,
+    id: u16,
+}
+
+impl EchoSocket {
+    fn open(to: IpAddr, dev: &str, mark: u32) -> io::Result<EchoSocket> {
+        let (domain, proto) = match to {
+            IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+            IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+        };
+        let (fd, raw) = match socket(domain, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, proto) {
+            Ok(fd) => (fd, false),
+            Err(_) => (
+                socket(domain, libc::SOCK_RAW | libc::SOCK_NONBLOCK, proto)?,
+                true,
+            ),
+        };
+        bind_path(&fd, dev, mark)?;
+        // Ping sockets get their identifier from the kernel; raw ones carry ours, which
+        // differs per interface so two gateways probing one target tell their answers apart.
+        let id = dev
+            .bytes()
+            .fold((std::process::id() as u16) ^ 0x5359, |h, b| {
+                h.rotate_left(5) ^ u16::from(b)
+            });
+        Ok(EchoSocket { fd, to, raw, id })
+    }
+
+    fn send(&self, seq: u16) -> io::Result<()> {
+        let v4 = self.to.is_ipv4();
+        let mut pkt = [0u8; 16];
+        pkt[0] = if v4 { 8 } else { 128 };
+        pkt[4..6].copy_from_slice(&self.id.to_be_bytes());
+        pkt[6..8].copy_from_slice(&seq.to_be_bytes());
+        pkt[8..16].copy_from_slice(b"symroute");
+        if v4 {
+            // The kernel computes ICMPv6 checksums itself, not ICMPv4 ones on raw sockets.
+            let c = checksum(&pkt);
+            pkt[2..4].copy_from_slice(&c.to_be_bytes());
+        }
+        let (ss, len) = sockaddr(SocketAddr::new(self.to, 0));
+        // SAFETY: buffer and address are valid for the given lengths.
+        cvt(unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                pkt.as_ptr().cast(),
+                pkt.len(),
+                0,
+                (&ss as *const libc::sockaddr_storage).cast(),
+                len,
+            ) as i32
+        })?;
+        Ok(())
+    }
+
+    /// Sequence numbers of the echo replies waiting on the socket.
+    fn answers(&self) -> Vec<u16> {
+        let rep = if self.to.is_ipv4() { 0u8 } else { 129 };
+        let mut seqs = Vec::new();
+        let mut buf = [0u8; 1500];
+        loop {
+            // SAFETY: buffer valid for its length; the sender's address is not needed.
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                return seqs;
+            }
+            let mut msg = &buf[..n as usize];
+            if self.raw {
+                if let IpAddr::V4(v4) = self.to {
+                    // Raw IPv4 sockets see the IP header and every ICMP message.
+                    let ihl = usize::from(msg[0] & 0x0f) * 4;
+                    if msg.len() < ihl + 8 || msg[12..16] != v4.octets() {
+                        continue;
+                    }
+                    msg = &msg[ihl..];
+                }
+                if msg.len() < 8 || msg[4..6] != self.id.to_be_bytes() {
+                    continue;
+                }
+            }
+            if msg.len() >= 8 && msg[0] == rep {
+                seqs.push(u16::from_be_bytes([msg[6], msg[7]]));
+            }
+        }
+    }
+}
+
+/// Start a non-blocking TCP connect; `connect_result` tells how it ended.
+fn start_connect(s: SocketAddr, dev: &str, mark: u32) -> io::Result<OwnedFd> {
     let domain = if s.is_ipv4() {
         libc::AF_INET
     } else {
@@ -325,12 +523,14 @@ fn connect(s: SocketAddr, dev: &str, mark: u32, timeout: Duration) -> io::Result
     if r < 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Ok(false);
+            return Err(e);
         }
     }
-    if !wait(&fd, libc::POLLOUT, Instant::now() + timeout)? {
-        return Ok(false);
-    }
+    Ok(fd)
+}
+
+/// A connect that polled writable (or failed): good when the handshake completed.
+fn connect_result(fd: &OwnedFd) -> io::Result<bool> {
     let mut err: libc::c_int = 0;
     let mut l = 4 as libc::socklen_t;
     // SAFETY: err is a valid c_int out-parameter.

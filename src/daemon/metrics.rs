@@ -1,6 +1,7 @@
 //! Prometheus metrics of `symroute run`, opt-in with `[settings] metrics = "ADDR:PORT"`.
 //!
-//! The actor publishes what it knows (gateway states, probe results, failovers, reconcile
+//! The actor publishes what it knows (gateway states, and from its live gateway state the
+//! probes' loss and round trips and the failovers, as `status` shows them; reconcile
 //! durations) into a `Snapshot` behind a mutex, a few field updates per event. A thread of
 //! its own serves `GET /metrics`: it copies the snapshot, then does the live kernel reads
 //! itself (the policies' nft counters, conntrack entries per gateway mark), so neither a
@@ -19,7 +20,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::health;
+use super::gateways::LiveGateway;
 use crate::kernel::conntrack::Conntrack;
 use crate::kernel::status;
 use crate::plan::{GatewayPlan, GatewayState, Plan};
@@ -43,12 +44,6 @@ pub struct Snapshot {
     pub gateways: Vec<GatewaySnap>,
     /// The policies of the last successful reconcile, in config order.
     pub policies: Vec<PolicySnap>,
-    /// Up → down transitions per gateway since the daemon started.
-    pub failovers: BTreeMap<String, u64>,
-    /// The round trip of each checked gateway's last answered probe.
-    pub rtt: BTreeMap<String, Duration>,
-    /// Lost probes / probes in each checked gateway's windows (all its targets).
-    pub loss: BTreeMap<String, f64>,
     /// Durations of every reconcile (apply) the actor ran, failed ones included.
     pub reconcile: Histogram,
 }
@@ -59,9 +54,6 @@ impl Default for Snapshot {
             mark_mask: 0,
             gateways: Vec::new(),
             policies: Vec::new(),
-            failovers: BTreeMap::new(),
-            rtt: BTreeMap::new(),
-            loss: BTreeMap::new(),
             reconcile: Histogram::new(&RECONCILE_BUCKETS),
         }
     }
@@ -74,6 +66,12 @@ pub struct GatewaySnap {
     pub up: bool,
     /// Its reply and route marks: the conntrack marks of its connections.
     pub marks: Vec<u32>,
+    /// Mean round trip of its recent answered probes, in seconds (unknown: `None`).
+    pub rtt: Option<f64>,
+    /// Lost probes over its check window (`None` without checks).
+    pub loss: Option<f64>,
+    /// Up → down transitions since the daemon started.
+    pub failovers: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -157,8 +155,8 @@ impl Metrics {
         lock(&self.shared).reconcile.observe(took.as_secs_f64());
     }
 
-    /// A reconcile succeeded with `plan`; `went_down` are the gateways it took down.
-    pub fn applied(&self, plan: &Plan, went_down: &[GatewayPlan]) {
+    /// A reconcile succeeded with `plan`; `live` is the actor's live gateway state after it.
+    pub fn applied(&self, plan: &Plan, live: &[LiveGateway]) {
         let mut s = lock(&self.shared);
         s.mark_mask = plan.mark_mask.bits();
         s.gateways = plan.gateways.iter().map(gateway_snap).collect();
@@ -170,31 +168,21 @@ impl Metrics {
                 counter: p.counter.clone(),
             })
             .collect();
-        for g in went_down {
-            *s.failovers.entry(g.name.clone()).or_default() += 1;
-        }
-        // Probe figures of gateways no longer configured (after a reload) go.
-        let names: Vec<String> = s.gateways.iter().map(|g| g.name.clone()).collect();
-        s.rtt.retain(|n, _| names.contains(n));
-        s.loss.retain(|n, _| names.contains(n));
+        note_live(&mut s, live);
     }
 
-    /// A probe result of `gateway`: its round trip when answered, and the gateway's
-    /// windows after the actor noted it (`None`: not a checked gateway).
-    pub fn probed(&self, gateway: &str, rtt: Option<Duration>, windows: Option<&[health::Window]>) {
-        let Some(windows) = windows else {
-            return;
-        };
-        let mut s = lock(&self.shared);
-        if let Some(rtt) = rtt {
-            s.rtt.insert(gateway.to_string(), rtt);
-        }
-        let (lost, seen) = windows.iter().fold((0u64, 0u64), |(l, n), w| {
-            (l + u64::from(w.lost()), n + w.probes() as u64)
-        });
-        if seen > 0 {
-            s.loss
-                .insert(gateway.to_string(), lost as f64 / seen as f64);
+    /// A probe result changed the live gateway state (loss, round trips).
+    pub fn probed(&self, live: &[LiveGateway]) {
+        note_live(&mut lock(&self.shared), live);
+    }
+}
+
+fn note_live(s: &mut Snapshot, live: &[LiveGateway]) {
+    for g in &mut s.gateways {
+        if let Some(l) = live.iter().find(|l| l.name == g.name) {
+            g.rtt = l.rtt_ms.map(|ms| ms / 1e3);
+            g.loss = l.loss;
+            g.failovers = l.failovers;
         }
     }
 }
@@ -208,6 +196,9 @@ fn gateway_snap(g: &GatewayPlan) -> GatewaySnap {
             .flatten()
             .map(|m| m.bits())
             .collect(),
+        rtt: None,
+        loss: None,
+        failovers: 0,
     }
 }
 
@@ -364,20 +355,20 @@ pub fn render(s: &Snapshot, live: &Live) -> String {
     out.per_gateway(
         "symroute_probe_rtt_seconds",
         "gauge",
-        "Round trip of the gateway's last answered health probe.",
-        each(&|g| s.rtt.get(&g.name).map(|r| float(r.as_secs_f64()))),
+        "Mean round trip of the gateway's recent answered health probes (the last 10).",
+        each(&|g| g.rtt.map(float)),
     );
     out.per_gateway(
         "symroute_probe_loss_ratio",
         "gauge",
-        "Lost health probes over the probes in the gateway's current windows (all its targets).",
-        each(&|g| s.loss.get(&g.name).map(|l| float(*l))),
+        "Lost health probes over the gateway's check window (all its targets).",
+        each(&|g| g.loss.map(float)),
     );
     out.per_gateway(
         "symroute_failovers_total",
         "counter",
         "Times the gateway went from up to down since the daemon started.",
-        each(&|g| Some(s.failovers.get(&g.name).copied().unwrap_or(0).to_string())),
+        each(&|g| Some(g.failovers.to_string())),
     );
     out.per_gateway(
         "symroute_connections",
@@ -485,11 +476,17 @@ mod tests {
                     name: "isp1".into(),
                     up: true,
                     marks: vec![0x0100_0000],
+                    rtt: Some(0.0015),
+                    loss: Some(0.2),
+                    failovers: 0,
                 },
                 GatewaySnap {
                     name: "we\"ird\\gw\nx".into(),
                     up: false,
                     marks: vec![],
+                    rtt: None,
+                    loss: None,
+                    failovers: 2,
                 },
             ],
             policies: vec![PolicySnap {
@@ -498,10 +495,6 @@ mod tests {
             }],
             ..Snapshot::default()
         };
-        s.failovers.insert("we\"ird\\gw\nx".into(), 2);
-        s.rtt.insert("isp1".into(), Duration::from_micros(1500));
-        s.loss.insert("isp1".into(), 0.2);
-        s.rtt.insert("gone".into(), Duration::from_millis(1));
         for v in [0.003, 0.02, 0.02, 30.0] {
             s.reconcile.observe(v);
         }
@@ -523,10 +516,10 @@ mod tests {
 # TYPE symroute_gateway_up gauge
 symroute_gateway_up{gateway="isp1"} 1
 symroute_gateway_up{gateway="we\"ird\\gw\nx"} 0
-# HELP symroute_probe_rtt_seconds Round trip of the gateway's last answered health probe.
+# HELP symroute_probe_rtt_seconds Mean round trip of the gateway's recent answered health probes (the last 10).
 # TYPE symroute_probe_rtt_seconds gauge
 symroute_probe_rtt_seconds{gateway="isp1"} 0.0015
-# HELP symroute_probe_loss_ratio Lost health probes over the probes in the gateway's current windows (all its targets).
+# HELP symroute_probe_loss_ratio Lost health probes over the gateway's check window (all its targets).
 # TYPE symroute_probe_loss_ratio gauge
 symroute_probe_loss_ratio{gateway="isp1"} 0.2
 # HELP symroute_failovers_total Times the gateway went from up to down since the daemon started.
@@ -641,21 +634,19 @@ symroute_reconcile_duration_seconds_count 4
     }
 
     #[test]
-    fn applied_counts_failovers_and_forgets_gone_gateways() {
+    fn applied_takes_the_plan_and_the_live_state() {
         let m = Metrics::start(None).unwrap();
         m.reconciled(Duration::from_millis(20));
-        lock(&m.shared)
-            .rtt
-            .insert("gone".into(), Duration::from_millis(1));
         let text = include_str!("../../examples/two-isps-firewall.toml");
         let model = crate::config::parse_str(text, "t.toml").unwrap();
         let plan = crate::plan::build(&model, &crate::plan::HostView::default());
-        m.applied(&plan, &plan.gateways[..1]);
+        let live = super::super::gateways::Live::default().snapshot(&model, &BTreeMap::new());
+        m.applied(&plan, &live);
         let s = lock(&m.shared).clone();
-        assert_eq!(s.failovers.get("isp1"), Some(&1));
-        assert!(s.rtt.is_empty());
         assert_eq!(s.reconcile.count, 1);
         assert_eq!(s.gateways.len(), 2);
         assert_eq!(s.policies.len(), 2);
+        assert_eq!((s.gateways[0].failovers, s.gateways[0].rtt), (0, None));
+        assert!(!s.gateways[0].up, "no links in an empty host view");
     }
 }

@@ -9,7 +9,8 @@
 //! - `monitor`: rtnetlink and nftables notifications (its own sockets, apart from the
 //!   request socket), one event per burst;
 //! - `signals`: SIGHUP (reload), SIGTERM/SIGINT (exit);
-//! - later slices add health probes (their results are events too) and a status socket.
+//! - `health`: probe results;
+//! - `control`: requests from `symroute status`/`apply`/`confirm` on a unix socket.
 //!
 //! Events only mark the state dirty; `debounce` decides when to reconcile (a quiet
 //! period, and a maximum delay from the first event). After an apply that changed
@@ -21,10 +22,13 @@
 //! The process must already be in its network namespace (`kernel::netns::enter`): every
 //! thread and child starts from this one and inherits it.
 
+pub mod control;
 pub mod debounce;
 pub mod event;
 mod flush;
+pub mod gateways;
 pub mod health;
+pub mod hooks;
 pub mod log;
 pub mod metrics;
 mod monitor;
@@ -34,7 +38,7 @@ pub mod systemd;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
@@ -112,7 +116,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
     signals
         .spawn(tx.clone())
         .map_err(io_error("starting the signal thread"))?;
-    let probes = health::spawn(&opts.model, &tx).map_err(io_error("starting the health probes"))?;
+    let _control = control::Listener::spawn(tx.clone())?;
     let metrics = metrics::Metrics::start(opts.model.settings.metrics)
         .map_err(io_error("serving metrics"))?;
 
@@ -131,13 +135,22 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         last_conflicts: Vec::new(),
         reload_failed: false,
         tx,
-        probes: Some(probes),
+        probes: None,
         windows: BTreeMap::new(),
         health_down: BTreeMap::new(),
         metrics,
+        started: SystemTime::now(),
+        live: gateways::Live::default(),
+        pending: None,
+        hooks: hooks::Hooks::default(),
+        netns: opts.netns,
     };
     // At startup, any failure is fatal (exit 1), conflicts included: as `symroute apply`.
     let report = d.attempt(&Why::Start)?;
+    // Probes start once the gateways' routes are in place: one sent before would take
+    // the main table and count as lost.
+    d.probes =
+        Some(health::spawn(&d.model, &d.tx).map_err(io_error("starting the health probes"))?);
     d.settled(&report);
     d.systemd.ready(&d.status());
     d.run_loop(rx)
@@ -200,16 +213,28 @@ struct Daemon {
     health_down: BTreeMap<String, String>,
     /// What the metrics thread serves.
     metrics: metrics::Metrics,
+    started: SystemTime,
+    /// Each gateway's state, since, failovers, round trips (for status and hooks).
+    live: gateways::Live,
+    /// An `apply --confirm` through the control socket, not confirmed yet.
+    pending: Option<control::PendingConfirm>,
+    hooks: hooks::Hooks,
+    netns: Option<String>,
 }
 
 impl Daemon {
     fn run_loop(&mut self, rx: Receiver<Event>) -> Result<(), DaemonError> {
         loop {
             let now = Instant::now();
-            let wake = [self.due_at(now), self.retry_at, self.systemd.next_ping()]
-                .into_iter()
-                .flatten()
-                .min();
+            let wake = [
+                self.due_at(now),
+                self.retry_at,
+                self.systemd.next_ping(),
+                self.confirm_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let first = next_event(&rx, wake, now)?;
             // Take in everything already queued before deciding: a burst read while the
             // last reconcile ran is one change, not many.
@@ -226,21 +251,25 @@ impl Daemon {
                         ok,
                         rtt,
                     } => {
+                        self.live.note_rtt(&gateway, rtt);
                         self.health(&gateway, target, ok);
-                        let windows = self.windows.get(&gateway).map(Vec::as_slice);
-                        self.metrics.probed(&gateway, rtt, windows);
+                        self.metrics
+                            .probed(&self.live.snapshot(&self.model, &self.windows));
                     }
+                    Event::Control(call) => self.control(call),
                 }
             }
             let now = Instant::now();
             self.systemd.ping_if_due(now);
             if reload {
                 self.reload();
+            } else if self.confirm_deadline().is_some_and(|t| t <= now) {
+                self.confirm_expired();
             } else if self.retry_at.is_some_and(|t| t <= now) {
-                self.reconcile(Why::Retry);
+                let _ = self.reconcile(Why::Retry);
             } else if self.due_at(now).is_some_and(|t| t <= now) {
                 if let Some(p) = self.debounce.take_due(now) {
-                    self.reconcile(Why::Changes(p));
+                    let _ = self.reconcile(Why::Changes(p));
                 }
             }
         }
@@ -265,6 +294,7 @@ impl Daemon {
         let took = started.elapsed().as_millis();
         let went_down = flush::went_down(&self.gateways, &report.plan.gateways);
         self.log_gateways(&report.plan, matches!(why, Why::Start));
+        self.gateways_observed(&report.plan);
         let lines = report.changes.summary();
         if lines.is_empty() {
             let msg = format!("reconciled {reason}: no changes ({took} ms)");
@@ -294,7 +324,10 @@ impl Daemon {
         }
         // After the apply that took them out: their connections re-establish elsewhere.
         flush::flush_routed(&went_down, report.plan.mark_mask);
-        self.metrics.applied(&report.plan, &went_down);
+        self.metrics.applied(
+            &report.plan,
+            &self.live.snapshot(&self.model, &self.windows),
+        );
         Ok(report)
     }
 
@@ -306,8 +339,9 @@ impl Daemon {
         self.status = summary(&report.plan);
     }
 
-    /// A reconcile inside the loop: failures are logged and retried, never fatal.
-    fn reconcile(&mut self, why: Why) {
+    /// A reconcile inside the loop: failures are logged and retried, never fatal. Returns
+    /// the changes made, or what went wrong.
+    fn reconcile(&mut self, why: Why) -> Result<Vec<String>, String> {
         // Pending changes are covered by this reconcile, whatever triggered it.
         let why = match (why, self.debounce.take()) {
             (Why::Changes(p), Some(q)) => Why::Changes(Pending {
@@ -319,8 +353,11 @@ impl Daemon {
             }),
             (why, _) => why,
         };
-        match self.attempt(&why) {
-            Ok(report) => self.settled(&report),
+        let result = match self.attempt(&why) {
+            Ok(report) => {
+                self.settled(&report);
+                Ok(report.changes.summary())
+            }
             Err(KernelError::Conflicts(conflicts)) => {
                 let texts: Vec<String> = conflicts.iter().map(|c| one_line(&c.0)).collect();
                 if texts != self.last_conflicts {
@@ -335,9 +372,14 @@ impl Daemon {
                     "not applied: {} conflict(s) with foreign objects (see the log)",
                     texts.len()
                 );
+                let msg = format!(
+                    "not applied, foreign objects are in the way:\n{}",
+                    texts.join("\n")
+                );
                 self.last_conflicts = texts;
                 // A conflict is resolved by someone changing the kernel: that is an event.
                 self.retry_at = None;
+                Err(msg)
             }
             Err(e) => {
                 let delay = self.backoff.failed();
@@ -352,9 +394,11 @@ impl Daemon {
                     delay.as_secs()
                 );
                 self.retry_at = Some(Instant::now() + delay);
+                Err(e.to_string())
             }
-        }
+        };
         self.systemd.status(&self.status());
+        result
     }
 
     fn reload(&mut self) {
@@ -362,17 +406,7 @@ impl Daemon {
         info!("SIGHUP: reloading {}", self.config.display());
         match config::load(&self.config) {
             Ok(model) => {
-                self.probes = None;
-                self.windows.clear();
-                self.health_down.clear();
-                match health::spawn(&model, &self.tx) {
-                    Ok(p) => self.probes = Some(p),
-                    Err(e) => error!("could not start the health probes: {e}"),
-                }
-                self.model = model;
-                self.reload_failed = false;
-                self.last_conflicts.clear();
-                self.reconcile(Why::Reload);
+                let _ = self.switch_to(self.config.clone(), model);
             }
             Err(e) => {
                 for line in e.to_string().lines() {
@@ -382,6 +416,29 @@ impl Daemon {
             }
         }
         self.systemd.ready(&self.status());
+    }
+
+    /// Make `model` (read from `path`) the config and apply it. Gateways whose name and
+    /// check are unchanged keep their health windows and verdicts; the probes restart
+    /// (their marks may have changed).
+    fn switch_to(&mut self, path: PathBuf, model: Model) -> Result<Vec<String>, String> {
+        self.probes = None;
+        gateways::carry_over(
+            &self.model,
+            &model,
+            &mut self.windows,
+            &mut self.health_down,
+            &mut self.live,
+        );
+        match health::spawn(&model, &self.tx) {
+            Ok(p) => self.probes = Some(p),
+            Err(e) => error!("could not start the health probes: {e}"),
+        }
+        self.model = model;
+        self.config = path;
+        self.reload_failed = false;
+        self.last_conflicts.clear();
+        self.reconcile(Why::Reload)
     }
 
     fn stop(&mut self, sig: &str) -> Result<(), DaemonError> {

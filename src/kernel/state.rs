@@ -64,6 +64,11 @@ pub fn pending_path() -> Result<PathBuf, KernelError> {
     Ok(PathBuf::from(DIR).join(format!("netns-{}.confirm.json", super::netns::cookie()?)))
 }
 
+/// Where a running `symroute run` of this namespace listens (see `daemon::control`).
+pub fn socket_path() -> Result<PathBuf, KernelError> {
+    Ok(PathBuf::from(DIR).join(format!("netns-{}.sock", super::netns::cookie()?)))
+}
+
 /// Held while applying or removing, so two symroute runs in one namespace never
 /// interleave their steps. Released when dropped (or when the process dies).
 pub struct Lock(#[allow(dead_code)] std::fs::File);

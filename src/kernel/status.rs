@@ -3,14 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{cmd, observe, KernelError};
-use crate::plan::{GatewayState, Plan};
+use crate::plan::{GatewayState, Plan, PolicyGateway};
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub applied: bool,
+    /// The `symroute run` of this namespace, when its control socket answered.
+    pub daemon: Option<DaemonInfo>,
     pub gateways: Vec<GatewayStatus>,
     pub policies: Vec<PolicyStatus>,
 }
@@ -20,9 +22,27 @@ pub struct GatewayStatus {
     pub name: String,
     pub interface: String,
     pub table: u32,
-    pub state: GatewayState,
+    /// "up" or "down" ("up" includes partly up; `reason` says what is missing).
+    pub state: String,
+    pub reason: Option<String>,
     /// Live conntrack entries whose mark carries one of this gateway's decisions.
     pub connections: u64,
+    /// From the daemon (null without one): since when in this state (RFC 3339 UTC),
+    /// lost probes over the check window (0.0–1.0), mean round trip of recent good
+    /// probes, up→down transitions. loss/rtt_ms are null for gateways without checks.
+    pub since: Option<String>,
+    pub loss: Option<f64>,
+    pub rtt_ms: Option<f64>,
+    pub failovers: Option<u64>,
+}
+
+/// Who is running: `symroute run`'s pid, config file and start time (RFC 3339 UTC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    pub pid: u32,
+    pub config: String,
+    pub started: String,
+    pub started_unix: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -31,6 +51,9 @@ pub struct PolicyStatus {
     pub kind: &'static str,
     pub gateway: String,
     pub mark: String,
+    /// Every gateway of the policy, with weight (shares) and whether it takes new
+    /// connections now.
+    pub gateways: Vec<PolicyGateway>,
     /// Packets and bytes of the connections' first packets this policy classified.
     pub packets: u64,
     pub bytes: u64,
@@ -56,8 +79,13 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
                 name: g.name.clone(),
                 interface: g.interface.clone(),
                 table: g.table.id(),
-                state: g.state.clone(),
+                state: state_and_reason(&g.state).0.into(),
+                reason: state_and_reason(&g.state).1,
                 connections,
+                since: None,
+                loss: None,
+                rtt_ms: None,
+                failovers: None,
             }
         })
         .collect();
@@ -71,6 +99,7 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
                 kind: p.kind,
                 gateway: p.gateway.clone(),
                 mark: p.mark.to_string(),
+                gateways: p.gateways.clone(),
                 packets,
                 bytes,
             }
@@ -78,6 +107,7 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
         .collect();
     Ok(Status {
         applied,
+        daemon: None,
         gateways,
         policies,
     })
@@ -161,11 +191,32 @@ pub fn count_marks(text: &str, mask: u32) -> BTreeMap<u32, u64> {
     out
 }
 
-/// Gateway states as reported by the plan, for people.
-pub fn describe(state: &GatewayState) -> String {
+/// A plan's gateway state as status reports it: "up" (partly up included, with the
+/// missing family as the reason) or "down", and why.
+pub fn state_and_reason(state: &GatewayState) -> (&'static str, Option<String>) {
     match state {
-        GatewayState::Up => "up".into(),
-        GatewayState::Partial(why) => format!("partly up: {why}"),
-        GatewayState::Down(why) => format!("down: {why}"),
+        GatewayState::Up => ("up", None),
+        GatewayState::Partial(why) => ("up", Some(format!("partly up: {why}"))),
+        GatewayState::Down(why) => ("down", Some(why.clone())),
     }
+}
+
+/// A policy's gateways in one line: `isp1`, or `isp1=3 isp2=1 (isp2 not used now)`.
+pub fn describe_gateways(gateways: &[PolicyGateway]) -> String {
+    let mut names: Vec<String> = gateways
+        .iter()
+        .map(|g| match g.weight {
+            Some(w) => format!("{}={w}", g.name),
+            None => g.name.clone(),
+        })
+        .collect();
+    let idle: Vec<&str> = gateways
+        .iter()
+        .filter(|g| !g.active)
+        .map(|g| g.name.as_str())
+        .collect();
+    if !idle.is_empty() {
+        names.push(format!("({} not used now)", idle.join(", ")));
+    }
+    names.join(" ")
 }

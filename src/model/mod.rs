@@ -28,7 +28,11 @@ pub struct Settings {
     pub first_table: TableId,
     pub first_priority: Priority,
     /// Where `symroute run` serves Prometheus metrics (off when `None`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// `symroute run`: shell commands run on every gateway up/down change.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub on_change: Vec<String>,
 }
 
 impl Default for Settings {
@@ -38,6 +42,7 @@ impl Default for Settings {
             first_table: TableId::new(42000).expect("constant table is valid"),
             first_priority: Priority::new(3000).expect("constant priority is valid"),
             metrics: None,
+            on_change: Vec::new(),
         }
     }
 }
@@ -91,6 +96,19 @@ pub struct Check {
     pub up: u32,
 }
 
+impl Check {
+    /// Defaults, tuned together: probes every 150 ms, each judged lost after 450 ms, a
+    /// target down after 7 of its last 10 are lost. A dead path is declared down about
+    /// 6 × 150 + 450 ≈ 1.4 s after it dies (at most ~1.5 s, under the 2 s promised); with
+    /// 5 % loss in each direction (~10 % of probes lost) a false "down" needs 7 of 10
+    /// lost, about once in 130,000 probes (every 5 hours); `3/5` every 250 ms would
+    /// flap about every 30 s.
+    pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(150);
+    pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(450);
+    pub const DEFAULT_DOWN: (u32, u32) = (7, 10);
+    pub const DEFAULT_UP: u32 = 5;
+}
+
 impl Gateway {
     /// IPv4 is served with a next hop, or on a point-to-point link named without any.
     pub fn serves_v4(&self) -> bool {
@@ -108,13 +126,78 @@ impl Gateway {
 }
 
 /// What a policy does with the connections it selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", content = "gateway", rename_all = "snake_case")]
 pub enum Action {
     /// Replies to connections that arrive matching leave via the gateway.
     ReplyVia(GatewayIdx),
-    /// New connections that match (forwarded or local) leave via the gateway.
-    RouteVia(GatewayIdx),
+    /// New connections that match (forwarded or local) leave via one of the route's
+    /// gateways; the connection keeps it for its whole life.
+    RouteVia(Route),
+}
+
+impl Action {
+    /// Every gateway the action may send traffic through.
+    pub fn gateways(&self) -> Vec<GatewayIdx> {
+        match self {
+            Action::ReplyVia(g) => vec![*g],
+            Action::RouteVia(r) => r.gateways(),
+        }
+    }
+}
+
+/// How a `route_via` policy picks the gateway of a new connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    pub mode: RouteMode,
+    /// Sticky per source address: a source keeps the gateway it was last given for this
+    /// long after its last new connection (only with more than one gateway).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<std::time::Duration>,
+}
+
+/// Never empty, gateways never repeated (the validator makes them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteMode {
+    /// The first usable gateway of the list; `route_via = "isp1"` is a list of one.
+    Failover(Vec<GatewayIdx>),
+    /// New connections are shared among the usable gateways by weight.
+    Share(Vec<(GatewayIdx, Weight)>),
+}
+
+impl Route {
+    /// A single gateway, no stickiness: `route_via = "NAME"`.
+    pub fn one(g: GatewayIdx) -> Route {
+        Route {
+            mode: RouteMode::Failover(vec![g]),
+            sticky: None,
+        }
+    }
+    /// The gateways in the order written.
+    pub fn gateways(&self) -> Vec<GatewayIdx> {
+        match &self.mode {
+            RouteMode::Failover(l) => l.clone(),
+            RouteMode::Share(l) => l.iter().map(|(g, _)| *g).collect(),
+        }
+    }
+}
+
+/// A share weight, 1..=1000.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct Weight(u16);
+
+impl Weight {
+    pub const MAX: u16 = 1000;
+    pub fn new(w: i64) -> Option<Weight> {
+        u16::try_from(w)
+            .ok()
+            .filter(|w| (1..=Self::MAX).contains(w))
+            .map(Weight)
+    }
+    pub fn get(self) -> u32 {
+        u32::from(self.0)
+    }
 }
 
 /// Prefixes split by family; normalized (host bits checked, covered entries dropped, sorted).
@@ -210,5 +293,18 @@ pub struct Model {
 impl Model {
     pub fn gateway(&self, idx: GatewayIdx) -> &Gateway {
         &self.gateways[idx.0]
+    }
+    /// Some `reply_via` policy answers through gateway `idx`.
+    pub fn replies_via(&self, idx: GatewayIdx) -> bool {
+        self.policies
+            .iter()
+            .any(|p| p.action == Action::ReplyVia(idx))
+    }
+    /// Some `route_via` policy may send new connections through gateway `idx`.
+    pub fn routes_via(&self, idx: GatewayIdx) -> bool {
+        self.policies.iter().any(|p| match &p.action {
+            Action::RouteVia(r) => r.gateways().contains(&idx),
+            Action::ReplyVia(_) => false,
+        })
     }
 }

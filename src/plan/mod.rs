@@ -17,7 +17,7 @@ use serde::Serialize;
 pub use host::{HostView, Link};
 pub use objects::{RouteKind, RouteSpec, RuleAction, RuleSpec, RT_PROTO};
 
-use crate::model::{Action, Family, GatewayIdx, Mark, Model, Priority, TableId};
+use crate::model::{Action, Family, GatewayIdx, Mark, Model, Priority, RouteMode, TableId};
 
 /// Why a gateway's routes are not in its table yet. Its rules stay, so traffic simply
 /// falls through to the main table until a later apply (or the daemon) completes it.
@@ -47,10 +47,58 @@ pub struct PolicyPlan {
     pub name: String,
     /// `reply_via` or `route_via`.
     pub kind: &'static str,
+    /// The gateway new connections take now (`route_via` shares: the first active one).
     pub gateway: String,
     pub mark: Mark,
     /// The nft named counter counting the connections this policy classified.
     pub counter: String,
+    /// Every gateway of the policy in the order written, with its weight (shares only)
+    /// and whether new connections go there now.
+    pub gateways: Vec<PolicyGateway>,
+    /// `failover` or `share` (`route_via` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// Sticky per source: seconds a source keeps its gateway.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sticky_secs: Option<f64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PolicyGateway {
+    pub name: String,
+    pub mark: Mark,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    pub active: bool,
+}
+
+/// Which of a route's gateways new connections take, given each gateway's state (by
+/// index): a failover list takes its first gateway that is not down (a partial one
+/// counts as usable), or the first when all are down; a share takes every gateway that
+/// is not down, or all of them when all are. Weights are `None` for failover.
+pub fn active_gateways(
+    route: &crate::model::Route,
+    states: &[GatewayState],
+) -> Vec<(GatewayIdx, Option<u32>)> {
+    let down = |g: &GatewayIdx| matches!(states[g.index()], GatewayState::Down(_));
+    match &route.mode {
+        RouteMode::Failover(list) => {
+            let g = list.iter().find(|g| !down(g)).unwrap_or(&list[0]);
+            vec![(*g, None)]
+        }
+        RouteMode::Share(list) => {
+            let up: Vec<_> = list
+                .iter()
+                .filter(|(g, _)| !down(g))
+                .map(|(g, w)| (*g, Some(w.get())))
+                .collect();
+            if up.is_empty() {
+                list.iter().map(|(g, w)| (*g, Some(w.get()))).collect()
+            } else {
+                up
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,13 +123,6 @@ pub struct Plan {
 /// Build the desired kernel state. Pure: the same model and host view give the same plan.
 pub fn build(model: &Model, host: &HostView) -> Plan {
     let mask = model.settings.mark_mask;
-    let uses = |want_reply: bool, i: usize| {
-        model.policies.iter().any(|p| match p.action {
-            Action::ReplyVia(g) => want_reply && g.index() == i,
-            Action::RouteVia(g) => !want_reply && g.index() == i,
-        })
-    };
-
     let gateways: Vec<GatewayPlan> = model
         .gateways
         .iter()
@@ -90,29 +131,22 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             name: g.name.to_string(),
             interface: g.interface.to_string(),
             table: alloc::gateway_table(model, GatewayIdx(i)),
-            reply_mark: uses(true, i).then(|| alloc::reply_mark(model, GatewayIdx(i))),
-            route_mark: uses(false, i).then(|| alloc::route_mark(model, GatewayIdx(i))),
+            reply_mark: model
+                .replies_via(GatewayIdx(i))
+                .then(|| alloc::reply_mark(model, GatewayIdx(i))),
+            route_mark: model
+                .routes_via(GatewayIdx(i))
+                .then(|| alloc::route_mark(model, GatewayIdx(i))),
             state: gateway_state(g, host),
         })
         .collect();
+    let states: Vec<GatewayState> = gateways.iter().map(|g| g.state.clone()).collect();
 
     let policies = model
         .policies
         .iter()
         .enumerate()
-        .map(|(i, p)| {
-            let (kind, gw, mark) = match p.action {
-                Action::ReplyVia(g) => ("reply_via", g, alloc::reply_mark(model, g)),
-                Action::RouteVia(g) => ("route_via", g, alloc::route_mark(model, g)),
-            };
-            PolicyPlan {
-                name: p.name.to_string(),
-                kind,
-                gateway: model.gateway(gw).name.to_string(),
-                mark,
-                counter: nft::counter_name(i, p.name.as_str()),
-            }
-        })
+        .map(|(i, p)| policy_plan(model, &states, i, p))
         .collect::<Vec<_>>();
 
     let divert = (!model.diverts.is_empty())
@@ -231,7 +265,7 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     }
 
     let sysctls = sysctls(model, host);
-    let (nft, nft_fingerprint) = nft::render(model, &gateways, divert.map(|d| d.0));
+    let (nft, nft_fingerprint) = nft::render(model, &gateways, &policies, divert.map(|d| d.0));
 
     Plan {
         mark_mask: mask,
@@ -245,6 +279,68 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         sysctls,
         priorities,
         tables,
+    }
+}
+
+fn policy_plan(
+    model: &Model,
+    states: &[GatewayState],
+    i: usize,
+    p: &crate::model::Policy,
+) -> PolicyPlan {
+    let entry = |g: GatewayIdx, mark: Mark, weight: Option<u32>, active: bool| PolicyGateway {
+        name: model.gateway(g).name.to_string(),
+        mark,
+        weight,
+        active,
+    };
+    let (kind, gateways, mode, sticky) = match &p.action {
+        Action::ReplyVia(g) => (
+            "reply_via",
+            vec![entry(*g, alloc::reply_mark(model, *g), None, true)],
+            None,
+            None,
+        ),
+        Action::RouteVia(r) => {
+            let active = active_gateways(r, states);
+            let weights: Vec<Option<u32>> = match &r.mode {
+                RouteMode::Failover(l) => vec![None; l.len()],
+                RouteMode::Share(l) => l.iter().map(|(_, w)| Some(w.get())).collect(),
+            };
+            let list = r
+                .gateways()
+                .into_iter()
+                .zip(weights)
+                .map(|(g, w)| {
+                    let on = active.iter().any(|(a, _)| *a == g);
+                    entry(g, alloc::route_mark(model, g), w, on)
+                })
+                .collect();
+            let mode = match r.mode {
+                RouteMode::Failover(_) => "failover",
+                RouteMode::Share(_) => "share",
+            };
+            (
+                "route_via",
+                list,
+                Some(mode),
+                r.sticky.map(|d| d.as_secs_f64()),
+            )
+        }
+    };
+    let first: &PolicyGateway = gateways
+        .iter()
+        .find(|g| g.active)
+        .expect("a policy always has an active gateway");
+    PolicyPlan {
+        name: p.name.to_string(),
+        kind,
+        gateway: first.name.clone(),
+        mark: first.mark,
+        counter: nft::counter_name(i, p.name.as_str()),
+        gateways,
+        mode,
+        sticky_secs: sticky,
     }
 }
 
@@ -469,5 +565,129 @@ impl SysctlWant {
                 (all.max(cur) == 1).then(|| "2".to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod route_tests {
+    use super::*;
+    use crate::config::parse_str;
+
+    const GWS: &str = "[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n\
+        [[gateway]]\nname=\"b\"\ninterface=\"e1\"\nvia=\"192.0.2.2\"\n\
+        [[gateway]]\nname=\"c\"\ninterface=\"e2\"\nvia=\"192.0.2.3\"\n";
+
+    fn route(route_via: &str) -> crate::model::Route {
+        let cfg = format!("{GWS}[[policy]]\nname=\"p\"\nroute_via={route_via}\n");
+        match parse_str(&cfg, "t.toml").expect("valid").policies[0]
+            .action
+            .clone()
+        {
+            Action::RouteVia(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// States of gateways a, b, c: 'u' up, 'p' partial, 'd' down.
+    fn states(s: &str) -> Vec<GatewayState> {
+        s.chars()
+            .map(|c| match c {
+                'u' => GatewayState::Up,
+                'p' => GatewayState::Partial("v6".into()),
+                _ => GatewayState::Down("test".into()),
+            })
+            .collect()
+    }
+
+    fn active(route_via: &str, st: &str) -> Vec<(usize, Option<u32>)> {
+        active_gateways(&route(route_via), &states(st))
+            .into_iter()
+            .map(|(g, w)| (g.index(), w))
+            .collect()
+    }
+
+    #[test]
+    fn failover_takes_the_first_gateway_not_down() {
+        let list = r#"["b", "a", "c"]"#;
+        assert_eq!(active(list, "uuu"), [(1, None)]);
+        assert_eq!(active(list, "udu"), [(0, None)]);
+        assert_eq!(active(list, "dpu"), [(1, None)], "partial counts as usable");
+        assert_eq!(active(list, "ddu"), [(2, None)]);
+        assert_eq!(active(list, "ddd"), [(1, None)], "all down: the first");
+        assert_eq!(active(r#""c""#, "uud"), [(2, None)]);
+    }
+
+    #[test]
+    fn share_takes_every_gateway_not_down_or_all() {
+        let w = "{ a = 3, b = 1, c = 2 }";
+        assert_eq!(active(w, "uuu"), [(0, Some(3)), (1, Some(1)), (2, Some(2))]);
+        assert_eq!(active(w, "udp"), [(0, Some(3)), (2, Some(2))]);
+        assert_eq!(active(w, "ddu"), [(2, Some(2))]);
+        assert_eq!(active(w, "ddd"), [(0, Some(3)), (1, Some(1)), (2, Some(2))]);
+    }
+
+    fn host(up: &[&str]) -> HostView {
+        let mut h = HostView::default();
+        for (i, name) in ["e0", "e1", "e2"].iter().enumerate() {
+            h.links.insert(
+                name.to_string(),
+                Link {
+                    up: up.contains(name),
+                    addrs: vec![format!("192.0.2.{}/24", 10 + i).parse().unwrap()],
+                },
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn policy_plan_lists_gateways_and_the_active_ones() {
+        let cfg = format!("{GWS}[[policy]]\nname=\"p\"\nroute_via={{ a = 3, b = 1 }}\nsticky=\"1m\"\n[[policy]]\nname=\"q\"\nroute_via=[\"a\",\"c\"]\n");
+        let model = parse_str(&cfg, "t.toml").unwrap();
+        let plan = build(&model, &host(&["e1", "e2"]));
+        let p = &plan.policies[0];
+        assert_eq!(
+            (p.gateway.as_str(), p.mode, p.sticky_secs),
+            ("b", Some("share"), Some(60.0))
+        );
+        let shown: Vec<_> = p
+            .gateways
+            .iter()
+            .map(|g| (g.name.as_str(), g.weight, g.active))
+            .collect();
+        assert_eq!(shown, [("a", Some(3), false), ("b", Some(1), true)]);
+        let q = &plan.policies[1];
+        assert_eq!(
+            (q.gateway.as_str(), q.mark.to_string()),
+            ("c", "0x06000000".to_string())
+        );
+        // Every gateway of a route_via has its route mark and rule, active or not.
+        assert!(plan.gateways.iter().all(|g| g.route_mark.is_some()));
+        assert_eq!(
+            plan.rules
+                .iter()
+                .filter(|r| r.fwmark.is_some_and(|(v, _)| v != 0))
+                .count(),
+            3
+        );
+        // One gateway left in the share: no random pick, no sticky sets.
+        assert!(plan.nft.contains("chain set_p0 {\n\t\tcounter name \"p0_p\" ct mark set ct mark and 0x00ffffff or 0x04000000;\n\t}"), "{}", plan.nft);
+        assert!(
+            !plan.nft.contains("numgen") && !plan.nft.contains("sticky_"),
+            "{}",
+            plan.nft
+        );
+
+        let plan = build(&model, &host(&["e0", "e1", "e2"]));
+        assert!(
+            plan.nft.contains(
+                "numgen random mod 4 vmap { 0-2 : goto pick_p0_2000000, 3 : goto pick_p0_4000000 }"
+            ),
+            "{}",
+            plan.nft
+        );
+        assert!(plan.nft.contains("\tset sticky_p0_4000000_6 {\n\t\ttype ipv6_addr\n\t\tflags dynamic,timeout\n\t\ttimeout 60s\n\t}"), "{}", plan.nft);
+        assert!(plan.nft.contains("ip saddr @sticky_p0_2000000_4 update @sticky_p0_2000000_4 { ip saddr } goto ctmark_2000000"), "{}", plan.nft);
+        assert!(plan.nft.contains("chain set_p1 {\n\t\tcounter name \"p1_q\" ct mark set ct mark and 0x00ffffff or 0x02000000;"), "{}", plan.nft);
     }
 }

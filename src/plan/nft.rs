@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 
 use crate::model::{Action, Family, Mark, MarkMask, Model, Prefixes, Selector};
 
-use super::GatewayPlan;
+use super::{GatewayPlan, PolicyGateway, PolicyPlan};
 
 pub const TABLE: &str = "symroute";
 
@@ -43,7 +43,12 @@ fn divert_counter_name(index: usize, name: &str) -> String {
 }
 
 /// Render the table and its fingerprint (FNV-1a of the text, stored as the table comment).
-pub fn render(model: &Model, gateways: &[GatewayPlan], divert: Option<Mark>) -> (String, String) {
+pub fn render(
+    model: &Model,
+    gateways: &[GatewayPlan],
+    policies: &[PolicyPlan],
+    divert: Option<Mark>,
+) -> (String, String) {
     let mask = model.settings.mark_mask;
     let mut sets = String::new();
     let mut counters = String::new();
@@ -64,17 +69,17 @@ pub fn render(model: &Model, gateways: &[GatewayPlan], divert: Option<Mark>) -> 
     // Each policy's decision lives in its own chain (count, then store the decision);
     // classification chains reach it by `goto`, so the first match ends classification.
     let mut chains = String::new();
-    for (i, p) in model.policies.iter().enumerate() {
-        let c = counter_name(i, p.name.as_str());
-        let _ = writeln!(counters, "\tcounter {c} {{ }}");
-        let mark = match p.action {
-            Action::ReplyVia(g) => super::alloc::reply_mark(model, g),
-            Action::RouteVia(g) => super::alloc::route_mark(model, g),
-        };
+    let mut ct_marks = std::collections::BTreeSet::new();
+    for (i, (p, pp)) in model.policies.iter().zip(policies).enumerate() {
+        let _ = writeln!(counters, "\tcounter {} {{ }}", pp.counter);
+        decision_chains(i, p, pp, mask, &mut sets, &mut chains, &mut ct_marks);
+    }
+    for m in ct_marks {
         let _ = writeln!(
             chains,
-            "\tchain set_p{i} {{\n\t\tcounter name \"{c}\" {};\n\t}}",
-            set_mark("ct", mask, mark)
+            "\tchain ctmark_{:x} {{\n\t\t{};\n\t}}",
+            m.bits(),
+            set_mark("ct", mask, m)
         );
     }
     // A policy's own rules (and named sets) are rendered only if some chain needs them.
@@ -203,6 +208,105 @@ pub fn render(model: &Model, gateways: &[GatewayPlan], divert: Option<Mark>) -> 
         "table inet {TABLE} {{\n\tcomment \"symroute {fp}\"\n\tchain fingerprint_{fp} {{\n\t}}\n{body}}}\n"
     );
     (text, fp)
+}
+
+/// Policy `i`'s `set_pI` chain: count the connection, then store the decision in the
+/// conntrack mark. One active gateway: its mark, in one rule. Several (a share):
+/// `numgen random mod TOTAL` picks one by weight through a verdict map whose ranges are
+/// the weights, each entry a `goto ctmark_V` (shared one-line chains that set the ct
+/// mark bits). Sticky per source puts, before the pick, one lookup per active gateway
+/// and family in a dynamic set of sources remembered for it (`update` refreshes the
+/// timeout); a fresh pick goes through `pick_pI_gJ`, which remembers the source.
+fn decision_chains(
+    i: usize,
+    p: &crate::model::Policy,
+    pp: &PolicyPlan,
+    mask: MarkMask,
+    sets: &mut String,
+    chains: &mut String,
+    ct_marks: &mut std::collections::BTreeSet<Mark>,
+) {
+    let c = &pp.counter;
+    let active: Vec<&PolicyGateway> = pp.gateways.iter().filter(|g| g.active).collect();
+    if let [one] = active.as_slice() {
+        let _ = writeln!(
+            chains,
+            "\tchain set_p{i} {{\n\t\tcounter name \"{c}\" {};\n\t}}",
+            set_mark("ct", mask, one.mark)
+        );
+        return;
+    }
+    let sticky = match &p.action {
+        Action::RouteVia(r) => r.sticky,
+        Action::ReplyVia(_) => None,
+    };
+    let set_name = |g: &PolicyGateway, fam: &str| format!("sticky_p{i}_{:x}_{fam}", g.mark.bits());
+    let mut rules = vec![format!("counter name \"{c}\"")];
+    let mut picks = String::new();
+    for g in &active {
+        ct_marks.insert(g.mark);
+        let Some(timeout) = sticky else { continue };
+        let mut remember = Vec::new();
+        for (fam, ip, ty) in [("4", "ip", "ipv4_addr"), ("6", "ip6", "ipv6_addr")] {
+            let set = set_name(g, fam);
+            let _ = writeln!(
+                sets,
+                "\tset {set} {{\n\t\ttype {ty}\n\t\tflags dynamic,timeout\n\t\ttimeout {}\n\t}}",
+                nft_duration(timeout)
+            );
+            let update = format!("update @{set} {{ {ip} saddr }}");
+            rules.push(format!(
+                "{ip} saddr @{set} {update} goto ctmark_{:x}",
+                g.mark.bits()
+            ));
+            let nfproto = if fam == "4" { "ipv4" } else { "ipv6" };
+            remember.push(format!("meta nfproto {nfproto} {update}"));
+        }
+        let _ = writeln!(
+            picks,
+            "\tchain pick_p{i}_{:x} {{\n\t\t{}\n\t\tgoto ctmark_{:x}\n\t}}",
+            g.mark.bits(),
+            remember.join("\n\t\t"),
+            g.mark.bits()
+        );
+    }
+    let target = |g: &PolicyGateway| match sticky {
+        Some(_) => format!("goto pick_p{i}_{:x}", g.mark.bits()),
+        None => format!("goto ctmark_{:x}", g.mark.bits()),
+    };
+    // Failover never has more than one active gateway; every active share has a weight.
+    let total: u32 = active.iter().map(|g| g.weight.unwrap_or(1)).sum();
+    let mut from = 0;
+    let mut entries = Vec::new();
+    for g in &active {
+        let to = from + g.weight.unwrap_or(1) - 1;
+        let key = if from == to {
+            from.to_string()
+        } else {
+            format!("{from}-{to}")
+        };
+        entries.push(format!("{key} : {}", target(g)));
+        from = to + 1;
+    }
+    rules.push(format!(
+        "numgen random mod {total} vmap {{ {} }}",
+        entries.join(", ")
+    ));
+    let _ = writeln!(chains, "\tchain set_p{i} {{");
+    for r in &rules {
+        let _ = writeln!(chains, "\t\t{r}");
+    }
+    *chains += "\t}\n";
+    *chains += &picks;
+}
+
+/// nft time: whole seconds as `Ns`, anything finer as `Nms`.
+fn nft_duration(d: std::time::Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 /// The selector kinds that can share one verdict map across consecutive policies: a

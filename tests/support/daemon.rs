@@ -1,8 +1,9 @@
-//! A running `symroute run -c FILE --netns NS` (the real binary) with its stderr
-//! collected; killed on drop, which then runs `symroute remove` in the namespace.
+//! A running `symroute run -c FILE --netns NS` for the end-to-end tests: stderr is
+//! collected (and echoed), and on drop it is stopped with SIGTERM (so it removes its
+//! control socket; SIGKILL if it hangs), then `symroute remove` runs and its files go.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,21 +14,26 @@ use super::symroute;
 
 pub struct Daemon<'a> {
     pub ns: &'a Netns,
-    child: Child,
-    dir: PathBuf,
+    pub child: Child,
+    /// Its temp directory: the config file and anything the test puts there.
+    pub dir: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl<'a> Daemon<'a> {
-    /// Starts the daemon with `config` (debug logging, no systemd), without waiting.
-    pub fn start(ns: &'a Netns, config: &str) -> Daemon<'a> {
-        let dir = std::env::temp_dir().join(format!(
-            "symroute-daemon-{}-{}",
-            std::process::id(),
-            ns.name()
-        ));
+    /// A fresh temp directory for a daemon in `ns` (for files the config names).
+    pub fn dir_for(ns: &Netns) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("symroute-run-{}-{}", std::process::id(), ns.name()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    /// Starts the daemon with `config` in `Daemon::dir_for(ns)` and waits for its first
+    /// apply.
+    pub fn start(ns: &'a Netns, config: &str) -> Daemon<'a> {
+        let dir = Self::dir_for(ns);
         let path = dir.join("symroute.toml");
         std::fs::write(&path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_symroute"))
@@ -45,24 +51,36 @@ impl<'a> Daemon<'a> {
         let stderr = child.stderr.take().expect("piped stderr");
         let log: Arc<Mutex<Vec<String>>> = Arc::default();
         {
-            let log = log.clone();
+            let (log, tag) = (log.clone(), ns.name().to_string());
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    eprintln!("  [run] {line}");
+                    eprintln!("  [run {tag}] {line}");
                     log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
                 }
             });
         }
-        Daemon {
+        let d = Daemon {
             ns,
             child,
             dir,
             log,
-        }
+        };
+        d.wait_log("reconciled at startup", Duration::from_secs(10));
+        d
     }
 
-    /// Everything it logged so far.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("symroute.toml")
+    }
+
+    /// Writes `text` to `name` in the daemon's directory; its path.
+    pub fn file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, text).expect("write file");
+        p
+    }
+
     pub fn log(&self) -> String {
         self.log
             .lock()
@@ -70,28 +88,52 @@ impl<'a> Daemon<'a> {
             .join("\n")
     }
 
-    /// Waits until a logged line contains `needle`; the line.
-    pub fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        self.wait_log_count(needle, 1, timeout);
+    }
+
+    /// Waits until `needle` occurs `n` times in the log.
+    pub fn wait_log_count(&self, needle: &str, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(l) = self.log().lines().find(|l| l.contains(needle)) {
-                return l.to_string();
-            }
+        while self.log().matches(needle).count() < n {
             assert!(
                 Instant::now() < deadline,
-                "the daemon did not log {needle:?} within {timeout:?}; log:\n{}",
+                "the daemon did not log {needle:?} {n} time(s) within {timeout:?}; log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
 }
 
 impl Drop for Daemon<'_> {
     fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = symroute(&["remove", "--netns", self.ns.name()]);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `symroute ARGS... -c PATH --netns NS`.
+pub fn with_config<'p>(args: &[&'p str], path: &'p Path, ns: &'p Netns) -> super::Run {
+    let path = path.to_str().expect("utf-8 path");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["-c", path, "--netns", ns.name()]);
+    symroute(&all)
 }

@@ -241,6 +241,9 @@ impl Conds {
             Match::Unknown(s) => self
                 .problems
                 .push(format!("`{s}` has no symroute match key")),
+            Match::Numgen { .. } => self.problems.push(format!(
+                "`{m}`: a random share is written as route_via weights, not as a match"
+            )),
         }
     }
 

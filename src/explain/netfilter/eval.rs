@@ -492,6 +492,9 @@ impl<'a> Eval<'a> {
         }
         let mut verdict = rule.verdict.clone();
         if let Verdict::Vmap(v) = &rule.verdict {
+            if let Some(share) = share_note(v) {
+                notes.push(share);
+            }
             let mut chosen = None;
             for e in &v.entries {
                 match self.test(&e.key) {
@@ -671,6 +674,18 @@ impl<'a> Eval<'a> {
                 ));
             }
             Stmt::Counter | Stmt::Log => {}
+            Stmt::SetUpdate { set, key } => {
+                // `ip saddr` carries an implicit `meta nfproto ipv4` (and `ip6` likewise).
+                let other = match self.ctx.family {
+                    Family::Inet4 => "ip6 ",
+                    Family::Inet6 => "ip ",
+                };
+                if !key.starts_with(other) {
+                    notes.push(format!(
+                        "remembers this packet's {key} in dynamic set @{set} (a later lookup there matches it until the set's timeout)"
+                    ));
+                }
+            }
             Stmt::Unknown(t) => {
                 self.uncertain = true;
                 notes.push(format!("statement not modelled: `{t}`"));
@@ -787,9 +802,31 @@ impl<'a> Eval<'a> {
                 Some(false) => c.socket == LocalSocket::Plain,
             }),
             Match::Nfproto { family } => tri(*family == c.family),
+            // The first branch of a random share stands for all of them (see the note).
+            Match::Numgen { values, .. } => tri(values.iter().any(|(a, _)| *a == 0)),
             Match::Unknown(_) => Tri::Maybe,
         }
     }
+}
+
+/// A verdict map on `numgen random`: each branch's share of the packets, and which one
+/// the trace follows.
+fn share_note(v: &super::ir::Vmap) -> Option<String> {
+    let mut shares = Vec::new();
+    for e in &v.entries {
+        let Match::Numgen { modulus, values } = &e.key else {
+            return None;
+        };
+        let n: u32 = values.iter().map(|(a, b)| b.saturating_sub(*a) + 1).sum();
+        let pct = f64::from(n) * 100.0 / f64::from((*modulus).max(1));
+        shares.push(format!("{pct:.0}% {}", e.verdict));
+    }
+    (!shares.is_empty()).then(|| {
+        format!(
+            "random share of new connections: {}; this trace follows the first",
+            shares.join(", ")
+        )
+    })
 }
 
 /// nft `eth*` / iptables `eth+` (stored as `*`) are prefix wildcards; `\*` is a literal star.

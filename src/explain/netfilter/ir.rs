@@ -478,6 +478,12 @@ pub enum Match {
     Nfproto {
         family: Family,
     },
+    /// `numgen random mod MODULUS` is in one of the inclusive ranges: a random share.
+    /// Evaluated as if the number drawn were 0 (the first branch of a share's map).
+    Numgen {
+        modulus: u32,
+        values: Vec<(u32, u32)>,
+    },
     /// Anything else, as text. Makes the rule "maybe": assumed not to match.
     Unknown(String),
 }
@@ -747,6 +753,12 @@ pub enum Stmt {
     Tproxy(NatTo),
     Counter,
     Log,
+    /// `update @SET { KEY }`: adds the packet's KEY to a dynamic set (or refreshes its
+    /// timeout). Changes nothing about this packet.
+    SetUpdate {
+        set: String,
+        key: String,
+    },
     Unknown(String),
 }
 
@@ -938,6 +950,10 @@ impl fmt::Display for Match {
                 None => f.write_str("socket exists"),
             },
             Match::Nfproto { family } => write!(f, "meta nfproto {family}"),
+            Match::Numgen { modulus, values } => {
+                let items: Vec<String> = values.iter().map(|r| range_str(r, false)).collect();
+                write!(f, "numgen random mod {modulus} {}", list(&items))
+            }
             Match::Unknown(s) => f.write_str(s),
         }
     }
@@ -955,6 +971,7 @@ impl fmt::Display for Stmt {
             Stmt::Tproxy(t) => write!(f, "tproxy to {t}"),
             Stmt::Counter => f.write_str("counter"),
             Stmt::Log => f.write_str("log"),
+            Stmt::SetUpdate { set, key } => write!(f, "update @{set} {{ {key} }}"),
             Stmt::Unknown(s) => f.write_str(s),
         }
     }

@@ -453,6 +453,15 @@ impl<'a> Ctx<'a> {
                 },
                 "counter" => stmts.push(Stmt::Counter),
                 "log" => stmts.push(Stmt::Log),
+                "set" if matches!(v["op"].as_str(), Some("update" | "add")) => {
+                    match v["set"].as_str().and_then(|n| n.strip_prefix('@')) {
+                        Some(set) => stmts.push(Stmt::SetUpdate {
+                            set: set.to_string(),
+                            key: render(&v["elem"], Ctxt::of(&v["elem"])),
+                        }),
+                        None => stmts.push(Stmt::Unknown(render_stmt(e))),
+                    }
+                }
                 "accept" => verdict = Verdict::Accept,
                 "drop" | "reject" => verdict = Verdict::Drop,
                 "return" => verdict = Verdict::Return,
@@ -695,6 +704,21 @@ impl<'a> Ctx<'a> {
                     ("th", 16, 16) => self.payload_match("th", "dport", eq_ne()?, right, cmp),
                     _ => None,
                 }
+            }
+            "numgen" => {
+                let offset = lv.get("offset").and_then(Value::as_u64).unwrap_or(0);
+                if lv.get("mode")?.as_str()? != "random" || offset != 0 || eq_ne()? != Op::Eq {
+                    return None;
+                }
+                let modulus = u32::try_from(lv.get("mod")?.as_u64()?).ok()?;
+                let values = items()?
+                    .into_iter()
+                    .map(|v| match v.get("range") {
+                        Some(r) => Some((num_u32(&r[0])?, num_u32(&r[1])?)),
+                        None => num_u32(v).map(|n| (n, n)),
+                    })
+                    .collect::<Option<_>>()?;
+                Some(vec![Match::Numgen { modulus, values }])
             }
             "socket" => {
                 if lv.get("key")?.as_str()? != "transparent" {

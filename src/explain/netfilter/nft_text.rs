@@ -156,7 +156,7 @@ pub fn from_symroute_nft_text(text: &str) -> Result<Ruleset, ParseError> {
                     );
                     block = Block::Table;
                 }
-                ["type", ..] | ["flags", ..] => {}
+                ["type", ..] | ["flags", ..] | ["timeout", _] => {}
                 ["elements", "=", "{", .., "}"] => {
                     *elems = split_commas(&toks[3..toks.len() - 1]);
                 }
@@ -264,6 +264,8 @@ enum Key {
     Port(bool),
     Proto,
     Mark(MarkKey, u32),
+    /// `numgen random mod N`.
+    Numgen(u32),
 }
 
 impl<'a> RuleParser<'a> {
@@ -392,6 +394,21 @@ impl<'a> RuleParser<'a> {
                 protos: vals
                     .iter()
                     .map(|t| proto_number(t.text()).ok_or_else(|| bad("a protocol", t)))
+                    .collect::<Result<_, _>>()?,
+            },
+            Key::Numgen(modulus) => Match::Numgen {
+                modulus,
+                values: vals
+                    .iter()
+                    .map(|t| {
+                        let s = t.text();
+                        match s.split_once('-') {
+                            Some((a, b)) => a.parse().ok().zip(b.parse().ok()),
+                            None => s.parse().ok().map(|v| (v, v)),
+                        }
+                        .filter(|(a, b)| a <= b && *b < modulus)
+                        .ok_or_else(|| bad("a number or range below the modulus", t))
+                    })
                     .collect::<Result<_, _>>()?,
             },
             Key::Mark(mk, mask) => Match::Mark {
@@ -575,6 +592,36 @@ impl<'a> RuleParser<'a> {
                     let v = self.word()?;
                     matches.push(Match::Socket {
                         transparent: Some(v == "1"),
+                    });
+                }
+                "numgen" => {
+                    self.expect("random")?;
+                    self.expect("mod")?;
+                    let m = self.word()?;
+                    let modulus = m
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|m| *m > 0)
+                        .ok_or_else(|| format!("`{m}` is not a modulus"))?;
+                    let r = self.keyed(Key::Numgen(modulus), format!("numgen random mod {m}"))?;
+                    push(r, &mut matches, &mut verdict);
+                }
+                "update" => {
+                    let set = self.word()?;
+                    let set = set
+                        .strip_prefix('@')
+                        .ok_or_else(|| format!("expected `@SET` after update, got `{set}`"))?;
+                    self.expect("{")?;
+                    let mut key = Vec::new();
+                    loop {
+                        match self.word()? {
+                            "}" => break,
+                            w => key.push(w),
+                        }
+                    }
+                    stmts.push(Stmt::SetUpdate {
+                        set: set.to_string(),
+                        key: key.join(" "),
                     });
                 }
                 "counter" => {

@@ -8,6 +8,7 @@ use crate::config::parse_str;
 use crate::plan::{build, HostView, Link};
 
 const TCP: u8 = 6;
+const UDP: u8 = 17;
 
 fn sa(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
@@ -218,6 +219,7 @@ pub(super) fn rendered(example: &str) -> String {
         "two-isps-firewall" => include_str!("../../../examples/two-isps-firewall.toml"),
         "proxy-relay" => include_str!("../../../examples/proxy-relay.toml"),
         "haproxy-divert" => include_str!("../../../examples/haproxy-divert.toml"),
+        "failover" => include_str!("../../../examples/failover.toml"),
         other => panic!("no example {other}"),
     };
     let model = parse_str(text, example).expect("example is valid");
@@ -235,7 +237,13 @@ fn marks(r: &HookResult) -> (u32, u32) {
 
 #[test]
 fn every_example_table_parses_whole() {
-    for ex in ["full", "two-isps-firewall", "proxy-relay", "haproxy-divert"] {
+    for ex in [
+        "full",
+        "two-isps-firewall",
+        "proxy-relay",
+        "haproxy-divert",
+        "failover",
+    ] {
         let rs = plan_rs(ex);
         let text = rendered(ex);
         let rules: usize = rs.chains.iter().map(|c| c.rules.len()).sum();
@@ -408,6 +416,46 @@ fn full_example_route_via_and_masquerade() {
     // iif eth2 (reply_via), and the divert.
     let r = evaluate(&rs, Hook::Prerouting, &syn.clone().with_iif("eth2"));
     assert_eq!(marks(&r), (0, 0x0100_0000));
+}
+
+#[test]
+fn failover_example_shares_by_numgen_and_remembers_sources() {
+    let rs = plan_rs("failover");
+    // The sticky share: the trace follows the first branch (isp1), says it is a random
+    // share with its percentages, and that the source is remembered; nothing uncertain.
+    let syn = PacketCtx::new(TCP, sa("10.77.0.10:40000"), sa("8.8.8.8:443")).with_iif("lan0");
+    let r = evaluate(&rs, Hook::Prerouting, &syn);
+    assert_eq!(marks(&r), (0x0200_0000, 0x0200_0000), "{:#?}", r.steps);
+    assert!(!r.uncertain, "{:#?}", r.steps);
+    let notes: Vec<&str> = r.steps.iter().filter_map(|s| s.note.as_deref()).collect();
+    assert!(
+        notes.iter().any(|n| n.contains(
+            "random share of new connections: 75% goto pick_p1_2000000, 25% goto pick_p1_4000000"
+        )),
+        "{notes:#?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n
+                .contains("remembers this packet's ip saddr in dynamic set @sticky_p1_2000000_4")),
+        "{notes:#?}"
+    );
+    assert!(
+        !notes.iter().any(|n| n.contains("@sticky_p1_2000000_6")),
+        "an IPv4 packet is not put in the IPv6 set: {notes:#?}"
+    );
+    // The plain share (any other LAN traffic): numgen straight to the ct mark chain.
+    let other = PacketCtx::new(UDP, sa("10.77.0.200:40000"), sa("8.8.8.8:53")).with_iif("lan0");
+    let r = evaluate(&rs, Hook::Prerouting, &other);
+    assert_eq!(marks(&r), (0x0200_0000, 0x0200_0000), "{:#?}", r.steps);
+    assert!(r.steps.iter().any(|s| s.chain.ends_with("ctmark_2000000")));
+    // The failover list, isp1 up: isp1's route mark.
+    let local = PacketCtx::new(TCP, sa("198.51.100.2:40000"), sa("8.8.8.8:25"));
+    assert_eq!(
+        marks(&evaluate(&rs, Hook::Output, &local)),
+        (0x0200_0000, 0x0200_0000)
+    );
 }
 
 // ---------------------------------------------------------------------------------------

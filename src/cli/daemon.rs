@@ -1,0 +1,119 @@
+//! Commands that defer to a running `symroute run` of the namespace (over its control
+//! socket, `symroute::daemon::control`): `apply` becomes a reload of the daemon,
+//! `confirm` confirms the daemon's pending apply, `status` shows its live health.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use symroute::config;
+use symroute::daemon::control::{self, DaemonStatus, Request};
+use symroute::kernel::status::{GatewayStatus, Status};
+
+use super::ConfigArg;
+
+/// `apply [--confirm SECS]` while a daemon runs here: it loads and applies the config
+/// (whose path is made absolute), and keeps it. `None`: no daemon, apply as usual. The
+/// config was validated already (a bad one exits 2 before anything is sent).
+pub fn apply(
+    out: &mut impl Write,
+    config: &ConfigArg,
+    confirm: Option<u64>,
+) -> anyhow::Result<Option<ExitCode>> {
+    let path = config
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
+    let path = std::path::absolute(&path)?;
+    let Some(resp) = control::call(&Request::Reload {
+        config: path.clone(),
+        confirm,
+    })?
+    else {
+        return Ok(None);
+    };
+    writeln!(
+        out,
+        "symroute run is running here: it now applies {}",
+        path.display()
+    )?;
+    for l in &resp.lines {
+        writeln!(out, "{l}")?;
+    }
+    if let Some(e) = &resp.error {
+        eprintln!("symroute: {e}");
+    }
+    Ok(Some(if resp.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(resp.code.max(1))
+    }))
+}
+
+/// `confirm`: true when the daemon had a pending apply and now keeps it.
+pub fn confirm(out: &mut impl Write) -> anyhow::Result<bool> {
+    match control::call(&Request::Confirm)? {
+        Some(r) if r.ok => {
+            for l in &r.lines {
+                writeln!(out, "{l}")?;
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The daemon's live view, when one answers here (a daemon that fails to answer is
+/// noted on stderr and treated as absent).
+pub fn status() -> Option<DaemonStatus> {
+    match control::call(&Request::Status) {
+        Ok(r) => r.and_then(|r| r.status),
+        Err(e) => {
+            eprintln!("symroute: note: no live state from the daemon: {e}");
+            None
+        }
+    }
+}
+
+/// The daemon's view of each gateway over the plan's.
+pub fn overlay(st: &mut Status, live: &DaemonStatus) {
+    st.daemon = Some(live.daemon.clone());
+    for g in &mut st.gateways {
+        let Some(l) = live.gateways.iter().find(|l| l.name == g.name) else {
+            continue;
+        };
+        if l.state != "unknown" {
+            g.state = l.state.clone();
+            g.reason = l.reason.clone();
+        }
+        g.since = Some(l.since.clone());
+        g.loss = l.loss;
+        g.rtt_ms = l.rtt_ms;
+        g.failovers = Some(l.failovers);
+    }
+}
+
+/// One line per gateway for people.
+pub fn gateway_line(g: &GatewayStatus) -> String {
+    let mut s = format!(
+        "{:<16} {:<10} table {:<6} {:<4}",
+        g.name, g.interface, g.table, g.state
+    );
+    if let Some(since) = &g.since {
+        s += &format!(" since {since}");
+    }
+    if let Some(loss) = g.loss {
+        s += &format!("  loss {:.0}%", loss * 100.0);
+    }
+    if let Some(rtt) = g.rtt_ms {
+        s += &format!("  rtt {rtt:.1} ms");
+    }
+    if let Some(f) = g.failovers {
+        s += &format!("  {f} failover(s)");
+    }
+    s += &format!("  {} connection(s)", g.connections);
+    if let Some(why) = &g.reason {
+        s += &format!("  ({why})");
+    }
+    s
+}

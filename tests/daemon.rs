@@ -972,3 +972,60 @@ fn flap_storm_500_flaps_in_10s_stays_bounded_and_converges() {
     expect_traffic(&lab, "after the flap storm");
     assert!(d.running(), "the daemon exited; log:\n{}", d.log());
 }
+
+/// The IPv4 next hop of table 42000's default route, if any.
+fn isp1_default_via(nl: &mut Netlink) -> Option<std::net::IpAddr> {
+    our_routes(nl, ISP1_TABLE)
+        .into_iter()
+        .find(|r| r.dst.prefix_len() == 0 && r.family == Family::Inet4)
+        .and_then(|r| r.via)
+}
+
+/// (11) `via = "auto"`: isp1's next hop is learned from the main table's default route
+/// through up1 (metric 100, as a DHCP client adds beside the default via isp2). A new
+/// lease with another gateway moves table 42000 to it, traffic keeps working; losing the
+/// lease takes isp1 down with the reason logged.
+#[test]
+fn auto_next_hop_follows_the_dhcp_default_route() {
+    let lab = lab();
+    let _services = services(&lab);
+    lab.fw
+        .ip("route add default via 203.0.113.1 dev up1 metric 100")
+        .expect("dhcp-like default route");
+    lab.isp1
+        .ip("addr add 203.0.113.5/24 dev fw0")
+        .expect("isp1's second router address");
+    let config = CONFIG.replacen("via = \"203.0.113.1\"", "via = \"auto\"", 1);
+    assert!(config.contains("via = \"auto\""));
+    let d = Daemon::start(&lab.fw, &config, &[], &[]);
+    d.wait_converged("start");
+    let first = in_netns(lab.fw.name(), || {
+        isp1_default_via(&mut Netlink::open().expect("netlink"))
+    })
+    .expect("in netns");
+    assert_eq!(first, Some("203.0.113.1".parse().expect("addr")));
+    expect_traffic(&lab, "via learned 203.0.113.1");
+
+    let new: std::net::IpAddr = "203.0.113.5".parse().expect("addr");
+    time_until(
+        &lab.fw,
+        "new lease: default via 203.0.113.5",
+        "ip route replace default via 203.0.113.5 dev up1 metric 100",
+        false,
+        move |nl| isp1_default_via(nl) == Some(new),
+    );
+    d.wait_converged("after the new lease");
+    expect_traffic(&lab, "via learned 203.0.113.5");
+
+    time_until(
+        &lab.fw,
+        "lease lost: no default route through up1",
+        "ip route del default via 203.0.113.5 dev up1 metric 100",
+        false,
+        |nl| isp1_default_via(nl).is_none(),
+    );
+    d.wait_log(
+        "the main table has no IPv4 default route through up1",
+        SETTLE,
+    );
+}

@@ -135,7 +135,12 @@ fn seed004_relay_answer_becomes_a_gateway_and_a_reply_via_policy() {
     let m = model(&out);
     assert_eq!(m.gateways.len(), 1);
     assert_eq!(m.gateways[0].interface.as_str(), "eth0");
-    assert_eq!(m.gateways[0].via, Some("198.51.100.10".parse().unwrap()));
+    assert_eq!(
+        m.gateways[0].via,
+        Some(symroute::model::NextHop::Fixed(
+            "198.51.100.10".parse().unwrap()
+        ))
+    );
     assert_eq!(m.gateways[0].via6, None);
     assert_eq!(m.policies.len(), 1);
     assert!(matches!(m.policies[0].action, Action::ReplyVia(g) if g.index() == 0));
@@ -513,7 +518,12 @@ fn first_packet_marks_become_a_route_via_policy() {
     let out = check(&h, SMTP_EXPECTED);
     assert!(out.unexpressed.is_empty(), "{}", out.report());
     let m = model(&out);
-    assert_eq!(m.gateways[0].via6, Some("2001:db8:1::1".parse().unwrap()));
+    assert_eq!(
+        m.gateways[0].via6,
+        Some(symroute::model::NextHop::Fixed(
+            "2001:db8:1::1".parse().unwrap()
+        ))
+    );
     assert!(matches!(m.policies[0].action, Action::RouteVia(_)));
     assert_eq!(m.policies[0].selector.protocol, vec![Protocol::Tcp]);
     assert_eq!(m.policies[0].selector.destination_port[0].to_string(), "25");

@@ -87,10 +87,10 @@ fn validate(raw: RawConfig, loc: &mut Locator) -> Model {
             }
         };
         let via = g.via.as_ref().and_then(|v| {
-            parse_addr::<Ipv4Addr>(v, "gateway.via", "an IPv4 address like 203.0.113.1", loc)
+            next_hop::<Ipv4Addr>(v, "gateway.via", "an IPv4 address like 203.0.113.1", loc)
         });
         let via6 = g.via6.as_ref().and_then(|v| {
-            parse_addr::<Ipv6Addr>(v, "gateway.via6", "an IPv6 address like 2001:db8:1::1", loc)
+            next_hop::<Ipv6Addr>(v, "gateway.via6", "an IPv6 address like 2001:db8:1::1", loc)
         });
         let check = g.check.as_ref().map(|c| validate_check(c.get_ref(), loc));
         if let (Some(name), Some(interface)) = (name, interface) {
@@ -410,6 +410,25 @@ fn validate_metrics(s: &raw::RawSettings, loc: &mut Locator) -> Option<std::net:
         return None;
     }
     Some(addr)
+}
+
+/// `via`/`via6`: an address, or `"auto"` (learned from the main table's default route).
+fn next_hop<A: std::str::FromStr>(
+    v: &Sp<String>,
+    key: &str,
+    what: &str,
+    loc: &mut Locator,
+) -> Option<crate::model::NextHop<A>> {
+    if v.get_ref().trim() == "auto" {
+        return Some(crate::model::NextHop::Auto);
+    }
+    parse_addr::<A>(
+        v,
+        key,
+        &format!("{what}, or \"auto\" to use the default route a DHCP client or router advertisement installs on the interface"),
+        loc,
+    )
+    .map(crate::model::NextHop::Fixed)
 }
 
 fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {

@@ -200,6 +200,23 @@ impl HostState {
                 },
             );
         }
+        // What `via = "auto"` learns: the main table's default routes with a next hop.
+        let defaults = self
+            .routing
+            .routes
+            .iter()
+            .filter(|r| {
+                r.table == 254
+                    && r.dst.prefix_len() == 0
+                    && r.kind == crate::explain::routing::RouteKind::Unicast
+            })
+            .flat_map(|r| {
+                r.nexthops
+                    .iter()
+                    .filter_map(move |n| Some((n.dev.clone()?, n.via?, r.metric)))
+            })
+            .collect();
+        h.learn_default_routes(defaults);
         h
     }
 }

@@ -77,7 +77,7 @@ fn apply_locked_health(
     faults: Faults,
     before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
 ) -> Result<ApplyReport, KernelError> {
-    let (observed, plan, changes) = prepare_health(model, health_down)?;
+    let (observed, plan, mut changes) = prepare_health(model, health_down)?;
     if changes.is_empty() {
         return Ok(ApplyReport { plan, changes });
     }
@@ -89,6 +89,10 @@ fn apply_locked_health(
         )?),
         _ => None,
     };
+    // Sticky sources survive the replace (same transaction).
+    if let (Some(script), Some(old)) = (changes.nft.as_mut(), saved_table.as_deref()) {
+        script.push_str(&nft::carry_sticky_sources(old, &plan.nft));
+    }
     let state_before = state::load()?;
     before_change(&Before {
         observed: &observed,

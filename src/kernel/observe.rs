@@ -28,10 +28,12 @@ pub fn observe() -> Result<Observed, KernelError> {
             ..Observed::default()
         };
         let names = convert::link_names(&links);
+        let mut defaults = Vec::new();
         for family in [Family::Inet4, Family::Inet6] {
             read_rules(&mut nl, family, &mut obs)?;
-            read_routes(&mut nl, family, &names, &mut obs)?;
+            read_routes(&mut nl, family, &names, &mut obs, &mut defaults)?;
         }
+        obs.host.learn_default_routes(defaults);
         let joined = |what: &str| KernelError::Other(format!("{what} reader thread panicked"));
         let ruleset = nft.join().map_err(|_| joined("nft"))??;
         let iptables = iptables.join().map_err(|_| joined("iptables-save"))?;
@@ -104,14 +106,17 @@ fn read_rules(nl: &mut Netlink, family: Family, obs: &mut Observed) -> Result<()
     Ok(())
 }
 
-/// Our tagged routes, and the tables (other than main and local) holding anyone else's.
+/// Our tagged routes, the tables (other than main and local) holding anyone else's, and
+/// the main table's default routes.
 fn read_routes(
     nl: &mut Netlink,
     family: Family,
     names: &BTreeMap<u32, String>,
     obs: &mut Observed,
+    defaults: &mut Vec<(String, std::net::IpAddr, u32)>,
 ) -> Result<(), KernelError> {
     for r in nl.dump_routes(family)? {
+        defaults.extend(convert::main_default_route(&r, names));
         if u8::from(r.header.protocol) == RT_PROTO {
             // Kinds symroute never makes (blackhole, …) are left alone.
             if let Some(spec) = convert::route_spec(&r, names) {

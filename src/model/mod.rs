@@ -51,11 +51,31 @@ impl Default for Settings {
 pub struct Gateway {
     pub name: Name,
     pub interface: IfName,
-    pub via: Option<Ipv4Addr>,
-    pub via6: Option<Ipv6Addr>,
+    pub via: Option<NextHop<Ipv4Addr>>,
+    pub via6: Option<NextHop<Ipv6Addr>>,
     /// Health checks (`[gateway.check]`); without them only link state counts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<Check>,
+}
+
+/// A gateway's next hop for one family: written in the config, or `"auto"`: learned
+/// from the main table's default route through the gateway's interface, the one a DHCP
+/// client or router advertisements keep current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NextHop<A> {
+    Fixed(A),
+    Auto,
+}
+
+impl<A: Copy> NextHop<A> {
+    /// The address, when known (an `Auto` one is known only once the plan learned it).
+    pub fn fixed(self) -> Option<A> {
+        match self {
+            NextHop::Fixed(a) => Some(a),
+            NextHop::Auto => None,
+        }
+    }
 }
 
 /// One probe target: an ICMP echo or a TCP connect.

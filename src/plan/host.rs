@@ -15,6 +15,17 @@ pub struct HostView {
     /// the kernel: the daemon fills it in.
     #[serde(skip)]
     pub health_down: BTreeMap<String, String>,
+    /// Interface → the next hops of the main table's default routes through it (lowest
+    /// metric first): what `via = "auto"` learns.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub default_via: BTreeMap<String, DefaultVia>,
+}
+
+/// The main table's default next hop through one interface, per family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DefaultVia {
+    pub v4: Option<std::net::Ipv4Addr>,
+    pub v6: Option<std::net::Ipv6Addr>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -28,5 +39,18 @@ pub struct Link {
 impl HostView {
     pub fn sysctl(&self, key: &str) -> Option<&str> {
         self.sysctls.get(key).map(String::as_str)
+    }
+
+    /// Learn the main table's default routes: (interface, next hop, metric). With
+    /// several on one interface and family the lowest metric wins, as in the kernel.
+    pub fn learn_default_routes(&mut self, mut routes: Vec<(String, std::net::IpAddr, u32)>) {
+        routes.sort_by_key(|r| std::cmp::Reverse(r.2));
+        for (dev, via, _) in routes {
+            let e = self.default_via.entry(dev).or_default();
+            match via {
+                std::net::IpAddr::V4(a) => e.v4 = Some(a),
+                std::net::IpAddr::V6(a) => e.v6 = Some(a),
+            }
+        }
     }
 }

@@ -14,10 +14,12 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-pub use host::{HostView, Link};
+pub use host::{DefaultVia, HostView, Link};
 pub use objects::{RouteKind, RouteSpec, RuleAction, RuleSpec, RT_PROTO};
 
-use crate::model::{Action, Family, GatewayIdx, Mark, Model, Priority, RouteMode, TableId};
+use crate::model::{
+    Action, Family, Gateway, GatewayIdx, Mark, Model, NextHop, Priority, RouteMode, TableId,
+};
 
 /// Why a gateway's routes are not in its table yet. Its rules stay, so traffic simply
 /// falls through to the main table until a later apply (or the daemon) completes it.
@@ -123,8 +125,13 @@ pub struct Plan {
 /// Build the desired kernel state. Pure: the same model and host view give the same plan.
 pub fn build(model: &Model, host: &HostView) -> Plan {
     let mask = model.settings.mark_mask;
-    let gateways: Vec<GatewayPlan> = model
+    // `via = "auto"` becomes the address the host's main table has now.
+    let learned: Vec<Gateway> = model
         .gateways
+        .iter()
+        .map(|g| learn_next_hops(g, host))
+        .collect();
+    let gateways: Vec<GatewayPlan> = learned
         .iter()
         .enumerate()
         .map(|(i, g)| GatewayPlan {
@@ -179,7 +186,7 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         if let Some(mark) = gp.reply_mark {
             let p = take(&mut priorities);
             tables.insert(gp.table);
-            for fam in families(&model.gateways[i]) {
+            for fam in families(&learned[i]) {
                 rules.insert(RuleSpec::fwmark(p, fam, mark, mask, gp.table));
             }
         }
@@ -200,7 +207,7 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         if let Some(mark) = gp.route_mark {
             let p = take(&mut priorities);
             tables.insert(gp.table);
-            for fam in families(&model.gateways[i]) {
+            for fam in families(&learned[i]) {
                 rules.insert(RuleSpec::fwmark(p, fam, mark, mask, gp.table));
             }
         }
@@ -235,15 +242,15 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         if gp.reply_mark.is_none() && gp.route_mark.is_none() {
             continue;
         }
-        let families = usable_families(&model.gateways[i], host);
+        let families = usable_families(&learned[i], host);
         if host.health_down.contains_key(gp.name.as_str()) {
             // Down by its health checks: only host routes to the check targets stay, so
             // the probes keep testing this path and can see it come back.
-            probe_routes(&model.gateways[i], gp.table, &families, &mut routes);
+            probe_routes(&learned[i], gp.table, &families, &mut routes);
             continue;
         }
         gateway_routes(
-            &model.gateways[i],
+            &learned[i],
             gp.table,
             host,
             &families,
@@ -344,6 +351,24 @@ fn policy_plan(
     }
 }
 
+/// The gateway with each `auto` next hop replaced by the main table's default route
+/// through its interface, when there is one (else it stays `Auto`: not usable).
+fn learn_next_hops(g: &Gateway, host: &HostView) -> Gateway {
+    let known = host.default_via.get(g.interface.as_str());
+    let mut g = g.clone();
+    if g.via == Some(NextHop::Auto) {
+        if let Some(v) = known.and_then(|k| k.v4) {
+            g.via = Some(NextHop::Fixed(v));
+        }
+    }
+    if g.via6 == Some(NextHop::Auto) {
+        if let Some(v) = known.and_then(|k| k.v6) {
+            g.via6 = Some(NextHop::Fixed(v));
+        }
+    }
+    g
+}
+
 fn families(g: &crate::model::Gateway) -> Vec<Family> {
     [Family::Inet4, Family::Inet6]
         .into_iter()
@@ -372,12 +397,32 @@ fn link_state(g: &crate::model::Gateway, host: &HostView) -> GatewayState {
         matches!(via, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
             || link.addrs.iter().any(|a| a.contains(&via))
     };
-    let off: Vec<String> = [g.via.map(IpAddr::V4), g.via6.map(IpAddr::V6)]
-        .into_iter()
-        .flatten()
-        .filter(|via| !on_link(*via))
-        .map(|via| format!("next hop {via} is not on any network of {} (no address of the interface covers it)", g.interface))
-        .collect();
+    let mut off: Vec<String> = [
+        g.via.and_then(NextHop::fixed).map(IpAddr::V4),
+        g.via6.and_then(NextHop::fixed).map(IpAddr::V6),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|via| !on_link(*via))
+    .map(|via| {
+        format!(
+            "next hop {via} is not on any network of {} (no address of the interface covers it)",
+            g.interface
+        )
+    })
+    .collect();
+    for (key, unlearned) in [
+        ("via", g.via == Some(NextHop::Auto)),
+        ("via6", g.via6 == Some(NextHop::Auto)),
+    ] {
+        if unlearned {
+            off.push(format!(
+                "{key} = \"auto\", but the main table has no {} default route through {} to learn the next hop from (a DHCP client or router advertisement adds one)",
+                if key == "via" { "IPv4" } else { "IPv6" },
+                g.interface
+            ));
+        }
+    }
     let families = usable_families(g, host);
     match (off.is_empty(), families.is_empty()) {
         (true, _) => GatewayState::Up,
@@ -396,10 +441,16 @@ fn usable_families(g: &crate::model::Gateway, host: &HostView) -> Vec<Family> {
             || link.addrs.iter().any(|a| a.contains(&via))
     };
     let mut out = Vec::new();
-    if g.serves_v4() && g.via.is_none_or(|v| on_link(IpAddr::V4(v))) {
+    let v4 = match g.via {
+        // A point-to-point link named without any next hop.
+        None => g.serves_v4(),
+        Some(NextHop::Fixed(v)) => on_link(IpAddr::V4(v)),
+        Some(NextHop::Auto) => false,
+    };
+    if v4 {
         out.push(Family::Inet4);
     }
-    if g.via6.is_some_and(|v| on_link(IpAddr::V6(v))) {
+    if matches!(g.via6, Some(NextHop::Fixed(v)) if on_link(IpAddr::V6(v))) {
         out.push(Family::Inet6);
     }
     out
@@ -420,8 +471,14 @@ fn probe_routes(
     let Some(check) = &g.check else { return };
     for t in &check.targets {
         let (family, via) = match t.addr() {
-            IpAddr::V4(_) => (Family::Inet4, g.via.map(IpAddr::V4)),
-            IpAddr::V6(_) => (Family::Inet6, g.via6.map(IpAddr::V6)),
+            IpAddr::V4(_) => (
+                Family::Inet4,
+                g.via.and_then(NextHop::fixed).map(IpAddr::V4),
+            ),
+            IpAddr::V6(_) => (
+                Family::Inet6,
+                g.via6.and_then(NextHop::fixed).map(IpAddr::V6),
+            ),
         };
         if !families.contains(&family) {
             continue;
@@ -451,11 +508,15 @@ fn gateway_routes(
             family: Family::Inet4,
             kind: RouteKind::Unicast,
             dst: "0.0.0.0/0".parse().expect("constant prefix"),
-            via: g.via.map(IpAddr::V4),
+            via: g.via.and_then(NextHop::fixed).map(IpAddr::V4),
             dev: g.interface.to_string(),
         });
     }
-    if let Some(v6) = g.via6.filter(|_| families.contains(&Family::Inet6)) {
+    if let Some(v6) = g
+        .via6
+        .and_then(NextHop::fixed)
+        .filter(|_| families.contains(&Family::Inet6))
+    {
         out.insert(RouteSpec {
             table,
             family: Family::Inet6,
@@ -689,5 +750,84 @@ mod route_tests {
         assert!(plan.nft.contains("\tset sticky_p0_4000000_6 {\n\t\ttype ipv6_addr\n\t\tflags dynamic,timeout\n\t\ttimeout 60s\n\t}"), "{}", plan.nft);
         assert!(plan.nft.contains("ip saddr @sticky_p0_2000000_4 update @sticky_p0_2000000_4 { ip saddr } goto ctmark_2000000"), "{}", plan.nft);
         assert!(plan.nft.contains("chain set_p1 {\n\t\tcounter name \"p1_q\" ct mark set ct mark and 0x00ffffff or 0x02000000;"), "{}", plan.nft);
+    }
+}
+
+#[cfg(test)]
+mod learned_via_tests {
+    use super::*;
+    use crate::config::parse_str;
+
+    const CFG: &str =
+        "[[gateway]]\nname=\"dhcp\"\ninterface=\"wan\"\nvia=\"auto\"\nvia6=\"auto\"\n\
+        [[policy]]\nname=\"p\"\nreply_via=\"dhcp\"\n[policy.match]\nin_interface=\"wan\"\n";
+
+    fn host(defaults: Vec<(String, IpAddr, u32)>) -> HostView {
+        let mut h = HostView::default();
+        h.links.insert(
+            "wan".into(),
+            Link {
+                up: true,
+                addrs: vec!["100.64.7.9/22".parse().unwrap()],
+            },
+        );
+        h.learn_default_routes(defaults);
+        h
+    }
+
+    fn default_vias(plan: &Plan) -> Vec<(Family, Option<IpAddr>)> {
+        plan.routes
+            .iter()
+            .filter(|r| r.dst.prefix_len() == 0)
+            .map(|r| (r.family, r.via))
+            .collect()
+    }
+
+    #[test]
+    fn auto_takes_the_lowest_metric_default_route_of_the_interface() {
+        let model = parse_str(CFG, "t.toml").unwrap();
+        let plan = build(
+            &model,
+            &host(vec![
+                ("wan".into(), "100.64.4.2".parse().unwrap(), 200),
+                ("wan".into(), "100.64.4.1".parse().unwrap(), 100),
+                ("lan".into(), "10.0.0.1".parse().unwrap(), 0),
+                ("wan".into(), "fe80::1".parse().unwrap(), 1024),
+            ]),
+        );
+        assert_eq!(plan.gateways[0].state, GatewayState::Up);
+        assert_eq!(
+            default_vias(&plan),
+            [
+                (Family::Inet4, Some("100.64.4.1".parse().unwrap())),
+                (Family::Inet6, Some("fe80::1".parse().unwrap()))
+            ]
+        );
+    }
+
+    #[test]
+    fn auto_without_a_default_route_is_not_used_and_says_why() {
+        let model = parse_str(CFG, "t.toml").unwrap();
+        let plan = build(&model, &host(vec![]));
+        match &plan.gateways[0].state {
+            GatewayState::Down(why) => assert!(
+                why.contains(
+                    "via = \"auto\", but the main table has no IPv4 default route through wan"
+                ) && why.contains("via6 = \"auto\""),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(default_vias(&plan), []);
+        // IPv4 learned only: usable for IPv4, partial.
+        let plan = build(
+            &model,
+            &host(vec![("wan".into(), "100.64.4.1".parse().unwrap(), 0)]),
+        );
+        assert!(matches!(plan.gateways[0].state, GatewayState::Partial(_)));
+        assert_eq!(
+            default_vias(&plan),
+            [(Family::Inet4, Some("100.64.4.1".parse().unwrap()))]
+        );
     }
 }

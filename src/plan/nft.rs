@@ -29,6 +29,77 @@ pub fn delete_script() -> String {
     format!("add table inet {TABLE}\ndelete table inet {TABLE}\n")
 }
 
+/// `add element` lines that put the sources remembered in the sticky sets of `old` (the
+/// table being replaced, as `nft list table` prints it) back into the sets of the same
+/// name in `new`, with the time they had left: the atomic replace would otherwise make
+/// every source draw its gateway again at each failover or reload. Sets of a gateway no
+/// longer active in the policy are not in `new`, so their sources do draw again.
+pub fn carry_sticky_sources(old: &str, new: &str) -> String {
+    let mut out = String::new();
+    for (name, timeout, elements) in sticky_sets(old) {
+        if elements.is_empty() || !new.contains(&format!("\tset {name} {{\n")) {
+            continue;
+        }
+        // An element without its own timeout had the old set's: keep it explicit, so
+        // its `expires` never exceeds its timeout if the set's timeout changed.
+        let items: Vec<String> = elements
+            .iter()
+            .map(
+                |e| match (e.contains(" timeout "), e.split_once(" expires ")) {
+                    (false, Some((addr, left))) if !timeout.is_empty() => {
+                        format!("{addr} timeout {timeout} expires {left}")
+                    }
+                    _ => e.clone(),
+                },
+            )
+            .collect();
+        let _ = writeln!(
+            out,
+            "add element inet {TABLE} {name} {{ {} }}",
+            items.join(", ")
+        );
+    }
+    out
+}
+
+/// The sticky sets of a listed table: (name, set timeout, elements as printed).
+fn sticky_sets(listing: &str) -> Vec<(String, String, Vec<String>)> {
+    let mut sets = Vec::new();
+    let mut lines = listing.lines().map(str::trim);
+    while let Some(line) = lines.next() {
+        let Some(name) = line
+            .strip_prefix("set sticky_")
+            .and_then(|r| r.strip_suffix(" {"))
+        else {
+            continue;
+        };
+        let (mut timeout, mut elements, mut in_elements) = (String::new(), String::new(), false);
+        for l in lines.by_ref() {
+            if in_elements {
+                elements.push(' ');
+                elements.push_str(l);
+                in_elements = !l.contains('}');
+            } else if let Some(rest) = l.strip_prefix("elements = {") {
+                elements.push_str(rest);
+                in_elements = !rest.contains('}');
+            } else if let Some(t) = l.strip_prefix("timeout ") {
+                timeout = t.to_string();
+            } else if l == "}" {
+                break;
+            }
+        }
+        let list = elements.split('}').next().unwrap_or("");
+        let items = list
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect();
+        sets.push((format!("sticky_{name}"), timeout, items));
+    }
+    sets
+}
+
 /// nft identifiers can't hold '-' or '.'; prefix with the position to keep them unique.
 pub fn counter_name(index: usize, name: &str) -> String {
     let clean: String = name
@@ -909,5 +980,24 @@ mod shared_chain_tests {
         let nft = build(&parse_str(&cfg, "t.toml").unwrap(), &HostView::default()).nft;
         assert_eq!(nft.matches("chain chk_p0 {").count(), 1, "{nft}");
         assert!(nft.contains("chain classify_out {"), "{nft}");
+    }
+}
+
+#[cfg(test)]
+mod carry_tests {
+    use super::*;
+
+    const OLD: &str = "table inet symroute {\n\tset sticky_p1_1000000_4 {\n\t\ttype ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t\ttimeout 10m\n\t\telements = { 10.77.0.10 expires 9m58s792ms, 10.77.0.11 timeout 5m expires 4m1s,\n\t\t\t     10.77.0.12 expires 1s }\n\t}\n\n\tset sticky_p1_2000000_4 {\n\t\ttype ipv4_addr\n\t\tflags dynamic,timeout\n\t\ttimeout 10m\n\t\telements = { 10.77.0.20 expires 3m }\n\t}\n\tset sticky_p1_1000000_6 {\n\t\ttype ipv6_addr\n\t\tflags dynamic,timeout\n\t\ttimeout 10m\n\t}\n\tchain c {\n\t}\n}\n";
+
+    #[test]
+    fn remembered_sources_move_to_sets_still_in_the_new_table() {
+        // The new table keeps isp 0x1000000's sets; 0x2000000 is no longer active.
+        let new = "table inet symroute {\n\tset sticky_p1_1000000_4 {\n\t\ttype ipv4_addr\n\t}\n\tset sticky_p1_1000000_6 {\n\t\ttype ipv6_addr\n\t}\n}\n";
+        assert_eq!(
+            carry_sticky_sources(OLD, new),
+            "add element inet symroute sticky_p1_1000000_4 { 10.77.0.10 timeout 10m expires 9m58s792ms, 10.77.0.11 timeout 5m expires 4m1s, 10.77.0.12 timeout 10m expires 1s }\n"
+        );
+        assert_eq!(carry_sticky_sources(OLD, "table inet symroute {\n}\n"), "");
+        assert_eq!(carry_sticky_sources("", new), "");
     }
 }

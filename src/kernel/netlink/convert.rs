@@ -516,6 +516,31 @@ fn route_dev(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> String {
         .unwrap_or_default()
 }
 
+/// A default route of the main table with a next hop: (interface, next hop, metric),
+/// what `via = "auto"` learns from (a DHCP client's or a router advertisement's route).
+pub fn main_default_route(
+    msg: &RouteMessage,
+    names: &BTreeMap<u32, String>,
+) -> Option<(String, IpAddr, u32)> {
+    if msg.header.destination_prefix_length != 0
+        || msg.header.kind != RouteType::Unicast
+        || route_table(msg) != TableId::MAIN
+    {
+        return None;
+    }
+    let via = route_gateway(msg)?;
+    let dev = route_dev(msg, names);
+    let metric = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Priority(p) => Some(*p),
+            _ => None,
+        })
+        .unwrap_or(0);
+    (!dev.is_empty()).then_some((dev, via, metric))
+}
+
 /// Our route, if the message is one (tagged with `RT_PROTO`) and of a kind symroute makes.
 pub fn route_spec(msg: &RouteMessage, names: &BTreeMap<u32, String>) -> Option<RouteSpec> {
     if u8::from(msg.header.protocol) != RT_PROTO {

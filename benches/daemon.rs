@@ -99,6 +99,13 @@ fn run() -> anyhow::Result<()> {
             true,
             |_| Ok(nft_table_present()),
         )?);
+        rows.push(d.measure(
+            "chain pre flushed inside the nft table",
+            "nft flush chain inet symroute pre",
+            None,
+            true,
+            |_| Ok(pre_chain_has_rules()),
+        )?);
         let want = table.clone();
         rows.push(d.measure(
             "up1 down 300 ms, then up (from link-up)",
@@ -413,6 +420,15 @@ fn our_routes(nl: &mut Netlink, table: u32) -> anyhow::Result<BTreeSet<RouteSpec
 
 /// `nft list tables` (cheap whatever the table holds; `nft -f` is atomic, so a table that
 /// is there is complete).
+/// Whether our `pre` chain has its rules (false when flushed or missing).
+fn pre_chain_has_rules() -> bool {
+    Command::new("nft")
+        .args(["list", "chain", "inet", "symroute", "pre"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("jump"))
+        .unwrap_or(false)
+}
+
 fn nft_table_present() -> bool {
     Command::new("nft")
         .args(["list", "tables"])

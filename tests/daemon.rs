@@ -527,6 +527,54 @@ fn deleted_nft_table_comes_back() {
     expect_traffic(&lab, "after the table came back");
 }
 
+/// Rules of our `pre` chain (0 when the chain or table is missing).
+fn pre_rules() -> usize {
+    Command::new("nft")
+        .args(["list", "chain", "inet", "symroute", "pre"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains("jump") || l.contains("vmap"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// (4b) Someone alters the inside of the table (its fingerprint chain stays): a chain
+/// flushed, or a rule added, is noticed from the nftables notification and the table is
+/// replaced.
+#[test]
+fn altered_nft_table_is_replaced() {
+    let lab = lab();
+    let _services = services(&lab);
+    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    let want = in_netns(lab.fw.name(), pre_rules).expect("in netns");
+    assert!(want > 0, "our pre chain has rules");
+    time_repair(
+        &lab.fw,
+        "nft chain pre flushed",
+        "nft flush chain inet symroute pre",
+        move |_| pre_rules() == want,
+    );
+    expect_traffic(&lab, "after the chain was restored");
+    time_repair(
+        &lab.fw,
+        "a foreign drop rule added to our chain",
+        "nft insert rule inet symroute pre tcp dport 25 drop",
+        move |_| {
+            let out = Command::new("nft")
+                .args(["list", "chain", "inet", "symroute", "pre"])
+                .output()
+                .expect("nft");
+            !String::from_utf8_lossy(&out.stdout).contains("drop")
+        },
+    );
+    d.wait_converged("after the table was restored");
+    expect_traffic(&lab, "after the foreign rule was removed");
+}
+
 /// (5) The ISP1 link goes down and up: its table's routes (which the kernel flushed) are
 /// back after link-up, and traffic works.
 #[test]

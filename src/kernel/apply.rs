@@ -48,8 +48,22 @@ pub fn apply_with_health(
     model: &Model,
     health_down: &std::collections::BTreeMap<String, String>,
 ) -> Result<ApplyReport, KernelError> {
+    apply_for_daemon(model, health_down, None)
+}
+
+/// The daemon's apply: `health_down` as judged by its probes, and `table_digest`, what
+/// `observe::table_digest` said after its last apply. When given and the table's digest
+/// differs now (someone altered a rule inside the table, which the fingerprint can't
+/// see), the table is replaced although its fingerprint matches.
+pub fn apply_for_daemon(
+    model: &Model,
+    health_down: &std::collections::BTreeMap<String, String>,
+    table_digest: Option<&str>,
+) -> Result<ApplyReport, KernelError> {
     let _lock = state::lock()?;
-    apply_locked_health(model, health_down, Faults::default(), |_| Ok(()))
+    apply_locked_for(model, health_down, table_digest, Faults::default(), |_| {
+        Ok(())
+    })
 }
 
 /// What `apply` knows just before its first change: all a rollback needs.
@@ -68,16 +82,22 @@ pub(crate) fn apply_locked(
     faults: Faults,
     before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
 ) -> Result<ApplyReport, KernelError> {
-    apply_locked_health(model, &Default::default(), faults, before_change)
+    apply_locked_for(model, &Default::default(), None, faults, before_change)
 }
 
-fn apply_locked_health(
+fn apply_locked_for(
     model: &Model,
     health_down: &std::collections::BTreeMap<String, String>,
+    table_digest: Option<&str>,
     faults: Faults,
     before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
 ) -> Result<ApplyReport, KernelError> {
     let (observed, plan, mut changes) = prepare_health(model, health_down)?;
+    if let (None, Some(want)) = (&changes.nft, table_digest) {
+        if observe::table_digest()?.as_deref() != Some(want) {
+            changes.nft = Some(nft::replace_script(&plan.nft));
+        }
+    }
     if changes.is_empty() {
         return Ok(ApplyReport { plan, changes });
     }

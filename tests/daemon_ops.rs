@@ -338,6 +338,22 @@ fn apply_while_running_reloads_the_daemon_without_dropping_connections() {
         .expect("nft");
     assert!(nft.contains("p2_smtp_out"), "{nft}");
     echo(&mut conn, "after the bad config");
+
+    // `remove` while the daemon runs would be undone at once: refused, nothing removed.
+    let r = symroute(&["remove", "--netns", lab.fw.name()]);
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr
+            .contains(&format!("symroute run (pid {})", d.child.id()))
+            && r.stderr.contains("stop it first"),
+        "{}",
+        r.stderr
+    );
+    assert!(lab
+        .fw
+        .exec(&["nft", "list", "table", "inet", "symroute"])
+        .is_ok());
+    echo(&mut conn, "after the refused remove");
 }
 
 fn ip_rules(ns: &Netns) -> String {

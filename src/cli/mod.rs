@@ -483,6 +483,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Remove { netns } => {
             netns.enter()?;
+            // A daemon would put everything back within milliseconds: say so instead.
+            if let Some(live) = daemon::status() {
+                eprintln!(
+                    "symroute: symroute run (pid {}) keeps the policy applied here and would put it back at once; stop it first (systemctl stop symroute), or stop it with --remove-on-exit to remove everything as it exits",
+                    live.daemon.pid
+                );
+                return Ok(ExitCode::from(1));
+            }
             let changes = kernel::apply::remove()?;
             symroute::daemon::control::remove_stale()?;
             if changes.is_empty() {

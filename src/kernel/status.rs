@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::conntrack::Conntrack;
 use super::{cmd, observe, KernelError};
 use crate::plan::{GatewayState, Plan, PolicyGateway};
 
@@ -65,17 +66,20 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
     } else {
         BTreeMap::new()
     };
-    let marks = conntrack_marks(plan.mark_mask.bits())?;
+    let mut ct = Conntrack::open()?;
+    let mut connections_of = |g: &crate::plan::GatewayPlan| -> Result<u64, KernelError> {
+        let mut n = 0;
+        for m in [g.reply_mark, g.route_mark].into_iter().flatten() {
+            n += ct.count(m.bits(), plan.mark_mask.bits())?;
+        }
+        Ok(n)
+    };
     let gateways = plan
         .gateways
         .iter()
         .map(|g| {
-            let connections = [g.reply_mark, g.route_mark]
-                .into_iter()
-                .flatten()
-                .map(|m| marks.get(&m.bits()).copied().unwrap_or(0))
-                .sum();
-            GatewayStatus {
+            let connections = connections_of(g)?;
+            Ok(GatewayStatus {
                 name: g.name.clone(),
                 interface: g.interface.clone(),
                 table: g.table.id(),
@@ -86,9 +90,9 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
                 loss: None,
                 rtt_ms: None,
                 failovers: None,
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, KernelError>>()?;
     let policies = plan
         .policies
         .iter()
@@ -153,38 +157,6 @@ pub fn counters_in(rs: &serde_json::Value) -> BTreeMap<String, (u64, u64)> {
                         c["bytes"].as_u64().unwrap_or(0),
                     ),
                 );
-            }
-        }
-    }
-    out
-}
-
-/// Count conntrack entries by `mark & mask`. Uses `conntrack -L`; a missing tool is an error
-/// that names the package.
-pub fn conntrack_marks(mask: u32) -> Result<BTreeMap<u32, u64>, KernelError> {
-    let text = match cmd::run("conntrack", &["-L"], None) {
-        Ok(t) => t,
-        // conntrack exits non-zero when the table module isn't loaded yet: nothing tracked.
-        Err(KernelError::Failed { stderr, .. }) if stderr.contains("0 flow entries") => {
-            String::new()
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(count_marks(&text, mask))
-}
-
-pub fn count_marks(text: &str, mask: u32) -> BTreeMap<u32, u64> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let Some(m) = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("mark="))
-        else {
-            continue;
-        };
-        if let Ok(v) = m.parse::<u32>() {
-            if v & mask != 0 {
-                *out.entry(v & mask).or_default() += 1;
             }
         }
     }

@@ -217,60 +217,10 @@ fn five_percent_loss_for_60s_changes_no_state() {
     );
 }
 
-/// A server both ISPs reach: 100.64.0.1 on the client's loopback, behind isp1 (as
-/// before) and behind isp2 through a second link. Each ISP masquerades what it forwards
-/// to the client, so the server's greeting (`hello <peer> <port>`) names the ISP a
-/// connection took: 192.0.2.1 (isp1) or 10.99.0.1 (isp2).
-const SERVER: &str = "100.64.0.1";
-const VIA_ISP1: &str = "hello 192.0.2.1 ";
-const VIA_ISP2: &str = "hello 10.99.0.1 ";
-
-fn reach_server_via_both(lab: &TwoIsps) -> symroute::lab::TcpServer {
-    symroute::lab::veth(&lab.isp2, "cl0", &lab.client, "eth1").expect("veth isp2-client");
-    lab.client
-        .sh(&format!(
-            "ip addr add {SERVER}/32 dev lo && ip addr add 10.99.0.2/24 dev eth1 && ip link set eth1 up"
-        ))
-        .expect("client addresses");
-    lab.isp2
-        .sh(&format!(
-            "ip addr add 10.99.0.1/24 dev cl0 && ip link set cl0 up && sysctl -qw net.ipv4.ip_forward=1 && ip route add {SERVER}/32 via 10.99.0.2 && ip route add 10.77.0.0/24 via 198.51.100.2"
-        ))
-        .expect("isp2 routes");
-    lab.isp1
-        .sh(&format!(
-            "ip route add {SERVER}/32 via 192.0.2.10 && ip route add 10.77.0.0/24 via 203.0.113.2"
-        ))
-        .expect("isp1 routes");
-    for isp in [&lab.isp1, &lab.isp2] {
-        isp.nft("table ip masq {\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname \"cl0\" masquerade\n\t}\n}\n")
-            .expect("isp masquerade");
-    }
-    symroute::lab::TcpServer::start(&lab.client, format!("{SERVER}:80").parse().expect("addr"))
-        .expect("server")
-}
-
-/// Which ISP a new connection from the LAN host takes now (None: no answer).
-fn path_now(lab: &TwoIsps) -> Option<&'static str> {
-    let line = symroute::lab::tcp_probe(
-        &lab.lan,
-        format!("{SERVER}:80").parse().expect("addr"),
-        Duration::from_millis(150),
-    )
-    .ok()?;
-    if line.starts_with(VIA_ISP1) {
-        Some("isp1")
-    } else if line.starts_with(VIA_ISP2) {
-        Some("isp2")
-    } else {
-        None
-    }
-}
-
 /// Polls new connections until they take `want`; the time it took.
 fn wait_path(lab: &TwoIsps, d: &Daemon, want: &str, what: &str) -> Duration {
     let t0 = Instant::now();
-    while path_now(lab) != Some(want) {
+    while lab.lan_path_now(Duration::from_millis(150)) != Some(want) {
         assert!(
             t0.elapsed() < LIMIT,
             "{what}: new connections still not via {want} after {LIMIT:?}; log:\n{}",
@@ -289,7 +239,7 @@ fn wait_path(lab: &TwoIsps, d: &Daemon, want: &str, what: &str) -> Duration {
 fn failover_list_moves_new_connections_within_2s_10_runs() {
     require_root();
     let lab = TwoIsps::build().expect("build TwoIsps");
-    let _server = reach_server_via_both(&lab);
+    let _server = lab.add_dual_homed_server().expect("dual-homed server");
     let config = format!(
         "{}\n[gateway.check]\ntargets = [\"192.0.2.10\"]\n\n[[gateway]]\nname = \"isp2\"\ninterface = \"up2\"\nvia = \"198.51.100.1\"\n\n[[policy]]\nname = \"lan-out\"\nroute_via = [\"isp1\", \"isp2\"]\n[policy.match]\nin_interface = \"lan0\"\n",
         "[[gateway]]\nname = \"isp1\"\ninterface = \"up1\"\nvia = \"203.0.113.1\""
@@ -297,19 +247,21 @@ fn failover_list_moves_new_connections_within_2s_10_runs() {
     let d = Daemon::start(&lab.fw, &config);
     wait_default(&d, true, "start");
     std::thread::sleep(Duration::from_millis(1600));
-    assert_eq!(path_now(&lab), Some("isp1"), "log:\n{}", d.log());
+    assert_eq!(
+        lab.lan_path_now(Duration::from_millis(150)),
+        Some("isp1"),
+        "log:\n{}",
+        d.log()
+    );
     let (mut detect, mut switch, mut back) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..10 {
         // ISP1 stops forwarding to its upstream (its links stay up, routes stay).
-        lab.isp1
-            .nft("table inet cut {\n\tchain f {\n\t\ttype filter hook forward priority 0; policy accept;\n\t\toifname \"cl0\" drop\n\t}\n}\n")
-            .expect("cut isp1's upstream");
+        lab.cut_isp1_upstream(true).expect("cut isp1's upstream");
         let cut = Instant::now();
         let down = wait_default(&d, false, "after isp1's upstream died");
         wait_path(&lab, &d, "isp2", "after isp1's upstream died");
         let moved = cut.elapsed();
-        lab.isp1
-            .exec(&["nft", "delete", "table", "inet", "cut"])
+        lab.cut_isp1_upstream(false)
             .expect("restore isp1's upstream");
         let returned = wait_path(&lab, &d, "isp1", "after isp1's upstream came back");
         eprintln!(

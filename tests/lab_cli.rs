@@ -1,5 +1,6 @@
 //! The README's main command, as a new user runs it: `symroute lab` must show the failure
-//! without symroute and the fix with it, and leave nothing behind. Needs root, nft,
+//! without symroute and the fix with it (and, for `failover`, the daemon moving the LAN's
+//! connections to ISP2 and back), and leave nothing behind. Needs root, nft,
 //! conntrack and haproxy (scripts/setup).
 
 mod support;
@@ -42,4 +43,16 @@ fn lab_shows_failure_then_fix() {
         out.contains("== result: 2/4 answered without symroute, 4/4 with it"),
         "{out}"
     );
+    let out = lab("failover");
+    for want in [
+        "LAN -> server: via isp2",
+        "LAN -> server: via isp1",
+        "WARN gateway isp1 down: 7 of last 10 probes lost to 192.0.2.10",
+        "down since",
+        "== result: new connections moved to isp2 ",
+    ] {
+        assert!(out.contains(want), "{want:?} missing:\n{out}");
+    }
+    // While the daemon holds isp1 down, status compares with the daemon's plan.
+    assert!(!out.contains("differs from the config"), "{out}");
 }

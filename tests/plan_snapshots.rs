@@ -143,6 +143,11 @@ fn failover() {
     check("failover");
 }
 
+#[test]
+fn failover_health() {
+    check("failover-health");
+}
+
 /// Property: a plan compared with a kernel that holds exactly that plan needs no change.
 #[test]
 fn diff_of_applied_plan_is_empty() {
@@ -152,6 +157,7 @@ fn diff_of_applied_plan_is_empty() {
         "haproxy-divert",
         "full",
         "failover",
+        "failover-health",
     ] {
         let path = format!("{}/examples/{name}.toml", env!("CARGO_MANIFEST_DIR"));
         let model = config::load(std::path::Path::new(&path)).unwrap();

@@ -17,11 +17,15 @@ pub enum Scenario {
     TwoIsps,
     /// Seed 2: SMTP relay behind a transparent HAProxy (usesrc clientip)
     ProxyRelay,
+    /// The daemon: ISP1's upstream dies behind a live link; health checks move the LAN's
+    /// new connections to ISP2, and back when it returns
+    Failover,
 }
 
 const FIREWALL: &str = include_str!("../../examples/two-isps-firewall.toml");
 const RELAY: &str = include_str!("../../examples/proxy-relay.toml");
 const DIVERT: &str = include_str!("../../examples/haproxy-divert.toml");
+const FAILOVER: &str = include_str!("../../examples/failover-health.toml");
 
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -30,6 +34,7 @@ pub fn run(s: Scenario) -> anyhow::Result<()> {
     match s {
         Scenario::TwoIsps => two_isps(&dir.0),
         Scenario::ProxyRelay => proxy_relay(&dir.0),
+        Scenario::Failover => failover(&dir.0),
     }
 }
 
@@ -236,5 +241,103 @@ fn verdict(before: &[bool], after: &[bool]) -> anyhow::Result<()> {
     if ok_after != after.len() {
         bail!("some connections still fail with symroute applied");
     }
+    Ok(())
+}
+
+/// `symroute run` as a child of the lab, its log shown as it comes; stopped with SIGTERM
+/// (and waited for) on drop.
+struct Daemon(std::process::Child);
+
+impl Daemon {
+    fn start(cfg: &str, ns: &str) -> anyhow::Result<Daemon> {
+        let exe = std::env::current_exe().context("finding the symroute binary")?;
+        println!("$ symroute run -c {cfg} --netns {ns} &");
+        let mut child = Command::new(exe)
+            .args(["run", "-c", cfg, "--netns", ns])
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting symroute run")?;
+        let stderr = child.stderr.take().context("daemon stderr")?;
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                // The timestamp is noise here; the level and message are the story.
+                let msg = line.split_once(' ').map_or(line.as_str(), |(_, m)| m);
+                println!("    [run] {}", msg.trim_start());
+            }
+        });
+        Ok(Daemon(child))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls new LAN connections (every 100 ms) until they take `want`; prints each change
+/// of path with the time since `t0`. The time it took, or an error after 6 s.
+fn wait_path(t: &TwoIsps, want: &str, t0: std::time::Instant) -> anyhow::Result<Duration> {
+    let mut last = Some("");
+    loop {
+        let now = t.lan_path_now(Duration::from_millis(150));
+        if now != last {
+            println!(
+                "  {:>5.2} s  LAN -> server: {}",
+                t0.elapsed().as_secs_f64(),
+                now.map_or("no answer".to_string(), |p| format!("via {p}"))
+            );
+            last = now;
+        }
+        if now == Some(want) {
+            return Ok(t0.elapsed());
+        }
+        if t0.elapsed() > Duration::from_secs(6) {
+            bail!("new connections still not via {want} after 6 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn failover(dir: &Path) -> anyhow::Result<()> {
+    say("building seed 1 with a server both ISPs reach: LAN — firewall — ISP1 (checked) / ISP2 — server");
+    let t = TwoIsps::build()?;
+    let _server = t.add_dual_homed_server()?;
+    let ns = t.fw.name().to_string();
+    let t0 = std::time::Instant::now();
+    say("without symroute: the LAN's connections follow the main table's default route");
+    wait_path(&t, "isp2", t0)?;
+    let cfg = write(dir, "symroute.toml", FAILOVER)?;
+    say("starting the daemon with examples/failover-health.toml: isp1 first, isp2 while isp1 is down");
+    let daemon = Daemon::start(&cfg, &ns)?;
+    wait_path(&t, "isp1", std::time::Instant::now())?;
+    // Let the probes fill their window with good results.
+    std::thread::sleep(Duration::from_millis(1600));
+    symroute(&["status", "--netns", &ns])?;
+    say("ISP1's upstream dies; its link to the firewall stays up (static routing never notices)");
+    t.cut_isp1_upstream(true)?;
+    let cut = std::time::Instant::now();
+    let moved = wait_path(&t, "isp2", cut)?;
+    symroute(&["status", "--netns", &ns])?;
+    say("ISP1's upstream is back");
+    t.cut_isp1_upstream(false)?;
+    let back = wait_path(&t, "isp1", std::time::Instant::now())?;
+    say("stopping the daemon (SIGTERM leaves the policy applied) and removing symroute");
+    drop(daemon);
+    symroute(&["remove", "--netns", &ns])?;
+    say(&format!(
+        "result: new connections moved to isp2 {:.1} s after ISP1's upstream died, and back to isp1 {:.1} s after it returned",
+        moved.as_secs_f64(),
+        back.as_secs_f64()
+    ));
     Ok(())
 }

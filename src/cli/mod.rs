@@ -258,8 +258,10 @@ enum Cmd {
     /// Build a seed scenario in private network namespaces and show symroute fixing it.
     ///
     /// Shows the connection failing without symroute, applies, shows it working with the
-    /// conntrack view, then removes everything it made. Needs root, nft, conntrack and
-    /// (for proxy-relay) haproxy.
+    /// conntrack view, then removes everything it made. `failover` runs `symroute run`
+    /// instead and cuts ISP1's upstream: the LAN's new connections move to ISP2 within
+    /// about 1.5 s, and back when ISP1 answers again. Needs root, nft, conntrack and (for
+    /// proxy-relay) haproxy.
     Lab {
         #[arg(value_enum, default_value = "two-isps")]
         scenario: lab::Scenario,
@@ -395,7 +397,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let m = config.load()?;
             netns.enter()?;
-            let (_, plan, changes) = kernel::apply::prepare(&m)?;
+            // With a daemon here, gateways its health checks hold down are down.
+            let health_down = daemon::status().map(|l| l.health_down).unwrap_or_default();
+            let (_, plan, changes) = kernel::apply::prepare_health(&m, &health_down)?;
             if json {
                 serde_json::to_writer_pretty(
                     &mut out,
@@ -538,7 +542,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(l)) => config::load(std::path::Path::new(&l.daemon.config))?,
                 _ => config.load()?,
             };
-            let observed = kernel::observe::observe()?;
+            let mut observed = kernel::observe::observe()?;
+            if let Some(l) = &live {
+                observed.host.health_down = l.health_down.clone();
+            }
             let plan = plan::build(&m, &observed.host);
             let applied =
                 observed.nft_fingerprint.as_deref() == Some(plan.nft_fingerprint.as_str());

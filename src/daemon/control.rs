@@ -92,6 +92,11 @@ pub struct DaemonStatus {
     pub summary: String,
     pub pending_confirm: Option<PendingInfo>,
     pub gateways: Vec<LiveGateway>,
+    /// Gateways its health checks hold down (name → why): the plan the daemon keeps is
+    /// built with them, so `status` and `plan` compare against that plan, not the bare
+    /// config's.
+    #[serde(default)]
+    pub health_down: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,6 +330,7 @@ impl Daemon {
                     previous_config: p.previous.0.display().to_string(),
                 }),
                 gateways: self.live.snapshot(&self.model, &self.windows),
+                health_down: self.health_down.clone(),
             }),
             ..Response::default()
         }

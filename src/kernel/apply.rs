@@ -143,7 +143,8 @@ pub fn prepare(model: &Model) -> Result<(Observed, Plan, Changes), KernelError> 
     prepare_health(model, &Default::default())
 }
 
-fn prepare_health(
+/// `prepare` with gateways that health checks hold down (name → why).
+pub fn prepare_health(
     model: &Model,
     health_down: &std::collections::BTreeMap<String, String>,
 ) -> Result<(Observed, Plan, Changes), KernelError> {

@@ -54,6 +54,11 @@ impl TwoIsps {
     pub const DNAT_PORT: u16 = 2525;
     /// UDP echo on the firewall's ISP1 addresses.
     pub const UDP_PORT: u16 = 5353;
+    /// The server of [`Self::add_dual_homed_server`], and how its greeting starts for a
+    /// connection that came via each ISP (masqueraded to the ISP's address).
+    pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+    pub const VIA_ISP1: &'static str = "hello 192.0.2.1 ";
+    pub const VIA_ISP2: &'static str = "hello 10.99.0.1 ";
 
     pub fn build() -> anyhow::Result<TwoIsps> {
         require_tool("nft", &["--version"])?;
@@ -109,6 +114,53 @@ impl TwoIsps {
             client,
             lan,
         })
+    }
+
+    /// A server both ISPs reach, for route_via failover and sharing: [`Self::SERVER_V4`] on
+    /// the client's loopback, behind isp1 (as before) and behind isp2 over a second link
+    /// (10.99.0.0/24). Each ISP masquerades what it forwards to the client, so the
+    /// server's greeting (`hello <peer> <port>`) names the ISP a connection took:
+    /// [`Self::VIA_ISP1`] or [`Self::VIA_ISP2`]. Also lets isp2 forward, which seed 1's
+    /// isp2 does not. Returns the TCP :80 server on it.
+    pub fn add_dual_homed_server(&self) -> anyhow::Result<TcpServer> {
+        veth(&self.isp2, "cl0", &self.client, "eth1")?;
+        addrs(&self.client, "lo", &["100.64.0.1/32"])?;
+        addrs(&self.client, "eth1", &["10.99.0.2/24"])?;
+        addrs(&self.isp2, "cl0", &["10.99.0.1/24"])?;
+        forwarding(&self.isp2, true)?;
+        self.isp2.ip("route add 100.64.0.1/32 via 10.99.0.2")?;
+        self.isp2.ip("route add 10.77.0.0/24 via 198.51.100.2")?;
+        self.isp1.ip("route add 100.64.0.1/32 via 192.0.2.10")?;
+        self.isp1.ip("route add 10.77.0.0/24 via 203.0.113.2")?;
+        for isp in [&self.isp1, &self.isp2] {
+            isp.nft("table ip masq {\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname \"cl0\" masquerade\n\t}\n}\n")?;
+        }
+        TcpServer::start(&self.client, sa(Self::SERVER_V4, 80))
+    }
+
+    /// Which ISP a new TCP connection from the LAN host to the dual-homed server takes
+    /// now; `None` when it gets no answer within `timeout`.
+    pub fn lan_path_now(&self, timeout: Duration) -> Option<&'static str> {
+        let line = super::traffic::tcp_probe(&self.lan, sa(Self::SERVER_V4, 80), timeout).ok()?;
+        if line.starts_with(Self::VIA_ISP1) {
+            Some("isp1")
+        } else if line.starts_with(Self::VIA_ISP2) {
+            Some("isp2")
+        } else {
+            None
+        }
+    }
+
+    /// ISP1 stops forwarding to its upstream (the client) while every link stays up: the
+    /// failure only health checks see. `false` restores it.
+    pub fn cut_isp1_upstream(&self, cut: bool) -> anyhow::Result<()> {
+        if cut {
+            self.isp1.nft("table inet cut {\n\tchain f {\n\t\ttype filter hook forward priority 0; policy accept;\n\t\toifname \"cl0\" drop\n\t}\n}\n")
+        } else {
+            self.isp1
+                .exec(&["nft", "delete", "table", "inet", "cut"])
+                .map(drop)
+        }
     }
 
     /// TCP :25 and UDP :5353 on the firewall, TCP :25 on the LAN host (DNAT target).

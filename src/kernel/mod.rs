@@ -5,8 +5,9 @@
 //! per table instead of one `ip` process each, and every rule or route change of a step
 //! pipelined in one datagram with an ack per request, so errors still name the `ip`
 //! command that does the same. nftables stays with `nft -f` (the only supported way to
-//! build a transaction from text on nft 1.0.x hosts), and `iptables-save`/`conntrack`
-//! stay command-line tools: their output formats are what we parse.
+//! build a transaction from text on nft 1.0.x hosts); reading our table's rule handles
+//! (`nft_rules`) and conntrack entries by mark (`conntrack`) go over nfnetlink;
+//! `iptables-save` stays a command-line tool: its output format is what we parse.
 
 pub mod apply;
 pub mod cmd;
@@ -15,6 +16,7 @@ pub mod conntrack;
 pub mod marks;
 pub mod netlink;
 pub mod netns;
+pub mod nft_rules;
 pub mod observe;
 pub mod snapshot;
 pub mod state;

@@ -43,41 +43,18 @@ pub fn observe() -> Result<Observed, KernelError> {
     })
 }
 
-/// A digest of our table as the kernel holds it, without what traffic changes (counter
-/// values; set elements are left out of the terse listing): the fingerprint chain names
-/// the table symroute wrote, this tells whether anyone altered it since (a rule added,
-/// deleted or a chain flushed inside it). `None` when the table does not exist. Costs one
-/// `nft -t list table` (3 ms for the examples, 30 ms for 10,000 selectors), so only the
-/// daemon asks, and only after nftables notifications.
+/// A digest of our table's rules as the kernel holds them (each rule's chain and
+/// handle, `nft_rules`): the fingerprint chain names the table symroute wrote, this
+/// tells whether anyone altered it since (a rule added, deleted or replaced, a chain
+/// flushed). One nfnetlink dump, no `nft` process. A missing table has no rules; its
+/// fingerprint already says it is missing.
 pub fn table_digest() -> Result<Option<String>, KernelError> {
-    let tables = cmd::run("nft", &["list", "tables", "inet"], None)?;
-    let name = format!("table inet {}", crate::plan::nft::TABLE);
-    if !tables.lines().any(|l| l.trim() == name) {
-        return Ok(None);
-    }
-    let text = cmd::run(
-        "nft",
-        &["-t", "list", "table", "inet", crate::plan::nft::TABLE],
-        None,
-    )?;
-    Ok(Some(crate::plan::nft::fingerprint(
-        &without_counter_values(&text),
-    )))
-}
-
-/// `counter packets 12 bytes 3400` and named counters' `packets 12 bytes 3400` lose
-/// their numbers.
-fn without_counter_values(listing: &str) -> String {
-    let mut out = String::with_capacity(listing.len());
-    let mut words = listing.split_whitespace();
-    while let Some(w) = words.next() {
-        out.push_str(w);
-        out.push(' ');
-        if w == "packets" || w == "bytes" {
-            words.next();
-        }
-    }
-    out
+    Ok(
+        super::nft_rules::rule_handles(crate::plan::nft::TABLE)?.map(|rules| {
+            let text: String = rules.iter().map(|(c, h)| format!("{c} {h}\n")).collect();
+            crate::plan::nft::fingerprint(&text)
+        }),
+    )
 }
 
 /// Links, their addresses, and the sysctls symroute may change.

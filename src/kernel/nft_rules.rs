@@ -1,0 +1,140 @@
+//! Which rules our nft table holds, read over nfnetlink: one NFT_MSG_GETRULE dump of
+//! table `inet symroute`, reduced to (chain, rule handle) pairs. Every rule added,
+//! deleted or replaced gets or loses a handle, so a digest of these pairs tells whether
+//! anyone altered the table since symroute wrote it, at a fraction of the cost of
+//! listing it with `nft` (which also formats every set element): well under a
+//! millisecond for a table of 10,000 selectors, against 30–80 ms.
+//!
+//! Hand-written because no rust-netlink crate encodes nf_tables messages (and the
+//! nftnl bindings need libnftnl); the request is one header and one attribute, and only
+//! two attributes of the answers are read.
+
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_sys::protocols::NETLINK_NETFILTER;
+
+use super::netlink::{dump_raw, open_socket};
+use super::KernelError;
+
+/// linux/netfilter/nfnetlink.h and nf_tables.h.
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_HANDLE: u16 = 3;
+const NFPROTO_INET: u8 = 1;
+const ENOENT: &str = "No such file or directory";
+
+/// The (chain, handle) pairs of every rule of table `inet NAME`, sorted (none when the
+/// table does not exist: the kernel's filtered dump is then simply empty; `None` only if
+/// the kernel says ENOENT).
+pub fn rule_handles(table: &str) -> Result<Option<Vec<(String, u64)>>, KernelError> {
+    let socket = open_socket(NETLINK_NETFILTER, "NETLINK_NETFILTER")?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let seq = 1;
+    let what = format!("nft list table inet {table} (rule handles)");
+    let mut rules = Vec::new();
+    let res = dump_raw(&socket, &mut buf, &what, seq, &request(table, seq), |m| {
+        if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE {
+            // nfgenmsg (4 bytes), then the attributes.
+            let (chain, handle) = rule_attrs(m.payload.get(4..).unwrap_or_default());
+            if let (Some(c), Some(h)) = (chain, handle) {
+                rules.push((c, h));
+            }
+        }
+        Ok(())
+    });
+    match res {
+        Ok(_) => {
+            rules.sort();
+            Ok(Some(rules))
+        }
+        Err(KernelError::Netlink { reason, .. }) if reason.contains(ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// nlmsghdr + nfgenmsg + NFTA_RULE_TABLE, as a dump request.
+fn request(table: &str, seq: u32) -> Vec<u8> {
+    let mut name = table.as_bytes().to_vec();
+    name.push(0);
+    let attr_len = 4 + name.len();
+    let padded = (attr_len + 3) & !3;
+    let len = 16 + 4 + padded;
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&(len as u32).to_ne_bytes());
+    b.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE).to_ne_bytes());
+    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    // nfgenmsg: family, version (NFNETLINK_V0), resource id (big endian).
+    b.extend_from_slice(&[NFPROTO_INET, 0, 0, 0]);
+    b.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+    b.extend_from_slice(&NFTA_RULE_TABLE.to_ne_bytes());
+    b.extend_from_slice(&name);
+    b.resize(len, 0);
+    b
+}
+
+/// NFTA_RULE_CHAIN and NFTA_RULE_HANDLE of one rule's attributes.
+fn rule_attrs(mut attrs: &[u8]) -> (Option<String>, Option<u64>) {
+    let (mut chain, mut handle) = (None, None);
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        // The top bits of the type are flags (nested, byte order).
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            break;
+        }
+        let value = &attrs[4..len];
+        match kind {
+            NFTA_RULE_CHAIN => {
+                chain = Some(
+                    String::from_utf8_lossy(value)
+                        .trim_end_matches('\0')
+                        .to_string(),
+                );
+            }
+            NFTA_RULE_HANDLE => {
+                handle = value.try_into().ok().map(u64::from_be_bytes);
+            }
+            _ => {}
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
+    }
+    (chain, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_is_one_header_and_a_padded_table_name() {
+        let r = request("symroute", 7);
+        assert_eq!(r.len(), 16 + 4 + 16);
+        assert_eq!(
+            u32::from_ne_bytes(r[0..4].try_into().unwrap()) as usize,
+            r.len()
+        );
+        assert_eq!(u16::from_ne_bytes([r[4], r[5]]), 10 << 8 | 7);
+        assert_eq!(&r[24..33], b"symroute\0");
+    }
+
+    #[test]
+    fn chain_and_handle_are_read_and_the_rest_skipped() {
+        let mut a = Vec::new();
+        let mut attr = |kind: u16, v: &[u8]| {
+            a.extend_from_slice(&((4 + v.len()) as u16).to_ne_bytes());
+            a.extend_from_slice(&kind.to_ne_bytes());
+            a.extend_from_slice(v);
+            a.resize((a.len() + 3) & !3, 0);
+        };
+        attr(NFTA_RULE_TABLE, b"symroute\0");
+        attr(NFTA_RULE_CHAIN, b"pre\0");
+        attr(4 | 0x8000, &[1, 2, 3, 4]); // nested expressions
+        attr(NFTA_RULE_HANDLE, &42u64.to_be_bytes());
+        assert_eq!(rule_attrs(&a), (Some("pre".into()), Some(42)));
+        assert_eq!(rule_attrs(&a[..3]), (None, None));
+    }
+}

@@ -368,6 +368,41 @@ fn apply_is_idempotent() {
         &table_after,
     );
     expect_answer(&lab, smtp_v4(), "after the no-op apply");
+
+    // Someone flushes a chain inside our table (its fingerprint chain stays): plan sees
+    // it, apply replaces the table, and the next apply is a no-op again.
+    fw.exec(&["nft", "flush", "chain", "inet", "symroute", "pre"])
+        .expect("flush chain");
+    let plan = symroute_in(fw, "plan", Some(CONFIG), &[]);
+    assert!(
+        plan.stdout.contains("nftables table inet symroute"),
+        "plan must see the altered table:\n{}",
+        show(&plan)
+    );
+    apply_ok(fw, CONFIG, "apply after the chain was flushed");
+    let table_again = fw
+        .exec(&["nft", "list", "table", "inet", "symroute"])
+        .expect("nft list");
+    // The replaced table starts its counters from zero; everything else is as before.
+    let without_counts = |t: &str| -> String {
+        let mut words = t.split_whitespace();
+        let mut out = Vec::new();
+        while let Some(w) = words.next() {
+            out.push(w);
+            if w == "packets" || w == "bytes" {
+                words.next();
+            }
+        }
+        out.join(" ")
+    };
+    assert_eq!(
+        without_counts(&table_before),
+        without_counts(&table_again),
+        "the altered table, written again"
+    );
+    let (again, _) = timed(fw, "apply", Some(CONFIG), &[]);
+    assert!(again.stdout.contains("no changes"), "{}", show(&again));
+    expect_answer(&lab, smtp_v4(), "after the repair");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -138,7 +138,6 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         probes: None,
         windows: BTreeMap::new(),
         health_down: BTreeMap::new(),
-        table_digest: None,
         metrics,
         started: SystemTime::now(),
         live: gateways::Live::default(),
@@ -214,10 +213,6 @@ struct Daemon {
     health_down: BTreeMap<String, String>,
     /// What the metrics thread serves.
     metrics: metrics::Metrics,
-    /// `observe::table_digest` of our nft table as the last apply left it: after an
-    /// nftables notification, a different digest means someone altered a rule inside the
-    /// table (which its fingerprint can't show), and the table is replaced.
-    table_digest: Option<String>,
     started: SystemTime,
     /// Each gateway's state, since, failovers, round trips (for status and hooks).
     live: gateways::Live,
@@ -293,25 +288,9 @@ impl Daemon {
     fn attempt(&mut self, why: &Why) -> Result<ApplyReport, KernelError> {
         let started = Instant::now();
         let reason = why.describe(started);
-        // Any reconcile that nftables notifications (or a lost notification) triggered
-        // checks the table's content; others trust its fingerprint.
-        let nft_touched = match why {
-            Why::Changes(p) => p.sources.contains(event::Source::Nftables) || p.overrun,
-            _ => false,
-        };
-        let digest = self.table_digest.as_deref().filter(|_| nft_touched);
-        let report = apply::apply_for_daemon(&self.model, &self.health_down, digest);
+        let report = apply::apply_with_health(&self.model, &self.health_down);
         self.metrics.reconciled(started.elapsed());
         let report = report?;
-        if report.changes.nft.is_some() || self.table_digest.is_none() {
-            self.table_digest = match crate::kernel::observe::table_digest() {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!("could not read back the nft table to check it later: {e}");
-                    None
-                }
-            };
-        }
         let took = started.elapsed().as_millis();
         let went_down = flush::went_down(&self.gateways, &report.plan.gateways);
         self.log_gateways(&report.plan, matches!(why, Why::Start));

@@ -48,22 +48,8 @@ pub fn apply_with_health(
     model: &Model,
     health_down: &std::collections::BTreeMap<String, String>,
 ) -> Result<ApplyReport, KernelError> {
-    apply_for_daemon(model, health_down, None)
-}
-
-/// The daemon's apply: `health_down` as judged by its probes, and `table_digest`, what
-/// `observe::table_digest` said after its last apply. When given and the table's digest
-/// differs now (someone altered a rule inside the table, which the fingerprint can't
-/// see), the table is replaced although its fingerprint matches.
-pub fn apply_for_daemon(
-    model: &Model,
-    health_down: &std::collections::BTreeMap<String, String>,
-    table_digest: Option<&str>,
-) -> Result<ApplyReport, KernelError> {
     let _lock = state::lock()?;
-    apply_locked_for(model, health_down, table_digest, Faults::default(), |_| {
-        Ok(())
-    })
+    apply_locked_for(model, health_down, Faults::default(), |_| Ok(()))
 }
 
 /// What `apply` knows just before its first change: all a rollback needs.
@@ -82,22 +68,16 @@ pub(crate) fn apply_locked(
     faults: Faults,
     before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
 ) -> Result<ApplyReport, KernelError> {
-    apply_locked_for(model, &Default::default(), None, faults, before_change)
+    apply_locked_for(model, &Default::default(), faults, before_change)
 }
 
 fn apply_locked_for(
     model: &Model,
     health_down: &std::collections::BTreeMap<String, String>,
-    table_digest: Option<&str>,
     faults: Faults,
     before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
 ) -> Result<ApplyReport, KernelError> {
     let (observed, plan, mut changes) = prepare_health(model, health_down)?;
-    if let (None, Some(want)) = (&changes.nft, table_digest) {
-        if observe::table_digest()?.as_deref() != Some(want) {
-            changes.nft = Some(nft::replace_script(&plan.nft));
-        }
-    }
     if changes.is_empty() {
         return Ok(ApplyReport { plan, changes });
     }
@@ -135,7 +115,17 @@ fn apply_locked_for(
         };
         return Err(KernelError::Other(msg));
     }
+    if changes.nft.is_some() {
+        record_table_digest()?;
+    }
     Ok(ApplyReport { plan, changes })
+}
+
+/// Remember the digest of the table as it is now (after symroute wrote it).
+pub(crate) fn record_table_digest() -> Result<(), KernelError> {
+    let mut st = state::load()?;
+    st.table_digest = observe::table_digest()?;
+    state::save(&st)
 }
 
 /// The read-only half of apply: what would change (`symroute plan`).
@@ -155,8 +145,15 @@ pub fn prepare_health(
     if !conflicts.is_empty() {
         return Err(KernelError::Conflicts(conflicts));
     }
-    let recorded = state::load()?.sysctls;
-    let changes = diff::diff(&plan, &observed, &recorded);
+    let st = state::load()?;
+    let mut changes = diff::diff(&plan, &observed, &st.sysctls);
+    // The fingerprint says the table is the one symroute wrote; the digest of its rules
+    // says whether anyone altered it since (cheap: one nfnetlink dump).
+    if let (None, Some(want)) = (&changes.nft, &st.table_digest) {
+        if observe::table_digest()?.as_ref() != Some(want) {
+            changes.nft = Some(nft::replace_script(&plan.nft));
+        }
+    }
     Ok((observed, plan, changes))
 }
 
@@ -360,5 +357,9 @@ pub(crate) fn roll_back(
     };
     let r = execute(&changes, Faults::default(), true);
     state::save(state_before)?;
+    // The table put back has new rule handles.
+    if nft_changed {
+        record_table_digest()?;
+    }
     r
 }

@@ -15,6 +15,11 @@ const DIR: &str = "/run/symroute";
 pub struct State {
     /// sysctl key → value before symroute first changed it.
     pub sysctls: BTreeMap<String, String>,
+    /// `observe::table_digest` of the nft table as symroute last wrote it: when the
+    /// table's fingerprint still matches but this digest does not, someone altered rules
+    /// inside it, and the next apply replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_digest: Option<String>,
 }
 
 fn path() -> Result<PathBuf, KernelError> {

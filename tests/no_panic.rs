@@ -43,6 +43,18 @@ const PIECES: &[&str] = &[
     "[[divert]]\nname=\"d\"\n",
     "10.0.0.0/8",
     "::/0",
+    "[\"isp1\", \"isp2\"]",
+    "{ isp1 = 3, isp2 = 1 }",
+    "{ isp1 = 0 }",
+    "sticky = \"10m\"",
+    "\"auto\"",
+    "via = \"auto\"",
+    "[gateway.check]\ntargets = [\"192.0.2.1\", \"tcp:[::1]:80\"]\n",
+    "down = \"7/10\"",
+    "interval = \"0ms\"",
+    "on_change = [\"true\"]",
+    "metrics = \"0.0.0.0:1\"",
+    "metrics_allow_remote = true",
     "fe80::1",
     "02:03:04:05:06:07",
 ];
@@ -64,6 +76,12 @@ fn host() -> HostView {
         h.sysctls
             .insert(format!("net.ipv4.conf.{name}.rp_filter"), "1".into());
     }
+    // What `via = "auto"` learns (one interface with both families, one with IPv4 only).
+    h.learn_default_routes(vec![
+        ("eth2".into(), "203.0.113.1".parse().unwrap(), 100),
+        ("eth2".into(), "fe80::1".parse().unwrap(), 1024),
+        ("up1".into(), "2001:db8:1::1".parse().unwrap(), 0),
+    ]);
     h
 }
 
@@ -74,11 +92,13 @@ fn mutated_configs_never_panic() {
         include_str!("../examples/two-isps-firewall.toml"),
         include_str!("../examples/proxy-relay.toml"),
         include_str!("../examples/haproxy-divert.toml"),
+        include_str!("../examples/failover.toml"),
+        include_str!("../examples/failover-health.toml"),
     ];
     let host = host();
     let mut rng = Rng::new(0x5eed_1234_abcd_0001);
     let mut accepted = 0;
-    for case in 0..4000 {
+    for case in 0..6000 {
         let text = mutate(&mut rng, seeds[case % seeds.len()], PIECES, 4, 8);
         let result = std::panic::catch_unwind(|| {
             if let Ok(model) = parse_str(&text, "fuzz.toml") {

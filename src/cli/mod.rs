@@ -154,6 +154,16 @@ enum Cmd {
     /// `symroute status`, `apply` and `confirm` talk to it over a unix socket in
     /// /run/symroute; `[settings] on_change` commands run on gateway up/down changes.
     /// Speaks systemd's notify protocol and watchdog: see contrib/symroute.service.
+    ///
+    /// Gateways with `[gateway.check]` are probed (ICMP echo or tcp:HOST:PORT, bound to
+    /// the gateway's interface and mark): by default one probe every 150 ms, lost after
+    /// 450 ms, down after 7 of the last 10 lost (~1.5 s), up after 5 good in a row. A
+    /// gateway that is down loses its routes (reply_via falls back to the main table),
+    /// `route_via` lists move new connections to the next usable gateway, and the dead
+    /// gateway's route_via connections are flushed from conntrack so they re-establish.
+    /// `[settings] metrics = "127.0.0.1:9469"` serves Prometheus metrics.
+    ///
+    /// Try it: `symroute lab failover`.
     Run {
         #[command(flatten)]
         config: ConfigArg,

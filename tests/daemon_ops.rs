@@ -109,6 +109,20 @@ fn status_shows_live_health_and_hooks_run_on_down_and_up() {
     ));
     let d = Daemon::start(&lab.fw, &config);
 
+    // At startup the hooks learn each gateway's initial state (old state "none").
+    d.wait_log_count("on_change `echo", 2, LIMIT);
+    let mut calls: Vec<String> = std::fs::read_to_string(hooks.join("calls"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    calls.sort();
+    assert_eq!(calls, ["isp1", "isp2"], "one startup hook per gateway");
+    let env = read_env(&hooks.join("hook-up.env"));
+    expect_env(&env, &["SYMROUTE_OLD_STATE=none", "SYMROUTE_NEW_STATE=up"]);
+    std::fs::remove_file(hooks.join("calls")).expect("remove calls");
+    std::fs::remove_file(hooks.join("hook-up.env")).expect("remove hook-up.env");
+
     // Up, with a full window of good probes.
     let (st, t) = wait_status(&d, "isp1 up with a round trip", |st| {
         let g = gateway(st, "isp1");
@@ -202,7 +216,7 @@ fn status_shows_live_health_and_hooks_run_on_down_and_up() {
             "SYMROUTE_GATEWAY=isp1",
         ],
     );
-    d.wait_log_count("on_change `echo", 2, LIMIT);
+    d.wait_log_count("on_change `echo", 4, LIMIT);
     let calls = std::fs::read_to_string(hooks.join("calls")).unwrap_or_default();
     assert_eq!(calls, "isp1\nisp1\n", "both hooks ran once per change");
 

@@ -73,13 +73,21 @@ pub fn state_name(up: bool) -> &'static str {
 }
 
 impl Live {
-    /// Take in an applied plan; returns the gateways that went up↔down. A gateway seen for
-    /// the first time is no transition.
+    /// Take in an applied plan; returns the gateways that went up↔down, and those seen for
+    /// the first time (at startup, or added by a reload) with `old` = "none": hooks learn
+    /// the initial state too, as keepalived's notify scripts do.
     pub fn observe(&mut self, plan: &Plan, now: SystemTime) -> Vec<Transition> {
         let mut out = Vec::new();
         for g in &plan.gateways {
             let (up, reason) = up_and_reason(&g.state);
             let Some(gw) = self.gws.get_mut(&g.name) else {
+                out.push(Transition {
+                    gateway: g.name.clone(),
+                    interface: g.interface.clone(),
+                    old: "none",
+                    new: state_name(up),
+                    reason: reason.clone().unwrap_or_default(),
+                });
                 self.gws.insert(
                     g.name.clone(),
                     Gw {
@@ -266,10 +274,18 @@ mod tests {
     }
 
     #[test]
-    fn transitions_count_failovers_and_skip_the_first_sight() {
+    fn transitions_count_failovers_and_start_from_none() {
         let mut live = Live::default();
         let t0 = UNIX_EPOCH + Duration::from_secs(100);
         let down = GatewayState::Down("health check".into());
+        let first = live.observe(&plan(&[("isp1", GatewayState::Up)]), t0);
+        assert_eq!(
+            first
+                .iter()
+                .map(|t| (t.gateway.as_str(), t.old, t.new))
+                .collect::<Vec<_>>(),
+            [("isp1", "none", "up")]
+        );
         assert!(live
             .observe(&plan(&[("isp1", GatewayState::Up)]), t0)
             .is_empty());

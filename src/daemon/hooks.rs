@@ -1,5 +1,6 @@
-//! `[settings] on_change`: commands run on every gateway up↔down change, with the event
-//! in environment variables. The actor only queues them; one worker thread runs them in
+//! `[settings] on_change`: commands run on every gateway up↔down change (and once per
+//! gateway at startup, from the old state "none"), with the event in environment
+//! variables. The actor only queues them; one worker thread runs them in
 //! order (`/bin/sh -c CMD`, each in its own process group), waits at most `LIMIT` for
 //! each, kills the group after that, and logs one line per command.
 
@@ -77,6 +78,12 @@ impl Daemon {
     /// After an apply: note each gateway's state; log and hook its up↔down changes.
     pub(super) fn gateways_observed(&mut self, plan: &Plan) {
         for t in self.live.observe(plan, std::time::SystemTime::now()) {
+            // First sight: `log_gateways` already said how it starts; only the hooks run.
+            if t.old == "none" {
+                self.hooks
+                    .fire(&self.model.settings.on_change, &t, self.netns.as_deref());
+                continue;
+            }
             info!(
                 "gateway {} {} → {}{}",
                 t.gateway,

@@ -217,10 +217,10 @@ fn five_percent_loss_for_60s_changes_no_state() {
     );
 }
 
-/// Polls new connections until they take `want`; the time it took.
-fn wait_path(lab: &TwoIsps, d: &Daemon, want: &str, what: &str) -> Duration {
+/// Polls new connections (IPv4, or IPv6) until they take `want`; the time it took.
+fn wait_path(lab: &TwoIsps, d: &Daemon, v6: bool, want: &str, what: &str) -> Duration {
     let t0 = Instant::now();
-    while lab.lan_path_now(Duration::from_millis(150)) != Some(want) {
+    while lab.lan_path_now(v6, Duration::from_millis(150)) != Some(want) {
         assert!(
             t0.elapsed() < LIMIT,
             "{what}: new connections still not via {want} after {LIMIT:?}; log:\n{}",
@@ -241,14 +241,14 @@ fn failover_list_moves_new_connections_within_2s_10_runs() {
     let lab = TwoIsps::build().expect("build TwoIsps");
     let _server = lab.add_dual_homed_server().expect("dual-homed server");
     let config = format!(
-        "{}\n[gateway.check]\ntargets = [\"192.0.2.10\"]\n\n[[gateway]]\nname = \"isp2\"\ninterface = \"up2\"\nvia = \"198.51.100.1\"\n\n[[policy]]\nname = \"lan-out\"\nroute_via = [\"isp1\", \"isp2\"]\n[policy.match]\nin_interface = \"lan0\"\n",
-        "[[gateway]]\nname = \"isp1\"\ninterface = \"up1\"\nvia = \"203.0.113.1\""
+        "{}\n[gateway.check]\ntargets = [\"192.0.2.10\"]\n\n[[gateway]]\nname = \"isp2\"\ninterface = \"up2\"\nvia = \"198.51.100.1\"\nvia6 = \"2001:db8:2::1\"\n\n[[policy]]\nname = \"lan-out\"\nroute_via = [\"isp1\", \"isp2\"]\n[policy.match]\nin_interface = \"lan0\"\n",
+        "[[gateway]]\nname = \"isp1\"\ninterface = \"up1\"\nvia = \"203.0.113.1\"\nvia6 = \"2001:db8:1::1\""
     );
     let d = Daemon::start(&lab.fw, &config);
     wait_default(&d, true, "start");
     std::thread::sleep(Duration::from_millis(1600));
     assert_eq!(
-        lab.lan_path_now(Duration::from_millis(150)),
+        lab.lan_path_now(false, Duration::from_millis(150)),
         Some("isp1"),
         "log:\n{}",
         d.log()
@@ -259,11 +259,11 @@ fn failover_list_moves_new_connections_within_2s_10_runs() {
         lab.cut_isp1_upstream(true).expect("cut isp1's upstream");
         let cut = Instant::now();
         let down = wait_default(&d, false, "after isp1's upstream died");
-        wait_path(&lab, &d, "isp2", "after isp1's upstream died");
+        wait_path(&lab, &d, false, "isp2", "after isp1's upstream died");
         let moved = cut.elapsed();
         lab.cut_isp1_upstream(false)
             .expect("restore isp1's upstream");
-        let returned = wait_path(&lab, &d, "isp1", "after isp1's upstream came back");
+        let returned = wait_path(&lab, &d, false, "isp1", "after isp1's upstream came back");
         eprintln!(
             "run {run}: isp1 judged down after {:.0} ms, new connections via isp2 after {:.0} ms, back via isp1 {:.0} ms after restore",
             down.as_secs_f64() * 1e3,
@@ -273,6 +273,31 @@ fn failover_list_moves_new_connections_within_2s_10_runs() {
         detect.push(down);
         switch.push(moved);
         back.push(returned);
+        if run == 0 {
+            // IPv6 follows the same decisions (the check target is IPv4: a gateway is
+            // down for both families).
+            assert_eq!(
+                lab.lan_path_now(true, Duration::from_millis(300)),
+                Some("isp1"),
+                "IPv6 via isp1 while it is up; log:\n{}",
+                d.log()
+            );
+            lab.cut_isp1_upstream(true).expect("cut isp1's upstream");
+            wait_default(&d, false, "IPv6: after isp1's upstream died");
+            let v6 = wait_path(&lab, &d, true, "isp2", "IPv6: after isp1's upstream died");
+            lab.cut_isp1_upstream(false).expect("restore");
+            wait_path(
+                &lab,
+                &d,
+                true,
+                "isp1",
+                "IPv6: after isp1's upstream came back",
+            );
+            eprintln!(
+                "IPv6: new connections via isp2 {:.0} ms after isp1 was judged down, and back",
+                v6.as_secs_f64() * 1e3
+            );
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
     let (dm, dw) = median_worst(detect);

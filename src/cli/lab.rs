@@ -289,7 +289,7 @@ impl Drop for Daemon {
 fn wait_path(t: &TwoIsps, want: &str, t0: std::time::Instant) -> anyhow::Result<Duration> {
     let mut last = Some("");
     loop {
-        let now = t.lan_path_now(Duration::from_millis(150));
+        let now = t.lan_path_now(false, Duration::from_millis(150));
         if now != last {
             println!(
                 "  {:>5.2} s  LAN -> server: {}",

@@ -57,8 +57,11 @@ impl TwoIsps {
     /// The server of [`Self::add_dual_homed_server`], and how its greeting starts for a
     /// connection that came via each ISP (masqueraded to the ISP's address).
     pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 1);
+    pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x64, 0, 0, 0, 0, 1);
     pub const VIA_ISP1: &'static str = "hello 192.0.2.1 ";
     pub const VIA_ISP2: &'static str = "hello 10.99.0.1 ";
+    pub const VIA_ISP1_V6: &'static str = "hello 2001:db8:c::1 ";
+    pub const VIA_ISP2_V6: &'static str = "hello fd99::1 ";
 
     pub fn build() -> anyhow::Result<TwoIsps> {
         require_tool("nft", &["--version"])?;
@@ -120,31 +123,48 @@ impl TwoIsps {
     /// the client's loopback, behind isp1 (as before) and behind isp2 over a second link
     /// (10.99.0.0/24). Each ISP masquerades what it forwards to the client, so the
     /// server's greeting (`hello <peer> <port>`) names the ISP a connection took:
-    /// [`Self::VIA_ISP1`] or [`Self::VIA_ISP2`]. Also lets isp2 forward, which seed 1's
-    /// isp2 does not. Returns the TCP :80 server on it.
-    pub fn add_dual_homed_server(&self) -> anyhow::Result<TcpServer> {
+    /// [`Self::VIA_ISP1`] or [`Self::VIA_ISP2`] (and their `_V6` twins for
+    /// [`Self::SERVER_V6`]). Also lets isp2 forward, which seed 1's isp2 does not.
+    /// Returns the TCP :80 servers (IPv4 and IPv6).
+    pub fn add_dual_homed_server(&self) -> anyhow::Result<Vec<TcpServer>> {
         veth(&self.isp2, "cl0", &self.client, "eth1")?;
-        addrs(&self.client, "lo", &["100.64.0.1/32"])?;
-        addrs(&self.client, "eth1", &["10.99.0.2/24"])?;
-        addrs(&self.isp2, "cl0", &["10.99.0.1/24"])?;
+        // `nodad`: usable at once, not after duplicate address detection.
+        self.client.sh(
+            "ip addr add 100.64.0.1/32 dev lo && ip addr add 2001:db8:64::1/128 dev lo && \
+             ip addr add 10.99.0.2/24 dev eth1 && ip addr add fd99::2/64 dev eth1 nodad",
+        )?;
+        self.isp2
+            .sh("ip addr add 10.99.0.1/24 dev cl0 && ip addr add fd99::1/64 dev cl0 nodad")?;
         forwarding(&self.isp2, true)?;
-        self.isp2.ip("route add 100.64.0.1/32 via 10.99.0.2")?;
-        self.isp2.ip("route add 10.77.0.0/24 via 198.51.100.2")?;
-        self.isp1.ip("route add 100.64.0.1/32 via 192.0.2.10")?;
-        self.isp1.ip("route add 10.77.0.0/24 via 203.0.113.2")?;
+        self.isp2.sh(
+            "ip route add 100.64.0.1/32 via 10.99.0.2 && ip route add 10.77.0.0/24 via 198.51.100.2 && \
+             ip -6 route add 2001:db8:64::1/128 via fd99::2 && ip -6 route add fd77::/64 via 2001:db8:2::2",
+        )?;
+        self.isp1.sh(
+            "ip route add 100.64.0.1/32 via 192.0.2.10 && ip route add 10.77.0.0/24 via 203.0.113.2 && \
+             ip -6 route add 2001:db8:64::1/128 via 2001:db8:c::10 && ip -6 route add fd77::/64 via 2001:db8:1::2",
+        )?;
         for isp in [&self.isp1, &self.isp2] {
-            isp.nft("table ip masq {\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname \"cl0\" masquerade\n\t}\n}\n")?;
+            isp.nft("table inet masq {\n\tchain post {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\toifname \"cl0\" masquerade\n\t}\n}\n")?;
         }
-        TcpServer::start(&self.client, sa(Self::SERVER_V4, 80))
+        Ok(vec![
+            TcpServer::start(&self.client, sa(Self::SERVER_V4, 80))?,
+            TcpServer::start(&self.client, sa(Self::SERVER_V6, 80))?,
+        ])
     }
 
-    /// Which ISP a new TCP connection from the LAN host to the dual-homed server takes
-    /// now; `None` when it gets no answer within `timeout`.
-    pub fn lan_path_now(&self, timeout: Duration) -> Option<&'static str> {
-        let line = super::traffic::tcp_probe(&self.lan, sa(Self::SERVER_V4, 80), timeout).ok()?;
-        if line.starts_with(Self::VIA_ISP1) {
+    /// Which ISP a new TCP connection from the LAN host to the dual-homed server (over
+    /// IPv4, or IPv6) takes now; `None` when it gets no answer within `timeout`.
+    pub fn lan_path_now(&self, v6: bool, timeout: Duration) -> Option<&'static str> {
+        let server = if v6 {
+            sa(Self::SERVER_V6, 80)
+        } else {
+            sa(Self::SERVER_V4, 80)
+        };
+        let line = super::traffic::tcp_probe(&self.lan, server, timeout).ok()?;
+        if line.starts_with(Self::VIA_ISP1) || line.starts_with(Self::VIA_ISP1_V6) {
             Some("isp1")
-        } else if line.starts_with(Self::VIA_ISP2) {
+        } else if line.starts_with(Self::VIA_ISP2) || line.starts_with(Self::VIA_ISP2_V6) {
             Some("isp2")
         } else {
             None

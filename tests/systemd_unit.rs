@@ -16,13 +16,16 @@ fn verify(unit: &str) {
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(unit);
     std::fs::write(&path, text).expect("write unit");
-    let out = match Command::new("systemd-analyze").arg("verify").arg(&path).output() {
-        Ok(o) => o,
-        Err(e) => panic!(
-            "systemd-analyze is needed for this test ({e}); install the systemd package (scripts/setup does)"
-        ),
-    };
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output();
     let _ = std::fs::remove_dir_all(&dir);
+    let out = out.unwrap_or_else(|e| {
+        panic!(
+            "systemd-analyze is needed for this test ({e}); install the systemd package (scripts/setup does)"
+        )
+    });
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stderr.trim().is_empty(),

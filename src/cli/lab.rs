@@ -244,9 +244,14 @@ fn verdict(before: &[bool], after: &[bool]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `symroute run` as a child of the lab, its log shown as it comes; stopped with SIGTERM
-/// (and waited for) on drop.
-struct Daemon(std::process::Child);
+/// `symroute run` as a child of the lab, its log shown as it comes. `stop_and_remove`
+/// ends it (SIGTERM) and removes what it applied; dropped early (the lab failed), it does
+/// the same quietly, so no state is left behind for a namespace about to disappear.
+struct Daemon {
+    child: std::process::Child,
+    ns: String,
+    removed: bool,
+}
 
 impl Daemon {
     fn start(cfg: &str, ns: &str) -> anyhow::Result<Daemon> {
@@ -272,15 +277,37 @@ impl Daemon {
                 println!("    [run] {}", msg.trim_start());
             }
         });
-        Ok(Daemon(child))
+        Ok(Daemon {
+            child,
+            ns: ns.to_string(),
+            removed: false,
+        })
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM (which leaves the policy applied), then `symroute remove`, shown.
+    fn stop_and_remove(mut self) -> anyhow::Result<()> {
+        self.stop();
+        self.removed = true;
+        symroute(&["remove", "--netns", &self.ns])
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let _ = self.0.wait();
+        if !self.removed {
+            self.stop();
+            if let Ok(exe) = std::env::current_exe() {
+                let _ = Command::new(exe)
+                    .args(["remove", "--netns", &self.ns])
+                    .output();
+            }
+        }
     }
 }
 
@@ -332,8 +359,7 @@ fn failover(dir: &Path) -> anyhow::Result<()> {
     t.cut_isp1_upstream(false)?;
     let back = wait_path(&t, "isp1", std::time::Instant::now())?;
     say("stopping the daemon (SIGTERM leaves the policy applied) and removing symroute");
-    drop(daemon);
-    symroute(&["remove", "--netns", &ns])?;
+    daemon.stop_and_remove()?;
     say(&format!(
         "result: new connections moved to isp2 {:.1} s after ISP1's upstream died, and back to isp1 {:.1} s after it returned",
         moved.as_secs_f64(),

@@ -7,27 +7,11 @@
 //! force. Reply marks are left alone: a connection that arrived by the dead path can't be
 //! answered through another one anyway. Entries of other gateways are never touched.
 
-use std::collections::BTreeMap;
-
 use tracing::{info, warn};
 
 use crate::kernel::conntrack::Conntrack;
 use crate::model::MarkMask;
-use crate::plan::{GatewayPlan, GatewayState};
-
-/// The gateways that were usable (up or partly up) at the last reconcile and are down in
-/// `now` (the new plan's). At startup (`before` empty) none went down: they were never seen up.
-pub fn went_down(before: &BTreeMap<String, GatewayState>, now: &[GatewayPlan]) -> Vec<GatewayPlan> {
-    now.iter()
-        .filter(|g| matches!(g.state, GatewayState::Down(_)))
-        .filter(|g| {
-            before
-                .get(&g.name)
-                .is_some_and(|s| !matches!(s, GatewayState::Down(_)))
-        })
-        .cloned()
-        .collect()
-}
+use crate::plan::GatewayPlan;
 
 /// Flush the route-marked conntrack entries of each gateway (those with a route mark),
 /// logging one line per gateway with how many were deleted, or why they could not be.
@@ -63,45 +47,5 @@ pub fn flush_routed(gateways: &[GatewayPlan], mask: MarkMask) {
                 g.name
             ),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::TableId;
-
-    fn gw(name: &str, state: GatewayState) -> GatewayPlan {
-        GatewayPlan {
-            name: name.into(),
-            interface: "eth0".into(),
-            table: TableId::from_kernel(42000),
-            reply_mark: None,
-            route_mark: MarkMask::new(0xff00_0000).unwrap().value(2),
-            state,
-        }
-    }
-
-    #[test]
-    fn only_usable_to_down_counts() {
-        let down = || GatewayState::Down("link down".into());
-        let mut before = BTreeMap::new();
-        before.insert("a".to_string(), GatewayState::Up);
-        before.insert("b".to_string(), down());
-        before.insert("c".to_string(), GatewayState::Partial("no IPv6".into()));
-        let now = [
-            gw("a", down()),
-            gw("b", down()),
-            gw("c", down()),
-            gw("new", down()),
-        ];
-        let names: Vec<String> = went_down(&before, &now)
-            .into_iter()
-            .map(|g| g.name)
-            .collect();
-        assert_eq!(names, ["a", "c"]);
-        assert!(went_down(&BTreeMap::new(), &now).is_empty());
-        let up = [gw("a", GatewayState::Up)];
-        assert!(went_down(&before, &up).is_empty());
     }
 }

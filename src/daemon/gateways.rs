@@ -219,7 +219,9 @@ pub fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// `2024-05-01T12:34:56.789Z` (fixed width: strings sort as times do).
+/// `2024-05-01T12:34:56.789Z` (fixed width: strings sort as times do). Written here: the
+/// dependency tree has no date crate (tracing-subscriber's formatter is private), and a
+/// UTC timestamp is this one function.
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = unix(t);
     let ms = t
@@ -302,5 +304,10 @@ mod tests {
         assert_eq!((tr[0].old, tr[0].new), ("down", "up"));
         assert_eq!(live.gws["isp1"].failovers, 1);
         assert_eq!(unix(live.gws["isp1"].since), 106);
+        // Partly up counts as up: losing it is an up→down change (and a failover).
+        let down = GatewayState::Down("link down".into());
+        let tr = live.observe(&plan(&[("isp1", down)]), t1 + Duration::from_secs(2));
+        assert_eq!((tr[0].old, tr[0].new), ("up", "down"));
+        assert_eq!(live.gws["isp1"].failovers, 2);
     }
 }

@@ -75,29 +75,15 @@ impl Hooks {
 }
 
 impl Daemon {
-    /// After an apply: note each gateway's state; log and hook its up↔down changes.
-    pub(super) fn gateways_observed(&mut self, plan: &Plan) {
-        for t in self.live.observe(plan, std::time::SystemTime::now()) {
-            // First sight: `log_gateways` already said how it starts; only the hooks run.
-            if t.old == "none" {
-                self.hooks
-                    .fire(&self.model.settings.on_change, &t, self.netns.as_deref());
-                continue;
-            }
-            info!(
-                "gateway {} {} → {}{}",
-                t.gateway,
-                t.old,
-                t.new,
-                if t.reason.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", t.reason)
-                }
-            );
-            let cmds = &self.model.settings.on_change;
-            self.hooks.fire(cmds, &t, self.netns.as_deref());
+    /// After an apply: note each gateway's state and run the hooks for its up↔down
+    /// changes (`log_gateways` has logged them). Returns the changes.
+    pub(super) fn gateways_observed(&mut self, plan: &Plan) -> Vec<Transition> {
+        let changes = self.live.observe(plan, std::time::SystemTime::now());
+        for t in &changes {
+            self.hooks
+                .fire(&self.model.settings.on_change, t, self.netns.as_deref());
         }
+        changes
     }
 }
 

@@ -126,6 +126,7 @@ pub struct Live {
 /// The actor's handle: updates go into the shared snapshot.
 pub struct Metrics {
     shared: Arc<Mutex<Snapshot>>,
+    serving: bool,
 }
 
 fn lock(m: &Mutex<Snapshot>) -> MutexGuard<'_, Snapshot> {
@@ -138,6 +139,7 @@ impl Metrics {
     /// keep the snapshot when metrics are off.
     pub fn start(addr: Option<SocketAddr>) -> io::Result<Metrics> {
         let shared = Arc::new(Mutex::new(Snapshot::default()));
+        let serving = addr.is_some();
         if let Some(addr) = addr {
             let listener = TcpListener::bind(addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("listening on {addr}: {e}")))?;
@@ -147,7 +149,12 @@ impl Metrics {
                 .spawn(move || serve(listener, &snap))?;
             tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
         }
-        Ok(Metrics { shared })
+        Ok(Metrics { shared, serving })
+    }
+
+    /// Whether a metrics page is served (else updates are kept but nobody reads them).
+    pub fn serving(&self) -> bool {
+        self.serving
     }
 
     /// One reconcile took `took` (whether it succeeded or not).
@@ -316,11 +323,10 @@ fn read_live(snap: &Snapshot) -> Live {
     let connections = Conntrack::open().and_then(|mut ct| {
         let mut out = BTreeMap::new();
         for g in &snap.gateways {
-            let mut n = 0;
-            for m in &g.marks {
-                n += ct.count(*m, snap.mark_mask)?;
-            }
-            out.insert(g.name.clone(), n);
+            out.insert(
+                g.name.clone(),
+                ct.count_any(g.marks.iter().copied(), snap.mark_mask)?,
+            );
         }
         Ok(out)
     });

@@ -239,6 +239,7 @@ impl Daemon {
             // Take in everything already queued before deciding: a burst read while the
             // last reconcile ran is one change, not many.
             let mut reload = false;
+            let mut probed = false;
             for e in first.into_iter().chain(rx.try_iter()) {
                 match e {
                     Event::Kernel(k) => self.debounce.note(&k),
@@ -253,11 +254,15 @@ impl Daemon {
                     } => {
                         self.live.note_rtt(&gateway, rtt);
                         self.health(&gateway, target, ok);
-                        self.metrics
-                            .probed(&self.live.snapshot(&self.model, &self.windows));
+                        probed = true;
                     }
                     Event::Control(call) => self.control(call),
                 }
+            }
+            // Once per batch of probe results, and only for a metrics page someone serves.
+            if probed && self.metrics.serving() {
+                self.metrics
+                    .probed(&self.live.snapshot(&self.model, &self.windows));
             }
             let now = Instant::now();
             self.systemd.ping_if_due(now);
@@ -292,9 +297,15 @@ impl Daemon {
         self.metrics.reconciled(started.elapsed());
         let report = report?;
         let took = started.elapsed().as_millis();
-        let went_down = flush::went_down(&self.gateways, &report.plan.gateways);
         self.log_gateways(&report.plan, matches!(why, Why::Start));
-        self.gateways_observed(&report.plan);
+        // Gateways seen up before and down now (not those found down at startup).
+        let went_down: Vec<_> = self
+            .gateways_observed(&report.plan)
+            .into_iter()
+            .filter(|t| (t.old, t.new) == ("up", "down"))
+            .filter_map(|t| report.plan.gateways.iter().find(|g| g.name == t.gateway))
+            .cloned()
+            .collect();
         let lines = report.changes.summary();
         if lines.is_empty() {
             let msg = format!("reconciled {reason}: no changes ({took} ms)");
@@ -324,10 +335,12 @@ impl Daemon {
         }
         // After the apply that took them out: their connections re-establish elsewhere.
         flush::flush_routed(&went_down, report.plan.mark_mask);
-        self.metrics.applied(
-            &report.plan,
-            &self.live.snapshot(&self.model, &self.windows),
-        );
+        if self.metrics.serving() {
+            self.metrics.applied(
+                &report.plan,
+                &self.live.snapshot(&self.model, &self.windows),
+            );
+        }
         Ok(report)
     }
 

@@ -88,6 +88,16 @@ impl Conntrack {
         Ok(n)
     }
 
+    /// How many entries carry any of `values` (under `mask`): a gateway's connections,
+    /// counted over its reply and route marks.
+    pub fn count_any(
+        &mut self,
+        values: impl IntoIterator<Item = u32>,
+        mask: u32,
+    ) -> Result<u64, KernelError> {
+        values.into_iter().map(|v| self.count(v, mask)).sum()
+    }
+
     /// Delete every entry with `mark & mask == value`; how many there were just before
     /// (the kernel's flush does not say, so they are counted first: a connection that
     /// starts in between is flushed without being counted). Refuses `value & mask == 0`,

@@ -148,16 +148,6 @@ fn read_routes(
     Ok(())
 }
 
-/// The whole nft ruleset as JSON (our table and everyone else's).
-pub fn nft_ruleset() -> Result<Value, KernelError> {
-    // Terse (`-t`): set elements are not needed here and dominate the output at scale.
-    let text = cmd::run("nft", &["-j", "-t", "list", "ruleset"], None)?;
-    serde_json::from_str(&text).map_err(|e| KernelError::Parse {
-        cmd: "nft -j -t list ruleset".into(),
-        detail: e.to_string(),
-    })
-}
-
 /// What observe needs from nftables, without listing our own (possibly huge) table:
 /// every chain (which tables exist, and our fingerprint chain), plus the rules of every
 /// foreign table (for mark users), each listed on its own.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::conntrack::Conntrack;
-use super::{cmd, observe, KernelError};
+use super::{cmd, KernelError};
 use crate::plan::{GatewayState, Plan, PolicyGateway};
 
 #[derive(Debug, Serialize)]
@@ -62,23 +62,17 @@ pub struct PolicyStatus {
 
 pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
     let counters = if applied {
-        read_counters()?
+        policy_counters()?
     } else {
         BTreeMap::new()
     };
     let mut ct = Conntrack::open()?;
-    let mut connections_of = |g: &crate::plan::GatewayPlan| -> Result<u64, KernelError> {
-        let mut n = 0;
-        for m in [g.reply_mark, g.route_mark].into_iter().flatten() {
-            n += ct.count(m.bits(), plan.mark_mask.bits())?;
-        }
-        Ok(n)
-    };
     let gateways = plan
         .gateways
         .iter()
         .map(|g| {
-            let connections = connections_of(g)?;
+            let marks = [g.reply_mark, g.route_mark].into_iter().flatten();
+            let connections = ct.count_any(marks.map(|m| m.bits()), plan.mark_mask.bits())?;
             Ok(GatewayStatus {
                 name: g.name.clone(),
                 interface: g.interface.clone(),
@@ -115,11 +109,6 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
         gateways,
         policies,
     })
-}
-
-/// Named counters of our table: name → (packets, bytes).
-fn read_counters() -> Result<BTreeMap<String, (u64, u64)>, KernelError> {
-    Ok(counters_in(&observe::nft_ruleset()?))
 }
 
 /// Named counters of our table alone (`nft -j list counters table inet symroute`: cheap

@@ -393,10 +393,7 @@ fn link_state(g: &crate::model::Gateway, host: &HostView) -> GatewayState {
     if !link.up {
         return GatewayState::Down(format!("interface {} is down", g.interface));
     }
-    let on_link = |via: IpAddr| {
-        matches!(via, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
-            || link.addrs.iter().any(|a| a.contains(&via))
-    };
+    let on_link = |via: IpAddr| on_link(link, via);
     let mut off: Vec<String> = [
         g.via.and_then(NextHop::fixed).map(IpAddr::V4),
         g.via6.and_then(NextHop::fixed).map(IpAddr::V6),
@@ -431,15 +428,19 @@ fn link_state(g: &crate::model::Gateway, host: &HostView) -> GatewayState {
     }
 }
 
+/// Whether `via` is reachable directly on `link`: IPv6 link-local, or inside one of the
+/// interface's networks.
+fn on_link(link: &Link, via: IpAddr) -> bool {
+    matches!(via, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
+        || link.addrs.iter().any(|a| a.contains(&via))
+}
+
 /// The families whose next hop is usable now (on-link, interface up).
 fn usable_families(g: &crate::model::Gateway, host: &HostView) -> Vec<Family> {
     let Some(link) = host.links.get(g.interface.as_str()).filter(|l| l.up) else {
         return Vec::new();
     };
-    let on_link = |via: IpAddr| {
-        matches!(via, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
-            || link.addrs.iter().any(|a| a.contains(&via))
-    };
+    let on_link = |via: IpAddr| on_link(link, via);
     let mut out = Vec::new();
     let v4 = match g.via {
         // A point-to-point link named without any next hop.

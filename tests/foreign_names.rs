@@ -1,0 +1,265 @@
+//! Names read from the host are data (issue 12, item 1): nftables tables, chains, sets and
+//! comments whose names are nft commands (`x; add table ip pwned`, `x; include "FILE"`),
+//! sitting next to a real table `x`, leave no trace through any symroute command that
+//! reads the host: plan, apply, status, doctor, explain, import, snapshot and a short
+//! `symroute run`. No `pwned…` table appears, the included file is never read, and the
+//! foreign tables stay byte-identical.
+//!
+//! The hostile objects are made with nft's JSON input, which takes any string as a name
+//! (as nfnetlink does), exactly as another program on the host could make them.
+//!
+//! Needs root, `ip`, `nft` and `conntrack`; every namespace is deleted on drop.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use support::daemon::Daemon;
+use support::{require_root, symroute, symroute_in, RemoveOnDrop, Run};
+use symroute::lab::{veth, Netns};
+
+const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
+
+/// A temp directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("symroute-foreign-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The router `fw` with two uplinks to `isp`, and the hostile nftables objects.
+struct Host {
+    fw: Netns,
+    _isp: Netns,
+    dir: TempDir,
+}
+
+/// The nft JSON that makes the hostile objects; `payload` is a file that, if nft ever
+/// read it as a script, would add table `ip pwned_include`.
+fn hostile_json(payload: &Path) -> String {
+    let inc = format!("x; include \"{}\"", payload.display());
+    let cmds = serde_json::json!({ "nftables": [
+        { "add": { "table": { "family": "ip", "name": "x" } } },
+        { "add": { "chain": { "family": "ip", "table": "x", "name": "c",
+            "type": "filter", "hook": "prerouting", "prio": 0, "policy": "accept" } } },
+        { "add": { "chain": { "family": "ip", "table": "x", "name": "c; add table ip pwned_chain" } } },
+        { "add": { "set": { "family": "ip", "table": "x", "name": "s; add table ip pwned_set",
+            "type": "ipv4_addr" } } },
+        { "add": { "rule": { "family": "ip", "table": "x", "chain": "c",
+            "comment": "\"; add table ip pwned_comment; \"",
+            "expr": [
+                { "match": { "op": "==", "left": { "meta": { "key": "iifname" } },
+                             "right": "\";flush ruleset" } },
+                { "counter": null }
+            ] } } },
+        { "add": { "table": { "family": "ip", "name": "x; add table ip pwned" } } },
+        { "add": { "chain": { "family": "ip", "table": "x; add table ip pwned", "name": "c" } } },
+        { "add": { "rule": { "family": "ip", "table": "x; add table ip pwned", "chain": "c",
+            "expr": [ { "counter": null } ] } } },
+        { "add": { "table": { "family": "ip", "name": inc } } },
+        { "add": { "chain": { "family": "ip", "table": inc, "name": "c" } } },
+        { "add": { "table": { "family": "inet", "name": "x; include \"/etc/shadow\"" } } },
+        { "add": { "chain": { "family": "inet", "table": "x; include \"/etc/shadow\"", "name": "c" } } },
+        { "add": { "table": { "family": "ip", "name": "x\nadd table ip pwned_newline" } } },
+    ]});
+    cmds.to_string()
+}
+
+fn host() -> Host {
+    require_root();
+    let fw = Netns::new("fgn-fw").expect("netns fw");
+    let isp = Netns::new("fgn-isp").expect("netns isp");
+    veth(&fw, "up1", &isp, "i1").expect("veth up1");
+    veth(&fw, "up2", &isp, "i2").expect("veth up2");
+    for (ns, words) in [
+        (&fw, "addr add 203.0.113.2/24 dev up1"),
+        (&fw, "addr add 198.51.100.2/24 dev up2"),
+        (&isp, "addr add 203.0.113.1/24 dev i1"),
+        (&isp, "addr add 198.51.100.1/24 dev i2"),
+    ] {
+        ns.ip(words).expect("address");
+    }
+    let dir = TempDir::new(fw.name());
+    let payload = dir.0.join("payload.nft");
+    std::fs::write(&payload, "add table ip pwned_include\n").expect("payload");
+    let json = hostile_json(&payload);
+    fw.sh(&format!("nft -j -f - <<'JSON'\n{json}\nJSON"))
+        .expect("load the hostile tables");
+    Host { fw, _isp: isp, dir }
+}
+
+/// Every table name in the namespace.
+fn tables(ns: &Netns) -> Vec<String> {
+    let text = ns
+        .exec(&["nft", "-j", "list", "tables"])
+        .expect("list tables");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("nft json");
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["table"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// The foreign tables, as nft lists them (ours left out).
+fn foreign_ruleset(ns: &Netns) -> String {
+    let text = ns
+        .exec(&["nft", "-j", "list", "ruleset"])
+        .expect("list ruleset");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("nft json");
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| {
+            let Some((kind, o)) = i.as_object().and_then(|m| m.iter().next()) else {
+                return false;
+            };
+            let table = if kind == "table" {
+                &o["name"]
+            } else {
+                &o["table"]
+            };
+            kind != "metainfo" && !(o["family"] == "inet" && table == "symroute")
+        })
+        .map(|i| format!("{i}\n"))
+        .collect()
+}
+
+fn show(r: &Run) -> String {
+    format!(
+        "exit code {}\n--- stdout:\n{}--- stderr:\n{}",
+        r.code, r.stdout, r.stderr
+    )
+}
+
+/// No `pwned…` table exists, and the foreign tables are as they were.
+fn assert_no_trace(h: &Host, before: &str, after_what: &str) {
+    let pwned: Vec<String> = tables(&h.fw)
+        .into_iter()
+        .filter(|t| t.starts_with("pwned"))
+        .collect();
+    assert!(
+        pwned.is_empty(),
+        "after {after_what}: nft created {pwned:?} from a foreign name"
+    );
+    assert_eq!(
+        foreign_ruleset(&h.fw),
+        before,
+        "after {after_what}: the foreign tables changed"
+    );
+}
+
+#[test]
+fn hostile_nft_names_leave_no_trace() {
+    let h = host();
+    let _remove = RemoveOnDrop(&h.fw);
+    let before = foreign_ruleset(&h.fw);
+    assert!(
+        before.contains("x; add table ip pwned") && before.contains("include"),
+        "the hostile tables were not made:\n{before}"
+    );
+    assert_no_trace(&h, &before, "setting up");
+
+    for (cmd, extra, codes) in [
+        ("plan", &[][..], &[0][..]),
+        ("plan", &["--script"], &[0]),
+        ("apply", &[], &[0]),
+        ("apply", &[], &[0]),
+        ("status", &[], &[0]),
+        ("status", &["--json"], &[0]),
+    ] {
+        let r = symroute_in(&h.fw, cmd, Some(CONFIG), extra);
+        assert!(codes.contains(&r.code), "{cmd} {extra:?}:\n{}", show(&r));
+        assert_no_trace(&h, &before, &format!("{cmd} {extra:?}"));
+    }
+
+    let ns = h.fw.name();
+    let snap = h.dir.0.join("snap");
+    let snap = snap.to_str().expect("utf-8 path");
+    let explain = [
+        "--in-interface",
+        "up1",
+        "--source",
+        "203.0.113.1",
+        "--destination",
+        "203.0.113.2",
+    ];
+    let runs: Vec<(String, Vec<&str>, &[i32])> = vec![
+        ("doctor".into(), vec!["doctor", "--netns", ns], &[0, 1]),
+        (
+            "doctor --json".into(),
+            vec!["doctor", "--json", "--netns", ns],
+            &[0, 1],
+        ),
+        (
+            "explain".into(),
+            [&["explain", "-v", "--netns", ns][..], &explain].concat(),
+            &[0],
+        ),
+        ("import".into(), vec!["import", "--netns", ns], &[0]),
+        (
+            "snapshot".into(),
+            vec!["snapshot", "--netns", ns, snap],
+            &[0],
+        ),
+        (
+            "doctor --from".into(),
+            vec!["doctor", "--from", snap],
+            &[0, 1],
+        ),
+        (
+            "explain --from".into(),
+            [&["explain", "--from", snap][..], &explain].concat(),
+            &[0],
+        ),
+        ("import --from".into(), vec!["import", "--from", snap], &[0]),
+    ];
+    for (what, args, codes) in runs {
+        let r = symroute(&args);
+        assert!(codes.contains(&r.code), "{what}:\n{}", show(&r));
+        assert_no_trace(&h, &before, &what);
+        if what.starts_with("import") {
+            // Whatever it quotes from the host stays inside comments and strings.
+            let parsed: Result<toml::Value, _> = toml::from_str(&r.stdout);
+            assert!(
+                parsed.is_ok(),
+                "{what}: not TOML ({parsed:?}):\n{}",
+                r.stdout
+            );
+            assert!(
+                !r.stdout.lines().any(|l| l.starts_with("add table")),
+                "{what}: a foreign name escaped its comment:\n{}",
+                r.stdout
+            );
+        }
+    }
+    // The snapshot holds the names as JSON strings, as nft printed them.
+    let nft_json = std::fs::read_to_string(Path::new(snap).join("nft.json")).expect("nft.json");
+    assert!(nft_json.contains("x; add table ip pwned"), "{nft_json}");
+
+    {
+        let d = Daemon::start(&h.fw, CONFIG);
+        // A reconcile per foreign-table change: deleting our table makes the daemon
+        // observe (and repair) with the hostile tables present.
+        h.fw.exec(&["nft", "delete", "table", "inet", "symroute"])
+            .expect("delete our table");
+        d.wait_log_count("reconciled", 2, Duration::from_secs(10));
+        assert!(tables(&h.fw).iter().any(|t| t == "symroute"), "{}", d.log());
+        assert_no_trace(&h, &before, "symroute run");
+    }
+    assert_no_trace(&h, &before, "symroute run and its exit");
+}

@@ -21,6 +21,9 @@ use symroute::lab::{veth, Netns};
 
 const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
 
+/// An interface name that is a shell command (`true>pwned` creates a file `pwned`).
+const HOSTILE_IF: &str = "x;true>pwned";
+
 /// A temp directory removed on drop.
 struct TempDir(PathBuf);
 
@@ -91,6 +94,27 @@ fn host() -> Host {
     ] {
         ns.ip(words).expect("address");
     }
+    // A link whose name is shell syntax, with a route tagged as ours on it: `plan
+    // --script` prints its removal.
+    fw.exec(&[
+        "ip", "link", "add", HOSTILE_IF, "type", "veth", "peer", "name", "hp0",
+    ])
+    .expect("hostile link");
+    fw.exec(&["ip", "link", "set", HOSTILE_IF, "up"])
+        .expect("link up");
+    fw.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.9.9.0/24",
+        "dev",
+        HOSTILE_IF,
+        "table",
+        "42000",
+        "proto",
+        "157",
+    ])
+    .expect("tagged route");
     let dir = TempDir::new(fw.name());
     let payload = dir.0.join("payload.nft");
     std::fs::write(&payload, "add table ip pwned_include\n").expect("payload");
@@ -173,6 +197,33 @@ fn hostile_nft_names_leave_no_trace() {
         "the hostile tables were not made:\n{before}"
     );
     assert_no_trace(&h, &before, "setting up");
+
+    // The script, run by a real shell with `ip`, `nft` and `sysctl` replaced by functions
+    // printing their arguments: the link's name is one argument, never a command.
+    let script = symroute_in(&h.fw, "plan", Some(CONFIG), &["--script"])
+        .ok()
+        .stdout;
+    let stubs = "ip() { printf '<%s>' \"$@\"; echo; }\nsysctl() { ip \"$@\"; }\nnft() { cat >/dev/null; }\n";
+    let sh = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{stubs}{script}"))
+        .current_dir(&h.dir.0)
+        .output()
+        .expect("sh");
+    let printed = String::from_utf8_lossy(&sh.stdout);
+    assert!(
+        sh.status.success(),
+        "{script}\n{}",
+        String::from_utf8_lossy(&sh.stderr)
+    );
+    assert!(
+        !h.dir.0.join("pwned").exists(),
+        "plan --script ran a link name as a command:\n{script}"
+    );
+    assert!(
+        printed.contains("<-4><route><del><10.9.9.0/24><dev><x;true>pwned><table><42000>"),
+        "{script}\n{printed}"
+    );
 
     for (cmd, extra, codes) in [
         ("plan", &[][..], &[0][..]),

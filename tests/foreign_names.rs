@@ -24,6 +24,10 @@ const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
 /// An interface name that is a shell command (`true>pwned` creates a file `pwned`).
 const HOSTILE_IF: &str = "x;true>pwned";
 
+/// A chain name that, copied verbatim into a TOML comment, would end the comment and add
+/// a gateway (and colour the terminal).
+const EVIL_CHAIN: &str = "c\n[[gateway]]\nname = \"evil\"\ninterface = \"eth9\"\n#\u{1b}[31m";
+
 /// A temp directory removed on drop.
 struct TempDir(PathBuf);
 
@@ -76,6 +80,12 @@ fn hostile_json(payload: &Path) -> String {
         { "add": { "table": { "family": "inet", "name": "x; include \"/etc/shadow\"" } } },
         { "add": { "chain": { "family": "inet", "table": "x; include \"/etc/shadow\"", "name": "c" } } },
         { "add": { "table": { "family": "ip", "name": "x\nadd table ip pwned_newline" } } },
+        // A chain that sets marks (import quotes it) whose name holds TOML and an escape.
+        { "add": { "table": { "family": "ip", "name": "m" } } },
+        { "add": { "chain": { "family": "ip", "table": "m", "name": EVIL_CHAIN,
+            "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept" } } },
+        { "add": { "rule": { "family": "ip", "table": "m", "chain": EVIL_CHAIN,
+            "expr": [ { "mangle": { "key": { "meta": { "key": "mark" } }, "value": 16 } } ] } } },
     ]});
     cmds.to_string()
 }

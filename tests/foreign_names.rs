@@ -324,3 +324,80 @@ fn hostile_nft_names_leave_no_trace() {
     }
     assert_no_trace(&h, &before, "symroute run and its exit");
 }
+
+/// The lab config plus sharing with sticky sources (their sets are carried across each
+/// table replace).
+fn sticky() -> String {
+    format!("{CONFIG}\n[[policy]]\nname = \"office-sticky\"\nroute_via = {{ isp1 = 3, isp2 = 1 }}\nsticky = \"10m\"\n[policy.match]\nsource = [\"10.77.0.0/25\"]\n")
+}
+
+/// The same with one more policy: a different table, so apply replaces it.
+fn sticky_plus() -> String {
+    format!("{}\n[[policy]]\nname = \"smtp\"\nroute_via = \"isp2\"\n[policy.match]\nprotocol = \"tcp\"\ndestination_port = 25\n", sticky())
+}
+
+/// Someone adds, inside symroute's own table, a chain whose name closes the table and
+/// opens another, and a sticky-set element whose comment holds commands. `nft list`
+/// prints both verbatim (nft syntax has no quoting for names), so neither the rollback
+/// (which puts the listed table back) nor the sticky carry (which copies listed
+/// elements) may replay them: no `pwned…` table appears, the rollback says the table
+/// was removed instead, and a later apply writes a clean table.
+#[test]
+fn a_tampered_own_table_is_never_replayed() {
+    let h = host();
+    let _remove = RemoveOnDrop(&h.fw);
+    let before = foreign_ruleset(&h.fw);
+    symroute_in(&h.fw, "apply", Some(&sticky()), &[]).ok();
+    let listing =
+        h.fw.exec(&["nft", "list", "table", "inet", "symroute"])
+            .expect("list");
+    let set = listing
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("set ")?.strip_suffix(" {"))
+        .filter(|s| s.starts_with("sticky_"))
+        .unwrap_or_else(|| panic!("no sticky set in:\n{listing}"))
+        .to_string();
+    let chain = "x {\n\t}\n}\ntable ip pwned_rollback {\n\tchain y";
+    let comment = format!(
+        "x\"; add table ip pwned_carry; add element inet symroute {set} {{ 10.77.0.9 comment \"y"
+    );
+    let tamper = serde_json::json!({ "nftables": [
+        { "add": { "chain": { "family": "inet", "table": "symroute", "name": chain } } },
+        { "add": { "element": { "family": "inet", "table": "symroute", "name": set,
+            "elem": [ { "elem": { "val": "10.77.0.1", "comment": comment } } ] } } },
+    ]});
+    h.fw.sh(&format!("nft -j -f - <<'JSON'\n{tamper}\nJSON"))
+        .expect("tamper with our table");
+    assert!(
+        h.fw.exec(&["nft", "list", "table", "inet", "symroute"])
+            .expect("list")
+            .contains("table ip pwned_rollback {"),
+        "the tampered listing does not hold the replayable text"
+    );
+
+    // A failing apply rolls back: the tampered table is not put back.
+    let r = symroute_in(
+        &h.fw,
+        "apply",
+        Some(&sticky_plus()),
+        &["--inject-failure", "routes"],
+    );
+    assert_eq!(r.code, 1, "{}", show(&r));
+    assert!(
+        r.stderr.contains("removed instead of restored"),
+        "{}",
+        show(&r)
+    );
+    assert_no_trace(&h, &before, "a rolled-back apply of a tampered table");
+
+    // Tamper again; a successful apply carries sticky sources but not the comment.
+    symroute_in(&h.fw, "apply", Some(&sticky()), &[]).ok();
+    h.fw.sh(&format!("nft -j -f - <<'JSON'\n{tamper}\nJSON"))
+        .expect("tamper with our table again");
+    symroute_in(&h.fw, "apply", Some(&sticky_plus()), &[]).ok();
+    assert_no_trace(&h, &before, "an apply replacing a tampered table");
+    let after =
+        h.fw.exec(&["nft", "list", "table", "inet", "symroute"])
+            .expect("list");
+    assert!(!after.contains("pwned"), "{after}");
+}

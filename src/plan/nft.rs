@@ -100,6 +100,24 @@ fn sticky_sets(listing: &str) -> Vec<(String, String, Vec<String>)> {
     sets
 }
 
+/// Whether every string in a piece of `nft -j` output would read back literally in nft's
+/// text syntax: names and values of letters, digits and `_.:/-@,+`, or operators
+/// (`==`, `!=`, `&`). Everything symroute writes passes; a name holding `;`, quotes,
+/// braces, spaces or control characters (possible through JSON or nfnetlink) does not.
+pub fn literal_json(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.:/-@,+<>=!&|^".contains(c))
+        }
+        Value::Array(a) => a.iter().all(literal_json),
+        Value::Object(o) => o.values().all(literal_json),
+        _ => true,
+    }
+}
+
 /// nft identifiers can't hold '-' or '.'; prefix with the position to keep them unique.
 pub fn counter_name(index: usize, name: &str) -> String {
     let clean: String = name

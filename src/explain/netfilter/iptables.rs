@@ -158,7 +158,7 @@ fn builtin(table: &str, chain: &str) -> Option<(Hook, i32, ChainKind)> {
 
 /// Shell-like words: iptables-save quotes arguments with spaces (`--comment "a b"`) and
 /// escapes `"` and `\` inside them.
-fn split(line: &str) -> Result<Vec<String>, String> {
+pub fn split(line: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut cur = String::new();
     let mut in_word = false;

@@ -28,7 +28,7 @@ use serde::Serialize;
 pub use eval::{
     evaluate, CtCtx, HookResult, LocalSocket, Matched, NatEvent, NatKind, PacketCtx, Step,
 };
-pub use iptables::from_iptables_save;
+pub use iptables::{from_iptables_save, split as iptables_words};
 pub use ir::{
     normalize_mac, AddrItem, Base, Chain, ChainKind, CtDirection, CtState, Hook, MarkExpr, MarkKey,
     MarkMix, MarkSource, Match, NatTo, NfFamily, Op, Origin, Policy, Rule, Ruleset, Stmt, Verdict,

@@ -12,12 +12,12 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use support::daemon::Daemon;
-use support::{require_root, symroute, symroute_in, RemoveOnDrop, Run};
-use symroute::lab::{veth, Netns};
+use support::{symroute, symroute_in, two_uplinks, RemoveOnDrop, Run, TempDir};
+use symroute::lab::Netns;
 
 const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
 
@@ -27,24 +27,6 @@ const HOSTILE_IF: &str = "x;true>pwned";
 /// A chain name that, copied verbatim into a TOML comment, would end the comment and add
 /// a gateway (and colour the terminal).
 const EVIL_CHAIN: &str = "c\n[[gateway]]\nname = \"evil\"\ninterface = \"eth9\"\n#\u{1b}[31m";
-
-/// A temp directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("symroute-foreign-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The router `fw` with two uplinks to `isp`, and the hostile nftables objects.
 struct Host {
@@ -91,19 +73,7 @@ fn hostile_json(payload: &Path) -> String {
 }
 
 fn host() -> Host {
-    require_root();
-    let fw = Netns::new("fgn-fw").expect("netns fw");
-    let isp = Netns::new("fgn-isp").expect("netns isp");
-    veth(&fw, "up1", &isp, "i1").expect("veth up1");
-    veth(&fw, "up2", &isp, "i2").expect("veth up2");
-    for (ns, words) in [
-        (&fw, "addr add 203.0.113.2/24 dev up1"),
-        (&fw, "addr add 198.51.100.2/24 dev up2"),
-        (&isp, "addr add 203.0.113.1/24 dev i1"),
-        (&isp, "addr add 198.51.100.1/24 dev i2"),
-    ] {
-        ns.ip(words).expect("address");
-    }
+    let (fw, isp) = two_uplinks("fgn");
     // A link whose name is shell syntax, with a route tagged as ours on it: `plan
     // --script` prints its removal.
     fw.exec(&[

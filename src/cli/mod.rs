@@ -62,11 +62,18 @@ struct ConfigArg {
 
 impl ConfigArg {
     fn load(&self) -> anyhow::Result<Model> {
-        let path = self
-            .config
+        Ok(config::load(&self.path())?)
+    }
+
+    /// `load`, refusing `on_change` hooks others could rewrite (`run`, `check`).
+    fn load_trusted(&self) -> anyhow::Result<Model> {
+        Ok(config::load_trusted(&self.path())?)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.config
             .clone()
-            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-        Ok(config::load(&path)?)
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
     }
 }
 
@@ -386,7 +393,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cli.cmd {
         Cmd::Check { config } => {
-            let m = config.load()?;
+            let m = config.load_trusted()?;
             let selectors: usize = m.policies.iter().map(|p| p.selector.item_count()).sum();
             writeln!(
                 out,
@@ -524,13 +531,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             drop(out);
             symroute::daemon::log::init(log_level);
-            let path = config
-                .config
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
             // Absolute: `status` reads it from wherever it runs.
-            let path = std::path::absolute(&path)?;
-            let model = config.load()?;
+            let path = std::path::absolute(config.path())?;
+            let model = config.load_trusted()?;
             // Before any thread exists: threads and children inherit the namespace.
             netns.enter()?;
             symroute::daemon::run(symroute::daemon::Options {

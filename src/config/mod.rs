@@ -2,6 +2,7 @@
 //! typed `Model`. Every problem is reported as `FILE:LINE:COL: what, and what is expected`.
 
 pub mod diag;
+pub mod file;
 pub mod raw;
 
 use std::collections::BTreeSet;
@@ -22,13 +23,23 @@ use crate::model::{
 /// Where symroute looks when neither `-c` nor `SYMROUTE_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/symroute/symroute.toml";
 
-/// Read and validate a config file.
+/// Read and validate a config file (a regular file of at most 16 MiB of UTF-8; see
+/// `file`).
 pub fn load(path: &Path) -> Result<Model, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_str(&text, &path.display().to_string())
+    let f = file::read(path)?;
+    parse_str(&f.text, &path.display().to_string())
+}
+
+/// [`load`] for a config whose `on_change` hooks will run (`symroute run`, its reloads,
+/// and `check`, which says what `run` would refuse): with hooks, only root (or the user
+/// running symroute) may be able to write the file (`file::hooks_trusted`).
+pub fn load_trusted(path: &Path) -> Result<Model, ConfigError> {
+    let f = file::read(path)?;
+    let model = parse_str(&f.text, &path.display().to_string())?;
+    if !model.settings.on_change.is_empty() {
+        file::hooks_trusted(path, &f.meta)?;
+    }
+    Ok(model)
 }
 
 /// Validate config text; `origin` names the file in messages.

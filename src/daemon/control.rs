@@ -348,7 +348,7 @@ impl Daemon {
                 ),
             );
         }
-        let model = match config::load(&path) {
+        let model = match config::load_trusted(&path) {
             Ok(m) => m,
             Err(e) => return Response::failed(2, e.to_string()),
         };

@@ -417,7 +417,7 @@ impl Daemon {
     fn reload(&mut self) {
         self.systemd.reloading();
         info!("SIGHUP: reloading {}", self.config.display());
-        match config::load(&self.config) {
+        match config::load_trusted(&self.config) {
             Ok(model) => {
                 let _ = self.switch_to(self.config.clone(), model);
             }

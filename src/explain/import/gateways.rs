@@ -96,8 +96,13 @@ impl<'h> Cx<'h> {
         }
     }
 
-    /// The table name the rule printed (`lookup SMTP`), when it is a name.
-    pub(super) fn table_word(r: &RuleEntry) -> Option<String> {
+    /// The host's name for a table: what its rt_tables files call it, else the name the
+    /// rule printed (`lookup SMTP`, in a snapshot made by hand without those files).
+    pub(super) fn table_word(&self, r: &RuleEntry, table: u32) -> Option<String> {
+        if let Some(name) = self.host.routing.table_names.name(table) {
+            // A name is data from a file: no control character reaches a comment.
+            return Some(name.escape_debug().to_string());
+        }
         let words: Vec<&str> = r.text.split_whitespace().collect();
         let pos = words.iter().position(|w| *w == "lookup" || *w == "table")?;
         let w = words.get(pos + 1)?;
@@ -105,7 +110,7 @@ impl<'h> Cx<'h> {
     }
 
     fn gateway_name(&self, r: &RuleEntry, table: u32) -> String {
-        let base = match Self::table_word(r) {
+        let base = match self.table_word(r, table) {
             Some(w) => {
                 let clean: String = w
                     .chars()

@@ -178,7 +178,8 @@ impl<'h> Cx<'h> {
                     RuleAction::Lookup(t) => t,
                     _ => 0,
                 };
-                let name = Self::table_word(r)
+                let name = self
+                    .table_word(r, t)
                     .map(|w| format!("{w} ({t})"))
                     .unwrap_or_else(|| t.to_string());
                 let mark = fwmark_str(v, m);

@@ -306,6 +306,9 @@ pub struct RoutingState {
     pub routes: Vec<RouteEntry>,
     pub links: BTreeMap<String, LinkState>,
     pub sysctls: BTreeMap<String, String>,
+    /// The host's routing table names (its `rt_tables` files), for output and for naming
+    /// what import makes; the rules and routes above hold numbers.
+    pub table_names: super::names::TableNames,
 }
 
 impl RoutingState {

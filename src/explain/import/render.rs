@@ -220,6 +220,29 @@ impl<'h> Cx<'h> {
             let _ = writeln!(s, "{key} = {}", q(&self.gateways[p.gateway].name));
             s += &render_match(&p.sel);
         }
+        let mut taken: Vec<String> = names.to_vec();
+        for sh in &self.shares {
+            let mut name = sh.base_name.clone();
+            let mut n = 2;
+            while taken.contains(&name) {
+                name = format!("{}-{n}", sh.base_name);
+                n += 1;
+            }
+            taken.push(name.clone());
+            s += "\n";
+            for line in &sh.notes {
+                s += &wrap(&sentence(line), "# ");
+            }
+            s += "[[policy]]\n";
+            let _ = writeln!(s, "name = {}", q(&name));
+            let weights: Vec<String> = sh
+                .weights
+                .iter()
+                .map(|(g, w)| format!("{} = {w}", q(&self.gateways[*g].name)))
+                .collect();
+            let _ = writeln!(s, "route_via = {{ {} }}", weights.join(", "));
+            s += &render_match(&sh.sel);
+        }
         if let Some(d) = &self.divert {
             s += "\n";
             for n in &d.notes {

@@ -141,7 +141,18 @@ impl RuleEntry {
     /// True for the three rules every namespace starts with (`0: lookup local`,
     /// `32766: lookup main`, `32767: lookup default`), with no selectors.
     pub fn is_default(&self) -> bool {
-        let plain = !self.not
+        self.selects_all()
+            && matches!(
+                (self.priority, self.action),
+                (0, RuleAction::Lookup(TABLE_LOCAL))
+                    | (32766, RuleAction::Lookup(TABLE_MAIN))
+                    | (32767, RuleAction::Lookup(TABLE_DEFAULT))
+            )
+    }
+
+    /// No selector at all (`from all`, no `suppress_*`): every packet reaching it matches.
+    pub fn selects_all(&self) -> bool {
+        !self.not
             && self.from.is_none()
             && self.to.is_none()
             && self.iif.is_none()
@@ -153,14 +164,7 @@ impl RuleEntry {
             && self.tos.is_none()
             && self.suppress_prefixlength.is_none()
             && self.suppress_ifgroup.is_none()
-            && self.unmodeled.is_empty();
-        plain
-            && matches!(
-                (self.priority, self.action),
-                (0, RuleAction::Lookup(TABLE_LOCAL))
-                    | (32766, RuleAction::Lookup(TABLE_MAIN))
-                    | (32767, RuleAction::Lookup(TABLE_DEFAULT))
-            )
+            && self.unmodeled.is_empty()
     }
 }
 

@@ -135,6 +135,7 @@ fn named_tables_read_everywhere() {
 
     let dir = std::env::temp_dir().join(format!("symroute-names-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    let _cleanup = RemoveDir(dir.clone());
     let snap = symroute_in(&lab.fw, "snapshot", None, &[dir.to_str().unwrap()]).ok();
     let names = std::fs::read_to_string(dir.join("rt_tables")).expect("snapshot rt_tables");
     assert!(
@@ -178,7 +179,6 @@ fn named_tables_read_everywhere() {
         "{}",
         r.stderr
     );
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(host_names(), before, "the host's rt_tables is untouched");
 }
 
@@ -186,4 +186,13 @@ fn run_from(dir: &Path, cmd: &str, extra: &[&str]) -> Run {
     let mut args = vec![cmd, "--from", dir.to_str().unwrap()];
     args.extend_from_slice(extra);
     symroute(&args)
+}
+
+/// Removes the snapshot directory however the test ends.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -25,7 +25,6 @@ use tracing::{info, warn};
 use super::event::Event;
 use super::gateways::{rfc3339, unix, LiveGateway};
 use super::{Daemon, DaemonError};
-use crate::config;
 use crate::kernel::status::DaemonInfo;
 use crate::kernel::{state, KernelError};
 use crate::model::Model;
@@ -348,7 +347,7 @@ impl Daemon {
                 ),
             );
         }
-        let model = match config::load_trusted(&path) {
+        let model = match crate::config_file::load_trusted(&path) {
             Ok(m) => m,
             Err(e) => return Response::failed(2, e.to_string()),
         };

@@ -813,6 +813,25 @@ mod route_tests {
     }
 
     #[test]
+    fn the_plan_takes_the_priorities_config_counted() {
+        let cfg = format!("{GWS}[[policy]]\nname=\"p\"\nroute_via={{ a = 3, b = 1 }}\n[[policy]]\nname=\"r\"\nreply_via=\"c\"\n[policy.match]\nin_interface=\"e2\"\n[[divert]]\nname=\"d\"\n");
+        for text in [
+            cfg.as_str(),
+            include_str!("../../examples/two-isps-firewall.toml"),
+            include_str!("../../examples/full.toml"),
+            include_str!("../../examples/failover.toml"),
+        ] {
+            let model = parse_str(text, "t.toml").unwrap();
+            let plan = build(&model, &host(&["e0", "e1", "e2"]));
+            assert_eq!(
+                plan.priorities.len(),
+                alloc::priorities_needed(&model),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn policy_plan_lists_gateways_and_the_active_ones() {
         let cfg = format!("{GWS}[[policy]]\nname=\"p\"\nroute_via={{ a = 3, b = 1 }}\nsticky=\"1m\"\n[[policy]]\nname=\"q\"\nroute_via=[\"a\",\"c\"]\n");
         let model = parse_str(&cfg, "t.toml").unwrap();

@@ -684,12 +684,12 @@ mod tests {
     /// rules (`from ADDRESS`, `iif lo lookup main`): what symroute applied before them.
     fn applied(sysctl: &str, local_rules: bool) -> HostState {
         let mut host = no_way_back(sysctl);
-        let model = crate::config::parse_str(
-            include_str!("../../examples/two-isps-firewall.toml"),
+        let model = symroute_core::config::parse_str(
+            include_str!("../../../examples/two-isps-firewall.toml"),
             "two-isps-firewall.toml",
         )
         .expect("example parses");
-        let mut plan = crate::plan::build(&model, &host.host_view());
+        let mut plan = symroute_core::plan::build(&model, &host.host_view());
         assert!(
             plan.rules.iter().any(|r| r.from.is_some()),
             "{:?}",

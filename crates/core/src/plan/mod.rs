@@ -817,9 +817,9 @@ mod route_tests {
         let cfg = format!("{GWS}[[policy]]\nname=\"p\"\nroute_via={{ a = 3, b = 1 }}\n[[policy]]\nname=\"r\"\nreply_via=\"c\"\n[policy.match]\nin_interface=\"e2\"\n[[divert]]\nname=\"d\"\n");
         for text in [
             cfg.as_str(),
-            include_str!("../../examples/two-isps-firewall.toml"),
-            include_str!("../../examples/full.toml"),
-            include_str!("../../examples/failover.toml"),
+            include_str!("../../../../examples/two-isps-firewall.toml"),
+            include_str!("../../../../examples/full.toml"),
+            include_str!("../../../../examples/failover.toml"),
         ] {
             let model = parse_str(text, "t.toml").unwrap();
             let plan = build(&model, &host(&["e0", "e1", "e2"]));

@@ -26,6 +26,53 @@ pub fn enter(name: &str) -> Result<(), KernelError> {
     })
 }
 
+/// [`enter`], then see `/etc/iproute2` as `ip netns exec NAME` shows it: when
+/// `/etc/netns/NAME/iproute2` exists, it is bind-mounted over `/etc/iproute2` in a mount
+/// namespace of this process alone (the host's mounts are untouched and the mount goes
+/// away with the process). So the `ip` this process runs prints the table names the
+/// namespace's own files give, and [`super::snapshot`] reads the same files: one set of
+/// names per namespace, whichever way it is entered (`--netns NAME` or
+/// `ip netns exec NAME symroute …`). Only `iproute2` is overlaid: it is all the reads
+/// depend on. Returns a note when the overlay could not be made (the host's names apply).
+pub fn enter_with_etc(name: &str) -> Result<Option<String>, KernelError> {
+    enter(name)?;
+    let src = std::path::Path::new("/etc/netns")
+        .join(name)
+        .join("iproute2");
+    if !src.is_dir() {
+        return Ok(None);
+    }
+    use nix::mount::{mount, MsFlags};
+    let io = |what: String, e: nix::Error| KernelError::Io {
+        what,
+        source: std::io::Error::from_raw_os_error(e as i32),
+    };
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| io("making a mount namespace for /etc/netns".into(), e))?;
+    // As `ip netns exec`: our mounts must not propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| io("making / a slave mount".into(), e))?;
+    if let Err(e) = mount(
+        Some(&src),
+        "/etc/iproute2",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        return Ok(Some(format!(
+            "could not bind {} over /etc/iproute2 ({e}); table names come from the host's files",
+            src.display()
+        )));
+    }
+    Ok(None)
+}
+
 /// A number that names the current network namespace for as long as the machine runs
 /// (never reused, unlike inode numbers), so recorded state can't leak into a new namespace.
 pub fn cookie() -> Result<String, KernelError> {

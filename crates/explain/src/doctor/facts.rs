@@ -539,6 +539,37 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Packet-mark bits that can be 1 when routing sees a packet of `fam` because of what
+    /// runs before routing: constants set (and connection marks restored) in prerouting or
+    /// a re-routing output chain. The connection's mark may be saved anywhere: it is there
+    /// for the next packet's restore.
+    pub fn producible_before_routing(&self, fam: Family) -> u32 {
+        let (mut early, mut restores, mut ct, mut saves) = (0u32, 0u32, 0u32, 0u32);
+        for r in self.fw_of(fam) {
+            let before = r.reach.iter().any(|x| x.before_routing());
+            if r.opaque_mark {
+                ct = u32::MAX;
+                if before {
+                    early = u32::MAX;
+                }
+            }
+            for w in &r.writes {
+                match w.key {
+                    MarkKey::Meta if before => {
+                        early |= w.const_val | w.fuzzy;
+                        restores |= w.copy_bits;
+                    }
+                    MarkKey::Meta => {}
+                    MarkKey::Ct => {
+                        ct |= w.const_val | w.fuzzy;
+                        saves |= w.copy_bits;
+                    }
+                }
+            }
+        }
+        early | (restores & (ct | (saves & self.producible(fam))))
+    }
+
     /// Routes of table `t` (`fam`).
     pub fn table(&self, fam: Family, t: u32) -> Vec<&'a RouteEntry> {
         self.host.routing.routes_of(fam, t).collect()

@@ -439,21 +439,53 @@ fn restores<'c, 'a>(ctx: &'c Ctx<'a>, fam: Family, bits: u32) -> Vec<&'c FwRule<
 }
 
 fn after_routing(ctx: &Ctx, fam: Family, rules: &[&RuleEntry], out: &mut Vec<Finding>) {
+    let early = ctx.producible_before_routing(fam);
     for s in ctx.fw_of(fam).filter(|s| s.hand() && s.late()) {
         for w in s.meta_writes() {
-            let Some(r) = rules.iter().find(|r| w.const_bits & mask(r) != 0) else {
+            let touched: Vec<&RuleEntry> = rules
+                .iter()
+                .copied()
+                .filter(|r| w.const_bits & mask(r) != 0)
+                .collect();
+            let Some(&first) = touched.first() else {
                 continue;
             };
-            let bits = w.const_bits & mask(r);
+            // The value a rule tests, written here: what that rule is meant to see.
+            let sets_tested = touched.iter().copied().find(|r| {
+                let m = mask(r);
+                w.const_bits & m == m && w.const_val & m == needed(r)
+            });
+            // Otherwise a reset (or another value) after routing is harmless when every
+            // rule it touches gets its value before routing anyway (Shorewall's
+            // `-A FORWARD -j MARK --set-xmark 0x0/0xff` beside its CONNMARK restores in
+            // PREROUTING and OUTPUT). Seed 000's `--set-mark 0` is no such reset: nothing
+            // before routing sets the mark its rule tests, so this is the mark meant for it.
             let later: BTreeSet<Hook> = s
                 .reach
                 .iter()
                 .flat_map(|x| later_hooks(x.hook, x.kind).iter().copied())
                 .collect();
             let later: Vec<Hook> = later.into_iter().collect();
+            let r = sets_tested.unwrap_or(first);
+            let bits = w.const_bits & mask(r);
             if !saves(ctx, fam, bits, Some(&later)).is_empty() {
                 // Marks the connection for its later packets (restored before routing):
                 // a design, not a mistake.
+                continue;
+            }
+            if sets_tested.is_none() && touched.iter().all(|r| needed(r) & !early == 0) {
+                out.push(fw_finding(
+                    Severity::Info,
+                    "mark-reset-after-routing",
+                    s,
+                    format!(
+                        "changes the mark bits {} after the routing decision; {} {} value before routing (set in PREROUTING or restored from the connection), so routing has already used it, and the connection's mark is not touched: replies and later packets are routed by it as before",
+                        hex(touched.iter().fold(0, |a, r| a | mask(r)) & w.const_bits),
+                        touched.iter().map(|r| format!("`{}`", short(r))).collect::<Vec<_>>().join(", "),
+                        if touched.len() == 1 { "gets its" } else { "get their" }
+                    ),
+                    "nothing to do for routing; the mark only matters to what runs after it (POSTROUTING rules, tc)".into(),
+                ));
                 continue;
             }
             let hook = s.reach[0].hook;

@@ -68,6 +68,7 @@ pub const CODES: &[(&str, &str)] = &[
     ("mark-outside-mask", "a mark value lies outside the mask an `ip rule` tests (an `ip rule fwmark V/M` with bits of V outside M matches unmarked packets; a value set outside the mask never matches)"),
     ("fwmark-never-set", "an `ip rule fwmark` tests a value no firewall rule can set: nothing matches it"),
     ("mark-after-routing", "a mark an `ip rule` tests is set after the routing decision (FORWARD, INPUT, POSTROUTING, or an OUTPUT chain that does not re-route)"),
+    ("mark-reset-after-routing", "a mark an `ip rule` tests is cleared or changed after the routing decision, while routing gets it before (set in PREROUTING or restored from the connection): harmless for routing (Shorewall's FORWARD reset)"),
     ("mark-not-saved", "a mark is set on packets but not saved in the connection (CONNMARK --save-mark / `ct mark set meta mark`): replies and later packets do not carry it"),
     ("mark-not-restored", "a mark is saved in the connection but never restored into packet marks: it routes nothing"),
     ("no-output-restore", "marks are restored in PREROUTING but not in OUTPUT (a re-routing chain) while the host itself answers marked connections: its replies use the main table"),

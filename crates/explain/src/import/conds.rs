@@ -13,6 +13,8 @@ pub(super) struct Conds {
     pub(super) families: Option<BTreeSet<Family>>,
     /// Conditions with no config key, described.
     pub(super) problems: Vec<String>,
+    /// The conditions contradict each other: no packet takes this way to the rule.
+    pub(super) impossible: bool,
 }
 
 fn intersect_names(a: &[String], b: &[String]) -> Vec<String> {
@@ -97,11 +99,12 @@ impl Conds {
         self.families = Some(s);
     }
 
+    /// Narrows `field` by `vals`; an empty meet means no packet takes this way.
     fn positive<T: Clone + PartialEq>(
         field: &mut Vec<T>,
         vals: Vec<T>,
         meet: impl Fn(&[T], &[T]) -> Vec<T>,
-        problems: &mut Vec<String>,
+        (problems, impossible): (&mut Vec<String>, &mut bool),
         what: &str,
     ) {
         if field.is_empty() {
@@ -110,6 +113,7 @@ impl Conds {
             let m = meet(field, &vals);
             if m.is_empty() {
                 problems.push(format!("its conditions on {what} can never hold together"));
+                *impossible = true;
             }
             *field = m;
         }
@@ -128,7 +132,7 @@ impl Conds {
                     &mut self.sel.in_interface,
                     names.clone(),
                     intersect_names,
-                    &mut self.problems,
+                    (&mut self.problems, &mut self.impossible),
                     "the input interface",
                 );
             }
@@ -139,7 +143,7 @@ impl Conds {
                 &mut self.sel.source_mac,
                 macs.clone(),
                 intersect_names,
-                &mut self.problems,
+                (&mut self.problems, &mut self.impossible),
                 "the source MAC",
             ),
             Match::EtherSaddr { op: Op::Ne, .. } => self.problems.push(format!(
@@ -159,14 +163,14 @@ impl Conds {
                         &mut self.sel.source,
                         nets,
                         intersect_nets,
-                        &mut self.problems,
+                        (&mut self.problems, &mut self.impossible),
                         "the source address",
                     ),
                     (false, Op::Eq) => Self::positive(
                         &mut self.sel.destination,
                         nets,
                         intersect_nets,
-                        &mut self.problems,
+                        (&mut self.problems, &mut self.impossible),
                         "the destination address",
                     ),
                     (true, Op::Ne) => extend_unique(&mut self.sel.not_source, nets),
@@ -183,7 +187,7 @@ impl Conds {
                         &mut self.sel.protocol,
                         n,
                         intersect_names,
-                        &mut self.problems,
+                        (&mut self.problems, &mut self.impossible),
                         "the protocol",
                     ),
                     (Op::Eq, None) => self.problems.push(format!(
@@ -204,7 +208,13 @@ impl Conds {
                 } else {
                     (&mut self.sel.destination_port, "the destination port")
                 };
-                Self::positive(field, vals, intersect_ports, &mut self.problems, what);
+                Self::positive(
+                    field,
+                    vals,
+                    intersect_ports,
+                    (&mut self.problems, &mut self.impossible),
+                    what,
+                );
             }
             // Only unmarked packets / undecided connections: symroute classifies exactly those.
             Match::Mark {
@@ -305,7 +315,13 @@ impl Conds {
                     if *op == Op::Eq {
                         extend_unique(exempt, nets);
                     } else {
-                        Self::positive(only, nets, intersect_nets, &mut self.problems, what);
+                        Self::positive(
+                            only,
+                            nets,
+                            intersect_nets,
+                            (&mut self.problems, &mut self.impossible),
+                            what,
+                        );
                     }
                     return;
                 }
@@ -351,6 +367,7 @@ impl Conds {
             if f.is_empty() {
                 self.problems
                     .push("its conditions allow neither IPv4 nor IPv6".to_string());
+                self.impossible = true;
             }
         }
     }

@@ -9,6 +9,8 @@ pub(super) struct Cx<'h> {
     pub(super) tables: BTreeMap<(Family, u32), TableKind>,
     pub(super) mark_rules: Vec<MarkRule>,
     pub(super) policies: Vec<PolicyOut>,
+    /// Shares of new connections (from a multipath default), after the policies.
+    pub(super) shares: Vec<ShareOut>,
     pub(super) divert: Option<DivertOut>,
     /// Per ip rule index: consumed by the config.
     pub(super) rules_done: BTreeSet<usize>,
@@ -42,6 +44,7 @@ impl<'h> Cx<'h> {
             tables: BTreeMap::new(),
             mark_rules: Vec::new(),
             policies: Vec::new(),
+            shares: Vec::new(),
             divert: None,
             rules_done: BTreeSet::new(),
             rules_why: BTreeMap::new(),

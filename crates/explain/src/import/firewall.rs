@@ -148,6 +148,23 @@ pub(super) fn bits_used(r: &Rule) -> u32 {
     bits
 }
 
+/// Packet-mark bits a rule sets to a constant 0 (a masked reset like
+/// `--set-xmark 0x0/0xff`, or a whole `--set-mark 0`).
+pub(super) fn cleared_bits(r: &Rule) -> u32 {
+    let mut bits = 0;
+    for s in &r.stmts {
+        if let Stmt::SetMark {
+            key: MarkKey::Meta,
+            value,
+        } = s
+        {
+            let l = value.lin();
+            bits |= !(l.meta | l.ct) & !l.k;
+        }
+    }
+    bits
+}
+
 pub(super) fn is_skip_marked(r: &Rule) -> bool {
     matches!(r.verdict, Verdict::Return | Verdict::Accept)
         && r.stmts.iter().all(|s| matches!(s, Stmt::Counter | Stmt::Log))

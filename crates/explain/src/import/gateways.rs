@@ -96,8 +96,13 @@ impl<'h> Cx<'h> {
         }
     }
 
-    /// The table name the rule printed (`lookup SMTP`), when it is a name.
-    pub(super) fn table_word(r: &RuleEntry) -> Option<String> {
+    /// The host's name for a table: what its rt_tables files call it, else the name the
+    /// rule printed (`lookup SMTP`, in a snapshot made by hand without those files).
+    pub(super) fn table_word(&self, r: &RuleEntry, table: u32) -> Option<String> {
+        if let Some(name) = self.host.routing.table_names.name(table) {
+            // A name is data from a file: no control character reaches a comment.
+            return Some(name.escape_debug().to_string());
+        }
         let words: Vec<&str> = r.text.split_whitespace().collect();
         let pos = words.iter().position(|w| *w == "lookup" || *w == "table")?;
         let w = words.get(pos + 1)?;
@@ -105,27 +110,10 @@ impl<'h> Cx<'h> {
     }
 
     fn gateway_name(&self, r: &RuleEntry, table: u32) -> String {
-        let base = match Self::table_word(r) {
-            Some(w) => {
-                let clean: String = w
-                    .chars()
-                    .map(|c| {
-                        if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                            c
-                        } else {
-                            '-'
-                        }
-                    })
-                    .take(60)
-                    .collect();
-                if clean.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-                    clean
-                } else {
-                    format!("table-{table}")
-                }
-            }
-            None => format!("table-{table}"),
-        };
+        let base = self
+            .table_word(r, table)
+            .and_then(|w| super::balance::clean_name(&w))
+            .unwrap_or_else(|| format!("table-{table}"));
         let mut name = base.clone();
         let mut n = 2;
         while self.gateways.iter().any(|g| g.name == name) {
@@ -165,6 +153,37 @@ impl<'h> Cx<'h> {
             }
         }
         None
+    }
+
+    /// An unconditional `lookup main` ahead of symroute's rules (Shorewall's
+    /// `999: from all lookup main`): what it does here, and what it would do beside them.
+    fn why_early_main(&self, r: &RuleEntry) -> Option<String> {
+        if !r.selects_all()
+            || r.action != RuleAction::Lookup(TABLE_MAIN)
+            || r.priority >= DEFAULT_FIRST_PRIORITY
+        {
+            return None;
+        }
+        let default = self
+            .host
+            .routing
+            .routes_of(r.family, TABLE_MAIN)
+            .find(|x| x.dst.prefix_len() == 0 && !x.kind.is_reject());
+        let ahead = format!(
+            "it decides every packet main has a route for before symroute's rules (priorities {DEFAULT_FIRST_PRIORITY}+)"
+        );
+        Some(match default {
+            Some(d) => format!(
+                "an unconditional `lookup main` at priority {}, and main has a default route (`{}`): {ahead}, so no policy would ever apply while it stays; it belongs to the tool that made it: remove it with that tool",
+                r.priority,
+                one_line(&d.text)
+            ),
+            None => format!(
+                "an unconditional `lookup main` at priority {}: main has no {} default route here, so only its more specific routes (the LAN) decide at this point, as symroute's own `lookup main suppress_prefixlength 0` does before its route_via rules; once the host's default route is back in main, {ahead}: it goes with the tool that made it",
+                r.priority,
+                fam_word(r.family)
+            ),
+        })
     }
 
     fn why_rule(r: &RuleEntry) -> String {
@@ -260,7 +279,8 @@ impl<'h> Cx<'h> {
             let (true, Some((value, mask)), RuleAction::Lookup(table)) =
                 (plain_mark, r.fwmark, r.action)
             else {
-                self.rules_why.insert(i, Self::why_rule(r));
+                let why = self.why_early_main(r).unwrap_or_else(|| Self::why_rule(r));
+                self.rules_why.insert(i, why);
                 continue;
             };
             let kind = match self.tables.get(&(r.family, table)) {

@@ -35,13 +35,16 @@ use super::netfilter::{
     AddrItem, Chain, CtDirection, CtState, Hook, MarkKey, Match, NfFamily, Op, Origin, Rule, Stmt,
     Verdict,
 };
-use super::routing::{RouteEntry, RouteKind, RuleAction, RuleEntry, TABLE_MAIN};
+use super::routing::{
+    RouteEntry, RouteKind, RuleAction, RuleEntry, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN,
+};
 use symroute_core::model::Family;
 use symroute_core::plan::RT_PROTO;
 
 // The passes (routing, firewall, leftovers, render) are `impl Cx` blocks in the files
 // below; the globs let each file use the others' helpers as freely as when this was one
 // file, and keep all of it private to `import`.
+mod balance;
 mod conds;
 mod cx;
 mod divert;
@@ -56,6 +59,7 @@ mod tests;
 mod types;
 mod unexpressed;
 
+use self::balance::*;
 use self::conds::*;
 use self::cx::*;
 use self::firewall::*;
@@ -98,6 +102,7 @@ pub fn import(host: &HostState) -> Imported {
     let mut cx = Cx::new(host);
     cx.routing();
     cx.firewall();
+    cx.balance();
     cx.leftover_rules();
     cx.render()
 }

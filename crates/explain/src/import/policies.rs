@@ -74,6 +74,17 @@ impl<'h> Cx<'h> {
             }
         }
 
+        // A way to a rule whose conditions contradict each other (a chain shared by jumps
+        // on `-i up1` and `-i up2`, holding a rule on `-i up1`: Shorewall's routemark) is
+        // taken by no packet: the rule is judged by its other ways. Only a rule with no
+        // other way is reported as never matching.
+        let possible: BTreeSet<usize> = set_visits
+            .iter()
+            .filter(|(v, _, _)| !Conds::of(v).impossible)
+            .map(|(v, _, _)| rid(v.rule))
+            .collect();
+        set_visits.retain(|(v, _, _)| !possible.contains(&rid(v.rule)) || !Conds::of(v).impossible);
+
         // Per rule: Some(true) all visits expressed, Some(false) some not.
         let mut expressed: BTreeMap<usize, bool> = BTreeMap::new();
         let mut any_pattern_policy = false;
@@ -190,6 +201,37 @@ impl<'h> Cx<'h> {
                     self.kept_copies.push(id);
                 }
                 self.fw_why.insert(id, (why, None));
+            }
+        }
+
+        // A reset after routing of the bits the replaced rules route by (Shorewall's
+        // `-A FORWARD -j MARK --set-xmark 0x0/0xff` beside its CONNMARK restores): by then
+        // routing has used the mark, so it decides no route; it goes with the rules it
+        // served. (Seed 000's `--set-mark 0` in FORWARD is no such reset: nothing there is
+        // replaced, its mark rule stays unmatched.)
+        for (v, key, val) in &set_visits {
+            let id = rid(v.rule);
+            if *key != MarkKey::Meta
+                || *val != 0
+                || !v.hook.after_routing()
+                || self.fw_done.contains(&id)
+            {
+                continue;
+            }
+            let cleared = cleared_bits(v.rule);
+            let served: Vec<&MarkRule> = self
+                .mark_rules
+                .iter()
+                .filter(|m| m.mask & cleared != 0)
+                .collect();
+            if !served.is_empty() && served.iter().all(|m| self.rules_done.contains(&m.idx)) {
+                self.fw_done.insert(id);
+                self.fw_why.remove(&id);
+                self.notes.push(format!(
+                    "`{}` clears mark bits {} after the routing decision, while the rules this file replaces set and restore those marks before it: it decided no route, and goes with them (under \"Replaces\")",
+                    one_line(&v.rule.text),
+                    hex(cleared)
+                ));
             }
         }
 

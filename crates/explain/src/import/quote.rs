@@ -44,7 +44,9 @@ pub(super) fn route_what(r: &RouteEntry) -> String {
         Family::Inet4 => "ip route",
         Family::Inet6 => "ip -6 route",
     };
-    format!("{cmd}: {}", r.text.replace('\t', " ").trim_end())
+    // A multipath route prints its next hops on lines of their own: one line here.
+    let text: Vec<&str> = r.text.split_whitespace().collect();
+    format!("{cmd}: {}", text.join(" "))
 }
 
 pub(super) fn hex(v: u32) -> String {

@@ -178,7 +178,8 @@ impl<'h> Cx<'h> {
                     RuleAction::Lookup(t) => t,
                     _ => 0,
                 };
-                let name = Self::table_word(r)
+                let name = self
+                    .table_word(r, t)
                     .map(|w| format!("{w} ({t})"))
                     .unwrap_or_else(|| t.to_string());
                 let mark = fwmark_str(v, m);
@@ -218,6 +219,29 @@ impl<'h> Cx<'h> {
             };
             let _ = writeln!(s, "{key} = {}", q(&self.gateways[p.gateway].name));
             s += &render_match(&p.sel);
+        }
+        let mut taken: Vec<String> = names.to_vec();
+        for sh in &self.shares {
+            let mut name = sh.base_name.clone();
+            let mut n = 2;
+            while taken.contains(&name) {
+                name = format!("{}-{n}", sh.base_name);
+                n += 1;
+            }
+            taken.push(name.clone());
+            s += "\n";
+            for line in &sh.notes {
+                s += &wrap(&sentence(line), "# ");
+            }
+            s += "[[policy]]\n";
+            let _ = writeln!(s, "name = {}", q(&name));
+            let weights: Vec<String> = sh
+                .weights
+                .iter()
+                .map(|(g, w)| format!("{} = {w}", q(&self.gateways[*g].name)))
+                .collect();
+            let _ = writeln!(s, "route_via = {{ {} }}", weights.join(", "));
+            s += &render_match(&sh.sel);
         }
         if let Some(d) = &self.divert {
             s += "\n";

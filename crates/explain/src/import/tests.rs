@@ -120,3 +120,66 @@ fn per_packet_marks_in_output_become_route_via_with_notes() {
     );
     symroute_core::config::parse_str(&out.toml, "t").expect("valid");
 }
+
+#[test]
+fn a_multipath_default_over_the_gateways_is_a_share_or_says_why_not() {
+    let rules = |main_prio: u32| {
+        format!(
+            "0:\tfrom all lookup local\n{main_prio}:\tfrom all lookup main\n100:\tfrom all fwmark 0x1 lookup 201\n101:\tfrom all fwmark 0x2 lookup 202\n32765:\tfrom all lookup 250\n"
+        )
+    };
+    let routes = |main_default: &str, hop2: &str| {
+        format!(
+            "default via 203.0.113.1 dev up1 table 201 \ndefault via 198.51.100.1 dev up2 table 202 \n\
+             default table 250 \n\tnexthop via 203.0.113.1 dev up1 weight 3 \n\tnexthop via {hop2} weight 1 \n{main_default}"
+        )
+    };
+    let fw = "*mangle\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n\
+              -A PREROUTING -j CONNMARK --restore-mark\n\
+              -A PREROUTING -m mark ! --mark 0x0 -j RETURN\n\
+              -A PREROUTING -i up1 -j MARK --set-mark 0x1\n\
+              -A PREROUTING -i up2 -j MARK --set-mark 0x2\n\
+              -A PREROUTING -j CONNMARK --save-mark\n\
+              -A OUTPUT -j CONNMARK --restore-mark\nCOMMIT\n";
+    let run = |main_default: &str, hop2: &str| {
+        import(&state(&[
+            ("ip-rule.txt", &rules(99)),
+            ("ip-route.txt", &routes(main_default, hop2)),
+            ("iptables-save.txt", fw),
+        ]))
+    };
+    let why_250 = |out: &Imported| {
+        out.unexpressed
+            .iter()
+            .find(|u| u.what.contains("lookup 250"))
+            .map(|u| u.why.clone())
+            .unwrap_or_else(|| panic!("{}", out.toml))
+    };
+    // Main (looked up first) has no default: the table is the host's default, shared 3:1.
+    let out = run("", "198.51.100.1 dev up2");
+    assert!(
+        out.toml
+            .contains("route_via = { \"table-201\" = 3, \"table-202\" = 1 }"),
+        "{}",
+        out.toml
+    );
+    assert!(
+        out.toml.contains("put the host's default route back"),
+        "{}",
+        out.toml
+    );
+    // Main, looked up first, has a default route: the table is never used.
+    let out = run(
+        "default via 198.51.100.1 dev up2 \n",
+        "198.51.100.1 dev up2",
+    );
+    assert!(why_250(&out).contains("never used"), "{}", out.toml);
+    assert!(!out.toml.contains("route_via"), "{}", out.toml);
+    // A next hop that is no gateway: said so, nothing shared.
+    let out = run("", "198.51.100.9 dev up2");
+    assert!(
+        why_250(&out).contains("`via 198.51.100.9 dev up2` is none of the gateways"),
+        "{}",
+        out.toml
+    );
+}

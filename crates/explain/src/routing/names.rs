@@ -2,46 +2,107 @@
 //! (`/etc/iproute2/rt_tables`), IP protocols (`/etc/protocols`), DS field values
 //! (`/etc/iproute2/rt_dsfield`) and interface groups (`/etc/iproute2/group`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use super::types::{TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN};
 
-/// Table names beyond the kernel's own (`main`, `local`, `default`, `unspec`), as read
-/// from a host's `/etc/iproute2/rt_tables` (see [`TableNames::parse`]). `ip rule` and
-/// `ip route` print a table by name when such a file names it, so a snapshot of a host
-/// with custom names needs its file to be parsed.
+/// Table names beyond the kernel's own (`main`, `local`, `default`, `unspec`), as iproute2
+/// reads them from `rt_tables` files (see [`TableNames::parse`]). `ip rule` and `ip route`
+/// print a table by name when such a file names it, so their output is read back with
+/// the same names; a snapshot carries them in its `rt_tables` file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct TableNames(pub BTreeMap<String, u32>);
+pub struct TableNames {
+    /// Name → the tables the files give it (more than one: `ip` prints all of them with
+    /// that name, so the name alone does not say which).
+    ids: BTreeMap<String, BTreeSet<u32>>,
+    /// Table → the name `ip` prints for it (the last one the files give).
+    printed: BTreeMap<u32, String>,
+}
 
 impl TableNames {
-    /// Reads `rt_tables` syntax: `ID NAME` per line, `#` comments. Malformed lines are
-    /// skipped, as iproute2 does.
+    /// At most this many names are kept (a real file has a handful; the bound keeps a
+    /// hostile one from growing memory without end).
+    pub const MAX_NAMES: usize = 65_536;
+    /// iproute2 reads a line into 512 bytes, so no longer name ever reaches `ip`'s output.
+    pub const MAX_NAME_LEN: usize = 511;
+
+    /// Reads `rt_tables` syntax, as iproute2 does: `ID NAME` per line (ID decimal or
+    /// `0x` hex, anything after NAME ignored), lines starting with `#` are comments. Lines
+    /// iproute2 would call corrupted, negative IDs and over-long names are skipped.
+    /// Several files read in iproute2's order can simply be concatenated: a later name
+    /// for the same table is the one `ip` prints.
     pub fn parse(text: &str) -> Self {
-        let mut map = BTreeMap::new();
+        let mut names = TableNames::default();
         for line in text.lines() {
-            let line = line.split('#').next().unwrap_or("");
-            let mut words = line.split_whitespace();
+            if names.printed.len() >= Self::MAX_NAMES {
+                break;
+            }
+            let line = line.trim_start_matches([' ', '\t']);
+            if line.starts_with('#') {
+                continue;
+            }
+            let mut words = line.split_ascii_whitespace();
             let (Some(id), Some(name)) = (words.next(), words.next()) else {
                 continue;
             };
-            if let Some(id) = parse_u32(id) {
-                map.insert(name.to_string(), id);
+            // `0x%x` or `%d` into an int: what does not fit a non-negative int is dropped.
+            let id = match id.strip_prefix("0x") {
+                Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                None => id.parse::<i64>().ok().and_then(|n| u32::try_from(n).ok()),
+            };
+            let Some(id) = id.filter(|&n| n <= i32::MAX as u32) else {
+                continue;
+            };
+            if name.len() > Self::MAX_NAME_LEN {
+                continue;
+            }
+            names.ids.entry(name.to_string()).or_default().insert(id);
+            names.printed.insert(id, name.to_string());
+        }
+        // A name `ip` prints stands for the tables it prints it for; a table renamed by a
+        // later line no longer answers to its old name in `ip`'s output (but a name never
+        // printed still means what the files say, for output typed by hand).
+        let mut shown: BTreeMap<&str, BTreeSet<u32>> = BTreeMap::new();
+        for (id, name) in &names.printed {
+            shown.entry(name).or_default().insert(*id);
+        }
+        for (name, ids) in names.ids.iter_mut() {
+            if let Some(s) = shown.get(name.as_str()) {
+                *ids = s.clone();
             }
         }
-        TableNames(map)
+        names
     }
 
-    /// A table by name or number; `None` for unknown names.
+    /// A table by name or number; `None` for unknown names and for a name the files give
+    /// to several tables (see [`Self::ambiguous`]).
     pub fn id(&self, word: &str) -> Option<u32> {
         match word {
             "main" => Some(TABLE_MAIN),
             "local" => Some(TABLE_LOCAL),
             "default" => Some(TABLE_DEFAULT),
             "unspec" => Some(0),
-            _ => parse_u32(word).or_else(|| self.0.get(word).copied()),
+            _ => parse_u32(word).or_else(|| match self.ids.get(word) {
+                Some(ids) if ids.len() == 1 => ids.first().copied(),
+                _ => None,
+            }),
         }
+    }
+
+    /// The tables a name given to more than one of them stands for.
+    pub fn ambiguous(&self, word: &str) -> Option<&BTreeSet<u32>> {
+        self.ids.get(word).filter(|ids| ids.len() > 1)
+    }
+
+    /// The name `ip` prints for a table the files name (not the kernel's own names).
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.printed.get(&id).map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.printed.is_empty()
     }
 }
 

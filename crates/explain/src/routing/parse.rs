@@ -157,10 +157,24 @@ fn parse_fwmark(word: &str) -> Option<(u32, u32)> {
 
 fn table_id(cur: &Cursor, word: &str, tables: &TableNames) -> Result<u32, ParseError> {
     tables.id(word).ok_or_else(|| {
-        cur.err(format!(
-            "unknown routing table name \"{word}\": it comes from this host's \
-             /etc/iproute2/rt_tables (give that file, or print numbers with `ip -N`)"
-        ))
+        let ambiguous = tables.ambiguous(word);
+        let word = word.escape_debug();
+        cur.err(match ambiguous {
+            Some(ids) => format!(
+                "routing table name \"{word}\" is given to tables {} in the host's rt_tables \
+                 files, so its output does not say which one is meant: give each table its own \
+                 name (or print numbers with `ip -N`)",
+                ids.iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+            None => format!(
+                "unknown routing table name \"{word}\": it comes from this host's \
+                 /etc/iproute2/rt_tables or rt_tables.d/*.conf (`symroute snapshot` saves them \
+                 as rt_tables; for a snapshot made without them, copy them into rt_tables)"
+            ),
+        })
     })
 }
 
@@ -818,6 +832,7 @@ impl RoutingState {
             routes,
             links,
             sysctls: parse_sysctls(t.sysctl),
+            table_names: tables,
         };
         state.sort_rules();
         Ok(state)

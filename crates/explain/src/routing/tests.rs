@@ -88,6 +88,56 @@ fn rule_parser_accepts_hand_written_spacing_and_ipv6() {
 }
 
 #[test]
+fn table_names_read_as_iproute2_does() {
+    // rt_tables, then a rt_tables.d file that renames table 2, concatenated as the
+    // snapshot stores them; comments, hex ids, junk after the name, junk lines.
+    let names = TableNames::parse(
+        "# /etc/iproute2/rt_tables\n255\tlocal\n254\tmain\n  1 SMTP # the seed's\n\
+         0x2 isp2\nnot-a-number foo\n-5 negative\n3000000000 toolarge\n7 a#b\n\
+         # /etc/iproute2/rt_tables.d/x.conf\n2 isp2b\n9 twice\n10 twice\n",
+    );
+    assert_eq!(names.id("SMTP"), Some(1));
+    assert_eq!(
+        names.id("isp2b"),
+        Some(2),
+        "the later name is the one ip prints"
+    );
+    assert_eq!(names.name(2), Some("isp2b"));
+    assert_eq!(
+        names.id("isp2"),
+        Some(2),
+        "an older name still means its table"
+    );
+    assert_eq!(names.id("a#b"), Some(7), "# inside a name is not a comment");
+    assert_eq!(names.id("foo"), None);
+    assert_eq!(names.id("negative"), None);
+    assert_eq!(names.id("toolarge"), None);
+    assert_eq!(names.id("main"), Some(254));
+    assert_eq!(names.id("12"), Some(12));
+    assert_eq!(names.id("twice"), None);
+    assert_eq!(names.ambiguous("twice").map(|s| s.len()), Some(2));
+    let e = parse_ip_rules_with("5:\tfrom all lookup twice\n", Family::Inet4, &names).unwrap_err();
+    assert!(e.message.contains("9 and 10"), "{e}");
+    // Bounded: a huge file keeps at most MAX_NAMES names, and over-long names are dropped.
+    let mut big = String::new();
+    for i in 0..(TableNames::MAX_NAMES + 10) {
+        big += &format!("{i} t{i}\n");
+    }
+    big += &format!("5 {}\n", "x".repeat(TableNames::MAX_NAME_LEN + 1));
+    let names = TableNames::parse(&big);
+    assert_eq!(
+        names.id(&format!("t{}", TableNames::MAX_NAMES - 1)),
+        Some(65535)
+    );
+    assert_eq!(names.id(&format!("t{}", TableNames::MAX_NAMES)), None);
+    // A control character in a name is data: the error quotes it escaped.
+    let names = TableNames::parse("1 a\x1bb\n");
+    assert_eq!(names.id("a\x1bb"), Some(1));
+    let e = parse_ip_rules("5:\tfrom all lookup a\x1bb\n", Family::Inet4).unwrap_err();
+    assert!(e.message.contains("a\\u{1b}b"), "{e}");
+}
+
+#[test]
 fn rule_parser_errors_name_the_line() {
     let e = parse_ip_rules(
         "0:\tfrom all lookup local\n200:\tfrom all lookup isp1\n",
@@ -332,6 +382,7 @@ fn state_with(rules: &[RuleEntry], routes: &str) -> RoutingState {
         routes: parse_ip_routes(routes, Family::Inet4).unwrap(),
         links,
         sysctls: BTreeMap::new(),
+        table_names: TableNames::default(),
     }
 }
 

@@ -141,7 +141,18 @@ impl RuleEntry {
     /// True for the three rules every namespace starts with (`0: lookup local`,
     /// `32766: lookup main`, `32767: lookup default`), with no selectors.
     pub fn is_default(&self) -> bool {
-        let plain = !self.not
+        self.selects_all()
+            && matches!(
+                (self.priority, self.action),
+                (0, RuleAction::Lookup(TABLE_LOCAL))
+                    | (32766, RuleAction::Lookup(TABLE_MAIN))
+                    | (32767, RuleAction::Lookup(TABLE_DEFAULT))
+            )
+    }
+
+    /// No selector at all (`from all`, no `suppress_*`): every packet reaching it matches.
+    pub fn selects_all(&self) -> bool {
+        !self.not
             && self.from.is_none()
             && self.to.is_none()
             && self.iif.is_none()
@@ -153,14 +164,7 @@ impl RuleEntry {
             && self.tos.is_none()
             && self.suppress_prefixlength.is_none()
             && self.suppress_ifgroup.is_none()
-            && self.unmodeled.is_empty();
-        plain
-            && matches!(
-                (self.priority, self.action),
-                (0, RuleAction::Lookup(TABLE_LOCAL))
-                    | (32766, RuleAction::Lookup(TABLE_MAIN))
-                    | (32767, RuleAction::Lookup(TABLE_DEFAULT))
-            )
+            && self.unmodeled.is_empty()
     }
 }
 
@@ -306,6 +310,9 @@ pub struct RoutingState {
     pub routes: Vec<RouteEntry>,
     pub links: BTreeMap<String, LinkState>,
     pub sysctls: BTreeMap<String, String>,
+    /// The host's routing table names (its `rt_tables` files), for output and for naming
+    /// what import makes; the rules and routes above hold numbers.
+    pub table_names: super::names::TableNames,
 }
 
 impl RoutingState {

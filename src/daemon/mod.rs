@@ -629,6 +629,7 @@ mod tests {
                 Link {
                     up,
                     addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                    peers: Vec::new(),
                 },
             );
         }
@@ -653,6 +654,7 @@ mod tests {
                 Link {
                     up: true,
                     addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                    peers: Vec::new(),
                 },
             );
         }

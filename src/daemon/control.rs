@@ -17,18 +17,19 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::event::Event;
 use super::gateways::{rfc3339, unix, LiveGateway};
+use super::pending::{self, PendingConfirm};
 use super::{Daemon, DaemonError};
 use crate::config;
+use crate::kernel::clock::BootTime;
 use crate::kernel::status::DaemonInfo;
 use crate::kernel::{state, KernelError};
-use crate::model::Model;
 
 /// How long a client waits for the daemon's answer (a reload applies first).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
@@ -122,13 +123,6 @@ impl PartialEq for Call {
 }
 
 impl Eq for Call {}
-
-/// A reload with `confirm`, not confirmed yet: what to go back to, and when.
-pub(super) struct PendingConfirm {
-    deadline: Instant,
-    deadline_wall: SystemTime,
-    previous: (PathBuf, Model),
-}
 
 // ---------------------------------------------------------------------------------------
 // client
@@ -325,8 +319,8 @@ impl Daemon {
                 },
                 summary: self.status(),
                 pending_confirm: self.pending.as_ref().map(|p| PendingInfo {
-                    deadline: rfc3339(p.deadline_wall),
-                    deadline_unix: unix(p.deadline_wall),
+                    deadline: rfc3339(p.deadline.wall()),
+                    deadline_unix: unix(p.deadline.wall()),
                     previous_config: p.previous.0.display().to_string(),
                 }),
                 gateways: self.live.snapshot(&self.model, &self.windows),
@@ -338,13 +332,19 @@ impl Daemon {
 
     /// `symroute apply [--confirm SECS]` while the daemon runs.
     fn reload_request(&mut self, path: PathBuf, confirm: Option<u64>) -> Response {
+        if let Some(secs) = confirm.filter(|s| !crate::kernel::confirm::SECS.contains(s)) {
+            return Response::failed(
+                2,
+                format!("confirm: {secs} is not a number of seconds from 1 to 86400"),
+            );
+        }
         if let Some(p) = &self.pending {
             return Response::failed(
                 1,
                 format!(
                     "an earlier `apply --confirm` is still pending (the daemon goes back to {} at {}): run `symroute confirm` to keep it, or wait for it to be rolled back, then apply again",
                     p.previous.0.display(),
-                    rfc3339(p.deadline_wall)
+                    rfc3339(p.deadline.wall())
                 ),
             );
         }
@@ -362,16 +362,16 @@ impl Daemon {
                 lines.extend(summary_lines(changes));
                 match confirm {
                     Some(secs) if changed => {
-                        let deadline_wall = SystemTime::now() + Duration::from_secs(secs);
                         lines.push(format!(
                             "applied; run `symroute confirm` within {secs} s or the daemon goes back to {}",
                             previous.0.display()
                         ));
-                        self.pending = Some(PendingConfirm {
-                            deadline: Instant::now() + Duration::from_secs(secs),
-                            deadline_wall,
+                        let p = PendingConfirm {
+                            deadline: BootTime::now().after(Duration::from_secs(secs)),
                             previous,
-                        });
+                        };
+                        pending::save(&path, &p);
+                        self.pending = Some(p);
                     }
                     Some(_) => lines.push("nothing to confirm: nothing changed".into()),
                     None => {}
@@ -396,6 +396,7 @@ impl Daemon {
     fn confirm_request(&mut self) -> Response {
         match self.pending.take() {
             Some(_) => {
+                pending::forget();
                 info!("`symroute confirm`: keeping {}", self.config.display());
                 Response::done(vec![format!(
                     "confirmed: keeping {}",
@@ -411,12 +412,18 @@ impl Daemon {
 
     /// When an unconfirmed `apply --confirm` runs out.
     pub(super) fn confirm_deadline(&self) -> Option<Instant> {
-        self.pending.as_ref().map(|p| p.deadline)
+        self.pending.as_ref().map(|p| p.deadline.instant())
+    }
+
+    /// Whether that deadline has passed (on the boot clock it is kept in).
+    pub(super) fn confirm_due(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.deadline.passed())
     }
 
     /// The deadline passed without `symroute confirm`: go back to the previous config.
     pub(super) fn confirm_expired(&mut self) {
         let Some(p) = self.pending.take() else { return };
+        pending::forget();
         warn!(
             "`apply --confirm` of {} was not confirmed in time: going back to {}",
             self.config.display(),

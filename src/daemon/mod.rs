@@ -32,6 +32,7 @@ pub mod hooks;
 pub mod log;
 pub mod metrics;
 mod monitor;
+pub mod pending;
 mod signals;
 pub mod systemd;
 
@@ -145,6 +146,12 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         hooks: hooks::Hooks::default(),
         netns: opts.netns,
     };
+    // A pending `apply --confirm` of a previous daemon goes on where it was.
+    if let Some((config, model, pending)) = pending::resume() {
+        d.config = config;
+        d.model = model;
+        d.pending = pending;
+    }
     // At startup, any failure is fatal (exit 1), conflicts included: as `symroute apply`.
     let report = d.attempt(&Why::Start)?;
     // Probes start once the gateways' routes are in place: one sent before would take
@@ -217,7 +224,7 @@ struct Daemon {
     /// Each gateway's state, since, failovers, round trips (for status and hooks).
     live: gateways::Live,
     /// An `apply --confirm` through the control socket, not confirmed yet.
-    pending: Option<control::PendingConfirm>,
+    pending: Option<pending::PendingConfirm>,
     hooks: hooks::Hooks,
     netns: Option<String>,
 }
@@ -268,7 +275,7 @@ impl Daemon {
             self.systemd.ping_if_due(now);
             if reload {
                 self.reload();
-            } else if self.confirm_deadline().is_some_and(|t| t <= now) {
+            } else if self.confirm_due() {
                 self.confirm_expired();
             } else if self.retry_at.is_some_and(|t| t <= now) {
                 let _ = self.reconcile(Why::Retry);
@@ -293,7 +300,11 @@ impl Daemon {
     fn attempt(&mut self, why: &Why) -> Result<ApplyReport, KernelError> {
         let started = Instant::now();
         let reason = why.describe(started);
-        let report = apply::apply_with_health(&self.model, &self.health_down);
+        let report = apply::apply_with_health(
+            &self.model,
+            &self.health_down,
+            crate::kernel::rundir::WAIT_COMMAND,
+        );
         self.metrics.reconciled(started.elapsed());
         let report = report?;
         let took = started.elapsed().as_millis();
@@ -461,6 +472,9 @@ impl Daemon {
             return Ok(());
         }
         info!("{sig}: removing everything symroute made, then exiting");
+        if self.pending.take().is_some() {
+            pending::forget();
+        }
         self.systemd.stopping("removing the policy");
         let changes = apply::remove()?;
         for l in changes.summary() {

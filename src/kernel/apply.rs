@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::netlink::{Netlink, Request};
-use super::{cmd, observe, state, KernelError};
+use super::{cmd, observe, rundir, state, KernelError};
 use crate::model::{Family, Model};
 use crate::plan::diff::{self, Changes, Observed, SysctlChange};
 use crate::plan::{self, nft, Plan, RouteSpec, RuleSpec};
@@ -39,16 +39,19 @@ pub struct ApplyReport {
 
 /// Observe, plan, diff; refuse on conflicts; apply the difference; roll back on failure.
 pub fn apply(model: &Model, faults: Faults) -> Result<ApplyReport, KernelError> {
-    let _lock = state::lock()?;
+    let _lock = rundir::lock(rundir::WAIT_COMMAND)?;
     apply_locked(model, faults, |_| Ok(()))
 }
 
-/// `apply` with gateways declared down by the daemon's health checks (name → why).
+/// `apply` with gateways declared down by the daemon's health checks (name → why),
+/// waiting at most `wait` for another symroute process in the namespace
+/// (`KernelError::Locked` after that).
 pub fn apply_with_health(
     model: &Model,
     health_down: &std::collections::BTreeMap<String, String>,
+    wait: std::time::Duration,
 ) -> Result<ApplyReport, KernelError> {
-    let _lock = state::lock()?;
+    let _lock = rundir::lock(wait)?;
     apply_locked_for(model, health_down, Faults::default(), |_| Ok(()))
 }
 
@@ -160,7 +163,7 @@ pub fn prepare_health(
 /// Delete everything symroute owns and restore recorded sysctls. Returns what it did;
 /// errors are collected, not fatal, so one stuck object doesn't strand the rest.
 pub fn remove() -> Result<Changes, KernelError> {
-    let _lock = state::lock()?;
+    let lock = rundir::lock(rundir::WAIT_COMMAND)?;
     let observed = observe::observe()?;
     let recorded = state::load()?.sysctls;
     let changes = Changes {
@@ -172,12 +175,14 @@ pub fn remove() -> Result<Changes, KernelError> {
     };
     execute(&changes, Faults::default(), true)?;
     state::save(&state::State::default())?;
-    // A pending `apply --confirm` would put back what was there before it: after a
-    // remove, nothing is left to confirm or roll back.
-    if let Ok(p) = state::pending_path() {
-        let _ = std::fs::remove_file(p);
+    // A pending `apply --confirm` (by hand or a stopped daemon's) would put back what
+    // was there before it: after a remove, nothing is left to confirm or roll back.
+    for p in [state::pending_path(), state::daemon_pending_path()] {
+        let _ = p.and_then(|p| rundir::remove(&p));
     }
-    state::forget_lock();
+    // Namespaces come and go: leave no lock file behind. Unlinked while held, so a
+    // waiter finds it gone and locks a new one (`rundir`).
+    lock.unlink();
     Ok(changes)
 }
 

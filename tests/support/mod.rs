@@ -33,6 +33,18 @@ pub fn require_root() {
     }
 }
 
+/// `/run/symroute/netns-<cookie>.<suffix>`: a file symroute keeps for `ns` (the cookie is
+/// read by a thread that enters the namespace; only that thread moves).
+pub fn run_file(ns: &Netns, suffix: &str) -> std::path::PathBuf {
+    let (name, suffix) = (ns.name().to_string(), suffix.to_string());
+    std::thread::spawn(move || {
+        symroute::kernel::netns::enter(&name).expect("enter the namespace");
+        symroute::kernel::rundir::netns_file(&suffix).expect("the namespace's cookie")
+    })
+    .join()
+    .expect("cookie thread")
+}
+
 /// The result of one `symroute` run.
 pub struct Run {
     pub code: i32,

@@ -122,6 +122,15 @@ enum Cmd {
         /// Test only: die right after STEP without cleaning up, like `kill -9`
         #[arg(long, value_name = "STEP", hide = true)]
         abort_after: Option<Step>,
+        /// Test only: the rollback's first N reads of the kernel fail
+        #[arg(
+            long,
+            value_name = "N",
+            hide = true,
+            requires = "inject_failure",
+            default_value = "0"
+        )]
+        fail_rollback_reads: u32,
         /// Roll the change back SECS seconds (1 to 86400) after this command started unless
         /// `symroute confirm` runs first. A guard process in its own session is armed before
         /// the first change, so a dropped SSH session still gets its rollback.
@@ -437,14 +446,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Apply {
             config,
             netns,
-            inject_failure,
-            abort_after,
             confirm: Some(secs),
+            ..
         } => {
             // The deadline counts from now, on the boot clock (see kernel::clock).
             let deadline =
                 kernel::clock::BootTime::now().after(std::time::Duration::from_secs(secs));
-            let _ = (inject_failure, abort_after);
             let m = config.load()?;
             netns.enter()?;
             if let Some(code) = daemon::apply(&mut out, &config, Some(secs))? {
@@ -457,6 +464,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             netns,
             inject_failure,
             abort_after,
+            fail_rollback_reads,
             confirm: None,
         } => {
             let m = config.load()?;
@@ -472,6 +480,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Faults {
                     fail_after: inject_failure,
                     abort_after,
+                    fail_rollback_reads,
                 },
             )?;
             print_gateways(&mut out, &report.plan)?;

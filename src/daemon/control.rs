@@ -202,9 +202,7 @@ impl Listener {
             let what = format!("{what} {}", path.display());
             move |source| DaemonError::Io { what, source }
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
-        }
+        crate::kernel::rundir::ensure_dir()?;
         match UnixStream::connect(&path) {
             Ok(_) => {
                 return Err(DaemonError::Watcher(format!(

@@ -45,6 +45,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config;
 use crate::kernel::apply::{self, ApplyReport};
+use crate::kernel::rundir;
 use crate::kernel::KernelError;
 use crate::model::Model;
 use crate::plan::{GatewayState, Plan};
@@ -58,6 +59,8 @@ const PACE_BURST: u32 = 20;
 /// at a bounded rate.
 const PACE_REFILL: Duration = Duration::from_millis(200);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// How soon to try again when another symroute process holds the namespace's lock.
+const LOCKED_RETRY: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct Options {
@@ -300,11 +303,12 @@ impl Daemon {
     fn attempt(&mut self, why: &Why) -> Result<ApplyReport, KernelError> {
         let started = Instant::now();
         let reason = why.describe(started);
-        let report = apply::apply_with_health(
-            &self.model,
-            &self.health_down,
-            crate::kernel::rundir::WAIT_COMMAND,
-        );
+        // At startup there is no loop to keep going yet: wait as a command would.
+        let wait = match why {
+            Why::Start => rundir::WAIT_COMMAND,
+            _ => rundir::WAIT_DAEMON,
+        };
+        let report = apply::apply_with_health(&self.model, &self.health_down, wait);
         self.metrics.reconciled(started.elapsed());
         let report = report?;
         let took = started.elapsed().as_millis();
@@ -381,6 +385,13 @@ impl Daemon {
             Ok(report) => {
                 self.settled(&report);
                 Ok(report.changes.summary())
+            }
+            // Another symroute (an `apply`, `remove` or confirm guard by hand) is at work:
+            // not a failure; look again shortly instead of blocking the loop on it.
+            Err(e @ KernelError::Locked { .. }) => {
+                debug!("not reconciling {} yet: {e}", why.describe(Instant::now()));
+                self.retry_at = Some(Instant::now() + LOCKED_RETRY);
+                Err(e.to_string())
             }
             Err(KernelError::Conflicts(conflicts)) => {
                 let texts: Vec<String> = conflicts.iter().map(|c| one_line(&c.0)).collect();

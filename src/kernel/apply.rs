@@ -29,6 +29,8 @@ pub struct Faults {
     pub fail_after: Option<Step>,
     /// Die without cleaning up right after this step, like `kill -9`.
     pub abort_after: Option<Step>,
+    /// The rollback's first this many reads of the kernel fail.
+    pub fail_rollback_reads: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,6 +111,7 @@ fn apply_locked_for(
             changes.nft.is_some(),
             saved_table.as_deref(),
             &state_before,
+            faults,
         );
         let msg = match rollback {
             Ok(()) => format!("{e}\nrolled back: the host is as it was before this apply"),
@@ -321,50 +324,104 @@ fn write_sysctls(set: &[SysctlChange], restore: &[SysctlChange]) -> Result<(), K
 /// Put back the rules, routes, table and sysctls that `before` saw. The table is only
 /// touched when this apply changed it (`nft_changed`): otherwise `saved_table` is `None`
 /// although the table exists, and must stay.
+///
+/// It does not give up when it cannot read the kernel: the read is tried again a few
+/// times, and if it still fails, what needs no reading (the table, the sysctls' old
+/// values, the old rules and routes added back) is done anyway and the failure reported.
 pub(crate) fn roll_back(
     before: &Observed,
     nft_changed: bool,
     saved_table: Option<&str>,
     state_before: &state::State,
+    faults: Faults,
 ) -> Result<(), KernelError> {
-    let now = observe::observe()?;
-    let changes = Changes {
-        nft: nft_changed.then(|| match saved_table {
-            Some(text) => nft::replace_script(text),
-            None => nft::delete_script(),
-        }),
-        rules_del: now
-            .rules
-            .difference(&before.rules)
-            .cloned()
-            .collect::<Vec<RuleSpec>>(),
-        rules_add: before.rules.difference(&now.rules).cloned().collect(),
-        routes_del: now
-            .routes
-            .difference(&before.routes)
-            .cloned()
-            .collect::<Vec<RouteSpec>>(),
-        routes_add: before.routes.difference(&now.routes).cloned().collect(),
-        sysctls: Vec::new(),
-        sysctls_restore: before
-            .host
-            .sysctls
-            .iter()
-            .filter_map(|(k, v)| {
-                let cur = now.host.sysctls.get(k)?;
-                (cur != v).then(|| SysctlChange {
+    let read = |attempt: u32| {
+        if attempt < faults.fail_rollback_reads {
+            return Err(KernelError::Other(format!(
+                "injected read failure {} (--fail-rollback-reads)",
+                attempt + 1
+            )));
+        }
+        observe::observe_netlink()
+    };
+    let mut now = read(0);
+    for (attempt, pause) in [50, 200, 500].into_iter().enumerate() {
+        if now.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(pause));
+        now = read(attempt as u32 + 1);
+    }
+    let (now, unread) = match now {
+        Ok(now) => (now, None),
+        Err(e) => (Observed::default(), Some(e)),
+    };
+    let nft = nft_changed.then(|| match saved_table {
+        Some(text) => nft::replace_script(text),
+        None => nft::delete_script(),
+    });
+    let changes = match &unread {
+        None => Changes {
+            nft,
+            rules_del: now
+                .rules
+                .difference(&before.rules)
+                .cloned()
+                .collect::<Vec<RuleSpec>>(),
+            rules_add: before.rules.difference(&now.rules).cloned().collect(),
+            routes_del: now
+                .routes
+                .difference(&before.routes)
+                .cloned()
+                .collect::<Vec<RouteSpec>>(),
+            routes_add: before.routes.difference(&now.routes).cloned().collect(),
+            sysctls: Vec::new(),
+            sysctls_restore: before
+                .host
+                .sysctls
+                .iter()
+                .filter_map(|(k, v)| {
+                    let cur = now.host.sysctls.get(k)?;
+                    (cur != v).then(|| SysctlChange {
+                        key: k.clone(),
+                        from: cur.clone(),
+                        to: v.clone(),
+                    })
+                })
+                .collect(),
+        },
+        // Blind: what was there goes back in (an add of what exists is refused and
+        // reported, harmlessly); what this apply added cannot be told apart unread.
+        Some(_) => Changes {
+            nft,
+            rules_add: before.rules.iter().cloned().collect(),
+            routes_add: before.routes.iter().cloned().collect(),
+            sysctls_restore: before
+                .host
+                .sysctls
+                .iter()
+                .map(|(k, v)| SysctlChange {
                     key: k.clone(),
-                    from: cur.clone(),
+                    from: String::new(),
                     to: v.clone(),
                 })
-            })
-            .collect(),
+                .collect(),
+            ..Changes::default()
+        },
     };
     let r = execute(&changes, Faults::default(), true);
-    state::save(state_before)?;
+    let saved = state::save(state_before);
     // The table put back has new rule handles.
-    if nft_changed {
-        record_table_digest()?;
+    let digest = if nft_changed {
+        record_table_digest()
+    } else {
+        Ok(())
+    };
+    match unread {
+        Some(e) => Err(KernelError::Other(format!(
+            "could not read the kernel to roll back ({e}); put back the nft table and sysctls and re-added the old rules and routes, but rules and routes this apply added may remain: run `symroute remove` or apply again{}",
+            r.err().map(|e| format!("; also: {e}")).unwrap_or_default()
+        ))),
+        None => r.and(saved).and(digest),
     }
-    r
 }

@@ -320,8 +320,9 @@ pub enum Guarded {
 /// caller's apply over `link` and act as the module doc says.
 pub fn guard(token: &str, deadline: BootTime, link: UnixStream) -> Result<Guarded, KernelError> {
     let mut link = link;
+    // Held for the guard's whole life; its file goes with it.
     let _guard = match rundir::lock_path(&guard_path()?, GUARD_LOCK_WAIT) {
-        Ok(l) => l,
+        Ok(l) => l.unlink_on_drop(),
         Err(e) => {
             let _ = writeln!(link, "refused {e}");
             return Err(e);
@@ -424,6 +425,7 @@ fn roll_back_pending(p: &Pending) -> Result<(), KernelError> {
         p.nft_changed,
         p.saved_table.as_deref(),
         &p.state_before,
+        Faults::default(),
     )
 }
 

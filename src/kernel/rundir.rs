@@ -108,7 +108,7 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<(), KernelError> {
 }
 
 /// The text of `path`, `None` when it does not exist. Never follows a symbolic link and
-/// reads at most `MAX_FILE` bytes.
+/// reads at most `MAX_FILE` bytes (a larger file is an error).
 pub fn read(path: &Path) -> Result<Option<String>, KernelError> {
     let what = || format!("reading {}", path.display());
     let f = match OpenOptions::new()
@@ -121,9 +121,16 @@ pub fn read(path: &Path) -> Result<Option<String>, KernelError> {
         Err(e) => return Err(io(what())(e)),
     };
     let mut text = String::new();
-    f.take(MAX_FILE)
+    f.take(MAX_FILE + 1)
         .read_to_string(&mut text)
         .map_err(io(what()))?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(KernelError::Other(format!(
+            "{}: larger than {} MiB; not a file symroute wrote",
+            path.display(),
+            MAX_FILE >> 20
+        )));
+    }
     Ok(Some(text))
 }
 
@@ -142,6 +149,16 @@ pub fn remove(path: &Path) -> Result<bool, KernelError> {
 pub struct Lock {
     _file: Flock<File>,
     path: PathBuf,
+    unlink_on_drop: bool,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Runs before the fields drop: the file goes while the lock is still held.
+        if self.unlink_on_drop {
+            self.unlink();
+        }
+    }
 }
 
 impl Lock {
@@ -149,6 +166,12 @@ impl Lock {
     /// gone after their `flock` and start over on a new file.
     pub fn unlink(&self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+
+    /// Unlink the file when dropped (still held then), so it does not outlive its use.
+    pub fn unlink_on_drop(mut self) -> Lock {
+        self.unlink_on_drop = true;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -183,6 +206,7 @@ pub fn lock_path(path: &Path, wait: Duration) -> Result<Lock, KernelError> {
                     return Ok(Lock {
                         _file: file,
                         path: path.to_path_buf(),
+                        unlink_on_drop: false,
                     });
                 }
                 // Unlinked (or replaced) by its holder before we got it: try the new one.

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use support::daemon::Daemon;
-use support::{kernel_snapshot, require_root, run_file, settled_snapshot, symroute, RemoveOnDrop};
+use support::{
+    kernel_snapshot, our_rule, require_root, run_file, settled_snapshot, symroute, RemoveOnDrop,
+};
 use symroute::kernel::rundir;
 use symroute::lab::{Netns, TwoIsps};
 
@@ -198,14 +200,7 @@ fn the_daemon_retries_while_another_process_holds_the_lock() {
     let lab = TwoIsps::build().expect("build TwoIsps");
     let fw = &lab.fw;
     let d = Daemon::start(fw, CONFIG);
-    let rule = fw
-        .exec(&["ip", "-4", "rule", "show"])
-        .expect("ip rule")
-        .lines()
-        .find(|l| l.contains("lookup 42001"))
-        .expect("a rule of ours")
-        .to_string();
-    let pref = rule.split(':').next().expect("pref").trim().to_string();
+    let (rule, pref) = our_rule(fw, 42001);
     let sock = run_file(fw, "sock");
     assert_eq!(mode(&sock), 0o600, "{}", sock.display());
     assert_eq!(mode(Path::new(rundir::DIR)), 0o700);

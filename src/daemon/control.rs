@@ -9,10 +9,13 @@
 //! {"request":"confirm"}
 //! ```
 //!
-//! A listener thread accepts; a thread per connection reads the request and hands it to
-//! the actor as `Event::Control` with a reply channel. The actor alone decides.
+//! One thread serves every client (`serve`: at most 32 at once, 2 s to send the request
+//! and 2 s to read the answer, 64 KiB at most; a peer that is neither root nor the
+//! daemon's user, by SO_PEERCRED, is refused) and hands each request to the actor as
+//! `Event::Control` with a `Reply`. The actor alone decides.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -22,9 +25,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
 use super::event::Event;
 use super::gateways::{rfc3339, unix, LiveGateway};
 use super::pending::{self, PendingConfirm};
+use super::serve;
 use super::{Daemon, DaemonError};
 use crate::config;
 use crate::kernel::clock::BootTime;
@@ -34,7 +40,15 @@ use crate::kernel::{state, KernelError};
 /// How long a client waits for the daemon's answer (a reload applies first).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests are one short line.
-const MAX_REQUEST: u64 = 64 * 1024;
+const MAX_REQUEST: usize = 64 * 1024;
+/// A few clients at once (symroute's own commands send their line at once); slow or
+/// idle ones are dropped after the deadline, or sooner when newcomers need the slot.
+const LIMITS: serve::Limits = serve::Limits {
+    max_clients: 32,
+    request_deadline: Duration::from_secs(2),
+    answer_deadline: Duration::from_secs(2),
+    max_request: MAX_REQUEST,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "lowercase")]
@@ -112,7 +126,7 @@ pub struct PendingInfo {
 #[derive(Debug, Clone)]
 pub struct Call {
     pub request: Request,
-    pub reply: Sender<Response>,
+    pub reply: Reply,
 }
 
 /// Calls are equal when their requests are (the reply channels cannot be compared).
@@ -224,9 +238,8 @@ impl Listener {
             path: path.clone(),
             ino,
         };
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || accept(listener, tx))
+        let owner = nix::unistd::geteuid().as_raw();
+        serve::spawn("control", listener, Control { tx, owner }, LIMITS)
             .map_err(err("starting the thread serving"))?;
         info!("control socket: {}", path.display());
         Ok(guard)
@@ -246,49 +259,108 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-fn accept(listener: UnixListener, tx: Sender<Event>) {
-    for conn in listener.incoming() {
-        match conn {
-            Ok(s) => {
-                let tx = tx.clone();
-                let r = std::thread::Builder::new()
-                    .name("control-conn".into())
-                    .spawn(move || serve(s, &tx));
-                if let Err(e) = r {
-                    warn!("control socket: could not start a thread for a client: {e}");
-                }
+/// The control protocol on `serve`'s loop: a JSON line in, handed to the actor with a
+/// `Reply`; its answer, a JSON line, out.
+struct Control {
+    tx: Sender<Event>,
+    /// Besides root, the user owning the socket (the daemon's) may talk to it.
+    owner: u32,
+}
+
+fn line(resp: &Response) -> Vec<u8> {
+    let mut text = serde_json::to_vec(resp).expect("response serializes");
+    text.push(b'\n');
+    text
+}
+
+impl serve::Protocol for Control {
+    /// SO_PEERCRED: the socket is 0600, but a descriptor can be passed on, and a mode
+    /// can be loosened by hand; the uid that connected is what counts.
+    fn admit(&mut self, client: BorrowedFd<'_>) -> Result<(), Vec<u8>> {
+        let uid = getsockopt(&client, PeerCredentials).map(|c| c.uid());
+        match uid {
+            Ok(0) => Ok(()),
+            Ok(uid) if uid == self.owner => Ok(()),
+            Ok(uid) => {
+                warn!("control socket: refused a client running as uid {uid} (only root or uid {} may)", self.owner);
+                Err(line(&Response::failed(
+                    1,
+                    format!("permission denied: uid {uid} may not talk to symroute run (only root or uid {})", self.owner),
+                )))
             }
+            Err(e) => Err(line(&Response::failed(
+                1,
+                format!("cannot tell who you are: {e}"),
+            ))),
+        }
+    }
+
+    fn complete(&self, buf: &[u8]) -> Option<usize> {
+        buf.iter().position(|b| *b == b'\n').map(|i| i + 1)
+    }
+
+    fn answer(&mut self, request: &[u8], waker: &serve::Waker) -> serve::Answer {
+        let request = match serde_json::from_slice::<Request>(request) {
+            Ok(r) => r,
             Err(e) => {
-                warn!("control socket: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                return serve::Answer::Now(line(&Response::failed(
+                    1,
+                    format!("not a request symroute understands: {e}"),
+                )))
             }
+        };
+        let (tx, rx) = mpsc::channel();
+        let reply = Reply {
+            tx,
+            waker: waker.clone(),
+        };
+        match self.tx.send(Event::Control(Call { request, reply })) {
+            Ok(()) => serve::Answer::Later(rx),
+            Err(_) => serve::Answer::Now(line(&Response::failed(1, "the daemon is exiting"))),
+        }
+    }
+
+    /// A request without its newline at the end of the stream is still a request.
+    fn incomplete(&mut self, buf: &[u8], too_large: bool, waker: &serve::Waker) -> serve::Answer {
+        if too_large {
+            return serve::Answer::Now(line(&Response::failed(
+                1,
+                format!("request larger than {MAX_REQUEST} bytes"),
+            )));
+        }
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            return serve::Answer::Close;
+        }
+        self.answer(buf, waker)
+    }
+
+    fn busy(&self) -> Option<Vec<u8>> {
+        Some(line(&Response::failed(
+            1,
+            "the daemon is busy answering other clients; try again",
+        )))
+    }
+}
+
+/// Where the actor's answer to one call goes.
+#[derive(Clone)]
+pub struct Reply {
+    tx: Sender<Vec<u8>>,
+    waker: serve::Waker,
+}
+
+impl Reply {
+    pub fn send(self, resp: Response) {
+        if self.tx.send(line(&resp)).is_ok() {
+            self.waker.wake();
         }
     }
 }
 
-fn serve(mut s: UnixStream, tx: &Sender<Event>) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut line = String::new();
-    let read = BufReader::new((&s).take(MAX_REQUEST)).read_line(&mut line);
-    let resp = match read
-        .map_err(|e| e.to_string())
-        .and_then(|_| serde_json::from_str::<Request>(&line).map_err(|e| e.to_string()))
-    {
-        Err(e) => Response::failed(1, format!("not a request symroute understands: {e}")),
-        Ok(request) => {
-            let (reply, answer) = mpsc::channel();
-            if tx.send(Event::Control(Call { request, reply })).is_err() {
-                Response::failed(1, "the daemon is exiting")
-            } else {
-                answer
-                    .recv()
-                    .unwrap_or_else(|_| Response::failed(1, "the daemon exited before answering"))
-            }
-        }
-    };
-    let mut text = serde_json::to_string(&resp).expect("response serializes");
-    text.push('\n');
-    let _ = s.write_all(text.as_bytes());
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -302,7 +374,7 @@ impl Daemon {
             Request::Reload { config, confirm } => self.reload_request(config, confirm),
             Request::Confirm => self.confirm_request(),
         };
-        let _ = call.reply.send(resp);
+        call.reply.send(resp);
     }
 
     fn status_response(&self) -> Response {

@@ -33,6 +33,7 @@ pub mod log;
 pub mod metrics;
 mod monitor;
 pub mod pending;
+pub mod serve;
 mod signals;
 pub mod systemd;
 

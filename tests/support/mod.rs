@@ -45,6 +45,20 @@ pub fn run_file(ns: &Netns, suffix: &str) -> std::path::PathBuf {
     .expect("cookie thread")
 }
 
+/// One of symroute's IPv4 rules in `ns` (its line as `ip rule show` prints it, the
+/// first whose text contains `lookup TABLE`) and its priority, for tests that delete it.
+pub fn our_rule(ns: &Netns, table: u32) -> (String, String) {
+    let rule = ns
+        .exec(&["ip", "-4", "rule", "show"])
+        .expect("ip rule")
+        .lines()
+        .find(|l| l.contains(&format!("lookup {table}")))
+        .expect("a rule of ours")
+        .to_string();
+    let pref = rule.split(':').next().expect("pref").trim().to_string();
+    (rule, pref)
+}
+
 /// The result of one `symroute` run.
 pub struct Run {
     pub code: i32,

@@ -105,7 +105,7 @@ fn unconfirmed_change_is_rolled_back() {
         show(&r)
     );
     assert!(applied(fw), "the change should be applied while pending");
-    assert_eq!(watchers(fw).len(), 1, "one watcher should be running");
+    assert_eq!(watchers(fw).len(), 1, "one guard should be running");
 
     let t0 = Instant::now();
     let mut now = kernel_snapshot(fw);
@@ -126,12 +126,12 @@ fn unconfirmed_change_is_rolled_back() {
         "{}",
         show(&r)
     );
-    // The watcher exits once it has rolled back.
+    // The guard exits once it has rolled back.
     let t0 = Instant::now();
     while !watchers(fw).is_empty() && t0.elapsed() < Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(watchers(fw).is_empty(), "the watcher outlived its rollback");
+    assert!(watchers(fw).is_empty(), "the guard outlived its rollback");
 }
 
 #[test]
@@ -151,7 +151,7 @@ fn confirmed_change_stays() {
     assert!(applied(fw), "a confirmed change must stay applied");
     assert!(
         watchers(fw).is_empty(),
-        "the watcher should exit after confirm"
+        "the guard should exit after confirm"
     );
     let line = tcp_probe(&lab.client, smtp_v4(), Duration::from_secs(3))
         .unwrap_or_else(|e| panic!("client -> {} after confirm: {e:#}", smtp_v4()));
@@ -180,7 +180,7 @@ fn second_confirm_apply_is_refused_while_pending() {
     );
     let r = symroute_in(fw, "confirm", None, &[]);
     assert_eq!(r.code, 0, "confirm:\n{}", show(&r));
-    // Once confirmed, the same config is a no-op: no watcher is started.
+    // Once confirmed, the same config is a no-op: its guard exits at once.
     let r = apply_confirm(fw, "30");
     assert_eq!(
         r.code,

@@ -9,7 +9,7 @@
 //! {"request":"confirm"}
 //! ```
 //!
-//! One thread serves every client (`serve`: at most 32 at once, 2 s to send the request
+//! One thread serves every client (`serve`: at most 64 at once, 2 s to send the request
 //! and 2 s to read the answer, 64 KiB at most; a peer that is neither root nor the
 //! daemon's user, by SO_PEERCRED, is refused) and hands each request to the actor as
 //! `Event::Control` with a `Reply`. The actor alone decides.
@@ -39,12 +39,14 @@ use crate::kernel::{state, KernelError};
 
 /// How long a client waits for the daemon's answer (a reload applies first).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a client tries when the daemon drops it before reading its request.
+const CALL_ATTEMPTS: u32 = 6;
 /// Requests are one short line.
 const MAX_REQUEST: usize = 64 * 1024;
 /// A few clients at once (symroute's own commands send their line at once); slow or
 /// idle ones are dropped after the deadline, or sooner when newcomers need the slot.
 const LIMITS: serve::Limits = serve::Limits {
-    max_clients: 32,
+    max_clients: 64,
     request_deadline: Duration::from_secs(2),
     answer_deadline: Duration::from_secs(2),
     max_request: MAX_REQUEST,
@@ -149,34 +151,60 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> KernelError {
 /// one nobody listens on).
 pub fn call(req: &Request) -> Result<Option<Response>, KernelError> {
     let path = state::socket_path()?;
-    let mut s = match UnixStream::connect(&path) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(io(format!("connecting to {}", path.display()))(e)),
-    };
     let what = || format!("talking to the daemon over {}", path.display());
-    s.set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(io(what()))?;
     let mut line = serde_json::to_string(req).expect("request serializes");
     line.push('\n');
-    s.write_all(line.as_bytes()).map_err(io(what()))?;
-    let mut answer = String::new();
-    BufReader::new(s)
-        .read_line(&mut answer)
-        .map_err(io(what()))?;
-    serde_json::from_str(&answer)
-        .map(Some)
-        .map_err(|e| KernelError::Parse {
-            cmd: what(),
-            detail: format!("{e} in {answer:?}"),
-        })
+    // A daemon under a flood of clients drops those that have not sent their request
+    // yet (`serve`); such a request was never seen, so sending it again is safe.
+    let mut pause = Duration::from_millis(10);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut s = match UnixStream::connect(&path) {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(io(format!("connecting to {}", path.display()))(e)),
+        };
+        s.set_read_timeout(Some(CLIENT_TIMEOUT))
+            .map_err(io(what()))?;
+        let mut answer = String::new();
+        let r = s
+            .write_all(line.as_bytes())
+            .and_then(|()| BufReader::new(s).read_line(&mut answer));
+        let dropped = match &r {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+        };
+        if dropped && attempt < CALL_ATTEMPTS {
+            std::thread::sleep(pause);
+            pause *= 2;
+            continue;
+        }
+        if dropped {
+            return Err(KernelError::Other(format!(
+                "{}: the daemon dropped the connection {CALL_ATTEMPTS} times before reading the request (too many clients?)",
+                what()
+            )));
+        }
+        r.map_err(io(what()))?;
+        return serde_json::from_str(&answer)
+            .map(Some)
+            .map_err(|e| KernelError::Parse {
+                cmd: what(),
+                detail: format!("{e} in {answer:?}"),
+            });
+    }
 }
 
 /// Delete this namespace's socket if no daemon listens on it (one killed with SIGKILL

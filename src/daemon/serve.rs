@@ -22,6 +22,9 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+/// How long a new client is spared from eviction while older ones remain.
+const GRACE: Duration = Duration::from_millis(50);
+
 /// How a server bounds its clients.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -302,12 +305,15 @@ impl<L: Listen, P: Protocol> Server<L, P> {
             }
             let refused = self.protocol.admit(stream.as_fd()).err();
             if self.clients.len() >= self.limits.max_clients {
+                // The longest reader goes, sparing those accepted in the last `GRACE`
+                // while older ones remain: a client between its connect and its write.
+                let now = Instant::now();
                 let oldest = self
                     .clients
                     .iter()
                     .enumerate()
                     .filter(|(_, c)| matches!(c.phase, Phase::Reading { .. }))
-                    .min_by_key(|(_, c)| c.since)
+                    .min_by_key(|(_, c)| (now.duration_since(c.since) < GRACE, c.since))
                     .map(|(i, _)| i);
                 match oldest {
                     Some(i) => {
@@ -374,7 +380,10 @@ impl<L: Listen, P: Protocol> Server<L, P> {
             }
         }
         let done = ended || c.buf.len() > max || self.protocol.complete(&c.buf).is_some();
-        if let (true, Some(msg)) = (done, c.refused.take()) {
+        if !done {
+            return Next::Keep;
+        }
+        if let Some(msg) = c.refused.take() {
             c.phase = Phase::Writing {
                 out: msg,
                 at: 0,
@@ -480,6 +489,54 @@ mod tests {
                 Answer::Close
             }
         }
+    }
+
+    /// Refuses everyone.
+    struct Refuse;
+
+    impl Protocol for Refuse {
+        fn admit(&mut self, _: BorrowedFd<'_>) -> Result<(), Vec<u8>> {
+            Err(b"go away\n".to_vec())
+        }
+        fn complete(&self, buf: &[u8]) -> Option<usize> {
+            Echo.complete(buf)
+        }
+        fn answer(&mut self, request: &[u8], _: &Waker) -> Answer {
+            Answer::Now(request.to_vec())
+        }
+        fn incomplete(&mut self, _: &[u8], _: bool, _: &Waker) -> Answer {
+            Answer::Close
+        }
+    }
+
+    #[test]
+    fn a_refused_client_is_refused_however_late_its_request() {
+        let dir = std::env::temp_dir().join(format!("symroute-refuse-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let limits = Limits {
+            max_clients: 4,
+            request_deadline: Duration::from_secs(2),
+            answer_deadline: Duration::from_secs(2),
+            max_request: 64,
+        };
+        spawn(
+            "refuse-test",
+            UnixListener::bind(&path).unwrap(),
+            Refuse,
+            limits,
+        )
+        .unwrap();
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // Accepted (and judged) before the request comes.
+        std::thread::sleep(Duration::from_millis(100));
+        s.write_all(b"status\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(out, "go away\n");
     }
 
     fn ask(path: &std::path::Path, line: &[u8]) -> io::Result<String> {

@@ -656,6 +656,7 @@ mod tests {
                 Link {
                     up,
                     addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                    peers: Vec::new(),
                 },
             );
         }
@@ -680,6 +681,7 @@ mod tests {
                 Link {
                     up: true,
                     addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                    peers: Vec::new(),
                 },
             );
         }

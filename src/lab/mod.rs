@@ -7,4 +7,4 @@ pub mod traffic;
 
 pub use netns::{in_netns, veth, veth_mac, EtcNetns, Netns};
 pub use topology::{ProxyRelay, Services, TwoIsps};
-pub use traffic::{tcp_probe, udp_probe, TcpServer, UdpEcho};
+pub use traffic::{tcp_probe, udp_probe, TcpServer, UdpEcho, UdpSource};

@@ -330,6 +330,7 @@ fn sysctl_lines() -> String {
         "net/ipv4/icmp_errors_use_inbound_ifaddr",
         "net/ipv4/fwmark_reflect",
         "net/ipv6/fwmark_reflect",
+        "net/ipv4/tcp_fwmark_accept",
     ] {
         if let Ok(v) = std::fs::read_to_string(format!("/proc/sys/{key}")) {
             out.push(format!("{} = {}", key.replace('/', "."), v.trim()));

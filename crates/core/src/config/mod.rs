@@ -750,6 +750,23 @@ fn validate_match(m: &RawMatch, loc: &mut Locator) -> Selector {
 
 /// Every decision needs its own value inside the mask; refuse configs that cannot fit.
 fn check_capacity(model: &Model, raw: &RawConfig, loc: &mut Locator) {
+    let first = model.settings.first_priority.get() as usize;
+    let rules = crate::plan::alloc::priorities_needed(model);
+    if first + rules > 32766 {
+        let span = raw
+            .settings
+            .as_ref()
+            .and_then(|s| s.get_ref().first_priority.as_ref().map(|p| p.span()))
+            .unwrap_or(0..0);
+        loc.error(
+            span,
+            format!(
+                "settings.first_priority: {} gateways need {rules} rule priorities from {first}, past main's 32766; use at most {}",
+                model.gateways.len(),
+                32766 - rules
+            ),
+        );
+    }
     let needed = crate::plan::alloc::values_needed(model);
     let cap = model.settings.mark_mask.capacity() as usize;
     if needed > cap {

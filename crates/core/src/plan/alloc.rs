@@ -12,6 +12,20 @@ pub fn values_needed(model: &Model) -> usize {
     2 * model.gateways.len() + usize::from(!model.diverts.is_empty())
 }
 
+/// How many rule priorities `plan::build` takes from `first_priority` on: the skip rule,
+/// the diverts', one per reply gateway, main without its default and one per route
+/// gateway (with route_via), the local copy of main and one per reply gateway again
+/// (their `from` rules).
+pub fn priorities_needed(model: &Model) -> usize {
+    let n = model.gateways.len();
+    let reply = (0..n).filter(|&i| model.replies_via(GatewayIdx(i))).count();
+    let route = (0..n).filter(|&i| model.routes_via(GatewayIdx(i))).count();
+    1 + usize::from(!model.diverts.is_empty())
+        + reply
+        + if route > 0 { 1 + route } else { 0 }
+        + if reply > 0 { 1 + reply } else { 0 }
+}
+
 pub fn reply_mark(model: &Model, gw: GatewayIdx) -> Mark {
     value(model, 2 * gw.index() as u32 + 1)
 }

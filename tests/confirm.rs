@@ -20,16 +20,22 @@ use symroute::lab::{tcp_probe, Netns, TwoIsps};
 
 const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
 
-/// On drop (declared after the lab, so it runs first): kill the watchers started for this
-/// namespace, then `symroute remove` (which also forgets any pending confirm).
+/// On drop (declared after the lab, so it runs first): `symroute remove` (which also
+/// forgets any pending confirm, so its guard exits and takes its file along), then kill
+/// any guard of this namespace still running.
 struct Cleanup<'a>(&'a Netns);
 
 impl Drop for Cleanup<'_> {
     fn drop(&mut self) {
-        for pid in watchers(self.0) {
-            // SAFETY: kill(2) on a process id we found running our own binary for our namespace.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = symroute_in(self.0, "remove", None, &[]);
+        if !no_guard_left(self.0, Duration::from_secs(1)) {
+            for pid in watchers(self.0) {
+                // SAFETY: kill(2) on a process id we found running our own binary for our
+                // namespace.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
         }
+        // The guard file a killed guard left behind.
         let _ = symroute_in(self.0, "remove", None, &[]);
     }
 }
@@ -307,6 +313,7 @@ fn sessions_killed_at_any_moment_end_restored_by_the_deadline() {
     let config = ConfigFile::new(fw, CONFIG);
     let before = settled_snapshot(fw);
     let pending = run_file(fw, "confirm.json");
+    let guard_file = run_file(fw, "confirm.guard");
 
     // How long an undisturbed `apply --confirm` takes, so the kills cover all of it.
     let t0 = Instant::now();
@@ -363,11 +370,13 @@ fn sessions_killed_at_any_moment_end_restored_by_the_deadline() {
             no_guard_left(fw, Duration::from_secs(2)),
             "session {i}: a guard was left running"
         );
-        assert!(
-            !pending.exists(),
-            "session {i}: a pending file was left behind: {}",
-            pending.display()
-        );
+        for file in [&pending, &guard_file] {
+            assert!(
+                !file.exists(),
+                "session {i}: {} was left behind",
+                file.display()
+            );
+        }
         // It stays restored: nothing applies late.
         assert_eq!(
             kernel_snapshot(fw),

@@ -180,9 +180,8 @@ pub fn remove() -> Result<Changes, KernelError> {
     state::save(&state::State::default())?;
     // A pending `apply --confirm` (by hand or a stopped daemon's) would put back what
     // was there before it: after a remove, nothing is left to confirm or roll back.
-    for p in [state::pending_path(), state::daemon_pending_path()] {
-        let _ = p.and_then(|p| rundir::remove(&p));
-    }
+    let _ = super::confirm::forget();
+    let _ = state::daemon_pending_path().and_then(|p| rundir::remove(&p));
     // Namespaces come and go: leave no lock file behind. Unlinked while held, so a
     // waiter finds it gone and locks a new one (`rundir`).
     lock.unlink();

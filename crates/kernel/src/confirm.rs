@@ -101,10 +101,14 @@ fn guard_path() -> Result<PathBuf, KernelError> {
     rundir::netns_file("confirm.guard")
 }
 
-/// Whether a guard holds the guard lock now.
+/// Whether a guard holds the guard lock now. When none does, its file goes (unlinked
+/// while held, as `rundir` allows), so namespaces leave none behind.
 fn guarded() -> Result<bool, KernelError> {
     match rundir::lock_path(&guard_path()?, Duration::ZERO) {
-        Ok(_free) => Ok(false),
+        Ok(free) => {
+            free.unlink();
+            Ok(false)
+        }
         Err(KernelError::Locked { .. }) => Ok(true),
         Err(e) => Err(e),
     }
@@ -244,6 +248,13 @@ impl Session {
         })?;
         Ok((report, saved))
     }
+}
+
+/// Forget a pending change without a rollback (`remove` took everything away): its
+/// guard, if it still runs, finds nothing to guard and exits.
+pub(crate) fn forget() -> Result<(), KernelError> {
+    discard()?;
+    guarded().map(drop)
 }
 
 /// `symroute confirm`: keep the pending change. False when nothing was pending.

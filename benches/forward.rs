@@ -468,20 +468,12 @@ fn classified(rtr: &Netns, sent: u64) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
         return "policy counters: unreadable".into();
     };
-    let mut by_policy: Vec<(usize, u64)> = v["nftables"]
-        .as_array()
+    // Counters are named `pN_<policy name>`.
+    let mut by_policy: Vec<(usize, u64)> = symroute::kernel::status::counters_in(&v)
         .into_iter()
-        .flatten()
-        .filter_map(|o| {
-            let c = &o["counter"];
-            let idx = c["name"]
-                .as_str()?
-                .strip_prefix('p')?
-                .split('_')
-                .next()?
-                .parse()
-                .ok()?;
-            Some((idx, c["packets"].as_u64()?))
+        .filter_map(|(name, (packets, _))| {
+            let idx = name.strip_prefix('p')?.split('_').next()?.parse().ok()?;
+            Some((idx, packets))
         })
         .collect();
     by_policy.sort();

@@ -3,7 +3,9 @@
 //!
 //! Gateway `i` (0-based) owns mark values `2i+1` (reply decisions) and `2i+2` (route
 //! decisions) inside the mask, and table `first_table + i`. Diverts share the mask's top
-//! value and the table after the gateways'.
+//! value and the table after the gateways'. So route decisions are the even values and
+//! every other decision is odd (the top value of a contiguous mask is odd): one `ip rule`
+//! on the mask's lowest bit tells them apart.
 
 use crate::model::{GatewayIdx, Mark, Model, TableId};
 

@@ -19,7 +19,7 @@ use symroute::config::parse_str;
 use symroute::fuzz::Rng;
 use symroute::lab::{in_netns, veth, Netns};
 use symroute::model::PacketKeys;
-use symroute::plan::{build, HostView};
+use symroute::plan::build;
 
 /// Internet checksum over `chunks`.
 fn csum(chunks: &[&[u8]]) -> u16 {
@@ -245,7 +245,7 @@ fn real_packets_take_the_first_matching_policy() {
         }
         send(&snd, "s0", frames);
         std::thread::sleep(std::time::Duration::from_millis(200));
-        let names: Vec<String> = build(&model, &HostView::default())
+        let names: Vec<String> = build(&model, &pools.host())
             .policies
             .into_iter()
             .map(|p| p.counter)
@@ -298,7 +298,7 @@ fn nft_accepts_the_rendered_tables() {
                 continue;
             };
             done += 1;
-            batch += &build(&model, &HostView::default()).nft;
+            batch += &build(&model, &pools.host()).nft;
             batch += "delete table inet symroute\n";
             if done % 10 == 0 || done == n {
                 let path =

@@ -13,7 +13,7 @@ use support::classify::{
 };
 use symroute::config::parse_str;
 use symroute::fuzz::Rng;
-use symroute::plan::{build, HostView};
+use symroute::plan::build;
 
 #[test]
 fn rendered_classification_is_first_match() {
@@ -42,7 +42,7 @@ fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
             continue;
         };
         configs += 1;
-        let plan = build(&model, &HostView::default());
+        let plan = build(&model, &pools.host());
         if model.policies.len() > plan.mark_mask.capacity() as usize {
             blocks += 1;
         }

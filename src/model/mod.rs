@@ -4,7 +4,7 @@
 pub mod matching;
 pub mod types;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
@@ -273,6 +273,15 @@ impl Selector {
     /// connections can never match such a selector.
     pub fn needs_ingress(&self) -> bool {
         !self.in_interface.is_empty() || !self.source_mac.is_empty()
+    }
+    /// Whether a packet from one of `addrs` can pass the `source` key (a host's own
+    /// connections come from its own addresses).
+    pub fn may_have_source(&self, addrs: &[IpAddr]) -> bool {
+        self.source.is_empty()
+            || addrs.iter().any(|a| match a {
+                IpAddr::V4(v4) => self.source.v4.iter().any(|n| n.contains(v4)),
+                IpAddr::V6(v6) => self.source.v6.iter().any(|n| n.contains(v6)),
+            })
     }
     /// Number of individual selector items (for reporting and benchmarks).
     pub fn item_count(&self) -> usize {

@@ -292,7 +292,18 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     }
 
     let sysctls = sysctls(model, host);
-    let (nft, nft_fingerprint) = nft::render(model, &gateways, &policies, divert.map(|d| d.0));
+    let local_addrs: Vec<IpAddr> = host
+        .links
+        .values()
+        .flat_map(|l| l.addrs.iter().map(|a| a.addr()))
+        .collect();
+    let (nft, nft_fingerprint) = nft::render(
+        model,
+        &gateways,
+        &policies,
+        divert.map(|d| d.0),
+        &local_addrs,
+    );
 
     Plan {
         mark_mask: mask,

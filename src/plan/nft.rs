@@ -119,6 +119,7 @@ pub fn render(
     gateways: &[GatewayPlan],
     policies: &[PolicyPlan],
     divert: Option<Mark>,
+    local_addrs: &[std::net::IpAddr],
 ) -> (String, String) {
     let mask = model.settings.mark_mask;
     let mut sets = String::new();
@@ -153,14 +154,19 @@ pub fn render(
             set_mark("ct", mask, m)
         );
     }
-    // Local connections never match interface or MAC selectors, and only route_via
-    // decisions matter for connections the host opens itself.
+    // Local connections never match interface or MAC selectors, only route_via
+    // decisions matter for connections the host opens itself, and their source is one of
+    // the host's addresses: a policy for other sources can't take them.
     let all: Vec<usize> = (0..model.policies.len()).collect();
     let local: Vec<usize> = model
         .policies
         .iter()
         .enumerate()
-        .filter(|(_, p)| matches!(p.action, Action::RouteVia(_)) && !p.selector.needs_ingress())
+        .filter(|(_, p)| {
+            matches!(p.action, Action::RouteVia(_))
+                && !p.selector.needs_ingress()
+                && p.selector.may_have_source(local_addrs)
+        })
         .map(|(i, _)| i)
         .collect();
     let is_new = format!("ct state new ct mark and {mask} == 0");
@@ -240,23 +246,45 @@ pub fn render(
     // before the route_via mark re-routed them: give them the gateway interface's address,
     // or the answers would come back by the other path. Forwarded traffic is left alone
     // (its source is not local); the user's own NAT, if any, applies to it.
-    let snat: Vec<String> = gateways
+    let snat: Vec<(Mark, String)> = gateways
         .iter()
         .filter_map(|g| {
             g.route_mark.map(|m| {
-                format!(
-                    "ct direction original ct mark and {mask} == {m} oifname \"{}\" fib saddr type local fib saddr . oif type != local masquerade",
-                    g.interface
+                (
+                    m,
+                    format!(
+                        "oifname \"{}\" fib saddr type local fib saddr . oif type != local masquerade",
+                        g.interface
+                    ),
                 )
             })
         })
         .collect();
-    if !snat.is_empty() {
+    // Only connections the host opens need it: without local route_via policies, no nat
+    // chain at all (its mere presence costs every new connection a NAT binding).
+    if !snat.is_empty() && !local.is_empty() {
+        // Every new connection passes this chain: beyond a few gateways, one map lookup on
+        // the decision instead of one rule per gateway.
+        let lines: Vec<String> = if snat.len() <= 4 {
+            snat.iter()
+                .map(|(m, rest)| format!("ct direction original ct mark and {mask} == {m} {rest}"))
+                .collect()
+        } else {
+            let mut entries = Vec::new();
+            for (m, rest) in &snat {
+                let _ = writeln!(body, "\tchain snat_{:x} {{\n\t\t{rest}\n\t}}", m.bits());
+                entries.push(format!("{m} : jump snat_{:x}", m.bits()));
+            }
+            vec![format!(
+                "ct direction original ct mark and {mask} vmap {{ {} }}",
+                entries.join(", ")
+            )]
+        };
         let _ = writeln!(
             body,
             "\tchain post {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;"
         );
-        for l in &snat {
+        for l in &lines {
             let _ = writeln!(body, "\t\t{l}");
         }
         body += "\t}\n";

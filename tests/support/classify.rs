@@ -4,9 +4,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use ipnet::IpNet;
 use symroute::explain::netfilter::{evaluate, CtState, Hook, PacketCtx, Ruleset};
 use symroute::fuzz::Rng;
 use symroute::model::{MacAddr, PacketKeys};
+use symroute::plan::{HostView, Link};
 
 pub struct Pools {
     pub ifaces: Vec<&'static str>,
@@ -23,6 +25,29 @@ pub struct Pools {
     pub v6_addrs: Vec<&'static str>,
     pub ports: Vec<&'static str>,
     pub packet_ports: Vec<u16>,
+    /// The host's own addresses: the sources of the connections it opens.
+    pub local_v4: Vec<&'static str>,
+    pub local_v6: Vec<&'static str>,
+}
+
+impl Pools {
+    /// A host holding `local_v4` / `local_v6` (on `lo`).
+    pub fn host(&self) -> HostView {
+        let mut h = HostView::default();
+        h.links.insert(
+            "lo".into(),
+            Link {
+                up: true,
+                addrs: self
+                    .local_v4
+                    .iter()
+                    .chain(&self.local_v6)
+                    .map(|a| IpNet::from(a.parse::<IpAddr>().expect("pool address")))
+                    .collect(),
+            },
+        );
+        h
+    }
 }
 
 impl Default for Pools {
@@ -76,6 +101,8 @@ impl Default for Pools {
             ],
             ports: vec!["22", "25", "80", "443", "\"1000-2000\"", "\"1500-1600\""],
             packet_ports: vec![22, 25, 80, 443, 999, 1000, 1550, 2000, 2001, 40000],
+            local_v4: vec!["10.1.2.3", "192.168.0.8", "100.64.0.1"],
+            local_v6: vec!["2001:db8:1::6", "fd00::1"],
         }
     }
 }
@@ -262,10 +289,15 @@ pub fn random_packet(rng: &mut Rng, pools: &Pools) -> PacketKeys {
     };
     let ports = protocol == 6 || protocol == 17;
     let port = |rng: &mut Rng| ports.then(|| *pick(rng, &pools.packet_ports));
+    let local = if v6 { &pools.local_v6 } else { &pools.local_v4 };
+    let source = match in_interface {
+        Some(_) => addr(rng),
+        None => pick(rng, local).parse().expect("pool address"),
+    };
     PacketKeys {
         in_interface,
         source_mac,
-        source: addr(rng),
+        source,
         destination: addr(rng),
         protocol,
         source_port: port(rng),

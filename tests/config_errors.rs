@@ -153,3 +153,30 @@ fn missing_file_is_exit_2_and_named() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("/nonexistent/symroute.toml: cannot read config"));
 }
+
+/// Many gateways from a late first_priority would run past main (32766): refused with
+/// where it must start instead, never a panic when the plan allocates them.
+#[test]
+fn too_many_priorities_after_first_priority() {
+    let config = |n: usize| {
+        let mut s = "[settings]\nmark_mask = \"0xffff0000\"\nfirst_priority = 32000\n".to_string();
+        for i in 0..n {
+            s += &format!(
+                "[[gateway]]\nname = \"g{i}\"\ninterface = \"e{i}\"\nvia = \"10.{}.{}.1\"\n\
+                 [[policy]]\nname = \"p{i}\"\nreply_via = \"g{i}\"\n[policy.match]\nin_interface = \"e{i}\"\n",
+                i / 256,
+                i % 256
+            );
+        }
+        s
+    };
+    // 1 skip + 383 reply rules + 1 local main + 383 `from` priorities = 768 > 766.
+    assert_eq!(
+        err(&config(383)),
+        "bad.toml:3:18: settings.first_priority: 383 gateways need 768 rule priorities from 32000, past main's 32766; use at most 31998"
+    );
+    let model = parse_str(&config(382), "ok.toml").expect("766 priorities fit");
+    let plan = symroute::plan::build(&model, &symroute::plan::HostView::default());
+    assert_eq!(plan.priorities.len(), 766);
+    assert_eq!(plan.priorities.last().map(|p| p.get()), Some(32765));
+}

@@ -51,6 +51,7 @@ const ALL: &[&str] = &[
     "seed004-relay",
     "seed004-haproxy",
     "good-two-isps",
+    "shorewall-two-isps",
     "bad-routing",
     "bad-marks-nft",
     "bad-save-restore",
@@ -165,8 +166,44 @@ fn seed004_relay_and_haproxy_have_no_error() {
     }
 }
 
+#[test]
+fn shorewall_reset_after_routing_is_no_error() {
+    // Shorewall clears the provider bits in FORWARD; the marks its rules test are set in
+    // PREROUTING and restored from the connection in PREROUTING and OUTPUT.
+    let f = run("shorewall-two-isps");
+    assert!(
+        f.iter().all(|x| x.severity == Severity::Info),
+        "{}",
+        show(&f)
+    );
+    assert!(
+        has(
+            &f,
+            Severity::Info,
+            "mark-reset-after-routing",
+            "-A FORWARD -j MARK --set-xmark 0x0/0xff"
+        ),
+        "{}",
+        show(&f)
+    );
+    // Seed 000's `--set-mark 0` in FORWARD is still the error: nothing before routing
+    // sets the mark its rule tests.
+    assert!(has(
+        &run("seed000"),
+        Severity::Error,
+        "mark-after-routing",
+        "-A FORWARD -i eth2 -p tcp -m tcp --dport 25 -j MARK --set-xmark 0x0/0xffffffff"
+    ));
+}
+
 /// Every code fires where expected (code, fixture, severity, part of the quoted rule).
 const FIRES: &[(&str, &str, Severity, &str)] = &[
+    (
+        "mark-reset-after-routing",
+        "shorewall-two-isps",
+        Severity::Info,
+        "-A FORWARD -j MARK --set-xmark 0x0/0xff",
+    ),
     (
         "mark-zero",
         "seed000",

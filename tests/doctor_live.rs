@@ -132,6 +132,16 @@ fn good_two_isps_live() {
 }
 
 #[test]
+fn shorewall_two_isps_live() {
+    let f = live_matches_fixture("shorewall-two-isps");
+    assert!(
+        f.iter().all(|x| x.severity == Severity::Info),
+        "{}",
+        render(&f)
+    );
+}
+
+#[test]
 fn bad_routing_live() {
     live_matches_fixture("bad-routing");
 }

@@ -796,3 +796,133 @@ fn pattern_variants_keep_their_meaning() {
         assert!(out.toml.contains(replaced), "{replaced}");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Shorewall 5.2 with two providers `track,balance` (tests/fixtures/shorewall-two-isps, the
+// state the real package leaves; tests/shorewall_live.rs runs it), with the names it
+// writes into rt_tables.
+
+const SHOREWALL_NAMES: &str =
+    "255\tlocal\n254\tmain\n253\tdefault\n250\tbalance\n0\tunspec\n1\tisp1\n2\tisp2\n";
+
+fn shorewall_host() -> HostState {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/shorewall-two-isps");
+    let mut loaded = symroute::kernel::snapshot::load(&dir).expect("fixture");
+    loaded
+        .files
+        .insert("rt_tables".into(), SHOREWALL_NAMES.into());
+    HostState::from_files(&loaded.files, Vec::new(), "shorewall-two-isps").expect("parses")
+}
+
+const SHOREWALL_EXPECTED: &str = r##"# symroute.toml made by `symroute import` from shorewall-two-isps.
+#
+# Not expressed (3): left as they are; symroute neither reads nor changes them.
+#
+# - ip rule: 999: from all lookup main
+#   an unconditional `lookup main` at priority 999: main has no IPv4 default route here,
+#   so only its more specific routes (the LAN) decide at this point, as symroute's own
+#   `lookup main suppress_prefixlength 0` does before its route_via rules; once the host's
+#   default route is back in main, it decides every packet main has a route for before
+#   symroute's rules (priorities 3000+): it goes with the tool that made it
+#
+# - ip rule: 20000: from 203.0.113.2 lookup 1
+#   selects every packet by its source address alone (lookup 1), in both directions,
+#   whatever connection it belongs to; symroute decides per connection: reply_via with the
+#   arrival interface for answers, route_via with `source` for new connections
+#
+# - ip rule: 20000: from 198.51.100.2 lookup 2
+#   selects every packet by its source address alone (lookup 2), in both directions,
+#   whatever connection it belongs to; symroute decides per connection: reply_via with the
+#   arrival interface for answers, route_via with `source` for new connections
+#
+# Replaces these hand-made objects: remove them before `symroute apply`.
+#   iptables-save -t mangle: -A PREROUTING -j CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff
+#   iptables-save -t mangle: -A PREROUTING -i up1 -m mark --mark 0x0/0xff -j routemark
+#   iptables-save -t mangle: -A PREROUTING -i up2 -m mark --mark 0x0/0xff -j routemark
+#   iptables-save -t mangle: -A FORWARD -j MARK --set-xmark 0x0/0xff
+#   iptables-save -t mangle: -A OUTPUT -j CONNMARK --restore-mark --nfmask 0xff --ctmask 0xff
+#   iptables-save -t mangle: -A routemark -i up1 -j MARK --set-xmark 0x1/0xff
+#   iptables-save -t mangle: -A routemark -i up2 -j MARK --set-xmark 0x2/0xff
+#   iptables-save -t mangle: -A routemark -m mark ! --mark 0x0/0xff -j CONNMARK --save-mark --nfmask 0xff --ctmask 0xff
+#   ip rule: 10000: from all fwmark 0x1/0xff lookup 1
+#   ip rule: 10001: from all fwmark 0x2/0xff lookup 2
+#   ip rule: 32765: from all lookup 250
+#   ip route: default table 250 nexthop via 203.0.113.1 dev up1 weight 1 nexthop via 198.51.100.1 dev up2 weight 1
+#
+# Note: `-A FORWARD -j MARK --set-xmark 0x0/0xff` clears mark bits 0xff after the routing
+# decision, while the rules this file replaces set and restore those marks before it: it
+# decided no route, and goes with them (under "Replaces")
+
+# From table isp1 (1), looked up by `fwmark 0x1/0xff` (IPv4).
+[[gateway]]
+name = "isp1"
+interface = "up1"
+via = "203.0.113.1"
+
+# From table isp2 (2), looked up by `fwmark 0x2/0xff` (IPv4).
+[[gateway]]
+name = "isp2"
+interface = "up2"
+via = "198.51.100.1"
+
+[[policy]]
+name = "reply-via-isp2"
+reply_via = "isp2"
+[policy.match]
+in_interface = "up2"
+
+[[policy]]
+name = "reply-via-isp1"
+reply_via = "isp1"
+[policy.match]
+in_interface = "up1"
+
+# From `32765: from all lookup 250` and table balance (250), `default table 250 nexthop
+# via 203.0.113.1 dev up1 weight 1 nexthop via 198.51.100.1 dev up2 weight 1`: the host's
+# default route spread over the gateways (weights: isp1 1, isp2 1) by the kernel, per flow
+# (a hash of the addresses); here new connections no policy above takes are shared by
+# those weights, and each keeps its gateway for its whole life (add `sticky = "10m"` to
+# keep a source on one gateway).
+# Main has no IPv4 default route of its own (it was moved into table balance (250)): once
+# the tool that moved it is removed, put the host's default route back in main (`ip route
+# add default via GATEWAY dev INTERFACE`); the host's own connections need one to start
+# (their first route lookup comes before any mark).
+[[policy]]
+name = "balance"
+route_via = { "isp1" = 1, "isp2" = 1 }
+"##;
+
+#[test]
+fn shorewall_providers_become_gateways_replies_and_a_share() {
+    let out = check(&shorewall_host(), SHOREWALL_EXPECTED);
+    let m = model(&out);
+    let names: Vec<&str> = m.gateways.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["isp1", "isp2"],
+        "named as the host names the tables"
+    );
+    // Replies via the arrival ISP first, then the balance table's share of new connections.
+    assert_eq!(m.policies.len(), 3);
+    assert!(matches!(m.policies[0].action, Action::ReplyVia(_)));
+    assert!(matches!(m.policies[1].action, Action::ReplyVia(_)));
+    match &m.policies[2].action {
+        Action::RouteVia(r) => match &r.mode {
+            symroute::model::RouteMode::Share(w) => assert_eq!(w.len(), 2),
+            other => panic!("balance: a share, not {other:?}"),
+        },
+        other => panic!("balance: route_via, not {other:?}"),
+    }
+    assert!(
+        m.policies[2].selector.item_count() == 0,
+        "every new connection"
+    );
+    assert!(
+        out.unexpressed.iter().all(|u| !u.what.contains("routemark")
+            && !u.what.contains("CONNMARK")
+            && !u.what.contains("lookup 250")),
+        "the pattern, its reset and the balance table are expressed:\n{}",
+        out.report()
+    );
+}

@@ -13,19 +13,44 @@ fn netns_list() -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `symroute lab SCENARIO`; its namespaces (`sr-ROLE-PID-N`, named by the lab's own pid)
+/// must all be gone when it exits. Only its own names are compared: other tests (or
+/// other runs on the machine) may create and delete namespaces meanwhile.
 fn lab(scenario: &str) -> String {
-    let before = netns_list();
-    let r = support::symroute(&["lab", scenario]).ok();
-    assert_eq!(
-        before,
-        netns_list(),
-        "lab {scenario} left namespaces behind"
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_symroute"))
+        .args(["lab", scenario])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run symroute lab");
+    let own = format!("-{}-", child.id());
+    let out = child.wait_with_output().expect("wait for symroute lab");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "symroute lab {scenario} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    r.stdout
+    // The failures it shows name the client's namespace: proof that the names filtered
+    // below are the ones this lab made.
+    assert!(
+        scenario == "failover" || stdout.contains(&own),
+        "the lab names its namespaces sr-ROLE-{own}N:\n{stdout}"
+    );
+    let left: Vec<String> = netns_list()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with("sr-") && n.contains(&own))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "lab {scenario} left namespaces behind: {left:?}"
+    );
+    stdout
 }
 
-/// One test for both scenarios, so the namespace list before and after can't see another
-/// test's namespaces come and go.
+/// The scenarios one after another, as `scripts/lab` runs them.
 #[test]
 fn lab_shows_failure_then_fix() {
     support::require_root();

@@ -39,7 +39,11 @@ const SNAPSHOT_BY_HAND: &str = "To make the same files by hand on a box without 
   nft -j list ruleset > nft.json
   iptables-save > iptables-save.txt; ip6tables-save > ip6tables-save.txt
   ip -j addr > ip-addr.json; ip -j link > ip-link.json
-  sysctl -a 2>/dev/null | grep -E '^net\\.ipv[46]\\.(conf\\.|ip_forward|icmp_errors|fwmark)' > sysctl.txt";
+  sysctl -a 2>/dev/null | grep -E '^net\\.ipv[46]\\.(conf\\.|ip_forward|icmp_errors|fwmark)' > sysctl.txt
+  cat /etc/iproute2/rt_tables /etc/iproute2/rt_tables.d/*.conf > rt_tables   # the table names, if any
+
+With --netns NAME, table names come from /etc/netns/NAME/iproute2 when it exists (as under
+`ip netns exec NAME`), else from the host's /etc/iproute2.";
 
 #[derive(Parser, Debug)]
 #[command(name = "symroute", version, about = "Symmetric policy routing for multi-homed Linux hosts", long_about = ABOUT)]
@@ -81,6 +85,18 @@ impl NetnsArg {
     fn enter(&self) -> anyhow::Result<()> {
         if let Some(ns) = &self.netns {
             kernel::netns::enter(ns)?;
+        }
+        Ok(())
+    }
+
+    /// [`Self::enter`] for the commands that read the host's state: table names come
+    /// from the namespace's own `/etc/netns/NAME/iproute2` when it has one, as under
+    /// `ip netns exec NAME`.
+    fn enter_reading(&self) -> anyhow::Result<()> {
+        if let Some(ns) = &self.netns {
+            if let Some(note) = kernel::netns::enter_with_etc(ns)? {
+                eprintln!("symroute: note: {note}");
+            }
         }
         Ok(())
     }
@@ -257,7 +273,8 @@ enum Cmd {
     /// Save this box's routing state as plain command outputs in DIR (for explain --from).
     ///
     /// Files: ip-rule.txt, ip6-rule.txt, ip-route.txt, ip6-route.txt, nft.json,
-    /// iptables-save.txt, ip6tables-save.txt, ip-addr.json, ip-link.json, sysctl.txt.
+    /// iptables-save.txt, ip6tables-save.txt, ip-addr.json, ip-link.json, sysctl.txt, and
+    /// rt_tables (the routing table names `ip` printed, so the snapshot reads anywhere).
     /// Tools that are missing are reported and skipped.
     #[command(after_long_help = SNAPSHOT_BY_HAND)]
     Snapshot {
@@ -372,7 +389,7 @@ fn load_host(
             HostState::from_files(&loaded.files, loaded.missing, &dir.display().to_string())?
         }
         None => {
-            netns.enter()?;
+            netns.enter_reading()?;
             let c = kernel::snapshot::capture();
             for (m, why) in &c.missing {
                 eprintln!("symroute: note: could not read {m}: {why}");
@@ -664,7 +681,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Snapshot { dir, netns } => {
-            netns.enter()?;
+            netns.enter_reading()?;
             let report = kernel::snapshot::take(&dir)?;
             writeln!(
                 out,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::event::Event;
-use crate::model::{Check, GatewayIdx, Model, ProbeTarget};
+use crate::model::{Check, Model, ProbeTarget};
 use crate::plan::alloc;
 
 /// The last probes of one target, and whether it is judged down.
@@ -58,14 +58,14 @@ impl Drop for Probes {
 /// Start one thread per checked gateway.
 pub fn spawn(model: &Model, tx: &Sender<Event>) -> io::Result<Probes> {
     let stop = Arc::new(AtomicBool::new(false));
-    for (i, g) in model.gateways.iter().enumerate() {
+    for (i, g) in model.gateways_indexed() {
         let Some(check) = g.check.clone() else {
             continue;
         };
-        let mark = if model.routes_via(GatewayIdx(i)) {
-            alloc::route_mark(model, GatewayIdx(i)).bits()
-        } else if model.replies_via(GatewayIdx(i)) {
-            alloc::reply_mark(model, GatewayIdx(i)).bits()
+        let mark = if model.routes_via(i) {
+            alloc::route_mark(model, i).bits()
+        } else if model.replies_via(i) {
+            alloc::reply_mark(model, i).bits()
         } else {
             0
         };

@@ -630,6 +630,7 @@ mod tests {
                 Link {
                     up,
                     addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                    peers: Vec::new(),
                 },
             );
         }
@@ -654,6 +655,7 @@ mod tests {
                 Link {
                     up: true,
                     addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                    peers: Vec::new(),
                 },
             );
         }

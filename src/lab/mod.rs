@@ -5,6 +5,6 @@ pub mod netns;
 pub mod topology;
 pub mod traffic;
 
-pub use netns::{in_netns, veth, veth_mac, Netns};
+pub use netns::{in_netns, veth, veth_mac, EtcNetns, Netns};
 pub use topology::{ProxyRelay, Services, TwoIsps};
-pub use traffic::{tcp_probe, udp_probe, TcpServer, UdpEcho};
+pub use traffic::{tcp_probe, udp_probe, TcpServer, UdpEcho, UdpSource};

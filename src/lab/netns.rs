@@ -125,6 +125,59 @@ impl Drop for Netns {
     }
 }
 
+/// The namespace's own `/etc`: files under `/etc/netns/NAME/`, which `ip netns exec NAME`
+/// bind-mounts over `/etc/…` (e.g. `iproute2/rt_tables`, the namespace's table names).
+/// Tests give a namespace names this way without touching the host's files. The
+/// directory is removed on drop (the namespace itself is [`Netns`]'s).
+pub struct EtcNetns {
+    dir: std::path::PathBuf,
+}
+
+impl Netns {
+    /// Creates `/etc/netns/NAME` (empty) for [`EtcNetns::write`].
+    pub fn etc(&self) -> anyhow::Result<EtcNetns> {
+        let dir = std::path::Path::new("/etc/netns").join(&self.name);
+        // Another guard's drop may remove an empty /etc/netns between our two mkdirs.
+        let mut tries = 0;
+        while let Err(e) = std::fs::create_dir_all(&dir) {
+            tries += 1;
+            if tries == 3 {
+                return Err(e).with_context(|| format!("create {}", dir.display()));
+            }
+        }
+        Ok(EtcNetns { dir })
+    }
+}
+
+impl EtcNetns {
+    /// Writes `/etc/netns/NAME/REL` (directories created), e.g. `iproute2/rt_tables`.
+    pub fn write(&self, rel: &str, text: &str) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !rel.starts_with('/') && !rel.split('/').any(|c| c == ".."),
+            "{rel}: a path inside /etc/netns/NAME"
+        );
+        let path = self.dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+    }
+
+    /// `/etc/netns/NAME`.
+    pub fn path(&self) -> &std::path::Path {
+        &self.dir
+    }
+}
+
+impl Drop for EtcNetns {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // /etc/netns itself only when nothing else uses it (fails harmlessly otherwise).
+        let _ = std::fs::remove_dir("/etc/netns");
+    }
+}
+
 /// Locks ignoring poisoning: the vector of children stays consistent either way.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())

@@ -63,6 +63,15 @@ impl TwoIsps {
     pub const VIA_ISP1_V6: &'static str = "hello 2001:db8:c::1 ";
     pub const VIA_ISP2_V6: &'static str = "hello fd99::1 ";
 
+    /// The firewall's own DNAT of up1:[`Self::DNAT_PORT`] to the LAN host's :25, a foreign
+    /// nft table per family (`ip labnat`, `ip6 labnat6`).
+    pub const DNAT_V4_NFT: &'static str = "table ip labnat {\n\
+        \tchain pre { type nat hook prerouting priority dstnat; policy accept;\n\
+        \t\tiifname \"up1\" tcp dport 2525 dnat to 10.77.0.10:25\n\t}\n}\n";
+    pub const DNAT_V6_NFT: &'static str = "table ip6 labnat6 {\n\
+        \tchain pre { type nat hook prerouting priority dstnat; policy accept;\n\
+        \t\tiifname \"up1\" tcp dport 2525 dnat to [fd77::10]:25\n\t}\n}\n";
+
     pub fn build() -> anyhow::Result<TwoIsps> {
         require_tool("nft", &["--version"])?;
         let fw = Netns::new("fw")?;
@@ -87,14 +96,7 @@ impl TwoIsps {
         fw.sysctl("net.ipv4.conf.all.rp_filter", "1")?;
         fw.sysctl("net.ipv4.conf.up1.rp_filter", "1")?;
         // A foreign table (not symroute's): symroute must coexist with it.
-        fw.nft(
-            "table ip labnat {\n\
-             \tchain pre { type nat hook prerouting priority dstnat; policy accept;\n\
-             \t\tiifname \"up1\" tcp dport 2525 dnat to 10.77.0.10:25\n\t}\n}\n\
-             table ip6 labnat6 {\n\
-             \tchain pre { type nat hook prerouting priority dstnat; policy accept;\n\
-             \t\tiifname \"up1\" tcp dport 2525 dnat to [fd77::10]:25\n\t}\n}\n",
-        )?;
+        fw.nft(&format!("{}{}", Self::DNAT_V4_NFT, Self::DNAT_V6_NFT))?;
 
         addrs(&isp1, "fw0", &["203.0.113.1/24", "2001:db8:1::1/64"])?;
         addrs(&isp1, "cl0", &["192.0.2.1/24", "2001:db8:c::1/64"])?;

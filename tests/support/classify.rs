@@ -44,6 +44,7 @@ impl Pools {
                     .chain(&self.local_v6)
                     .map(|a| IpNet::from(a.parse::<IpAddr>().expect("pool address")))
                     .collect(),
+                peers: Vec::new(),
             },
         );
         h

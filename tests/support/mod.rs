@@ -114,6 +114,27 @@ pub fn kernel_snapshot(ns: &Netns) -> String {
     s
 }
 
+/// Applies a config in a namespace and removes it again on drop (declare it after the
+/// topology, so it drops first): keeps /run/symroute free of records for deleted
+/// namespaces.
+pub struct Applied<'a> {
+    pub ns: &'a Netns,
+}
+
+impl<'a> Applied<'a> {
+    pub fn apply(ns: &'a Netns, config: &str) -> Applied<'a> {
+        let run = symroute_in(ns, "apply", Some(config), &[]).ok();
+        eprintln!("symroute apply in {}:\n{}", ns.name(), run.stdout);
+        Applied { ns }
+    }
+}
+
+impl Drop for Applied<'_> {
+    fn drop(&mut self) {
+        let _ = symroute_in(self.ns, "remove", None, &[]);
+    }
+}
+
 /// Runs `symroute remove` in its namespace when dropped (also when the test panics), so
 /// no recorded sysctl state is left in /run/symroute after the namespace is gone.
 pub struct RemoveOnDrop<'a>(pub &'a Netns);

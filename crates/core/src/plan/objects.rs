@@ -1,0 +1,168 @@
+//! The kernel objects a plan asks for, as plain values: `ip rule`s and routes. Each knows
+//! its `ip` spelling, so `plan --script`, `apply` and the tests share one rendering.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Family, Mark, MarkMask, Priority, TableId};
+
+/// The `protocol` tag on every rule and route symroute owns (iproute2 shows the number;
+/// it is unclaimed in iproute2's rt_protos list). Nothing without it is ever touched.
+pub const RT_PROTO: u8 = 157;
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    Lookup(TableId),
+    /// Jump to the rule at this priority (skips the rules in between).
+    Goto(Priority),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RuleSpec {
+    pub priority: Priority,
+    pub family: Family,
+    /// `from PREFIX`: packets with a source inside (a gateway's own addresses, as /32 or
+    /// /128). `None` matches every source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<IpNet>,
+    /// `iif lo`: only packets this host generates (their route lookups, and the reverse
+    /// lookup of rp_filter for local delivery, carry iif lo); forwarded ones skip it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub iif_lo: bool,
+    /// `fwmark VALUE/MASK`; `None` matches every packet.
+    pub fwmark: Option<(u32, u32)>,
+    pub action: RuleAction,
+    /// `suppress_prefixlength N`: ignore routes this short (0: the default route).
+    pub suppress_prefixlength: Option<u8>,
+}
+
+impl RuleSpec {
+    pub fn fwmark(
+        priority: Priority,
+        family: Family,
+        mark: Mark,
+        mask: MarkMask,
+        table: TableId,
+    ) -> Self {
+        Self {
+            priority,
+            family,
+            from: None,
+            iif_lo: false,
+            fwmark: Some((mark.bits(), mask.bits())),
+            action: RuleAction::Lookup(table),
+            suppress_prefixlength: None,
+        }
+    }
+
+    /// `from ADDRESS lookup TABLE`: what this host sends from `addr` uses `table`.
+    pub fn from_addr(priority: Priority, addr: std::net::IpAddr, table: TableId) -> Self {
+        Self {
+            priority,
+            family: Family::of(&addr),
+            from: Some(IpNet::from(addr)),
+            iif_lo: false,
+            fwmark: None,
+            action: RuleAction::Lookup(table),
+            suppress_prefixlength: None,
+        }
+    }
+
+    /// `ip` arguments after `ip -4 rule add|del`.
+    pub fn ip_args(&self) -> String {
+        let from = self.from.map(|n| format!(" from {n}")).unwrap_or_default();
+        format!(
+            "pref {}{from} {} protocol {RT_PROTO}",
+            self.priority,
+            self.selectors_and_action()
+        )
+    }
+
+    /// The rule as `ip rule show` prints it: `PRIO:<tab>from … lookup … proto 157`.
+    pub fn show_text(&self) -> String {
+        let from = match self.from {
+            Some(n) if n.prefix_len() == n.max_prefix_len() => n.addr().to_string(),
+            Some(n) => n.to_string(),
+            None => "all".into(),
+        };
+        format!(
+            "{}:\tfrom {from} {} proto {RT_PROTO}",
+            self.priority,
+            self.selectors_and_action()
+        )
+    }
+
+    /// Everything after `from`, in the order `ip` prints it.
+    fn selectors_and_action(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some((v, m)) = self.fwmark {
+            parts.push(format!("fwmark {v:#x}/{m:#x}"));
+        }
+        if self.iif_lo {
+            parts.push("iif lo".into());
+        }
+        match self.action {
+            RuleAction::Lookup(t) => parts.push(format!("lookup {t}")),
+            RuleAction::Goto(p) => parts.push(format!("goto {p}")),
+        }
+        if let Some(n) = self.suppress_prefixlength {
+            parts.push(format!("suppress_prefixlength {n}"));
+        }
+        parts.join(" ")
+    }
+}
+
+impl fmt::Display for RuleSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ip {} rule {}", self.family.ip_flag(), self.ip_args())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    Unicast,
+    /// Deliver locally (the divert table's `local default dev lo`).
+    Local,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RouteSpec {
+    pub table: TableId,
+    pub family: Family,
+    pub kind: RouteKind,
+    pub dst: IpNet,
+    pub via: Option<IpAddr>,
+    pub dev: String,
+}
+
+impl RouteSpec {
+    /// `ip` arguments after `ip -4 route add|del`.
+    pub fn ip_args(&self) -> String {
+        let mut s = String::new();
+        if self.kind == RouteKind::Local {
+            s += "local ";
+        }
+        s += &self.dst.to_string();
+        if let Some(v) = self.via {
+            s += &format!(" via {v}");
+        }
+        s += &format!(
+            " dev {} table {} proto {RT_PROTO}",
+            self.dev,
+            self.table.id()
+        );
+        s
+    }
+}
+
+impl fmt::Display for RouteSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ip {} route {}", self.family.ip_flag(), self.ip_args())
+    }
+}

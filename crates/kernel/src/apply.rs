@@ -1,0 +1,365 @@
+//! Executing `Changes`: sysctls (previous values recorded first), the nft table (one atomic
+//! transaction), then routes and rules (pipelined netlink batches: deletes, then adds, per
+//! family). `apply` converges from whatever it finds and, if a step fails, puts back what
+//! it found; `remove` deletes all that carries our tag and restores recorded sysctls,
+//! carrying on past errors.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::netlink::{Netlink, Request};
+use super::{cmd, observe, state, KernelError};
+use symroute_core::model::{Family, Model};
+use symroute_core::plan::diff::{self, Changes, Observed, SysctlChange};
+use symroute_core::plan::{self, nft, Plan, RouteSpec, RuleSpec};
+
+/// A step of `execute`, for test-only fault injection (`--inject-failure`, `--abort-after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Step {
+    Sysctls,
+    Nft,
+    Routes,
+    Rules,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Fail (and roll back) right after this step.
+    pub fail_after: Option<Step>,
+    /// Die without cleaning up right after this step, like `kill -9`.
+    pub abort_after: Option<Step>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ApplyReport {
+    pub plan: Plan,
+    pub changes: Changes,
+}
+
+/// Observe, plan, diff; refuse on conflicts; apply the difference; roll back on failure.
+pub fn apply(model: &Model, faults: Faults) -> Result<ApplyReport, KernelError> {
+    let _lock = state::lock()?;
+    apply_locked(model, faults, |_| Ok(()))
+}
+
+/// `apply` with gateways declared down by the daemon's health checks (name → why).
+pub fn apply_with_health(
+    model: &Model,
+    health_down: &std::collections::BTreeMap<String, String>,
+) -> Result<ApplyReport, KernelError> {
+    let _lock = state::lock()?;
+    apply_locked_for(model, health_down, Faults::default(), |_| Ok(()))
+}
+
+/// What `apply` knows just before its first change: all a rollback needs.
+pub(crate) struct Before<'a> {
+    pub observed: &'a Observed,
+    pub changes: &'a Changes,
+    /// `nft list table` text, when this apply replaces an existing table.
+    pub saved_table: Option<&'a str>,
+    pub state: &'a state::State,
+}
+
+/// `apply` with the lock already held; `before_change` runs once there is something to
+/// change, before the first change (an error from it stops the apply, changing nothing).
+pub(crate) fn apply_locked(
+    model: &Model,
+    faults: Faults,
+    before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
+) -> Result<ApplyReport, KernelError> {
+    apply_locked_for(model, &Default::default(), faults, before_change)
+}
+
+fn apply_locked_for(
+    model: &Model,
+    health_down: &std::collections::BTreeMap<String, String>,
+    faults: Faults,
+    before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
+) -> Result<ApplyReport, KernelError> {
+    let (observed, plan, mut changes) = prepare_health(model, health_down)?;
+    if changes.is_empty() {
+        return Ok(ApplyReport { plan, changes });
+    }
+    let saved_table = match (&changes.nft, &observed.nft_fingerprint) {
+        (Some(_), Some(_)) => Some(cmd::run(
+            "nft",
+            &["list", "table", "inet", nft::TABLE],
+            None,
+        )?),
+        _ => None,
+    };
+    // Sticky sources survive the replace (same transaction).
+    if let (Some(script), Some(old)) = (changes.nft.as_mut(), saved_table.as_deref()) {
+        script.push_str(&nft::carry_sticky_sources(old, &plan.nft));
+    }
+    let state_before = state::load()?;
+    before_change(&Before {
+        observed: &observed,
+        changes: &changes,
+        saved_table: saved_table.as_deref(),
+        state: &state_before,
+    })?;
+    if let Err(e) = execute(&changes, faults, false) {
+        let rollback = roll_back(
+            &observed,
+            changes.nft.is_some(),
+            saved_table.as_deref(),
+            &state_before,
+        );
+        let msg = match rollback {
+            Ok(()) => format!("{e}\nrolled back: the host is as it was before this apply"),
+            Err(r) => format!(
+                "{e}\nrollback also failed, run `symroute apply` again or `symroute remove`: {r}"
+            ),
+        };
+        return Err(KernelError::Other(msg));
+    }
+    if changes.nft.is_some() {
+        record_table_digest()?;
+    }
+    Ok(ApplyReport { plan, changes })
+}
+
+/// Remember the digest of the table as it is now (after symroute wrote it).
+pub(crate) fn record_table_digest() -> Result<(), KernelError> {
+    let mut st = state::load()?;
+    st.table_digest = observe::table_digest()?;
+    state::save(&st)
+}
+
+/// The read-only half of apply: what would change (`symroute plan`).
+pub fn prepare(model: &Model) -> Result<(Observed, Plan, Changes), KernelError> {
+    prepare_health(model, &Default::default())
+}
+
+/// `prepare` with gateways that health checks hold down (name → why).
+pub fn prepare_health(
+    model: &Model,
+    health_down: &std::collections::BTreeMap<String, String>,
+) -> Result<(Observed, Plan, Changes), KernelError> {
+    let mut observed = observe::observe()?;
+    observed.host.health_down = health_down.clone();
+    let plan = plan::build(model, &observed.host);
+    let conflicts = diff::conflicts(&plan, &observed);
+    if !conflicts.is_empty() {
+        return Err(KernelError::Conflicts(conflicts));
+    }
+    let st = state::load()?;
+    let mut changes = diff::diff(&plan, &observed, &st.sysctls);
+    // The fingerprint says the table is the one symroute wrote; the digest of its rules
+    // says whether anyone altered it since (cheap: one nfnetlink dump).
+    if let (None, Some(want)) = (&changes.nft, &st.table_digest) {
+        if observe::table_digest()?.as_ref() != Some(want) {
+            changes.nft = Some(nft::replace_script(&plan.nft));
+        }
+    }
+    Ok((observed, plan, changes))
+}
+
+/// Delete everything symroute owns and restore recorded sysctls. Returns what it did;
+/// errors are collected, not fatal, so one stuck object doesn't strand the rest.
+pub fn remove() -> Result<Changes, KernelError> {
+    let _lock = state::lock()?;
+    let observed = observe::observe()?;
+    let recorded = state::load()?.sysctls;
+    let changes = Changes {
+        nft: observed.nft_fingerprint.is_some().then(nft::delete_script),
+        rules_del: observed.rules.iter().cloned().collect(),
+        routes_del: observed.routes.iter().cloned().collect(),
+        sysctls_restore: restore_list(&recorded, &observed.host.sysctls),
+        ..Changes::default()
+    };
+    execute(&changes, Faults::default(), true)?;
+    state::save(&state::State::default())?;
+    // A pending `apply --confirm` would put back what was there before it: after a
+    // remove, nothing is left to confirm or roll back.
+    if let Ok(p) = state::pending_path() {
+        let _ = std::fs::remove_file(p);
+    }
+    state::forget_lock();
+    Ok(changes)
+}
+
+fn restore_list(
+    recorded: &BTreeMap<String, String>,
+    current: &BTreeMap<String, String>,
+) -> Vec<SysctlChange> {
+    recorded
+        .iter()
+        .filter_map(|(k, prev)| {
+            let cur = current.get(k)?;
+            (cur != prev).then(|| SysctlChange {
+                key: k.clone(),
+                from: cur.clone(),
+                to: prev.clone(),
+            })
+        })
+        .collect()
+}
+
+fn checkpoint(step: Step, faults: Faults) -> Result<(), KernelError> {
+    if faults.abort_after == Some(step) {
+        eprintln!("symroute: aborting after step {step:?} (--abort-after)");
+        std::process::abort();
+    }
+    if faults.fail_after == Some(step) {
+        return Err(KernelError::Other(format!(
+            "injected failure after step {step:?} (--inject-failure)"
+        )));
+    }
+    Ok(())
+}
+
+/// Run the changes in order. `best_effort` carries on past errors and reports them at the end.
+fn execute(c: &Changes, faults: Faults, best_effort: bool) -> Result<(), KernelError> {
+    let mut errors = Vec::new();
+    let mut step = |r: Result<(), KernelError>| -> Result<(), KernelError> {
+        match r {
+            Err(e) if best_effort => {
+                errors.push(e.to_string());
+                Ok(())
+            }
+            other => other,
+        }
+    };
+    step(write_sysctls(&c.sysctls, &c.sysctls_restore))?;
+    checkpoint(Step::Sysctls, faults)?;
+    if let Some(script) = &c.nft {
+        step(cmd::run("nft", &["-f", "-"], Some(script)).map(drop))?;
+    }
+    checkpoint(Step::Nft, faults)?;
+    // One socket for all route and rule batches, opened on first use.
+    let mut nl = None;
+    for family in [Family::Inet4, Family::Inet6] {
+        let del: Vec<Request> = c
+            .routes_del
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| Request::DelRoute(r.clone()))
+            .collect();
+        let add: Vec<Request> = c
+            .routes_add
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| Request::AddRoute(r.clone()))
+            .collect();
+        step(batch(&mut nl, &del, best_effort))?;
+        step(batch(&mut nl, &add, best_effort))?;
+    }
+    checkpoint(Step::Routes, faults)?;
+    for family in [Family::Inet4, Family::Inet6] {
+        let del: Vec<Request> = c
+            .rules_del
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| Request::DelRule(r.clone()))
+            .collect();
+        let add: Vec<Request> = c
+            .rules_add
+            .iter()
+            .filter(|r| r.family == family)
+            .map(|r| Request::AddRule(r.clone()))
+            .collect();
+        step(batch(&mut nl, &del, best_effort))?;
+        step(batch(&mut nl, &add, best_effort))?;
+    }
+    checkpoint(Step::Rules, faults)?;
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(KernelError::Other(errors.join("\n")))
+    }
+}
+
+/// Send one batch of rule or route changes, opening the netlink socket on first need.
+fn batch(
+    nl: &mut Option<Netlink>,
+    requests: &[Request],
+    best_effort: bool,
+) -> Result<(), KernelError> {
+    if requests.is_empty() {
+        return Ok(());
+    }
+    let socket = match nl {
+        Some(socket) => socket,
+        None => nl.insert(Netlink::open()?),
+    };
+    socket.apply(requests, best_effort)
+}
+
+/// Record previous values (once, before the first change) and write the new ones.
+fn write_sysctls(set: &[SysctlChange], restore: &[SysctlChange]) -> Result<(), KernelError> {
+    if set.is_empty() && restore.is_empty() {
+        return Ok(());
+    }
+    let mut st = state::load()?;
+    for c in set {
+        st.sysctls
+            .entry(c.key.clone())
+            .or_insert_with(|| c.from.clone());
+    }
+    state::save(&st)?;
+    for c in set.iter().chain(restore) {
+        let path = observe::sysctl_path(&c.key);
+        std::fs::write(&path, &c.to).map_err(|source| KernelError::Io {
+            what: format!("setting {} = {} ({path})", c.key, c.to),
+            source,
+        })?;
+    }
+    for c in restore {
+        st.sysctls.remove(&c.key);
+    }
+    state::save(&st)
+}
+
+/// Put back the rules, routes, table and sysctls that `before` saw. The table is only
+/// touched when this apply changed it (`nft_changed`): otherwise `saved_table` is `None`
+/// although the table exists, and must stay.
+pub(crate) fn roll_back(
+    before: &Observed,
+    nft_changed: bool,
+    saved_table: Option<&str>,
+    state_before: &state::State,
+) -> Result<(), KernelError> {
+    let now = observe::observe()?;
+    let changes = Changes {
+        nft: nft_changed.then(|| match saved_table {
+            Some(text) => nft::replace_script(text),
+            None => nft::delete_script(),
+        }),
+        rules_del: now
+            .rules
+            .difference(&before.rules)
+            .cloned()
+            .collect::<Vec<RuleSpec>>(),
+        rules_add: before.rules.difference(&now.rules).cloned().collect(),
+        routes_del: now
+            .routes
+            .difference(&before.routes)
+            .cloned()
+            .collect::<Vec<RouteSpec>>(),
+        routes_add: before.routes.difference(&now.routes).cloned().collect(),
+        sysctls: Vec::new(),
+        sysctls_restore: before
+            .host
+            .sysctls
+            .iter()
+            .filter_map(|(k, v)| {
+                let cur = now.host.sysctls.get(k)?;
+                (cur != v).then(|| SysctlChange {
+                    key: k.clone(),
+                    from: cur.clone(),
+                    to: v.clone(),
+                })
+            })
+            .collect(),
+    };
+    let r = execute(&changes, Faults::default(), true);
+    state::save(state_before)?;
+    // The table put back has new rule handles.
+    if nft_changed {
+        record_table_digest()?;
+    }
+    r
+}

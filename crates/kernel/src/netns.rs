@@ -1,0 +1,116 @@
+//! Acting inside a named network namespace (`--netns NAME`, as made by `ip netns add`).
+//! The whole process switches before it starts any thread or child, so every netlink
+//! socket, `nft` run and `/proc/sys/net` access afterwards sees that namespace.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use nix::sched::{setns, CloneFlags};
+
+use super::KernelError;
+
+pub fn enter(name: &str) -> Result<(), KernelError> {
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(KernelError::Other(format!(
+            "\"{name}\" is not a network namespace name"
+        )));
+    }
+    let path = format!("/run/netns/{name}");
+    let f = File::open(&path).map_err(|source| KernelError::Io {
+        what: format!("opening network namespace {name} ({path}; see `ip netns list`)"),
+        source,
+    })?;
+    setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| KernelError::Io {
+        what: format!("entering network namespace {name}"),
+        source: std::io::Error::from_raw_os_error(e as i32),
+    })
+}
+
+/// [`enter`], then see `/etc/iproute2` as `ip netns exec NAME` shows it: when
+/// `/etc/netns/NAME/iproute2` exists, it is bind-mounted over `/etc/iproute2` in a mount
+/// namespace of this process alone (the host's mounts are untouched and the mount goes
+/// away with the process). So the `ip` this process runs prints the table names the
+/// namespace's own files give, and [`super::snapshot`] reads the same files: one set of
+/// names per namespace, whichever way it is entered (`--netns NAME` or
+/// `ip netns exec NAME symroute …`). Only `iproute2` is overlaid: it is all the reads
+/// depend on. Returns a note when the overlay could not be made (the host's names apply).
+pub fn enter_with_etc(name: &str) -> Result<Option<String>, KernelError> {
+    enter(name)?;
+    let src = std::path::Path::new("/etc/netns")
+        .join(name)
+        .join("iproute2");
+    if !src.is_dir() {
+        return Ok(None);
+    }
+    use nix::mount::{mount, MsFlags};
+    let io = |what: String, e: nix::Error| KernelError::Io {
+        what,
+        source: std::io::Error::from_raw_os_error(e as i32),
+    };
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| io("making a mount namespace for /etc/netns".into(), e))?;
+    // As `ip netns exec`: our mounts must not propagate back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| io("making / a slave mount".into(), e))?;
+    if let Err(e) = mount(
+        Some(&src),
+        "/etc/iproute2",
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    ) {
+        return Ok(Some(format!(
+            "could not bind {} over /etc/iproute2 ({e}); table names come from the host's files",
+            src.display()
+        )));
+    }
+    Ok(None)
+}
+
+/// A number that names the current network namespace for as long as the machine runs
+/// (never reused, unlike inode numbers), so recorded state can't leak into a new namespace.
+pub fn cookie() -> Result<String, KernelError> {
+    // SO_NETNS_COOKIE (Linux 5.14+); not exported by libc for every architecture.
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let io = |what: &str| KernelError::Io {
+        what: what.to_string(),
+        source: std::io::Error::last_os_error(),
+    };
+    // SAFETY: plain socket syscalls on a descriptor we own and close.
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io("creating a socket to identify the network namespace"));
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        );
+        libc::close(fd);
+        if rc == 0 {
+            return Ok(format!("c{cookie}"));
+        }
+    }
+    // Older kernels: the namespace inode (reusable, but the best there is).
+    let f = File::open("/proc/self/ns/net").map_err(|source| KernelError::Io {
+        what: "reading /proc/self/ns/net".into(),
+        source,
+    })?;
+    let meta = f.metadata().map_err(|source| KernelError::Io {
+        what: "reading /proc/self/ns/net".into(),
+        source,
+    })?;
+    let _ = f.as_raw_fd();
+    Ok(format!("i{}", std::os::unix::fs::MetadataExt::ino(&meta)))
+}

@@ -1,0 +1,219 @@
+//! Reading the kernel into an `Observed`: links and addresses, the sysctls the plan may
+//! touch, our tagged rules and routes, our nft table's fingerprint, and the foreign
+//! objects that would conflict with us.
+
+use std::collections::BTreeMap;
+
+use netlink_packet_route::address::AddressMessage;
+use netlink_packet_route::link::LinkMessage;
+use serde_json::Value;
+
+use super::netlink::{convert, Netlink};
+use super::{cmd, marks, KernelError};
+use symroute_core::model::Family;
+use symroute_core::plan::diff::{ForeignRule, Observed};
+use symroute_core::plan::{HostView, RT_PROTO};
+
+pub fn observe() -> Result<Observed, KernelError> {
+    // The child processes (nft, iptables-save) run while this thread reads netlink: they
+    // are most of the time a no-op apply takes. Threads started after `netns::enter`
+    // live in the same namespace, and so do their children.
+    std::thread::scope(|scope| {
+        let nft = scope.spawn(nft_for_observe);
+        let iptables = scope.spawn(marks::iptables_texts);
+        let mut nl = Netlink::open()?;
+        let (links, addrs) = nl.dump_links_addrs()?;
+        let mut obs = Observed {
+            host: host_view_of(&links, &addrs),
+            ..Observed::default()
+        };
+        let names = convert::link_names(&links);
+        let mut defaults = Vec::new();
+        for family in [Family::Inet4, Family::Inet6] {
+            read_rules(&mut nl, family, &mut obs)?;
+            read_routes(&mut nl, family, &names, &mut obs, &mut defaults)?;
+        }
+        obs.host.learn_default_routes(defaults);
+        let joined = |what: &str| KernelError::Other(format!("{what} reader thread panicked"));
+        let ruleset = nft.join().map_err(|_| joined("nft"))??;
+        let iptables = iptables.join().map_err(|_| joined("iptables-save"))?;
+        obs.nft_fingerprint = our_fingerprint(&ruleset);
+        obs.mark_users = marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables);
+        Ok(obs)
+    })
+}
+
+/// A digest of our table's rules as the kernel holds them (each rule's chain and
+/// handle, `nft_rules`): the fingerprint chain names the table symroute wrote, this
+/// tells whether anyone altered it since (a rule added, deleted or replaced, a chain
+/// flushed). One nfnetlink dump, no `nft` process. A missing table has no rules; its
+/// fingerprint already says it is missing.
+pub fn table_digest() -> Result<Option<String>, KernelError> {
+    Ok(
+        super::nft_rules::rule_handles(symroute_core::plan::nft::TABLE)?.map(|rules| {
+            let text: String = rules.iter().map(|(c, h)| format!("{c} {h}\n")).collect();
+            symroute_core::plan::nft::fingerprint(&text)
+        }),
+    )
+}
+
+/// Links, their addresses, and the sysctls symroute may change.
+pub fn host_view() -> Result<HostView, KernelError> {
+    let (links, addrs) = Netlink::open()?.dump_links_addrs()?;
+    Ok(host_view_of(&links, &addrs))
+}
+
+fn host_view_of(links: &[LinkMessage], addrs: &[AddressMessage]) -> HostView {
+    let mut host = HostView {
+        links: convert::host_links(links, addrs),
+        ..HostView::default()
+    };
+    let mut keys = vec![
+        "net.ipv4.icmp_errors_use_inbound_ifaddr".to_string(),
+        "net.ipv4.conf.all.rp_filter".to_string(),
+    ];
+    keys.extend(
+        host.links
+            .keys()
+            .map(|l| format!("net.ipv4.conf.{l}.rp_filter")),
+    );
+    for key in keys {
+        if let Ok(v) = std::fs::read_to_string(sysctl_path(&key)) {
+            host.sysctls.insert(key, v.trim().to_string());
+        }
+    }
+    host
+}
+
+pub fn sysctl_path(key: &str) -> String {
+    // Interface names may contain '.', which sysctl's dotted form writes as '/'; keys here
+    // are built from known prefixes, so only the interface part can hold dots.
+    let (prefix, rest) = match key.strip_prefix("net.ipv4.conf.") {
+        Some(rest) => ("net/ipv4/conf/", rest),
+        None => ("", key),
+    };
+    if prefix.is_empty() {
+        format!("/proc/sys/{}", key.replace('.', "/"))
+    } else {
+        let (iface, leaf) = rest.rsplit_once('.').unwrap_or((rest, ""));
+        format!("/proc/sys/{prefix}{iface}/{leaf}")
+    }
+}
+
+/// Our tagged rules, and everyone else's (with their text, for conflict messages).
+fn read_rules(nl: &mut Netlink, family: Family, obs: &mut Observed) -> Result<(), KernelError> {
+    for r in nl.dump_rules(family)? {
+        if convert::rule_protocol(&r) == RT_PROTO {
+            // A tagged rule of a shape symroute never makes is left alone, not guessed at.
+            if let Some(spec) = convert::rule_spec(&r) {
+                obs.rules.insert(spec);
+            }
+        } else {
+            obs.foreign_rules.push(ForeignRule {
+                family,
+                priority: convert::rule_priority(&r),
+                fwmark: convert::rule_fwmark(&r),
+                text: convert::rule_text(&r),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Our tagged routes, the tables (other than main and local) holding anyone else's, and
+/// the main table's default routes.
+fn read_routes(
+    nl: &mut Netlink,
+    family: Family,
+    names: &BTreeMap<u32, String>,
+    obs: &mut Observed,
+    defaults: &mut Vec<(String, std::net::IpAddr, u32)>,
+) -> Result<(), KernelError> {
+    for r in nl.dump_routes(family)? {
+        defaults.extend(convert::main_default_route(&r, names));
+        if u8::from(r.header.protocol) == RT_PROTO {
+            // Kinds symroute never makes (blackhole, …) are left alone.
+            if let Some(spec) = convert::route_spec(&r, names) {
+                obs.routes.insert(spec);
+            }
+            continue;
+        }
+        let table = convert::route_table(&r);
+        if table.id() != 254 && table.id() != 255 {
+            obs.foreign_route_tables
+                .entry(table)
+                .or_insert_with(|| convert::route_text(&r, names));
+        }
+    }
+    Ok(())
+}
+
+/// What observe needs from nftables, without listing our own (possibly huge) table:
+/// every chain (which tables exist, and our fingerprint chain), plus the rules of every
+/// foreign table (for mark users), each listed on its own.
+fn nft_for_observe() -> Result<Value, KernelError> {
+    let parse = |cmd: &str, text: &str| -> Result<Value, KernelError> {
+        serde_json::from_str(text).map_err(|e| KernelError::Parse {
+            cmd: cmd.into(),
+            detail: e.to_string(),
+        })
+    };
+    let chains = parse(
+        "nft -j list chains",
+        &cmd::run("nft", &["-j", "list", "chains"], None)?,
+    )?;
+    let mut items: Vec<Value> = Vec::new();
+    let mut tables: Vec<(String, String)> = Vec::new();
+    for item in chains["nftables"].as_array().into_iter().flatten() {
+        let Some(c) = item.get("chain") else { continue };
+        let (Some(f), Some(t)) = (c["family"].as_str(), c["table"].as_str()) else {
+            continue;
+        };
+        if !tables.iter().any(|(a, b)| a == f && b == t) {
+            tables.push((f.to_string(), t.to_string()));
+            items.push(serde_json::json!({ "table": { "family": f, "name": t } }));
+        }
+        items.push(item.clone());
+    }
+    for (family, table) in &tables {
+        if family == "inet" && table == symroute_core::plan::nft::TABLE {
+            continue;
+        }
+        let text = cmd::run("nft", &["-j", "-t", "list", "table", family, table], None)?;
+        let listed = parse(&format!("nft -j -t list table {family} {table}"), &text)?;
+        items.extend(
+            listed["nftables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i.get("rule").is_some())
+                .cloned(),
+        );
+    }
+    Ok(serde_json::json!({ "nftables": items }))
+}
+
+/// nft's JSON omits table comments, so the fingerprint also names an empty chain.
+pub const FINGERPRINT_CHAIN_PREFIX: &str = "fingerprint_";
+
+fn our_fingerprint(ruleset: &Value) -> Option<String> {
+    let items = ruleset["nftables"].as_array()?;
+    let ours = |o: &Value| o["family"] == "inet" && o["table"] == symroute_core::plan::nft::TABLE;
+    let has_table = items.iter().any(|i| {
+        i["table"]["family"] == "inet" && i["table"]["name"] == symroute_core::plan::nft::TABLE
+    });
+    if !has_table {
+        return None;
+    }
+    let fp = items
+        .iter()
+        .filter_map(|i| i.get("chain"))
+        .filter(|c| ours(c))
+        .find_map(|c| {
+            c["name"]
+                .as_str()?
+                .strip_prefix(FINGERPRINT_CHAIN_PREFIX)
+                .map(str::to_string)
+        });
+    Some(fp.unwrap_or_default())
+}

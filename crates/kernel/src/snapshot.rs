@@ -1,0 +1,290 @@
+//! `symroute snapshot DIR`: a box's routing-relevant state saved as the plain outputs of
+//! the usual commands, so `explain`/`doctor`/`import` can work on another machine's state
+//! and users can make the same files by hand (see README, "Snapshots").
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{cmd, KernelError};
+
+/// File name → the command whose output it holds (as a user would type it).
+pub const FILES: &[(&str, &str)] = &[
+    ("ip-rule.txt", "ip rule"),
+    ("ip6-rule.txt", "ip -6 rule"),
+    ("ip-route.txt", "ip route show table all"),
+    ("ip6-route.txt", "ip -6 route show table all"),
+    ("nft.json", "nft -j list ruleset"),
+    ("iptables-save.txt", "iptables-save"),
+    ("ip6tables-save.txt", "ip6tables-save"),
+    ("ip-addr.json", "ip -j addr"),
+    ("ip-link.json", "ip -j link"),
+    (
+        "sysctl.txt",
+        "sysctl -a (net.ipv4/net.ipv6 conf, forwarding)",
+    ),
+];
+
+/// The snapshot file holding the host's routing table names: the `rt_tables` files `ip`
+/// read when it printed the outputs above (see [`table_names`]). Optional: a snapshot
+/// without it (older symroute, or made by hand) reads fine as long as its outputs print
+/// tables as numbers or as main/local/default; a copy of the host's
+/// `/etc/iproute2/rt_tables` is what to add otherwise.
+pub const TABLE_NAMES: &str = "rt_tables";
+
+/// iproute2's own directory first (`/etc/iproute2`), then where newer iproute2 versions
+/// keep the distribution's defaults.
+const NAMES_ETC: &str = "/etc/iproute2";
+const NAMES_USR: &[&str] = &["/usr/share/iproute2", "/usr/lib/iproute2"];
+/// Bounds on what is read: a real names file is a few hundred bytes.
+const NAMES_FILE_MAX: u64 = 1 << 20;
+const NAMES_DIR_MAX: usize = 256;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub written: Vec<String>,
+    /// File → why it could not be made (tool missing, permission…).
+    pub missing: BTreeMap<String, String>,
+}
+
+/// Capture the current namespace's state into `dir` (created if needed).
+pub fn take(dir: &Path) -> Result<Report, KernelError> {
+    std::fs::create_dir_all(dir).map_err(|source| KernelError::Io {
+        what: format!("creating {}", dir.display()),
+        source,
+    })?;
+    let captured = capture();
+    let mut report = Report {
+        missing: captured.missing,
+        ..Report::default()
+    };
+    for (file, text) in &captured.files {
+        let path = dir.join(file);
+        std::fs::write(&path, text).map_err(|source| KernelError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        })?;
+        report.written.push(file.clone());
+    }
+    Ok(report)
+}
+
+/// What `take` would write, in memory (the live state for `explain`, `doctor`, `import`).
+pub fn capture() -> Captured {
+    let mut c = Captured::default();
+    for (file, command) in FILES {
+        let result = if *file == "sysctl.txt" {
+            Ok(sysctl_lines())
+        } else {
+            let words: Vec<&str> = command.split_whitespace().collect();
+            cmd::run(words[0], &words[1..], None)
+        };
+        match result {
+            Ok(text) => {
+                c.files.insert(file.to_string(), text);
+            }
+            Err(e) => {
+                c.missing.insert(file.to_string(), e.to_string());
+            }
+        }
+    }
+    c.files.insert(TABLE_NAMES.to_string(), table_names());
+    c
+}
+
+/// The routing table names `ip` uses here, as one `rt_tables` text: the files iproute2
+/// reads, in its order, each after a `# PATH` comment line. That order is `rt_tables` from
+/// `/etc/iproute2` (or, when it has none, from `/usr/share/iproute2` or
+/// `/usr/lib/iproute2`, as iproute2 ≥ 6.5 does), then `rt_tables.d/*.conf` from those
+/// directories (a file in `/etc` replaces the one of the same name), then from
+/// `/etc/iproute2/rt_tables.d`, by file name. A later name for the same table is the one
+/// `ip` prints, and concatenating keeps that. Files are read bounded and never executed
+/// or interpreted beyond `ID NAME` lines (`explain::routing::TableNames`); one that
+/// cannot be read is named in a comment.
+pub fn table_names() -> String {
+    let mut out = String::from(
+        "# Routing table names (iproute2's rt_tables files, in the order `ip` reads them),\n\
+         # saved by `symroute snapshot` so the outputs here can be read on any machine.\n",
+    );
+    let add = |path: &Path, out: &mut String| match read_bounded(path, NAMES_FILE_MAX) {
+        Ok(Some(text)) => {
+            out.push_str(&format!("# {}\n", path.display()));
+            out.push_str(&text);
+            if !text.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        Ok(None) => {}
+        Err(why) => out.push_str(&format!("# {} skipped: {why}\n", path.display())),
+    };
+    let etc = Path::new(NAMES_ETC);
+    if etc.join("rt_tables").exists() {
+        add(&etc.join("rt_tables"), &mut out);
+    } else if let Some(usr) = NAMES_USR
+        .iter()
+        .map(|d| Path::new(d).join("rt_tables"))
+        .find(|p| p.exists())
+    {
+        add(&usr, &mut out);
+    }
+    let etc_d = etc.join("rt_tables.d");
+    let etc_confs = conf_files(&etc_d);
+    for usr in NAMES_USR {
+        for name in conf_files(&Path::new(usr).join("rt_tables.d")) {
+            if !etc_confs.contains(&name) {
+                add(&Path::new(usr).join("rt_tables.d").join(&name), &mut out);
+            }
+        }
+    }
+    for name in &etc_confs {
+        add(&etc_d.join(name), &mut out);
+    }
+    out
+}
+
+/// `*.conf` names in a `rt_tables.d` directory (as iproute2: not hidden, longer than
+/// `.conf`), sorted, at most [`NAMES_DIR_MAX`].
+fn conf_files(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && n.len() > 5 && n.ends_with(".conf"))
+        .take(NAMES_DIR_MAX)
+        .collect();
+    names.sort();
+    names
+}
+
+/// A regular file's text, at most `max` bytes (`Ok(None)`: it does not exist). Opened
+/// without blocking, so a FIFO put in its place cannot hang us.
+fn read_bounded(path: &Path, max: u64) -> Result<Option<String>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    if !f.metadata().map_err(|e| e.to_string())?.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!("larger than {max} bytes"));
+    }
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Command outputs by file name, and the ones that could not be made (with why).
+#[derive(Debug, Default)]
+pub struct Captured {
+    pub files: BTreeMap<String, String>,
+    pub missing: BTreeMap<String, String>,
+}
+
+/// `key = value` lines like `sysctl -a` prints, for the keys routing depends on.
+fn sysctl_lines() -> String {
+    let mut out = Vec::new();
+    for fam in ["ipv4", "ipv6"] {
+        let base = format!("/proc/sys/net/{fam}/conf");
+        let Ok(entries) = std::fs::read_dir(&base) else {
+            continue;
+        };
+        let mut ifaces: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        ifaces.sort();
+        for iface in ifaces {
+            let Ok(keys) = std::fs::read_dir(format!("{base}/{iface}")) else {
+                continue;
+            };
+            let mut keys: Vec<String> = keys
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            keys.sort();
+            for key in keys {
+                if let Ok(v) = std::fs::read_to_string(format!("{base}/{iface}/{key}")) {
+                    // sysctl writes '.' in interface names as '/'.
+                    out.push(format!(
+                        "net.{fam}.conf.{}.{key} = {}",
+                        iface.replace('.', "/"),
+                        v.trim()
+                    ));
+                }
+            }
+        }
+    }
+    for key in [
+        "net/ipv4/ip_forward",
+        "net/ipv4/icmp_errors_use_inbound_ifaddr",
+        "net/ipv4/fwmark_reflect",
+        "net/ipv6/fwmark_reflect",
+        "net/ipv4/tcp_fwmark_accept",
+    ] {
+        if let Ok(v) = std::fs::read_to_string(format!("/proc/sys/{key}")) {
+            out.push(format!("{} = {}", key.replace('/', "."), v.trim()));
+        }
+    }
+    out.join("\n") + "\n"
+}
+
+/// A snapshot read back: file name → contents, and the expected files that are absent.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub files: BTreeMap<String, String>,
+    pub missing: Vec<String>,
+}
+
+pub fn load(dir: &Path) -> Result<Loaded, KernelError> {
+    if !dir.is_dir() {
+        return Err(KernelError::Other(format!(
+            "{}: not a snapshot directory (make one with `symroute snapshot DIR`)",
+            dir.display()
+        )));
+    }
+    let mut loaded = Loaded::default();
+    for (file, _) in FILES {
+        match std::fs::read_to_string(dir.join(file)) {
+            Ok(text) => {
+                loaded.files.insert(file.to_string(), text);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                loaded.missing.push(file.to_string())
+            }
+            Err(source) => {
+                return Err(KernelError::Io {
+                    what: format!("reading {}", dir.join(file).display()),
+                    source,
+                });
+            }
+        }
+    }
+    // Optional (see TABLE_NAMES): absent is not missing.
+    let names = dir.join(TABLE_NAMES);
+    match read_bounded(&names, NAMES_FILE_MAX * (NAMES_DIR_MAX as u64 + 1)) {
+        Ok(Some(text)) => {
+            loaded.files.insert(TABLE_NAMES.to_string(), text);
+        }
+        Ok(None) => {}
+        Err(why) => {
+            return Err(KernelError::Other(format!(
+                "reading {}: {why}",
+                names.display()
+            )))
+        }
+    }
+    Ok(loaded)
+}

@@ -34,6 +34,32 @@ pub fn require_root() {
     }
 }
 
+/// `/run/symroute/netns-<cookie>.<suffix>`: a file symroute keeps for `ns` (the cookie is
+/// read by a thread that enters the namespace; only that thread moves).
+pub fn run_file(ns: &Netns, suffix: &str) -> std::path::PathBuf {
+    let (name, suffix) = (ns.name().to_string(), suffix.to_string());
+    std::thread::spawn(move || {
+        symroute::kernel::netns::enter(&name).expect("enter the namespace");
+        symroute::kernel::rundir::netns_file(&suffix).expect("the namespace's cookie")
+    })
+    .join()
+    .expect("cookie thread")
+}
+
+/// One of symroute's IPv4 rules in `ns` (its line as `ip rule show` prints it, the
+/// first whose text contains `lookup TABLE`) and its priority, for tests that delete it.
+pub fn our_rule(ns: &Netns, table: u32) -> (String, String) {
+    let rule = ns
+        .exec(&["ip", "-4", "rule", "show"])
+        .expect("ip rule")
+        .lines()
+        .find(|l| l.contains(&format!("lookup {table}")))
+        .expect("a rule of ours")
+        .to_string();
+    let pref = rule.split(':').next().expect("pref").trim().to_string();
+    (rule, pref)
+}
+
 /// The result of one `symroute` run.
 pub struct Run {
     pub code: i32,

@@ -9,12 +9,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
-use super::names::ip_proto_name;
 use super::types::{
     table_name, NextHop, RouteEntry, RouteKind, RoutingState, RuleAction, RuleEntry, TABLE_DEFAULT,
     TABLE_LOCAL, TABLE_MAIN,
 };
-use symroute_core::model::Family;
+use symroute_core::model::{Family, IpProto};
 
 /// One packet to route. `iif: None` is a locally generated packet (an output route);
 /// `iif: Some(dev)` a packet that arrived on `dev` (an input route, as `ip route get …
@@ -900,11 +899,11 @@ impl<'s> Engine<'s> {
             if p != f.proto {
                 return Err(format!(
                     "ipproto {}: the packet's protocol is {}",
-                    ip_proto_name(p),
+                    IpProto(p).ip_rule_word(),
                     if f.proto == 0 {
                         "unset".to_string()
                     } else {
-                        ip_proto_name(f.proto)
+                        IpProto(f.proto).ip_rule_word()
                     }
                 ));
             }
@@ -2058,7 +2057,7 @@ pub fn describe_query(q: &Query) -> String {
         s.push_str(&format!(" mark {:#x}", q.mark));
     }
     if let Some(p) = q.ipproto {
-        s.push_str(&format!(" ipproto {}", ip_proto_name(p)));
+        s.push_str(&format!(" ipproto {}", IpProto(p).ip_rule_word()));
     }
     if let Some(p) = q.sport {
         s.push_str(&format!(" sport {p}"));

@@ -38,7 +38,7 @@ pub fn observe() -> Result<Observed, KernelError> {
         let ruleset = nft.join().map_err(|_| joined("nft"))??;
         let iptables = iptables.join().map_err(|_| joined("iptables-save"))?;
         obs.nft_fingerprint = our_fingerprint(&ruleset);
-        obs.mark_users = marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables);
+        obs.mark_users = marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables)?;
         Ok(obs)
     })
 }
@@ -149,8 +149,8 @@ fn read_routes(
 }
 
 /// What observe needs from nftables, without listing our own (possibly huge) table:
-/// every chain (which tables exist, and our fingerprint chain), plus the rules of every
-/// foreign table (for mark users), each listed on its own.
+/// every chain (which tables exist, and our fingerprint chain), plus the rules and sets of
+/// every foreign table (for mark users), each listed on its own.
 fn nft_for_observe() -> Result<Value, KernelError> {
     let parse = |cmd: &str, text: &str| -> Result<Value, KernelError> {
         serde_json::from_str(text).map_err(|e| KernelError::Parse {
@@ -186,7 +186,9 @@ fn nft_for_observe() -> Result<Value, KernelError> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|i| i.get("rule").is_some())
+                // Sets (without their elements: `-t`) so that rules testing marks
+                // against one still read as mark tests.
+                .filter(|i| i.get("rule").or(i.get("set")).or(i.get("map")).is_some())
                 .cloned(),
         );
     }

@@ -23,7 +23,8 @@ pub struct Observed {
     pub foreign_rules: Vec<ForeignRule>,
     /// Tables holding at least one route without our tag.
     pub foreign_route_tables: BTreeMap<TableId, String>,
-    /// Firewall rules and ip rules of others that read or write mark bits (see `kernel::marks`).
+    /// Firewall rules and ip rules of others that read or write mark bits (found by
+    /// `symroute_explain::marks`, the analysis doctor uses too).
     pub mark_users: Vec<MarkUser>,
 }
 

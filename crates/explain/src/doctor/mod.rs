@@ -105,6 +105,13 @@ pub fn doctor(host: &HostState) -> Vec<Finding> {
     out
 }
 
+/// Every object but symroute's own that uses mark bits, from the analysis `symroute
+/// apply`'s conflict check runs (`crate::marks`), with doctor's names for their places.
+/// With symroute running here, the ones within its bits are `mark-bits-shared` findings.
+pub fn mark_users(host: &HostState) -> Vec<symroute_core::plan::diff::MarkUser> {
+    marks::mark_users(&facts::Ctx::new(host))
+}
+
 /// Human-readable report.
 pub fn render(findings: &[Finding]) -> String {
     let mut s = String::new();

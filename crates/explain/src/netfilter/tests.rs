@@ -190,7 +190,7 @@ fn seed2_divert_chain() {
 // symroute's own tables
 
 /// The host of tests/plan_snapshots.rs: every interface the examples name, up.
-fn host() -> HostView {
+pub(crate) fn host() -> HostView {
     let link = |addrs: &[&str]| Link {
         up: true,
         addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),

@@ -81,16 +81,8 @@ impl<'s> Engine<'s> {
         }
         if route.table != TABLE_MAIN {
             let flow = Flow {
-                family: Family::Inet4,
-                src: None,
-                dst: via,
-                iif: "lo",
                 oif: Some(dev),
-                mark: 0,
-                proto: 0,
-                sport: 0,
-                dport: 0,
-                tos: 0,
+                ..Flow::kernel4(via)
             };
             let opts = Opts {
                 oif: Some(dev),
@@ -179,18 +171,7 @@ impl<'s> Engine<'s> {
         if self.is_configured(addr) {
             return true;
         }
-        let flow = Flow {
-            family: Family::Inet4,
-            src: None,
-            dst: addr,
-            iif: "lo",
-            oif: None,
-            mark: 0,
-            proto: 0,
-            sport: 0,
-            dport: 0,
-            tos: 0,
-        };
+        let flow = Flow::kernel4(addr);
         let opts = Opts {
             oif: None,
             strict: false,

@@ -161,14 +161,7 @@ impl<'s> Engine<'s> {
                 ..self.dropped(RouteError::InvalidArgument, why)
             };
         }
-        let reason = format!(
-            "forwarded: rule {} → table {}: {} {}",
-            hit.rule
-                .map_or_else(|| "(default)".into(), |p| p.to_string()),
-            table_name(route.table),
-            route.dst,
-            Self::describe_hops(&pass)
-        );
+        let reason = format!("forwarded: {}", Self::found_reason(&hit, &pass));
         let mut v = self.found(&hit, VerdictKind::Unicast, &pass, reason);
         if !fail.is_empty() {
             v.reason.push_str(&format!(

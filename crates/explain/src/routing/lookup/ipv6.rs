@@ -101,13 +101,9 @@ impl<'s> Engine<'s> {
         };
         let hops = hit.hops.clone();
         let reason = format!(
-            "{}rule {} → table {}: {} {}",
+            "{}{}",
             if input { "forwarded: " } else { "" },
-            hit.rule
-                .map_or_else(|| "(default)".into(), |p| p.to_string()),
-            table_name(route.table),
-            route.dst,
-            Self::describe_hops(&hops)
+            Self::found_reason(hit, &hops)
         );
         let mut v = self.found(hit, kind, &hops, reason);
         if input && kind == VerdictKind::Unicast && !self.forwarding6() {

@@ -69,6 +69,25 @@ struct Flow<'a> {
     tos: u8,
 }
 
+impl Flow<'_> {
+    /// The kernel's own IPv4 lookup of `dst` (is it local, how is a gateway reached):
+    /// from `lo`, no source, mark, protocol, ports or TOS.
+    fn kernel4(dst: IpAddr) -> Self {
+        Flow {
+            family: Family::Inet4,
+            src: None,
+            dst,
+            iif: "lo",
+            oif: None,
+            mark: 0,
+            proto: 0,
+            sport: 0,
+            dport: 0,
+            tos: 0,
+        }
+    }
+}
+
 /// Table lookup options.
 #[derive(Debug, Clone, Copy)]
 struct Opts<'a> {

@@ -175,14 +175,7 @@ impl<'s> Engine<'s> {
                 _ => VerdictKind::Unicast,
             }
         };
-        let reason = format!(
-            "rule {} → table {}: {} {}",
-            hit.rule
-                .map_or_else(|| "(default)".into(), |p| p.to_string()),
-            table_name(route.table),
-            route.dst,
-            Self::describe_hops(&hops)
-        );
+        let reason = Self::found_reason(&hit, &hops);
         self.found(&hit, kind, &hops, reason)
     }
 }

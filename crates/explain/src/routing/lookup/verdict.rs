@@ -233,6 +233,18 @@ impl<'s> Engine<'s> {
         }
     }
 
+    /// `rule P → table T: DST HOPS`: why a route was found.
+    pub(super) fn found_reason(hit: &Hit, hops: &[&NextHop]) -> String {
+        format!(
+            "rule {} → table {}: {} {}",
+            hit.rule
+                .map_or_else(|| "(default)".into(), |p| p.to_string()),
+            table_name(hit.route.table),
+            hit.route.dst,
+            Self::describe_hops(hops)
+        )
+    }
+
     pub(super) fn describe_hops(hops: &[&NextHop]) -> String {
         let one = |nh: &NextHop| match (&nh.dev, nh.via) {
             (Some(d), Some(v)) => format!("via {v} dev {d}"),

@@ -554,6 +554,17 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// Where a rule is: `ip [-6] rule (line N)` (no line for rules built by hand or from a
+/// plan).
+pub fn rule_place(r: &RuleEntry) -> String {
+    let six = if r.family == Family::Inet6 { "-6 " } else { "" };
+    if r.line > 0 {
+        format!("ip {six}rule (line {})", r.line)
+    } else {
+        format!("ip {six}rule")
+    }
+}
+
 /// `ip [-6] rule VERB pref N <selectors and action>` from a printed rule.
 pub fn ip_rule_cmd(r: &RuleEntry, verb: &str) -> String {
     let rest = r

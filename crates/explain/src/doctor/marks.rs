@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::facts::{hex, ip_rule_cmd, value_mask, Ctx, FwRule, Tool, Write, WG_MARK};
+use super::facts::{hex, ip_rule_cmd, rule_place, value_mask, Ctx, FwRule, Tool, Write, WG_MARK};
 use super::{Finding, Severity};
 use crate::marks::IpRuleMark;
 use crate::netfilter::{ChainKind, Hook, MarkKey, Match, Op, Origin, Stmt};
@@ -36,33 +36,6 @@ pub fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
     bits_shared(ctx, out);
 }
 
-fn finding(
-    severity: Severity,
-    code: &'static str,
-    rule: &str,
-    place: String,
-    why: String,
-    fix: String,
-) -> Finding {
-    Finding {
-        severity,
-        code,
-        rule: rule.to_string(),
-        place,
-        why,
-        fix,
-    }
-}
-
-fn rule_place(r: &RuleEntry) -> String {
-    let six = if r.family == Family::Inet6 { "-6 " } else { "" };
-    if r.line > 0 {
-        format!("ip {six}rule (line {})", r.line)
-    } else {
-        format!("ip {six}rule")
-    }
-}
-
 fn fw_finding(
     severity: Severity,
     code: &'static str,
@@ -70,7 +43,7 @@ fn fw_finding(
     why: String,
     fix: String,
 ) -> Finding {
-    finding(severity, code, &r.rule.text, r.place(), why, fix)
+    Finding::new(severity, code, &r.rule.text, r.place(), why, fix)
 }
 
 /// (value & mask, mask) of an fwmark rule.
@@ -251,7 +224,7 @@ fn rule_value_outside_mask(ctx: &Ctx, fam: Family, out: &mut Vec<Finding>) {
             "`{}` (the mask widened to cover the value); the firewall must set the same bits",
             ip_rule_cmd(r, "add").replace(&old, &format!("fwmark {}", value_mask(v, m | v)))
         ));
-        out.push(finding(
+        out.push(Finding::new(
             Severity::Error,
             "mark-outside-mask",
             &r.text,
@@ -313,7 +286,7 @@ fn never_set(
             mark_before_routing_cmd(example, r),
             ip_rule_cmd(r, "del")
         );
-        out.push(finding(
+        out.push(Finding::new(
             Severity::Error,
             "fwmark-never-set",
             &r.text,
@@ -839,7 +812,7 @@ fn rp_filter(ctx: &Ctx, out: &mut Vec<Finding>) {
                 "; or, since the arriving packets are marked before routing, let the check use the mark: `sysctl -w net.ipv4.conf.{x}.src_valid_mark=1`"
             ));
         }
-        out.push(finding(
+        out.push(Finding::new(
             Severity::Error,
             "rp-filter-strict",
             &format!("{qkey} = {qval}"),
@@ -1044,7 +1017,7 @@ fn bits_shared(ctx: &Ctx, out: &mut Vec<Finding>) {
     }
     let hint = "use bits no one else does and touch only them (iptables `--set-xmark V/M`, `CONNMARK --save-mark/--restore-mark --nfmask M --ctmask M`; nft `meta mark set meta mark and ~M or V`; `ip rule … fwmark V/M`): kube-proxy uses 0xc000, Tailscale 0x00ff0000, Calico 0xffff0000, symroute 0xff000000 by default, wg-quick the value 0xca6c";
     for ((rule, place), (sev, whys)) in hits {
-        out.push(finding(
+        out.push(Finding::new(
             sev,
             "mark-bits-shared",
             &rule,

@@ -62,6 +62,26 @@ pub struct Finding {
     pub fix: String,
 }
 
+impl Finding {
+    pub(crate) fn new(
+        severity: Severity,
+        code: &'static str,
+        rule: &str,
+        place: String,
+        why: String,
+        fix: String,
+    ) -> Finding {
+        Finding {
+            severity,
+            code,
+            rule: rule.to_string(),
+            place,
+            why,
+            fix,
+        }
+    }
+}
+
 /// Every code doctor can report, with a one-line meaning (for the README table).
 pub const CODES: &[(&str, &str)] = &[
     ("mark-zero", "a rule sets the mark to 0 (no mark at all) where an `ip rule fwmark` expects a value"),

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::facts::{
-    ip_route_cmd, ip_rule_cmd, rule_tool, Ctx, Tool, TS_PRIORITIES, TS_TABLE, WG_TABLE,
+    ip_route_cmd, ip_rule_cmd, rule_place, rule_tool, Ctx, Tool, TS_PRIORITIES, TS_TABLE, WG_TABLE,
 };
 use super::{Finding, Severity};
 use crate::netfilter::normalize_mac;
@@ -19,15 +19,6 @@ pub fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
     collisions(ctx, out);
     shadowed(ctx, out);
     nexthops(ctx, out);
-}
-
-fn place(r: &RuleEntry) -> String {
-    let six = if r.family == Family::Inet6 { "-6 " } else { "" };
-    if r.line > 0 {
-        format!("ip {six}rule (line {})", r.line)
-    } else {
-        format!("ip {six}rule")
-    }
 }
 
 fn route_place(r: &RouteEntry) -> String {
@@ -55,14 +46,7 @@ fn push(
     why: String,
     fix: String,
 ) {
-    out.push(Finding {
-        severity,
-        code,
-        rule: rule.to_string(),
-        place,
-        why,
-        fix,
-    });
+    out.push(Finding::new(severity, code, rule, place, why, fix));
 }
 
 fn is_default_route(r: &RouteEntry) -> bool {
@@ -91,7 +75,7 @@ fn tables(ctx: &Ctx, out: &mut Vec<Finding>) {
                 Severity::Error,
                 "table-reserved",
                 &r.text,
-                place(r),
+                rule_place(r),
                 "table 0 is `unspec`, not a table: the rule cannot look anything up (IPv4 `ip rule add … table 0` even makes the kernel pick an unused table instead)".into(),
                 format!("use a table of your own (1–252, or above 255): `{}`, then `{}`", ip_rule_cmd(r, "del"), ip_rule_cmd(r, "add").replace("lookup 0", "lookup 100")),
             ),
@@ -100,7 +84,7 @@ fn tables(ctx: &Ctx, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 "table-reserved",
                 &r.text,
-                place(r),
+                rule_place(r),
                 "table 253 (`default`) is the kernel's last-resort table, looked up by the rule at priority 32767 for every packet nothing else routed: routes put there for this policy also catch unrelated traffic, and tools that manage the default table remove them".into(),
                 format!(
                     "give the policy a table of its own: `echo '100 mypolicy' >> /etc/iproute2/rt_tables`, move the routes (`ip route add … table 100`), then `{}` and `{}`",
@@ -127,7 +111,7 @@ fn tables(ctx: &Ctx, out: &mut Vec<Finding>) {
                         Severity::Error,
                         "table-empty",
                         &r.text,
-                        place(r),
+                        rule_place(r),
                         format!("table {t} has no {fam} routes{note}: the lookup finds nothing and the packets fall through to the next rules (the main table), so this rule does nothing"),
                         format!("add the table's routes, e.g. `ip {six}route add default via <gateway> dev <interface> table {t}` plus the connected networks replies must still reach directly, and make them permanent with the rule"),
                     );
@@ -145,7 +129,7 @@ fn tables(ctx: &Ctx, out: &mut Vec<Finding>) {
                         Severity::Warning,
                         "table-no-default",
                         &r.text,
-                        place(r),
+                        rule_place(r),
                         format!("table {t} has no default route: packets to destinations it does not list fall through to the next rules and leave by the main table's route, e.g. replies to anywhere on the Internet"),
                         format!("`ip {six}route add default {gw} table {t}` (or a `to PREFIX` selector on the rule if only those destinations are meant)"),
                     );
@@ -199,7 +183,7 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
                 sev(tool),
                 "table-collision",
                 &r.text,
-                place(r),
+                rule_place(r),
                 format!(
                     "table {t} is {}'s ({}): it replaces the table's routes whenever it comes up and sends its own traffic there; {} {state}",
                     tool.name(),
@@ -230,7 +214,7 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 "table-collision",
                 &r.text,
-                place(r),
+                rule_place(r),
                 format!(
                     "table {t} is also used by another setup: {}; whichever writes its routes last wins, and removing one setup breaks the other",
                     others.join(", ")
@@ -254,7 +238,7 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
             sev(t),
             "priority-collision",
             &r.text,
-            place(r),
+            rule_place(r),
             format!("priority {} is among Tailscale's (5210-5270, rules it deletes and re-adds by priority); {state}", r.priority),
             format!("use a priority outside 5210-5270: `{}`, then `{}`", ip_rule_cmd(r, "del"), ip_rule_cmd(r, "add").replacen(&format!("pref {}", r.priority), "pref 5000", 1)),
         );
@@ -343,7 +327,7 @@ fn shadowed(ctx: &Ctx, out: &mut Vec<Finding>) {
                     Severity::Warning,
                     "rule-shadowed",
                     &b.text,
-                    place(b),
+                    rule_place(b),
                     format!(
                         "a duplicate of the earlier `{}`: the same `ip rule add` ran twice (a script run at every boot or ifup adds one more each time), and this copy is never the one that decides",
                         a.text.replace('\t', " ")
@@ -376,7 +360,7 @@ fn shadowed(ctx: &Ctx, out: &mut Vec<Finding>) {
                 Severity::Warning,
                 "rule-shadowed",
                 &b.text,
-                place(b),
+                rule_place(b),
                 format!(
                     "the earlier rule `{}` matches every packet this one would, and {reason}: this rule is never consulted",
                     a.text.replace('\t', " ")

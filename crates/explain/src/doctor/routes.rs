@@ -37,18 +37,6 @@ fn fam_name(f: Family) -> &'static str {
     }
 }
 
-fn push(
-    out: &mut Vec<Finding>,
-    severity: Severity,
-    code: &'static str,
-    rule: &str,
-    place: String,
-    why: String,
-    fix: String,
-) {
-    out.push(Finding::new(severity, code, rule, place, why, fix));
-}
-
 fn is_default_route(r: &RouteEntry) -> bool {
     r.dst.prefix_len() == 0 && r.kind != RouteKind::Throw && r.src.is_none()
 }
@@ -70,17 +58,15 @@ fn tables(ctx: &Ctx, out: &mut Vec<Finding>) {
             continue;
         };
         match t {
-            0 => push(
-                out,
+            0 => out.push(Finding::new(
                 Severity::Error,
                 "table-reserved",
                 &r.text,
                 rule_place(r),
                 "table 0 is `unspec`, not a table: the rule cannot look anything up (IPv4 `ip rule add … table 0` even makes the kernel pick an unused table instead)".into(),
                 format!("use a table of your own (1–252, or above 255): `{}`, then `{}`", ip_rule_cmd(r, "del"), ip_rule_cmd(r, "add").replace("lookup 0", "lookup 100")),
-            ),
-            TABLE_DEFAULT => push(
-                out,
+            )),
+            TABLE_DEFAULT => out.push(Finding::new(
                 Severity::Warning,
                 "table-reserved",
                 &r.text,
@@ -91,7 +77,7 @@ fn tables(ctx: &Ctx, out: &mut Vec<Finding>) {
                     ip_rule_cmd(r, "del"),
                     ip_rule_cmd(r, "add").replace("lookup default", "lookup 100")
                 ),
-            ),
+            )),
             _ if Ctx::is_plain_table(t) => {
                 let routes = ctx.table(r.family, t);
                 let fam = fam_name(r.family);
@@ -106,15 +92,14 @@ fn tables(ctx: &Ctx, out: &mut Vec<Finding>) {
                         format!(" (it has {} routes only)", fam_name(other))
                     };
                     let six = if r.family == Family::Inet6 { "-6 " } else { "" };
-                    push(
-                        out,
+                    out.push(Finding::new(
                         Severity::Error,
                         "table-empty",
                         &r.text,
                         rule_place(r),
                         format!("table {t} has no {fam} routes{note}: the lookup finds nothing and the packets fall through to the next rules (the main table), so this rule does nothing"),
                         format!("add the table's routes, e.g. `ip {six}route add default via <gateway> dev <interface> table {t}` plus the connected networks replies must still reach directly, and make them permanent with the rule"),
-                    );
+                    ));
                 } else if !routes.iter().any(|x| is_default_route(x)) {
                     let covered = r.to.is_some_and(|to| routes.iter().any(|x| x.dst.contains(&to)));
                     if covered {
@@ -124,15 +109,14 @@ fn tables(ctx: &Ctx, out: &mut Vec<Finding>) {
                     let gw = some_gateway(ctx, r.family, t)
                         .map(|(g, d)| format!("via {g} dev {d}"))
                         .unwrap_or_else(|| "via <gateway> dev <interface>".into());
-                    push(
-                        out,
+                    out.push(Finding::new(
                         Severity::Warning,
                         "table-no-default",
                         &r.text,
                         rule_place(r),
                         format!("table {t} has no default route: packets to destinations it does not list fall through to the next rules and leave by the main table's route, e.g. replies to anywhere on the Internet"),
                         format!("`ip {six}route add default {gw} table {t}` (or a `to PREFIX` selector on the rule if only those destinations are meant)"),
-                    );
+                    ));
                 }
             }
             _ => {}
@@ -178,8 +162,7 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
             } else {
                 "is not running here, a conflict the day it is"
             };
-            push(
-                out,
+            out.push(Finding::new(
                 sev(tool),
                 "table-collision",
                 &r.text,
@@ -191,7 +174,7 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
                     tool.name()
                 ),
                 format!("pick another table: `{}`, then `{}`", ip_rule_cmd(r, "del"), ip_rule_cmd(r, "add").replace(&format!("lookup {t}"), "lookup 100")),
-            );
+            ));
         }
     }
     for ((_, t), list) in users {
@@ -209,8 +192,7 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
                 .filter(|(_, o)| o != owner)
                 .map(|(x, o)| format!("`{}` ({o})", x.text.replace('\t', " ")))
                 .collect();
-            push(
-                out,
+            out.push(Finding::new(
                 Severity::Warning,
                 "table-collision",
                 &r.text,
@@ -220,7 +202,7 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
                     others.join(", ")
                 ),
                 format!("give this setup its own table: `{}`, then `{}` with its routes in table 100", ip_rule_cmd(r, "del"), ip_rule_cmd(r, "add").replace(&format!("lookup {t}"), "lookup 100")),
-            );
+            ));
         }
     }
     for r in &ctx.host.routing.rules {
@@ -233,15 +215,14 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
         } else {
             "Tailscale is not running here, a conflict the day it is"
         };
-        push(
-            out,
+        out.push(Finding::new(
             sev(t),
             "priority-collision",
             &r.text,
             rule_place(r),
             format!("priority {} is among Tailscale's (5210-5270, rules it deletes and re-adds by priority); {state}", r.priority),
             format!("use a priority outside 5210-5270: `{}`, then `{}`", ip_rule_cmd(r, "del"), ip_rule_cmd(r, "add").replacen(&format!("pref {}", r.priority), "pref 5000", 1)),
-        );
+        ));
     }
 }
 
@@ -322,8 +303,7 @@ fn shadowed(ctx: &Ctx, out: &mut Vec<Finding>) {
                     .unwrap_or_default()
             };
             if let Some(a) = rules[..j].iter().find(|a| body(a) == body(b)) {
-                push(
-                    out,
+                out.push(Finding::new(
                     Severity::Warning,
                     "rule-shadowed",
                     &b.text,
@@ -333,7 +313,7 @@ fn shadowed(ctx: &Ctx, out: &mut Vec<Finding>) {
                         a.text.replace('\t', " ")
                     ),
                     format!("`{}` (and make the script idempotent: `ip rule del …` before `ip rule add …`, or `ip rule replace`)", ip_rule_cmd(b, "del")),
-                );
+                ));
                 continue;
             }
             let Some((a, reason)) = rules[..j]
@@ -355,8 +335,7 @@ fn shadowed(ctx: &Ctx, out: &mut Vec<Finding>) {
                     ip_rule_cmd(b, "add").replacen(&format!("pref {}", b.priority), &format!("pref {newp}"), 1)
                 )
             };
-            push(
-                out,
+            out.push(Finding::new(
                 Severity::Warning,
                 "rule-shadowed",
                 &b.text,
@@ -366,7 +345,7 @@ fn shadowed(ctx: &Ctx, out: &mut Vec<Finding>) {
                     a.text.replace('\t', " ")
                 ),
                 fix,
-            );
+            ));
         }
     }
 }
@@ -413,18 +392,16 @@ fn nexthops(ctx: &Ctx, out: &mut Vec<Finding>) {
                 format!("{d} is on {}", nets.join(", "))
             };
             if n.onlink {
-                push(
-                    out,
+                out.push(Finding::new(
                     Severity::Info,
                     "nexthop-onlink",
                     &r.text,
                     route_place(r),
                     format!("the gateway {g} is on none of {d}'s networks ({nets}) and is forced with `onlink`: the kernel does not check it, which is right for a provider's point-to-point style gateway and silently wrong for a typo"),
                     format!("check that {g} answers on {d}: `ip neigh show {g} dev {d}` should show its MAC once traffic flows"),
-                );
+                ));
             } else {
-                push(
-                    out,
+                out.push(Finding::new(
                     Severity::Error,
                     "nexthop-not-connected",
                     &r.text,
@@ -435,7 +412,7 @@ fn nexthops(ctx: &Ctx, out: &mut Vec<Finding>) {
                         ip_route_cmd(r, "replace"),
                         ip_route_cmd(r, "replace")
                     ),
-                );
+                ));
             }
         }
     }
@@ -458,14 +435,13 @@ fn nexthops(ctx: &Ctx, out: &mut Vec<Finding>) {
         } else {
             format!(" table {}", r.table)
         };
-        push(
-            out,
+        out.push(Finding::new(
             Severity::Warning,
             "route-no-gateway",
             &r.text,
             route_place(r),
             format!("a default route out of the Ethernet interface {d} without `via`: every destination is treated as on-link, so the host resolves each remote address on {d} itself (ARP/ND), which works only if the provider's router answers for all of them (proxy ARP)"),
             format!("name the gateway: `ip {six}route replace default via <gateway> dev {d}{t}`"),
-        );
+        ));
     }
 }

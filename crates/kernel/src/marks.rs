@@ -9,8 +9,6 @@ use symroute_core::plan::diff::{ForeignRule, MarkUser};
 use symroute_explain::marks::{self, IpRuleMark};
 use symroute_explain::netfilter;
 
-use super::KernelError;
-
 /// The outputs of `iptables-save` and `ip6tables-save`, every table, as a snapshot holds
 /// them (an absent tool is simply not there).
 #[derive(Debug, Clone, Default)]
@@ -28,21 +26,18 @@ pub fn iptables_texts() -> IptablesTexts {
 }
 
 /// The firewall as one IR (iptables-nft tables from the save outputs), then who uses
-/// which mark bits in it and in the foreign `ip rule`s.
+/// which mark bits in it and in the foreign `ip rule`s. An error names the output that
+/// could not be read, and where.
 pub fn foreign_mark_users(
     ruleset: &Value,
     rules: &[ForeignRule],
     iptables: &IptablesTexts,
-) -> Result<Vec<MarkUser>, KernelError> {
+) -> Result<Vec<MarkUser>, netfilter::ParseError> {
     let firewall = netfilter::combine(
         Some(ruleset),
         iptables.v4.as_deref(),
         iptables.v6.as_deref(),
-    )
-    .map_err(|e| KernelError::Parse {
-        cmd: e.kind.to_string(),
-        detail: format!("{}: {}", e.place, e.message),
-    })?;
+    )?;
     let rules = rules
         .iter()
         .map(|r| IpRuleMark::new(r.family, r.fwmark, &r.text));

@@ -38,7 +38,12 @@ pub fn observe() -> Result<Observed, KernelError> {
         let ruleset = nft.join().map_err(|_| joined("nft"))??;
         let iptables = iptables.join().map_err(|_| joined("iptables-save"))?;
         obs.nft_fingerprint = our_fingerprint(&ruleset);
-        obs.mark_users = marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables)?;
+        // Unreadable is not fatal here (`remove` and `status` observe too): the plan's
+        // conflict check refuses to apply beside a firewall it cannot read.
+        match marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables) {
+            Ok(users) => obs.mark_users = users,
+            Err(e) => obs.mark_users_unread = Some(e.to_string()),
+        }
         Ok(obs)
     })
 }

@@ -1,6 +1,7 @@
 //! Subcommands. Each one is a thin layer over the library: load the config, call
 //! `plan`/`kernel`, print for people or as JSON.
 
+mod confirm;
 mod daemon;
 mod lab;
 
@@ -66,11 +67,18 @@ struct ConfigArg {
 
 impl ConfigArg {
     fn load(&self) -> anyhow::Result<Model> {
-        let path = self
-            .config
+        Ok(symroute::config_file::load(&self.path())?)
+    }
+
+    /// `load`, refusing `on_change` hooks others could rewrite (`run`, `check`).
+    fn load_trusted(&self) -> anyhow::Result<Model> {
+        Ok(symroute::config_file::load_trusted(&self.path())?)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.config
             .clone()
-            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-        Ok(config::load(&path)?)
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
     }
 }
 
@@ -137,8 +145,24 @@ enum Cmd {
         /// Test only: die right after STEP without cleaning up, like `kill -9`
         #[arg(long, value_name = "STEP", hide = true)]
         abort_after: Option<Step>,
-        /// Roll the change back after SECS seconds unless `symroute confirm` runs first
-        #[arg(long, value_name = "SECS", conflicts_with_all = ["inject_failure", "abort_after"])]
+        /// Test only: the rollback's first N reads of the kernel fail
+        #[arg(
+            long,
+            value_name = "N",
+            hide = true,
+            requires = "inject_failure",
+            default_value = "0"
+        )]
+        fail_rollback_reads: u32,
+        /// Roll the change back SECS seconds (1 to 86400) after this command started unless
+        /// `symroute confirm` runs first. A guard process in its own session is armed before
+        /// the first change, so a dropped SSH session still gets its rollback.
+        #[arg(
+            long,
+            value_name = "SECS",
+            conflicts_with_all = ["inject_failure", "abort_after"],
+            value_parser = clap::value_parser!(u64).range(kernel::confirm::SECS)
+        )]
         confirm: Option<u64>,
     },
     /// Keep the change of a pending `apply --confirm` (so it is not rolled back).
@@ -146,13 +170,16 @@ enum Cmd {
         #[command(flatten)]
         netns: NetnsArg,
     },
-    /// Internal: wait for a pending `apply --confirm` and roll it back at its deadline.
+    /// Internal: the guard of an `apply --confirm`, started by it (stdin is its socket).
     #[command(hide = true)]
     ConfirmWatch {
         #[command(flatten)]
         netns: NetnsArg,
         #[arg(long)]
         token: String,
+        /// CLOCK_BOOTTIME nanoseconds
+        #[arg(long)]
+        deadline: u64,
     },
     /// Delete everything symroute made and restore the sysctls it changed.
     Remove {
@@ -397,7 +424,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cli.cmd {
         Cmd::Check { config } => {
-            let m = config.load()?;
+            let m = config.load_trusted()?;
             let selectors: usize = m.policies.iter().map(|p| p.selector.item_count()).sum();
             writeln!(
                 out,
@@ -437,41 +464,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Apply {
             config,
             netns,
-            inject_failure,
-            abort_after,
             confirm: Some(secs),
+            ..
         } => {
-            let _ = (inject_failure, abort_after);
+            // The deadline counts from now, on the boot clock (see kernel::clock).
+            let deadline =
+                kernel::clock::BootTime::now().after(std::time::Duration::from_secs(secs));
             let m = config.load()?;
             netns.enter()?;
             if let Some(code) = daemon::apply(&mut out, &config, Some(secs))? {
                 return Ok(code);
             }
-            let (report, token) = kernel::confirm::apply(&m, secs)?;
-            print_gateways(&mut out, &report.plan)?;
-            let Some(token) = token else {
-                print_changes(&mut out, &report.changes, "applied")?;
-                writeln!(out, "nothing to confirm: no watcher started")?;
-                return Ok(ExitCode::SUCCESS);
-            };
-            for l in report.changes.summary() {
-                writeln!(out, "{l}")?;
-            }
-            if let Err(e) = spawn_watcher(netns.netns.as_deref(), &token) {
-                // Without a watcher nothing rolls back: do it now rather than strand it.
-                let _ = kernel::confirm::roll_back_now(&token);
-                return Err(e.context("starting the confirm watcher (the change was rolled back)"));
-            }
-            writeln!(
-                out,
-                "applied; run `symroute confirm` within {secs} s or this change is rolled back"
-            )?;
+            return confirm::apply(&mut out, &m, netns.netns.as_deref(), secs, deadline);
         }
         Cmd::Apply {
             config,
             netns,
             inject_failure,
             abort_after,
+            fail_rollback_reads,
             confirm: None,
         } => {
             let m = config.load()?;
@@ -487,6 +498,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Faults {
                     fail_after: inject_failure,
                     abort_after,
+                    fail_rollback_reads,
                 },
             )?;
             print_gateways(&mut out, &report.plan)?;
@@ -502,9 +514,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             writeln!(out, "confirmed")?;
         }
-        Cmd::ConfirmWatch { netns, token } => {
+        Cmd::ConfirmWatch {
+            netns,
+            token,
+            deadline,
+        } => {
             netns.enter()?;
-            kernel::confirm::watch(&token)?;
+            confirm::watch(&token, deadline)?;
         }
         Cmd::Remove { netns } => {
             netns.enter()?;
@@ -535,13 +551,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             drop(out);
             symroute::daemon::log::init(log_level);
-            let path = config
-                .config
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
             // Absolute: `status` reads it from wherever it runs.
-            let path = std::path::absolute(&path)?;
-            let model = config.load()?;
+            let path = std::path::absolute(config.path())?;
+            let model = config.load_trusted()?;
             // Before any thread exists: threads and children inherit the namespace.
             netns.enter()?;
             symroute::daemon::run(symroute::daemon::Options {
@@ -560,7 +572,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let live = daemon::status();
             // Without -c, the config the daemon runs.
             let m = match (&config.config, &live) {
-                (None, Some(l)) => config::load(std::path::Path::new(&l.daemon.config))?,
+                (None, Some(l)) => {
+                    symroute::config_file::load(std::path::Path::new(&l.daemon.config))?
+                }
                 _ => config.load()?,
             };
             let mut observed = kernel::observe::observe()?;
@@ -631,7 +645,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verbose,
         } => {
             let spec = packet.spec()?;
-            let model = config.as_ref().map(|c| config::load(c)).transpose()?;
+            let model = config
+                .as_ref()
+                .map(|c| symroute::config_file::load(c))
+                .transpose()?;
             let mut host = load_host(from.as_ref(), &netns)?;
             if let Some(m) = &model {
                 let plan = plan::build(m, &host.host_view());
@@ -694,32 +711,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Start `symroute confirm-watch` detached: its own session, stdio on /dev/null.
-fn spawn_watcher(netns: Option<&str>, token: &str) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    let exe = std::env::current_exe().context("finding the symroute binary")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("confirm-watch").arg("--token").arg(token);
-    if let Some(ns) = netns {
-        cmd.arg("--netns").arg(ns);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().context("spawning symroute confirm-watch")?;
-    Ok(())
 }
 
 fn print_gateways(out: &mut impl Write, plan: &plan::Plan) -> anyhow::Result<()> {

@@ -6,7 +6,6 @@ pub mod raw;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 
 use ipnet::IpNet;
 
@@ -22,13 +21,30 @@ use crate::model::{
 /// Where symroute looks when neither `-c` nor `SYMROUTE_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/symroute/symroute.toml";
 
-/// Read and validate a config file.
-pub fn load(path: &Path) -> Result<Model, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_str(&text, &path.display().to_string())
+/// The most of a config file symroute reads: far above any real one (10,000 selectors
+/// take about 300 KiB). The reading itself, with this bound, is the binary's
+/// (`symroute::config_file`): this crate does no I/O.
+pub const MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A config file's bytes as text: UTF-8, or the first byte that is not, located as
+/// FILE:LINE:COL.
+pub fn decode(bytes: Vec<u8>, origin: &str) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let good = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+        // The first bad byte sits just after the valid text before it.
+        let (line, col) = diag::line_col(good, good.len());
+        ConfigError::Invalid(vec![Diagnostic {
+            file: origin.to_string(),
+            line,
+            col,
+            message: format!(
+                "not UTF-8 text: byte 0x{:02x} cannot start or continue a character here (a config is a UTF-8 TOML file; is this the right file?)",
+                bytes[at]
+            ),
+        }])
+    })
 }
 
 /// Validate config text; `origin` names the file in messages.
@@ -475,6 +491,45 @@ fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {
     };
     let interval = duration(&c.interval, "interval", Check::DEFAULT_INTERVAL, loc);
     let timeout = duration(&c.timeout, "timeout", Check::DEFAULT_TIMEOUT, loc);
+    // Bounds: every target is probed every interval, on a thread per gateway, and each
+    // probe in flight holds a socket until its timeout.
+    if c.targets.get_ref().len() > Check::MAX_TARGETS {
+        loc.error(
+            c.targets.span(),
+            format!(
+                "gateway.check.targets: {} targets; at most {} (each is probed every interval)",
+                c.targets.get_ref().len(),
+                Check::MAX_TARGETS
+            ),
+        );
+    }
+    if interval < Check::MIN_INTERVAL {
+        if let Some(v) = &c.interval {
+            loc.error(
+                v.span(),
+                format!(
+                    "gateway.check.interval: \"{}\" is shorter than {} ms; probes more often than that are load, not information",
+                    v.get_ref(),
+                    Check::MIN_INTERVAL.as_millis()
+                ),
+            );
+        }
+    } else if let Some(t) = c
+        .timeout
+        .as_ref()
+        .filter(|_| timeout > interval * Check::MAX_TIMEOUT_INTERVALS)
+    {
+        // (The default timeout is within bounds of any allowed interval.)
+        loc.error(
+            t.span(),
+            format!(
+                "gateway.check.timeout: \"{}\" is more than {} intervals ({} ms); a probe is lost long before that (or make the interval longer)",
+                t.get_ref(),
+                Check::MAX_TIMEOUT_INTERVALS,
+                (interval * Check::MAX_TIMEOUT_INTERVALS).as_millis()
+            ),
+        );
+    }
     let (mut down_lost, mut down_window) = Check::DEFAULT_DOWN;
     if let Some(d) = &c.down {
         let parsed = d.get_ref().split_once('/').and_then(|(a, b)| {

@@ -25,7 +25,7 @@ const MANGLE: &str = "*mangle\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:F
 
 #[test]
 fn iptables_lines_are_classified() {
-    let text = format!("{MANGLE}-A PREROUTING -i eth2 -p tcp -m tcp --dport 25 -j MARK --set-xmark 0x0/0xffffffff\n-A PREROUTING -m mark --mark 0x1/0xff -j RETURN\n-A PREROUTING -j MARK --set-xmark 0x1000000/0xffffffff\n-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A PREROUTING -m mark --mark 0xca6c -j RETURN\n-A POSTROUTING -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A POSTROUTING -m mark --mark 0xca6c -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\nCOMMIT\n");
+    let text = format!("{MANGLE}-A PREROUTING -i eth2 -p tcp -m tcp --dport 25 -j MARK --set-xmark 0x0/0xffffffff\n-A PREROUTING -m mark --mark 0x1/0xff -j RETURN\n-A PREROUTING -j MARK --set-xmark 0x1000000/0xffffffff\n-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A PREROUTING -m mark --mark 0xca6c -j RETURN\n-A POSTROUTING -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A POSTROUTING -m mark --mark 0xca6c -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A PREROUTING -m comment --comment \"not --set-xmark 0xff000000 --mark 0/0xff\" -j ACCEPT\nCOMMIT\n");
     let users = iptables(&text);
     // restore: carries stored values (none of its own); unguarded save: all bits;
     // save guarded by an exact mark: just that value.

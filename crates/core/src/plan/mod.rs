@@ -176,17 +176,21 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         priorities.insert(p);
         p
     };
-    // Route decisions (even values, the mask's lowest bit clear) jump over the reply
-    // rules straight to `lookup main suppress_prefixlength 0`: every rule a packet walks
-    // costs it a little, and a route-marked packet would walk one per reply gateway.
-    // Worth a rule from 3 reply gateways on (smaller setups keep their numbering).
     let reply_gateways = gateways.iter().filter(|g| g.reply_mark.is_some()).count();
     let has_route = gateways.iter().any(|g| g.route_mark.is_some());
-    let route_skip = (reply_gateways >= 3 && has_route).then(|| take(&mut priorities));
     // With local reply rules (below), undecided packets the host sends go to the local
     // copy of main and the `from` rules behind it, and all others skip those too: a
     // second skip rule, right after the first.
     let second_skip = (reply_gateways > 0).then(|| take(&mut priorities));
+    // Route decisions (even values, the mask's lowest bit clear) jump over the reply
+    // rules straight to `lookup main suppress_prefixlength 0`: every rule a packet walks
+    // costs it a little, and a route-marked packet would walk one per reply gateway.
+    // Worth a rule from 3 reply gateways on (smaller setups keep their numbering). It
+    // comes after both skip rules: an undecided packet's mark has that bit clear too, and
+    // would otherwise be sent through main without its default, every route rule and
+    // every `from` rule before reaching main (each forwarded packet to a default route,
+    // and each source check of one from beyond it: about 130 rules with 64 gateways).
+    let route_skip = (reply_gateways >= 3 && has_route).then(|| take(&mut priorities));
     if let Some((mark, table)) = divert {
         let p = take(&mut priorities);
         tables.insert(table);

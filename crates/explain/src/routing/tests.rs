@@ -713,6 +713,80 @@ fn firewall_without_rules() -> RoutingState {
     st
 }
 
+/// symroute's planned rules for three reply gateways (with local addresses, so `from`
+/// rules exist) and a route_via policy, on the seed-1 firewall with main's default via
+/// up2, as the engine sees them once applied.
+fn planned_three_reply_gateways_and_a_route() -> RoutingState {
+    let cfg = "[[gateway]]\nname=\"a\"\ninterface=\"up1\"\nvia=\"203.0.113.1\"\n\
+        [[gateway]]\nname=\"b\"\ninterface=\"up2\"\nvia=\"198.51.100.1\"\n\
+        [[gateway]]\nname=\"c\"\ninterface=\"eth0\"\nvia=\"198.51.100.1\"\n\
+        [[policy]]\nname=\"ra\"\nreply_via=\"a\"\n[policy.match]\nin_interface=\"up1\"\n\
+        [[policy]]\nname=\"rb\"\nreply_via=\"b\"\n[policy.match]\nin_interface=\"up2\"\n\
+        [[policy]]\nname=\"rc\"\nreply_via=\"c\"\n[policy.match]\nin_interface=\"eth0\"\n\
+        [[policy]]\nname=\"mail\"\nroute_via=\"a\"\n[policy.match]\nprotocol=\"tcp\"\ndestination_port=25\n";
+    let model = symroute_core::config::parse_str(cfg, "t.toml").expect("valid");
+    let plan = symroute_core::plan::build(&model, &crate::netfilter::tests::host());
+    let mut rules = defaults(Family::Inet4);
+    rules.extend(
+        plan.rules
+            .iter()
+            .filter(|r| r.family == Family::Inet4)
+            .map(RuleEntry::planned),
+    );
+    rules.sort_by_key(|r| r.priority);
+    let mut st = firewall();
+    st.rules = rules;
+    st
+}
+
+/// An undecided forwarded packet (and the source check of one) walks only the skip rules
+/// before main: the route decisions' skip (`fwmark 0/LOWEST_BIT`) matches an unmarked
+/// packet too, so in front of the undecided packets' skips it sent them through main
+/// without its default, every route rule and every `from` rule first.
+#[test]
+fn undecided_packets_skip_every_rule_of_ours_before_main() {
+    let st = planned_three_reply_gateways_and_a_route();
+    let ours = |l: &Lookup, stage: Stage| {
+        l.steps
+            .iter()
+            .filter(|s| s.stage == stage)
+            .filter(|s| s.priority.is_some_and(|p| (3000..32766).contains(&p)))
+            .count()
+    };
+    let fwd = lookup(
+        &st,
+        &Query::input(ip("10.77.0.5"), ip("192.0.2.10"), "lan0"),
+    );
+    assert_eq!(fwd.verdict.interface.as_deref(), Some("up2"), "{fwd:#?}");
+    assert!(ours(&fwd, Stage::Route) <= 3, "{fwd:#?}");
+    // Arriving from beyond the default: its source check looks the source up the same way.
+    let mut st_rpf = st.clone();
+    st_rpf
+        .sysctls
+        .insert("net.ipv4.conf.all.rp_filter".into(), "2".into());
+    let inbound = lookup(
+        &st_rpf,
+        &Query::input(ip("192.0.2.10"), ip("10.77.0.5"), "up2"),
+    );
+    assert_eq!(
+        inbound.verdict.interface.as_deref(),
+        Some("lan0"),
+        "{inbound:#?}"
+    );
+    assert!(ours(&inbound, Stage::RpFilter) <= 3, "{inbound:#?}");
+    // Decided packets still reach their own rules.
+    let mut q = Query::input(ip("10.77.0.5"), ip("192.0.2.10"), "lan0");
+    q.mark = 0x0200_0000; // route decision via a
+    let routed = lookup(&st, &q);
+    assert_eq!(
+        routed.verdict.interface.as_deref(),
+        Some("up1"),
+        "{routed:#?}"
+    );
+    q.mark = 0x0300_0000; // reply decision via b
+    assert_eq!(lookup(&st, &q).verdict.interface.as_deref(), Some("up2"));
+}
+
 #[test]
 fn gateway_on_the_same_interface_is_ignored() {
     let st = state_with(

@@ -36,6 +36,8 @@ fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
     let (mut configs, mut packets, mut matched, mut blocks) = (0, 0, 0, 0);
     // Configs whose table has: named maps, per-prefix-length lookups, interval maps.
     let (mut named, mut per_len, mut interval) = (0, 0, 0);
+    // Configs with a lookup skipped when it cannot beat the best candidate so far.
+    let mut guarded = 0;
     while configs < n {
         let text = random_config(&mut rng, &pools);
         let Ok(model) = parse_str(&text, "random.toml") else {
@@ -48,6 +50,12 @@ fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
         }
         named += usize::from(plan.nft.contains("\tmap classify"));
         per_len += usize::from(plan.nft.contains("addr and "));
+        guarded += usize::from(plan.nft.lines().any(|l| {
+            let l = l.trim();
+            l.starts_with("ct mark and ")
+                && l.contains(" < ")
+                && (l.contains(" vmap ") || l.contains("jump classify"))
+        }));
         interval += usize::from(
             plan.nft.contains("flags interval")
                 || plan
@@ -60,7 +68,7 @@ fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
         for _ in 0..60 {
             let p = random_packet(&mut rng, &pools);
             let want = model.first_match(&p);
-            let (got, ct_bits) = winner_by_nft(&rs, &p, plan.mark_mask.bits());
+            let (got, ct_bits, packet_bits) = winner_by_nft(&rs, &p, plan.mark_mask.bits());
             assert_eq!(
                 got, want,
                 "packet {p:?}\nconfig:\n{text}\ntable:\n{}",
@@ -70,13 +78,25 @@ fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
             // is left behind.
             let decision = want.map_or(0, |i| plan.policies[i].mark.bits());
             assert_eq!(ct_bits, decision, "packet {p:?}\n{text}\n{}", plan.nft);
+            // The packet itself leaves marked exactly when the decision is for its
+            // direction (a route_via decision: it is the connection's first packet, an
+            // original-direction one), with the value stored for the connection.
+            let routed = want.is_some_and(|i| {
+                matches!(
+                    model.policies[i].action,
+                    symroute::model::Action::RouteVia(_)
+                )
+            });
+            let packet = if routed { ct_bits } else { 0 };
+            assert_eq!(packet_bits, packet, "packet {p:?}\n{text}\n{}", plan.nft);
             packets += 1;
             matched += usize::from(want.is_some());
         }
     }
     println!(
-        "{configs} configs ({blocks} needing more than one block; {named} with named maps, {per_len} with per-prefix-length lookups, {interval} with interval maps), {packets} packets, {matched} matched a policy"
+        "{configs} configs ({blocks} needing more than one block; {named} with named maps, {per_len} with per-prefix-length lookups, {interval} with interval maps, {guarded} with a guarded lookup), {packets} packets, {matched} matched a policy"
     );
+    assert!(guarded > n / 20, "{guarded}");
     assert!(
         matched > packets / 5 && matched < packets * 9 / 10,
         "{matched}/{packets}"

@@ -307,8 +307,8 @@ pub fn random_packet(rng: &mut Rng, pools: &Pools) -> PacketKeys {
 }
 
 /// The policy the rendered table decides `p` by (the `set_pN` chain it reaches), and our
-/// bits of its conntrack mark afterwards.
-pub fn winner_by_nft(rs: &Ruleset, p: &PacketKeys, mask: u32) -> (Option<usize>, u32) {
+/// bits of its conntrack mark and of its packet mark afterwards.
+pub fn winner_by_nft(rs: &Ruleset, p: &PacketKeys, mask: u32) -> (Option<usize>, u32, u32) {
     let sock = |a: IpAddr, port: Option<u16>| SocketAddr::new(a, port.unwrap_or(0));
     let mut ctx = PacketCtx::new(
         p.protocol,
@@ -333,5 +333,5 @@ pub fn winner_by_nft(rs: &Ruleset, p: &PacketKeys, mask: u32) -> (Option<usize>,
             .strip_prefix("inet symroute set_p")
             .and_then(|n| n.parse().ok())
     });
-    (winner, r.ctx_after.ct.mark & mask)
+    (winner, r.ctx_after.ct.mark & mask, r.ctx_after.mark & mask)
 }

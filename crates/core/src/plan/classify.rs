@@ -629,6 +629,18 @@ impl<'a> Classifier<'a> {
         members: &[usize],
         sets: &mut String,
     ) -> Vec<String> {
+        let mut rules = self.rules_among(chain, members, sets);
+        // The restore rules behind the jump to this chain have nothing to do for a
+        // connection no policy took (our bits are zero), nor for one a policy took (its
+        // decision chain ends with `accept`): end here. A chain whose last rule is a
+        // plain `goto` never gets this far.
+        if !rules.is_empty() && !rules.last().is_some_and(|r| r.starts_with("goto ")) {
+            rules.push("accept".to_string());
+        }
+        rules
+    }
+
+    fn rules_among(&mut self, chain: &str, members: &[usize], sets: &mut String) -> Vec<String> {
         if members.len() <= LINEAR_MAX {
             return self.linear_rules(members, sets);
         }
@@ -703,12 +715,31 @@ impl<'a> Classifier<'a> {
         };
         let primaries = self.primaries.clone();
         let all_lookups = lookups(self.model, members, &primaries);
+        // The policies a lookup before this one can have made the best candidate (the
+        // match-all one's preset counts).
+        let mut before: std::collections::BTreeSet<usize> =
+            all.map(|(_, m)| m).into_iter().collect();
         let mut k = 0;
         while k < all_lookups.len() {
             let dim = all_lookups[k].dim;
             let same = all_lookups[k..].iter().take_while(|l| l.dim == dim).count();
             let group = &all_lookups[k..k + same];
             k += same;
+            // A lookup none of whose candidates can beat the best so far is skipped by one
+            // comparison in front of it. Worth it when most policies of the lookups before
+            // come before all of this one's (all MACs first, then all sources); when keys
+            // alternate, the comparison would almost never skip anything.
+            let here: std::collections::BTreeSet<usize> = group
+                .iter()
+                .flat_map(|l| l.elements.iter().flat_map(|(_, list)| list.iter().copied()))
+                .collect();
+            let guard = match here.first() {
+                Some(&e) if 2 * before.range(..e).count() > before.len() => {
+                    format!("ct mark and {mask} < {} ", self.scratch(e))
+                }
+                _ => String::new(),
+            };
+            before.extend(here);
             let base = format!("{prefix}_{}", dim.tag());
             // Several lookups for one key (one per prefix length): in a chain of their
             // own, whose map entries `goto` the candidates, so the first hit ends it.
@@ -735,14 +766,14 @@ impl<'a> Classifier<'a> {
                 lines.push(format!("{lhs} vmap {rhs}"));
             }
             if group.len() == 1 {
-                rules.extend(lines);
+                rules.extend(lines.into_iter().map(|l| format!("{guard}{l}")));
             } else {
                 let _ = writeln!(self.chains, "\tchain {base} {{");
                 for l in lines {
                     let _ = writeln!(self.chains, "\t\t{l}");
                 }
                 self.chains += "\t}\n";
-                rules.push(format!("jump {base}"));
+                rules.push(format!("{guard}jump {base}"));
             }
         }
         let mut winners = Vec::new();
@@ -822,8 +853,8 @@ mod tests {
         let classify = chain(&nft, "classify");
         assert_eq!(
             classify.lines().count(),
-            2 + 4,
-            "mac map, source map, port map (padding), winner map:\n{classify}"
+            2 + 5,
+            "mac map, source map, port map (padding), winner map, accept:\n{classify}"
         );
         assert!(
             classify.contains("ether saddr vmap @classify_mac"),
@@ -976,6 +1007,42 @@ mod tests {
             classify.contains(
                 "0x03000000 : goto set_p3, 0x02000000 : goto set_p4, 0x01000000 : goto set_p5"
             ),
+            "{classify}"
+        );
+    }
+
+    #[test]
+    fn a_lookup_behind_earlier_policies_is_skipped_when_it_cannot_win() {
+        // All MAC policies first, then all source ones: the source lookup is guarded by
+        // its earliest policy's value (policy 40 of 80: 0xff - 40 = 0xd7).
+        let mut grouped = String::new();
+        let mut alternating = String::new();
+        for i in 0..40 {
+            let mac = policy(
+                &format!("m{i}"),
+                "reply_via=\"a\"",
+                &format!("source_mac=\"02:00:00:00:00:{i:02x}\""),
+            );
+            let src = policy(
+                &format!("s{i}"),
+                "route_via=\"b\"",
+                &format!("source=\"10.0.{i}.1\""),
+            );
+            grouped = format!("{mac}{grouped}{src}");
+            alternating += &(mac + &src);
+        }
+        let grouped = nft_of(&grouped);
+        let classify = chain(&grouped, "classify");
+        assert!(
+            classify.contains("\t\tether saddr vmap @classify_mac\n\t\tct mark and 0xff000000 < 0xd7000000 ip saddr vmap @classify_src4\n"),
+            "{classify}"
+        );
+        // Alternating keys: an earlier MAC policy rarely beats every source one, so no
+        // comparison that would almost never skip anything.
+        let alternating = nft_of(&alternating);
+        let classify = chain(&alternating, "classify");
+        assert!(
+            classify.contains("\t\tip saddr vmap @classify_src4\n"),
             "{classify}"
         );
     }

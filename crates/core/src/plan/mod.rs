@@ -913,7 +913,7 @@ mod route_tests {
             3
         );
         // One gateway left in the share: no random pick, no sticky sets.
-        assert!(plan.nft.contains("chain set_p0 {\n\t\tcounter name \"p0_p\" ct mark set ct mark and 0x00ffffff or 0x04000000;\n\t}"), "{}", plan.nft);
+        assert!(plan.nft.contains("chain set_p0 {\n\t\tcounter name \"p0_p\" ct mark set ct mark and 0x00ffffff or 0x04000000 meta mark set meta mark and 0x00ffffff or 0x04000000 accept;\n\t}"), "{}", plan.nft);
         assert!(
             !plan.nft.contains("numgen") && !plan.nft.contains("sticky_"),
             "{}",
@@ -930,7 +930,9 @@ mod route_tests {
         );
         assert!(plan.nft.contains("\tset sticky_p0_4000000_6 {\n\t\ttype ipv6_addr\n\t\tflags dynamic,timeout\n\t\ttimeout 60s\n\t}"), "{}", plan.nft);
         assert!(plan.nft.contains("ip saddr @sticky_p0_2000000_4 update @sticky_p0_2000000_4 { ip saddr } goto ctmark_2000000"), "{}", plan.nft);
-        assert!(plan.nft.contains("chain set_p1 {\n\t\tcounter name \"p1_q\" ct mark set ct mark and 0x00ffffff or 0x02000000;"), "{}", plan.nft);
+        assert!(plan.nft.contains("chain set_p1 {\n\t\tcounter name \"p1_q\" ct mark set ct mark and 0x00ffffff or 0x02000000 meta mark set meta mark and 0x00ffffff or 0x02000000 accept;"), "{}", plan.nft);
+        // A share's pick ends the same way, in the chain of the value it picked.
+        assert!(plan.nft.contains("chain ctmark_2000000 {\n\t\tct mark set ct mark and 0x00ffffff or 0x02000000 meta mark set meta mark and 0x00ffffff or 0x02000000 accept;"), "{}", plan.nft);
     }
 }
 

@@ -141,17 +141,17 @@ pub fn render(
     // Each policy's decision lives in its own chain (count, then store the decision);
     // classification chains reach it by `goto`, so the first match ends classification.
     let mut chains = String::new();
-    let mut ct_marks = std::collections::BTreeSet::new();
+    let mut ct_marks = std::collections::BTreeMap::new();
     for (i, (p, pp)) in model.policies.iter().zip(policies).enumerate() {
         let _ = writeln!(counters, "\tcounter {} {{ }}", pp.counter);
         decision_chains(i, p, pp, mask, &mut sets, &mut chains, &mut ct_marks);
     }
-    for m in ct_marks {
+    for (m, route) in ct_marks {
         let _ = writeln!(
             chains,
             "\tchain ctmark_{:x} {{\n\t\t{};\n\t}}",
             m.bits(),
-            set_mark("ct", mask, m)
+            decided(mask, m, route)
         );
     }
     // Local connections never match interface or MAC selectors, only route_via
@@ -312,15 +312,16 @@ fn decision_chains(
     mask: MarkMask,
     sets: &mut String,
     chains: &mut String,
-    ct_marks: &mut std::collections::BTreeSet<Mark>,
+    ct_marks: &mut std::collections::BTreeMap<Mark, bool>,
 ) {
     let c = &pp.counter;
+    let route = matches!(p.action, Action::RouteVia(_));
     let active: Vec<&PolicyGateway> = pp.gateways.iter().filter(|g| g.active).collect();
     if let [one] = active.as_slice() {
         let _ = writeln!(
             chains,
             "\tchain set_p{i} {{\n\t\tcounter name \"{c}\" {};\n\t}}",
-            set_mark("ct", mask, one.mark)
+            decided(mask, one.mark, route)
         );
         return;
     }
@@ -332,7 +333,7 @@ fn decision_chains(
     let mut rules = vec![format!("counter name \"{c}\"")];
     let mut picks = String::new();
     for g in &active {
-        ct_marks.insert(g.mark);
+        ct_marks.insert(g.mark, route);
         let Some(timeout) = sticky else { continue };
         let mut remember = Vec::new();
         for (fam, ip, ty) in [("4", "ip", "ipv4_addr"), ("6", "ip6", "ipv6_addr")] {
@@ -395,6 +396,22 @@ fn nft_duration(d: std::time::Duration) -> String {
     } else {
         format!("{}ms", d.as_millis())
     }
+}
+
+/// The end of a new connection's decision: store it in the conntrack mark, mark the
+/// packet itself when the decision is for its direction (a `route_via` decision: the
+/// connection's first packet is an original-direction one), and `accept`, which ends the
+/// base chain. The restore rules behind classification would do the marking, at the cost
+/// of two more rules and a map lookup for every new connection; a `reply_via` decision
+/// has nothing to restore on the first packet, and neither has a connection no policy
+/// took (`Classifier` ends `classify` with `accept` too).
+fn decided(mask: MarkMask, mark: Mark, route: bool) -> String {
+    let packet = if route {
+        format!(" {}", set_mark("meta", mask, mark))
+    } else {
+        String::new()
+    };
+    format!("{}{packet} accept", set_mark("ct", mask, mark))
 }
 
 /// `KEY mark set KEY mark and ~MASK or VALUE`: our bits become VALUE, foreign bits stay.

@@ -290,7 +290,7 @@ fn two_isps_first_packet_and_replies() {
         .collect();
     assert_eq!(
         taken,
-        vec!["jump classify", "goto set_p0", "continue"],
+        vec!["jump classify", "goto set_p0", "accept"],
         "{:#?}",
         r.steps
     );

@@ -3,37 +3,65 @@
 //!
 //!     cargo bench -j2 --bench forward
 //!
-//! Topology (all private namespaces, deleted on exit, also on failure):
+//! Topology (all private namespaces, deleted on exit, also on failure): two routers with
+//! the same interfaces and routes, so a floor never runs where symroute's ip rules ever
+//! were (the kernel keeps its "custom rules" state once a rule was added: every forwarded
+//! packet's source is then checked by a full lookup, and the local and main tables stay
+//! split, which a router without policy routing never pays).
 //!
-//!   gen (trafgen on g0) --veth-- in0 [rtr, ip_forward=1] out0 --veth-- s0 [sink]
-//!                                     gw0..gw63 --veth-- p0..p63 [gwpeer]
+//!   gen g0 --veth-- in0 [rtr,  symroute's cases] out0 --veth-- s0 [sink]
+//!                        gw0..gw63 --veth-- p0..p63 [gwpeer]
+//!   gen g1 --veth-- in0 [rtr0, the floors]       out0 --veth-- s0 [sink0]
+//!                        gw0..gw63 --veth-- p0..p63 [gwpeer0]
 //!
-//! trafgen sends UDP 192.0.2.R:P -> 198.18.0.2:9 to rtr's MAC, R random (2..254), P
-//! incrementing (1024..65535), so (nearly) every packet is a new conntrack connection.
-//! rtr receives, classifies and routes each packet, then drops it in its own postrouting
-//! hook (table `inet benchtail`, priority 200) and counts it there: after the routing
-//! decision and every chain of symroute's (its source NAT chain is at 100), before
-//! conntrack confirms the entry. So the conntrack
-//! table never fills: on this kernel `nf_conntrack_max` (262,144) cannot be raised in a
-//! namespace, and a full table makes every new connection evict one first, which then
-//! dominates the cost of every case (and flatters the slow ones, which fill it later).
+//! Both routers: `default via` the sink, the LAN prefixes the traffic comes from routed
+//! back to in0 (a LAN's own prefixes are), rp_filter off. trafgen sends UDP (shape 3:
+//! also TCP SYNs) from 192.0.2.R or the shapes' sources, sport incrementing, to
+//! destinations beyond the default route, so (nearly) every packet is a new conntrack
+//! connection and `route_via` decisions really leave by their gateway. rtr0's in0 has
+//! rtr's MAC, so the same trafgen configs serve both (on g1).
+//!
+//! Two methods, each run through all cases (`FORWARD_METHODS=A`, `=B`, default both):
+//! - **A, dropped before confirm**: each packet is counted and dropped in the router's
+//!   postrouting (table `inet benchtail`, priority 200: after the routing decision and
+//!   every chain of symroute's, its source NAT chain at 100 included), before conntrack
+//!   confirms the entry. The table never fills (on this kernel `nf_conntrack_max`,
+//!   262,144, cannot be raised in a namespace), but no connection pays the conntrack
+//!   insert a real one pays, so the classification's share of the cost looks larger.
+//! - **B, confirmed**: counted there without a drop, confirmed by conntrack, then dropped
+//!   at the egress hook of the outgoing interface (`netdev benchdrop`, every interface
+//!   traffic can leave by). The routers' conntrack tables are flushed every 250 ms from
+//!   outside (`conntrack -F`), which keeps them from filling (a full table makes every
+//!   new connection evict one first). The insert is counted; the entry's destruction,
+//!   done by the flushing process, is not, for the floor and symroute alike.
+//!   **The targets are judged on B**: every real new connection is confirmed, so B's
+//!   floor is what a router really pays per connection (still less than it pays: a
+//!   real NIC's receive path and the entry's destruction are not in it, which would
+//!   make symroute's share smaller still).
+//!
 //! The rate is the growth of that counter over a fixed window while trafgen runs flat out
-//! on one CPU (`--cpus 1`; the forwarding softirq runs on the same CPU, so the figure is
-//! the cost of generating + receiving + routing one new connection). trafgen is run with
-//! `--no-sock-mem --notouch-irq` so it changes no host-wide setting.
+//! on one CPU (`--cpus 1`; the forwarding softirq runs on the same CPU), per CPU-second of
+//! trafgen plus that CPU's softirq time (so the figure is the cost of generating +
+//! receiving + routing one new connection, and other load on the machine takes less from
+//! it). trafgen runs with `--no-sock-mem --notouch-irq` so it changes no host-wide setting.
 //!
-//! Cases: (a) rtr has no ruleset (no conntrack at all); (b) the floor: a table holding
-//! only a conntrack-mark restore in prerouting; (c) symroute applied with the generated
-//! 10,000-selector, 64-gateway config; (d) symroute applied with a two-ISP config like
-//! examples/two-isps-firewall.toml on rtr's interfaces; then issue 15's four shapes of
-//! 10,000 selectors over 64 gateways (benches/common/shapes.rs: alternating keys, grouped
-//! keys, secondary conditions everywhere, reversed order) with traffic that hits their
-//! policies, each against a floor run with the same traffic ((b2) for shapes 1, 2 and 4,
-//! (b3) for shape 3, which mixes TCP SYNs with UDP). Each case runs 3 times, interleaved
-//! (a b c d …, a b c d …, ...) so drifting machine load hits all cases alike, with the
-//! conntrack table flushed before every run; the median is reported. The first run of
-//! each symroute case prints which share of the packets each quarter of the policy list
-//! classified (the policies' own nft counters).
+//! Cases: (a) rtr0 without ruleset (no conntrack at all); (b) the floor: rtr0 with a
+//! table holding only a conntrack-mark restore in prerouting; (b1) the floor on rtr plus
+//! one `ip rule fwmark` (what policy routing by marks costs before any classification);
+//! (c) symroute with the generated 10,000-selector, 64-gateway config; (d) symroute with
+//! a two-ISP config like examples/two-isps-firewall.toml on rtr's interfaces; then issue
+//! 15's four shapes of 10,000 selectors over 64 gateways (benches/common/shapes.rs:
+//! alternating keys, grouped keys, secondary conditions everywhere, reversed order) with
+//! traffic that hits their policies, each against a floor run with the same traffic
+//! ((b2) for shapes 1, 2 and 4, (b3) for shape 3, which mixes TCP SYNs with UDP), and
+//! (b3n): that floor plus a NAT chain (a router that masquerades its LAN pays the null
+//! NAT binding every new connection gets once any NAT chain exists; symroute's shape 3
+//! needs its source-NAT chain for the host's own route_via connections, so shape 3 is
+//! also shown against it). Each case runs 3 times per method, interleaved (a b c d …,
+//! a b c d …, …) so drifting machine load hits all cases alike, with the conntrack table
+//! flushed before every run; the median is reported. The first run of each symroute case
+//! prints which share of the packets each quarter of the policy list classified (the
+//! policies' own nft counters).
 //!
 //! A program that PRINTS figures; it never fails because something is slow.
 
@@ -41,9 +69,10 @@ mod common;
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::shapes::{Shape, SHAPES};
+use common::shapes::{source_prefixes, Shape, INTERNET, SHAPES};
 use common::*;
 use symroute::lab::{veth, Netns};
 
@@ -51,6 +80,8 @@ const REPEATS: usize = 3;
 const WARMUP: Duration = Duration::from_millis(500);
 const WINDOW: Duration = Duration::from_secs(3);
 const TARGET_PCT: f64 = 95.0;
+/// Method B: how often the routers' conntrack tables are flushed during a run.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
 
 const FLOOR: &str = "table inet floor {
 \tchain pre {
@@ -60,16 +91,53 @@ const FLOOR: &str = "table inet floor {
 }
 ";
 
-/// In rtr, in every case: counts and drops forwarded packets before conntrack confirms
-/// them (no ct expression, so it alone loads no conntrack).
-const TAIL_RULES: &str = "table inet benchtail {
-\tcounter routed { }
+/// (b1): the one ip rule a policy router by marks needs at least (added to the floor).
+const FLOOR_RULE: &str = "fwmark 0x1000000/0xff000000 lookup 42000 pref 3000";
+
+/// (b3n): a router masquerading its LAN. No packet of the bench matches the rule, so it
+/// adds only what any NAT chain costs every new connection: the null binding.
+const LAN_NAT: &str = "table ip lannat {
 \tchain post {
-\t\ttype filter hook postrouting priority 200; policy accept;
-\t\tmeta l4proto { tcp, udp } counter name \"routed\" drop
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr 10.255.0.0/16 oifname \"out0\" masquerade
 \t}
 }
 ";
+
+/// In both routers, in every case: counts forwarded packets (no ct expression, so it
+/// alone loads no conntrack); method A also drops them there, before conntrack confirms.
+fn tail_rules(method: Method) -> String {
+    let drop = match method {
+        Method::A => " drop",
+        Method::B => "",
+    };
+    format!(
+        "table inet benchtail {{
+\tcounter routed {{ }}
+\tchain post {{
+\t\ttype filter hook postrouting priority 200; policy accept;
+\t\tmeta l4proto {{ tcp, udp }} counter name \"routed\"{drop}
+\t}}
+}}
+"
+    )
+}
+
+/// Method B: drops at the egress of every interface traffic can leave by, after
+/// conntrack confirmed the connection (no peer's receive path in the figure).
+fn egress_drop() -> String {
+    let mut devs = vec!["out0".to_string()];
+    devs.extend((0..BIG_GATEWAYS).map(|i| format!("gw{i}")));
+    format!(
+        "table netdev benchdrop {{
+\tchain egress {{
+\t\ttype filter hook egress devices = {{ {} }} priority 0; policy drop;
+\t}}
+}}
+",
+        devs.join(", ")
+    )
+}
 
 /// examples/two-isps-firewall.toml, with rtr's interfaces as the two uplinks.
 const SMALL: &str = r#"# like examples/two-isps-firewall.toml, on rtr's interfaces
@@ -96,14 +164,40 @@ reply_via = "isp2"
 in_interface = "out0"
 "#;
 
-/// What rtr holds during a case.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Method {
+    A,
+    B,
+}
+
+impl Method {
+    fn describe(self) -> &'static str {
+        match self {
+            Method::A => "A: counted and dropped in postrouting, before conntrack confirms",
+            Method::B => "B: confirmed by conntrack, dropped at egress; tables flushed every 250 ms (targets judged on B)",
+        }
+    }
+}
+
+/// What a router holds during a case.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Setup {
     Bare,
     Floor,
+    /// The floor plus one fwmark ip rule (on rtr: it has held ip rules already).
+    FloorRule,
+    /// The floor plus a NAT chain.
+    FloorNat,
     Big,
     Small,
     Shape(Shape),
+}
+
+impl Setup {
+    /// rtr0 (never an ip rule) for the floors, rtr for everything with ip rules.
+    fn on_rtr0(self) -> bool {
+        matches!(self, Setup::Bare | Setup::Floor | Setup::FloorNat)
+    }
 }
 
 /// What trafgen sends: `Plain` from 192.0.2.R (one MAC, matching no policy of the
@@ -124,68 +218,79 @@ struct Case {
     traffic: Traffic,
     /// The case this one is compared with (the floor with the same traffic).
     floor: usize,
+    /// Another floor it is shown against too.
+    also: Option<usize>,
 }
 
-const CASES: [Case; 10] = [
+const fn case(label: &'static str, setup: Setup, traffic: Traffic, floor: usize) -> Case {
     Case {
-        label: "(a) no ruleset",
-        setup: Setup::Bare,
-        traffic: Traffic::Plain,
-        floor: 1,
-    },
+        label,
+        setup,
+        traffic,
+        floor,
+        also: None,
+    }
+}
+
+/// A shape of issue 15, with the traffic that hits its policies.
+const fn shape_case(shape: Shape, floor: usize) -> Case {
+    let traffic = match shape {
+        Shape::Secondary => Traffic::Mixed,
+        _ => Traffic::Hits,
+    };
+    case(shape.label(), Setup::Shape(shape), traffic, floor)
+}
+
+const CASES: [Case; 12] = [
+    case("(a) no ruleset", Setup::Bare, Traffic::Plain, 1),
+    case(
+        "(b) floor: ct mark restore only",
+        Setup::Floor,
+        Traffic::Plain,
+        1,
+    ),
+    case(
+        "(b1) floor + one fwmark ip rule",
+        Setup::FloorRule,
+        Traffic::Plain,
+        1,
+    ),
+    case(
+        "(c) symroute, 10k selectors / 64 gw",
+        Setup::Big,
+        Traffic::Plain,
+        1,
+    ),
+    case(
+        "(d) symroute, two-isps-like",
+        Setup::Small,
+        Traffic::Plain,
+        1,
+    ),
+    case(
+        "(b2) floor, traffic of shapes 1 2 4",
+        Setup::Floor,
+        Traffic::Hits,
+        5,
+    ),
+    shape_case(Shape::Alternating, 5),
+    shape_case(Shape::Grouped, 5),
+    shape_case(Shape::Reversed, 5),
+    case(
+        "(b3) floor, traffic of shape 3",
+        Setup::Floor,
+        Traffic::Mixed,
+        9,
+    ),
+    case(
+        "(b3n) floor + NAT chain, shape 3's",
+        Setup::FloorNat,
+        Traffic::Mixed,
+        9,
+    ),
     Case {
-        label: "(b) floor: ct mark restore only",
-        setup: Setup::Floor,
-        traffic: Traffic::Plain,
-        floor: 1,
-    },
-    Case {
-        label: "(c) symroute, 10k selectors / 64 gw",
-        setup: Setup::Big,
-        traffic: Traffic::Plain,
-        floor: 1,
-    },
-    Case {
-        label: "(d) symroute, two-isps-like",
-        setup: Setup::Small,
-        traffic: Traffic::Plain,
-        floor: 1,
-    },
-    Case {
-        label: "(b2) floor, traffic of shapes 1 2 4",
-        setup: Setup::Floor,
-        traffic: Traffic::Hits,
-        floor: 4,
-    },
-    Case {
-        label: Shape::Alternating.label(),
-        setup: Setup::Shape(Shape::Alternating),
-        traffic: Traffic::Hits,
-        floor: 4,
-    },
-    Case {
-        label: Shape::Grouped.label(),
-        setup: Setup::Shape(Shape::Grouped),
-        traffic: Traffic::Hits,
-        floor: 4,
-    },
-    Case {
-        label: Shape::Reversed.label(),
-        setup: Setup::Shape(Shape::Reversed),
-        traffic: Traffic::Hits,
-        floor: 4,
-    },
-    Case {
-        label: "(b3) floor, traffic of shape 3",
-        setup: Setup::Floor,
-        traffic: Traffic::Mixed,
-        floor: 8,
-    },
-    Case {
-        label: Shape::Secondary.label(),
-        setup: Setup::Shape(Shape::Secondary),
-        traffic: Traffic::Mixed,
-        floor: 8,
+        also: Some(10),
+        ..shape_case(Shape::Secondary, 9)
     },
 ];
 
@@ -193,25 +298,33 @@ struct Sample {
     /// Packets per second of wall time.
     wall_pps: f64,
     /// Packets per second of CPU time spent on them: trafgen's own time plus the softirq
-    /// time of the CPU it runs on (where rtr's forwarding runs). Other work on the machine
-    /// takes wall time from a run but not CPU time from this figure, so this is the one
-    /// compared with the floor.
+    /// time of the CPU it runs on (where the router's forwarding runs). Other work on the
+    /// machine takes wall time from a run but not CPU time from this figure, so this is
+    /// the one compared with the floor.
     pps: f64,
-    /// Conntrack entries in rtr when the window ended.
+    /// Conntrack entries in the router when the window ended (method B: the most any
+    /// flush interval left, read just before the flush).
     ct_count: u64,
-    /// Packets trafgen sent minus packets rtr counted, over the whole run.
+    /// Packets trafgen sent minus packets the router counted, over the whole run.
     lost: i64,
     /// Packets trafgen sent over the whole run.
     sent: u64,
 }
 
+/// One router with its next hops.
+struct Router {
+    ns: Netns,
+    /// gen's interface facing it.
+    dev: &'static str,
+    // The next hop's namespace (out0 needs its peer up) and the gateways' peers.
+    _sink: Netns,
+    _gwpeer: Netns,
+}
+
 struct Lab {
     gen: Netns,
-    rtr: Netns,
-    // The next hop's namespace (out0 needs its peer up); nothing reaches it.
-    _sink: Netns,
-    // Holds the gateways' peers; kept alive for the whole run.
-    _gwpeer: Netns,
+    rtr: Router,
+    rtr0: Router,
     /// One trafgen config per `TRAFFICS` entry.
     trafgen_cfg: Vec<ConfigFile>,
     big: ConfigFile,
@@ -223,7 +336,7 @@ struct Lab {
 impl Lab {
     fn config(&self, setup: Setup) -> Option<&ConfigFile> {
         match setup {
-            Setup::Bare | Setup::Floor => None,
+            Setup::Bare | Setup::Floor | Setup::FloorRule | Setup::FloorNat => None,
             Setup::Big => Some(&self.big),
             Setup::Small => Some(&self.small),
             Setup::Shape(s) => SHAPES.iter().position(|x| *x == s).map(|i| &self.shapes[i]),
@@ -232,6 +345,13 @@ impl Lab {
     fn traffic(&self, t: Traffic) -> &ConfigFile {
         let i = TRAFFICS.iter().position(|x| *x == t).expect("listed");
         &self.trafgen_cfg[i]
+    }
+    fn router(&self, setup: Setup) -> &Router {
+        if setup.on_rtr0() {
+            &self.rtr0
+        } else {
+            &self.rtr
+        }
     }
 }
 
@@ -243,9 +363,9 @@ fn main() {
     }
 }
 
-/// The cases to run: all, or those whose tag (`a`, `b`, `c`, `d`, `b2`, `1`, `2`, `4`,
-/// `b3`, `3`: the label's parenthesis) is given as an argument (`cargo bench --bench
-/// forward -- 1 3`), each with its floor.
+/// The cases to run: all, or those whose tag (`a`, `b`, `b1`, `c`, `d`, `b2`, `1`, `2`,
+/// `4`, `b3`, `b3n`, `3`: the label's parenthesis) is given as an argument (`cargo bench
+/// --bench forward -- 1 3`), each with its floors.
 fn selected() -> Vec<usize> {
     let wanted: Vec<String> = std::env::args()
         .skip(1)
@@ -255,7 +375,7 @@ fn selected() -> Vec<usize> {
     let mut out: Vec<usize> = Vec::new();
     for (i, c) in CASES.iter().enumerate() {
         if wanted.is_empty() || wanted.contains(&tag(c)) {
-            for j in [c.floor, i] {
+            for j in [Some(c.floor), c.also, Some(i)].into_iter().flatten() {
                 if !out.contains(&j) {
                     out.push(j);
                 }
@@ -266,21 +386,55 @@ fn selected() -> Vec<usize> {
     out
 }
 
+/// `FORWARD_METHODS`: `A`, `B` or both (the default), in that order.
+fn methods() -> Vec<Method> {
+    let want = std::env::var("FORWARD_METHODS").unwrap_or_else(|_| "A,B".into());
+    let mut out = Vec::new();
+    for (tag, m) in [("A", Method::A), ("B", Method::B)] {
+        if want.to_ascii_uppercase().contains(tag) {
+            out.push(m);
+        }
+    }
+    out
+}
+
 fn run() -> anyhow::Result<()> {
     let t_all = Instant::now();
     println!("load average at start: {}", loadavg());
     let lab = build()?;
     // Declared after the namespaces it refers to, so it runs (and clears the sysctl record
     // in /run/symroute) before they are deleted, on success and on failure alike.
-    let _rm = RemoveOnDrop(&lab.rtr);
+    let _rm = RemoveOnDrop(&lab.rtr.ns);
 
     let run_cases = selected();
+    for method in methods() {
+        run_method(&lab, method, &run_cases)?;
+    }
+    println!(
+        "\n(total benchmark time {:.1} s)",
+        t_all.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn run_method(lab: &Lab, method: Method, run_cases: &[usize]) -> anyhow::Result<()> {
+    println!("\n=== method {} ===", method.describe());
+    println!("load average: {}", loadavg());
+    for r in [&lab.rtr, &lab.rtr0] {
+        let _ = r.ns.exec(&["nft", "delete", "table", "inet", "benchtail"]);
+        let _ =
+            r.ns.exec(&["nft", "delete", "table", "netdev", "benchdrop"]);
+        r.ns.nft(&tail_rules(method))?;
+        if method == Method::B {
+            r.ns.nft(&egress_drop())?;
+        }
+    }
     let mut samples: Vec<Vec<Sample>> = (0..CASES.len()).map(|_| Vec::new()).collect();
     for rep in 0..REPEATS {
-        for &ci in &run_cases {
+        for &ci in run_cases {
             let case = CASES[ci];
-            configure(&lab, case.setup, (rep == 0).then_some(case.label))?;
-            let s = measure(&lab, case.traffic)?;
+            configure(lab, case.setup, (rep == 0).then_some(case.label))?;
+            let s = measure(lab, case.setup, case.traffic, method)?;
             println!(
                 "  run {}: {:<38} {:>10.0} pps per CPU-second ({:>7.0} per second of wall time)   conntrack entries at end {:>7}   lost {}",
                 rep + 1,
@@ -291,12 +445,11 @@ fn run() -> anyhow::Result<()> {
                 s.lost
             );
             if rep == 0 && lab.config(case.setup).is_some() {
-                println!("         {}", classified(&lab.rtr, s.sent));
+                println!("         {}", classified(&lab.rtr.ns, s.sent));
             }
             samples[ci].push(s);
         }
     }
-    configure(&lab, Setup::Bare, None)?;
 
     let med: Vec<f64> = samples
         .iter()
@@ -308,127 +461,149 @@ fn run() -> anyhow::Result<()> {
             }
         })
         .collect();
+    let tag = |i: usize| CASES[i].label.split(')').next().unwrap_or("").to_string() + ")";
     println!(
-        "\n== new connections routed through rtr per CPU-second (median of {REPEATS} runs of {:.0} s) ==",
+        "\n== method {method:?}: new connections routed per CPU-second (median of {REPEATS} runs of {:.0} s) ==",
         WINDOW.as_secs_f64()
     );
     println!(
-        "{:<38} | {:>12} | {:>24} | {:>13} | {:>10}",
-        "case", "median pps", "runs (pps/CPU-s)", "% of floor", "max ct fill"
+        "{:<38} | {:>12} | {:>24} | {:>13} | {:>14} | {:>10}",
+        "case", "median pps", "runs (pps/CPU-s)", "% of floor", "% of other", "max ct fill"
     );
-    println!("{}", "-".repeat(38 + 12 + 24 + 13 + 10 + 12));
-    for &ci in &run_cases {
+    println!("{}", "-".repeat(38 + 12 + 24 + 13 + 14 + 10 + 15));
+    for &ci in run_cases {
         let case = CASES[ci];
         let runs: Vec<String> = samples[ci]
             .iter()
             .map(|s| format!("{:.0}k", s.pps / 1e3))
             .collect();
         let fill = samples[ci].iter().map(|s| s.ct_count).max().unwrap_or(0);
-        let floor_tag = CASES[case.floor]
-            .label
-            .split(')')
-            .next()
-            .unwrap_or("")
-            .to_string()
-            + ")";
+        let other = case
+            .also
+            .map(|o| format!("{:>6.1}% {:<6}", 100.0 * med[ci] / med[o], tag(o)))
+            .unwrap_or_default();
         println!(
-            "{:<38} | {:>12.0} | {:>24} | {:>6.1}% {:<5} | {:>10}",
+            "{:<38} | {:>12.0} | {:>24} | {:>6.1}% {:<5} | {:>14} | {:>10}",
             case.label,
             med[ci],
             runs.join(" "),
             100.0 * med[ci] / med[case.floor],
-            floor_tag,
+            tag(case.floor),
+            other,
             fill
         );
     }
     println!();
-    for &ci in &run_cases {
+    for &ci in run_cases {
         let case = CASES[ci];
         if lab.config(case.setup).is_none() || case.setup == Setup::Small {
             continue;
         }
-        let pct = 100.0 * med[ci] / med[case.floor];
-        println!(
-            "{:<38} {pct:>6.1}% of its floor ({:.0} pps)   target ≥ {TARGET_PCT}%: {}",
-            case.label,
-            med[case.floor],
-            if pct >= TARGET_PCT { "met" } else { "NOT met" }
-        );
+        for f in [Some(case.floor), case.also].into_iter().flatten() {
+            let pct = 100.0 * med[ci] / med[f];
+            println!(
+                "method {method:?} {:<38} {pct:>6.1}% of {} ({:.0} pps)   target ≥ {TARGET_PCT}%: {}",
+                case.label,
+                tag(f),
+                med[f],
+                if pct >= TARGET_PCT { "met" } else { "NOT met" }
+            );
+        }
     }
-    if run_cases.contains(&0) {
+    if run_cases.contains(&0) && run_cases.contains(&1) {
         println!(
             "(b)/(a) = {:.1}% (the cost of conntrack itself)",
             100.0 * med[1] / med[0]
         );
     }
+    if run_cases.contains(&2) {
+        println!(
+            "(b1)/(b) = {:.1}% (what one ip rule costs: the router checks every forwarded packet's source by a full lookup and looks up the local and main tables apart; symroute's cases pay it before any classification)",
+            100.0 * med[2] / med[1]
+        );
+    }
     let max_lost = samples.iter().flatten().map(|s| s.lost).max().unwrap_or(0);
     println!(
-        "packets lost inside rtr (sent - counted in rtr's postrouting, any run): at most {max_lost}{}",
+        "packets lost inside the routers (sent - counted in postrouting, any run): at most {max_lost}{}",
         if max_lost > 0 {
             ""
         } else {
-            " (rtr kept up; the generator's CPU is the limit)"
+            " (they kept up; the generator's CPU is the limit)"
         }
     );
     println!(
         "load average at end: {} (other work on this 2-core machine shows up as run-to-run spread)",
         loadavg()
     );
-    println!(
-        "\n(total benchmark time {:.1} s)",
-        t_all.elapsed().as_secs_f64()
-    );
     Ok(())
+}
+
+/// A router: `in0` from gen's `dev`, `out0` to a sink (the default route), the 64
+/// gateway interfaces of the big config, the LAN prefixes routed back to in0.
+fn router(gen: &Netns, dev: &'static str, tag: &str, mac: Option<&str>) -> anyhow::Result<Router> {
+    let ns = Netns::new(&format!("fw-{tag}"))?;
+    let sink = Netns::new(&format!("fw-sink{tag}"))?;
+    let gwpeer = Netns::new(&format!("fw-gwpeer{tag}"))?;
+    veth(gen, dev, &ns, "in0")?;
+    veth(&ns, "out0", &sink, "s0")?;
+    if let Some(mac) = mac {
+        ns.ip(&format!("link set in0 address {mac}"))?;
+    }
+    ns.ip("addr add 192.0.2.1/24 dev in0")?;
+    ns.ip("addr add 198.18.0.1/24 dev out0")?;
+    sink.ip("addr add 198.18.0.2/24 dev s0")?;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    add_big_interfaces(&ns, &gwpeer)?;
+    // No ARP round trip (or ARP table churn) inside the measurement.
+    let sink_mac = mac_of(&sink, "s0")?;
+    ns.ip(&format!(
+        "neigh replace 198.18.0.2 lladdr {sink_mac} dev out0 nud permanent"
+    ))?;
+    ns.ip("route add default via 198.18.0.2 dev out0")?;
+    let back: String = source_prefixes()
+        .iter()
+        .map(|p| format!("route add {p} via 192.0.2.2 dev in0\n"))
+        .collect();
+    ip_batch(&ns, &back)?;
+    Ok(Router {
+        ns,
+        dev,
+        _sink: sink,
+        _gwpeer: gwpeer,
+    })
 }
 
 fn build() -> anyhow::Result<Lab> {
     let t = Instant::now();
     let gen = Netns::new("fw-gen")?;
-    let rtr = Netns::new("fw-rtr")?;
-    let sink = Netns::new("fw-sink")?;
-    let gwpeer = Netns::new("fw-gwpeer")?;
-    veth(&gen, "g0", &rtr, "in0")?;
-    veth(&rtr, "out0", &sink, "s0")?;
+    let rtr = router(&gen, "g0", "rtr", None)?;
+    let rtr_mac = mac_of(&rtr.ns, "in0")?;
+    let rtr0 = router(&gen, "g1", "rtr0", Some(&rtr_mac))?;
     gen.ip("addr add 192.0.2.2/24 dev g0")?;
-    rtr.ip("addr add 192.0.2.1/24 dev in0")?;
-    rtr.ip("addr add 198.18.0.1/24 dev out0")?;
-    sink.ip("addr add 198.18.0.2/24 dev s0")?;
-    rtr.sysctl("net.ipv4.ip_forward", "1")?;
-    add_big_interfaces(&rtr, &gwpeer)?;
-    rtr.nft(TAIL_RULES)?;
-    // No ARP round trip (or ARP table churn) inside the measurement.
-    let sink_mac = mac_of(&sink, "s0")?;
-    rtr.ip(&format!(
-        "neigh replace 198.18.0.2 lladdr {sink_mac} dev out0 nud permanent"
-    ))?;
-    // Shape 3's destinations; symroute's route_via rules come after `lookup main
-    // suppress_prefixlength 0`, so this route takes them to the sink, marked or not.
-    rtr.ip("route add 100.64.0.0/10 via 198.18.0.2 dev out0")?;
+    gen.ip("addr add 192.0.2.3/24 dev g1")?;
 
     // Let conntrack hold every connection of a run, if this kernel allows it in a
     // non-initial namespace (newer kernels cap it at the initial namespace's value).
     let want = "2097152";
-    // conntrack's per-namespace sysctls appear once something in rtr uses conntrack.
-    rtr.nft(FLOOR)?;
-    // `sysctl -w` exits 0 even when the kernel refuses (procps), so read the value back.
-    let _ = rtr.sysctl("net.netfilter.nf_conntrack_max", want);
-    let ct_max = rtr
-        .exec(&["sysctl", "-n", "net.netfilter.nf_conntrack_max"])
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
+    let mut ct_max = String::new();
+    for r in [&rtr, &rtr0] {
+        // conntrack's per-namespace sysctls appear once something uses conntrack.
+        r.ns.nft(FLOOR)?;
+        // `sysctl -w` exits 0 even when the kernel refuses (procps): read it back.
+        let _ = r.ns.sysctl("net.netfilter.nf_conntrack_max", want);
+        ct_max =
+            r.ns.exec(&["sysctl", "-n", "net.netfilter.nf_conntrack_max"])
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "?".into());
+        r.ns.exec(&["nft", "delete", "table", "inet", "floor"])?;
+    }
     let raised = ct_max == want;
-    rtr.exec(&["nft", "delete", "table", "inet", "floor"])?;
-    let timeout = rtr
-        .exec(&["sysctl", "-n", "net.netfilter.nf_conntrack_udp_timeout"])
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "?".into());
 
-    let rtr_mac = mac_of(&rtr, "in0")?;
     let gen_mac = mac_of(&gen, "g0")?;
     let plain = ConfigFile::new(
         "trafgen",
         &format!(
-            "{{ eth(da={rtr_mac}, sa={gen_mac}), ipv4(sa=192.0.2.10, sa[3]=drnd(2, 254), da=198.18.0.2, ttl=64), udp(sp=dinc(1024, 65535), dp=9), fill(0x00, 18) }}\n"
+            "{{ eth(da={rtr_mac}, sa={gen_mac}), ipv4(sa=192.0.2.10, sa[3]=drnd(2, 254), da={INTERNET}, ttl=64), udp(sp=dinc(1024, 65535), dp=9), fill(0x00, 18) }}\n"
         ),
     )?;
     let hits = ConfigFile::new("trafgen-hits", &Shape::Alternating.trafgen(&rtr_mac))?;
@@ -455,9 +630,9 @@ fn build() -> anyhow::Result<Lab> {
         shapes.push(cfg);
     }
 
-    println!("forward benchmark: gen -> rtr (counted and dropped in postrouting, before conntrack confirm), trafgen --cpus 1, {:.1} s warm-up + {:.0} s window per run", WARMUP.as_secs_f64(), WINDOW.as_secs_f64());
+    println!("forward benchmark: gen -> router, trafgen --cpus 1, {:.1} s warm-up + {:.0} s window per run; floors on rtr0 (never an ip rule), symroute on rtr", WARMUP.as_secs_f64(), WINDOW.as_secs_f64());
     println!(
-        "rtr conntrack: nf_conntrack_max = {ct_max} ({}), udp timeout {timeout} s; the table is flushed before every run",
+        "conntrack: nf_conntrack_max = {ct_max} ({}); the table is flushed before every run",
         if raised {
             format!("raised to {want}")
         } else {
@@ -465,14 +640,13 @@ fn build() -> anyhow::Result<Lab> {
         }
     );
     println!(
-        "generated configs: {items} selector items over {BIG_GATEWAYS} gateways (c), and {BIG_ITEMS} in each of the 4 shapes; topology built in {:.1} s\n",
+        "generated configs: {items} selector items over {BIG_GATEWAYS} gateways (c), and {BIG_ITEMS} in each of the 4 shapes; topology built in {:.1} s",
         t.elapsed().as_secs_f64()
     );
     Ok(Lab {
         gen,
         rtr,
-        _sink: sink,
-        _gwpeer: gwpeer,
+        rtr0,
         trafgen_cfg: vec![plain, hits, mixed],
         big,
         small,
@@ -480,9 +654,6 @@ fn build() -> anyhow::Result<Lab> {
     })
 }
 
-/// What symroute's policy counters (one per policy, named `pN_…`) say about the last
-/// run: how many connections were classified, and which share of the `sent` packets each
-/// quarter of the policy list took.
 fn classified(rtr: &Netns, sent: u64) -> String {
     let Ok(out) = rtr.exec(&["nft", "-j", "list", "counters", "table", "inet", "symroute"]) else {
         return "policy counters: unreadable".into();
@@ -542,25 +713,45 @@ fn mac_of(ns: &Netns, ifname: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("no MAC for {ifname} in {out}"))
 }
 
-/// Puts rtr's ruleset into the state `setup` wants, whatever it held before; with a
+/// Puts the case's router into the state `setup` wants, whatever it held before; with a
 /// `describe` label, says what it holds.
 fn configure(lab: &Lab, setup: Setup, describe: Option<&str>) -> anyhow::Result<()> {
-    let rtr = &lab.rtr;
-    let has_floor = rtr.exec(&["nft", "list", "tables"])?.contains("inet floor");
-    let ours = |t: &&str| *t != "table inet benchtail";
-    if has_floor && setup != Setup::Floor {
-        rtr.exec(&["nft", "delete", "table", "inet", "floor"])?;
+    let rtr = &lab.router(setup).ns;
+    let listed = rtr.exec(&["nft", "list", "tables"])?;
+    let ours = |t: &&str| *t != "table inet benchtail" && *t != "table netdev benchdrop";
+    for (table, keep) in [
+        (
+            "inet floor",
+            matches!(setup, Setup::Floor | Setup::FloorRule | Setup::FloorNat),
+        ),
+        ("ip lannat", setup == Setup::FloorNat),
+    ] {
+        if listed.contains(&format!("table {table}")) && !keep {
+            let mut args = vec!["nft", "delete", "table"];
+            args.extend(table.split(' '));
+            rtr.exec(&args)?;
+        }
+    }
+    let has_rule = !setup.on_rtr0()
+        && rtr.ip("rule show pref 3000")?.contains("lookup 42000")
+        && !rtr.ip("rule show pref 3000")?.contains("proto 157");
+    if has_rule && setup != Setup::FloorRule {
+        rtr.ip(&format!("rule del {FLOOR_RULE}"))?;
     }
     let t = Instant::now();
     let what = match lab.config(setup) {
         None => {
-            remove(rtr)?;
-            if setup == Setup::Floor && !has_floor {
-                // FORWARD_FLOOR_NFT=FILE: another `table inet floor` to compare with.
-                match std::env::var("FORWARD_FLOOR_NFT") {
-                    Ok(f) => rtr.nft(&std::fs::read_to_string(f)?)?,
-                    Err(_) => rtr.nft(FLOOR)?,
-                }
+            if !setup.on_rtr0() {
+                remove(rtr)?;
+            }
+            if setup != Setup::Bare && !listed.contains("table inet floor") {
+                rtr.nft(FLOOR)?;
+            }
+            if setup == Setup::FloorNat && !listed.contains("table ip lannat") {
+                rtr.nft(LAN_NAT)?;
+            }
+            if setup == Setup::FloorRule && !has_rule {
+                rtr.ip(&format!("rule add {FLOOR_RULE}"))?;
             }
             None
         }
@@ -570,16 +761,18 @@ fn configure(lab: &Lab, setup: Setup, describe: Option<&str>) -> anyhow::Result<
     let tables: Vec<&str> = tables.lines().map(str::trim).filter(ours).collect();
     let expected: &[&str] = match setup {
         Setup::Bare => &[],
-        Setup::Floor => &["table inet floor"],
+        Setup::Floor | Setup::FloorRule => &["table inet floor"],
+        Setup::FloorNat => &["table inet floor", "table ip lannat"],
         _ => &["table inet symroute"],
     };
     let label = describe.unwrap_or("this case");
     if tables != expected {
-        anyhow::bail!("rtr should hold {expected:?} for {label}, holds {tables:?}");
+        anyhow::bail!("the router should hold {expected:?} for {label}, holds {tables:?}");
     }
     if describe.is_some() {
         let mut line = format!(
-            "{label}: rtr holds {}",
+            "{label}: {} holds {}",
+            if setup.on_rtr0() { "rtr0" } else { "rtr" },
             if tables.is_empty() {
                 "no nft table".to_string()
             } else {
@@ -599,14 +792,13 @@ fn configure(lab: &Lab, setup: Setup, describe: Option<&str>) -> anyhow::Result<
                 .lines()
                 .filter(|l| l.contains("goto") || l.contains("vmap"))
                 .count();
-            let rules_ip = rtr
-                .ip("-4 rule show")
-                .map(|s| s.lines().count())
-                .unwrap_or(0);
-            line += &format!(
-                "; classify chain: {rules} rule(s) with a verdict; {rules_ip} IPv4 ip rules"
-            );
+            line += &format!("; classify chain: {rules} rule(s) with a verdict");
         }
+        let rules_ip = rtr
+            .ip("-4 rule show")
+            .map(|s| s.lines().count())
+            .unwrap_or(0);
+        line += &format!("; {rules_ip} IPv4 ip rules");
         println!("{line}");
     }
     Ok(())
@@ -616,7 +808,7 @@ fn configure(lab: &Lab, setup: Setup, describe: Option<&str>) -> anyhow::Result<
 struct Trafgen(Option<Child>);
 
 impl Trafgen {
-    fn start(gen: &Netns, cfg: &ConfigFile) -> anyhow::Result<Trafgen> {
+    fn start(gen: &Netns, dev: &str, cfg: &ConfigFile) -> anyhow::Result<Trafgen> {
         let child = Command::new("ip")
             .args([
                 "netns",
@@ -624,7 +816,7 @@ impl Trafgen {
                 gen.name(),
                 "trafgen",
                 "--dev",
-                "g0",
+                dev,
                 "--conf",
             ])
             .arg(cfg.path())
@@ -722,7 +914,8 @@ fn cpu_ticks(pgid: u32) -> u64 {
     ticks + softirq
 }
 
-/// rtr's counter of forwarded packets, and when it was read (midpoint of the `nft` run).
+/// The router's counter of forwarded packets, and when it was read (midpoint of the
+/// `nft` run).
 fn forwarded(rtr: &Netns) -> anyhow::Result<(u64, Instant)> {
     let t0 = Instant::now();
     let out = rtr.exec(&[
@@ -745,29 +938,90 @@ fn forwarded(rtr: &Netns) -> anyhow::Result<(u64, Instant)> {
     Ok((n, t0 + (t1 - t0) / 2))
 }
 
-fn measure(lab: &Lab, traffic: Traffic) -> anyhow::Result<Sample> {
+fn ct_count(rtr: &Netns) -> u64 {
+    rtr.exec(&["sysctl", "-n", "net.netfilter.nf_conntrack_count"])
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Method B: flushes the router's conntrack table every `FLUSH_EVERY` until dropped;
+/// remembers the fullest table it flushed.
+struct Flusher {
+    stop: std::sync::Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<u64>>,
+}
+
+impl Flusher {
+    fn start(rtr: &Netns) -> Flusher {
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let name = rtr.name().to_string();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut most = 0;
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(FLUSH_EVERY);
+                let run = |args: &[&str]| {
+                    Command::new("ip")
+                        .args(["netns", "exec", &name])
+                        .args(args)
+                        .output()
+                };
+                if let Ok(out) = run(&["sysctl", "-n", "net.netfilter.nf_conntrack_count"]) {
+                    let n = String::from_utf8_lossy(&out.stdout)
+                        .trim()
+                        .parse()
+                        .unwrap_or(0);
+                    most = most.max(n);
+                }
+                let _ = run(&["conntrack", "-F"]);
+            }
+            most
+        });
+        Flusher {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().map_or(0, |t| t.join().unwrap_or(0))
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn measure(lab: &Lab, setup: Setup, traffic: Traffic, method: Method) -> anyhow::Result<Sample> {
+    let router = lab.router(setup);
+    let rtr = &router.ns;
     // Every run starts with an empty table (flushing an empty or absent one is fine).
-    let _ = lab.rtr.exec(&["conntrack", "-F"]);
-    lab.rtr
-        .exec(&["nft", "reset", "counter", "inet", "benchtail", "routed"])?;
-    let tg = Trafgen::start(&lab.gen, lab.traffic(traffic))?;
+    let _ = rtr.exec(&["conntrack", "-F"]);
+    rtr.exec(&["nft", "reset", "counter", "inet", "benchtail", "routed"])?;
+    let flusher = (method == Method::B).then(|| Flusher::start(rtr));
+    let tg = Trafgen::start(&lab.gen, router.dev, lab.traffic(traffic))?;
     std::thread::sleep(WARMUP);
     let pgid = tg.pgid();
     let cpu0 = cpu_ticks(pgid);
-    let (c0, t0) = forwarded(&lab.rtr)?;
+    let (c0, t0) = forwarded(rtr)?;
     std::thread::sleep(WINDOW);
-    let (c1, t1) = forwarded(&lab.rtr)?;
+    let (c1, t1) = forwarded(rtr)?;
     let cpu1 = cpu_ticks(pgid);
-    let ct_count = lab
-        .rtr
-        .exec(&["sysctl", "-n", "net.netfilter.nf_conntrack_count"])
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0);
+    let mut ct = ct_count(rtr);
     let printed = tg.stop()?;
+    if let Some(f) = flusher {
+        ct = ct.max(f.stop());
+    }
     // Let the last packets in flight arrive before the final count.
     std::thread::sleep(Duration::from_millis(50));
-    let (total, _) = forwarded(&lab.rtr)?;
+    let (total, _) = forwarded(rtr)?;
     let sent: Option<u64> = printed.lines().find_map(|l| {
         l.trim()
             .strip_suffix("packets outgoing")
@@ -778,7 +1032,7 @@ fn measure(lab: &Lab, traffic: Traffic) -> anyhow::Result<Sample> {
     };
     if c1 <= c0 {
         anyhow::bail!(
-            "rtr forwarded nothing during the window ({c0} -> {c1}); trafgen said:\n{printed}"
+            "the router forwarded nothing during the window ({c0} -> {c1}); trafgen said:\n{printed}"
         );
     }
     // SAFETY: sysconf has no preconditions.
@@ -792,7 +1046,7 @@ fn measure(lab: &Lab, traffic: Traffic) -> anyhow::Result<Sample> {
         } else {
             wall_pps
         },
-        ct_count,
+        ct_count: ct,
         lost: sent as i64 - total as i64,
         sent,
     })

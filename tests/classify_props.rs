@@ -36,8 +36,9 @@ fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
     let (mut configs, mut packets, mut matched, mut blocks) = (0, 0, 0, 0);
     // Configs whose table has: named maps, per-prefix-length lookups, interval maps.
     let (mut named, mut per_len, mut interval) = (0, 0, 0);
-    // Configs with a lookup skipped when it cannot beat the best candidate so far.
-    let mut guarded = 0;
+    // Configs with a lookup skipped when it cannot beat the best candidate so far, and
+    // with a candidate that wins outright (nothing looked up after it comes first).
+    let (mut guarded, mut decides) = (0, 0);
     while configs < n {
         let text = random_config(&mut rng, &pools);
         let Ok(model) = parse_str(&text, "random.toml") else {
@@ -50,6 +51,10 @@ fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
         }
         named += usize::from(plan.nft.contains("\tmap classify"));
         per_len += usize::from(plan.nft.contains("addr and "));
+        decides += usize::from(plan.nft.lines().any(|l| {
+            let l = l.trim();
+            l.starts_with("ct mark and ") && l.contains(" < ") && l.contains(" goto set_p")
+        }));
         guarded += usize::from(plan.nft.lines().any(|l| {
             let l = l.trim();
             l.starts_with("ct mark and ")
@@ -94,9 +99,10 @@ fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
         }
     }
     println!(
-        "{configs} configs ({blocks} needing more than one block; {named} with named maps, {per_len} with per-prefix-length lookups, {interval} with interval maps, {guarded} with a guarded lookup), {packets} packets, {matched} matched a policy"
+        "{configs} configs ({blocks} needing more than one block; {named} with named maps, {per_len} with per-prefix-length lookups, {interval} with interval maps, {guarded} with a guarded lookup, {decides} with candidates deciding outright), {packets} packets, {matched} matched a policy"
     );
     assert!(guarded > n / 20, "{guarded}");
+    assert!(decides > n / 4, "{decides}");
     assert!(
         matched > packets / 5 && matched < packets * 9 / 10,
         "{matched}/{packets}"

@@ -21,10 +21,14 @@
 //! whose source to gateway b goes to whichever of mac-a / src-b comes first; so in shape 1
 //! about 39 % of packets match both keys, 39 % the MAC only, 11 % the source only and 11 %
 //! nothing, and every position in the list wins some (the bench prints the measured share
-//! per quarter of the list from the policy counters). Shape 3: half UDP to
-//! `100.{64+G}.D.x` (D uniform in 0..=149, about 48 % in some dst-g), half TCP SYNs to
-//! port 443 from the same sources (78 % from some mac-g's MAC, of which 1/8 come from the
-//! excluded /13); rtr routes 100.64.0.0/10 to the sink.
+//! per quarter of the list from the policy counters). Destinations are beyond the
+//! router's default route (as a LAN's traffic to the Internet is), so `route_via`
+//! decisions really leave by their gateway and undecided packets by main's default.
+//! Shapes 1, 2, 4 send to 203.0.113.9. Shape 3: half UDP to `100.{64+G}.D.x` (D uniform
+//! in 1..=150, about 48 % in some dst-g), half TCP SYNs to port 443 from the same sources
+//! (78 % from some mac-g's MAC, of which 1/8 come from the excluded /13). The routers
+//! route each source's /24 `100.{64+g}.0.0/24` back to the LAN side, as a LAN's own
+//! prefixes are (D starts at 1 so no destination falls into one).
 
 use std::fmt::Write as _;
 
@@ -50,6 +54,15 @@ const MACS: usize = 78;
 const MAC_SPREAD: usize = 99;
 /// not_source of the shape-3 MAC policies (1/8 of the traffic's sources).
 const EXCLUDED: &str = "100.120.0.0/13";
+/// Where shapes 1, 2 and 4 send: beyond the routers' default route.
+pub const INTERNET: &str = "203.0.113.9";
+
+/// The LAN prefixes the traffic's sources come from, routed back to the LAN side.
+pub fn source_prefixes() -> Vec<String> {
+    (0..BIG_GATEWAYS)
+        .map(|g| format!("100.{}.0.0/24", 64 + g))
+        .collect()
+}
 
 impl Shape {
     pub const fn label(self) -> &'static str {
@@ -161,7 +174,7 @@ impl Shape {
         match self {
             Shape::Secondary => {
                 let dst = format!(
-                    "da=100.64.0.1, da[1]=drnd(64, {}), da[2]=drnd(0, 149), da[3]=drnd(1, 254)",
+                    "da=100.64.0.1, da[1]=drnd(64, {}), da[2]=drnd(1, 150), da[3]=drnd(1, 254)",
                     64 + BIG_GATEWAYS - 1
                 );
                 format!(
@@ -170,7 +183,7 @@ impl Shape {
                 )
             }
             _ => format!(
-                "{{ {eth}, ipv4({src}, da=198.18.0.2, ttl=64), udp(sp=dinc(1024, 65535), dp=9), fill(0x00, 18) }}\n"
+                "{{ {eth}, ipv4({src}, da={INTERNET}, ttl=64), udp(sp=dinc(1024, 65535), dp=9), fill(0x00, 18) }}\n"
             ),
         }
     }

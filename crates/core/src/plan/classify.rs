@@ -19,6 +19,10 @@
 //!   into another, and needs none of it here).
 //! - One verdict map on the winner's value then `goto`s its `set_pN` chain, which counts
 //!   it and overwrites the bits with the decision. With no winner the bits are still zero.
+//!   A candidate no later lookup can beat (every one of the last lookup's) `goto`s its
+//!   `set_pN` at once instead; a block where all do needs no winner map.
+//! - A lookup that can't beat what the lookups before it mostly leave as the best so far
+//!   is guarded by one comparison, so it is skipped when it can't win.
 //! - A policy that tests nothing at all matches every packet: the candidates start at it
 //!   (or the chain is a plain `goto` when it is the first), and later policies are left
 //!   out. A policy whose only key is an interface wildcard (`eth*`) is tested on its own
@@ -112,6 +116,18 @@ impl Dim {
     }
     fn is_addr(self) -> bool {
         matches!(self, Dim::Src(_) | Dim::Dst(_))
+    }
+    /// Whether one packet can be looked up by both (an IPv4 packet never is by an IPv6
+    /// key).
+    fn same_packet(self, other: Dim) -> bool {
+        let family = |d: Dim| match d {
+            Dim::Src(f) | Dim::Dst(f) => Some(f),
+            _ => None,
+        };
+        match (family(self), family(other)) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
     }
 }
 
@@ -503,6 +519,17 @@ fn lookups(model: &Model, members: &[usize], primaries: &[Primary]) -> Vec<Looku
     out
 }
 
+/// What a candidate's rule does once it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// It wins: `goto` its decision.
+    Decide,
+    /// Best so far, and the rest of its list can't beat it: stop trying the list.
+    Return,
+    /// Best so far.
+    Continue,
+}
+
 /// Builds `classify` / `classify_out`; candidate chains are shared between them.
 pub(super) struct Classifier<'a> {
     model: &'a Model,
@@ -512,10 +539,13 @@ pub(super) struct Classifier<'a> {
     rest: Vec<Option<Vec<String>>>,
     /// Each policy's whole selector as condition strings (for short lists).
     own: Vec<Option<Vec<String>>>,
-    /// Candidate list → its chain's name.
-    tries: BTreeMap<Vec<usize>, String>,
+    /// (Candidate list, how many of its first candidates decide) → its chain's name.
+    tries: BTreeMap<(Vec<usize>, usize), String>,
     /// Text of the candidate chains written so far.
     chains: String,
+    /// Whether a candidate of the block being written can be left as the best so far
+    /// (else every one decides, and the block needs no winner map).
+    scratch_used: bool,
 }
 
 impl<'a> Classifier<'a> {
@@ -532,6 +562,7 @@ impl<'a> Classifier<'a> {
             own: vec![None; model.policies.len()],
             tries: BTreeMap::new(),
             chains: String::new(),
+            scratch_used: false,
         }
     }
 
@@ -559,46 +590,57 @@ impl<'a> Classifier<'a> {
             .clone()
     }
 
-    /// Rules that make `i` the best candidate if it can still win and its rest matches;
-    /// all but the last end with `return` when `returns` (the rest of a list can't win).
-    fn candidate_rules(&mut self, i: usize, returns: bool, sets: &mut String) -> Vec<String> {
+    /// Rules that make `i` the best candidate if it can still win and its rest matches.
+    /// `Then::Decide`: nothing looked up after it can hold an earlier policy, so it is
+    /// the winner and goes straight to its decision; `Then::Return`: the rest of its
+    /// list can't beat it.
+    fn candidate_rules(&mut self, i: usize, then: Then, sets: &mut String) -> Vec<String> {
         let e = self.scratch(i);
         let mask = self.mask;
         self.rest_of(i, sets)
             .into_iter()
             .map(|conds| {
-                let ret = if returns { " return" } else { "" };
-                format!(
-                    "ct mark and {mask} < {e}{conds} {}{ret}",
-                    set_mark("ct", mask, e)
-                )
+                let act = match then {
+                    Then::Decide => format!("goto set_p{i}"),
+                    Then::Return => format!("{} return", set_mark("ct", mask, e)),
+                    Then::Continue => set_mark("ct", mask, e),
+                };
+                format!("ct mark and {mask} < {e}{conds} {act}")
             })
             .collect()
     }
 
-    /// The chain trying a candidate list in order (written once, shared).
-    fn try_chain(&mut self, list: &[usize], sets: &mut String) -> String {
-        if let Some(name) = self.tries.get(list) {
+    /// The chain trying a candidate list in order (written once, shared). Candidates
+    /// before `later` (the earliest policy a lookup after this one can hold) decide.
+    fn try_chain(&mut self, list: &[usize], later: usize, sets: &mut String) -> String {
+        let deciding = list.iter().take_while(|&&i| i < later).count();
+        self.scratch_used |= deciding < list.len();
+        let key = (list.to_vec(), deciding);
+        if let Some(name) = self.tries.get(&key) {
             return name.clone();
         }
-        let name = match list {
-            [one] => format!("try_p{one}"),
-            _ => format!(
-                "try_p{}_{}",
-                list[0],
-                self.tries.keys().filter(|l| l[0] == list[0]).count()
-            ),
+        let same_first = self.tries.keys().filter(|(l, _)| l[0] == list[0]).count();
+        let name = match (list, same_first) {
+            ([one], 0) => format!("try_p{one}"),
+            _ => format!("try_p{}_{same_first}", list[0]),
         };
         let mut rules = Vec::new();
         for (k, &i) in list.iter().enumerate() {
-            rules.extend(self.candidate_rules(i, k + 1 < list.len(), sets));
+            let then = if k < deciding {
+                Then::Decide
+            } else if k + 1 < list.len() {
+                Then::Return
+            } else {
+                Then::Continue
+            };
+            rules.extend(self.candidate_rules(i, then, sets));
         }
         let _ = writeln!(self.chains, "\tchain {name} {{");
         for r in rules {
             let _ = writeln!(self.chains, "\t\t{r}");
         }
         self.chains += "\t}\n";
-        self.tries.insert(list.to_vec(), name.clone());
+        self.tries.insert(key, name.clone());
         name
     }
 
@@ -705,6 +747,7 @@ impl<'a> Classifier<'a> {
         let members = &members[..all.map_or(members.len(), |(k, _)| k)];
         let mut rules = Vec::new();
         let mask = self.mask;
+        self.scratch_used = all.is_some();
         if let Some((_, m)) = all {
             rules.push(set_mark("ct", mask, self.scratch(m)));
         }
@@ -715,31 +758,48 @@ impl<'a> Classifier<'a> {
         };
         let primaries = self.primaries.clone();
         let all_lookups = lookups(self.model, members, &primaries);
-        // The policies a lookup before this one can have made the best candidate (the
-        // match-all one's preset counts).
-        let mut before: std::collections::BTreeSet<usize> =
-            all.map(|(_, m)| m).into_iter().collect();
+        // Policies tested on rules of their own, after the lookups.
+        let first_walk = members
+            .iter()
+            .copied()
+            .find(|&i| primaries[i] == Primary::Walk)
+            .unwrap_or(usize::MAX);
+        // The earliest policy a lookup of the same packet after the one at `k` can hold
+        // (or a rule after the lookups): a candidate before it wins outright.
+        let later = |k: usize| {
+            let dim = all_lookups[k].dim;
+            all_lookups[k..]
+                .iter()
+                .filter(|l| l.dim != dim && dim.same_packet(l.dim))
+                .flat_map(|l| l.elements.iter().flat_map(|(_, list)| list.first()))
+                .copied()
+                .fold(first_walk, usize::min)
+        };
+        // The policies a lookup before this one can have left as the best candidate (the
+        // match-all one's preset counts; a candidate that wins outright leaves nothing).
+        let mut kept: std::collections::BTreeSet<usize> = all.map(|(_, m)| m).into_iter().collect();
         let mut k = 0;
         while k < all_lookups.len() {
             let dim = all_lookups[k].dim;
             let same = all_lookups[k..].iter().take_while(|l| l.dim == dim).count();
             let group = &all_lookups[k..k + same];
+            let later = later(k);
             k += same;
             // A lookup none of whose candidates can beat the best so far is skipped by one
-            // comparison in front of it. Worth it when most policies of the lookups before
-            // come before all of this one's (all MACs first, then all sources); when keys
-            // alternate, the comparison would almost never skip anything.
+            // comparison in front of it. Worth it when most policies the lookups before
+            // can leave as the best so far come before all of this one's; otherwise the
+            // comparison would almost never skip anything.
             let here: std::collections::BTreeSet<usize> = group
                 .iter()
                 .flat_map(|l| l.elements.iter().flat_map(|(_, list)| list.iter().copied()))
                 .collect();
             let guard = match here.first() {
-                Some(&e) if 2 * before.range(..e).count() > before.len() => {
+                Some(&e) if 2 * kept.range(..e).count() > kept.len() => {
                     format!("ct mark and {mask} < {} ", self.scratch(e))
                 }
                 _ => String::new(),
             };
-            before.extend(here);
+            kept.extend(here.range(later..));
             let base = format!("{prefix}_{}", dim.tag());
             // Several lookups for one key (one per prefix length): in a chain of their
             // own, whose map entries `goto` the candidates, so the first hit ends it.
@@ -749,7 +809,9 @@ impl<'a> Classifier<'a> {
                 let elements: Vec<String> = l
                     .elements
                     .iter()
-                    .map(|(key, list)| format!("{key} : {verb} {}", self.try_chain(list, sets)))
+                    .map(|(key, list)| {
+                        format!("{key} : {verb} {}", self.try_chain(list, later, sets))
+                    })
                     .collect();
                 let (name, lhs) = match l.prefix_len {
                     Some(len) => (
@@ -779,15 +841,18 @@ impl<'a> Classifier<'a> {
         let mut winners = Vec::new();
         for &i in members {
             if self.primaries[i] == Primary::Walk {
-                rules.extend(self.candidate_rules(i, false, sets));
+                // Nothing after it holds an earlier policy (walks go in file order).
+                rules.extend(self.candidate_rules(i, Then::Decide, sets));
             }
             winners.push(format!("{} : goto set_p{i}", self.scratch(i)));
         }
         if let Some((_, m)) = all {
             winners.push(format!("{} : goto set_p{m}", self.scratch(m)));
         }
-        let rhs = Self::map(&format!("{prefix}_win"), "mark", false, &winners, sets);
-        rules.push(format!("ct mark and {mask} vmap {rhs}"));
+        if self.scratch_used {
+            let rhs = Self::map(&format!("{prefix}_win"), "mark", false, &winners, sets);
+            rules.push(format!("ct mark and {mask} vmap {rhs}"));
+        }
         (rules, all.is_some())
     }
 
@@ -874,11 +939,23 @@ mod tests {
             !map[..map.find("\n\t}").unwrap()].contains("interval"),
             "{map}"
         );
-        // Policy 1 (s0) is the second: scratch value 0xfe000000.
+        // Policy 0 (m0) is the first: scratch value 0xff000000. A MAC candidate is only
+        // the best so far (a source policy looked up after it may come earlier)...
         assert!(
-            chain(&nft, "try_p1").contains(
-                "ct mark and 0xff000000 < 0xfe000000 ct mark set ct mark and 0x00ffffff or 0xfe000000"
+            chain(&nft, "try_p2").contains(
+                "ct mark and 0xff000000 < 0xfd000000 ct mark set ct mark and 0x00ffffff or 0xfd000000\n"
             ),
+            "{nft}"
+        );
+        // ...but nothing looked up after the sources (the padding's ports, policies
+        // 80-83) comes before a source policy: one that passes wins outright.
+        assert!(
+            chain(&nft, "try_p1").contains("ct mark and 0xff000000 < 0xfe000000 goto set_p1\n"),
+            "{nft}"
+        );
+        // Policy 0 wins outright from the MAC lookup: no source policy comes before it.
+        assert!(
+            chain(&nft, "try_p0").contains("ct mark and 0xff000000 < 0xff000000 goto set_p0\n"),
             "{nft}"
         );
     }
@@ -901,12 +978,14 @@ mod tests {
             ),
             "{classify}"
         );
+        // Nothing looked up after the sources (the padding's ports) comes first: a
+        // candidate that passes wins outright.
         let both = chain(&nft, "try_p0_0");
         assert!(
-            both.contains("< 0xff000000 meta l4proto tcp ct mark set ct mark and 0x00ffffff or 0xff000000 return\n"),
+            both.contains("< 0xff000000 meta l4proto tcp goto set_p0\n"),
             "{both}"
         );
-        assert!(both.contains("< 0xfe000000 ct mark set"), "{both}");
+        assert!(both.contains("< 0xfe000000 goto set_p1\n"), "{both}");
         assert!(!nft.contains("try_p2"), "{nft}");
     }
 
@@ -978,29 +1057,47 @@ mod tests {
             );
         let nft = nft_of(&cfg);
         let out = chain(&nft, "classify_out");
-        assert!(out.contains("th dport vmap { 25 : jump try_p1, "), "{out}");
+        assert!(
+            out.contains("th dport vmap { 25 : jump try_p1_1, "),
+            "{out}"
+        );
         assert!(!out.contains("p0"), "{out}");
-        // The candidate chain is shared by both classification chains, written once.
-        assert_eq!(nft.matches("chain try_p1 {").count(), 1, "{nft}");
+        // Every candidate there decides: no best-so-far value, no winner map.
+        assert!(!out.contains("ct mark and 0xff000000 vmap"), "{out}");
+        // In `classify` the interface lookup after the ports holds an earlier policy, so
+        // a port candidate is only the best so far; in `classify_out` nothing comes after
+        // it, so it wins outright: two chains for the same candidate.
+        assert!(
+            chain(&nft, "try_p1").contains("< 0xfe000000 meta l4proto tcp ct mark set"),
+            "{nft}"
+        );
+        assert!(
+            chain(&nft, "try_p1_1").contains("< 0xfe000000 meta l4proto tcp goto set_p1\n"),
+            "{nft}"
+        );
     }
 
     #[test]
     fn more_policies_than_the_mask_holds_take_blocks() {
-        // 0x03000000 holds 3 values: 7 policies take 3 blocks, each with its own winner map.
+        // 0x03000000 holds 3 values: 7 policies take 3 blocks. Sources and interfaces
+        // alternate, so in the first two a source candidate can be beaten by an
+        // interface one and is kept as the best so far: a winner map each. The last block
+        // holds one policy, which decides on its own.
         let mut cfg = String::from("[settings]\nmark_mask=\"0x03000000\"\n");
         cfg += "[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n";
         for i in 0..7 {
-            cfg += &policy(
-                &format!("p{i}"),
-                "reply_via=\"a\"",
-                &format!("in_interface=\"x{i}\""),
-            );
+            let key = if i % 2 == 0 {
+                format!("source=\"10.0.0.{i}\"")
+            } else {
+                format!("in_interface=\"x{i}\"")
+            };
+            cfg += &policy(&format!("p{i}"), "reply_via=\"a\"", &key);
         }
         let nft = build(&parse_str(&cfg, "t.toml").unwrap(), &HostView::default()).nft;
         let classify = chain(&nft, "classify");
         assert_eq!(
             classify.matches("ct mark and 0x03000000 vmap").count(),
-            3,
+            2,
             "{classify}"
         );
         assert!(
@@ -1009,32 +1106,59 @@ mod tests {
             ),
             "{classify}"
         );
+        assert!(
+            classify.contains("ip saddr vmap { 10.0.0.6 : jump try_p6 }"),
+            "{classify}"
+        );
+        assert!(chain(&nft, "try_p6").contains("goto set_p6"), "{nft}");
     }
 
     #[test]
     fn a_lookup_behind_earlier_policies_is_skipped_when_it_cannot_win() {
-        // All MAC policies first, then all source ones: the source lookup is guarded by
-        // its earliest policy's value (policy 40 of 80: 0xff - 40 = 0xd7).
-        let mut grouped = String::new();
-        let mut alternating = String::new();
-        for i in 0..40 {
-            let mac = policy(
+        let mac = |i: usize| {
+            policy(
                 &format!("m{i}"),
                 "reply_via=\"a\"",
                 &format!("source_mac=\"02:00:00:00:00:{i:02x}\""),
-            );
-            let src = policy(
+            )
+        };
+        let src = |i: usize| {
+            policy(
                 &format!("s{i}"),
                 "route_via=\"b\"",
                 &format!("source=\"10.0.{i}.1\""),
-            );
-            grouped = format!("{mac}{grouped}{src}");
-            alternating += &(mac + &src);
+            )
+        };
+        // An interface policy first, then all MAC policies, then all source ones: the
+        // interface lookup comes last and holds the first policy, so a MAC candidate is
+        // only the best so far; but it beats every source policy, whose lookup is then
+        // skipped (policy 41 is the first source one: 0xff - 41 = 0xd6).
+        let mut cfg = policy("if", "reply_via=\"a\"", "in_interface=\"e9\"");
+        for i in 0..40 {
+            cfg += &mac(i);
+        }
+        for i in 0..40 {
+            cfg += &src(i);
+        }
+        let nft = nft_of(&cfg);
+        let classify = chain(&nft, "classify");
+        assert!(
+            classify.contains("\t\tether saddr vmap @classify_mac\n\t\tct mark and 0xff000000 < 0xd6000000 ip saddr vmap @classify_src4\n"),
+            "{classify}"
+        );
+        // Without the interface policy every candidate wins outright (nothing looked up
+        // after the MACs comes first): no best-so-far value to compare, no winner map.
+        let mut grouped = String::new();
+        let mut alternating = String::new();
+        for i in 0..40 {
+            grouped = format!("{}{grouped}{}", mac(i), src(i));
+            alternating += &(mac(i) + &src(i));
         }
         let grouped = nft_of(&grouped);
         let classify = chain(&grouped, "classify");
         assert!(
-            classify.contains("\t\tether saddr vmap @classify_mac\n\t\tct mark and 0xff000000 < 0xd7000000 ip saddr vmap @classify_src4\n"),
+            classify.contains("\t\tip saddr vmap @classify_src4\n")
+                && !classify.contains("ct mark and 0xff000000 vmap"),
             "{classify}"
         );
         // Alternating keys: an earlier MAC policy rarely beats every source one, so no

@@ -378,7 +378,7 @@ fn ip_rules(ns: &Netns) -> String {
 fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
     let lab = lab();
     let d = Daemon::start(&lab.fw, CONFIG);
-    assert!(ip_rules(&lab.fw).contains("lookup 42001"));
+    assert!(ip_rules(&lab.fw).contains("lookup 42122"));
     let without_isp2 = CONFIG
         .split("# The same for ISP2")
         .next()
@@ -393,14 +393,14 @@ fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
         "{}",
         r.stdout
     );
-    assert!(!ip_rules(&lab.fw).contains("lookup 42001"));
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"));
     let st = status_json(&lab.fw);
     assert_eq!(st["daemon"]["config"], path.display().to_string(), "{st:#}");
     // A second --confirm while one is pending is refused.
     let again = with_config(&["apply", "--confirm", "2"], &path, &lab.fw);
     assert_eq!(again.code, 1, "{}", again.stdout);
     assert!(again.stderr.contains("still pending"), "{}", again.stderr);
-    while !ip_rules(&lab.fw).contains("lookup 42001") {
+    while !ip_rules(&lab.fw).contains("lookup 42122") {
         assert!(
             t0.elapsed() < Duration::from_secs(2) + LIMIT,
             "not rolled back:\n{}",
@@ -425,7 +425,7 @@ fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
     let c = symroute(&["confirm", "--netns", lab.fw.name()]).ok();
     assert!(c.stdout.contains("confirmed"), "{}", c.stdout);
     std::thread::sleep(Duration::from_secs(3));
-    assert!(!ip_rules(&lab.fw).contains("lookup 42001"), "{}", d.log());
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"), "{}", d.log());
     let st = status_json(&lab.fw);
     assert_eq!(st["daemon"]["config"], path.display().to_string());
     let c = symroute(&["confirm", "--netns", lab.fw.name()]);

@@ -116,7 +116,8 @@ fn predicted_egress_matches_counters() {
         TwoIsps::ISP1_V4.to_string(),
         "{e:#}"
     );
-    assert_eq!(e["reply"]["verdict"]["mark"], "0x1000000", "{e:#}");
+    // isp1's reply mark (id 26 from its name).
+    assert_eq!(e["reply"]["verdict"]["mark"], "0x33000000", "{e:#}");
     let c0 = counters(&t.fw);
     tcp_probe(
         &t.client,
@@ -177,7 +178,8 @@ fn predicted_egress_matches_counters() {
     let e: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(iface(&e["verdict"]), "lan0", "{e:#}");
     assert_eq!(iface(&e["reply"]["verdict"]), "up1", "{e:#}");
-    assert_eq!(e["reply"]["verdict"]["table"], "42000", "{e:#}");
+    // isp1's table: id 26 from its name, 42000 + 26 - 1.
+    assert_eq!(e["reply"]["verdict"]["table"], "42025", "{e:#}");
 }
 
 const RELAY: &str = include_str!("../examples/proxy-relay.toml");
@@ -246,7 +248,8 @@ fn relay_reply_next_hop_matches_where_answers_arrive() {
         symroute::lab::ProxyRelay::PROXY_V4.to_string(),
         "{e:#}"
     );
-    assert_eq!(e["reply"]["verdict"]["mark"], "0x1000000", "{e:#}");
+    // master-relay's reply mark (id 95 from its name).
+    assert_eq!(e["reply"]["verdict"]["mark"], "0xbd000000", "{e:#}");
     let e = explain(&t.relay, &base);
     assert_eq!(
         e["reply"]["verdict"]["via"],

@@ -247,12 +247,26 @@ enum Cmd {
     /// finding with a severity, a stable code (listed in the README), the offending rule
     /// quoted as written, why it breaks, and the fix. Exits 1 when an error-level finding
     /// exists, 0 otherwise.
+    ///
+    /// With --peer, also compares the meaning of symroute's marks with the other box of an
+    /// HA pair (keepalived + conntrackd copy connections and their marks between the two):
+    /// give it the peer's `symroute status --json` output, or a snapshot directory of the
+    /// peer. A mark value that means another path or decision there is an error.
+    ///
+    /// Example (on the backup, with the master's status copied over):
+    ///   ssh master symroute status --json > master.json
+    ///   symroute doctor --peer master.json
+    #[command(verbatim_doc_comment)]
     Doctor {
         /// Read the state from a snapshot directory (see `symroute snapshot`)
         #[arg(long, value_name = "DIR", conflicts_with = "netns")]
         from: Option<PathBuf>,
         #[command(flatten)]
         netns: NetnsArg,
+        /// The other box of an HA pair: its `symroute status --json` output, or a
+        /// snapshot directory of it
+        #[arg(long, value_name = "FILE|DIR")]
+        peer: Option<PathBuf>,
         /// Print as JSON: {"findings": [{severity, code, rule, why, fix, place}]}
         #[arg(long)]
         json: bool,
@@ -415,6 +429,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 m.settings.first_table,
                 m.settings.first_priority
             )?;
+            // Each gateway's id and what follows from it (the same on every box that
+            // loads this file, whatever its order).
+            for (i, g) in m.gateways_indexed() {
+                writeln!(
+                    out,
+                    "  gateway {}: id {} ({}), reply mark {}, route mark {}, table {}",
+                    g.name,
+                    g.id,
+                    match g.id_from {
+                        symroute::model::IdFrom::Config => "set in the file",
+                        symroute::model::IdFrom::Name => "from its name",
+                    },
+                    plan::alloc::reply_mark(&m, i),
+                    plan::alloc::route_mark(&m, i),
+                    plan::alloc::gateway_table(&m, i)
+                )?;
+            }
         }
         Cmd::Plan {
             config,
@@ -576,7 +607,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let plan = plan::build(&m, &observed.host);
             let applied =
                 observed.nft_fingerprint.as_deref() == Some(plan.nft_fingerprint.as_str());
-            let mut st = kernel::status::status(&plan, observed.nft_fingerprint.is_some())?;
+            let mut st = kernel::status::status(&m, &plan, observed.nft_fingerprint.is_some())?;
             if let Some(l) = &live {
                 daemon::overlay(&mut st, l);
             }
@@ -626,6 +657,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         p.bytes
                     )?;
                 }
+                writeln!(
+                    out,
+                    "marks: mask {}, digest {} (`symroute doctor --peer` compares it with the other box of an HA pair)",
+                    st.marks.mask, st.marks.digest
+                )?;
+                for g in &st.marks.gateways {
+                    writeln!(
+                        out,
+                        "  {:<16} id {:<4} replies {:<10} routes {:<10} table {}",
+                        g.name,
+                        g.id,
+                        g.reply_mark.as_deref().unwrap_or("-"),
+                        g.route_mark.as_deref().unwrap_or("-"),
+                        g.table
+                    )?;
+                }
             }
         }
         Cmd::Explain {
@@ -651,9 +698,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 write!(out, "{}", symroute::explain::trace::render(&e, verbose))?;
             }
         }
-        Cmd::Doctor { from, netns, json } => {
+        Cmd::Doctor {
+            from,
+            netns,
+            peer,
+            json,
+        } => {
+            // The peer first: its path is relative to where we were started.
+            let peer = peer.as_deref().map(load_peer).transpose()?;
             let host = load_host(from.as_ref(), &netns)?;
-            let findings = symroute::explain::doctor::doctor(&host);
+            let findings = symroute::explain::doctor::doctor_with_peer(&host, peer.as_ref());
             if json {
                 serde_json::to_writer_pretty(
                     &mut out,
@@ -700,6 +754,33 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The other box of an HA pair, for `doctor --peer`: a snapshot directory, or a file
+/// holding its `symroute status --json` (or the `marks` object of one). Read bounded: it is
+/// whatever file the user points us at.
+fn load_peer(path: &std::path::Path) -> anyhow::Result<symroute::explain::doctor::peer::Side> {
+    use symroute::explain::doctor::peer;
+    const MAX: u64 = 16 << 20;
+    let origin = path.display().to_string();
+    if path.is_dir() {
+        let loaded = kernel::snapshot::load(path)?;
+        let host =
+            symroute::explain::host::HostState::from_files(&loaded.files, loaded.missing, &origin)?;
+        return Ok(peer::side_of_host(&host));
+    }
+    let text = kernel::snapshot::read_bounded(path, MAX)
+        .map_err(|why| anyhow::anyhow!("--peer {origin}: {why}"))?
+        .ok_or_else(|| anyhow::anyhow!("--peer {origin}: no such file or directory"))?;
+    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+        format!("--peer {origin}: not JSON (expected the peer's `symroute status --json`, or a snapshot directory)")
+    })?;
+    let map = value.get("marks").unwrap_or(&value);
+    let map: symroute::plan::markmap::MarkMap = serde_json::from_value(map.clone())
+        .with_context(|| {
+            format!("--peer {origin}: no mark map in it (expected the peer's `symroute status --json` from symroute with stable marks)")
+        })?;
+    Ok(peer::side_of_map(&map, &origin))
 }
 
 /// Start `symroute confirm-watch` detached: its own session, stdio on /dev/null.

@@ -663,13 +663,13 @@ mod tests {
         );
         let p = plan::build(&m, &host);
         assert_eq!(summary(&p), "applied, 1 of 2 gateways up; down: isp1");
-        let t42000: Vec<String> = p
+        let isp1_table: Vec<String> = p
             .routes
             .iter()
-            .filter(|r| r.table.id() == 42000)
+            .filter(|r| r.table.id() == 42025)
             .map(|r| r.dst.to_string())
             .collect();
-        assert_eq!(t42000, ["192.0.2.10/32"]);
+        assert_eq!(isp1_table, ["192.0.2.10/32"]);
     }
 
     #[test]

@@ -35,6 +35,9 @@ pub struct RawSettings {
 #[serde(deny_unknown_fields)]
 pub struct RawGateway {
     pub name: Sp<String>,
+    /// Fixes the gateway's mark values and table (`plan::alloc`); derived from the name
+    /// when absent.
+    pub id: Option<Sp<i64>>,
     pub interface: Sp<String>,
     pub via: Option<Sp<String>>,
     pub via6: Option<Sp<String>>,

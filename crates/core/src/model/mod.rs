@@ -6,10 +6,11 @@ pub mod types;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use types::{
-    Family, IfName, MacAddr, Mark, MarkMask, Name, PortRange, Priority, Protocol, TableId,
+    Family, GatewayId, IfName, MacAddr, Mark, MarkMask, Name, PortRange, Priority, Protocol,
+    TableId,
 };
 
 /// Index of a gateway in `Model::gateways`; only the validator makes them.
@@ -60,12 +61,26 @@ impl Default for Settings {
 #[derive(Debug, Clone, Serialize)]
 pub struct Gateway {
     pub name: Name,
+    /// Fixes its mark values and table (`plan::alloc`).
+    pub id: GatewayId,
+    /// Where `id` came from: `id = N` in the file, or the name.
+    pub id_from: IdFrom,
     pub interface: IfName,
     pub via: Option<NextHop<Ipv4Addr>>,
     pub via6: Option<NextHop<Ipv6Addr>>,
     /// Health checks (`[gateway.check]`); without them only link state counts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<Check>,
+}
+
+/// Where a gateway's id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdFrom {
+    /// `id = N` in the config.
+    Config,
+    /// Derived from the name (`plan::alloc::default_id`).
+    Name,
 }
 
 /// A gateway's next hop for one family: written in the config, or `"auto"`: learned

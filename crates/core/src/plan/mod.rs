@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod diff;
 pub mod host;
+pub mod markmap;
 pub mod nft;
 pub mod objects;
 
@@ -41,6 +42,8 @@ pub struct GatewayPlan {
     pub reply_mark: Option<Mark>,
     /// Set when some policy routes new connections via this gateway.
     pub route_mark: Option<Mark>,
+    /// The next hop its routes use (IPv4, else IPv6), once known (`via = "auto"`: learned).
+    pub via: Option<IpAddr>,
     pub state: GatewayState,
 }
 
@@ -144,6 +147,11 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             route_mark: model
                 .routes_via(GatewayIdx(i))
                 .then(|| alloc::route_mark(model, GatewayIdx(i))),
+            via: g
+                .via
+                .and_then(NextHop::fixed)
+                .map(IpAddr::V4)
+                .or_else(|| g.via6.and_then(NextHop::fixed).map(IpAddr::V6)),
             state: gateway_state(g, host),
         })
         .collect();
@@ -161,22 +169,18 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
 
     // Rule order: diverts and reply rules first (replies always leave by their arrival
     // path), then main without its default route (LAN, VPN and other specific routes win),
-    // then route_via rules (new connections of a class leave via their gateway).
+    // then route_via rules (new connections of a class leave via their gateway). Each
+    // kind has its fixed priority (`alloc::Slot`): rules of one kind match disjoint mark
+    // values, so they share it, and no rule moves when a gateway comes or goes.
     let mut rules = BTreeSet::new();
     let mut priorities: BTreeSet<Priority> = BTreeSet::new();
     let mut tables = BTreeSet::new();
-    // The first priority is reserved for the skip rule (added below when worth it).
-    let skip_priority = model.settings.first_priority;
+    // The skip rule's priority is reserved (the rule is added below when worth it).
+    let skip_priority = alloc::priority(model, alloc::Slot::Skip);
     priorities.insert(skip_priority);
-    let mut next = skip_priority.get() + 1;
-    let mut take = |priorities: &mut BTreeSet<Priority>| {
-        let p = Priority::new(next).expect("validated priority range");
-        next += 1;
-        priorities.insert(p);
-        p
-    };
     if let Some((mark, table)) = divert {
-        let p = take(&mut priorities);
+        let p = alloc::priority(model, alloc::Slot::Divert);
+        priorities.insert(p);
         tables.insert(table);
         for fam in [Family::Inet4, Family::Inet6] {
             rules.insert(RuleSpec::fwmark(p, fam, mark, mask, table));
@@ -184,7 +188,8 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     }
     for (i, gp) in gateways.iter().enumerate() {
         if let Some(mark) = gp.reply_mark {
-            let p = take(&mut priorities);
+            let p = alloc::priority(model, alloc::Slot::Reply);
+            priorities.insert(p);
             tables.insert(gp.table);
             for fam in families(&learned[i]) {
                 rules.insert(RuleSpec::fwmark(p, fam, mark, mask, gp.table));
@@ -192,7 +197,8 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         }
     }
     if gateways.iter().any(|g| g.route_mark.is_some()) {
-        let p = take(&mut priorities);
+        let p = alloc::priority(model, alloc::Slot::MainWithoutDefault);
+        priorities.insert(p);
         for family in [Family::Inet4, Family::Inet6] {
             rules.insert(RuleSpec {
                 priority: p,
@@ -205,7 +211,8 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     }
     for (i, gp) in gateways.iter().enumerate() {
         if let Some(mark) = gp.route_mark {
-            let p = take(&mut priorities);
+            let p = alloc::priority(model, alloc::Slot::Route);
+            priorities.insert(p);
             tables.insert(gp.table);
             for fam in families(&learned[i]) {
                 rules.insert(RuleSpec::fwmark(p, fam, mark, mask, gp.table));
@@ -635,9 +642,10 @@ mod route_tests {
     use super::*;
     use crate::config::parse_str;
 
-    const GWS: &str = "[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n\
-        [[gateway]]\nname=\"b\"\ninterface=\"e1\"\nvia=\"192.0.2.2\"\n\
-        [[gateway]]\nname=\"c\"\ninterface=\"e2\"\nvia=\"192.0.2.3\"\n";
+    // Ids as positions, so marks read as before ids existed (a 0x01000000, b 0x03…, c 0x05…).
+    const GWS: &str = "[[gateway]]\nname=\"a\"\nid=1\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n\
+        [[gateway]]\nname=\"b\"\nid=2\ninterface=\"e1\"\nvia=\"192.0.2.2\"\n\
+        [[gateway]]\nname=\"c\"\nid=3\ninterface=\"e2\"\nvia=\"192.0.2.3\"\n";
 
     fn route(route_via: &str) -> crate::model::Route {
         let cfg = format!("{GWS}[[policy]]\nname=\"p\"\nroute_via={route_via}\n");

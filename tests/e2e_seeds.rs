@@ -9,14 +9,13 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use support::{require_root, symroute_in};
-use symroute::lab::{in_netns, tcp_probe, udp_probe, Netns, ProxyRelay, TcpServer, TwoIsps};
+use symroute::lab::{
+    in_netns, tcp_probe, udp_probe, Netns, ProxyRelay, TcpEcho, TcpServer, TwoIsps,
+};
 
 const FIREWALL: &str = include_str!("../examples/two-isps-firewall.toml");
 const RELAY: &str = include_str!("../examples/proxy-relay.toml");
@@ -594,82 +593,6 @@ via6 = "2001:db8:2::1"
 
 const SMTP_ONLY: &str = "protocol = \"tcp\"\ndestination_port = 25";
 
-/// TCP server that greets like [`TcpServer`] and then echoes lines until the peer closes:
-/// a connection that stays open across a re-apply.
-struct EchoServer {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl EchoServer {
-    fn start(ns: &Netns, addrs: &[SocketAddr]) -> EchoServer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for &addr in addrs {
-            let listener = in_netns(ns.name(), move || TcpListener::bind(addr))
-                .expect("netns")
-                .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-            listener.set_nonblocking(true).expect("nonblocking");
-            let stop = stop.clone();
-            threads.push(std::thread::spawn(move || {
-                let mut conns = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((s, peer)) => {
-                            let stop = stop.clone();
-                            conns.push(std::thread::spawn(move || serve_echo(s, peer, &stop)));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-                for c in conns {
-                    let _ = c.join();
-                }
-            }));
-        }
-        EchoServer { stop, threads }
-    }
-}
-
-fn serve_echo(s: TcpStream, peer: SocketAddr, stop: &AtomicBool) {
-    let go = || -> std::io::Result<()> {
-        s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(Duration::from_millis(50)))?;
-        s.set_write_timeout(Some(Duration::from_secs(1)))?;
-        let mut w = s.try_clone()?;
-        w.write_all(format!("hello {} {}\n", peer.ip(), peer.port()).as_bytes())?;
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        while !stop.load(Ordering::Relaxed) {
-            match r.read_line(&mut line) {
-                Ok(0) => return Ok(()),
-                Ok(_) if line.ends_with('\n') => {
-                    w.write_all(line.as_bytes())?;
-                    line.clear();
-                }
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    };
-    let _ = go();
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A client connection kept open: connect from `ns`, read the greeting.
 fn open_session(ns: &Netns, dst: SocketAddr) -> (BufReader<TcpStream>, String) {
     let s = in_netns(ns.name(), move || TcpStream::connect_timeout(&dst, OK))
@@ -696,7 +619,8 @@ fn first_match_wins_and_sticky() {
     let t = TwoIsps::build().expect("build TwoIsps");
     let fw_v4: IpAddr = TwoIsps::FW_UP1_V4.into();
     let fw_v6: IpAddr = TwoIsps::FW_UP1_V6.into();
-    let _echo = EchoServer::start(&t.fw, &[sa(fw_v4, 25), sa(fw_v6, 25)]);
+    let _echo =
+        [sa(fw_v4, 25), sa(fw_v6, 25)].map(|a| TcpEcho::start(&t.fw, a).expect("echo server"));
     let c = &t.client;
     let smtp = || {
         vec![

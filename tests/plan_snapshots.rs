@@ -148,6 +148,11 @@ fn failover_health() {
     check("failover-health");
 }
 
+#[test]
+fn ha_pair() {
+    check("ha-pair");
+}
+
 /// Property: a plan compared with a kernel that holds exactly that plan needs no change.
 #[test]
 fn diff_of_applied_plan_is_empty() {
@@ -158,6 +163,7 @@ fn diff_of_applied_plan_is_empty() {
         "full",
         "failover",
         "failover-health",
+        "ha-pair",
     ] {
         let path = format!("{}/examples/{name}.toml", env!("CARGO_MANIFEST_DIR"));
         let model = config::load(std::path::Path::new(&path)).unwrap();

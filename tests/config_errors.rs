@@ -63,6 +63,12 @@ fn table_of_bad_configs() {
         (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nsrc = \"10.0.0.0/8\"\n"), "bad.toml:9:1: unknown field `src`, expected one of `in_interface`, `source_mac`, `source`, `not_source`, `destination`, `not_destination`, `protocol`, `source_port`, `destination_port` (see examples/ and the README for the keys symroute knows)"),
         (format!("{GW}[gateway.check]\ntargets = [\"192.0.2.53\", \"tcp:198.51.100.80\"]\n"), "bad.toml:6:26: gateway.check.targets: \"tcp:198.51.100.80\" is not an address to ping (192.0.2.53, 2001:db8::53) or tcp:ADDR:PORT (tcp:198.51.100.80:443, tcp:[2001:db8::80]:443)"),
         (format!("{GW}[gateway.check]\ntargets = [\"192.0.2.53\"]\ninterval = \"fast\"\n"), "bad.toml:7:12: gateway.check.interval: \"fast\" is not a duration (expected e.g. \"250ms\" or \"2s\")"),
+        (format!("{GW}[gateway.check]\ntargets = [\"192.0.2.53\"]\ninterval = \"10ms\"\n"), "bad.toml:7:12: gateway.check.interval: \"10ms\" is shorter than 50 ms; probes more often than that are load, not information"),
+        (format!("{GW}[gateway.check]\ntargets = [\"192.0.2.53\"]\ninterval = \"50ms\"\n"), ""),
+        (format!("{GW}[gateway.check]\ntargets = [\"192.0.2.53\"]\ninterval = \"100ms\"\ntimeout = \"1001ms\"\n"), "bad.toml:8:11: gateway.check.timeout: \"1001ms\" is more than 10 intervals (1000 ms); a probe is lost long before that (or make the interval longer)"),
+        (format!("{GW}[gateway.check]\ntargets = [\"192.0.2.53\"]\ntimeout = \"1.5s\"\n"), ""),
+        (format!("{GW}[gateway.check]\ntargets = [{}]\n", (1..=17).map(|i| format!("\"192.0.2.{i}\"")).collect::<Vec<_>>().join(", ")), "bad.toml:6:11: gateway.check.targets: 17 targets; at most 16 (each is probed every interval)"),
+        (format!("{GW}[gateway.check]\ntargets = [{}]\n", (1..=16).map(|i| format!("\"192.0.2.{i}\"")).collect::<Vec<_>>().join(", ")), ""),
         (format!("{GW}[gateway.check]\ntargets = [\"2001:db8::53\"]\ndown = \"5/3\"\n"), "bad.toml:7:8: gateway.check.down: \"5/3\" is not LOST/WINDOW with 1 <= LOST <= WINDOW <= 64 (e.g. \"3/5\": down after 3 of the last 5 probes are lost)"),
         (format!("{GW}[gateway.check]\ninterval = \"1s\"\n"), "bad.toml:5:1: missing field `targets`"),
         (format!("{GW}[gateway.check]\ntargets = [\"192.0.2.53\", \"tcp:[2001:db8::80]:443\"]\ninterval = \"1.5s\"\ntimeout = \"500ms\"\ndown = \"2/4\"\nup = 3\n"), ""),
@@ -166,4 +172,30 @@ fn missing_file_is_exit_2_and_named() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("/nonexistent/symroute.toml: cannot read config"));
+}
+
+/// Rule priorities are fixed slots (`plan::alloc::Slot`), not one per gateway: however many
+/// gateways, a first_priority the config accepts (at most 32000) never runs past main's
+/// 32766, and the plan never panics allocating them.
+#[test]
+fn many_gateways_after_a_late_first_priority_fit() {
+    let mut s = "[settings]\nmark_mask = \"0xffff0000\"\nfirst_priority = 32000\n".to_string();
+    for i in 0..1000 {
+        s += &format!(
+            "[[gateway]]\nname = \"g{i}\"\nid = {}\ninterface = \"e{i}\"\nvia = \"10.{}.{}.1\"\n\
+             [[policy]]\nname = \"p{i}\"\nreply_via = \"g{i}\"\n[policy.match]\nin_interface = \"e{i}\"\n",
+            i + 1,
+            i / 256,
+            i % 256
+        );
+    }
+    s += "[[policy]]\nname = \"out\"\nroute_via = [\"g0\", \"g1\"]\n[[divert]]\nname = \"d\"\n";
+    let model = parse_str(&s, "ok.toml").expect("1000 gateways fit");
+    let plan = symroute::plan::build(&model, &symroute::plan::HostView::default());
+    let prios: Vec<u32> = plan.priorities.iter().map(|p| p.get()).collect();
+    assert_eq!(prios, [32000, 32001, 32002, 32003, 32004, 32005, 32006]);
+    assert_eq!(
+        plan.priorities.len(),
+        symroute::plan::alloc::priorities_needed(&model)
+    );
 }

@@ -823,7 +823,9 @@ fn foreign_rules_are_left_alone() {
     std::thread::sleep(Duration::from_millis(500));
     let rules = lab.fw.ip("-4 rule show").expect("ip rule");
     assert!(
-        !rules.contains(&format!("lookup {ISP1_TABLE}")),
+        !rules
+            .lines()
+            .any(|l| l.contains(&format!("fwmark {ISP1_MARK}"))),
         "applied despite the conflict:\n{rules}"
     );
     assert!(rules.contains("from 192.0.2.98 lookup main"), "{rules}");
@@ -1092,4 +1094,71 @@ fn auto_next_hop_follows_the_dhcp_default_route() {
         "the main table has no IPv4 default route through up1",
         SETTLE,
     );
+}
+
+/// (12) `on_change` hooks under a flapping link: at most one run waits per gateway (the
+/// latest change wins), a hook does not see the daemon's systemd variables, its output
+/// goes to the log, and what it leaves running in the background is killed.
+#[test]
+fn hooks_coalesce_see_no_systemd_variables_and_leave_nothing_running() {
+    let lab = lab();
+    let hooks = std::env::temp_dir().join(format!("symroute-hooks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&hooks);
+    std::fs::create_dir_all(&hooks).expect("hooks dir");
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(hooks.clone());
+    let h = hooks.display();
+    let config = format!(
+        "[settings]\non_change = \"sleep 1.5; echo $SYMROUTE_GATEWAY $SYMROUTE_OLD_STATE $SYMROUTE_NEW_STATE >> {h}/runs; env > {h}/env-$SYMROUTE_GATEWAY; sleep 60 & echo $! >> {h}/strays; echo said-$SYMROUTE_GATEWAY; echo err-$SYMROUTE_GATEWAY >&2\"\n{CONFIG}"
+    );
+    let d = Daemon::start(&lab.fw, &config, &[], &[("WATCHDOG_USEC", "30000000")]);
+    // While isp1's startup hook sleeps, isp1 goes down, up and down again.
+    lab.fw
+        .sh("ip link set up1 down; sleep 0.3; ip link set up1 up; sleep 0.3; ip link set up1 down")
+        .expect("flap up1");
+    d.wait_log("came before the hooks for", SETTLE);
+    let runs = || std::fs::read_to_string(hooks.join("runs")).unwrap_or_default();
+    let t0 = Instant::now();
+    while runs().lines().count() < 3 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "runs so far: {}\n{}",
+            runs(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        runs(),
+        "isp1 none up\nisp2 none up\nisp1 up down\n",
+        "one startup run each, then one run for isp1's latest change:\n{}",
+        d.log()
+    );
+    let env = std::fs::read_to_string(hooks.join("env-isp1")).expect("env-isp1");
+    assert!(env.contains("SYMROUTE_GATEWAY=isp1"), "{env}");
+    for private in ["NOTIFY_SOCKET=", "WATCHDOG_USEC=", "WATCHDOG_PID="] {
+        assert!(!env.contains(private), "the hook saw {private}:\n{env}");
+    }
+    let log = d.log();
+    for said in ["said: said-isp1", "said: err-isp1", "said: said-isp2"] {
+        assert!(log.contains(said), "no {said:?} in the log:\n{log}");
+    }
+    let strays = std::fs::read_to_string(hooks.join("strays")).expect("strays");
+    for pid in strays.lines() {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let running = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        assert!(
+            !running,
+            "a hook's background child {pid} still runs: {stat}"
+        );
+    }
+    lab.fw.ip("link set up1 up").expect("up1 up");
 }

@@ -3,7 +3,9 @@
 //! `on_change` hooks run with the event in their environment when isp1's upstream dies
 //! and comes back; `apply` while the daemon runs switches its config without dropping a
 //! forwarded TCP connection (and a bad config exits 2 and changes nothing);
-//! `apply --confirm` goes back to the previous config unless `confirm` comes in time;
+//! `apply --confirm` goes back to the previous config unless `confirm` comes in time, also
+//! across a daemon restart (killed and started again: it resumes the pending confirm and
+//! goes back on time; down past the deadline: it starts with the previous config);
 //! a reload keeps a gateway that its checks took down down. Timings are printed.
 //! Needs root, `nft`, `ip` and `conntrack`.
 
@@ -430,6 +432,82 @@ fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
     assert_eq!(st["daemon"]["config"], path.display().to_string());
     let c = symroute(&["confirm", "--netns", lab.fw.name()]);
     assert_eq!(c.code, 1, "nothing left to confirm: {}", c.stdout);
+}
+
+#[test]
+fn a_pending_confirm_survives_a_daemon_restart() {
+    const SECS: u64 = 4;
+    let lab = lab();
+    let d1 = Daemon::start(&lab.fw, CONFIG);
+    assert!(ip_rules(&lab.fw).contains("lookup 42122"));
+    // The new config lives apart from the daemon's directory (a restart remakes that).
+    let dir = std::env::temp_dir().join(format!("symroute-restart-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    struct Gone(std::path::PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(dir.clone());
+    let path = dir.join("new.toml");
+    let without_isp2 = CONFIG
+        .split("# The same for ISP2")
+        .next()
+        .expect("example has the isp2 policy");
+    std::fs::write(&path, without_isp2).expect("write new config");
+
+    // Applied through the daemon, then the daemon dies (SIGKILL) and is started again.
+    let t0 = Instant::now();
+    with_config(&["apply", "--confirm", &SECS.to_string()], &path, &lab.fw).ok();
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"));
+    let mut d1 = d1;
+    d1.signal(libc::SIGKILL);
+    let _ = d1.child.wait();
+    let d2 = Daemon::start(&lab.fw, CONFIG);
+    d2.wait_log(
+        "resuming a previous daemon's pending `apply --confirm`",
+        LIMIT,
+    );
+    let restarted = t0.elapsed();
+    assert!(
+        !ip_rules(&lab.fw).contains("lookup 42122"),
+        "the restarted daemon should run the unconfirmed config until the deadline"
+    );
+    let st = status_json(&lab.fw);
+    assert_eq!(st["daemon"]["config"], path.display().to_string(), "{st:#}");
+    while !ip_rules(&lab.fw).contains("lookup 42122") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(SECS + 1),
+            "not back to the previous config by the deadline + 1 s:\n{}",
+            d2.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let back = t0.elapsed();
+    eprintln!(
+        "apply --confirm {SECS} through the daemon, daemon restarted at {restarted:?}: back to the previous config at {back:?}"
+    );
+    assert!(
+        back >= Duration::from_secs(SECS) - Duration::from_millis(100),
+        "went back early: {back:?}"
+    );
+    d2.wait_log("was not confirmed in time", LIMIT);
+    let c = symroute(&["confirm", "--netns", lab.fw.name()]);
+    assert_eq!(c.code, 1, "nothing left to confirm: {}", c.stdout);
+
+    // Down across the deadline: the next daemon starts with the previous config.
+    with_config(&["apply", "--confirm", "1"], &path, &lab.fw).ok();
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"));
+    let mut d2 = d2;
+    d2.signal(libc::SIGTERM);
+    let _ = d2.child.wait();
+    std::thread::sleep(Duration::from_millis(1200));
+    let d3 = Daemon::start(&lab.fw, CONFIG);
+    d3.wait_log("ran out while no daemon ran", LIMIT);
+    assert!(ip_rules(&lab.fw).contains("lookup 42122"), "{}", d3.log());
+    let st = status_json(&lab.fw);
+    assert!(st["daemon"]["pending_confirm"].is_null(), "{st:#}");
 }
 
 #[test]

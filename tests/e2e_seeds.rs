@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
-use support::{require_root, symroute_in};
+use support::{require_root, symroute_in, Applied};
 use symroute::lab::{
     in_netns, tcp_probe, udp_probe, Netns, ProxyRelay, TcpEcho, TcpServer, TwoIsps,
 };
@@ -161,26 +161,6 @@ fn peer_of(answer: &str) -> (IpAddr, u16) {
 
 // ---------------------------------------------------------------------------------------
 // symroute runs
-
-/// Applies `config` in `ns` and removes it again on drop (declared after the topology, so
-/// it drops first): keeps /run/symroute free of records for deleted namespaces.
-struct Applied<'a> {
-    ns: &'a Netns,
-}
-
-impl<'a> Applied<'a> {
-    fn apply(ns: &'a Netns, config: &str) -> Applied<'a> {
-        let run = symroute_in(ns, "apply", Some(config), &[]).ok();
-        eprintln!("symroute apply in {}:\n{}", ns.name(), run.stdout);
-        Applied { ns }
-    }
-}
-
-impl Drop for Applied<'_> {
-    fn drop(&mut self) {
-        let _ = symroute_in(self.ns, "remove", None, &[]);
-    }
-}
 
 fn status_json(ns: &Netns, config: &str) -> serde_json::Value {
     let run = symroute_in(ns, "status", Some(config), &["--json"]).ok();

@@ -51,6 +51,25 @@ fn explain(fw: &Netns, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&r.stdout).expect("explain --json output")
 }
 
+/// `symroute explain --json --from DIR -c CONFIG ARGS`: a snapshot with the plan laid over.
+fn explain_offline(
+    dir: &std::path::Path,
+    cfg: &std::path::Path,
+    args: &[&str],
+) -> serde_json::Value {
+    let mut a = vec![
+        "explain",
+        "--json",
+        "--from",
+        dir.to_str().expect("utf-8 path"),
+        "-c",
+        cfg.to_str().expect("utf-8 path"),
+    ];
+    a.extend_from_slice(args);
+    let r = support::symroute(&a).ok();
+    serde_json::from_str(&r.stdout).expect("explain --json output")
+}
+
 fn iface(v: &serde_json::Value) -> String {
     v["interface"].as_str().unwrap_or("-").to_string()
 }
@@ -164,18 +183,8 @@ fn predicted_egress_matches_counters() {
     symroute_in(&t.fw, "snapshot", None, &[dir.to_str().unwrap()]).ok();
     let cfg = dir.join("fw.toml");
     std::fs::write(&cfg, FIREWALL).unwrap();
-    let mut args = vec![
-        "explain",
-        "--json",
-        "--from",
-        dir.to_str().unwrap(),
-        "-c",
-        cfg.to_str().unwrap(),
-    ];
-    args.extend_from_slice(&dnat);
-    let r = support::symroute(&args).ok();
+    let e = explain_offline(&dir, &cfg, &dnat);
     let _ = std::fs::remove_dir_all(&dir);
-    let e: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(iface(&e["verdict"]), "lan0", "{e:#}");
     assert_eq!(iface(&e["reply"]["verdict"]), "up1", "{e:#}");
     // isp1's table: id 26 from its name, 42000 + 26 - 1.
@@ -274,4 +283,179 @@ fn relay_reply_next_hop_matches_where_answers_arrive() {
     );
     symroute_in(&t.relay, "remove", None, &[]).ok();
     symroute_in(&t.proxy, "remove", None, &[]).ok();
+}
+
+/// One of the firewall's own services a client beyond ISP1 uses.
+struct Service {
+    what: &'static str,
+    udp: bool,
+    dst: SocketAddr,
+}
+
+fn own_services() -> Vec<Service> {
+    let v4 = IpAddr::V4(TwoIsps::FW_UP1_V4);
+    let v6 = IpAddr::V6(TwoIsps::FW_UP1_V6);
+    vec![
+        Service {
+            what: "TCP v4",
+            udp: false,
+            dst: SocketAddr::new(v4, TwoIsps::SMTP_PORT),
+        },
+        Service {
+            what: "TCP v6",
+            udp: false,
+            dst: SocketAddr::new(v6, TwoIsps::SMTP_PORT),
+        },
+        Service {
+            what: "UDP v4",
+            udp: true,
+            dst: SocketAddr::new(v4, TwoIsps::UDP_PORT),
+        },
+        Service {
+            what: "UDP v6",
+            udp: true,
+            dst: SocketAddr::new(v6, TwoIsps::UDP_PORT),
+        },
+    ]
+}
+
+/// explain's arguments for the client's connection to `s`.
+fn service_args(s: &Service) -> Vec<String> {
+    let client = match s.dst {
+        SocketAddr::V4(_) => TwoIsps::CLIENT_V4.to_string(),
+        SocketAddr::V6(_) => TwoIsps::CLIENT_V6.to_string(),
+    };
+    [
+        "--in-interface",
+        "up1",
+        "--source",
+        &client,
+        "--destination",
+        &s.dst.ip().to_string(),
+        "--destination-port",
+        &s.dst.port().to_string(),
+        "--protocol",
+        if s.udp { "udp" } else { "tcp" },
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// Whether explain says the client gets an answer: delivered here, answered via up1.
+fn predicts_answer(e: &serde_json::Value) -> bool {
+    e["verdict"]["type"] == "local"
+        && e["reply"]["verdict"]["type"] == "unicast"
+        && iface(&e["reply"]["verdict"]) == "up1"
+}
+
+fn answered(t: &TwoIsps, s: &Service) -> bool {
+    let timeout = Duration::from_millis(1200);
+    if s.udp {
+        symroute::lab::udp_probe(&t.client, s.dst, timeout).is_ok()
+    } else {
+        tcp_probe(&t.client, s.dst, timeout).is_ok()
+    }
+}
+
+/// explain's prediction and the real sockets' outcome for every service, which must agree;
+/// returns the outcomes.
+fn predicted_and_real(
+    t: &TwoIsps,
+    stage: &str,
+    explain_with: &dyn Fn(&[String]) -> serde_json::Value,
+) -> Vec<bool> {
+    let mut out = Vec::new();
+    for s in own_services() {
+        let e = explain_with(&service_args(&s));
+        let (predicted, real) = (predicts_answer(&e), answered(t, &s));
+        eprintln!(
+            "  [{stage}] {}: explain says {} / {} ({}), the socket {}",
+            s.what,
+            e["verdict"]["type"],
+            e["reply"]["verdict"]["type"],
+            e["reply"]["verdict"]["reason"]
+                .as_str()
+                .or(e["verdict"]["reason"].as_str())
+                .unwrap_or(""),
+            if real { "got an answer" } else { "got none" }
+        );
+        assert_eq!(
+            predicted, real,
+            "{stage}, {}: explain predicted {predicted}, the kernel did {real}: {e:#}",
+            s.what
+        );
+        out.push(real);
+    }
+    out
+}
+
+/// Seed 1 with up2 down, so main has no way back to the client: explain's verdicts for the
+/// firewall's own TCP and UDP services (IPv4 and IPv6) agree with real sockets without
+/// symroute's local reply rules (the rule set before them: IPv4 SYNs die at loose
+/// rp_filter, IPv6 replies at their first lookup before the output hook), with them,
+/// and offline from a snapshot of the host without symroute with `-c` (the plan laid
+/// over it), checked against the host after `apply`.
+#[test]
+fn local_replies_without_a_way_back_match_real_sockets() {
+    require_root();
+    let t = TwoIsps::build().expect("topology");
+    let _svc = t.start_services().expect("services");
+    symroute_in(&t.fw, "apply", Some(FIREWALL), &[]).ok();
+    t.fw.ip("link set up2 down").expect("up2 down");
+    for flag in ["-4", "-6"] {
+        for prio in ["3003", "3004", "3005"] {
+            let _ = t.fw.exec(&["ip", flag, "rule", "del", "pref", prio]);
+        }
+    }
+    let live = |args: &[String]| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        explain(&t.fw, &a)
+    };
+    let before = predicted_and_real(&t, "without local reply rules", &live);
+    assert_eq!(before, [false; 4], "nothing answers without a way back");
+    let e = live(&service_args(&own_services()[1]));
+    assert_eq!(e["reply"]["verdict"]["type"], "unreachable", "{e:#}");
+    assert!(
+        e["reply"]["verdict"]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("before the output hook"),
+        "{e:#}"
+    );
+
+    // rp_filter off: the IPv4 requests arrive too, and their answers die at the first
+    // lookup as the IPv6 ones do.
+    let rp = |all: &str, up1: &str| {
+        t.fw.sysctl("net.ipv4.conf.all.rp_filter", all)
+            .expect("sysctl");
+        t.fw.sysctl("net.ipv4.conf.up1.rp_filter", up1)
+            .expect("sysctl");
+    };
+    rp("0", "0");
+    let rp_off = predicted_and_real(&t, "without local reply rules, rp_filter 0", &live);
+    assert_eq!(rp_off, [false; 4]);
+    let e = live(&service_args(&own_services()[0]));
+    assert_eq!(e["reply"]["verdict"]["type"], "unreachable", "{e:#}");
+    rp("1", "2");
+
+    symroute_in(&t.fw, "apply", Some(FIREWALL), &[]).ok();
+    let after = predicted_and_real(&t, "with local reply rules", &live);
+    assert_eq!(after, [true; 4], "every service answers via ISP1");
+
+    // Offline: the host without symroute (up2 still down), the plan laid over it.
+    symroute_in(&t.fw, "remove", None, &[]).ok();
+    let dir = std::env::temp_dir().join(format!("symroute-explain-noway-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    symroute_in(&t.fw, "snapshot", None, &[dir.to_str().unwrap()]).ok();
+    let cfg = dir.join("fw.toml");
+    std::fs::write(&cfg, FIREWALL).unwrap();
+    let overlay = |args: &[String]| {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        explain_offline(&dir, &cfg, &a)
+    };
+    symroute_in(&t.fw, "apply", Some(FIREWALL), &[]).ok();
+    let offline = predicted_and_real(&t, "snapshot + -c, checked after apply", &overlay);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(offline, [true; 4]);
+    symroute_in(&t.fw, "remove", None, &[]).ok();
 }

@@ -307,6 +307,7 @@ fn host() -> HostView {
     let link = |addrs: &[&str]| Link {
         up: true,
         addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        peers: Vec::new(),
     };
     let mut h = HostView::default();
     for (name, addrs) in [
@@ -716,6 +717,32 @@ fn peer_port(answer: &str) -> u16 {
         .unwrap_or_else(|| panic!("unexpected answer {answer:?}"))
 }
 
+/// Connects from seed 1's client to each (protocol, destination); every one must answer.
+/// Returns (protocol, the client's address as the server saw it, destination).
+fn from_client(
+    c: &Netns,
+    targets: &[(u8, SocketAddr)],
+    ok: Duration,
+) -> Vec<(u8, SocketAddr, SocketAddr)> {
+    targets
+        .iter()
+        .map(|&(proto, dst)| {
+            let answer = if proto == 6 {
+                tcp_probe(c, dst, ok)
+            } else {
+                udp_probe(c, dst, ok)
+            }
+            .unwrap_or_else(|e| panic!("{dst}: {e:#}"));
+            let src_ip: IpAddr = if dst.is_ipv4() {
+                TwoIsps::CLIENT_V4.into()
+            } else {
+                TwoIsps::CLIENT_V6.into()
+            };
+            (proto, SocketAddr::new(src_ip, peer_port(&answer)), dst)
+        })
+        .collect()
+}
+
 /// Predicts the connection's first packet at the firewall's prerouting, and compares the
 /// conntrack mark (and DNAT) with the kernel's entry.
 fn check_entry(
@@ -797,45 +824,20 @@ fn predicted_conntrack_marks_two_isps() {
 
     let ok = Duration::from_secs(3);
     let c = &t.client;
-    let mut seen = Vec::new();
-    for (proto, dst) in [
-        (6u8, SocketAddr::new(TwoIsps::FW_UP1_V4.into(), 25)),
-        (6, SocketAddr::new(TwoIsps::FW_UP1_V6.into(), 25)),
-        (
-            6,
-            SocketAddr::new(TwoIsps::FW_UP1_V4.into(), TwoIsps::DNAT_PORT),
-        ),
-        (
-            6,
-            SocketAddr::new(TwoIsps::FW_UP1_V6.into(), TwoIsps::DNAT_PORT),
-        ),
-        (
-            17,
-            SocketAddr::new(TwoIsps::FW_UP1_V4.into(), TwoIsps::UDP_PORT),
-        ),
-        (
-            17,
-            SocketAddr::new(TwoIsps::FW_UP1_V6.into(), TwoIsps::UDP_PORT),
-        ),
-    ] {
-        let answer = if proto == 6 {
-            tcp_probe(c, dst, ok)
-        } else {
-            udp_probe(c, dst, ok)
-        }
-        .unwrap_or_else(|e| panic!("{dst}: {e:#}"));
-        let src_ip: IpAddr = if dst.is_ipv4() {
-            TwoIsps::CLIENT_V4.into()
-        } else {
-            TwoIsps::CLIENT_V6.into()
-        };
-        seen.push((
-            proto,
-            "up1",
-            SocketAddr::new(src_ip, peer_port(&answer)),
-            dst,
-        ));
-    }
+    let fw = |port| {
+        [
+            SocketAddr::new(TwoIsps::FW_UP1_V4.into(), port),
+            SocketAddr::new(TwoIsps::FW_UP1_V6.into(), port),
+        ]
+    };
+    let mut targets: Vec<(u8, SocketAddr)> = Vec::new();
+    targets.extend(fw(25).map(|a| (6, a)));
+    targets.extend(fw(TwoIsps::DNAT_PORT).map(|a| (6, a)));
+    targets.extend(fw(TwoIsps::UDP_PORT).map(|a| (17, a)));
+    let mut seen: Vec<(u8, &str, SocketAddr, SocketAddr)> = from_client(c, &targets, ok)
+        .into_iter()
+        .map(|(proto, src, dst)| (proto, "up1", src, dst))
+        .collect();
     // A LAN host's own connection to the firewall: no decision.
     let answer =
         tcp_probe(&t.lan, SocketAddr::new(TwoIsps::FW_LAN_V4.into(), 25), ok).expect("lan probe");
@@ -870,6 +872,19 @@ fn predicted_conntrack_marks_two_isps() {
     let out = evaluate(&rs, Hook::Output, &synack);
     assert_eq!(out.ctx_after.mark, 0x3300_0000);
     assert!(out.reroute);
+
+    // No way back in main (up2 down): the firewall's own services still answer (symroute's
+    // `from` rules route the replies' first lookup), and each new connection's conntrack
+    // mark is still the predicted one.
+    t.fw.ip("link set up2 down").expect("up2 down");
+    let mut local: Vec<(u8, SocketAddr)> = fw(25).map(|a| (6, a)).to_vec();
+    local.extend(fw(TwoIsps::UDP_PORT).map(|a| (17, a)));
+    let again = from_client(c, &local, ok);
+    let entries = conntrack(&t.fw);
+    for (proto, src, dst) in again {
+        let m = check_entry(&rs, &entries, proto, "up1", None, src, dst);
+        assert_eq!(m, 0x3300_0000, "isp1's reply mark (id 26 from its name)");
+    }
 }
 
 #[test]

@@ -7,6 +7,12 @@
 //! `ip route get` (one `ip -batch` per setup) and the answers compared: verdict type,
 //! error, egress interface, next hop and table.
 //!
+//! A second test checks the same engine against real sockets on hosts whose main table
+//! has no default route (some with symroute's local reply rules): a UDP socket bound to
+//! one of the host's addresses, with `SO_MARK`, sends to a destination; the kernel routes
+//! that packet once before any output hook, and `sendto` fails exactly when the engine
+//! says the lookup does.
+//!
 //! Needs root. The RNG is a self-contained xorshift; the default seed is fixed so CI is
 //! reproducible. `SYMROUTE_EXPLAIN_SEED=<n>` picks another, `=random` a fresh one each
 //! run (printed, so a failure can be replayed); `SYMROUTE_EXPLAIN_SETUPS=<n>` changes the
@@ -1253,5 +1259,238 @@ fn engine_matches_kernel_route_get() {
     assert_eq!(
         mismatches, 0,
         "{mismatches} packets routed differently by the engine and the kernel (kinds {mismatch_kinds:?}); replay with SYMROUTE_EXPLAIN_SEED={seed:#x}"
+    );
+}
+
+// ---- real sockets on hosts without a way back in main -------------------------------
+
+const SOCKET_SETUPS: usize = 8;
+const SOCKETS_PER_SETUP: usize = 160;
+
+/// The addresses a server on the host can bind: on up interfaces, not link-local or
+/// loopback.
+fn own_addresses(st: &RoutingState) -> Vec<IpAddr> {
+    st.links
+        .values()
+        .filter(|l| l.up)
+        .flat_map(|l| l.addrs.iter().map(|n| n.addr()))
+        .filter(|a| !is_link_local(a) && !a.is_loopback())
+        .collect()
+}
+
+/// What a socket's `sendto` answered: sent, or the errno as a route error.
+fn socket_result(e: Option<nix::errno::Errno>) -> Result<(), Option<RouteError>> {
+    use nix::errno::Errno;
+    match e {
+        None => Ok(()),
+        Some(Errno::ENETUNREACH) => Err(Some(RouteError::NetworkUnreachable)),
+        Some(Errno::EHOSTUNREACH) => Err(Some(RouteError::HostUnreachable)),
+        Some(Errno::EACCES) | Some(Errno::EPERM) => Err(Some(RouteError::PermissionDenied)),
+        Some(Errno::EINVAL) => Err(Some(RouteError::InvalidArgument)),
+        Some(Errno::ENODEV) => Err(Some(RouteError::NoSuchDevice)),
+        Some(_) => Err(None),
+    }
+}
+
+/// One UDP datagram the way a server answers: a socket bound to `src` (port 0: the
+/// kernel picks one), `SO_MARK` = `mark`, `sendto(dst:9)`. Returns the bound port and
+/// whether the kernel sent it. Runs inside the namespace.
+fn send_from(src: IpAddr, dst: IpAddr, mark: u32) -> (u16, Option<nix::errno::Errno>) {
+    use nix::sys::socket::{
+        self as s, sockopt, AddressFamily, SockFlag, SockType, SockaddrStorage,
+    };
+    use std::net::SocketAddr;
+    use std::os::fd::AsRawFd;
+    let family = match src {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let fd = s::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+    s::setsockopt(&fd, sockopt::Mark, &mark).expect("SO_MARK");
+    // Broadcast destinations are routed like the rest, not refused for a missing flag.
+    s::setsockopt(&fd, sockopt::Broadcast, &true).expect("SO_BROADCAST");
+    if let Err(e) = s::bind(
+        fd.as_raw_fd(),
+        &SockaddrStorage::from(SocketAddr::new(src, 0)),
+    ) {
+        panic!("bind {src}: {e}");
+    }
+    let port = s::getsockname::<SockaddrStorage>(fd.as_raw_fd())
+        .ok()
+        .and_then(|a| {
+            a.as_sockaddr_in()
+                .map(|v| v.port())
+                .or(a.as_sockaddr_in6().map(|v| v.port()))
+        })
+        .unwrap_or(0);
+    let to = SockaddrStorage::from(SocketAddr::new(dst, 9));
+    let r = s::sendto(fd.as_raw_fd(), b"x", &to, s::MsgFlags::MSG_DONTWAIT);
+    (port, r.err())
+}
+
+/// The routing engine against real sockets on hosts whose main table has no default
+/// route (an uplink down, or none by design), some with symroute-style local reply
+/// rules (`iif lo lookup main`, then `from <own address> lookup <table>`). Each packet
+/// is what a server sends: bound source, socket mark, UDP; the kernel routes it once,
+/// before any output hook, and `sendto` fails when that lookup does. The engine's
+/// verdict for the same flow must agree: sent, or the same error.
+#[test]
+fn engine_matches_sockets_without_a_default_in_main() {
+    require_root();
+    let seed = seed() ^ 0x050c_4e75;
+    println!("explain_routing_kernel sockets: seed {seed:#x}");
+    let (mut sent, mut by_source, mut failed) = (0usize, 0usize, 0usize);
+    let mut mismatches = Vec::new();
+    for i in 0..SOCKET_SETUPS {
+        let mut rng = Rng::new(seed.wrapping_add(i as u64));
+        let host = Netns::new("xs").expect("netns");
+        let peer = Netns::new("xq").expect("netns");
+        let setup = build(&mut rng, &host, &peer, false);
+        // No way back in main: its default routes go (whatever kind build made).
+        let mut cmds = Vec::new();
+        for fl in ["-4", "-6"] {
+            cmds.push(format!(
+                "{fl} route flush table main exact {}",
+                if fl == "-4" { "0.0.0.0/0" } else { "::/0" }
+            ));
+        }
+        let st0 = parse_state(&read_texts(&host));
+        let own = own_addresses(&st0);
+        if rng.pct(70) {
+            // A gateway table as symroute makes one (a default route through an uplink),
+            // and now and then a table of the random setup.
+            let up: Vec<&String> = st0
+                .links
+                .iter()
+                .filter(|(n, l)| l.up && n.as_str() != "lo")
+                .map(|(n, _)| n)
+                .collect();
+            if let Some(dev) = up.first() {
+                cmds.push(format!("-4 route add default dev {dev} table 4242"));
+                cmds.push(format!("-6 route add default dev {dev} table 4242"));
+            }
+            let tables = ["4242", "4242", "4242", "100", "200", "42000"];
+            for fl in ["-4", "-6"] {
+                cmds.push(format!("{fl} rule add pref 2000 iif lo lookup main"));
+            }
+            for a in &own {
+                if rng.pct(60) {
+                    let t = rng.pick(&tables);
+                    cmds.push(format!("rule add pref 2001 from {a} lookup {t}"));
+                }
+            }
+        }
+        for c in &cmds {
+            let _ = host.ip(c);
+        }
+        let texts = read_texts(&host);
+        let state = parse_state(&texts);
+        assert!(
+            !state
+                .routes
+                .iter()
+                .any(|r| r.table == 254 && r.dst.prefix_len() == 0),
+            "main kept a default route:\n{}{}",
+            texts.route,
+            texts.route6
+        );
+        let own = own_addresses(&state);
+        if own.is_empty() {
+            continue;
+        }
+        let queries: Vec<Query> = (0..SOCKETS_PER_SETUP)
+            .filter_map(|_| {
+                let mut q = gen_packet(&mut rng, &setup, &state);
+                let src = *rng.pick(&own);
+                if Family::of(&src) != Family::of(&q.dst) || q.dst.is_loopback() {
+                    return None;
+                }
+                if rng.pct(50) {
+                    // A client out on the Internet: nothing in main leads there.
+                    q.dst = match src {
+                        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(
+                            198,
+                            18,
+                            rng.below(256) as u8,
+                            rng.range(1, 254) as u8,
+                        )),
+                        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::new(
+                            0x2001,
+                            0xdb8,
+                            0xffee,
+                            0,
+                            0,
+                            0,
+                            0,
+                            rng.range(1, 0xffff) as u16,
+                        )),
+                    };
+                }
+                q.src = Some(src);
+                q.iif = None;
+                q.oif = None;
+                q.tos = 0;
+                q.ipproto = Some(17);
+                q.dport = Some(9);
+                Some(q)
+            })
+            .collect();
+        let results = symroute::lab::in_netns(host.name(), {
+            let queries = queries.clone();
+            move || {
+                queries
+                    .iter()
+                    .map(|q| send_from(q.src.expect("source"), q.dst, q.mark))
+                    .collect::<Vec<_>>()
+            }
+        })
+        .expect("in netns");
+        for (mut q, (port, errno)) in queries.into_iter().zip(results) {
+            q.sport = Some(port);
+            let v = lookup(&state, &q).verdict;
+            let real = socket_result(errno);
+            let model: Result<(), Option<RouteError>> = match v.error {
+                None => Ok(()),
+                Some(e) => Err(Some(e)),
+            };
+            let agrees = real == model
+                || v.alternatives
+                    .iter()
+                    .any(|a| a.error.map_or(Ok(()), |e| Err(Some(e))) == real);
+            match real {
+                Ok(()) if v.rule == Some(2001) => by_source += 1,
+                Ok(()) => sent += 1,
+                Err(_) => failed += 1,
+            }
+            if !agrees && mismatches.len() < MAX_REPORTS {
+                mismatches.push(format!(
+                    "setup {i}: {}: socket {errno:?}, engine {:?} {:?}: {}\n--- ip rule\n{}--- ip -6 rule\n{}--- ip route\n{}--- ip -6 route\n{}",
+                    describe_query(&q),
+                    v.kind,
+                    v.error,
+                    v.reason,
+                    texts.rule,
+                    texts.rule6,
+                    texts.route,
+                    texts.route6
+                ));
+            }
+        }
+    }
+    for m in &mismatches {
+        println!("{m}");
+    }
+    println!(
+        "explain_routing_kernel sockets: {} sent ({by_source} through a `from` rule), {failed} refused by the first lookup, {} mismatches",
+        sent + by_source,
+        mismatches.len()
+    );
+    assert!(
+        sent > 100 && failed > 100 && by_source > 10,
+        "too few of one kind: {sent} sent by other rules, {by_source} through `from` rules, {failed} refused"
+    );
+    assert!(
+        mismatches.is_empty(),
+        "the engine and real sockets disagree (seed {seed:#x})"
     );
 }

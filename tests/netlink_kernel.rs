@@ -26,6 +26,8 @@ fn rule(family: Family, prio: u32, fwmark: Option<(u32, u32)>, action: RuleActio
     RuleSpec {
         priority: Priority::from_kernel(prio),
         family,
+        from: None,
+        iif_lo: false,
         fwmark,
         action,
         suppress_prefixlength: None,
@@ -82,7 +84,15 @@ fn requests_round_trip_through_the_kernel() {
         for family in [Family::Inet4, Family::Inet6] {
             let mut main = rule(family, 3002, None, RuleAction::Lookup(TableId::MAIN));
             main.suppress_prefixlength = Some(0);
+            rules.push(main.clone());
+            // The local-only twin and the source rules of local replies.
+            main.priority = Priority::from_kernel(3004);
+            main.iif_lo = true;
             rules.push(main);
+        }
+        for addr in ["203.0.113.2", "203.0.113.3", "2001:db8:1::2"] {
+            let a = addr.parse().expect("address");
+            rules.push(RuleSpec::from_addr(Priority::from_kernel(3005), a, t(42000)));
         }
         let mut routes = vec![
             route(42000, RouteKind::Unicast, "0.0.0.0/0", Some("203.0.113.1"), "up1"),

@@ -71,6 +71,7 @@ fn host() -> HostView {
             Link {
                 up: true,
                 addrs: vec![addr.parse().unwrap()],
+                peers: Vec::new(),
             },
         );
         h.sysctls

@@ -1,6 +1,7 @@
 //! Subcommands. Each one is a thin layer over the library: load the config, call
 //! `plan`/`kernel`, print for people or as JSON.
 
+mod confirm;
 mod daemon;
 mod lab;
 
@@ -137,8 +138,24 @@ enum Cmd {
         /// Test only: die right after STEP without cleaning up, like `kill -9`
         #[arg(long, value_name = "STEP", hide = true)]
         abort_after: Option<Step>,
-        /// Roll the change back after SECS seconds unless `symroute confirm` runs first
-        #[arg(long, value_name = "SECS", conflicts_with_all = ["inject_failure", "abort_after"])]
+        /// Test only: the rollback's first N reads of the kernel fail
+        #[arg(
+            long,
+            value_name = "N",
+            hide = true,
+            requires = "inject_failure",
+            default_value = "0"
+        )]
+        fail_rollback_reads: u32,
+        /// Roll the change back SECS seconds (1 to 86400) after this command started unless
+        /// `symroute confirm` runs first. A guard process in its own session is armed before
+        /// the first change, so a dropped SSH session still gets its rollback.
+        #[arg(
+            long,
+            value_name = "SECS",
+            conflicts_with_all = ["inject_failure", "abort_after"],
+            value_parser = clap::value_parser!(u64).range(kernel::confirm::SECS)
+        )]
         confirm: Option<u64>,
     },
     /// Keep the change of a pending `apply --confirm` (so it is not rolled back).
@@ -146,13 +163,16 @@ enum Cmd {
         #[command(flatten)]
         netns: NetnsArg,
     },
-    /// Internal: wait for a pending `apply --confirm` and roll it back at its deadline.
+    /// Internal: the guard of an `apply --confirm`, started by it (stdin is its socket).
     #[command(hide = true)]
     ConfirmWatch {
         #[command(flatten)]
         netns: NetnsArg,
         #[arg(long)]
         token: String,
+        /// CLOCK_BOOTTIME nanoseconds
+        #[arg(long)]
+        deadline: u64,
     },
     /// Delete everything symroute made and restore the sysctls it changed.
     Remove {
@@ -474,41 +494,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Apply {
             config,
             netns,
-            inject_failure,
-            abort_after,
             confirm: Some(secs),
+            ..
         } => {
-            let _ = (inject_failure, abort_after);
+            // The deadline counts from now, on the boot clock (see kernel::clock).
+            let deadline =
+                kernel::clock::BootTime::now().after(std::time::Duration::from_secs(secs));
             let m = config.load()?;
             netns.enter()?;
             if let Some(code) = daemon::apply(&mut out, &config, Some(secs))? {
                 return Ok(code);
             }
-            let (report, token) = kernel::confirm::apply(&m, secs)?;
-            print_gateways(&mut out, &report.plan)?;
-            let Some(token) = token else {
-                print_changes(&mut out, &report.changes, "applied")?;
-                writeln!(out, "nothing to confirm: no watcher started")?;
-                return Ok(ExitCode::SUCCESS);
-            };
-            for l in report.changes.summary() {
-                writeln!(out, "{l}")?;
-            }
-            if let Err(e) = spawn_watcher(netns.netns.as_deref(), &token) {
-                // Without a watcher nothing rolls back: do it now rather than strand it.
-                let _ = kernel::confirm::roll_back_now(&token);
-                return Err(e.context("starting the confirm watcher (the change was rolled back)"));
-            }
-            writeln!(
-                out,
-                "applied; run `symroute confirm` within {secs} s or this change is rolled back"
-            )?;
+            return confirm::apply(&mut out, &m, netns.netns.as_deref(), secs, deadline);
         }
         Cmd::Apply {
             config,
             netns,
             inject_failure,
             abort_after,
+            fail_rollback_reads,
             confirm: None,
         } => {
             let m = config.load()?;
@@ -524,6 +528,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Faults {
                     fail_after: inject_failure,
                     abort_after,
+                    fail_rollback_reads,
                 },
             )?;
             print_gateways(&mut out, &report.plan)?;
@@ -539,9 +544,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             writeln!(out, "confirmed")?;
         }
-        Cmd::ConfirmWatch { netns, token } => {
+        Cmd::ConfirmWatch {
+            netns,
+            token,
+            deadline,
+        } => {
             netns.enter()?;
-            kernel::confirm::watch(&token)?;
+            confirm::watch(&token, deadline)?;
         }
         Cmd::Remove { netns } => {
             netns.enter()?;
@@ -781,32 +790,6 @@ fn load_peer(path: &std::path::Path) -> anyhow::Result<symroute::explain::doctor
             format!("--peer {origin}: no mark map in it (expected the peer's `symroute status --json` from symroute with stable marks)")
         })?;
     Ok(peer::side_of_map(&map, &origin))
-}
-
-/// Start `symroute confirm-watch` detached: its own session, stdio on /dev/null.
-fn spawn_watcher(netns: Option<&str>, token: &str) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt;
-    use std::process::{Command, Stdio};
-    let exe = std::env::current_exe().context("finding the symroute binary")?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("confirm-watch").arg("--token").arg(token);
-    if let Some(ns) = netns {
-        cmd.arg("--netns").arg(ns);
-    }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd.spawn().context("spawning symroute confirm-watch")?;
-    Ok(())
 }
 
 fn print_gateways(out: &mut impl Write, plan: &plan::Plan) -> anyhow::Result<()> {

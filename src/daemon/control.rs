@@ -9,31 +9,48 @@
 //! {"request":"confirm"}
 //! ```
 //!
-//! A listener thread accepts; a thread per connection reads the request and hands it to
-//! the actor as `Event::Control` with a reply channel. The actor alone decides.
+//! One thread serves every client (`serve`: at most 64 at once, 2 s to send the request
+//! and 2 s to read the answer, 64 KiB at most; a peer that is neither root nor the
+//! daemon's user, by SO_PEERCRED, is refused) and hands each request to the actor as
+//! `Event::Control` with a `Reply`. The actor alone decides.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::BorrowedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+
 use super::event::Event;
 use super::gateways::{rfc3339, unix, LiveGateway};
+use super::pending::{self, PendingConfirm};
+use super::serve;
 use super::{Daemon, DaemonError};
 use crate::config;
+use crate::kernel::clock::BootTime;
 use crate::kernel::status::DaemonInfo;
 use crate::kernel::{state, KernelError};
-use crate::model::Model;
 
 /// How long a client waits for the daemon's answer (a reload applies first).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How often a client tries when the daemon drops it before reading its request.
+const CALL_ATTEMPTS: u32 = 6;
 /// Requests are one short line.
-const MAX_REQUEST: u64 = 64 * 1024;
+const MAX_REQUEST: usize = 64 * 1024;
+/// A few clients at once (symroute's own commands send their line at once); slow or
+/// idle ones are dropped after the deadline, or sooner when newcomers need the slot.
+const LIMITS: serve::Limits = serve::Limits {
+    max_clients: 64,
+    request_deadline: Duration::from_secs(2),
+    answer_deadline: Duration::from_secs(2),
+    max_request: MAX_REQUEST,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "lowercase")]
@@ -111,7 +128,7 @@ pub struct PendingInfo {
 #[derive(Debug, Clone)]
 pub struct Call {
     pub request: Request,
-    pub reply: Sender<Response>,
+    pub reply: Reply,
 }
 
 /// Calls are equal when their requests are (the reply channels cannot be compared).
@@ -122,13 +139,6 @@ impl PartialEq for Call {
 }
 
 impl Eq for Call {}
-
-/// A reload with `confirm`, not confirmed yet: what to go back to, and when.
-pub(super) struct PendingConfirm {
-    deadline: Instant,
-    deadline_wall: SystemTime,
-    previous: (PathBuf, Model),
-}
 
 // ---------------------------------------------------------------------------------------
 // client
@@ -141,34 +151,60 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> KernelError {
 /// one nobody listens on).
 pub fn call(req: &Request) -> Result<Option<Response>, KernelError> {
     let path = state::socket_path()?;
-    let mut s = match UnixStream::connect(&path) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(io(format!("connecting to {}", path.display()))(e)),
-    };
     let what = || format!("talking to the daemon over {}", path.display());
-    s.set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(io(what()))?;
     let mut line = serde_json::to_string(req).expect("request serializes");
     line.push('\n');
-    s.write_all(line.as_bytes()).map_err(io(what()))?;
-    let mut answer = String::new();
-    BufReader::new(s)
-        .read_line(&mut answer)
-        .map_err(io(what()))?;
-    serde_json::from_str(&answer)
-        .map(Some)
-        .map_err(|e| KernelError::Parse {
-            cmd: what(),
-            detail: format!("{e} in {answer:?}"),
-        })
+    // A daemon under a flood of clients drops those that have not sent their request
+    // yet (`serve`); such a request was never seen, so sending it again is safe.
+    let mut pause = Duration::from_millis(10);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut s = match UnixStream::connect(&path) {
+            Ok(s) => s,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                return Ok(None)
+            }
+            Err(e) => return Err(io(format!("connecting to {}", path.display()))(e)),
+        };
+        s.set_read_timeout(Some(CLIENT_TIMEOUT))
+            .map_err(io(what()))?;
+        let mut answer = String::new();
+        let r = s
+            .write_all(line.as_bytes())
+            .and_then(|()| BufReader::new(s).read_line(&mut answer));
+        let dropped = match &r {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+        };
+        if dropped && attempt < CALL_ATTEMPTS {
+            std::thread::sleep(pause);
+            pause *= 2;
+            continue;
+        }
+        if dropped {
+            return Err(KernelError::Other(format!(
+                "{}: the daemon dropped the connection {CALL_ATTEMPTS} times before reading the request (too many clients?)",
+                what()
+            )));
+        }
+        r.map_err(io(what()))?;
+        return serde_json::from_str(&answer)
+            .map(Some)
+            .map_err(|e| KernelError::Parse {
+                cmd: what(),
+                detail: format!("{e} in {answer:?}"),
+            });
+    }
 }
 
 /// Delete this namespace's socket if no daemon listens on it (one killed with SIGKILL
@@ -208,9 +244,7 @@ impl Listener {
             let what = format!("{what} {}", path.display());
             move |source| DaemonError::Io { what, source }
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(err("creating the directory of"))?;
-        }
+        crate::kernel::rundir::ensure_dir()?;
         match UnixStream::connect(&path) {
             Ok(_) => {
                 return Err(DaemonError::Watcher(format!(
@@ -232,9 +266,8 @@ impl Listener {
             path: path.clone(),
             ino,
         };
-        std::thread::Builder::new()
-            .name("control".into())
-            .spawn(move || accept(listener, tx))
+        let owner = nix::unistd::geteuid().as_raw();
+        serve::spawn("control", listener, Control { tx, owner }, LIMITS)
             .map_err(err("starting the thread serving"))?;
         info!("control socket: {}", path.display());
         Ok(guard)
@@ -254,49 +287,108 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-fn accept(listener: UnixListener, tx: Sender<Event>) {
-    for conn in listener.incoming() {
-        match conn {
-            Ok(s) => {
-                let tx = tx.clone();
-                let r = std::thread::Builder::new()
-                    .name("control-conn".into())
-                    .spawn(move || serve(s, &tx));
-                if let Err(e) = r {
-                    warn!("control socket: could not start a thread for a client: {e}");
-                }
+/// The control protocol on `serve`'s loop: a JSON line in, handed to the actor with a
+/// `Reply`; its answer, a JSON line, out.
+struct Control {
+    tx: Sender<Event>,
+    /// Besides root, the user owning the socket (the daemon's) may talk to it.
+    owner: u32,
+}
+
+fn line(resp: &Response) -> Vec<u8> {
+    let mut text = serde_json::to_vec(resp).expect("response serializes");
+    text.push(b'\n');
+    text
+}
+
+impl serve::Protocol for Control {
+    /// SO_PEERCRED: the socket is 0600, but a descriptor can be passed on, and a mode
+    /// can be loosened by hand; the uid that connected is what counts.
+    fn admit(&mut self, client: BorrowedFd<'_>) -> Result<(), Vec<u8>> {
+        let uid = getsockopt(&client, PeerCredentials).map(|c| c.uid());
+        match uid {
+            Ok(0) => Ok(()),
+            Ok(uid) if uid == self.owner => Ok(()),
+            Ok(uid) => {
+                warn!("control socket: refused a client running as uid {uid} (only root or uid {} may)", self.owner);
+                Err(line(&Response::failed(
+                    1,
+                    format!("permission denied: uid {uid} may not talk to symroute run (only root or uid {})", self.owner),
+                )))
             }
+            Err(e) => Err(line(&Response::failed(
+                1,
+                format!("cannot tell who you are: {e}"),
+            ))),
+        }
+    }
+
+    fn complete(&self, buf: &[u8]) -> Option<usize> {
+        buf.iter().position(|b| *b == b'\n').map(|i| i + 1)
+    }
+
+    fn answer(&mut self, request: &[u8], waker: &serve::Waker) -> serve::Answer {
+        let request = match serde_json::from_slice::<Request>(request) {
+            Ok(r) => r,
             Err(e) => {
-                warn!("control socket: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+                return serve::Answer::Now(line(&Response::failed(
+                    1,
+                    format!("not a request symroute understands: {e}"),
+                )))
             }
+        };
+        let (tx, rx) = mpsc::channel();
+        let reply = Reply {
+            tx,
+            waker: waker.clone(),
+        };
+        match self.tx.send(Event::Control(Call { request, reply })) {
+            Ok(()) => serve::Answer::Later(rx),
+            Err(_) => serve::Answer::Now(line(&Response::failed(1, "the daemon is exiting"))),
+        }
+    }
+
+    /// A request without its newline at the end of the stream is still a request.
+    fn incomplete(&mut self, buf: &[u8], too_large: bool, waker: &serve::Waker) -> serve::Answer {
+        if too_large {
+            return serve::Answer::Now(line(&Response::failed(
+                1,
+                format!("request larger than {MAX_REQUEST} bytes"),
+            )));
+        }
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            return serve::Answer::Close;
+        }
+        self.answer(buf, waker)
+    }
+
+    fn busy(&self) -> Option<Vec<u8>> {
+        Some(line(&Response::failed(
+            1,
+            "the daemon is busy answering other clients; try again",
+        )))
+    }
+}
+
+/// Where the actor's answer to one call goes.
+#[derive(Clone)]
+pub struct Reply {
+    tx: Sender<Vec<u8>>,
+    waker: serve::Waker,
+}
+
+impl Reply {
+    pub fn send(self, resp: Response) {
+        if self.tx.send(line(&resp)).is_ok() {
+            self.waker.wake();
         }
     }
 }
 
-fn serve(mut s: UnixStream, tx: &Sender<Event>) {
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut line = String::new();
-    let read = BufReader::new((&s).take(MAX_REQUEST)).read_line(&mut line);
-    let resp = match read
-        .map_err(|e| e.to_string())
-        .and_then(|_| serde_json::from_str::<Request>(&line).map_err(|e| e.to_string()))
-    {
-        Err(e) => Response::failed(1, format!("not a request symroute understands: {e}")),
-        Ok(request) => {
-            let (reply, answer) = mpsc::channel();
-            if tx.send(Event::Control(Call { request, reply })).is_err() {
-                Response::failed(1, "the daemon is exiting")
-            } else {
-                answer
-                    .recv()
-                    .unwrap_or_else(|_| Response::failed(1, "the daemon exited before answering"))
-            }
-        }
-    };
-    let mut text = serde_json::to_string(&resp).expect("response serializes");
-    text.push('\n');
-    let _ = s.write_all(text.as_bytes());
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reply")
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -310,7 +402,7 @@ impl Daemon {
             Request::Reload { config, confirm } => self.reload_request(config, confirm),
             Request::Confirm => self.confirm_request(),
         };
-        let _ = call.reply.send(resp);
+        call.reply.send(resp);
     }
 
     fn status_response(&self) -> Response {
@@ -325,8 +417,8 @@ impl Daemon {
                 },
                 summary: self.status(),
                 pending_confirm: self.pending.as_ref().map(|p| PendingInfo {
-                    deadline: rfc3339(p.deadline_wall),
-                    deadline_unix: unix(p.deadline_wall),
+                    deadline: rfc3339(p.deadline.wall()),
+                    deadline_unix: unix(p.deadline.wall()),
                     previous_config: p.previous.0.display().to_string(),
                 }),
                 gateways: self.live.snapshot(&self.model, &self.windows),
@@ -338,13 +430,19 @@ impl Daemon {
 
     /// `symroute apply [--confirm SECS]` while the daemon runs.
     fn reload_request(&mut self, path: PathBuf, confirm: Option<u64>) -> Response {
+        if let Some(secs) = confirm.filter(|s| !crate::kernel::confirm::SECS.contains(s)) {
+            return Response::failed(
+                2,
+                format!("confirm: {secs} is not a number of seconds from 1 to 86400"),
+            );
+        }
         if let Some(p) = &self.pending {
             return Response::failed(
                 1,
                 format!(
                     "an earlier `apply --confirm` is still pending (the daemon goes back to {} at {}): run `symroute confirm` to keep it, or wait for it to be rolled back, then apply again",
                     p.previous.0.display(),
-                    rfc3339(p.deadline_wall)
+                    rfc3339(p.deadline.wall())
                 ),
             );
         }
@@ -362,16 +460,16 @@ impl Daemon {
                 lines.extend(summary_lines(changes));
                 match confirm {
                     Some(secs) if changed => {
-                        let deadline_wall = SystemTime::now() + Duration::from_secs(secs);
                         lines.push(format!(
                             "applied; run `symroute confirm` within {secs} s or the daemon goes back to {}",
                             previous.0.display()
                         ));
-                        self.pending = Some(PendingConfirm {
-                            deadline: Instant::now() + Duration::from_secs(secs),
-                            deadline_wall,
+                        let p = PendingConfirm {
+                            deadline: BootTime::now().after(Duration::from_secs(secs)),
                             previous,
-                        });
+                        };
+                        pending::save(&path, &p);
+                        self.pending = Some(p);
                     }
                     Some(_) => lines.push("nothing to confirm: nothing changed".into()),
                     None => {}
@@ -396,6 +494,7 @@ impl Daemon {
     fn confirm_request(&mut self) -> Response {
         match self.pending.take() {
             Some(_) => {
+                pending::forget();
                 info!("`symroute confirm`: keeping {}", self.config.display());
                 Response::done(vec![format!(
                     "confirmed: keeping {}",
@@ -411,12 +510,18 @@ impl Daemon {
 
     /// When an unconfirmed `apply --confirm` runs out.
     pub(super) fn confirm_deadline(&self) -> Option<Instant> {
-        self.pending.as_ref().map(|p| p.deadline)
+        self.pending.as_ref().map(|p| p.deadline.instant())
+    }
+
+    /// Whether that deadline has passed (on the boot clock it is kept in).
+    pub(super) fn confirm_due(&self) -> bool {
+        self.pending.as_ref().is_some_and(|p| p.deadline.passed())
     }
 
     /// The deadline passed without `symroute confirm`: go back to the previous config.
     pub(super) fn confirm_expired(&mut self) {
         let Some(p) = self.pending.take() else { return };
+        pending::forget();
         warn!(
             "`apply --confirm` of {} was not confirmed in time: going back to {}",
             self.config.display(),

@@ -11,6 +11,8 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::{recvfrom, SockaddrStorage};
+
 use super::event::Event;
 use crate::model::{Check, Model, ProbeTarget};
 use crate::plan::alloc;
@@ -404,13 +406,20 @@ fn pollfd(fd: i32, events: i16) -> libc::pollfd {
 }
 
 /// An ICMP echo socket for one target: an unprivileged ping socket if allowed, a raw
-/// one otherwise, bound to the gateway's interface and mark.
+/// one otherwise, bound to the gateway's interface and mark. An answer counts only if it
+/// is an echo reply from the target carrying this socket's payload (a marker and a
+/// random nonce): a stray or forged reply from elsewhere, or to someone else's ping,
+/// never makes a dead path look alive.
 struct EchoSocket {
     fd: OwnedFd,
     to: IpAddr,
     raw: bool,
     id: u16,
+    payload: [u8; PAYLOAD],
 }
+
+/// Bytes after the 8-byte ICMP echo header: "symroute" and a nonce.
+const PAYLOAD: usize = 16;
 
 impl EchoSocket {
     fn open(to: IpAddr, dev: &str, mark: u32) -> io::Result<EchoSocket> {
@@ -433,16 +442,25 @@ impl EchoSocket {
             .fold((std::process::id() as u16) ^ 0x5359, |h, b| {
                 h.rotate_left(5) ^ u16::from(b)
             });
-        Ok(EchoSocket { fd, to, raw, id })
+        let mut payload = [0u8; PAYLOAD];
+        payload[..8].copy_from_slice(b"symroute");
+        payload[8..].copy_from_slice(&nonce().to_be_bytes());
+        Ok(EchoSocket {
+            fd,
+            to,
+            raw,
+            id,
+            payload,
+        })
     }
 
     fn send(&self, seq: u16) -> io::Result<()> {
         let v4 = self.to.is_ipv4();
-        let mut pkt = [0u8; 16];
+        let mut pkt = [0u8; 8 + PAYLOAD];
         pkt[0] = if v4 { 8 } else { 128 };
         pkt[4..6].copy_from_slice(&self.id.to_be_bytes());
         pkt[6..8].copy_from_slice(&seq.to_be_bytes());
-        pkt[8..16].copy_from_slice(b"symroute");
+        pkt[8..].copy_from_slice(&self.payload);
         if v4 {
             // The kernel computes ICMPv6 checksums itself, not ICMPv4 ones on raw sockets.
             let c = checksum(&pkt);
@@ -463,42 +481,80 @@ impl EchoSocket {
         Ok(())
     }
 
-    /// Sequence numbers of the echo replies waiting on the socket.
+    /// Sequence numbers of our echo replies waiting on the socket.
     fn answers(&self) -> Vec<u16> {
-        let rep = if self.to.is_ipv4() { 0u8 } else { 129 };
         let mut seqs = Vec::new();
         let mut buf = [0u8; 1500];
         loop {
-            // SAFETY: buffer valid for its length; the sender's address is not needed.
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
+            let (n, from) = match recvfrom::<SockaddrStorage>(self.fd.as_raw_fd(), &mut buf) {
+                Ok((n, from)) if n > 0 => (n, from),
+                _ => return seqs,
             };
-            if n <= 0 {
-                return seqs;
-            }
-            let mut msg = &buf[..n as usize];
-            if self.raw {
-                if let IpAddr::V4(v4) = self.to {
-                    // Raw IPv4 sockets see the IP header and every ICMP message.
-                    let ihl = usize::from(msg[0] & 0x0f) * 4;
-                    if msg.len() < ihl + 8 || msg[12..16] != v4.octets() {
-                        continue;
-                    }
-                    msg = &msg[ihl..];
-                }
-                if msg.len() < 8 || msg[4..6] != self.id.to_be_bytes() {
-                    continue;
-                }
-            }
-            if msg.len() >= 8 && msg[0] == rep {
-                seqs.push(u16::from_be_bytes([msg[6], msg[7]]));
+            let from = from.and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|a| IpAddr::V4(a.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|a| IpAddr::V6(a.ip())))
+            });
+            let reply = Reply {
+                msg: &buf[..n],
+                from,
+                ip_header: self.raw && self.to.is_ipv4(),
+            };
+            if let Some(seq) = reply.ours(self.to, self.raw.then_some(self.id), &self.payload) {
+                seqs.push(seq);
             }
         }
+    }
+}
+
+/// A random number for the probes' payload (std's hasher keys come from the OS's
+/// randomness; no crate needed for 8 bytes).
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
+}
+
+/// One ICMP message read from an echo socket.
+struct Reply<'a> {
+    msg: &'a [u8],
+    /// Its sender, as the socket reports it.
+    from: Option<IpAddr>,
+    /// Raw IPv4 sockets see the IP header first.
+    ip_header: bool,
+}
+
+impl Reply<'_> {
+    /// Its sequence number, if it is the echo reply to one of our probes to `to`: from
+    /// `to`, of the reply type, with our identifier (`id`, raw sockets; a ping socket's
+    /// kernel matches it) and our `payload`.
+    fn ours(&self, to: IpAddr, id: Option<u16>, payload: &[u8]) -> Option<u16> {
+        let mut msg = self.msg;
+        let mut from = self.from;
+        if self.ip_header {
+            let ihl = usize::from(*msg.first()? & 0x0f) * 4;
+            if msg.len() < ihl.max(20) {
+                return None;
+            }
+            from = Some(IpAddr::V4(std::net::Ipv4Addr::new(
+                msg[12], msg[13], msg[14], msg[15],
+            )));
+            msg = &msg[ihl..];
+        }
+        let reply_type = if to.is_ipv4() { 0u8 } else { 129 };
+        if from != Some(to) || msg.len() != 8 + payload.len() || msg[0] != reply_type {
+            return None;
+        }
+        if id.is_some_and(|id| msg[4..6] != id.to_be_bytes()) || &msg[8..] != payload {
+            return None;
+        }
+        Some(u16::from_be_bytes([msg[6], msg[7]]))
     }
 }
 
@@ -549,6 +605,74 @@ fn connect_result(fd: &OwnedFd) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn echo_reply(v4: bool, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+        let mut m = vec![if v4 { 0 } else { 129 }, 0, 0, 0];
+        m.extend_from_slice(&id.to_be_bytes());
+        m.extend_from_slice(&seq.to_be_bytes());
+        m.extend_from_slice(payload);
+        m
+    }
+
+    #[test]
+    fn only_replies_from_the_target_with_our_payload_count() {
+        let to: IpAddr = "192.0.2.53".parse().unwrap();
+        let other: IpAddr = "192.0.2.54".parse().unwrap();
+        let payload = *b"symroute\x01\x02\x03\x04\x05\x06\x07\x08";
+        let ours = |msg: &[u8], from: IpAddr, id: Option<u16>| {
+            Reply {
+                msg,
+                from: Some(from),
+                ip_header: false,
+            }
+            .ours(to, id, &payload)
+        };
+        let good = echo_reply(true, 7, 42, &payload);
+        assert_eq!(ours(&good, to, None), Some(42));
+        assert_eq!(ours(&good, to, Some(7)), Some(42));
+        assert_eq!(ours(&good, other, None), None, "from another address");
+        assert_eq!(ours(&good, to, Some(8)), None, "someone else's identifier");
+        let mut forged = payload;
+        forged[15] ^= 1;
+        assert_eq!(
+            ours(&echo_reply(true, 7, 42, &forged), to, None),
+            None,
+            "another payload"
+        );
+        assert_eq!(
+            ours(&echo_reply(true, 7, 42, &payload[..8]), to, None),
+            None,
+            "short"
+        );
+        let mut request = good.clone();
+        request[0] = 8;
+        assert_eq!(ours(&request, to, None), None, "an echo request");
+        // Raw IPv4: the source is the header's.
+        let mut ip = vec![
+            0x45u8, 0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 192, 0, 2, 53, 192, 0, 2, 1,
+        ];
+        ip.extend_from_slice(&good);
+        let raw = |msg: &[u8]| {
+            Reply {
+                msg,
+                from: Some(to),
+                ip_header: true,
+            }
+            .ours(to, Some(7), &payload)
+        };
+        assert_eq!(raw(&ip), Some(42));
+        ip[15] = 54;
+        assert_eq!(raw(&ip), None, "the header names another source");
+        assert_eq!(raw(&ip[..10]), None, "truncated");
+        // IPv6.
+        let to6: IpAddr = "2001:db8::53".parse().unwrap();
+        let r6 = Reply {
+            msg: &echo_reply(false, 7, 9, &payload),
+            from: Some(to6),
+            ip_header: false,
+        };
+        assert_eq!(r6.ours(to6, None, &payload), Some(9));
+    }
 
     #[test]
     fn down_after_3_of_5_up_after_5_in_a_row() {

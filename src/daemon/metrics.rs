@@ -9,18 +9,20 @@
 //!
 //! The HTTP side is a hand-written HTTP/1.0 responder for this one endpoint: a web
 //! framework or an async runtime would dwarf the rest of the daemon for a single GET.
-//! Clients are served one at a time, each with a bounded request (8 KiB of head) and a
-//! deadline, so a stuck or hostile client costs at most a few seconds of scraping and no
-//! unbounded threads or memory.
+//! Clients are served together on one thread (`serve`): up to 64 at once, each with 1 s
+//! to send its request head (8 KiB at most) and 2 s to read the page, the idle ones
+//! making room for new ones, so stuck or hostile clients never hold up a scrape and cost
+//! no threads. The kernel reads are kept for 1 s and the page with them (`Scrape`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::gateways::LiveGateway;
+use super::serve;
 use crate::kernel::conntrack::Conntrack;
 use crate::kernel::status;
 use crate::plan::{GatewayPlan, GatewayState, Plan};
@@ -32,8 +34,16 @@ pub const RECONCILE_BUCKETS: [f64; 11] = [
 ];
 /// Largest request head accepted.
 const MAX_REQUEST: usize = 8 * 1024;
-/// How long one client may take, reading its request and writing the answer together.
-const CLIENT_DEADLINE: Duration = Duration::from_secs(5);
+/// Scrapers served at once: a request head within 1 s, the page read within 2 s; idle
+/// or slow clients make room for new ones (`serve`).
+const LIMITS: serve::Limits = serve::Limits {
+    max_clients: 64,
+    request_deadline: Duration::from_secs(1),
+    answer_deadline: Duration::from_secs(2),
+    max_request: MAX_REQUEST,
+};
+/// How long one read of the kernel's counters serves scrapes.
+const LIVE_TTL: Duration = Duration::from_secs(1);
 
 /// What the actor knows, as of its last update.
 #[derive(Debug, Clone)]
@@ -46,6 +56,11 @@ pub struct Snapshot {
     pub policies: Vec<PolicySnap>,
     /// Durations of every reconcile (apply) the actor ran, failed ones included.
     pub reconcile: Histogram,
+    /// Bumped on every update, so a page rendered from an older one is not reused.
+    pub generation: u64,
+    /// Bumped on every successful reconcile: the kernel's counters and connections are
+    /// read again after one (a failover flushes connections).
+    pub applied: u64,
 }
 
 impl Default for Snapshot {
@@ -55,6 +70,8 @@ impl Default for Snapshot {
             gateways: Vec::new(),
             policies: Vec::new(),
             reconcile: Histogram::new(&RECONCILE_BUCKETS),
+            generation: 0,
+            applied: 0,
         }
     }
 }
@@ -143,10 +160,11 @@ impl Metrics {
         if let Some(addr) = addr {
             let listener = TcpListener::bind(addr)
                 .map_err(|e| io::Error::new(e.kind(), format!("listening on {addr}: {e}")))?;
-            let snap = shared.clone();
-            std::thread::Builder::new()
-                .name("metrics".into())
-                .spawn(move || serve(listener, &snap))?;
+            let scrape = Scrape {
+                shared: shared.clone(),
+                cache: None,
+            };
+            serve::spawn("metrics", listener, scrape, LIMITS)?;
             tracing::info!("serving Prometheus metrics on http://{addr}/metrics");
         }
         Ok(Metrics { shared, serving })
@@ -159,7 +177,9 @@ impl Metrics {
 
     /// One reconcile took `took` (whether it succeeded or not).
     pub fn reconciled(&self, took: Duration) {
-        lock(&self.shared).reconcile.observe(took.as_secs_f64());
+        let mut s = lock(&self.shared);
+        s.reconcile.observe(took.as_secs_f64());
+        s.generation += 1;
     }
 
     /// A reconcile succeeded with `plan`; `live` is the actor's live gateway state after it.
@@ -175,6 +195,7 @@ impl Metrics {
                 counter: p.counter.clone(),
             })
             .collect();
+        s.applied += 1;
         note_live(&mut s, live);
     }
 
@@ -185,6 +206,7 @@ impl Metrics {
 }
 
 fn note_live(s: &mut Snapshot, live: &[LiveGateway]) {
+    s.generation += 1;
     for g in &mut s.gateways {
         if let Some(l) = live.iter().find(|l| l.name == g.name) {
             g.rtt = l.rtt_ms.map(|ms| ms / 1e3);
@@ -209,58 +231,65 @@ fn gateway_snap(g: &GatewayPlan) -> GatewaySnap {
     }
 }
 
-/// Accept clients one at a time, forever (the thread ends with the process).
-fn serve(listener: TcpListener, shared: &Mutex<Snapshot>) {
-    for stream in listener.incoming() {
-        match stream {
-            Ok(s) => {
-                if let Err(e) = answer(s, shared) {
-                    tracing::debug!("metrics client: {e}");
-                }
+/// The metrics page on `serve`'s loop. The live kernel reads (nft counters, conntrack)
+/// are the slow part of a page: they are kept for `LIVE_TTL` (or until the next
+/// reconcile), and the page rendered
+/// from them is reused while neither they nor the snapshot changed, so a HEAD and a GET,
+/// or many scrapers at once, cost one read and one render.
+struct Scrape {
+    shared: Arc<Mutex<Snapshot>>,
+    cache: Option<Cached>,
+}
+
+struct Cached {
+    read_at: Instant,
+    /// The snapshot's `applied` when the kernel was read.
+    applied: u64,
+    /// The snapshot's generation the page was rendered from.
+    generation: u64,
+    live: Live,
+    page: Arc<String>,
+}
+
+impl Scrape {
+    fn page(&mut self) -> Arc<String> {
+        let snap = lock(&self.shared).clone();
+        let fresh = |c: &Cached| c.read_at.elapsed() < LIVE_TTL && c.applied == snap.applied;
+        match &mut self.cache {
+            Some(c) if fresh(c) && c.generation == snap.generation => {}
+            Some(c) if fresh(c) => {
+                c.page = Arc::new(render(&snap, &c.live));
+                c.generation = snap.generation;
             }
-            // EMFILE and the like: don't spin.
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let live = read_live(&snap);
+                self.cache = Some(Cached {
+                    read_at: Instant::now(),
+                    applied: snap.applied,
+                    generation: snap.generation,
+                    page: Arc::new(render(&snap, &live)),
+                    live,
+                });
+            }
         }
+        self.cache.as_ref().expect("filled above").page.clone()
     }
 }
 
-fn answer(mut stream: TcpStream, shared: &Mutex<Snapshot>) -> io::Result<()> {
-    let deadline = Instant::now() + CLIENT_DEADLINE;
-    let (head, complete) = read_head(&mut stream, deadline)?;
-    let response = respond(&head, complete, || {
-        let snap = lock(shared).clone();
-        render(&snap, &read_live(&snap))
-    });
-    let left = deadline.saturating_duration_since(Instant::now());
-    stream.set_write_timeout(Some(left.max(Duration::from_millis(100))))?;
-    stream.write_all(&response)?;
-    let _ = stream.shutdown(std::net::Shutdown::Write);
-    Ok(())
-}
+impl serve::Protocol for Scrape {
+    fn complete(&self, buf: &[u8]) -> Option<usize> {
+        head_end(buf)
+    }
 
-/// The request head (up to the blank line, at most `MAX_REQUEST` bytes); whether the
-/// blank line was seen.
-fn read_head(stream: &mut TcpStream, deadline: Instant) -> io::Result<(Vec<u8>, bool)> {
-    let mut head = Vec::new();
-    let mut buf = [0u8; 1024];
-    loop {
-        if let Some(end) = head_end(&head) {
-            head.truncate(end);
-            return Ok((head, true));
+    fn answer(&mut self, head: &[u8], _: &serve::Waker) -> serve::Answer {
+        serve::Answer::Now(respond(head, true, || self.page()))
+    }
+
+    fn incomplete(&mut self, head: &[u8], too_large: bool, _: &serve::Waker) -> serve::Answer {
+        if head.is_empty() && !too_large {
+            return serve::Answer::Close;
         }
-        if head.len() >= MAX_REQUEST {
-            return Ok((head, false));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "request too slow"));
-        }
-        stream.set_read_timeout(Some(left))?;
-        let n = stream.read(&mut buf)?;
-        if n == 0 {
-            return Ok((head, false));
-        }
-        head.extend_from_slice(&buf[..n]);
+        serve::Answer::Now(respond(head, false, || self.page()))
     }
 }
 
@@ -271,14 +300,14 @@ fn head_end(data: &[u8]) -> Option<usize> {
     crlf.into_iter().chain(lf).min()
 }
 
-/// The whole HTTP/1.0 response to a request head; `metrics` renders the page, called
-/// only for `GET /metrics` (or HEAD).
-fn respond(head: &[u8], complete: bool, metrics: impl FnOnce() -> String) -> Vec<u8> {
+/// The whole HTTP/1.0 response to a request head; `metrics` gives the page, called
+/// only for `GET /metrics` (or HEAD, for its length).
+fn respond(head: &[u8], complete: bool, metrics: impl FnOnce() -> Arc<String>) -> Vec<u8> {
     let text = |code: &str, body: &str| {
         (
             code.to_string(),
             "text/plain; charset=utf-8",
-            body.to_string(),
+            Arc::new(body.to_string()),
         )
     };
     let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
@@ -585,7 +614,9 @@ symroute_reconcile_duration_seconds_count 4
     fn status_of(head: &str) -> (String, String) {
         let complete = head_end(head.as_bytes()).is_some();
         let end = head_end(head.as_bytes()).unwrap_or(head.len());
-        let out = respond(&head.as_bytes()[..end], complete, || "PAGE".into());
+        let out = respond(&head.as_bytes()[..end], complete, || {
+            Arc::new("PAGE".into())
+        });
         let out = String::from_utf8(out).unwrap();
         let status = out.lines().next().unwrap().to_string();
         let body = out.split_once("\r\n\r\n").unwrap().1.to_string();
@@ -629,14 +660,37 @@ symroute_reconcile_duration_seconds_count 4
         let big = format!("GET /metrics HTTP/1.0\r\nX: {}", "a".repeat(MAX_REQUEST));
         let out = respond(big.as_bytes(), false, || unreachable!());
         assert!(out.starts_with(b"HTTP/1.0 431 "));
-        let ok =
-            String::from_utf8(respond(b"GET /metrics HTTP/1.0", true, || "abc".into())).unwrap();
+        let ok = String::from_utf8(respond(b"GET /metrics HTTP/1.0", true, || {
+            Arc::new("abc".into())
+        }))
+        .unwrap();
         assert!(
             ok.contains(
                 "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: 3\r\n"
             ),
             "{ok}"
         );
+    }
+
+    #[test]
+    fn a_head_and_a_get_share_one_render_until_something_changes() {
+        let m = Metrics::start(None).unwrap();
+        let mut scrape = Scrape {
+            shared: m.shared.clone(),
+            cache: None,
+        };
+        let head = respond(b"HEAD /metrics HTTP/1.0", true, || scrape.page());
+        let first = scrape.page();
+        let get = respond(b"GET /metrics HTTP/1.0", true, || scrape.page());
+        assert!(Arc::ptr_eq(&first, &scrape.page()), "rendered again");
+        let len = format!("Content-Length: {}\r\n", first.len());
+        assert!(String::from_utf8_lossy(&head).contains(&len));
+        assert!(get.ends_with(first.as_bytes()));
+        // A new reconcile's figures make a new page.
+        m.reconciled(Duration::from_millis(5));
+        let second = scrape.page();
+        assert!(!Arc::ptr_eq(&first, &second));
+        assert!(second.contains("symroute_reconcile_duration_seconds_count 1"));
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub mod hooks;
 pub mod log;
 pub mod metrics;
 mod monitor;
+pub mod pending;
+pub mod serve;
 mod signals;
 pub mod systemd;
 
@@ -44,6 +46,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config;
 use crate::kernel::apply::{self, ApplyReport};
+use crate::kernel::rundir;
 use crate::kernel::KernelError;
 use crate::model::Model;
 use crate::plan::{GatewayState, Plan};
@@ -57,6 +60,8 @@ const PACE_BURST: u32 = 20;
 /// at a bounded rate.
 const PACE_REFILL: Duration = Duration::from_millis(200);
 const RETRY_FIRST: Duration = Duration::from_secs(1);
+/// How soon to try again when another symroute process holds the namespace's lock.
+const LOCKED_RETRY: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct Options {
@@ -145,6 +150,12 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         hooks: hooks::Hooks::default(),
         netns: opts.netns,
     };
+    // A pending `apply --confirm` of a previous daemon goes on where it was.
+    if let Some((config, model, pending)) = pending::resume() {
+        d.config = config;
+        d.model = model;
+        d.pending = pending;
+    }
     // At startup, any failure is fatal (exit 1), conflicts included: as `symroute apply`.
     let report = d.attempt(&Why::Start)?;
     // Probes start once the gateways' routes are in place: one sent before would take
@@ -217,7 +228,7 @@ struct Daemon {
     /// Each gateway's state, since, failovers, round trips (for status and hooks).
     live: gateways::Live,
     /// An `apply --confirm` through the control socket, not confirmed yet.
-    pending: Option<control::PendingConfirm>,
+    pending: Option<pending::PendingConfirm>,
     hooks: hooks::Hooks,
     netns: Option<String>,
 }
@@ -268,7 +279,7 @@ impl Daemon {
             self.systemd.ping_if_due(now);
             if reload {
                 self.reload();
-            } else if self.confirm_deadline().is_some_and(|t| t <= now) {
+            } else if self.confirm_due() {
                 self.confirm_expired();
             } else if self.retry_at.is_some_and(|t| t <= now) {
                 let _ = self.reconcile(Why::Retry);
@@ -293,7 +304,12 @@ impl Daemon {
     fn attempt(&mut self, why: &Why) -> Result<ApplyReport, KernelError> {
         let started = Instant::now();
         let reason = why.describe(started);
-        let report = apply::apply_with_health(&self.model, &self.health_down);
+        // At startup there is no loop to keep going yet: wait as a command would.
+        let wait = match why {
+            Why::Start => rundir::WAIT_COMMAND,
+            _ => rundir::WAIT_DAEMON,
+        };
+        let report = apply::apply_with_health(&self.model, &self.health_down, wait);
         self.metrics.reconciled(started.elapsed());
         let report = report?;
         let took = started.elapsed().as_millis();
@@ -370,6 +386,13 @@ impl Daemon {
             Ok(report) => {
                 self.settled(&report);
                 Ok(report.changes.summary())
+            }
+            // Another symroute (an `apply`, `remove` or confirm guard by hand) is at work:
+            // not a failure; look again shortly instead of blocking the loop on it.
+            Err(e @ KernelError::Locked { .. }) => {
+                debug!("not reconciling {} yet: {e}", why.describe(Instant::now()));
+                self.retry_at = Some(Instant::now() + LOCKED_RETRY);
+                Err(e.to_string())
             }
             Err(KernelError::Conflicts(conflicts)) => {
                 let texts: Vec<String> = conflicts.iter().map(|c| one_line(&c.0)).collect();
@@ -461,6 +484,9 @@ impl Daemon {
             return Ok(());
         }
         info!("{sig}: removing everything symroute made, then exiting");
+        if self.pending.take().is_some() {
+            pending::forget();
+        }
         self.systemd.stopping("removing the policy");
         let changes = apply::remove()?;
         for l in changes.summary() {
@@ -630,6 +656,7 @@ mod tests {
                 Link {
                     up,
                     addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                    peers: Vec::new(),
                 },
             );
         }
@@ -654,6 +681,7 @@ mod tests {
                 Link {
                     up: true,
                     addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                    peers: Vec::new(),
                 },
             );
         }

@@ -12,4 +12,4 @@ pub use ha::{HaDaemons, HaPair};
 pub use netns::{in_netns, veth, veth_mac, EtcNetns, Netns};
 pub use service::Service;
 pub use topology::{ProxyRelay, Services, TwoIsps};
-pub use traffic::{tcp_probe, udp_probe, Session, TcpEcho, TcpServer, UdpEcho};
+pub use traffic::{tcp_probe, udp_probe, Session, TcpEcho, TcpServer, UdpEcho, UdpSource};

@@ -117,6 +117,137 @@ impl UdpEcho {
     }
 }
 
+/// How a wildcard-bound UDP server (`0.0.0.0:PORT`, `[::]:PORT`) chooses the source of
+/// its answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpSource {
+    /// Plain `sendto`: the kernel picks the source by routing to the client.
+    Routed,
+    /// `IP_PKTINFO` / `IPV6_PKTINFO`: the answer leaves from the address the request came
+    /// to, as DNS and NTP servers that listen on every address do.
+    Pktinfo,
+}
+
+impl UdpEcho {
+    /// A wildcard-bound echo on `port` in `ns` for IPv4 or (IPv6-only) IPv6, answering
+    /// from the source `how` says.
+    pub fn start_wildcard(
+        ns: &Netns,
+        v6: bool,
+        port: u16,
+        how: UdpSource,
+    ) -> anyhow::Result<UdpEcho> {
+        let sock = in_netns(ns.name(), move || wildcard_socket(v6, port, how))?
+            .with_context(|| format!("bind wildcard udp :{port} in netns {}", ns.name()))?;
+        let addr = sock.local_addr().context("local_addr")?;
+        sock.set_read_timeout(Some(POLL))
+            .context("set_read_timeout")?;
+        let worker = Worker::start(format!("udp-any-{addr}"), move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                let _ = echo_once(&sock, how);
+            }
+        })?;
+        Ok(UdpEcho {
+            addr,
+            _worker: worker,
+        })
+    }
+}
+
+/// std cannot set IPV6_V6ONLY (a `[::]` socket would also take IPv4 and collide with the
+/// `0.0.0.0` one) nor ask for the arrival address, hence nix.
+fn wildcard_socket(v6: bool, port: u16, how: UdpSource) -> io::Result<UdpSocket> {
+    use nix::sys::socket::{self as ns, sockopt, AddressFamily, SockFlag, SockType};
+    let family = if v6 {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    let fd = ns::socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?;
+    if v6 {
+        ns::setsockopt(&fd, sockopt::Ipv6V6Only, &true)?;
+    }
+    if how == UdpSource::Pktinfo {
+        if v6 {
+            ns::setsockopt(&fd, sockopt::Ipv6RecvPacketInfo, &true)?;
+        } else {
+            ns::setsockopt(&fd, sockopt::Ipv4PacketInfo, &true)?;
+        }
+    }
+    let any: SocketAddr = if v6 {
+        SocketAddr::from(([0u16; 8], port))
+    } else {
+        SocketAddr::from(([0u8; 4], port))
+    };
+    ns::bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &ns::SockaddrStorage::from(any),
+    )?;
+    Ok(UdpSocket::from(fd))
+}
+
+/// Receives one datagram and answers `echo <peer-ip> <peer-port>`; errors (timeouts
+/// included) end this round.
+fn echo_once(sock: &UdpSocket, how: UdpSource) -> io::Result<()> {
+    use nix::sys::socket::{self as ns, ControlMessage, ControlMessageOwned, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let mut buf = [0u8; 1500];
+    let mut cmsg = nix::cmsg_space!(libc::in6_pktinfo);
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let msg = ns::recvmsg::<ns::SockaddrStorage>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())?;
+    let Some(peer) = msg.address else {
+        return Ok(());
+    };
+    let mut v4_info = None;
+    let mut v6_info = None;
+    for c in msg.cmsgs()? {
+        match c {
+            ControlMessageOwned::Ipv4PacketInfo(i) => {
+                v4_info = Some(libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: i.ipi_addr,
+                    ipi_addr: i.ipi_addr,
+                })
+            }
+            ControlMessageOwned::Ipv6PacketInfo(i) => {
+                v6_info = Some(libc::in6_pktinfo {
+                    ipi6_addr: i.ipi6_addr,
+                    ipi6_ifindex: 0,
+                })
+            }
+            _ => {}
+        }
+    }
+    let peer_sa = peer
+        .as_sockaddr_in()
+        .map(|a| SocketAddr::from((a.ip(), a.port())))
+        .or_else(|| {
+            peer.as_sockaddr_in6()
+                .map(|a| SocketAddr::from((a.ip(), a.port())))
+        })
+        .ok_or_else(|| io::Error::other("peer is not an IP address"))?;
+    let reply = format!("echo {} {}", peer_sa.ip(), peer_sa.port());
+    let mut cmsgs = Vec::new();
+    if let Some(i) = v4_info.as_ref() {
+        cmsgs.push(ControlMessage::Ipv4PacketInfo(i));
+    }
+    if let Some(i) = v6_info.as_ref() {
+        cmsgs.push(ControlMessage::Ipv6PacketInfo(i));
+    }
+    if how == UdpSource::Routed {
+        cmsgs.clear();
+    }
+    ns::sendmsg(
+        fd,
+        &[io::IoSlice::new(reply.as_bytes())],
+        &cmsgs,
+        MsgFlags::empty(),
+        Some(&peer),
+    )?;
+    Ok(())
+}
+
 /// Connects from inside `ns` to `dst` and returns the server's greeting line, trimmed.
 /// A timeout, reset or a connection closed without a line is an error.
 pub fn tcp_probe(ns: &Netns, dst: SocketAddr, timeout: Duration) -> anyhow::Result<String> {

@@ -33,6 +33,39 @@ pub fn require_root() {
     }
 }
 
+/// `/run/symroute/netns-<cookie>.<suffix>`: a file symroute keeps for `ns` (the cookie is
+/// read by a thread that enters the namespace; only that thread moves).
+pub fn run_file(ns: &Netns, suffix: &str) -> std::path::PathBuf {
+    let (name, suffix) = (ns.name().to_string(), suffix.to_string());
+    std::thread::spawn(move || {
+        symroute::kernel::netns::enter(&name).expect("enter the namespace");
+        symroute::kernel::rundir::netns_file(&suffix).expect("the namespace's cookie")
+    })
+    .join()
+    .expect("cookie thread")
+}
+
+/// One of symroute's IPv4 rules in `ns` (its line as `ip rule show` prints it, the
+/// first whose text contains `lookup TABLE`), and the `ip -4 rule del …` command that
+/// deletes exactly it: rules of one kind share a priority, so the priority alone would
+/// delete whichever comes first.
+pub fn our_rule(ns: &Netns, table: u32) -> (String, Vec<String>) {
+    let rule = ns
+        .exec(&["ip", "-4", "rule", "show"])
+        .expect("ip rule")
+        .lines()
+        .find(|l| l.contains(&format!("lookup {table}")))
+        .expect("a rule of ours")
+        .to_string();
+    let (pref, selector) = rule.split_once(':').expect("pref");
+    let mut del: Vec<String> = ["ip", "-4", "rule", "del", "pref", pref.trim()]
+        .map(str::to_string)
+        .into();
+    // `from all fwmark V/M lookup T proto 157`: the selector and action, as `del` takes them.
+    del.extend(selector.split_whitespace().map(str::to_string));
+    (rule, del)
+}
+
 /// The result of one `symroute` run.
 pub struct Run {
     pub code: i32,
@@ -111,6 +144,27 @@ pub fn kernel_snapshot(ns: &Netns) -> String {
         .sh("sysctl -a 2>/dev/null | grep -E 'rp_filter|icmp_errors_use_inbound_ifaddr' | sort")
         .expect("sysctl -a");
     s
+}
+
+/// Applies a config in a namespace and removes it again on drop (declare it after the
+/// topology, so it drops first): keeps /run/symroute free of records for deleted
+/// namespaces.
+pub struct Applied<'a> {
+    pub ns: &'a Netns,
+}
+
+impl<'a> Applied<'a> {
+    pub fn apply(ns: &'a Netns, config: &str) -> Applied<'a> {
+        let run = symroute_in(ns, "apply", Some(config), &[]).ok();
+        eprintln!("symroute apply in {}:\n{}", ns.name(), run.stdout);
+        Applied { ns }
+    }
+}
+
+impl Drop for Applied<'_> {
+    fn drop(&mut self) {
+        let _ = symroute_in(self.ns, "remove", None, &[]);
+    }
 }
 
 /// Runs `symroute remove` in its namespace when dropped (also when the test panics), so

@@ -124,15 +124,7 @@ impl HostState {
                 .rules
                 .iter()
                 .filter(|r| r.family == family)
-                .map(|r| {
-                    format!(
-                        "{}:\tfrom all {}\n",
-                        r.priority,
-                        r.ip_args()
-                            .replacen(&format!("pref {} ", r.priority), "", 1)
-                            .replace(" protocol ", " proto ")
-                    )
-                })
+                .map(|r| format!("{}\n", r.show_text()))
                 .collect();
             let routes: String = plan
                 .routes
@@ -197,6 +189,7 @@ impl HostState {
                 symroute_core::plan::Link {
                     up: l.up && l.carrier,
                     addrs: l.addrs.clone(),
+                    peers: Vec::new(),
                 },
             );
         }

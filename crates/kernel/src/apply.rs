@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::netlink::{Netlink, Request};
-use super::{cmd, observe, state, KernelError};
+use super::{cmd, observe, rundir, state, KernelError};
 use symroute_core::model::{Family, Model};
 use symroute_core::plan::diff::{self, Changes, Observed, SysctlChange};
 use symroute_core::plan::{self, nft, Plan, RouteSpec, RuleSpec};
@@ -29,6 +29,8 @@ pub struct Faults {
     pub fail_after: Option<Step>,
     /// Die without cleaning up right after this step, like `kill -9`.
     pub abort_after: Option<Step>,
+    /// The rollback's first this many reads of the kernel fail.
+    pub fail_rollback_reads: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -39,16 +41,19 @@ pub struct ApplyReport {
 
 /// Observe, plan, diff; refuse on conflicts; apply the difference; roll back on failure.
 pub fn apply(model: &Model, faults: Faults) -> Result<ApplyReport, KernelError> {
-    let _lock = state::lock()?;
+    let _lock = rundir::lock(rundir::WAIT_COMMAND)?;
     apply_locked(model, faults, |_| Ok(()))
 }
 
-/// `apply` with gateways declared down by the daemon's health checks (name → why).
+/// `apply` with gateways declared down by the daemon's health checks (name → why),
+/// waiting at most `wait` for another symroute process in the namespace
+/// (`KernelError::Locked` after that).
 pub fn apply_with_health(
     model: &Model,
     health_down: &std::collections::BTreeMap<String, String>,
+    wait: std::time::Duration,
 ) -> Result<ApplyReport, KernelError> {
-    let _lock = state::lock()?;
+    let _lock = rundir::lock(wait)?;
     apply_locked_for(model, health_down, Faults::default(), |_| Ok(()))
 }
 
@@ -106,6 +111,7 @@ fn apply_locked_for(
             changes.nft.is_some(),
             saved_table.as_deref(),
             &state_before,
+            faults,
         );
         let msg = match rollback {
             Ok(()) => format!("{e}\nrolled back: the host is as it was before this apply"),
@@ -160,7 +166,7 @@ pub fn prepare_health(
 /// Delete everything symroute owns and restore recorded sysctls. Returns what it did;
 /// errors are collected, not fatal, so one stuck object doesn't strand the rest.
 pub fn remove() -> Result<Changes, KernelError> {
-    let _lock = state::lock()?;
+    let lock = rundir::lock(rundir::WAIT_COMMAND)?;
     let observed = observe::observe()?;
     let recorded = state::load()?.sysctls;
     let changes = Changes {
@@ -172,12 +178,13 @@ pub fn remove() -> Result<Changes, KernelError> {
     };
     execute(&changes, Faults::default(), true)?;
     state::save(&state::State::default())?;
-    // A pending `apply --confirm` would put back what was there before it: after a
-    // remove, nothing is left to confirm or roll back.
-    if let Ok(p) = state::pending_path() {
-        let _ = std::fs::remove_file(p);
-    }
-    state::forget_lock();
+    // A pending `apply --confirm` (by hand or a stopped daemon's) would put back what
+    // was there before it: after a remove, nothing is left to confirm or roll back.
+    let _ = super::confirm::forget();
+    let _ = state::daemon_pending_path().and_then(|p| rundir::remove(&p));
+    // Namespaces come and go: leave no lock file behind. Unlinked while held, so a
+    // waiter finds it gone and locks a new one (`rundir`).
+    lock.unlink();
     Ok(changes)
 }
 
@@ -316,50 +323,104 @@ fn write_sysctls(set: &[SysctlChange], restore: &[SysctlChange]) -> Result<(), K
 /// Put back the rules, routes, table and sysctls that `before` saw. The table is only
 /// touched when this apply changed it (`nft_changed`): otherwise `saved_table` is `None`
 /// although the table exists, and must stay.
+///
+/// It does not give up when it cannot read the kernel: the read is tried again a few
+/// times, and if it still fails, what needs no reading (the table, the sysctls' old
+/// values, the old rules and routes added back) is done anyway and the failure reported.
 pub(crate) fn roll_back(
     before: &Observed,
     nft_changed: bool,
     saved_table: Option<&str>,
     state_before: &state::State,
+    faults: Faults,
 ) -> Result<(), KernelError> {
-    let now = observe::observe()?;
-    let changes = Changes {
-        nft: nft_changed.then(|| match saved_table {
-            Some(text) => nft::replace_script(text),
-            None => nft::delete_script(),
-        }),
-        rules_del: now
-            .rules
-            .difference(&before.rules)
-            .cloned()
-            .collect::<Vec<RuleSpec>>(),
-        rules_add: before.rules.difference(&now.rules).cloned().collect(),
-        routes_del: now
-            .routes
-            .difference(&before.routes)
-            .cloned()
-            .collect::<Vec<RouteSpec>>(),
-        routes_add: before.routes.difference(&now.routes).cloned().collect(),
-        sysctls: Vec::new(),
-        sysctls_restore: before
-            .host
-            .sysctls
-            .iter()
-            .filter_map(|(k, v)| {
-                let cur = now.host.sysctls.get(k)?;
-                (cur != v).then(|| SysctlChange {
+    let read = |attempt: u32| {
+        if attempt < faults.fail_rollback_reads {
+            return Err(KernelError::Other(format!(
+                "injected read failure {} (--fail-rollback-reads)",
+                attempt + 1
+            )));
+        }
+        observe::observe_netlink()
+    };
+    let mut now = read(0);
+    for (attempt, pause) in [50, 200, 500].into_iter().enumerate() {
+        if now.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(pause));
+        now = read(attempt as u32 + 1);
+    }
+    let (now, unread) = match now {
+        Ok(now) => (now, None),
+        Err(e) => (Observed::default(), Some(e)),
+    };
+    let nft = nft_changed.then(|| match saved_table {
+        Some(text) => nft::replace_script(text),
+        None => nft::delete_script(),
+    });
+    let changes = match &unread {
+        None => Changes {
+            nft,
+            rules_del: now
+                .rules
+                .difference(&before.rules)
+                .cloned()
+                .collect::<Vec<RuleSpec>>(),
+            rules_add: before.rules.difference(&now.rules).cloned().collect(),
+            routes_del: now
+                .routes
+                .difference(&before.routes)
+                .cloned()
+                .collect::<Vec<RouteSpec>>(),
+            routes_add: before.routes.difference(&now.routes).cloned().collect(),
+            sysctls: Vec::new(),
+            sysctls_restore: before
+                .host
+                .sysctls
+                .iter()
+                .filter_map(|(k, v)| {
+                    let cur = now.host.sysctls.get(k)?;
+                    (cur != v).then(|| SysctlChange {
+                        key: k.clone(),
+                        from: cur.clone(),
+                        to: v.clone(),
+                    })
+                })
+                .collect(),
+        },
+        // Blind: what was there goes back in (an add of what exists is refused and
+        // reported, harmlessly); what this apply added cannot be told apart unread.
+        Some(_) => Changes {
+            nft,
+            rules_add: before.rules.iter().cloned().collect(),
+            routes_add: before.routes.iter().cloned().collect(),
+            sysctls_restore: before
+                .host
+                .sysctls
+                .iter()
+                .map(|(k, v)| SysctlChange {
                     key: k.clone(),
-                    from: cur.clone(),
+                    from: String::new(),
                     to: v.clone(),
                 })
-            })
-            .collect(),
+                .collect(),
+            ..Changes::default()
+        },
     };
     let r = execute(&changes, Faults::default(), true);
-    state::save(state_before)?;
+    let saved = state::save(state_before);
     // The table put back has new rule handles.
-    if nft_changed {
-        record_table_digest()?;
+    let digest = if nft_changed {
+        record_table_digest()
+    } else {
+        Ok(())
+    };
+    match unread {
+        Some(e) => Err(KernelError::Other(format!(
+            "could not read the kernel to roll back ({e}); put back the nft table and sysctls and re-added the old rules and routes, but rules and routes this apply added may remain: run `symroute remove` or apply again{}",
+            r.err().map(|e| format!("; also: {e}")).unwrap_or_default()
+        ))),
+        None => r.and(saved).and(digest),
     }
-    r
 }

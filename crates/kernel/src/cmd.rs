@@ -27,6 +27,10 @@ pub enum KernelError {
     },
     #[error("refusing to change anything:\n  {}", .0.iter().map(|c| c.to_string()).collect::<Vec<_>>().join("\n  "))]
     Conflicts(Vec<symroute_core::plan::diff::Conflict>),
+    /// Another symroute process held the namespace's lock for longer than the caller
+    /// may wait (`rundir::lock`).
+    #[error("another symroute process is working in this network namespace: {path} stayed locked for {waited_ms} ms; try again once it is done")]
+    Locked { path: String, waited_ms: u64 },
     #[error("{0}")]
     Other(String),
 }

@@ -1,26 +1,61 @@
-//! Safe changes (`apply --confirm SECS`): before changing anything, save what a rollback
-//! needs in /run/symroute/netns-<cookie>.confirm.json; a detached watcher (`symroute
-//! confirm-watch`) puts it all back at the deadline unless `symroute confirm` removed
-//! the file first. The rollback is apply's own (`apply::roll_back`).
+//! Safe changes (`apply --confirm SECS`) without a daemon. The guard exists before the
+//! first change:
+//!
+//! 1. `begin` takes the namespace lock and settles an earlier pending change: refused
+//!    while its guard lives, rolled back (or, unreadable, cleared) when its guard is gone.
+//! 2. The caller starts the guard, `symroute confirm-watch`, in a session of its own (so
+//!    a hang-up or a kill of the caller's process group does not reach it), connected to
+//!    the caller by a socket pair. The guard takes the guard lock
+//!    (`netns-<cookie>.confirm.guard`, held for its whole life: "is anyone guarding?" is a
+//!    non-blocking `flock`) and answers `armed`.
+//! 3. `Session::apply` saves what a rollback needs in `netns-<cookie>.confirm.json`, then
+//!    applies; the caller tells the guard `applied`, `unchanged` or `failed`.
+//! 4. The guard (`guard`) rolls back at the deadline unless `symroute confirm` removed the
+//!    file first; at once when the caller failed or vanished without saying `applied`
+//!    (a half-made change is never left waiting); it does nothing when the file is not
+//!    its own (nothing was saved, so nothing changed).
+//!
+//! The deadline is a CLOCK_BOOTTIME reading (`clock`), fixed when the command started.
+//! The rollback is apply's own (`apply::roll_back`).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::apply::{self, ApplyReport, Faults};
+use super::clock::BootTime;
+use super::rundir::{self, Lock};
 use super::{state, KernelError};
 use symroute_core::model::Model;
 use symroute_core::plan::diff::Observed;
 use symroute_core::plan::{HostView, RouteSpec, RuleSpec};
 
+/// The range `--confirm` accepts, in seconds (a day at most).
+pub const SECS: std::ops::RangeInclusive<u64> = 1..=86_400;
+
+/// How long the caller waits for a starting guard to say it is armed.
+pub const ARM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a starting guard waits for the guard lock (a guard whose change was just
+/// confirmed lets go within `POLL`).
+const GUARD_LOCK_WAIT: Duration = Duration::from_secs(3);
+/// How often a guard looks whether its change was confirmed.
+const POLL: Duration = Duration::from_millis(100);
+
 /// What `apply --confirm` saved before its first change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Pending {
-    /// Names this pending change; a watcher acts only on its own.
+    /// Names this pending change; a guard acts only on its own.
     pub token: String,
-    /// Seconds since the epoch after which the change is rolled back.
-    pub deadline: u64,
+    /// When the change is rolled back (CLOCK_BOOTTIME).
+    pub deadline: BootTime,
+    /// The same, in seconds since the epoch, for people.
+    pub deadline_unix: u64,
+    /// The guard's process id, for people.
+    pub guard_pid: u32,
     /// symroute's own rules and routes before the apply.
     pub rules: BTreeSet<RuleSpec>,
     pub routes: BTreeSet<RouteSpec>,
@@ -33,153 +68,360 @@ pub struct Pending {
     pub sysctls: BTreeMap<String, String>,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64().ceil() as u64)
-        .unwrap_or(0)
-}
-
-fn io(what: String) -> impl FnOnce(std::io::Error) -> KernelError {
-    move |source| KernelError::Io { what, source }
+/// The pending file could not be read or parsed.
+fn unreadable(path: &std::path::Path, detail: String) -> KernelError {
+    KernelError::Parse {
+        cmd: format!("reading {}", path.display()),
+        detail,
+    }
 }
 
 /// The pending change of this namespace, if any.
 pub fn load() -> Result<Option<Pending>, KernelError> {
     let p = state::pending_path()?;
-    match std::fs::read_to_string(&p) {
-        Ok(text) => serde_json::from_str(&text)
+    match rundir::read(&p)? {
+        Some(text) => serde_json::from_str(&text)
             .map(Some)
-            .map_err(|e| KernelError::Parse {
-                cmd: format!("reading {}", p.display()),
-                detail: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(KernelError::Io {
-            what: format!("reading {}", p.display()),
-            source,
-        }),
+            .map_err(|e| unreadable(&p, e.to_string())),
+        None => Ok(None),
     }
 }
 
 fn save(p: &Pending) -> Result<(), KernelError> {
-    let path = state::pending_path()?;
-    let dir = path.parent().expect("pending path has a directory");
-    std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-    let tmp = path.with_extension("tmp");
     let text = serde_json::to_string_pretty(p).expect("pending change serializes");
-    std::fs::write(&tmp, text).map_err(io(format!("writing {}", tmp.display())))?;
-    std::fs::rename(&tmp, &path).map_err(io(format!("writing {}", path.display())))
+    rundir::write(&state::pending_path()?, text.as_bytes())
 }
 
 /// Remove the pending file; false when there was none.
 fn discard() -> Result<bool, KernelError> {
-    let p = state::pending_path()?;
-    match std::fs::remove_file(&p) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(KernelError::Io {
-            what: format!("removing {}", p.display()),
-            source,
-        }),
+    rundir::remove(&state::pending_path()?)
+}
+
+fn guard_path() -> Result<PathBuf, KernelError> {
+    rundir::netns_file("confirm.guard")
+}
+
+/// Whether a guard holds the guard lock now. When none does, its file goes (unlinked
+/// while held, as `rundir` allows), so namespaces leave none behind.
+fn guarded() -> Result<bool, KernelError> {
+    match rundir::lock_path(&guard_path()?, Duration::ZERO) {
+        Ok(free) => {
+            free.unlink();
+            Ok(false)
+        }
+        Err(KernelError::Locked { .. }) => Ok(true),
+        Err(e) => Err(e),
     }
 }
 
-/// `apply` that saves a rollback point first. `Ok((report, None))`: nothing changed (no
-/// pending file, no watcher needed); `Some(token)`: start a watcher for that token.
-pub fn apply(model: &Model, secs: u64) -> Result<(ApplyReport, Option<String>), KernelError> {
-    let _lock = state::lock()?;
-    if load()?.is_some() {
-        return Err(KernelError::Other(format!(
-            "an earlier `apply --confirm` is still pending in this namespace ({}): run \
-             `symroute confirm` to keep it, or wait for it to be rolled back, then apply again",
-            state::pending_path()?.display()
-        )));
+/// What `begin` found of an earlier `apply --confirm` whose guard was gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Earlier {
+    /// Nothing was pending.
+    None,
+    /// It was put back as it was before that apply.
+    RolledBack,
+    /// It was forgotten without a rollback (why).
+    Cleared(String),
+}
+
+impl Earlier {
+    /// One line for people, when there is something to say.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Earlier::None => None,
+            Earlier::RolledBack => Some(
+                "an earlier `apply --confirm` was still pending but its guard was gone: rolled it back first"
+                    .into(),
+            ),
+            Earlier::Cleared(why) => Some(format!(
+                "an earlier `apply --confirm` was still pending but its guard was gone: cleared it without a rollback ({why})"
+            )),
+        }
     }
+}
+
+/// An `apply --confirm` in progress: holds the namespace lock from `begin` to the end.
+pub struct Session {
+    _lock: Lock,
+    pub earlier: Earlier,
+    pub token: String,
+    pub deadline: BootTime,
+}
+
+/// Step 1: lock the namespace and settle an earlier pending change. Refused while an
+/// earlier one is guarded.
+pub fn begin(deadline: BootTime) -> Result<Session, KernelError> {
+    let lock = rundir::lock(rundir::WAIT_COMMAND)?;
+    let earlier = settle_earlier()?;
     let token = format!(
         "{}-{}",
         std::process::id(),
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     );
-    let mut saved = false;
-    let r = apply::apply_locked(model, Faults::default(), |b| {
-        let touched: BTreeSet<&String> = b
-            .changes
-            .sysctls
-            .iter()
-            .chain(&b.changes.sysctls_restore)
-            .map(|c| &c.key)
-            .collect();
-        save(&Pending {
-            token: token.clone(),
-            deadline: now() + secs,
-            rules: b.observed.rules.clone(),
-            routes: b.observed.routes.clone(),
-            nft_changed: b.changes.nft.is_some(),
-            saved_table: b.saved_table.map(str::to_string),
-            state_before: b.state.clone(),
-            sysctls: b
-                .observed
-                .host
+    Ok(Session {
+        _lock: lock,
+        earlier,
+        token,
+        deadline,
+    })
+}
+
+/// With the namespace lock held: an earlier pending change is refused while guarded,
+/// else rolled back (or cleared when it cannot be).
+fn settle_earlier() -> Result<Earlier, KernelError> {
+    let path = state::pending_path()?;
+    let pending = match load() {
+        Ok(None) => return Ok(Earlier::None),
+        Ok(Some(p)) => Some(p),
+        Err(KernelError::Parse { detail, .. }) if !guarded()? => {
+            discard()?;
+            return Ok(Earlier::Cleared(format!(
+                "{} was unreadable: {detail}",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    if guarded()? {
+        let when = pending
+            .map(|p| {
+                format!(
+                    ", rolled back in {} s unless confirmed",
+                    p.deadline.remaining().as_secs()
+                )
+            })
+            .unwrap_or_default();
+        return Err(KernelError::Other(format!(
+            "an earlier `apply --confirm` is still pending in this namespace ({}{when}): run \
+             `symroute confirm` to keep it, or wait for it to be rolled back, then apply again",
+            path.display()
+        )));
+    }
+    let p = pending.expect("read above");
+    let r = roll_back_pending(&p);
+    discard()?;
+    Ok(match r {
+        Ok(()) => Earlier::RolledBack,
+        Err(e) => Earlier::Cleared(format!("its rollback failed: {e}")),
+    })
+}
+
+impl Session {
+    /// Step 3, once the guard is armed: save the rollback point before the first change,
+    /// then apply. `Ok((report, true))`: something changed and is pending; `false`:
+    /// nothing changed, nothing is pending.
+    pub fn apply(&self, model: &Model, guard_pid: u32) -> Result<(ApplyReport, bool), KernelError> {
+        let mut saved = false;
+        let report = apply::apply_locked(model, Faults::default(), |b| {
+            let touched: BTreeSet<&String> = b
+                .changes
                 .sysctls
                 .iter()
-                .filter(|(k, _)| touched.contains(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+                .chain(&b.changes.sysctls_restore)
+                .map(|c| &c.key)
+                .collect();
+            save(&Pending {
+                token: self.token.clone(),
+                deadline: self.deadline,
+                deadline_unix: unix(self.deadline.wall()),
+                guard_pid,
+                rules: b.observed.rules.clone(),
+                routes: b.observed.routes.clone(),
+                nft_changed: b.changes.nft.is_some(),
+                saved_table: b.saved_table.map(str::to_string),
+                state_before: b.state.clone(),
+                sysctls: b
+                    .observed
+                    .host
+                    .sysctls
+                    .iter()
+                    .filter(|(k, _)| touched.contains(k))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })?;
+            saved = true;
+            Ok(())
         })?;
-        saved = true;
-        Ok(())
-    });
-    match r {
-        Ok(report) => Ok((report, saved.then_some(token))),
-        Err(e) => {
-            // apply rolled back already: nothing is pending.
-            if saved {
-                let _ = discard();
-            }
-            Err(e)
-        }
+        Ok((report, saved))
     }
+}
+
+/// Forget a pending change without a rollback (`remove` took everything away): its
+/// guard, if it still runs, finds nothing to guard and exits.
+pub(crate) fn forget() -> Result<(), KernelError> {
+    discard()?;
+    guarded().map(drop)
 }
 
 /// `symroute confirm`: keep the pending change. False when nothing was pending.
 pub fn confirm() -> Result<bool, KernelError> {
-    let _lock = state::lock()?;
+    let _lock = rundir::lock(rundir::WAIT_COMMAND)?;
     discard()
 }
 
-/// The watcher: wait for the deadline of the pending change named `token`; if it is still
-/// pending then, put back what it saved and forget it. Returns whether it rolled back.
-pub fn watch(token: &str) -> Result<bool, KernelError> {
-    loop {
-        let Some(p) = load()? else { return Ok(false) };
-        if p.token != token {
-            return Ok(false);
-        }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let deadline = Duration::from_secs(p.deadline);
-        if now >= deadline {
-            break;
-        }
-        // Wake up early now and then: a confirm ends the watch at once.
-        std::thread::sleep((deadline - now).min(Duration::from_millis(200)));
-    }
-    roll_back_now(token)
+// ---------------------------------------------------------------------------------------
+// the guard's side
+
+/// What the caller tells its guard after the apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The change is made and pending: roll it back at the deadline unless confirmed.
+    Applied,
+    /// Nothing changed (nothing to do, or refused before any change).
+    Unchanged,
+    /// The apply failed (it rolled back itself): make sure, now.
+    Failed,
 }
 
-/// Put back what the pending change named `token` saved and forget it (under the lock;
-/// nothing happens when it was confirmed meanwhile). Returns whether it rolled back.
-pub fn roll_back_now(token: &str) -> Result<bool, KernelError> {
-    let _lock = state::lock()?;
-    let Some(p) = load()? else { return Ok(false) };
-    if p.token != token {
-        return Ok(false);
+impl Outcome {
+    fn word(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Failed => "failed",
+        }
     }
+}
+
+/// The caller's end of the line to its guard.
+pub struct GuardLink(UnixStream);
+
+impl GuardLink {
+    /// Wait for the guard's `armed` (or its reason for not arming).
+    pub fn armed(stream: UnixStream) -> Result<GuardLink, KernelError> {
+        let io = |source| KernelError::Io {
+            what: "waiting for the confirm guard to start".into(),
+            source,
+        };
+        stream.set_read_timeout(Some(ARM_TIMEOUT)).map_err(io)?;
+        let mut line = String::new();
+        read_line(&stream, &mut line).map_err(io)?;
+        match line.split_once(' ').unwrap_or((line.as_str(), "")) {
+            ("armed", _) => Ok(GuardLink(stream)),
+            ("refused", why) => Err(KernelError::Other(format!(
+                "the confirm guard did not start: {why}"
+            ))),
+            _ => Err(KernelError::Other(
+                "the confirm guard exited before it was armed".into(),
+            )),
+        }
+    }
+
+    /// Tell the guard how the apply ended (it acts on it; a lost message reads as a
+    /// vanished caller, which rolls back too).
+    pub fn tell(mut self, outcome: Outcome) {
+        let _ = writeln!(self.0, "{}", outcome.word());
+    }
+}
+
+/// What a guard did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Guarded {
+    /// Confirmed in time (or nothing was changed): nothing to do.
+    Kept,
+    /// Rolled back: at the deadline, or at once because the apply did not complete.
+    RolledBack { at_deadline: bool },
+}
+
+/// The guard (`symroute confirm-watch`), in the caller's namespace: arm, then follow the
+/// caller's apply over `link` and act as the module doc says.
+pub fn guard(token: &str, deadline: BootTime, link: UnixStream) -> Result<Guarded, KernelError> {
+    let mut link = link;
+    // Held for the guard's whole life; its file goes with it.
+    let _guard = match rundir::lock_path(&guard_path()?, GUARD_LOCK_WAIT) {
+        Ok(l) => l.unlink_on_drop(),
+        Err(e) => {
+            let _ = writeln!(link, "refused {e}");
+            return Err(e);
+        }
+    };
+    writeln!(link, "armed").map_err(|source| KernelError::Io {
+        what: "telling the caller the guard is armed".into(),
+        source,
+    })?;
+    // Until the deadline, wait for the caller's word.
+    let mut line = String::new();
+    let heard = loop {
+        let left = deadline.remaining();
+        if left.is_zero() {
+            break None;
+        }
+        let _ = link.set_read_timeout(Some(left));
+        match read_line(&link, &mut line) {
+            Ok(_) => break Some(line.trim().to_string()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break Some(String::new()),
+        }
+    };
+    drop(link);
+    match heard.as_deref() {
+        Some("unchanged") => Ok(Guarded::Kept),
+        Some("applied") | None => {
+            // Applied (or still applying at the deadline): wait out the deadline.
+            while !deadline.passed() {
+                match load() {
+                    Ok(Some(p)) if p.token == token => {}
+                    // Confirmed, or replaced by `remove`: nothing left to guard.
+                    Ok(_) => return Ok(Guarded::Kept),
+                    // Unreadable now and then (a write in progress cannot be: it is
+                    // atomic) is not a confirm: keep guarding.
+                    Err(_) => {}
+                }
+                std::thread::sleep(deadline.remaining().min(POLL));
+            }
+            roll_back_now(token, true)
+        }
+        // Failed, or the caller vanished mid-apply: put it back now.
+        Some(_) => roll_back_now(token, false),
+    }
+}
+
+/// Read up to a newline into `line`, byte by byte (so a timeout never loses input read
+/// ahead), at most 256 bytes; an empty result at the end of the stream.
+fn read_line(mut stream: &UnixStream, line: &mut String) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    while line.len() < 256 {
+        if stream.read(&mut byte)? == 0 || byte[0] == b'\n' {
+            return Ok(());
+        }
+        line.push(char::from(byte[0]));
+    }
+    Ok(())
+}
+
+/// Put back what the pending change named `token` saved and forget it (under the
+/// namespace lock, waited for as long as it takes; nothing happens when it was
+/// confirmed meanwhile).
+fn roll_back_now(token: &str, at_deadline: bool) -> Result<Guarded, KernelError> {
+    let _lock = loop {
+        match rundir::lock(rundir::WAIT_COMMAND) {
+            Ok(l) => break l,
+            Err(KernelError::Locked { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    };
+    let Some(p) = load()? else {
+        return Ok(Guarded::Kept);
+    };
+    if p.token != token {
+        return Ok(Guarded::Kept);
+    }
+    let r = roll_back_pending(&p);
+    discard()?;
+    r.map(|()| Guarded::RolledBack { at_deadline })
+}
+
+/// The rollback of one pending change (the lock held).
+fn roll_back_pending(p: &Pending) -> Result<(), KernelError> {
     let before = Observed {
         host: HostView {
             sysctls: p.sysctls.clone(),
@@ -189,12 +431,17 @@ pub fn roll_back_now(token: &str) -> Result<bool, KernelError> {
         routes: p.routes.clone(),
         ..Observed::default()
     };
-    let r = apply::roll_back(
+    apply::roll_back(
         &before,
         p.nft_changed,
         p.saved_table.as_deref(),
         &p.state_before,
-    );
-    discard()?;
-    r.map(|()| true)
+        Faults::default(),
+    )
+}
+
+fn unix(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

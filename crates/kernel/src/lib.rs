@@ -10,6 +10,7 @@
 //! `iptables-save` stays a command-line tool: its output format is what we parse.
 
 pub mod apply;
+pub mod clock;
 pub mod cmd;
 pub mod confirm;
 pub mod conntrack;
@@ -18,6 +19,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft_rules;
 pub mod observe;
+pub mod rundir;
 pub mod snapshot;
 pub mod state;
 pub mod status;

@@ -21,19 +21,7 @@ pub fn observe() -> Result<Observed, KernelError> {
     std::thread::scope(|scope| {
         let nft = scope.spawn(nft_for_observe);
         let iptables = scope.spawn(marks::iptables_texts);
-        let mut nl = Netlink::open()?;
-        let (links, addrs) = nl.dump_links_addrs()?;
-        let mut obs = Observed {
-            host: host_view_of(&links, &addrs),
-            ..Observed::default()
-        };
-        let names = convert::link_names(&links);
-        let mut defaults = Vec::new();
-        for family in [Family::Inet4, Family::Inet6] {
-            read_rules(&mut nl, family, &mut obs)?;
-            read_routes(&mut nl, family, &names, &mut obs, &mut defaults)?;
-        }
-        obs.host.learn_default_routes(defaults);
+        let mut obs = observe_netlink()?;
         let joined = |what: &str| KernelError::Other(format!("{what} reader thread panicked"));
         let ruleset = nft.join().map_err(|_| joined("nft"))??;
         let iptables = iptables.join().map_err(|_| joined("iptables-save"))?;
@@ -41,6 +29,25 @@ pub fn observe() -> Result<Observed, KernelError> {
         obs.mark_users = marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables);
         Ok(obs)
     })
+}
+
+/// What netlink and /proc tell (links, addresses, sysctls, rules, routes) without nft
+/// or iptables: all a rollback needs, and fewer ways to fail.
+pub fn observe_netlink() -> Result<Observed, KernelError> {
+    let mut nl = Netlink::open()?;
+    let (links, addrs) = nl.dump_links_addrs()?;
+    let mut obs = Observed {
+        host: host_view_of(&links, &addrs),
+        ..Observed::default()
+    };
+    let names = convert::link_names(&links);
+    let mut defaults = Vec::new();
+    for family in [Family::Inet4, Family::Inet6] {
+        read_rules(&mut nl, family, &mut obs)?;
+        read_routes(&mut nl, family, &names, &mut obs, &mut defaults)?;
+    }
+    obs.host.learn_default_routes(defaults);
+    Ok(obs)
 }
 
 /// A digest of our table's rules as the kernel holds them (each rule's chain and

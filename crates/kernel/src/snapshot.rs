@@ -3,7 +3,14 @@
 //! and users can make the same files by hand (see README, "Snapshots").
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{openat, renameat, OFlag};
+use nix::sys::stat::{fstat, Mode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 
 use serde::Serialize;
 
@@ -48,26 +55,117 @@ pub struct Report {
     pub missing: BTreeMap<String, String>,
 }
 
-/// Capture the current namespace's state into `dir` (created if needed).
+/// Capture the current namespace's state into `dir` (created, mode 0700, if needed).
+///
+/// `dir` must be a directory of the user running symroute (root writing into someone
+/// else's directory could be led to overwrite files through links planted there), and
+/// nothing in it is followed: each file is written as a new `O_EXCL|O_NOFOLLOW` temporary
+/// relative to the opened directory, then renamed over the name (a link planted there is
+/// replaced, never written through).
 pub fn take(dir: &Path) -> Result<Report, KernelError> {
-    std::fs::create_dir_all(dir).map_err(|source| KernelError::Io {
-        what: format!("creating {}", dir.display()),
-        source,
-    })?;
+    let d = SnapDir::open_for_writing(dir)?;
     let captured = capture();
     let mut report = Report {
         missing: captured.missing,
         ..Report::default()
     };
     for (file, text) in &captured.files {
-        let path = dir.join(file);
-        std::fs::write(&path, text).map_err(|source| KernelError::Io {
-            what: format!("writing {}", path.display()),
-            source,
-        })?;
+        d.write(file, text.as_bytes())?;
         report.written.push(file.clone());
     }
     Ok(report)
+}
+
+/// A snapshot directory, opened once; files are made relative to it.
+struct SnapDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl SnapDir {
+    fn open_for_writing(dir: &Path) -> Result<SnapDir, KernelError> {
+        let io = |what: String| move |source| KernelError::Io { what, source };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(format!("creating {}", dir.display())))?;
+        let fd = open_dir(dir, true)?;
+        let meta = fstat(fd.as_raw_fd())
+            .map_err(|e| io(format!("reading {}", dir.display()))(std::io::Error::from(e)))?;
+        let euid = nix::unistd::geteuid().as_raw();
+        if meta.st_uid != euid {
+            return Err(KernelError::Other(format!(
+                "{}: owned by uid {}, not by the user running symroute (uid {euid}); refusing to write a snapshot into someone else's directory (use a directory of your own)",
+                dir.display(),
+                meta.st_uid
+            )));
+        }
+        Ok(SnapDir {
+            fd,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// `name` ← `bytes`, through a fresh temporary renamed over it.
+    fn write(&self, name: &str, bytes: &[u8]) -> Result<(), KernelError> {
+        let path = self.path.join(name);
+        let io = |e: nix::errno::Errno| KernelError::Io {
+            what: format!("writing {}", path.display()),
+            source: std::io::Error::from(e),
+        };
+        let tmp = format!(".{name}.{}.tmp", std::process::id());
+        let flags =
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let mode = Mode::from_bits_truncate(0o644);
+        let dirfd = Some(self.fd.as_raw_fd());
+        let raw = match openat(dirfd, tmp.as_str(), flags, mode) {
+            // Left by a killed run (or planted): unlink the name, never follow it.
+            Err(nix::errno::Errno::EEXIST) => {
+                unlinkat(dirfd, tmp.as_str(), UnlinkatFlags::NoRemoveDir).map_err(io)?;
+                openat(dirfd, tmp.as_str(), flags, mode)
+            }
+            r => r,
+        }
+        .map_err(io)?;
+        // SAFETY: openat just returned this descriptor; nothing else owns it.
+        let mut f = unsafe { std::fs::File::from_raw_fd(raw) };
+        let written = f.write_all(bytes).map_err(|source| KernelError::Io {
+            what: format!("writing {}", path.display()),
+            source,
+        });
+        drop(f);
+        let renamed = written.and_then(|()| renameat(dirfd, tmp.as_str(), dirfd, name).map_err(io));
+        if renamed.is_err() {
+            let _ = unlinkat(dirfd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        renamed
+    }
+}
+
+/// Open a directory (`O_DIRECTORY`; with `no_follow`, refusing a symbolic link).
+fn open_dir(dir: &Path, no_follow: bool) -> Result<OwnedFd, KernelError> {
+    let mut flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    if no_follow {
+        flags |= OFlag::O_NOFOLLOW;
+    }
+    match nix::fcntl::open(dir, flags, Mode::empty()) {
+        // SAFETY: open just returned this descriptor; nothing else owns it.
+        Ok(raw) => Ok(unsafe { OwnedFd::from_raw_fd(raw) }),
+        // O_NOFOLLOW|O_DIRECTORY on a link: ENOTDIR (ELOOP on some systems).
+        Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR)
+            if no_follow && dir.is_symlink() =>
+        {
+            Err(KernelError::Other(format!(
+            "{}: a symbolic link; give the directory itself (symroute does not follow links in a snapshot directory)",
+            dir.display()
+        )))
+        }
+        Err(e) => Err(KernelError::Io {
+            what: format!("opening {}", dir.display()),
+            source: std::io::Error::from(e),
+        }),
+    }
 }
 
 /// What `take` would write, in memory (the live state for `explain`, `doctor`, `import`).
@@ -232,6 +330,7 @@ fn sysctl_lines() -> String {
         "net/ipv4/icmp_errors_use_inbound_ifaddr",
         "net/ipv4/fwmark_reflect",
         "net/ipv6/fwmark_reflect",
+        "net/ipv4/tcp_fwmark_accept",
     ] {
         if let Ok(v) = std::fs::read_to_string(format!("/proc/sys/{key}")) {
             out.push(format!("{} = {}", key.replace('/', "."), v.trim()));
@@ -247,6 +346,11 @@ pub struct Loaded {
     pub missing: Vec<String>,
 }
 
+/// The largest snapshot file read (a ruleset of tens of thousands of rules is a few MiB).
+const MAX_FILE: u64 = 256 * 1024 * 1024;
+
+/// Read a snapshot. Files are opened relative to the directory and never through a
+/// symbolic link (one found there is an error naming it), each bounded in size.
 pub fn load(dir: &Path) -> Result<Loaded, KernelError> {
     if !dir.is_dir() {
         return Err(KernelError::Other(format!(
@@ -254,36 +358,64 @@ pub fn load(dir: &Path) -> Result<Loaded, KernelError> {
             dir.display()
         )));
     }
+    let d = open_dir(dir, false)?;
     let mut loaded = Loaded::default();
     for (file, _) in FILES {
-        match std::fs::read_to_string(dir.join(file)) {
-            Ok(text) => {
+        match read_at(&d, dir, file, MAX_FILE)? {
+            Some(text) => {
                 loaded.files.insert(file.to_string(), text);
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                loaded.missing.push(file.to_string())
-            }
-            Err(source) => {
-                return Err(KernelError::Io {
-                    what: format!("reading {}", dir.join(file).display()),
-                    source,
-                });
-            }
+            None => loaded.missing.push(file.to_string()),
         }
     }
     // Optional (see TABLE_NAMES): absent is not missing.
-    let names = dir.join(TABLE_NAMES);
-    match read_bounded(&names, NAMES_FILE_MAX * (NAMES_DIR_MAX as u64 + 1)) {
-        Ok(Some(text)) => {
-            loaded.files.insert(TABLE_NAMES.to_string(), text);
-        }
-        Ok(None) => {}
-        Err(why) => {
-            return Err(KernelError::Other(format!(
-                "reading {}: {why}",
-                names.display()
-            )))
-        }
+    let max = NAMES_FILE_MAX * (NAMES_DIR_MAX as u64 + 1);
+    if let Some(text) = read_at(&d, dir, TABLE_NAMES, max)? {
+        loaded.files.insert(TABLE_NAMES.to_string(), text);
     }
     Ok(loaded)
+}
+
+/// The text of `file` in the opened snapshot directory `d` (`None`: absent), at most
+/// `max` bytes, never through a symbolic link.
+fn read_at(d: &OwnedFd, dir: &Path, file: &str, max: u64) -> Result<Option<String>, KernelError> {
+    let path = dir.join(file);
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    let raw = match openat(Some(d.as_raw_fd()), file, flags, Mode::empty()) {
+        Ok(raw) => raw,
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(nix::errno::Errno::ELOOP) => {
+            return Err(KernelError::Other(format!(
+                "{}: a symbolic link; snapshot files are read only as regular files (copy the file there instead)",
+                path.display()
+            )))
+        }
+        Err(e) => {
+            return Err(KernelError::Io {
+                what: format!("reading {}", path.display()),
+                source: std::io::Error::from(e),
+            })
+        }
+    };
+    // SAFETY: openat just returned this descriptor; nothing else owns it.
+    let f = unsafe { std::fs::File::from_raw_fd(raw) };
+    let io = |source| KernelError::Io {
+        what: format!("reading {}", path.display()),
+        source,
+    };
+    if !f.metadata().map_err(io)?.is_file() {
+        return Err(KernelError::Other(format!(
+            "{}: not a regular file",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    f.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(KernelError::Other(format!(
+            "{}: larger than {max} bytes; not a snapshot file symroute reads",
+            path.display()
+        )));
+    }
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
 }

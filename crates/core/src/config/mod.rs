@@ -631,6 +631,45 @@ fn validate_check(c: &raw::RawCheck, loc: &mut Locator) -> crate::model::Check {
     };
     let interval = duration(&c.interval, "interval", Check::DEFAULT_INTERVAL, loc);
     let timeout = duration(&c.timeout, "timeout", Check::DEFAULT_TIMEOUT, loc);
+    // Bounds: every target is probed every interval, on a thread per gateway, and each
+    // probe in flight holds a socket until its timeout.
+    if c.targets.get_ref().len() > Check::MAX_TARGETS {
+        loc.error(
+            c.targets.span(),
+            format!(
+                "gateway.check.targets: {} targets; at most {} (each is probed every interval)",
+                c.targets.get_ref().len(),
+                Check::MAX_TARGETS
+            ),
+        );
+    }
+    if interval < Check::MIN_INTERVAL {
+        if let Some(v) = &c.interval {
+            loc.error(
+                v.span(),
+                format!(
+                    "gateway.check.interval: \"{}\" is shorter than {} ms; probes more often than that are load, not information",
+                    v.get_ref(),
+                    Check::MIN_INTERVAL.as_millis()
+                ),
+            );
+        }
+    } else if let Some(t) = c
+        .timeout
+        .as_ref()
+        .filter(|_| timeout > interval * Check::MAX_TIMEOUT_INTERVALS)
+    {
+        // (The default timeout is within bounds of any allowed interval.)
+        loc.error(
+            t.span(),
+            format!(
+                "gateway.check.timeout: \"{}\" is more than {} intervals ({} ms); a probe is lost long before that (or make the interval longer)",
+                t.get_ref(),
+                Check::MAX_TIMEOUT_INTERVALS,
+                (interval * Check::MAX_TIMEOUT_INTERVALS).as_millis()
+            ),
+        );
+    }
     let (mut down_lost, mut down_window) = Check::DEFAULT_DOWN;
     if let Some(d) = &c.down {
         let parsed = d.get_ref().split_once('/').and_then(|(a, b)| {

@@ -150,6 +150,14 @@ impl Check {
     /// flap about every 30 s.
     pub const DEFAULT_INTERVAL: std::time::Duration = std::time::Duration::from_millis(150);
     pub const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(450);
+    /// Bounds on what a config may ask of the probes.
+    pub const MIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
+    pub const MAX_TIMEOUT_INTERVALS: u32 = 10;
+    pub const MAX_TARGETS: usize = 16;
+    const _DEFAULT_TIMEOUT_IN_BOUNDS: () = assert!(
+        Check::DEFAULT_TIMEOUT.as_millis()
+            <= Check::MIN_INTERVAL.as_millis() * Check::MAX_TIMEOUT_INTERVALS as u128
+    );
     pub const DEFAULT_DOWN: (u32, u32) = (7, 10);
     pub const DEFAULT_UP: u32 = 5;
 }

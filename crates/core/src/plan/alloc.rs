@@ -16,7 +16,8 @@
 //!   table `first_table + id_max`.
 //! - Rule priorities are fixed slots, not one per gateway: `first_priority` the skip rule,
 //!   `+1` diverts, `+2` every reply rule, `+3` main without its default route, `+4` every
-//!   route rule. Rules that share a priority match disjoint mark values, so their order
+//!   route rule, `+5` the local copy of main, `+6` every local reply's `from ADDRESS`
+//!   rule. Rules that share a priority match disjoint marks (or sources), so their order
 //!   within it does not matter.
 
 use crate::model::{GatewayId, GatewayIdx, Mark, MarkMask, Model, Name, Priority, TableId};
@@ -96,10 +97,27 @@ pub enum Slot {
     Reply,
     MainWithoutDefault,
     Route,
+    /// `iif lo lookup main`: the local replies' `from` rules come behind all of main.
+    LocalMain,
+    /// `from ADDRESS lookup TABLE` for each reply gateway's own addresses.
+    LocalFrom,
 }
 
 /// How many priorities the slots span from `first_priority`.
-pub const SLOTS: u32 = 5;
+pub const SLOTS: u32 = 7;
+
+/// How many of the slots `plan::build` uses for `model` (each a distinct priority): the
+/// skip rule's always, the divert's, the reply rules', main without its default and the
+/// route rules' (with route_via), the local copy of main and the `from` rules' (with
+/// reply_via).
+pub fn priorities_needed(model: &Model) -> usize {
+    let n = model.gateways.len();
+    let reply = (0..n).any(|i| model.replies_via(GatewayIdx(i)));
+    let route = (0..n).any(|i| model.routes_via(GatewayIdx(i)));
+    1 + usize::from(!model.diverts.is_empty())
+        + if reply { 3 } else { 0 }
+        + if route { 2 } else { 0 }
+}
 
 pub fn priority(model: &Model, slot: Slot) -> Priority {
     let offset = match slot {
@@ -108,6 +126,8 @@ pub fn priority(model: &Model, slot: Slot) -> Priority {
         Slot::Reply => 2,
         Slot::MainWithoutDefault => 3,
         Slot::Route => 4,
+        Slot::LocalMain => 5,
+        Slot::LocalFrom => 6,
     };
     // `config` keeps first_priority + SLOTS below main's 32766.
     Priority::new(model.settings.first_priority.get() + offset).expect("validated priority range")
@@ -226,10 +246,12 @@ mod tests {
             Slot::Reply,
             Slot::MainWithoutDefault,
             Slot::Route,
+            Slot::LocalMain,
+            Slot::LocalFrom,
         ]
         .map(|s| priority(&m, s).get())
         .into();
-        assert_eq!(p, [3000, 3001, 3002, 3003, 3004]);
+        assert_eq!(p, [3000, 3001, 3002, 3003, 3004, 3005, 3006]);
         assert_eq!(SLOTS as usize, p.len());
     }
 }

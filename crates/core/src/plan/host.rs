@@ -32,8 +32,19 @@ pub struct DefaultVia {
 pub struct Link {
     /// Administratively up and with carrier (the kernel refuses routes otherwise).
     pub up: bool,
-    /// Interface addresses with their prefix length (`10.77.0.1/24`).
+    /// The interface's own addresses with their prefix length (`10.77.0.1/24`).
     pub addrs: Vec<IpNet>,
+    /// Point-to-point peers (`local A peer B/len`): the network `B/len`, on-link but not
+    /// an address of this host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub peers: Vec<IpNet>,
+}
+
+impl Link {
+    /// Every network reachable directly on the link: its own and its peers'.
+    pub fn networks(&self) -> impl Iterator<Item = &IpNet> {
+        self.addrs.iter().chain(&self.peers)
+    }
 }
 
 impl HostView {

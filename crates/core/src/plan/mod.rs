@@ -203,6 +203,8 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             rules.insert(RuleSpec {
                 priority: p,
                 family,
+                from: None,
+                iif_lo: false,
                 fwmark: None,
                 action: RuleAction::Lookup(TableId::MAIN),
                 suppress_prefixlength: Some(0),
@@ -220,20 +222,72 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         }
     }
 
+    // Local replies that do not depend on main. The kernel routes a packet this host
+    // sends (a SYN-ACK, a UDP answer) once with the socket's mark, before the output
+    // hook restores the connection's mark: when unmarked traffic has no route back (main
+    // has no default through that uplink, or none at all) that lookup fails and the
+    // reply is never sent. Its source is the address the connection came to, so
+    // `from ADDRESS lookup TABLE` for each address of a reply gateway's interface lets
+    // that first lookup succeed via the gateway; the output hook's reroute then follows
+    // the connection's mark as before. The `from` rules are a fallback behind all of
+    // main (`iif lo lookup main`, default included): where main routes the packet,
+    // nothing changes — the LAN and specific routes win, and so does main's default for
+    // connections no reply_via policy matched (seed 2's direct clients share the
+    // proxy's interface). Forwarded packets pass that copy of main by their iif alone.
+    let mut local_main: Option<Priority> = None;
+    let reply_gws: Vec<usize> = (0..gateways.len())
+        .filter(|&i| gateways[i].reply_mark.is_some())
+        .collect();
+    if !reply_gws.is_empty() {
+        let p = alloc::priority(model, alloc::Slot::LocalMain);
+        priorities.insert(p);
+        local_main = Some(p);
+        let served: BTreeSet<Family> = reply_gws
+            .iter()
+            .flat_map(|&i| families(&learned[i]))
+            .collect();
+        for family in served {
+            rules.insert(RuleSpec {
+                priority: p,
+                family,
+                from: None,
+                iif_lo: true,
+                fwmark: None,
+                action: RuleAction::Lookup(TableId::MAIN),
+                suppress_prefixlength: None,
+            });
+        }
+        let sources = gateway_sources(&learned, &reply_gws, host);
+        // One priority for them all: an address belongs to one gateway at most, so the
+        // rules are disjoint, and renumbering only swaps `from` rules.
+        let p = alloc::priority(model, alloc::Slot::LocalFrom);
+        priorities.insert(p);
+        for &i in &reply_gws {
+            for addr in sources.get(&i).into_iter().flatten() {
+                rules.insert(RuleSpec::from_addr(p, *addr, gateways[i].table));
+            }
+        }
+    }
+
     // Packets without a decision (most of them) jump over all our rules at once: each
     // `ip rule` costs every routed packet a little, and there can be hundreds of them.
+    // With local reply rules they land on the local copy of main, which forwarded
+    // packets pass by their iif alone.
     for family in [Family::Inet4, Family::Inet6] {
         let ours: Vec<Priority> = rules
             .iter()
             .filter(|r| r.family == family)
             .map(|r| r.priority)
             .collect();
+        let local_main = local_main.filter(|p| ours.contains(p));
         if let (true, Some(&last)) = (ours.len() >= 3, ours.last()) {
             rules.insert(RuleSpec {
                 priority: skip_priority,
                 family,
+                from: None,
+                iif_lo: false,
                 fwmark: Some((0, mask.bits())),
-                action: RuleAction::Goto(last),
+                action: RuleAction::Goto(local_main.unwrap_or(last)),
                 suppress_prefixlength: None,
             });
         }
@@ -376,6 +430,63 @@ fn learn_next_hops(g: &Gateway, host: &HostView) -> Gateway {
     g
 }
 
+/// The addresses of each reply gateway (by index) that get a `from` rule: those of its
+/// interface, in the families it serves, without IPv6 link-local ones (main's `fe80::/64`
+/// answers those). When several reply gateways share an interface, an address belongs
+/// to the one whose next hop it covers; one that names no single gateway gets none.
+fn gateway_sources(
+    learned: &[Gateway],
+    reply_gws: &[usize],
+    host: &HostView,
+) -> BTreeMap<usize, Vec<IpAddr>> {
+    let mut out: BTreeMap<usize, Vec<IpAddr>> = BTreeMap::new();
+    for &i in reply_gws {
+        let g = &learned[i];
+        let Some(link) = host.links.get(g.interface.as_str()) else {
+            continue;
+        };
+        let serves = families(g);
+        for net in &link.addrs {
+            let addr = net.addr();
+            let link_local = matches!(addr, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+            if link_local || addr.is_loopback() || !serves.contains(&Family::of(&addr)) {
+                continue;
+            }
+            let sharing: Vec<usize> = reply_gws
+                .iter()
+                .copied()
+                .filter(|&j| learned[j].interface == g.interface)
+                .filter(|&j| families(&learned[j]).contains(&Family::of(&addr)))
+                .collect();
+            let owner = match sharing.as_slice() {
+                [only] => Some(*only),
+                _ => {
+                    let covering: Vec<usize> = sharing
+                        .iter()
+                        .copied()
+                        .filter(|&j| {
+                            next_hop(&learned[j], Family::of(&addr))
+                                .is_some_and(|v| net.contains(&v))
+                        })
+                        .collect();
+                    (covering.len() == 1).then(|| covering[0])
+                }
+            };
+            if owner == Some(i) && !out.get(&i).is_some_and(|v| v.contains(&addr)) {
+                out.entry(i).or_default().push(addr);
+            }
+        }
+    }
+    out
+}
+
+fn next_hop(g: &Gateway, family: Family) -> Option<IpAddr> {
+    match family {
+        Family::Inet4 => g.via.and_then(NextHop::fixed).map(IpAddr::V4),
+        Family::Inet6 => g.via6.and_then(NextHop::fixed).map(IpAddr::V6),
+    }
+}
+
 fn families(g: &crate::model::Gateway) -> Vec<Family> {
     [Family::Inet4, Family::Inet6]
         .into_iter()
@@ -439,7 +550,7 @@ fn link_state(g: &crate::model::Gateway, host: &HostView) -> GatewayState {
 /// interface's networks.
 fn on_link(link: &Link, via: IpAddr) -> bool {
     matches!(via, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)
-        || link.addrs.iter().any(|a| a.contains(&via))
+        || link.networks().any(|a| a.contains(&via))
 }
 
 /// The families whose next hop is usable now (on-link, interface up).
@@ -548,7 +659,7 @@ fn gateway_routes(
         if !link.up || name == "lo" || other_uplink {
             continue;
         }
-        for addr in &link.addrs {
+        for addr in link.networks() {
             let net = addr.trunc();
             let family = Family::of(&net.addr());
             let link_local =
@@ -704,10 +815,30 @@ mod route_tests {
                 Link {
                     up: up.contains(name),
                     addrs: vec![format!("192.0.2.{}/24", 10 + i).parse().unwrap()],
+                    peers: Vec::new(),
                 },
             );
         }
         h
+    }
+
+    #[test]
+    fn the_plan_takes_the_priorities_config_counted() {
+        let cfg = format!("{GWS}[[policy]]\nname=\"p\"\nroute_via={{ a = 3, b = 1 }}\n[[policy]]\nname=\"r\"\nreply_via=\"c\"\n[policy.match]\nin_interface=\"e2\"\n[[divert]]\nname=\"d\"\n");
+        for text in [
+            cfg.as_str(),
+            include_str!("../../../../examples/two-isps-firewall.toml"),
+            include_str!("../../../../examples/full.toml"),
+            include_str!("../../../../examples/failover.toml"),
+        ] {
+            let model = parse_str(text, "t.toml").unwrap();
+            let plan = build(&model, &host(&["e0", "e1", "e2"]));
+            assert_eq!(
+                plan.priorities.len(),
+                alloc::priorities_needed(&model),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -778,6 +909,7 @@ mod learned_via_tests {
             Link {
                 up: true,
                 addrs: vec!["100.64.7.9/22".parse().unwrap()],
+                peers: Vec::new(),
             },
         );
         h.learn_default_routes(defaults);

@@ -26,6 +26,14 @@ pub enum RuleAction {
 pub struct RuleSpec {
     pub priority: Priority,
     pub family: Family,
+    /// `from PREFIX`: packets with a source inside (a gateway's own addresses, as /32 or
+    /// /128). `None` matches every source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<IpNet>,
+    /// `iif lo`: only packets this host generates (their route lookups, and the reverse
+    /// lookup of rp_filter for local delivery, carry iif lo); forwarded ones skip it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub iif_lo: bool,
     /// `fwmark VALUE/MASK`; `None` matches every packet.
     pub fwmark: Option<(u32, u32)>,
     pub action: RuleAction,
@@ -44,7 +52,22 @@ impl RuleSpec {
         Self {
             priority,
             family,
+            from: None,
+            iif_lo: false,
             fwmark: Some((mark.bits(), mask.bits())),
+            action: RuleAction::Lookup(table),
+            suppress_prefixlength: None,
+        }
+    }
+
+    /// `from ADDRESS lookup TABLE`: what this host sends from `addr` uses `table`.
+    pub fn from_addr(priority: Priority, addr: std::net::IpAddr, table: TableId) -> Self {
+        Self {
+            priority,
+            family: Family::of(&addr),
+            from: Some(IpNet::from(addr)),
+            iif_lo: false,
+            fwmark: None,
             action: RuleAction::Lookup(table),
             suppress_prefixlength: None,
         }
@@ -52,19 +75,45 @@ impl RuleSpec {
 
     /// `ip` arguments after `ip -4 rule add|del`.
     pub fn ip_args(&self) -> String {
-        let mut s = format!("pref {}", self.priority);
+        let from = self.from.map(|n| format!(" from {n}")).unwrap_or_default();
+        format!(
+            "pref {}{from} {} protocol {RT_PROTO}",
+            self.priority,
+            self.selectors_and_action()
+        )
+    }
+
+    /// The rule as `ip rule show` prints it: `PRIO:<tab>from … lookup … proto 157`.
+    pub fn show_text(&self) -> String {
+        let from = match self.from {
+            Some(n) if n.prefix_len() == n.max_prefix_len() => n.addr().to_string(),
+            Some(n) => n.to_string(),
+            None => "all".into(),
+        };
+        format!(
+            "{}:\tfrom {from} {} proto {RT_PROTO}",
+            self.priority,
+            self.selectors_and_action()
+        )
+    }
+
+    /// Everything after `from`, in the order `ip` prints it.
+    fn selectors_and_action(&self) -> String {
+        let mut parts = Vec::new();
         if let Some((v, m)) = self.fwmark {
-            s += &format!(" fwmark {v:#x}/{m:#x}");
+            parts.push(format!("fwmark {v:#x}/{m:#x}"));
+        }
+        if self.iif_lo {
+            parts.push("iif lo".into());
         }
         match self.action {
-            RuleAction::Lookup(t) => s += &format!(" lookup {t}"),
-            RuleAction::Goto(p) => s += &format!(" goto {p}"),
+            RuleAction::Lookup(t) => parts.push(format!("lookup {t}")),
+            RuleAction::Goto(p) => parts.push(format!("goto {p}")),
         }
         if let Some(n) = self.suppress_prefixlength {
-            s += &format!(" suppress_prefixlength {n}");
+            parts.push(format!("suppress_prefixlength {n}"));
         }
-        s += &format!(" protocol {RT_PROTO}");
-        s
+        parts.join(" ")
     }
 }
 

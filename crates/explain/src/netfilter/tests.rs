@@ -193,6 +193,7 @@ fn host() -> HostView {
     let link = |addrs: &[&str]| Link {
         up: true,
         addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+        peers: Vec::new(),
     };
     let mut h = HostView::default();
     h.links

@@ -283,6 +283,15 @@ fn is_v4_multicast(a: IpAddr) -> bool {
     matches!(a, IpAddr::V4(v) if v.is_multicast())
 }
 
+/// What a packet to limited broadcast (else multicast) sent without a lookup is.
+fn broadcast_kind(dst: IpAddr) -> VerdictKind {
+    if is_lbcast(dst) {
+        VerdictKind::Broadcast
+    } else {
+        VerdictKind::Multicast
+    }
+}
+
 fn is_lbcast(a: IpAddr) -> bool {
     a == IpAddr::V4(Ipv4Addr::BROADCAST)
 }
@@ -534,6 +543,30 @@ impl<'s> Engine<'s> {
             .links
             .values()
             .any(|l| l.addrs.iter().any(|n| n.addr() == addr))
+    }
+
+    /// IPv4 `__ip_dev_find`'s device: the interface `addr` is configured on, else the
+    /// device of a `local` route in the local table covering it.
+    fn dev_of4(&self, addr: IpAddr) -> Option<String> {
+        let mut links: Vec<(&String, &super::types::LinkState)> = self.st.links.iter().collect();
+        links.sort_by_key(|(_, l)| l.index);
+        if let Some((name, _)) = links
+            .iter()
+            .find(|(_, l)| l.addrs.iter().any(|n| n.addr() == addr))
+        {
+            return Some((*name).clone());
+        }
+        self.st
+            .routes
+            .iter()
+            .filter(|r| {
+                r.family == Family::Inet4
+                    && r.table == TABLE_LOCAL
+                    && r.kind == RouteKind::Local
+                    && r.dst.contains(&addr)
+            })
+            .max_by_key(|r| r.dst.prefix_len())
+            .and_then(|r| r.nexthops.first()?.dev.clone())
     }
 
     fn has_v4_addr(&self, dev: &str) -> bool {
@@ -1380,13 +1413,8 @@ impl<'s> Engine<'s> {
                 );
             }
             if is_lbcast(dst) || local_mc {
-                let kind = if is_lbcast(dst) {
-                    VerdictKind::Broadcast
-                } else {
-                    VerdictKind::Multicast
-                };
                 return on_oif(
-                    kind,
+                    broadcast_kind(dst),
                     oif,
                     format!("{dst} with an output interface is sent on {oif} without a lookup"),
                 );
@@ -1413,6 +1441,22 @@ impl<'s> Engine<'s> {
                         ),
                     )
                 };
+            }
+        }
+        if let (None, Some(src)) = (oif, q.src.filter(|s| !s.is_unspecified())) {
+            if is_lbcast(dst) || is_v4_multicast(dst) {
+                // `ip_route_output_key_hash_rcu`: with a source and no output interface,
+                // limited broadcast and multicast leave through the source's own
+                // interface, without a lookup.
+                if let Some(dev) = self.dev_of4(src) {
+                    return on_oif(
+                        broadcast_kind(dst),
+                        &dev,
+                        format!(
+                            "{dst} from {src}: sent on {dev}, the interface of its source, without a lookup"
+                        ),
+                    );
+                }
             }
         }
         if dst.is_unspecified() {

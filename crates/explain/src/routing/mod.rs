@@ -79,7 +79,12 @@
 //!
 //! **Locally generated packets (output)**
 //! - IPv4 with a source address that is not this host's: "Network is unreachable"
-//!   (IPv6 does not check).
+//!   (IPv6 does not check). With a source of this host and no output interface, limited
+//!   broadcast and multicast leave through the source's interface without a lookup.
+//! - A socket's packet is routed once like this, with the socket's mark and bound source,
+//!   *before* the output hook: when that lookup fails `sendto`/the SYN-ACK fails with its
+//!   error and no output chain runs (`tests/explain_routing_kernel.rs` checks it with real
+//!   sockets; [`crate::explain::trace`] models the hook and the re-route after it).
 //! - IPv4 with an output interface: only routes through that interface qualify — even a
 //!   local address of another interface is then *not* local — and if nothing qualifies,
 //!   or the rules end in blackhole/prohibit/unreachable, the kernel assumes the

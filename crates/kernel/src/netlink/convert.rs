@@ -137,12 +137,19 @@ pub fn parse_address(payload: &[u8]) -> Result<AddressMessage, DecodeError> {
 // rules
 
 /// The rule `ip -4|-6 rule add|del <spec.ip_args()>` would send. The same message deletes
-/// it: the kernel matches a delete on every attribute given (priority, table or goto,
-/// fwmark/mask, suppress_prefixlength, protocol), so it can only hit this rule.
+/// it: the kernel matches a delete on every attribute given (priority, source, iif, table
+/// or goto, fwmark/mask, suppress_prefixlength, protocol), so it can only hit this rule.
 pub fn rule_message(spec: &RuleSpec) -> RuleMessage {
     let mut msg = RuleMessage::default();
     msg.header.family = address_family(spec.family);
     let mut attrs = vec![RuleAttribute::Priority(spec.priority.get())];
+    if let Some(net) = spec.from {
+        msg.header.src_len = net.prefix_len();
+        attrs.push(RuleAttribute::Source(net.addr()));
+    }
+    if spec.iif_lo {
+        attrs.push(RuleAttribute::Iifname("lo".into()));
+    }
     if let Some((mark, mask)) = spec.fwmark {
         attrs.push(RuleAttribute::FwMark(mark));
         attrs.push(RuleAttribute::FwMask(mask));
@@ -240,9 +247,29 @@ pub fn rule_spec(msg: &RuleMessage) -> Option<RuleSpec> {
         RuleAttribute::SuppressPrefixLen(n) => u8::try_from(*n).ok(),
         _ => None,
     });
+    let source = msg.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Source(ip) => Some(*ip),
+        _ => None,
+    });
+    let from = match source {
+        Some(ip) => Some(IpNet::new(ip, msg.header.src_len).ok()?),
+        None if msg.header.src_len > 0 => return None,
+        None => None,
+    };
+    // `iif lo` is the only interface selector symroute writes.
+    let iif_lo = match msg.attributes.iter().find_map(|a| match a {
+        RuleAttribute::Iifname(n) => Some(n.as_str()),
+        _ => None,
+    }) {
+        Some("lo") => true,
+        Some(_) => return None,
+        None => false,
+    };
     Some(RuleSpec {
         priority: rule_priority(msg),
         family,
+        from,
+        iif_lo,
         fwmark: rule_fwmark(msg),
         action,
         suppress_prefixlength,
@@ -650,7 +677,7 @@ pub fn host_links(links: &[LinkMessage], addrs: &[AddressMessage]) -> BTreeMap<S
             name,
             Link {
                 up,
-                addrs: Vec::new(),
+                ..Link::default()
             },
         );
     }
@@ -676,7 +703,7 @@ pub fn host_links(links: &[LinkMessage], addrs: &[AddressMessage]) -> BTreeMap<S
         }
         if let Some(peer) = address.filter(|p| *p != local) {
             if let Ok(net) = IpNet::new(peer, len) {
-                link.addrs.push(net);
+                link.peers.push(net);
             }
         }
     }
@@ -707,6 +734,8 @@ mod tests {
             RuleSpec {
                 priority: p(3001),
                 family: Family::Inet4,
+                from: None,
+                iif_lo: false,
                 fwmark: Some((0x0100_0000, 0xff00_0000)),
                 action: RuleAction::Lookup(t(42000)),
                 suppress_prefixlength: None,
@@ -714,6 +743,8 @@ mod tests {
             RuleSpec {
                 priority: p(3003),
                 family: Family::Inet6,
+                from: None,
+                iif_lo: false,
                 fwmark: None,
                 action: RuleAction::Lookup(TableId::MAIN),
                 suppress_prefixlength: Some(0),
@@ -721,6 +752,8 @@ mod tests {
             RuleSpec {
                 priority: p(3000),
                 family: Family::Inet4,
+                from: None,
+                iif_lo: false,
                 fwmark: Some((0, 0xff00_0000)),
                 action: RuleAction::Goto(p(3004)),
                 suppress_prefixlength: None,
@@ -728,10 +761,22 @@ mod tests {
             RuleSpec {
                 priority: p(3001),
                 family: Family::Inet6,
+                from: None,
+                iif_lo: false,
                 fwmark: Some((1, u32::MAX)),
                 action: RuleAction::Lookup(t(100)),
                 suppress_prefixlength: Some(24),
             },
+            RuleSpec {
+                iif_lo: true,
+                fwmark: None,
+                action: RuleAction::Lookup(TableId::MAIN),
+                suppress_prefixlength: Some(0),
+                from: None,
+                ..RuleSpec::from_addr(p(3005), "192.0.2.1".parse().unwrap(), t(1))
+            },
+            RuleSpec::from_addr(p(3006), "203.0.113.2".parse().unwrap(), t(42000)),
+            RuleSpec::from_addr(p(3006), "2001:db8:1::2".parse().unwrap(), t(42000)),
         ]
     }
 
@@ -747,7 +792,7 @@ mod tests {
 
     #[test]
     fn rule_tables_above_255_live_in_the_attribute() {
-        let msgs: Vec<RuleMessage> = rules().iter().map(rule_message).collect();
+        let msgs: Vec<RuleMessage> = rules().iter().take(4).map(rule_message).collect();
         let [big, main, goto, small]: [RuleMessage; 4] = msgs.try_into().expect("four rules");
         assert_eq!(big.header.table, RT_TABLE_COMPAT);
         assert!(big.attributes.contains(&RuleAttribute::Table(42000)));
@@ -1111,7 +1156,7 @@ mod tests {
             view,
             vec![
                 ("lo".into(), true, s(&["127.0.0.1/8"])),
-                ("ppp0".into(), true, s(&["192.0.2.1/32", "192.0.2.9/32"])),
+                ("ppp0".into(), true, s(&["192.0.2.1/32"])),
                 (
                     "up1".into(),
                     true,
@@ -1119,6 +1164,10 @@ mod tests {
                 ),
                 ("up2".into(), false, s(&[])),
             ]
+        );
+        assert_eq!(
+            host["ppp0"].peers,
+            ["192.0.2.9/32".parse::<IpNet>().unwrap()]
         );
         assert_eq!(link_names(&links).get(&3).map(String::as_str), Some("up2"));
     }

@@ -580,6 +580,8 @@ mod tests {
         let rule = RuleSpec {
             priority: Priority::from_kernel(3001),
             family: Family::Inet4,
+            from: None,
+            iif_lo: false,
             fwmark: Some((0x0100_0000, 0xff00_0000)),
             action: RuleAction::Lookup(TableId::from_kernel(42000)),
             suppress_prefixlength: None,

@@ -1,0 +1,127 @@
+//! `apply --confirm SECS` without a daemon: the guard (`symroute confirm-watch`) is
+//! started and armed before the first change (see `symroute::kernel::confirm`), and
+//! `confirm-watch` itself.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode, Stdio};
+
+use anyhow::Context;
+
+use symroute::kernel::clock::BootTime;
+use symroute::kernel::confirm::{self, GuardLink, Outcome};
+use symroute::model::Model;
+
+/// Apply `model` with a rollback at `deadline` unless confirmed.
+pub fn apply(
+    out: &mut impl Write,
+    model: &Model,
+    netns: Option<&str>,
+    secs: u64,
+    deadline: BootTime,
+) -> anyhow::Result<ExitCode> {
+    let session = confirm::begin(deadline)?;
+    if let Some(line) = session.earlier.describe() {
+        writeln!(out, "{line}")?;
+    }
+    let (link, pid) = start_guard(netns, &session.token, deadline)?;
+    let (report, changed) = match session.apply(model, pid) {
+        Ok(r) => r,
+        Err(e) => {
+            link.tell(Outcome::Failed);
+            return Err(e.into());
+        }
+    };
+    link.tell(if changed {
+        Outcome::Applied
+    } else {
+        Outcome::Unchanged
+    });
+    drop(session);
+    super::print_gateways(out, &report.plan)?;
+    if !changed {
+        super::print_changes(out, &report.changes, "applied")?;
+        writeln!(out, "nothing to confirm: nothing changed")?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for l in report.changes.summary() {
+        writeln!(out, "{l}")?;
+    }
+    if deadline.passed() {
+        writeln!(
+            out,
+            "applied, but the {secs} s to confirm ran out while applying: the change is being rolled back"
+        )?;
+    } else {
+        writeln!(
+            out,
+            "applied; run `symroute confirm` within {secs} s or this change is rolled back"
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Start `symroute confirm-watch` in a session of its own (stdio on /dev/null but for the
+/// socket to us on stdin) and wait until it is armed. Returns the link and its pid.
+fn start_guard(
+    netns: Option<&str>,
+    token: &str,
+    deadline: BootTime,
+) -> anyhow::Result<(GuardLink, u32)> {
+    let exe = std::env::current_exe().context("finding the symroute binary")?;
+    let (ours, theirs) = UnixStream::pair().context("making a socket pair for the guard")?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("confirm-watch")
+        .arg("--token")
+        .arg(token)
+        .arg("--deadline")
+        .arg(deadline.nanos().to_string());
+    if let Some(ns) = netns {
+        cmd.arg("--netns").arg(ns);
+    }
+    cmd.stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .current_dir("/");
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(drop)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = cmd.spawn().context("starting symroute confirm-watch")?;
+    // The guard outlives us; nobody waits for it here (it is reaped by init once we exit).
+    let pid = child.id();
+    let link =
+        GuardLink::armed(ours).context("starting the confirm guard (nothing was changed)")?;
+    Ok((link, pid))
+}
+
+/// `symroute confirm-watch`: the guard. Ignores hang-ups and interrupts (it must outlive
+/// the terminal that started it), then follows `confirm::guard`.
+pub fn watch(token: &str, deadline: u64) -> anyhow::Result<()> {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    for sig in [
+        Signal::SIGHUP,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGPIPE,
+    ] {
+        // SAFETY: SIG_IGN installs no handler code.
+        unsafe { signal(sig, SigHandler::SigIgn) }.context("ignoring hang-ups")?;
+    }
+    // Our end of the socket came in as stdin.
+    let link = {
+        use std::os::fd::AsFd;
+        let fd = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("taking the caller's socket from stdin")?;
+        UnixStream::from(fd)
+    };
+    confirm::guard(token, BootTime::from_nanos(deadline), link)?;
+    Ok(())
+}

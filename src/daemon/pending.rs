@@ -1,0 +1,126 @@
+//! The daemon's pending `apply --confirm`: the config it switched to, the one it goes
+//! back to, and when. Kept in memory and in /run/symroute/netns-<cookie>.daemon-confirm.json
+//! (`rundir`), so a restarted daemon resumes it: it runs the unconfirmed config again
+//! until the same deadline, or goes straight back when the deadline passed meanwhile.
+//! The deadline is a CLOCK_BOOTTIME reading (`kernel::clock`), valid across processes.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::config;
+use crate::kernel::clock::BootTime;
+use crate::kernel::{rundir, KernelError};
+use crate::model::Model;
+
+/// A reload with `confirm`, not confirmed yet.
+pub struct PendingConfirm {
+    pub deadline: BootTime,
+    /// The config it goes back to (its path, and the model as it was loaded).
+    pub previous: (PathBuf, Model),
+}
+
+/// What is written to /run/symroute.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    /// The config applied and not confirmed yet.
+    config: PathBuf,
+    previous: PathBuf,
+    deadline: BootTime,
+    /// For people reading the file.
+    deadline_unix: u64,
+}
+
+fn path() -> Result<PathBuf, KernelError> {
+    crate::kernel::state::daemon_pending_path()
+}
+
+/// Remember `p` (switched to `config`) across a restart; a failure is logged, the
+/// pending confirm still holds in memory.
+pub fn save(config: &Path, p: &PendingConfirm) {
+    let record = Record {
+        config: config.to_path_buf(),
+        previous: p.previous.0.clone(),
+        deadline: p.deadline,
+        deadline_unix: super::gateways::unix(p.deadline.wall()),
+    };
+    let text = serde_json::to_string_pretty(&record).expect("record serializes");
+    if let Err(e) = path().and_then(|p| rundir::write(&p, text.as_bytes())) {
+        warn!("could not record the pending `apply --confirm` (a restart would forget it): {e}");
+    }
+}
+
+/// Forget the record (confirmed, rolled back, or removed).
+pub fn forget() {
+    if let Err(e) = path().and_then(|p| rundir::remove(&p)) {
+        warn!("could not remove the record of the pending `apply --confirm`: {e}");
+    }
+}
+
+/// At startup: the config to run and the pending confirm to keep, from a record a
+/// previous daemon left. `None`: no record (or an unusable one, logged and dropped).
+pub fn resume() -> Option<(PathBuf, Model, Option<PendingConfirm>)> {
+    let p = path().ok()?;
+    let text = match rundir::read(&p) {
+        Ok(t) => t?,
+        Err(e) => {
+            warn!("could not read {}: {e}", p.display());
+            return None;
+        }
+    };
+    let record: Record = match serde_json::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            warn!("dropping the unreadable {}: {e}", p.display());
+            forget();
+            return None;
+        }
+    };
+    let previous = match config::load(&record.previous) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(
+                "a previous daemon's `apply --confirm` of {} was pending, but the config to go back to does not load (keeping the startup config): {}",
+                record.config.display(),
+                e.to_string().lines().next().unwrap_or_default()
+            );
+            forget();
+            return None;
+        }
+    };
+    if record.deadline.passed() {
+        info!(
+            "a previous daemon's `apply --confirm` of {} ran out while no daemon ran: going back to {}",
+            record.config.display(),
+            record.previous.display()
+        );
+        forget();
+        return Some((record.previous, previous, None));
+    }
+    match config::load(&record.config) {
+        Ok(model) => {
+            info!(
+                "resuming a previous daemon's pending `apply --confirm` of {}: back to {} in {} s unless `symroute confirm`",
+                record.config.display(),
+                record.previous.display(),
+                record.deadline.remaining().as_secs()
+            );
+            let pending = PendingConfirm {
+                deadline: record.deadline,
+                previous: (record.previous, previous),
+            };
+            Some((record.config, model, Some(pending)))
+        }
+        Err(e) => {
+            warn!(
+                "a previous daemon's pending `apply --confirm` of {} no longer loads: going back to {} ({})",
+                record.config.display(),
+                record.previous.display(),
+                e.to_string().lines().next().unwrap_or_default()
+            );
+            forget();
+            Some((record.previous, previous, None))
+        }
+    }
+}

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::daemon::Daemon;
-use support::require_root;
+use support::{require_root, run_file};
 use symroute::lab::{HaDaemons, HaPair, Netns, Session, TcpEcho};
 
 const CONFIG: &str = include_str!("../examples/ha-pair.toml");
@@ -119,17 +119,23 @@ impl Lab {
 
     /// Waits until firewall `i`'s kernel table holds a connection to `port` with a mark.
     fn wait_copied(&self, i: usize, port: u16) {
+        self.wait_entry(i, &[format!("dport={port} ")]);
+    }
+
+    /// Waits until firewall `i`'s kernel table holds a marked entry whose line has all of
+    /// `parts`.
+    fn wait_entry(&self, i: usize, parts: &[String]) {
         let t = Instant::now();
         while !self
             .fw(i)
             .exec(&["conntrack", "-L"])
             .unwrap_or_default()
             .lines()
-            .any(|l| l.contains(&format!("dport={port} ")) && !l.contains("mark=0 "))
+            .any(|l| parts.iter().all(|p| l.contains(p.as_str())) && !l.contains("mark=0 "))
         {
             assert!(
                 t.elapsed() < Duration::from_secs(5),
-                "conntrackd did not copy the connection to :{port} (with its mark)\n{}",
+                "conntrackd did not copy the connection {parts:?} (with its mark)\n{}",
                 self.logs()
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -230,8 +236,17 @@ fn session_survives_failover_and_return_and_dies_without_symroute_on_the_backup(
         .map(|h| h.pids(&lab.dir))
         .unwrap_or_default();
     let names: Vec<String> = lab.pair.fw.iter().map(|n| n.name().to_string()).collect();
+    // What keepalived's notify scripts recorded (`symroute ha`) goes too.
+    let roles: Vec<PathBuf> = lab.pair.fw.iter().map(|n| run_file(n, "ha.json")).collect();
+    assert!(
+        roles.iter().any(|r| r.exists()),
+        "no role recorded: {roles:?}"
+    );
     assert_eq!(pids.len(), 6, "{pids:?}");
     drop(lab);
+    for r in roles {
+        assert!(!r.exists(), "{} is left", r.display());
+    }
     for pid in pids {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         assert!(
@@ -245,4 +260,111 @@ fn session_survives_failover_and_return_and_dies_without_symroute_on_the_backup(
             "namespace {n} is left"
         );
     }
+}
+
+/// Item 4 of the issue: a backup never destroys the master's connections. A LAN
+/// connection (route_via ["isp1", "isp2"]) runs through the master via ISP1; on the
+/// backup only, ISP1's link goes down: its daemon (told `backup`/`fault` by keepalived's
+/// notify) leaves conntrackd's copy alone, the connection keeps working, and when the
+/// master dies later it goes on through the backup. The copy is what it needs: a second
+/// connection whose copy is deleted by hand on the backup (what a flush there did) dies
+/// in the same failover. When the master comes back, the first connection still works
+/// (the dying master held its own flush back too).
+#[test]
+fn a_backup_never_flushes_the_masters_connections() {
+    let lab = Lab::start();
+    let a = Daemon::start(lab.fw(0), CONFIG);
+    let b = Daemon::start(lab.fw(1), CONFIG);
+    // keepalived reported the roles before the daemons started; they read them.
+    a.wait_log("HA role as keepalived last reported it: master", CONNECT);
+    b.wait_log("HA role as keepalived last reported it: backup", CONNECT);
+
+    let kept = lab.open(&lab.pair.lan, HaPair::client_addr());
+    assert!(
+        kept.greeting.starts_with("hello 203.0.113.2 "),
+        "via ISP1, SNAT'd to its virtual address: {}",
+        kept.greeting
+    );
+    lab.wait_copied(1, HaPair::CLIENT_PORT);
+
+    // The backup's own ISP1 link goes down (and back): no flush there.
+    lab.fw(1).ip("link set up1 down").expect("up1 down on fw-b");
+    b.wait_log(
+        "gateway isp1 down: its route_via connections are not flushed",
+        CONNECT,
+    );
+    assert!(
+        !b.log().contains("down: flushed"),
+        "the backup flushed:\n{}",
+        b.log()
+    );
+    let t = Instant::now();
+    assert!(
+        answered(&kept, t, Duration::from_secs(2)).is_some(),
+        "the master's connection stopped: {:?}",
+        kept.failed()
+    );
+    lab.fw(1).ip("link set up1 up").expect("up1 up on fw-b");
+    b.wait_log("gateway isp1 is up", CONNECT);
+    b.wait_log("HA role: fault -> backup", CONNECT);
+
+    // A second connection whose copy on the backup goes, as a flush there deleted it.
+    let lost = lab.open(&lab.pair.lan, HaPair::client_addr());
+    // The port the client saw is the connection's reply destination (after SNAT).
+    let sport = lost
+        .greeting
+        .split_whitespace()
+        .nth(2)
+        .expect("the greeting names the port")
+        .to_string();
+    lab.wait_entry(1, &["dport=7 ".into(), format!("dport={sport} ")]);
+    let deleted = lab
+        .fw(1)
+        .exec(&[
+            "conntrack",
+            "-D",
+            "-p",
+            "tcp",
+            "--orig-dst",
+            "192.0.2.10",
+            "--dport",
+            "7",
+            "--reply-port-dst",
+            &sport,
+        ])
+        .expect("delete the second connection's copy on fw-b");
+    eprintln!("deleted on fw-b: {deleted}");
+
+    let (died, vips) = lab.kill(0);
+    let after = answered(&kept, died, SURVIVES_WITHIN).unwrap_or_else(|| {
+        panic!(
+            "the connection whose copy the backup kept did not survive: {:?}\n{}\n--- fw-b:\n{}",
+            kept.failed(),
+            lab.logs(),
+            b.log()
+        )
+    });
+    eprintln!("master died: VIPs on fw-b after {vips:?}; the kept LAN connection answered again after {after:?}");
+    assert_eq!(
+        answered(&lost, died, Duration::from_secs(4)),
+        None,
+        "the connection without its copy must die in the failover"
+    );
+    // The dying master held its flush back (keepalived said `fault` within the grace).
+    a.wait_log("HA role: master -> fault", CONNECT);
+    assert!(
+        !a.log().contains("down: flushed"),
+        "the dying master flushed:\n{}",
+        a.log()
+    );
+
+    lab.revive(0);
+    let t = Instant::now();
+    assert!(
+        answered(&kept, t, SURVIVES_WITHIN).is_some(),
+        "the kept connection did not survive the master's return: {:?}\n{}",
+        kept.failed(),
+        lab.logs()
+    );
+    drop((kept, lost, a, b));
 }

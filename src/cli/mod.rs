@@ -316,17 +316,57 @@ enum Cmd {
         #[command(flatten)]
         netns: NetnsArg,
     },
+    /// This box's role in an HA pair: for keepalived's notify scripts.
+    ///
+    /// keepalived (contrib/ha/keepalived.conf) runs `symroute ha master`, `backup` or
+    /// `fault` when its VRRP state changes. conntrackd copies every connection to the
+    /// peer, so the conntrack table of a backup holds the master's connections: a running
+    /// `symroute run` flushes a dead gateway's route_via connections only while this box
+    /// is the master (and a second later still is), never on a backup, and a box that
+    /// becomes master flushes then what it held back. With `[settings] ha_pair = true` it
+    /// holds back until told it is master.
+    ///
+    /// The role is kept in /run/symroute (a daemon started later reads it) until reboot or
+    /// `symroute remove`; it is recorded, exit 0, even when no daemon runs.
+    Ha {
+        role: HaRoleArg,
+        #[command(flatten)]
+        netns: NetnsArg,
+    },
     /// Build a seed scenario in private network namespaces and show symroute fixing it.
     ///
     /// Shows the connection failing without symroute, applies, shows it working with the
     /// conntrack view, then removes everything it made. `failover` runs `symroute run`
     /// instead and cuts ISP1's upstream: the LAN's new connections move to ISP2 within
-    /// about 1.5 s, and back when ISP1 answers again. Needs root, nft, conntrack and (for
-    /// proxy-relay) haproxy.
+    /// about 1.5 s, and back when ISP1 answers again. `ha-pair` runs seed 1's firewall as
+    /// a keepalived + conntrackd pair and kills the master under a live session. Needs
+    /// root, nft, conntrack and (for proxy-relay) haproxy, (for ha-pair) keepalived and
+    /// conntrackd.
     Lab {
         #[arg(value_enum, default_value = "two-isps")]
         scenario: lab::Scenario,
     },
+}
+
+/// `symroute ha ROLE`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum HaRoleArg {
+    /// This box holds the virtual addresses
+    Master,
+    /// The peer does
+    Backup,
+    /// keepalived found a tracked link down
+    Fault,
+}
+
+impl From<HaRoleArg> for kernel::state::HaRole {
+    fn from(r: HaRoleArg) -> Self {
+        match r {
+            HaRoleArg::Master => Self::Master,
+            HaRoleArg::Backup => Self::Backup,
+            HaRoleArg::Fault => Self::Fault,
+        }
+    }
 }
 
 /// The packet `explain` traces.
@@ -642,6 +682,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     )?,
                     None => writeln!(out, "daemon: not running in this namespace")?,
                 }
+                if let Some(h) = &st.ha {
+                    writeln!(
+                        out,
+                        "ha: {} (keepalived's last word, {}); dead gateways' connections are flushed {}",
+                        h.role,
+                        symroute::daemon::gateways::rfc3339(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.since_unix)
+                        ),
+                        if h.role == kernel::state::HaRole::Master {
+                            "(a second after they go down)"
+                        } else {
+                            "only once this box is master"
+                        }
+                    )?;
+                }
                 if let Some(p) = live.as_ref().and_then(|l| l.pending_confirm.as_ref()) {
                     writeln!(
                         out,
@@ -756,6 +811,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for (file, why) in &report.missing {
                 writeln!(out, "missing {file}: {why}")?;
             }
+        }
+        Cmd::Ha { role, netns } => {
+            netns.enter()?;
+            daemon::ha(&mut out, role.into())?;
         }
         Cmd::Lab { scenario } => {
             drop(out);

@@ -198,10 +198,29 @@ impl HaPair {
     }
 }
 
-/// keepalived and conntrackd on both firewalls.
+/// keepalived and conntrackd on both firewalls. Dropped, they stop (keepalived first, so
+/// no notify script runs after), and the HA role their notify scripts recorded in
+/// /run/symroute (`symroute ha`) goes with them.
 pub struct HaDaemons {
     pub keepalived: Vec<Service>,
     pub conntrackd: Vec<Service>,
+    netns: Vec<String>,
+}
+
+impl Drop for HaDaemons {
+    fn drop(&mut self) {
+        for s in self.keepalived.iter_mut().chain(self.conntrackd.iter_mut()) {
+            s.stop();
+        }
+        for ns in self.netns.clone() {
+            // In a thread of its own: entering a namespace is per thread.
+            let _ = std::thread::spawn(move || {
+                crate::kernel::netns::enter(&ns)?;
+                crate::kernel::state::forget_ha()
+            })
+            .join();
+        }
+    }
 }
 
 impl HaDaemons {
@@ -266,6 +285,7 @@ impl HaDaemons {
         let mut d = HaDaemons {
             keepalived,
             conntrackd,
+            netns: pair.fw.iter().map(|f| f.name().to_string()).collect(),
         };
         // Both up: conntrackd's control socket answers, keepalived reached a state.
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -21,6 +21,9 @@ pub struct Status {
     /// What each mark value means here (ids, marks, tables) and its digest: the two boxes
     /// of an HA pair must agree (`symroute doctor --peer`).
     pub marks: MarkMap,
+    /// This box's role in an HA pair, as keepalived last reported it (`symroute ha`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ha: Option<super::state::HaRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +117,7 @@ pub fn status(model: &Model, plan: &Plan, applied: bool) -> Result<Status, Kerne
         gateways,
         policies,
         marks: MarkMap::of(model, plan),
+        ha: super::state::load_ha().ok().flatten(),
     })
 }
 

@@ -508,6 +508,7 @@ fn validate_settings(s: &Sp<raw::RawSettings>, loc: &mut Locator) -> Settings {
         out.on_change = validate_on_change(v, loc);
     }
     out.metrics = validate_metrics(s, loc);
+    out.ha_pair = s.ha_pair.as_ref().is_some_and(|h| *h.get_ref());
     out
 }
 

@@ -29,6 +29,8 @@ pub struct RawSettings {
     pub metrics_allow_remote: Option<Sp<bool>>,
     /// `symroute run`: command(s) run on each gateway up/down change (string or list).
     pub on_change: Option<Sp<toml::Value>>,
+    /// `symroute run`: this box is one of an HA pair (keepalived + conntrackd).
+    pub ha_pair: Option<Sp<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

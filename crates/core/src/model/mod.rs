@@ -44,6 +44,11 @@ pub struct Settings {
     /// `symroute run`: shell commands run on every gateway up/down change.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_change: Vec<String>,
+    /// `symroute run`: this box is one of an HA pair whose connections conntrackd copies:
+    /// it flushes a dead gateway's connections only while keepalived says it is the
+    /// master (`symroute ha master`), never on a backup.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ha_pair: bool,
 }
 
 impl Default for Settings {
@@ -54,6 +59,7 @@ impl Default for Settings {
             first_priority: Priority::new(3000).expect("constant priority is valid"),
             metrics: None,
             on_change: Vec::new(),
+            ha_pair: false,
         }
     }
 }

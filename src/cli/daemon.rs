@@ -3,10 +3,8 @@
 //! `confirm` confirms the daemon's pending apply, `status` shows its live health.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use symroute::config;
 use symroute::daemon::control::{self, DaemonStatus, Request};
 use symroute::kernel::status::{GatewayStatus, Status};
 
@@ -20,11 +18,7 @@ pub fn apply(
     config: &ConfigArg,
     confirm: Option<u64>,
 ) -> anyhow::Result<Option<ExitCode>> {
-    let path = config
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-    let path = std::path::absolute(&path)?;
+    let path = std::path::absolute(config.path())?;
     let Some(resp) = control::call(&Request::Reload {
         config: path.clone(),
         confirm,
@@ -32,11 +26,19 @@ pub fn apply(
     else {
         return Ok(None);
     };
-    writeln!(
-        out,
-        "symroute run is running here: it now applies {}",
-        path.display()
-    )?;
+    if resp.ok {
+        writeln!(
+            out,
+            "symroute run is running here: it now applies {}",
+            path.display()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "symroute run is running here: it did not take {} and keeps its config",
+            path.display()
+        )?;
+    }
     for l in &resp.lines {
         writeln!(out, "{l}")?;
     }

@@ -67,11 +67,18 @@ struct ConfigArg {
 
 impl ConfigArg {
     fn load(&self) -> anyhow::Result<Model> {
-        let path = self
-            .config
+        Ok(symroute::config_file::load(&self.path())?)
+    }
+
+    /// `load`, refusing `on_change` hooks others could rewrite (`run`, `check`).
+    fn load_trusted(&self) -> anyhow::Result<Model> {
+        Ok(symroute::config_file::load_trusted(&self.path())?)
+    }
+
+    fn path(&self) -> PathBuf {
+        self.config
             .clone()
-            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-        Ok(config::load(&path)?)
+            .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
     }
 }
 
@@ -477,7 +484,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     match cli.cmd {
         Cmd::Check { config } => {
-            let m = config.load()?;
+            let m = config.load_trusted()?;
             let selectors: usize = m.policies.iter().map(|p| p.selector.item_count()).sum();
             writeln!(
                 out,
@@ -621,13 +628,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             drop(out);
             symroute::daemon::log::init(log_level);
-            let path = config
-                .config
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
             // Absolute: `status` reads it from wherever it runs.
-            let path = std::path::absolute(&path)?;
-            let model = config.load()?;
+            let path = std::path::absolute(config.path())?;
+            let model = config.load_trusted()?;
             // Before any thread exists: threads and children inherit the namespace.
             netns.enter()?;
             symroute::daemon::run(symroute::daemon::Options {
@@ -646,7 +649,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let live = daemon::status();
             // Without -c, the config the daemon runs.
             let m = match (&config.config, &live) {
-                (None, Some(l)) => config::load(std::path::Path::new(&l.daemon.config))?,
+                (None, Some(l)) => {
+                    symroute::config_file::load(std::path::Path::new(&l.daemon.config))?
+                }
                 _ => config.load()?,
             };
             let mut observed = kernel::observe::observe()?;
@@ -748,7 +753,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             verbose,
         } => {
             let spec = packet.spec()?;
-            let model = config.as_ref().map(|c| config::load(c)).transpose()?;
+            let model = config
+                .as_ref()
+                .map(|c| symroute::config_file::load(c))
+                .transpose()?;
             let mut host = load_host(from.as_ref(), &netns)?;
             if let Some(m) = &model {
                 let plan = plan::build(m, &host.host_view());

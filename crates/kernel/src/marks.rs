@@ -11,13 +11,67 @@ use symroute_core::plan::diff::{ForeignRule, MarkUser};
 
 /// `iptables-save -t mangle` and `ip6tables-save -t mangle` outputs (absent tools or
 /// tables are simply not there).
-pub fn iptables_texts() -> Vec<(&'static str, String)> {
-    ["iptables-save", "ip6tables-save"]
+/// The mangle tables' save outputs (`-t mangle`), only where there is one to read: an
+/// iptables-nft table (nft table `ip mangle` / `ip6 mangle`, in `nft_tables`) is read by
+/// `iptables-nft-save`, an iptables-legacy one (the kernel lists it in
+/// `/proc/net/ip_tables_names`) by `iptables-legacy-save` (plain `iptables-save` where
+/// the variant is not installed: it is whichever Debian's alternatives chose). Most hosts
+/// have neither, and then no process runs: they were most of what a no-op apply spent.
+pub fn iptables_texts(nft_tables: &[(String, String)]) -> Vec<(&'static str, String)> {
+    let installed = |tool: &str| {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(tool).exists())
+    };
+    let mut tools: Vec<&'static str> = Vec::new();
+    for (family, legacy_names, nft_tool, legacy_tool, plain) in [
+        (
+            "ip",
+            "/proc/net/ip_tables_names",
+            "iptables-nft-save",
+            "iptables-legacy-save",
+            "iptables-save",
+        ),
+        (
+            "ip6",
+            "/proc/net/ip6_tables_names",
+            "ip6tables-nft-save",
+            "ip6tables-legacy-save",
+            "ip6tables-save",
+        ),
+    ] {
+        let pick = |tool: &'static str| if installed(tool) { tool } else { plain };
+        if nft_tables.iter().any(|(f, t)| f == family && t == "mangle") {
+            tools.push(pick(nft_tool));
+        }
+        let legacy = std::fs::read_to_string(legacy_names)
+            .is_ok_and(|t| t.lines().any(|l| l.trim() == "mangle"));
+        if legacy && !tools.contains(&pick(legacy_tool)) {
+            tools.push(pick(legacy_tool));
+        }
+    }
+    tools
         .into_iter()
         .filter_map(|tool| {
             super::cmd::run(tool, &["-t", "mangle"], None)
                 .ok()
                 .map(|t| (tool, t))
+        })
+        .collect()
+}
+
+/// (family, name) of every table in an `nft -j` listing.
+pub fn nft_tables(ruleset: &Value) -> Vec<(String, String)> {
+    ruleset["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            let t = i.get("table")?;
+            Some((
+                t["family"].as_str()?.to_string(),
+                t["name"].as_str()?.to_string(),
+            ))
         })
         .collect()
 }
@@ -185,7 +239,13 @@ pub fn iptables_users(tool: &str, text: &str) -> Vec<MarkUser> {
         if !line.starts_with("-A ") {
             continue;
         }
-        let words: Vec<&str> = line.split_whitespace().collect();
+        // Words as iptables-save quotes them (`--comment "a b"`, with `\"` inside): a
+        // comment saying "--set-xmark 0xff" is one word, not an option. A line that does
+        // not split is not a rule we can read.
+        let Some(words) = shlex::split(line) else {
+            continue;
+        };
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
         let mut bits = 0u32;
         // `-m mark --mark V` (all 32 bits) pins the packet mark for the rest of the line.
         let exact_mark = words
@@ -244,7 +304,7 @@ mod tests {
 
     #[test]
     fn iptables_lines_are_classified() {
-        let text = "*mangle\n-A PREROUTING -i eth2 -p tcp -m tcp --dport 25 -j MARK --set-xmark 0x0/0xffffffff\n-A PREROUTING -m mark --mark 0x1/0xff -j RETURN\n-A PREROUTING -j MARK --set-xmark 0x1000000/0xffffffff\n-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A PREROUTING -m mark --mark 0xca6c -j RETURN\n-A POSTROUTING -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A POSTROUTING -m mark --mark 0xca6c -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\nCOMMIT\n";
+        let text = "*mangle\n-A PREROUTING -i eth2 -p tcp -m tcp --dport 25 -j MARK --set-xmark 0x0/0xffffffff\n-A PREROUTING -m mark --mark 0x1/0xff -j RETURN\n-A PREROUTING -j MARK --set-xmark 0x1000000/0xffffffff\n-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A PREROUTING -m mark --mark 0xca6c -j RETURN\n-A POSTROUTING -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A POSTROUTING -m mark --mark 0xca6c -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A PREROUTING -m comment --comment \"not --set-xmark 0xff000000 --mark 0/0xff\" -j ACCEPT\nCOMMIT\n";
         let users = iptables_users("iptables-save", text);
         let bits: Vec<u32> = users.iter().map(|u| u.bits).collect();
         // restore: carries stored values (none of its own); unguarded save: all bits;

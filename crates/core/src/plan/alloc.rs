@@ -15,10 +15,14 @@
 //! - The divert owns the mask's top value (`capacity`, which no gateway id reaches) and
 //!   table `first_table + id_max`.
 //! - Rule priorities are fixed slots, not one per gateway: `first_priority` the skip rule,
-//!   `+1` diverts, `+2` every reply rule, `+3` main without its default route, `+4` every
-//!   route rule, `+5` the local copy of main, `+6` every local reply's `from ADDRESS`
-//!   rule. Rules that share a priority match disjoint marks (or sources), so their order
-//!   within it does not matter.
+//!   `+1` diverts and the route decisions' skip past the reply rules, `+2` every reply
+//!   rule, `+3` main without its default route, `+4` every route rule, `+5` the local
+//!   copy of main, `+6` every local reply's `from ADDRESS` rule. Rules that share a
+//!   priority match disjoint marks (or sources), so their order within it does not
+//!   matter.
+//! - Route decisions are the even values and every other decision is odd (the top value
+//!   of a contiguous mask is odd): one `ip rule` on the mask's lowest bit tells them
+//!   apart.
 
 use crate::model::{GatewayId, GatewayIdx, Mark, MarkMask, Model, Name, Priority, TableId};
 
@@ -94,6 +98,9 @@ fn table(model: &Model, offset: u32) -> TableId {
 pub enum Slot {
     Skip,
     Divert,
+    /// `fwmark 0/LOWEST_BIT goto` main without its default: route decisions (even values)
+    /// past the reply rules. Shares the divert's priority: the divert's value is odd.
+    RouteSkip,
     Reply,
     MainWithoutDefault,
     Route,
@@ -107,22 +114,23 @@ pub enum Slot {
 pub const SLOTS: u32 = 7;
 
 /// How many of the slots `plan::build` uses for `model` (each a distinct priority): the
-/// skip rule's always, the divert's, the reply rules', main without its default and the
-/// route rules' (with route_via), the local copy of main and the `from` rules' (with
-/// reply_via).
+/// skip rule's always, the divert's (or the route skip's, from 3 reply gateways with
+/// route_via), the reply rules', main without its default and the route rules' (with
+/// route_via), the local copy of main and the `from` rules' (with reply_via).
 pub fn priorities_needed(model: &Model) -> usize {
     let n = model.gateways.len();
-    let reply = (0..n).any(|i| model.replies_via(GatewayIdx(i)));
+    let replies = (0..n).filter(|&i| model.replies_via(GatewayIdx(i))).count();
     let route = (0..n).any(|i| model.routes_via(GatewayIdx(i)));
-    1 + usize::from(!model.diverts.is_empty())
-        + if reply { 3 } else { 0 }
+    let route_skip = replies >= 3 && route;
+    1 + usize::from(!model.diverts.is_empty() || route_skip)
+        + if replies > 0 { 3 } else { 0 }
         + if route { 2 } else { 0 }
 }
 
 pub fn priority(model: &Model, slot: Slot) -> Priority {
     let offset = match slot {
         Slot::Skip => 0,
-        Slot::Divert => 1,
+        Slot::Divert | Slot::RouteSkip => 1,
         Slot::Reply => 2,
         Slot::MainWithoutDefault => 3,
         Slot::Route => 4,

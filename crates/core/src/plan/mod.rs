@@ -3,6 +3,7 @@
 //! the kernel holds. Nothing here performs I/O.
 
 pub mod alloc;
+mod classify;
 pub mod diff;
 pub mod host;
 pub mod markmap;
@@ -178,6 +179,16 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     // The skip rule's priority is reserved (the rule is added below when worth it).
     let skip_priority = alloc::priority(model, alloc::Slot::Skip);
     priorities.insert(skip_priority);
+    // Route decisions (even values: 2N; every other value is odd, the divert's top one
+    // included) jump over the reply rules straight to `lookup main
+    // suppress_prefixlength 0`: every rule a packet walks costs it a little, and a
+    // route-marked packet would walk one per reply gateway. Worth a rule from 3 reply
+    // gateways on.
+    let reply_gateways = gateways.iter().filter(|g| g.reply_mark.is_some()).count();
+    let has_route = gateways.iter().any(|g| g.route_mark.is_some());
+    let route_skip =
+        (reply_gateways >= 3 && has_route).then(|| alloc::priority(model, alloc::Slot::RouteSkip));
+    priorities.extend(route_skip);
     if let Some((mark, table)) = divert {
         let p = alloc::priority(model, alloc::Slot::Divert);
         priorities.insert(p);
@@ -196,9 +207,23 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             }
         }
     }
-    if gateways.iter().any(|g| g.route_mark.is_some()) {
+    if has_route {
         let p = alloc::priority(model, alloc::Slot::MainWithoutDefault);
         priorities.insert(p);
+        if let Some(skip) = route_skip {
+            let low = mask.bits() & mask.bits().wrapping_neg();
+            for family in [Family::Inet4, Family::Inet6] {
+                rules.insert(RuleSpec {
+                    priority: skip,
+                    family,
+                    from: None,
+                    iif_lo: false,
+                    fwmark: Some((0, low)),
+                    action: RuleAction::Goto(p),
+                    suppress_prefixlength: None,
+                });
+            }
+        }
         for family in [Family::Inet4, Family::Inet6] {
             rules.insert(RuleSpec {
                 priority: p,
@@ -333,7 +358,18 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     }
 
     let sysctls = sysctls(model, host);
-    let (nft, nft_fingerprint) = nft::render(model, &gateways, &policies, divert.map(|d| d.0));
+    let local_addrs: Vec<IpAddr> = host
+        .links
+        .values()
+        .flat_map(|l| l.addrs.iter().map(|a| a.addr()))
+        .collect();
+    let (nft, nft_fingerprint) = nft::render(
+        model,
+        &gateways,
+        &policies,
+        divert.map(|d| d.0),
+        &local_addrs,
+    );
 
     Plan {
         mark_mask: mask,

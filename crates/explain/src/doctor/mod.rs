@@ -15,6 +15,7 @@
 mod facts;
 mod marks;
 pub mod peer;
+mod quoting;
 mod routes;
 
 use std::fmt::Write as _;
@@ -115,6 +116,7 @@ pub fn doctor_with_peer(host: &HostState, peer: Option<&peer::Side>) -> Vec<Find
     out.dedup_by(|a, b| {
         a.severity == b.severity && a.code == b.code && a.rule == b.rule && a.place == b.place
     });
+    quoting::guard(host, &mut out);
     out
 }
 

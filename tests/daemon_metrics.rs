@@ -387,7 +387,7 @@ fn an_ha_backup_keeps_a_dead_gateways_connections_until_it_is_master() {
         .ip("link set cl0 down")
         .expect("cut isp1's upstream");
     d.wait_log(
-        "gateway isp1 down: its route_via connections are not flushed: this box is backup",
+        "gateway isp1 down: its route_via connections are not flushed: this box is the backup",
         LIMIT,
     );
     assert!(

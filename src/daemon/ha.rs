@@ -104,12 +104,15 @@ impl Ha {
             self.hold(gateways, mask, now);
             return;
         }
+        let what = match self.role.map(|r| r.role) {
+            Some(HaRole::Backup) => "the backup of an HA pair",
+            Some(HaRole::Fault) => "in fault (keepalived found a tracked link down)",
+            _ => "one of an HA pair and keepalived has not said it is the master",
+        };
         for g in &gateways {
             info!(
-                "gateway {} down: its route_via connections are not flushed: this box is {} of an HA pair, and the entries here may be the peer's (conntrackd's copies); keepalived's `symroute ha master` allows it",
-                g.name,
-                self.role
-                    .map_or("not yet master (keepalived has not said)".to_string(), |r| r.role.to_string())
+                "gateway {} down: its route_via connections are not flushed: this box is {what}, and the entries here may be the peer's (conntrackd's copies); keepalived's `symroute ha master` allows it",
+                g.name
             );
         }
     }

@@ -4,7 +4,7 @@
 //!
 //!     cargo bench -j2 --bench daemon
 //!
-//! Events, 10 runs each: one of symroute's reply rules deleted (`ip rule del pref 3002`,
+//! Events, 10 runs each: one of symroute's reply rules deleted (`ip rule del pref 3003`,
 //! the priority every reply rule shares), a route of isp1's table (42025) deleted, its nft
 //! table deleted, up1 down for 300 ms then up (timed from link-up; the kernel flushed the
 //! gateway's routes), and an address added to lan0 (until table 42025 holds its network;
@@ -83,8 +83,8 @@ fn run() -> anyhow::Result<()> {
         let replies = in_netns(lab.fw.name(), || rules_at(&mut Netlink::open()?, REPLIES))??;
 
         rows.push(d.measure(
-            "a reply rule (pref 3002) deleted",
-            "ip rule del pref 3002",
+            "a reply rule (pref 3003) deleted",
+            "ip rule del pref 3003",
             None,
             true,
             move |nl| Ok(rules_at(nl, REPLIES)? == replies),
@@ -155,8 +155,8 @@ fn run() -> anyhow::Result<()> {
         let d = Daemon::start(&ns, &cfg)?;
         let replies = in_netns(ns.name(), || rules_at(&mut Netlink::open()?, REPLIES))??;
         rows.push(d.measure(
-            "10k config: a reply rule (pref 3002) deleted",
-            "ip rule del pref 3002",
+            "10k config: a reply rule (pref 3003) deleted",
+            "ip rule del pref 3003",
             None,
             true,
             move |nl| Ok(rules_at(nl, REPLIES)? == replies),
@@ -409,7 +409,7 @@ fn sh(script: &str) -> anyhow::Result<()> {
 
 /// isp1's table in examples/two-isps-firewall.toml, and the priority of reply rules.
 const ISP1_TABLE: u32 = 42025;
-const REPLIES: u32 = 3002;
+const REPLIES: u32 = 3003;
 
 /// How many of our IPv4 rules sit at `priority`.
 fn rules_at(nl: &mut Netlink, priority: u32) -> anyhow::Result<usize> {

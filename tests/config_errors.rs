@@ -200,7 +200,10 @@ fn many_gateways_after_a_late_first_priority_fit() {
     let model = parse_str(&s, "ok.toml").expect("1000 gateways fit");
     let plan = symroute::plan::build(&model, &symroute::plan::HostView::default());
     let prios: Vec<u32> = plan.priorities.iter().map(|p| p.get()).collect();
-    assert_eq!(prios, [32000, 32001, 32002, 32003, 32004, 32005, 32006]);
+    assert_eq!(
+        prios,
+        [32000, 32001, 32002, 32003, 32004, 32005, 32006, 32007]
+    );
     assert_eq!(
         plan.priorities.len(),
         symroute::plan::alloc::priorities_needed(&model)

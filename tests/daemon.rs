@@ -38,9 +38,9 @@ const START: Duration = Duration::from_secs(10);
 const ISP1_TABLE: u32 = 42025;
 const ISP1_MARK: &str = "0x33000000/0xff000000";
 /// The priority every reply rule shares; isp1's is the one with its mark.
-const REPLY_PRIORITY: u32 = 3002;
+const REPLY_PRIORITY: u32 = 3003;
 /// Deletes isp1's reply rule (and only it: isp2's shares the priority).
-const DEL_ISP1_RULE: &str = "ip rule del pref 3002 fwmark 0x33000000/0xff000000 lookup 42025";
+const DEL_ISP1_RULE: &str = "ip rule del pref 3003 fwmark 0x33000000/0xff000000 lookup 42025";
 /// isp2's table (id 123 from its name).
 const ISP2_TABLE: &str = "42122";
 
@@ -493,7 +493,7 @@ fn deleted_rule_comes_back() {
     d.wait_converged("after the rule came back");
     assert!(
         d.log().contains(&format!(
-            "applied: + ip -4 rule pref 3002 fwmark 0x33000000/0xff000000 lookup {ISP1_TABLE}"
+            "applied: + ip -4 rule pref 3003 fwmark 0x33000000/0xff000000 lookup {ISP1_TABLE}"
         )),
         "{}",
         d.log()
@@ -811,10 +811,10 @@ fn foreign_rules_are_left_alone() {
 
     // A foreign rule at one of symroute's priorities: a conflict, logged, not forced.
     lab.fw
-        .ip("rule add pref 3002 from 192.0.2.98 lookup main")
+        .ip("rule add pref 3003 from 192.0.2.98 lookup main")
         .expect("conflicting rule");
     d.wait_log(
-        "not applying, a foreign object is in the way: priority 3002",
+        "not applying, a foreign object is in the way: priority 3003",
         SETTLE,
     );
     lab.fw
@@ -832,7 +832,7 @@ fn foreign_rules_are_left_alone() {
     assert!(d.running(), "a conflict killed the daemon:\n{}", d.log());
     // The foreign rule goes: the daemon converges again by itself.
     lab.fw
-        .ip("rule del pref 3002 from 192.0.2.98 lookup main")
+        .ip("rule del pref 3003 from 192.0.2.98 lookup main")
         .expect("delete the conflicting rule");
     d.wait_converged("after the conflict went away");
     assert_eq!(
@@ -871,7 +871,7 @@ fn startup_errors_and_a_gateway_down() {
         "conflict; log:\n{}",
         conflict.log()
     );
-    conflict.wait_log("priority 3002", SETTLE);
+    conflict.wait_log("priority 3003", SETTLE);
     assert!(!conflict.notes().iter().any(|n| n == "READY=1"));
     drop(conflict);
     lab.fw

@@ -225,10 +225,10 @@ fn local_replies_without_main_default_apply() {
     let again = symroute_in(&t.fw, "apply", Some(FIREWALL), &[]).ok();
     eprintln!("apply again:\n{}", again.stdout);
     for want in [
-        // Their fixed slots (+5, +6); isp1's table is 42025 (its id, 26, from its name).
-        "+ ip -4 rule pref 3005 iif lo lookup main protocol 157",
-        "+ ip -4 rule pref 3006 from 203.0.113.2/32 lookup 42025 protocol 157",
-        "+ ip -6 rule pref 3006 from 2001:db8:1::2/128 lookup 42025 protocol 157",
+        // Their fixed slots (+6, +7); isp1's table is 42025 (its id, 26, from its name).
+        "+ ip -4 rule pref 3006 iif lo lookup main protocol 157",
+        "+ ip -4 rule pref 3007 from 203.0.113.2/32 lookup 42025 protocol 157",
+        "+ ip -6 rule pref 3007 from 2001:db8:1::2/128 lookup 42025 protocol 157",
     ] {
         assert!(again.stdout.contains(want), "{want}:\n{}", again.stdout);
     }

@@ -404,13 +404,18 @@ fn local_replies_without_a_way_back_match_real_sockets() {
     t.fw.ip("link set up2 down").expect("up2 down");
     // The local copy of main (+5) and the `from` rules (+6; several share it).
     for flag in ["-4", "-6"] {
-        for prio in ["3005", "3006"] {
+        for prio in ["3006", "3007"] {
             while t
                 .fw
                 .exec(&["ip", flag, "rule", "del", "pref", prio])
                 .is_ok()
             {}
         }
+        let left = t.fw.ip(&format!("{flag} rule")).expect("ip rule");
+        assert!(
+            !left.contains("iif lo lookup main") && !left.contains(" from 2"),
+            "the local reply rules must be gone:\n{left}"
+        );
     }
     let live = |args: &[String]| {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();

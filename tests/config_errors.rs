@@ -202,7 +202,7 @@ fn many_gateways_after_a_late_first_priority_fit() {
     let prios: Vec<u32> = plan.priorities.iter().map(|p| p.get()).collect();
     assert_eq!(
         prios,
-        [32000, 32001, 32002, 32003, 32004, 32005, 32006, 32007]
+        [32000, 32001, 32002, 32003, 32004, 32005, 32006, 32007, 32008]
     );
     assert_eq!(
         plan.priorities.len(),

@@ -717,9 +717,9 @@ fn firewall_without_rules() -> RoutingState {
 /// rules exist) and a route_via policy, on the seed-1 firewall with main's default via
 /// up2, as the engine sees them once applied.
 fn planned_three_reply_gateways_and_a_route() -> RoutingState {
-    let cfg = "[[gateway]]\nname=\"a\"\ninterface=\"up1\"\nvia=\"203.0.113.1\"\n\
-        [[gateway]]\nname=\"b\"\ninterface=\"up2\"\nvia=\"198.51.100.1\"\n\
-        [[gateway]]\nname=\"c\"\ninterface=\"eth0\"\nvia=\"198.51.100.1\"\n\
+    let cfg = "[[gateway]]\nname=\"a\"\nid=1\ninterface=\"up1\"\nvia=\"203.0.113.1\"\n\
+        [[gateway]]\nname=\"b\"\nid=2\ninterface=\"up2\"\nvia=\"198.51.100.1\"\n\
+        [[gateway]]\nname=\"c\"\nid=3\ninterface=\"eth0\"\nvia=\"198.51.100.1\"\n\
         [[policy]]\nname=\"ra\"\nreply_via=\"a\"\n[policy.match]\nin_interface=\"up1\"\n\
         [[policy]]\nname=\"rb\"\nreply_via=\"b\"\n[policy.match]\nin_interface=\"up2\"\n\
         [[policy]]\nname=\"rc\"\nreply_via=\"c\"\n[policy.match]\nin_interface=\"eth0\"\n\

@@ -556,22 +556,36 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             fail_rollback_reads,
             confirm: None,
         } => {
-            let m = config.load()?;
+            let path = config.path();
+            let file = symroute::config_file::read(&path)?;
             netns.enter()?;
             let faults = inject_failure.is_some() || abort_after.is_some();
+            // Proved a no-op (the same bytes applied to a host unchanged since, and no
+            // `symroute run` here to hand them to): no parsing, no planning.
+            if !faults {
+                let bytes = file.text.as_bytes();
+                if let Some(down) = kernel::noop::proven(bytes, kernel::rundir::WAIT_COMMAND)? {
+                    print_gateway_states(&mut out, down.iter().map(|(n, s)| (n.as_str(), s)))?;
+                    print_changes(&mut out, &plan::diff::Changes::default(), "applied")?;
+                    return Ok(ExitCode::SUCCESS);
+                }
+            }
+            let m = config::parse_str(&file.text, &path.display().to_string())?;
             if !faults {
                 if let Some(code) = daemon::apply(&mut out, &config, None)? {
                     return Ok(code);
                 }
             }
-            let report = kernel::apply::apply(
-                &m,
-                Faults {
-                    fail_after: inject_failure,
-                    abort_after,
-                    fail_rollback_reads,
-                },
-            )?;
+            let faults = Faults {
+                fail_after: inject_failure,
+                abort_after,
+                fail_rollback_reads,
+            };
+            let report = if faults.fail_after.is_none() && faults.abort_after.is_none() {
+                kernel::apply::apply_remembering(&m, file.text.as_bytes(), faults)?
+            } else {
+                kernel::apply::apply(&m, faults)?
+            };
             print_gateways(&mut out, &report.plan)?;
             print_changes(&mut out, &report.changes, "applied")?;
         }
@@ -854,17 +868,25 @@ fn load_peer(path: &std::path::Path) -> anyhow::Result<symroute::explain::doctor
 }
 
 fn print_gateways(out: &mut impl Write, plan: &plan::Plan) -> anyhow::Result<()> {
-    for g in &plan.gateways {
-        match &g.state {
+    print_gateway_states(
+        out,
+        plan.gateways.iter().map(|g| (g.name.as_str(), &g.state)),
+    )
+}
+
+fn print_gateway_states<'a>(
+    out: &mut impl Write,
+    gateways: impl Iterator<Item = (&'a str, &'a plan::GatewayState)>,
+) -> anyhow::Result<()> {
+    for (name, state) in gateways {
+        match state {
             plan::GatewayState::Down(why) => writeln!(
                 out,
-                "gateway {} is down ({why}); its routes will be added when it comes up (apply again)",
-                g.name
+                "gateway {name} is down ({why}); its routes will be added when it comes up (apply again)"
             )?,
             plan::GatewayState::Partial(why) => writeln!(
                 out,
-                "gateway {} is partly up ({why}); the other family's routes are installed",
-                g.name
+                "gateway {name} is partly up ({why}); the other family's routes are installed"
             )?,
             plan::GatewayState::Up => {}
         }

@@ -45,6 +45,24 @@ pub fn apply(model: &Model, faults: Faults) -> Result<ApplyReport, KernelError> 
     apply_locked(model, faults, |_| Ok(()))
 }
 
+/// `apply` of a config read as `config` (its bytes), remembering afterwards what it
+/// depended on (`noop`), so that the next apply of the same bytes to an unchanged host
+/// is proved a no-op without parsing or planning.
+pub fn apply_remembering(
+    model: &Model,
+    config: &[u8],
+    faults: Faults,
+) -> Result<ApplyReport, KernelError> {
+    let _lock = rundir::lock(rundir::WAIT_COMMAND)?;
+    let result = apply_locked(model, faults, |_| Ok(()));
+    // A failed record only costs the next apply its shortcut.
+    let _ = match &result {
+        Ok(report) => super::noop::remember(config, &report.plan),
+        Err(_) => super::noop::forget(),
+    };
+    result
+}
+
 /// `apply` with gateways declared down by the daemon's health checks (name → why),
 /// waiting at most `wait` for another symroute process in the namespace
 /// (`KernelError::Locked` after that).
@@ -226,6 +244,7 @@ pub fn remove() -> Result<Changes, KernelError> {
     };
     execute(&changes, Faults::default(), true)?;
     state::save(&state::State::default())?;
+    let _ = super::noop::forget();
     // A pending `apply --confirm` (by hand or a stopped daemon's) would put back what
     // was there before it: after a remove, nothing is left to confirm or roll back.
     let _ = super::confirm::forget();

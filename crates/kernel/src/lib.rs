@@ -18,6 +18,7 @@ pub mod marks;
 pub mod netlink;
 pub mod netns;
 pub mod nft_rules;
+pub mod noop;
 pub mod observe;
 pub mod rundir;
 pub mod snapshot;

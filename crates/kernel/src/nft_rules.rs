@@ -1,4 +1,5 @@
-//! Which rules our nft table holds, read over nfnetlink: one NFT_MSG_GETRULE dump of
+//! The ruleset's generation ([`generation`]), and which rules our nft table holds, read
+//! over nfnetlink: one NFT_MSG_GETRULE dump of
 //! table `inet symroute`, reduced to (chain, rule handle) pairs. Every rule added,
 //! deleted or replaced gets or loses a handle, so a digest of these pairs tells whether
 //! anyone altered the table since symroute wrote it, at a fraction of the cost of
@@ -12,7 +13,9 @@
 use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
-use super::netlink::{dump_raw, open_socket};
+use netlink_packet_core::NLM_F_ACK;
+
+use super::netlink::{dump_raw, open_socket, request_answered};
 use super::KernelError;
 
 /// linux/netfilter/nfnetlink.h and nf_tables.h.
@@ -23,6 +26,10 @@ const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFPROTO_INET: u8 = 1;
+const NFPROTO_UNSPEC: u8 = 0;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_GEN_ID: u16 = 1;
 const ENOENT: &str = "No such file or directory";
 
 /// The (chain, handle) pairs of every rule of table `inet NAME`, sorted (none when the
@@ -52,6 +59,53 @@ pub fn rule_handles(table: &str) -> Result<Option<Vec<(String, u64)>>, KernelErr
         Err(KernelError::Netlink { reason, .. }) if reason.contains(ENOENT) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The generation of the namespace's nftables ruleset: the kernel counts every
+/// committed transaction (anyone's: `nft`, iptables-nft, firewalld…), so an unchanged
+/// number means nothing in any table changed. Set elements that packets add (`update
+/// @set`) are not transactions and leave it alone.
+pub fn generation() -> Result<u32, KernelError> {
+    let socket = open_socket(NETLINK_NETFILTER, "NETLINK_NETFILTER")?;
+    let mut buf = vec![0u8; 4096];
+    let seq: u32 = 1;
+    let mut b = Vec::with_capacity(20);
+    b.extend_from_slice(&20u32.to_ne_bytes());
+    b.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN).to_ne_bytes());
+    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.extend_from_slice(&[NFPROTO_UNSPEC, 0, 0, 0]);
+    let mut id = None;
+    request_answered(
+        &socket,
+        &mut buf,
+        "nft list ruleset (generation)",
+        seq,
+        &b,
+        |m| {
+            if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
+                id = id.or(gen_id(m.payload.get(4..).unwrap_or_default()));
+            }
+        },
+    )?;
+    id.ok_or_else(|| KernelError::Other("the kernel answered no nftables generation".into()))
+}
+
+/// NFTA_GEN_ID (big endian) of a NEWGEN message's attributes.
+fn gen_id(mut attrs: &[u8]) -> Option<u32> {
+    while attrs.len() >= 4 {
+        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == NFTA_GEN_ID {
+            return attrs[4..len].try_into().ok().map(u32::from_be_bytes);
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
+    }
+    None
 }
 
 /// nlmsghdr + nfgenmsg + NFTA_RULE_TABLE, as a dump request.
@@ -119,6 +173,16 @@ mod tests {
         );
         assert_eq!(u16::from_ne_bytes([r[4], r[5]]), 10 << 8 | 7);
         assert_eq!(&r[24..33], b"symroute\0");
+    }
+
+    #[test]
+    fn the_generation_is_read_from_its_attribute() {
+        let mut a = Vec::new();
+        a.extend_from_slice(&8u16.to_ne_bytes());
+        a.extend_from_slice(&NFTA_GEN_ID.to_ne_bytes());
+        a.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+        assert_eq!(gen_id(&a), Some(0x0102_0304));
+        assert_eq!(gen_id(&a[..6]), None);
     }
 
     #[test]

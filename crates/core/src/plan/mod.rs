@@ -25,7 +25,7 @@ use crate::model::{
 
 /// Why a gateway's routes are not in its table yet. Its rules stay, so traffic simply
 /// falls through to the main table until a later apply (or the daemon) completes it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(tag = "state", content = "reason", rename_all = "lowercase")]
 pub enum GatewayState {
     Up,

@@ -425,20 +425,26 @@ pub(crate) fn dump_raw(
     }
 }
 
-/// Send one request (encoded with sequence number `seq` and NLM_F_ACK) and wait for its
-/// ack; a negative ack is an error naming `what`.
-pub(crate) fn request_acked(
+/// Send one request that the kernel answers with messages of its own (encoded with
+/// sequence number `seq` and NLM_F_ACK), hand each to `each`, and return at its ack; a
+/// negative ack is an error naming `what`.
+pub(crate) fn request_answered(
     socket: &Socket,
     buf: &mut Vec<u8>,
     what: &str,
     seq: u32,
     request: &[u8],
+    mut each: impl FnMut(&Msg<'_>),
 ) -> Result<(), KernelError> {
     send_all(socket, request).map_err(io_error(what))?;
     loop {
         let n = recv_datagram(socket, buf).map_err(io_error(what))?;
         for m in messages(&buf[..n]).map_err(parse_error(what))? {
-            if m.seq != seq || m.kind != NLMSG_ERROR {
+            if m.seq != seq {
+                continue;
+            }
+            if m.kind != NLMSG_ERROR {
+                each(&m);
                 continue;
             }
             let (code, text) = ack_error(m.flags, m.payload);
@@ -451,6 +457,18 @@ pub(crate) fn request_acked(
             return Ok(());
         }
     }
+}
+
+/// Send one request (encoded with sequence number `seq` and NLM_F_ACK) and wait for its
+/// ack; a negative ack is an error naming `what`.
+pub(crate) fn request_acked(
+    socket: &Socket,
+    buf: &mut Vec<u8>,
+    what: &str,
+    seq: u32,
+    request: &[u8],
+) -> Result<(), KernelError> {
+    request_answered(socket, buf, what, seq, request, |_| {})
 }
 
 /// Append one request to `out`, at the 4-byte alignment netlink requires.

@@ -6,7 +6,7 @@
 //! The kernel routes a packet this host sends (a SYN-ACK, a UDP answer) once with the
 //! socket's mark before the output hook, where symroute restores the connection's mark;
 //! with no route in main that lookup fails (ENETUNREACH) and nothing is sent. symroute's
-//! `from ADDRESS lookup TABLE` rules (behind an `iif lo` copy of main) let it succeed via
+//! `from ADDRESS lookup TABLE` rules (after main and default) let it succeed via
 //! the gateway that owns the address. The failure is shown with exactly those rules
 //! deleted again (the rule set symroute applied before it made them).
 //!
@@ -158,8 +158,8 @@ fn broken(what: &str) -> Option<bool> {
     Some(what == "DNAT TCP :2525 v6")
 }
 
-/// symroute's rules that exist for local replies: the `from ADDRESS` rules and the
-/// `iif lo` copy of main, as (family flag, priority, `ip rule` line).
+/// symroute's rules that exist for local replies: the `from ADDRESS` rules, as (family
+/// flag, priority, `ip rule` line).
 fn local_reply_rules(ns: &Netns) -> Vec<(&'static str, String, String)> {
     let mut out = Vec::new();
     for flag in ["-4", "-6"] {
@@ -187,6 +187,44 @@ fn strip_local_reply_rules(ns: &Netns) {
         ns.exec(&["ip", flag, "rule", "del", "pref", &prio])
             .expect("ip rule del");
     }
+}
+
+/// The host's own rules keep deciding where its own unmarked packets go: a hand-made
+/// `from` rule for another path, and wg-quick's full-tunnel pair (`suppress_prefixlength
+/// 0`, then `not fwmark 0xca6c lookup 51820`). The local reply rules are a fallback after
+/// main and default, so none of them is passed over (an earlier layout's `iif lo lookup
+/// main` in symroute's range took every such packet to main first).
+#[test]
+fn the_hosts_own_rules_still_route_its_own_packets() {
+    require_root();
+    let t = TwoIsps::build().expect("build TwoIsps");
+    for c in [
+        "route add default via 203.0.113.1 dev up1 table 100",
+        "rule add pref 5000 from 198.51.100.2 lookup 100",
+        "route add default via 10.77.0.10 dev lan0 table 51820",
+        "rule add pref 32764 lookup main suppress_prefixlength 0",
+        "rule add pref 32765 not fwmark 0xca6c lookup 51820",
+    ] {
+        t.fw.ip(c).expect(c);
+    }
+    let routes = || {
+        [
+            "route get 192.0.2.10 from 198.51.100.2",
+            "route get 192.0.2.10",
+            "route get 192.0.2.10 mark 0xca6c",
+        ]
+        .map(|q| t.fw.ip(q).expect(q))
+    };
+    let before = routes();
+    assert!(before[0].contains("table 100"), "{before:?}");
+    assert!(before[1].contains("dev lan0 table 51820"), "{before:?}");
+    assert!(before[2].contains("dev up2"), "{before:?}");
+    let _applied = Applied::apply(&t.fw, FIREWALL);
+    assert!(
+        !local_reply_rules(&t.fw).is_empty(),
+        "the local reply rules are in place"
+    );
+    assert_eq!(routes(), before, "symroute moved the host's own packets");
 }
 
 fn main_defaults(t: &TwoIsps) -> String {
@@ -225,10 +263,10 @@ fn local_replies_without_main_default_apply() {
     let again = symroute_in(&t.fw, "apply", Some(FIREWALL), &[]).ok();
     eprintln!("apply again:\n{}", again.stdout);
     for want in [
-        // Their fixed slots (+6, +7); isp1's table is 42025 (its id, 26, from its name).
-        "+ ip -4 rule pref 3006 iif lo lookup main protocol 157",
-        "+ ip -4 rule pref 3007 from 203.0.113.2/32 lookup 42025 protocol 157",
-        "+ ip -6 rule pref 3007 from 2001:db8:1::2/128 lookup 42025 protocol 157",
+        // At fallback_priority, after main and default; isp1's table is 42025 (its id,
+        // 26, from its name).
+        "+ ip -4 rule pref 32800 from 203.0.113.2/32 lookup 42025 protocol 157",
+        "+ ip -6 rule pref 32800 from 2001:db8:1::2/128 lookup 42025 protocol 157",
     ] {
         assert!(again.stdout.contains(want), "{want}:\n{}", again.stdout);
     }

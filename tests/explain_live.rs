@@ -402,9 +402,9 @@ fn local_replies_without_a_way_back_match_real_sockets() {
     let _svc = t.start_services().expect("services");
     symroute_in(&t.fw, "apply", Some(FIREWALL), &[]).ok();
     t.fw.ip("link set up2 down").expect("up2 down");
-    // The local copy of main (+5) and the `from` rules (+6; several share it).
+    // The `from` rules (fallback_priority; several share it).
     for flag in ["-4", "-6"] {
-        for prio in ["3006", "3007"] {
+        for prio in ["32800"] {
             while t
                 .fw
                 .exec(&["ip", flag, "rule", "del", "pref", prio])

@@ -3,14 +3,12 @@
 //! `confirm` confirms the daemon's pending apply, `status` shows its live health.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use symroute::config;
 use symroute::daemon::control::{self, DaemonStatus, Request};
 use symroute::kernel::status::{GatewayStatus, Status};
 
-use super::ConfigArg;
+use super::args::ConfigArg;
 
 /// `apply [--confirm SECS]` while a daemon runs here: it loads and applies the config
 /// (whose path is made absolute), and keeps it. `None`: no daemon, apply as usual. The
@@ -20,11 +18,7 @@ pub fn apply(
     config: &ConfigArg,
     confirm: Option<u64>,
 ) -> anyhow::Result<Option<ExitCode>> {
-    let path = config
-        .config
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH));
-    let path = std::path::absolute(&path)?;
+    let path = std::path::absolute(config.path())?;
     let Some(resp) = control::call(&Request::Reload {
         config: path.clone(),
         confirm,

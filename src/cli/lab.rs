@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use symroute::lab::{tcp_probe, udp_probe, Netns, ProxyRelay, TwoIsps};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Scenario {
+enum Scenario {
     /// Seed 1: firewall with a LAN and two ISPs; connections arriving on ISP1 time out
     TwoIsps,
     /// Seed 2: SMTP relay behind a transparent HAProxy (usesrc clientip)
@@ -29,7 +29,25 @@ const FAILOVER: &str = include_str!("../../examples/failover-health.toml");
 
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
-pub fn run(s: Scenario) -> anyhow::Result<()> {
+/// Build a seed scenario in private network namespaces and show symroute fixing it.
+///
+/// Shows the connection failing without symroute, applies, shows it working with the
+/// conntrack view, then removes everything it made. `failover` runs `symroute run`
+/// instead and cuts ISP1's upstream: the LAN's new connections move to ISP2 within
+/// about 1.5 s, and back when ISP1 answers again. Needs root, nft, conntrack and (for
+/// proxy-relay) haproxy.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(value_enum, default_value = "two-isps")]
+    scenario: Scenario,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    scenario(args.scenario).context("lab failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn scenario(s: Scenario) -> anyhow::Result<()> {
     let dir = TempDir::new()?;
     match s {
         Scenario::TwoIsps => two_isps(&dir.0),

@@ -1,0 +1,93 @@
+//! `symroute status`: gateways, policy counters and connections, with the daemon's live
+//! view when one runs here.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use symroute::kernel;
+use symroute::{config, plan};
+
+use super::args::{ConfigArg, NetnsArg};
+use super::daemon;
+
+/// Gateways, policy counters and live connections per gateway; with a running
+/// `symroute run`, its live health (since, loss, round trip). Without -c, the
+/// daemon's config.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    config: ConfigArg,
+    #[command(flatten)]
+    netns: NetnsArg,
+    /// Print as JSON (daemon.pid/.config/.started, gateways[].name/.state/.since/.loss/
+    /// .rtt_ms/.connections, policies[].name/.gateways[]/.packets/.bytes)
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    args.netns.enter()?;
+    let live = daemon::status();
+    // Without -c, the config the daemon runs.
+    let m = match (&args.config.config, &live) {
+        (None, Some(l)) => config::load(std::path::Path::new(&l.daemon.config))?,
+        _ => args.config.load()?,
+    };
+    let mut observed = kernel::observe::observe()?;
+    if let Some(l) = &live {
+        observed.host.health_down = l.health_down.clone();
+    }
+    let plan = plan::build(&m, &observed.host);
+    let applied = observed.nft_fingerprint.as_deref() == Some(plan.nft_fingerprint.as_str());
+    let mut st = kernel::status::status(&plan, observed.nft_fingerprint.is_some())?;
+    if let Some(l) = &live {
+        daemon::overlay(&mut st, l);
+    }
+    if args.json {
+        serde_json::to_writer_pretty(&mut *out, &st)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{}",
+        match (observed.nft_fingerprint.is_some(), applied) {
+            (false, _) => "not applied (no nftables table inet symroute)",
+            (true, true) => "applied, matches the config",
+            (true, false) => "applied, but differs from the config: run `symroute plan`",
+        }
+    )?;
+    match &live {
+        Some(l) => writeln!(
+            out,
+            "daemon: pid {}, config {}, started {}; {}",
+            l.daemon.pid, l.daemon.config, l.daemon.started, l.summary
+        )?,
+        None => writeln!(out, "daemon: not running in this namespace")?,
+    }
+    if let Some(p) = live.as_ref().and_then(|l| l.pending_confirm.as_ref()) {
+        writeln!(
+            out,
+            "pending: `apply --confirm`; back to {} at {} unless `symroute confirm`",
+            p.previous_config, p.deadline
+        )?;
+    }
+    writeln!(out, "gateways:")?;
+    for g in &st.gateways {
+        writeln!(out, "  {}", daemon::gateway_line(g))?;
+    }
+    writeln!(out, "policies:")?;
+    for p in &st.policies {
+        writeln!(
+            out,
+            "  {:<20} {} {:<12} mark {}  {} packet(s) {} byte(s) classified",
+            p.name,
+            p.kind,
+            kernel::status::describe_gateways(&p.gateways),
+            p.mark,
+            p.packets,
+            p.bytes
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

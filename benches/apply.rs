@@ -215,10 +215,11 @@ fn command_breakdown(ns: &Netns, what: &str) -> anyhow::Result<()> {
     const N: usize = 5;
     let cmds: &[&[&str]] = &[
         // observe() reads links, addresses, rules and routes over netlink in-process;
-        // these are the child processes it still runs (plus one `nft -j -t list table`
-        // per foreign table, none here). The full listing is shown for comparison.
+        // these are the child processes it still runs: one terse dump of the ruleset
+        // (foreign names never go back to nft as arguments), iptables-save. The full
+        // listing is shown for comparison.
         &["true"],
-        &["nft", "-j", "list", "chains"],
+        &["nft", "-j", "-t", "list", "ruleset"],
         &["iptables-save", "-t", "mangle"],
         &["ip6tables-save", "-t", "mangle"],
         &["nft", "-j", "list", "ruleset"],
@@ -246,7 +247,7 @@ fn command_breakdown(ns: &Netns, what: &str) -> anyhow::Result<()> {
                 times.push(t.elapsed());
             }
             let s = stats(&times);
-            let full = c[0] == "nft" && c.iter().any(|a| a == "ruleset");
+            let full = c[0] == "nft" && !c.iter().any(|a| a == "-t");
             if c[0] != "true" && !full {
                 sum += ms(s.median);
             }

@@ -14,5 +14,6 @@ pub use symroute_core::{config, fuzz, model, plan};
 pub use symroute_explain as explain;
 pub use symroute_kernel as kernel;
 
+pub mod config_file;
 pub mod daemon;
 pub mod lab;

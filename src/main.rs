@@ -17,8 +17,22 @@ fn main() -> ExitCode {
             } else {
                 1
             };
-            eprintln!("symroute: {e:#}");
+            eprintln!("symroute: {}", message(&e));
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes, each said once: many messages already end with their
+/// cause (`…: No such file or directory`), which `{e:#}` would print a second time.
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !msg.contains(&cause) {
+            msg.push_str(": ");
+            msg.push_str(&cause);
+        }
+    }
+    msg
 }

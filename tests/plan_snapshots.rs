@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use symroute::config;
 use symroute::plan::{self, diff, HostView, Link};
 
 /// A host where every interface the examples name is up, on networks covering their next hops.
@@ -45,7 +44,7 @@ fn host() -> HostView {
 
 fn render(name: &str) -> String {
     let path = format!("{}/examples/{name}.toml", env!("CARGO_MANIFEST_DIR"));
-    let model = config::load(std::path::Path::new(&path)).expect("example is valid");
+    let model = symroute::config_file::load(std::path::Path::new(&path)).expect("example is valid");
     let host = host();
     let p = plan::build(&model, &host);
     let mut s = String::new();
@@ -161,7 +160,7 @@ fn diff_of_applied_plan_is_empty() {
         "failover-health",
     ] {
         let path = format!("{}/examples/{name}.toml", env!("CARGO_MANIFEST_DIR"));
-        let model = config::load(std::path::Path::new(&path)).unwrap();
+        let model = symroute::config_file::load(std::path::Path::new(&path)).unwrap();
         let mut host = host();
         let p = plan::build(&model, &host);
         // The kernel after apply: our objects, our table, sysctls fixed.

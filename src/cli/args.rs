@@ -31,7 +31,12 @@ impl ConfigArg {
     }
 
     pub fn load(&self) -> anyhow::Result<Model> {
-        Ok(config::load(&self.path())?)
+        Ok(symroute::config_file::load(&self.path())?)
+    }
+
+    /// `load`, refusing `on_change` hooks others could rewrite (`run`, `check`).
+    pub fn load_trusted(&self) -> anyhow::Result<Model> {
+        Ok(symroute::config_file::load_trusted(&self.path())?)
     }
 }
 

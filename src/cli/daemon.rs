@@ -26,11 +26,19 @@ pub fn apply(
     else {
         return Ok(None);
     };
-    writeln!(
-        out,
-        "symroute run is running here: it now applies {}",
-        path.display()
-    )?;
+    if resp.ok {
+        writeln!(
+            out,
+            "symroute run is running here: it now applies {}",
+            path.display()
+        )?;
+    } else {
+        writeln!(
+            out,
+            "symroute run is running here: it did not take {} and keeps its config",
+            path.display()
+        )?;
+    }
     for l in &resp.lines {
         writeln!(out, "{l}")?;
     }

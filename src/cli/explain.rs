@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use symroute::explain::trace;
-use symroute::{config, plan};
+use symroute::plan;
 
 use super::args::HostArgs;
 
@@ -39,7 +39,11 @@ pub struct Args {
 
 pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let spec = args.packet.spec()?;
-    let model = args.config.as_ref().map(|c| config::load(c)).transpose()?;
+    let model = args
+        .config
+        .as_ref()
+        .map(|c| symroute::config_file::load(c))
+        .transpose()?;
     let mut host = args.host.load()?;
     if let Some(m) = &model {
         let plan = plan::build(m, &host.host_view());

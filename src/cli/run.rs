@@ -50,7 +50,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     symroute::daemon::log::init(args.log_level);
     // Absolute: `status` reads it from wherever it runs.
     let path = std::path::absolute(args.config.path())?;
-    let model = args.config.load()?;
+    let model = args.config.load_trusted()?;
     // Before any thread exists: threads and children inherit the namespace.
     args.netns.enter()?;
     symroute::daemon::run(symroute::daemon::Options {

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use symroute::kernel;
-use symroute::{config, plan};
+use symroute::plan;
 
 use super::args::{ConfigArg, NetnsArg};
 use super::daemon;
@@ -30,7 +30,7 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     let live = daemon::status();
     // Without -c, the config the daemon runs.
     let m = match (&args.config.config, &live) {
-        (None, Some(l)) => config::load(std::path::Path::new(&l.daemon.config))?,
+        (None, Some(l)) => symroute::config_file::load(std::path::Path::new(&l.daemon.config))?,
         _ => args.config.load()?,
     };
     let mut observed = kernel::observe::observe()?;

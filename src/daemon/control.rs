@@ -32,7 +32,6 @@ use super::gateways::{rfc3339, unix, LiveGateway};
 use super::pending::{self, PendingConfirm};
 use super::serve;
 use super::{Daemon, DaemonError};
-use crate::config;
 use crate::kernel::clock::BootTime;
 use crate::kernel::status::DaemonInfo;
 use crate::kernel::{state, KernelError};
@@ -446,7 +445,7 @@ impl Daemon {
                 ),
             );
         }
-        let model = match config::load(&path) {
+        let model = match crate::config_file::load_trusted(&path) {
             Ok(m) => m,
             Err(e) => return Response::failed(2, e.to_string()),
         };

@@ -44,7 +44,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
-use crate::config;
 use crate::kernel::apply::{self, ApplyReport};
 use crate::kernel::rundir;
 use crate::kernel::KernelError;
@@ -440,7 +439,7 @@ impl Daemon {
     fn reload(&mut self) {
         self.systemd.reloading();
         info!("SIGHUP: reloading {}", self.config.display());
-        match config::load(&self.config) {
+        match crate::config_file::load_trusted(&self.config) {
             Ok(model) => {
                 let _ = self.switch_to(self.config.clone(), model);
             }
@@ -641,7 +640,7 @@ mod tests {
     use crate::plan::{self, HostView, Link};
 
     fn plan_with(up1: bool, up2: bool) -> Plan {
-        let m = config::parse_str(
+        let m = crate::config::parse_str(
             include_str!("../../examples/two-isps-firewall.toml"),
             "two-isps.toml",
         )
@@ -670,7 +669,7 @@ mod tests {
             "via6 = \"2001:db8:1::1\"\n[gateway.check]\ntargets = [\"192.0.2.10\"]\n",
             1,
         );
-        let m = config::parse_str(&text, "t.toml").expect("parses");
+        let m = crate::config::parse_str(&text, "t.toml").expect("parses");
         let mut host = HostView::default();
         for (name, addrs) in [
             ("up1", ["203.0.113.2/24", "2001:db8:1::2/64"]),

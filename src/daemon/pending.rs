@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::config;
 use crate::kernel::clock::BootTime;
 use crate::kernel::{rundir, KernelError};
 use crate::model::Model;
@@ -77,7 +76,7 @@ pub fn resume() -> Option<(PathBuf, Model, Option<PendingConfirm>)> {
             return None;
         }
     };
-    let previous = match config::load(&record.previous) {
+    let previous = match crate::config_file::load_trusted(&record.previous) {
         Ok(m) => m,
         Err(e) => {
             warn!(
@@ -98,7 +97,7 @@ pub fn resume() -> Option<(PathBuf, Model, Option<PendingConfirm>)> {
         forget();
         return Some((record.previous, previous, None));
     }
-    match config::load(&record.config) {
+    match crate::config_file::load_trusted(&record.config) {
         Ok(model) => {
             info!(
                 "resuming a previous daemon's pending `apply --confirm` of {}: back to {} in {} s unless `symroute confirm`",

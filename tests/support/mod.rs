@@ -6,7 +6,7 @@ pub mod daemon;
 
 use std::process::{Command, Output};
 
-use symroute::lab::Netns;
+use symroute::lab::{veth, Netns};
 
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
@@ -199,4 +199,52 @@ pub fn settled_snapshot(ns: &Netns) -> String {
         "the kernel state of {} kept changing by itself:\n{prev}",
         ns.name()
     );
+}
+
+/// A router `fw` with the two uplinks of examples/two-isps-firewall.toml (up1
+/// 203.0.113.2/24, up2 198.51.100.2/24) to a peer `isp` holding both next hops.
+pub fn two_uplinks(role: &str) -> (Netns, Netns) {
+    require_root();
+    let fw = Netns::new(role).expect("netns fw");
+    let isp = Netns::new(&format!("{role}-isp")).expect("netns isp");
+    veth(&fw, "up1", &isp, "i1").expect("veth up1");
+    veth(&fw, "up2", &isp, "i2").expect("veth up2");
+    for (ns, words) in [
+        (&fw, "addr add 203.0.113.2/24 dev up1"),
+        (&fw, "addr add 198.51.100.2/24 dev up2"),
+        (&isp, "addr add 203.0.113.1/24 dev i1"),
+        (&isp, "addr add 198.51.100.1/24 dev i2"),
+    ] {
+        ns.ip(words).expect("address");
+    }
+    (fw, isp)
+}
+
+/// A temp directory of this test process (mode 0755), removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let p = std::env::temp_dir().join(format!("symroute-tmp-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        TempDir(p)
+    }
+
+    /// Writes `bytes` to `name` in the directory with `mode`; its path.
+    pub fn file(&self, name: &str, bytes: &[u8], mode: u32) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.0.join(name);
+        std::fs::write(&p, bytes).expect("write");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -86,13 +86,12 @@ fn apply_locked_for(
     if changes.is_empty() {
         return Ok(ApplyReport { plan, changes });
     }
-    let saved_table = match (&changes.nft, &observed.nft_fingerprint) {
-        (Some(_), Some(_)) => Some(cmd::run(
-            "nft",
-            &["list", "table", "inet", nft::TABLE],
-            None,
-        )?),
-        _ => None,
+    let (saved_table, unrestorable) = match (&changes.nft, &observed.nft_fingerprint) {
+        (Some(_), Some(_)) => match restorable_table()? {
+            Some(text) => (Some(text), false),
+            None => (None, true),
+        },
+        _ => (None, false),
     };
     // Sticky sources survive the replace (same transaction).
     if let (Some(script), Some(old)) = (changes.nft.as_mut(), saved_table.as_deref()) {
@@ -114,6 +113,10 @@ fn apply_locked_for(
             faults,
         );
         let msg = match rollback {
+            Ok(()) if unrestorable => format!(
+                "{e}\nrolled back, except table inet {}: it held names that nft syntax cannot carry (added by someone else), so it was removed instead of restored; run `symroute apply` again",
+                nft::TABLE
+            ),
             Ok(()) => format!("{e}\nrolled back: the host is as it was before this apply"),
             Err(r) => format!(
                 "{e}\nrollback also failed, run `symroute apply` again or `symroute remove`: {r}"
@@ -125,6 +128,51 @@ fn apply_locked_for(
         record_table_digest()?;
     }
     Ok(ApplyReport { plan, changes })
+}
+
+/// Our table as `nft list` prints it, to put back on rollback and to carry sticky sources
+/// from; `None` when something in it is not plain (a chain `c; add table ip pwned`, a set
+/// element's comment, added by someone else): nft syntax has no quoting for names, so
+/// replaying such text would run the name as commands. The check reads the JSON
+/// listing, where every name is a JSON string (data), before the text is read.
+fn restorable_table() -> Result<Option<String>, KernelError> {
+    let args = ["-j", "list", "table", "inet", nft::TABLE];
+    let json = cmd::run("nft", &args, None)?;
+    let listing: serde_json::Value =
+        serde_json::from_str(&json).map_err(|e| KernelError::Parse {
+            cmd: format!("nft {}", args.join(" ")),
+            detail: e.to_string(),
+        })?;
+    let items = listing["nftables"].as_array().into_iter().flatten();
+    if !items
+        .filter(|i| i.get("metainfo").is_none())
+        .all(literal_json)
+    {
+        return Ok(None);
+    }
+    Ok(Some(cmd::run(
+        "nft",
+        &["list", "table", "inet", nft::TABLE],
+        None,
+    )?))
+}
+
+/// Whether every string in a piece of `nft -j` output would read back literally in nft's
+/// text syntax: names and values of letters, digits and `_.:/-@,+`, or operators
+/// (`==`, `!=`, `&`). Everything symroute writes passes; a name holding `;`, quotes,
+/// braces, spaces or control characters (possible through JSON or nfnetlink) does not.
+fn literal_json(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.:/-@,+<>=!&|^".contains(c))
+        }
+        Value::Array(a) => a.iter().all(literal_json),
+        Value::Object(o) => o.values().all(literal_json),
+        _ => true,
+    }
 }
 
 /// Remember the digest of the table as it is now (after symroute wrote it).

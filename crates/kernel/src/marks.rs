@@ -185,7 +185,13 @@ pub fn iptables_users(tool: &str, text: &str) -> Vec<MarkUser> {
         if !line.starts_with("-A ") {
             continue;
         }
-        let words: Vec<&str> = line.split_whitespace().collect();
+        // Words as iptables-save quotes them (`--comment "a b"`, with `\"` inside): a
+        // comment saying "--set-xmark 0xff" is one word, not an option. A line that does
+        // not split is not a rule we can read.
+        let Some(words) = shlex::split(line) else {
+            continue;
+        };
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
         let mut bits = 0u32;
         // `-m mark --mark V` (all 32 bits) pins the packet mark for the rest of the line.
         let exact_mark = words
@@ -244,7 +250,7 @@ mod tests {
 
     #[test]
     fn iptables_lines_are_classified() {
-        let text = "*mangle\n-A PREROUTING -i eth2 -p tcp -m tcp --dport 25 -j MARK --set-xmark 0x0/0xffffffff\n-A PREROUTING -m mark --mark 0x1/0xff -j RETURN\n-A PREROUTING -j MARK --set-xmark 0x1000000/0xffffffff\n-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A PREROUTING -m mark --mark 0xca6c -j RETURN\n-A POSTROUTING -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A POSTROUTING -m mark --mark 0xca6c -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\nCOMMIT\n";
+        let text = "*mangle\n-A PREROUTING -i eth2 -p tcp -m tcp --dport 25 -j MARK --set-xmark 0x0/0xffffffff\n-A PREROUTING -m mark --mark 0x1/0xff -j RETURN\n-A PREROUTING -j MARK --set-xmark 0x1000000/0xffffffff\n-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A PREROUTING -m mark --mark 0xca6c -j RETURN\n-A POSTROUTING -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A POSTROUTING -m mark --mark 0xca6c -j CONNMARK --save-mark --nfmask 0xffffffff --ctmask 0xffffffff\n-A PREROUTING -m comment --comment \"not --set-xmark 0xff000000 --mark 0/0xff\" -j ACCEPT\nCOMMIT\n";
         let users = iptables_users("iptables-save", text);
         let bits: Vec<u32> = users.iter().map(|u| u.bits).collect();
         // restore: carries stored values (none of its own); unguarded save: all bits;

@@ -21,7 +21,13 @@ pub fn enter(name: &str) -> Result<(), KernelError> {
         source,
     })?;
     setns(f, CloneFlags::CLONE_NEWNET).map_err(|e| KernelError::Io {
-        what: format!("entering network namespace {name}"),
+        what: if e == nix::errno::Errno::EPERM {
+            // CAP_NET_ADMIN is not enough: setns(2) wants CAP_SYS_ADMIN. contrib/'s units
+            // grant only the former and let systemd join the namespace instead.
+            format!("entering network namespace {name} needs CAP_SYS_ADMIN (under systemd, join it with NetworkNamespacePath=/run/netns/{name} and leave out --netns)")
+        } else {
+            format!("entering network namespace {name}")
+        },
         source: std::io::Error::from_raw_os_error(e as i32),
     })
 }

@@ -155,49 +155,40 @@ fn read_routes(
     Ok(())
 }
 
-/// What observe needs from nftables, without listing our own (possibly huge) table:
-/// every chain (which tables exist, and our fingerprint chain), plus the rules of every
-/// foreign table (for mark users), each listed on its own.
+/// What observe needs from nftables: every table and chain (which tables exist, and our
+/// fingerprint chain), plus the rules of every foreign table (for mark users).
+///
+/// One dump of the whole ruleset, filtered here. Names read from the host are data: a
+/// table named `x; add table ip pwned` listed by name (`nft list table ip NAME`) would
+/// be parsed by nft as a second command, so nothing read from nft is ever passed back to
+/// it. `-t` (terse) leaves set elements out, which keeps our own (possibly huge) sets
+/// out of the dump; our table's rules are dropped here, after parsing.
 fn nft_for_observe() -> Result<Value, KernelError> {
-    let parse = |cmd: &str, text: &str| -> Result<Value, KernelError> {
-        serde_json::from_str(text).map_err(|e| KernelError::Parse {
-            cmd: cmd.into(),
-            detail: e.to_string(),
-        })
+    const ARGS: [&str; 4] = ["-j", "-t", "list", "ruleset"];
+    let text = cmd::run("nft", &ARGS, None)?;
+    let dump: Value = serde_json::from_str(&text).map_err(|e| KernelError::Parse {
+        cmd: format!("nft {}", ARGS.join(" ")),
+        detail: e.to_string(),
+    })?;
+    Ok(foreign_view(dump))
+}
+
+/// The tables and chains of a ruleset dump, and the rules of every table but ours.
+fn foreign_view(mut dump: Value) -> Value {
+    let ours = |o: &Value| o["family"] == "inet" && o["table"] == symroute_core::plan::nft::TABLE;
+    let items = match dump["nftables"].take() {
+        Value::Array(items) => items,
+        _ => Vec::new(),
     };
-    let chains = parse(
-        "nft -j list chains",
-        &cmd::run("nft", &["-j", "list", "chains"], None)?,
-    )?;
-    let mut items: Vec<Value> = Vec::new();
-    let mut tables: Vec<(String, String)> = Vec::new();
-    for item in chains["nftables"].as_array().into_iter().flatten() {
-        let Some(c) = item.get("chain") else { continue };
-        let (Some(f), Some(t)) = (c["family"].as_str(), c["table"].as_str()) else {
-            continue;
-        };
-        if !tables.iter().any(|(a, b)| a == f && b == t) {
-            tables.push((f.to_string(), t.to_string()));
-            items.push(serde_json::json!({ "table": { "family": f, "name": t } }));
-        }
-        items.push(item.clone());
-    }
-    for (family, table) in &tables {
-        if family == "inet" && table == symroute_core::plan::nft::TABLE {
-            continue;
-        }
-        let text = cmd::run("nft", &["-j", "-t", "list", "table", family, table], None)?;
-        let listed = parse(&format!("nft -j -t list table {family} {table}"), &text)?;
-        items.extend(
-            listed["nftables"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|i| i.get("rule").is_some())
-                .cloned(),
-        );
-    }
-    Ok(serde_json::json!({ "nftables": items }))
+    let kept: Vec<Value> = items
+        .into_iter()
+        .filter(|i| {
+            i.get("table").is_some()
+                || i.get("chain").is_some()
+                || i.get("rule").is_some_and(|r| !ours(r))
+        })
+        .collect();
+    serde_json::json!({ "nftables": kept })
 }
 
 /// nft's JSON omits table comments, so the fingerprint also names an empty chain.

@@ -23,14 +23,18 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Every message is complete in itself (`{e}` and `{e:#}` print the same): the OS error
+/// is part of the message, not a `source` that anyhow would print a second time.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read config: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{}: cannot read config: {err}", path.display())]
+    Io { path: PathBuf, err: std::io::Error },
+    #[error("{}: cannot read config: it is {kind}, not a regular file (-c names a TOML file)", path.display())]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("{}: cannot read config: {}, more than symroute reads ({} MiB)", path.display(), match size { Some(n) => format!("{n} bytes"), None => "it is larger".to_string() }, super::MAX_BYTES / (1024 * 1024))]
+    TooLarge { path: PathBuf, size: Option<u64> },
+    #[error("{}: refusing this config: its on_change hooks run as root, but {why}", path.display())]
+    Untrusted { path: PathBuf, why: String },
     #[error("{}", render(.0))]
     Invalid(Vec<Diagnostic>),
 }

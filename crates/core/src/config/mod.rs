@@ -6,7 +6,6 @@ pub mod raw;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::Path;
 
 use ipnet::IpNet;
 
@@ -22,13 +21,30 @@ use crate::model::{
 /// Where symroute looks when neither `-c` nor `SYMROUTE_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/symroute/symroute.toml";
 
-/// Read and validate a config file.
-pub fn load(path: &Path) -> Result<Model, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_str(&text, &path.display().to_string())
+/// The most of a config file symroute reads: far above any real one (10,000 selectors
+/// take about 300 KiB). The reading itself, with this bound, is the binary's
+/// (`symroute::config_file`): this crate does no I/O.
+pub const MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// A config file's bytes as text: UTF-8, or the first byte that is not, located as
+/// FILE:LINE:COL.
+pub fn decode(bytes: Vec<u8>, origin: &str) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        let good = std::str::from_utf8(&bytes[..at]).unwrap_or_default();
+        // The first bad byte sits just after the valid text before it.
+        let (line, col) = diag::line_col(good, good.len());
+        ConfigError::Invalid(vec![Diagnostic {
+            file: origin.to_string(),
+            line,
+            col,
+            message: format!(
+                "not UTF-8 text: byte 0x{:02x} cannot start or continue a character here (a config is a UTF-8 TOML file; is this the right file?)",
+                bytes[at]
+            ),
+        }])
+    })
 }
 
 /// Validate config text; `origin` names the file in messages.

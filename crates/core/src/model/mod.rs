@@ -1,5 +1,5 @@
 //! The validated model: what the user asked for, with every reference resolved and every
-//! value typed. Built only by `config::load`; consumed by `plan`.
+//! value typed. Built only by `config::parse_str`; consumed by `plan`.
 
 pub mod types;
 

@@ -121,25 +121,40 @@ impl fmt::Display for Priority {
     }
 }
 
-/// A Linux interface name: 1–15 bytes, no '/', whitespace, quotes or ':'.
+/// A Linux interface name as a config may name it: 1–15 of letters, digits, '-', '_' and
+/// '.', not "." or "..". The kernel allows more (`eth*`, `a;b`, `$(x)`), but such a name
+/// would be a pattern to nft (`iifname "eth*"` matches every `eth…`), or need quoting in
+/// nft, shell and sysctl spellings; refusing it here keeps every rendering literal.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct IfName(String);
 
 impl IfName {
     pub fn new(s: &str) -> Result<Self, String> {
-        let ok = !s.is_empty()
-            && s.len() <= 15
-            && s != "."
-            && s != ".."
-            && s.bytes()
-                .all(|b| b.is_ascii_graphic() && !b"/:\"'\\".contains(&b));
-        if ok {
-            Ok(Self(s.to_string()))
-        } else {
-            Err(format!(
-                "\"{s}\" is not an interface name (1-15 characters, no spaces, '/', ':' or quotes)"
-            ))
+        const RULE: &str = "1-15 of letters, digits, '-', '_' and '.'";
+        if s.is_empty() || s.len() > 15 {
+            return Err(format!("{s:?} is not an interface name ({RULE})"));
         }
+        if s == "." || s == ".." {
+            return Err(format!(
+                "{s:?} is not an interface name ({RULE}, not \".\" or \"..\")"
+            ));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)))
+        {
+            let why = match c {
+                '*' => "nft would read '*' as a wildcard matching many interfaces".to_string(),
+                c if c.is_whitespace() || c.is_control() => {
+                    format!("{:?} is not allowed", c)
+                }
+                c => format!("'{c}' is not allowed"),
+            };
+            return Err(format!(
+                "{s:?} is not an interface name symroute accepts: {why} ({RULE}; rename the interface, e.g. with `ip link set OLD name NEW`)"
+            ));
+        }
+        Ok(Self(s.to_string()))
     }
     pub fn as_str(&self) -> &str {
         &self.0

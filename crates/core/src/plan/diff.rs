@@ -77,26 +77,48 @@ impl Changes {
             && self.sysctls_restore.is_empty()
     }
 
-    /// Equivalent shell commands, for review (`symroute plan --script`).
+    /// Equivalent shell commands, for review (`symroute plan --script`). Every word that
+    /// is not a fixed keyword is shell-quoted: interface names come from the host (a
+    /// route tagged with our protocol on a link named `x;true>pwned`), and a script
+    /// piped to `sh` must run exactly the commands shown.
     pub fn script(&self) -> String {
         let mut s = String::new();
         for c in self.sysctls.iter().chain(&self.sysctls_restore) {
-            s += &format!("sysctl -w {}={}    # was {}\n", c.key, c.to, c.from);
+            let set = format!("{}={}", c.key, c.to);
+            s += &format!(
+                "sysctl -w {}    # was {}\n",
+                sh_word(&set),
+                comment_text(&c.from)
+            );
         }
         if let Some(nft) = &self.nft {
-            s += &format!("nft -f - <<'EOF'\n{nft}EOF\n");
+            // A quoted here-document is passed on verbatim; only a line equal to its
+            // delimiter would end it early.
+            let mut end = "EOF".to_string();
+            while nft.lines().any(|l| l == end) {
+                end.push('_');
+            }
+            s += &format!("nft -f - <<'{end}'\n{nft}");
+            if !nft.ends_with('\n') {
+                s.push('\n');
+            }
+            s += &format!("{end}\n");
         }
+        let ip = |s: &mut String, family: Family, what: &str, words: Vec<String>| {
+            let words: Vec<String> = words.iter().map(|w| sh_word(w)).collect();
+            *s += &format!("ip {} {what} {}\n", family.ip_flag(), words.join(" "));
+        };
         for r in &self.routes_del {
-            s += &format!("ip {} route del {}\n", r.family.ip_flag(), r.ip_args());
+            ip(&mut s, r.family, "route del", r.ip_words());
         }
         for r in &self.rules_del {
-            s += &format!("ip {} rule del {}\n", r.family.ip_flag(), r.ip_args());
+            ip(&mut s, r.family, "rule del", r.ip_words());
         }
         for r in &self.routes_add {
-            s += &format!("ip {} route add {}\n", r.family.ip_flag(), r.ip_args());
+            ip(&mut s, r.family, "route add", r.ip_words());
         }
         for r in &self.rules_add {
-            s += &format!("ip {} rule add {}\n", r.family.ip_flag(), r.ip_args());
+            ip(&mut s, r.family, "rule add", r.ip_words());
         }
         s
     }
@@ -168,6 +190,29 @@ pub fn diff(plan: &Plan, observed: &Observed, recorded: &BTreeMap<String, String
     c
 }
 
+/// One shell word, quoted when it holds anything but safe characters (shlex's POSIX
+/// quoting). A NUL cannot be in a shell word at all; the kernel never gives one, and the
+/// word is then shown with it spelled out rather than dropped silently.
+pub fn sh_word(word: &str) -> String {
+    shlex::try_quote(word)
+        .map(|w| w.into_owned())
+        .unwrap_or_else(|_| sh_word(&word.replace('\0', "\\0")))
+}
+
+/// Text for the rest of a `#` comment line: control characters (a newline would end the
+/// comment and start a command) spelled as escapes.
+pub fn comment_text(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
 /// A reason apply must not touch the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Conflict(pub String);
@@ -208,4 +253,70 @@ pub fn conflicts(plan: &Plan, observed: &Observed) -> Vec<Conflict> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::RouteKind;
+
+    /// The script run by a real `sh`, with `ip`, `nft` and `sysctl` replaced by functions
+    /// that print their arguments one per line: what each command would have received.
+    fn run_script(script: &str) -> (String, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("symroute-script-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let stubs = "ip() { printf '<%s>' \"$@\"; echo; }\nsysctl() { ip \"$@\"; }\nnft() { ip \"$@\"; cat; }\n";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{stubs}{script}"))
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (String::from_utf8(out.stdout).unwrap(), dir)
+    }
+
+    #[test]
+    fn script_quotes_host_names() {
+        let hostile = "x;true>pwned";
+        let route = RouteSpec {
+            table: TableId::new(42000).unwrap(),
+            family: Family::Inet4,
+            kind: RouteKind::Unicast,
+            dst: "10.9.9.0/24".parse().unwrap(),
+            via: None,
+            dev: hostile.into(),
+        };
+        let changes = Changes {
+            nft: Some("table inet symroute {\n}\nEOF\nEOF_\n".into()),
+            routes_del: vec![route],
+            sysctls: vec![SysctlChange {
+                key: "net.ipv4.conf.$(true>pwned).rp_filter".into(),
+                from: "1\ntrue>pwned".into(),
+                to: "2".into(),
+            }],
+            ..Changes::default()
+        };
+        let (out, dir) = run_script(&changes.script());
+        let pwned = dir.join("pwned").exists();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            !pwned,
+            "the script ran a host name as a command:\n{}",
+            changes.script()
+        );
+        assert_eq!(
+            out,
+            "<-w><net.ipv4.conf.$(true>pwned).rp_filter=2>\n\
+             <-f><->\ntable inet symroute {\n}\nEOF\nEOF_\n\
+             <-4><route><del><10.9.9.0/24><dev><x;true>pwned><table><42000><proto><157>\n",
+            "{}",
+            changes.script()
+        );
+    }
 }

@@ -115,6 +115,11 @@ impl RuleSpec {
         }
         parts.join(" ")
     }
+
+    /// The same, one word per argument (a rule holds only numbers and keywords).
+    pub fn ip_words(&self) -> Vec<String> {
+        self.ip_args().split(' ').map(str::to_string).collect()
+    }
 }
 
 impl fmt::Display for RuleSpec {
@@ -144,20 +149,24 @@ pub struct RouteSpec {
 impl RouteSpec {
     /// `ip` arguments after `ip -4 route add|del`.
     pub fn ip_args(&self) -> String {
-        let mut s = String::new();
+        self.ip_words().join(" ")
+    }
+
+    /// The same, one word per argument: `dev` may be a name read from the host, which
+    /// `plan --script` must quote (see `diff::Changes::script`).
+    pub fn ip_words(&self) -> Vec<String> {
+        let mut w = Vec::new();
         if self.kind == RouteKind::Local {
-            s += "local ";
+            w.push("local".to_string());
         }
-        s += &self.dst.to_string();
+        w.push(self.dst.to_string());
         if let Some(v) = self.via {
-            s += &format!(" via {v}");
+            w.extend(["via".to_string(), v.to_string()]);
         }
-        s += &format!(
-            " dev {} table {} proto {RT_PROTO}",
-            self.dev,
-            self.table.id()
-        );
-        s
+        w.extend(["dev".to_string(), self.dev.clone()]);
+        w.extend(["table".to_string(), self.table.id().to_string()]);
+        w.extend(["proto".to_string(), RT_PROTO.to_string()]);
+        w
     }
 }
 

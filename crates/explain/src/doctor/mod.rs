@@ -14,6 +14,7 @@
 
 mod facts;
 mod marks;
+mod quoting;
 mod routes;
 
 use std::fmt::Write as _;
@@ -102,6 +103,7 @@ pub fn doctor(host: &HostState) -> Vec<Finding> {
     out.dedup_by(|a, b| {
         a.severity == b.severity && a.code == b.code && a.rule == b.rule && a.place == b.place
     });
+    quoting::guard(host, &mut out);
     out
 }
 

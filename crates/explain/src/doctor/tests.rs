@@ -12,6 +12,11 @@ use symroute_core::model::Family;
 /// A firewall with eth0 (LAN 10.77.0.1/24), eth1 (ISP2 198.51.100.2/24, the default
 /// route) and eth2 (ISP1 203.0.113.2/24), plus `extra` files.
 fn state(rules: &str, routes: &str, ipt: &str, sysctl: &str) -> HostState {
+    HostState::from_files(&files(rules, routes, ipt, sysctl), Vec::new(), "test").expect("state")
+}
+
+/// The snapshot files behind [`state`].
+fn files(rules: &str, routes: &str, ipt: &str, sysctl: &str) -> BTreeMap<String, String> {
     let addr = r#"[
  {"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
  {"ifindex":2,"ifname":"eth0","flags":["BROADCAST","UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"10.77.0.1","prefixlen":24}]},
@@ -37,7 +42,7 @@ fn state(rules: &str, routes: &str, ipt: &str, sysctl: &str) -> HostState {
     files.insert("ip-link.json".to_string(), link.to_string());
     files.insert("iptables-save.txt".to_string(), ipt.to_string());
     files.insert("sysctl.txt".to_string(), sysctl.to_string());
-    HostState::from_files(&files, Vec::new(), "test").expect("state")
+    files
 }
 
 fn mangle(lines: &str) -> String {
@@ -149,6 +154,28 @@ fn strict_rp_filter_is_fine_when_the_arrival_mark_is_honoured() {
         "{}",
         render(&f)
     );
+}
+
+/// The same strict rp_filter finding on an interface whose name is shell syntax: the
+/// advice stays, the commands that would carry the name are not shown.
+#[test]
+fn commands_never_carry_a_hostile_name() {
+    let rules = "32765:\tfrom all fwmark 0x1 lookup 1";
+    let hostile = "x;true>pwned";
+    let files: BTreeMap<String, String> = files(rules, TABLE1, &mangle(LARTC), STRICT)
+        .into_iter()
+        .map(|(k, v)| (k, v.replace("eth2", hostile)))
+        .collect();
+    let f = doctor(&HostState::from_files(&files, Vec::new(), "test").expect("state"));
+    assert_eq!(codes(&f), vec!["rp-filter-strict"], "{}", render(&f));
+    assert!(f[0].why.contains(hostile), "{}", f[0].why);
+    assert!(
+        !f[0].fix.contains(hostile) || !f[0].fix.contains('`'),
+        "a command carries the name: {}",
+        f[0].fix
+    );
+    assert!(f[0].fix.starts_with("loose mode on"), "{}", f[0].fix);
+    assert!(f[0].fix.contains("<command not shown>"), "{}", f[0].fix);
 }
 
 #[test]

@@ -2,9 +2,25 @@
 
 use super::*;
 
+/// Host text made inert for a `#` comment line (and for stderr): every control
+/// character spelled as an escape (`\n`, `\u{1b}`), so a chain named
+/// "c\n[[gateway]]\n…" stays one comment line instead of becoming config, and TOML
+/// (which refuses control characters in comments) still parses the file.
+pub(super) fn inert(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Where a rule is, for quoting.
 fn fw_what(r: &Rule) -> String {
-    match &r.origin {
+    inert(&match &r.origin {
         Origin::Iptables { tool, table, .. } => format!("{tool} -t {table}: {}", r.text),
         Origin::Nft {
             family,
@@ -18,15 +34,15 @@ fn fw_what(r: &Rule) -> String {
                 format!("nft table {family} {table} chain {chain}: {}", r.text)
             }
         }
-    }
+    })
 }
 
 pub(super) fn fw_what_in(r: &Rule, c: &Chain) -> String {
     match &r.origin {
-        Origin::Nft { .. } => format!(
+        Origin::Nft { .. } => inert(&format!(
             "nft table {} {} chain {}: {}",
             c.family, c.table, c.name, r.text
-        ),
+        )),
         _ => fw_what(r),
     }
 }
@@ -36,7 +52,7 @@ pub(super) fn rule_what(r: &RuleEntry) -> String {
         Family::Inet4 => "ip rule",
         Family::Inet6 => "ip -6 rule",
     };
-    format!("{cmd}: {}", r.text.replace('\t', " ").trim_end())
+    format!("{cmd}: {}", one_line(&r.text))
 }
 
 pub(super) fn route_what(r: &RouteEntry) -> String {
@@ -46,7 +62,7 @@ pub(super) fn route_what(r: &RouteEntry) -> String {
     };
     // A multipath route prints its next hops on lines of their own: one line here.
     let text: Vec<&str> = r.text.split_whitespace().collect();
-    format!("{cmd}: {}", text.join(" "))
+    format!("{cmd}: {}", inert(&text.join(" ")))
 }
 
 pub(super) fn hex(v: u32) -> String {
@@ -98,7 +114,7 @@ pub(super) fn fam_word(f: Family) -> &'static str {
 }
 
 pub(super) fn one_line(s: &str) -> String {
-    s.replace('\t', " ").trim_end().to_string()
+    inert(s.replace('\t', " ").trim_end())
 }
 
 /// The mark statement of a rule, as written (`-j MARK --set-xmark 0x0/0xffffffff`,

@@ -75,7 +75,7 @@ impl<'h> Cx<'h> {
         let _ = writeln!(
             head,
             "# symroute.toml made by `symroute import` from {}.",
-            self.host.origin
+            inert(&self.host.origin)
         );
         if !self.host.missing.is_empty() {
             let _ = writeln!(
@@ -316,11 +316,12 @@ fn one_or_list(s: &mut String, key: &str, items: &[String], show: impl Fn(&Strin
     }
 }
 
-/// Words wrapped at 90 columns, each line starting with `prefix`.
+/// Words wrapped at 90 columns, each line starting with `prefix`; notes quote host names,
+/// so their control characters are spelled out (`inert`).
 pub(super) fn wrap(text: &str, prefix: &str) -> String {
     let mut out = String::new();
     let mut line = String::new();
-    for w in text.split_whitespace() {
+    for w in text.split_whitespace().map(inert) {
         if !line.is_empty() && prefix.len() + line.len() + 1 + w.len() > 90 {
             let _ = writeln!(out, "{prefix}{line}");
             line.clear();
@@ -328,7 +329,7 @@ pub(super) fn wrap(text: &str, prefix: &str) -> String {
         if !line.is_empty() {
             line.push(' ');
         }
-        line.push_str(w);
+        line.push_str(&w);
     }
     if !line.is_empty() {
         let _ = writeln!(out, "{prefix}{line}");

@@ -5,7 +5,8 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use symroute::kernel::{self, apply::Faults, apply::Step};
+use symroute::kernel;
+use symroute::kernel::apply::{ApplyOptions, Faults, Step};
 
 use super::args::{ConfigArg, NetnsArg};
 use super::{confirm, daemon, output};
@@ -92,7 +93,11 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
             return Ok(code);
         }
     }
-    let report = kernel::apply::apply(&m, faults)?;
+    let opts = ApplyOptions {
+        faults,
+        ..ApplyOptions::default()
+    };
+    let report = kernel::apply::apply(&m, &opts)?;
     output::gateways(out, &report.plan)?;
     output::changes(out, &report.changes, "applied")?;
     Ok(ExitCode::SUCCESS)

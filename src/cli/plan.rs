@@ -28,7 +28,7 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     args.netns.enter()?;
     // With a daemon here, gateways its health checks hold down are down.
     let health_down = daemon::status().map(|l| l.health_down).unwrap_or_default();
-    let (_, plan, changes) = kernel::apply::prepare_health(&m, &health_down)?;
+    let (_, plan, changes) = kernel::apply::prepare(&m, &health_down)?;
     if args.json {
         serde_json::to_writer_pretty(
             &mut *out,

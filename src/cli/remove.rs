@@ -25,7 +25,7 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(1));
     }
-    let changes = kernel::apply::remove()?;
+    let changes = kernel::remove::remove()?;
     symroute::daemon::control::remove_stale()?;
     if changes.is_empty() {
         writeln!(out, "nothing to remove: symroute owns nothing here")?;

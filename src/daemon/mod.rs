@@ -44,7 +44,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
-use crate::kernel::apply::{self, ApplyReport};
+use crate::kernel::apply::{self, ApplyOptions, ApplyReport, Locking};
 use crate::kernel::rundir;
 use crate::kernel::KernelError;
 use crate::model::Model;
@@ -308,7 +308,12 @@ impl Daemon {
             Why::Start => rundir::WAIT_COMMAND,
             _ => rundir::WAIT_DAEMON,
         };
-        let report = apply::apply_with_health(&self.model, &self.health_down, wait);
+        let opts = ApplyOptions {
+            health_down: self.health_down.clone(),
+            lock: Locking::Wait(wait),
+            ..ApplyOptions::default()
+        };
+        let report = apply::apply(&self.model, &opts);
         self.metrics.reconciled(started.elapsed());
         let report = report?;
         let took = started.elapsed().as_millis();
@@ -487,7 +492,7 @@ impl Daemon {
             pending::forget();
         }
         self.systemd.stopping("removing the policy");
-        let changes = apply::remove()?;
+        let changes = crate::kernel::remove::remove()?;
         for l in changes.summary() {
             info!("removed: {}", one_line(&l));
         }

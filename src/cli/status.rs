@@ -5,7 +5,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use symroute::kernel;
-use symroute::plan;
 
 use super::args::{ConfigArg, NetnsArg};
 use super::daemon;
@@ -33,16 +32,7 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         (None, Some(l)) => symroute::config_file::load(std::path::Path::new(&l.daemon.config))?,
         _ => args.config.load()?,
     };
-    let mut observed = kernel::observe::observe()?;
-    if let Some(l) = &live {
-        observed.host.health_down = l.health_down.clone();
-    }
-    let plan = plan::build(&m, &observed.host);
-    let applied = observed.nft_fingerprint.as_deref() == Some(plan.nft_fingerprint.as_str());
-    let mut st = kernel::status::status(&plan, observed.nft_fingerprint.is_some())?;
-    if let Some(l) = &live {
-        daemon::overlay(&mut st, l);
-    }
+    let st = kernel::status::status(&m, live.as_ref())?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &st)?;
         writeln!(out)?;
@@ -51,7 +41,7 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     writeln!(
         out,
         "{}",
-        match (observed.nft_fingerprint.is_some(), applied) {
+        match (st.applied, st.matches_config) {
             (false, _) => "not applied (no nftables table inet symroute)",
             (true, true) => "applied, matches the config",
             (true, false) => "applied, but differs from the config: run `symroute plan`",

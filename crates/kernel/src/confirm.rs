@@ -27,7 +27,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::apply::{self, ApplyOptions, ApplyReport, Faults, Locking};
-use super::clock::BootTime;
+use super::clock::{unix, BootTime};
 use super::rundir::{self, Lock};
 use super::{state, KernelError};
 use symroute_core::model::Model;
@@ -445,10 +445,4 @@ fn roll_back_pending(p: &Pending) -> Result<(), KernelError> {
         &p.state_before,
         Faults::default(),
     )
-}
-
-fn unix(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

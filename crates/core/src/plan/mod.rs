@@ -3,6 +3,7 @@
 //! the kernel holds. Nothing here performs I/O.
 
 pub mod alloc;
+mod classify;
 pub mod diff;
 pub mod host;
 pub mod nft;
@@ -175,6 +176,13 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         priorities.insert(p);
         p
     };
+    // Route decisions (even values, the mask's lowest bit clear) jump over the reply
+    // rules straight to `lookup main suppress_prefixlength 0`: every rule a packet walks
+    // costs it a little, and a route-marked packet would walk one per reply gateway.
+    // Worth a rule from 3 reply gateways on (smaller setups keep their numbering).
+    let reply_gateways = gateways.iter().filter(|g| g.reply_mark.is_some()).count();
+    let has_route = gateways.iter().any(|g| g.route_mark.is_some());
+    let route_skip = (reply_gateways >= 3 && has_route).then(|| take(&mut priorities));
     if let Some((mark, table)) = divert {
         let p = take(&mut priorities);
         tables.insert(table);
@@ -191,8 +199,22 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             }
         }
     }
-    if gateways.iter().any(|g| g.route_mark.is_some()) {
+    if has_route {
         let p = take(&mut priorities);
+        if let Some(skip) = route_skip {
+            let low = mask.bits() & mask.bits().wrapping_neg();
+            for family in [Family::Inet4, Family::Inet6] {
+                rules.insert(RuleSpec {
+                    priority: skip,
+                    family,
+                    from: None,
+                    iif_lo: false,
+                    fwmark: Some((0, low)),
+                    action: RuleAction::Goto(p),
+                    suppress_prefixlength: None,
+                });
+            }
+        }
         for family in [Family::Inet4, Family::Inet6] {
             rules.insert(RuleSpec {
                 priority: p,
@@ -324,7 +346,18 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     }
 
     let sysctls = sysctls(model, host);
-    let (nft, nft_fingerprint) = nft::render(model, &gateways, &policies, divert.map(|d| d.0));
+    let local_addrs: Vec<IpAddr> = host
+        .links
+        .values()
+        .flat_map(|l| l.addrs.iter().map(|a| a.addr()))
+        .collect();
+    let (nft, nft_fingerprint) = nft::render(
+        model,
+        &gateways,
+        &policies,
+        divert.map(|d| d.0),
+        &local_addrs,
+    );
 
     Plan {
         mark_mask: mask,

@@ -1090,8 +1090,7 @@ fn compare_one(v: &Verdict, kernel: &Result<String, String>) -> Result<(), Strin
 // ---- the test ------------------------------------------------------------------------
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     assert_eq!(
         euid, 0,
         "explain_routing_kernel builds network namespaces and compares with the kernel: it needs root \

@@ -612,8 +612,11 @@ fn the_daemon_runs_inside_its_units_sandbox() {
         .next()
         .and_then(|p| p.parse().ok())
         .expect("symroute's pid");
-    // SAFETY: kill(2) on the daemon we started (our grandchild).
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    // The daemon we started (our grandchild).
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let status = daemon.wait().expect("daemon exit");
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "symroute run: {status}\n{log}");

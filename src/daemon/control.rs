@@ -180,12 +180,11 @@ impl Listener {
 
 /// Bind with mode 0600 from the start (umask), then make sure of it.
 fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
-    // SAFETY: umask only swaps the process's file mode mask; no file is created by other
-    // threads of the daemon meanwhile.
-    let old = unsafe { libc::umask(0o177) };
+    use nix::sys::stat::{umask, Mode};
+    // The mask is the process's: no other thread of the daemon creates a file meanwhile.
+    let old = umask(Mode::from_bits_truncate(0o177));
     let l = UnixListener::bind(path);
-    // SAFETY: as above, restoring it.
-    unsafe { libc::umask(old) };
+    umask(old);
     let l = l?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)

@@ -25,6 +25,7 @@ pub fn priorities_needed(model: &Model) -> usize {
     let route = (0..n).filter(|&i| model.routes_via(GatewayIdx(i))).count();
     1 + usize::from(!model.diverts.is_empty())
         + usize::from(reply >= 3 && route > 0) // route decisions skip the reply rules
+        + usize::from(reply > 0) // the skip rule for forwarded packets, beside local ones
         + reply
         + if route > 0 { 1 + route } else { 0 }
         + if reply > 0 { 1 + reply } else { 0 }

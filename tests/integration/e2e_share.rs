@@ -5,9 +5,9 @@
 //! connection is a UDP exchange from its own source port (a new 5-tuple, so a new
 //! conntrack entry and a new decision) and must be answered.
 //!
-//! Needs root, nft and conntrack. Run with `cargo test --test e2e_share`.
+//! Needs root, nft and conntrack. Run with `cargo test --test integration e2e_share::`.
 
-mod support;
+use crate::support;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! a reload keeps a gateway that its checks took down down. Timings are printed.
 //! Needs root, `nft`, `ip` and `conntrack`.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -19,7 +19,7 @@ use support::daemon::{with_config, Daemon};
 use support::{require_root, symroute};
 use symroute::lab::{in_netns, Netns, TwoIsps};
 
-const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
+const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
 const LIMIT: Duration = Duration::from_secs(5);
 
 fn lab() -> TwoIsps {

@@ -8,7 +8,7 @@
 //! Every test builds its own namespaces; guards remove what symroute made and kill any
 //! `confirm-watch` process left for those namespaces. Needs root, `nft`, `ip`, `conntrack`.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use support::{kernel_snapshot, require_root, run_file, settled_snapshot, symroute_in, Run};
 use symroute::lab::{tcp_probe, Netns, TwoIsps};
 
-const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
+const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
 
 /// On drop (declared after the lab, so it runs first): `symroute remove` (which also
 /// forgets any pending confirm, so its guard exits and takes its file along), then kill

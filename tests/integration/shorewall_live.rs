@@ -16,7 +16,7 @@
 //! over it the same way, so concurrent runs never share state. All of it is removed
 //! afterwards; the host's own rt_tables is checked unchanged.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

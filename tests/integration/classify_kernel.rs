@@ -8,7 +8,7 @@
 //!
 //!   snd (AF_PACKET frames on s0) --veth-- lan0 [rtr] k0 --veth-- k1 [sink]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

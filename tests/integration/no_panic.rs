@@ -89,12 +89,12 @@ fn host() -> HostView {
 #[test]
 fn mutated_configs_never_panic() {
     let seeds: Vec<&str> = vec![
-        include_str!("../examples/full.toml"),
-        include_str!("../examples/two-isps-firewall.toml"),
-        include_str!("../examples/proxy-relay.toml"),
-        include_str!("../examples/haproxy-divert.toml"),
-        include_str!("../examples/failover.toml"),
-        include_str!("../examples/failover-health.toml"),
+        include_str!("../../examples/full.toml"),
+        include_str!("../../examples/two-isps-firewall.toml"),
+        include_str!("../../examples/proxy-relay.toml"),
+        include_str!("../../examples/haproxy-divert.toml"),
+        include_str!("../../examples/failover.toml"),
+        include_str!("../../examples/failover-health.toml"),
     ];
     let host = host();
     let mut rng = Rng::new(0x5eed_1234_abcd_0001);

@@ -7,7 +7,7 @@
 //! `/etc/iproute2`: the host's own files are never touched (checked at the end), and
 //! `symroute … --netns FW` reads the same names as `ip netns exec FW symroute …`.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::process::Command;

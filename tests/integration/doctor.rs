@@ -69,7 +69,7 @@ fn show(findings: &[Finding]) -> String {
 }
 
 #[test]
-#[ignore = "prints every fixture's report: cargo test --test doctor dump -- --ignored --nocapture"]
+#[ignore = "prints every fixture's report: cargo test --test integration doctor::dump -- --ignored --nocapture"]
 fn dump() {
     for name in ALL {
         println!("===== {name}\n{}", render(&run(name)));

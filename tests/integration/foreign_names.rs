@@ -10,7 +10,7 @@
 //!
 //! Needs root, `ip`, `nft` and `conntrack`; every namespace is deleted on drop.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,7 +19,7 @@ use support::daemon::Daemon;
 use support::{symroute, symroute_in, two_uplinks, RemoveOnDrop, Run, TempDir};
 use symroute::lab::Netns;
 
-const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
+const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
 
 /// An interface name that is a shell command (`true>pwned` creates a file `pwned`).
 const HOSTILE_IF: &str = "x;true>pwned";

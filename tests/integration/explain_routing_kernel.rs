@@ -1094,7 +1094,7 @@ fn require_root() {
     assert_eq!(
         euid, 0,
         "explain_routing_kernel builds network namespaces and compares with the kernel: it needs root \
-         (run `sudo cargo test --test explain_routing_kernel` or `sudo scripts/test`)"
+         (run `sudo cargo test --test integration explain_routing_kernel::` or `sudo scripts/test`)"
     );
     let ip_ok = Command::new("ip")
         .arg("-V")

@@ -3,7 +3,7 @@
 //! multi-part dumps work, errors name the `ip` command and the errno, and foreign rules
 //! and routes read exactly like `ip rule` / `ip route` print them. Needs root and `ip`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 

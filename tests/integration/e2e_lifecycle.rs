@@ -7,7 +7,7 @@
 //! Every test builds its own namespaces (guards delete them even when a test panics) and
 //! sends traffic only between them. Needs root, `nft`, `ip` and `conntrack`.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use support::{kernel_snapshot, require_root, settled_snapshot, symroute_in, Run};
 use symroute::lab::{tcp_probe, veth, Netns, Services, TwoIsps};
 
-const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
+const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
 /// How long a probe that must succeed may take.
 const OK: Duration = Duration::from_secs(3);
 const STEPS_ALL: [&str; 4] = ["sysctls", "nft", "routes", "rules"];

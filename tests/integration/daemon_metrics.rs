@@ -1,7 +1,7 @@
 //! Conntrack flushing and Prometheus metrics of `symroute run`, in private namespaces.
 //! Needs root, `nft`, `ip` and `conntrack`.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

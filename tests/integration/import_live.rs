@@ -4,9 +4,9 @@
 //! fails again; the imported file, applied by symroute, makes both paths work again, and
 //! the relay still sees the client's own address.
 //!
-//! Run with `cargo test --test import_live`.
+//! Run with `cargo test --test integration import_live::`.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -4,9 +4,9 @@
 //! fix, and checks what the kernel remembered (conntrack marks, `status --json`).
 //!
 //! Needs root, nft, conntrack and haproxy. Run with
-//! `cargo test --test e2e_seeds -- --test-threads=2`.
+//! `cargo test --test integration e2e_seeds:: -- --test-threads=2`.
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -18,9 +18,9 @@ use std::time::Duration;
 use support::{require_root, symroute_in, Applied};
 use symroute::lab::{in_netns, tcp_probe, udp_probe, Netns, ProxyRelay, TcpServer, TwoIsps};
 
-const FIREWALL: &str = include_str!("../examples/two-isps-firewall.toml");
-const RELAY: &str = include_str!("../examples/proxy-relay.toml");
-const DIVERT: &str = include_str!("../examples/haproxy-divert.toml");
+const FIREWALL: &str = include_str!("../../examples/two-isps-firewall.toml");
+const RELAY: &str = include_str!("../../examples/proxy-relay.toml");
+const DIVERT: &str = include_str!("../../examples/haproxy-divert.toml");
 
 /// How long a probe that must fail gets (failing probes run in parallel).
 const FAIL: Duration = Duration::from_millis(1000);

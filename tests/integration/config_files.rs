@@ -8,7 +8,7 @@
 //! `run` is always given `--netns` of a throwaway namespace, so nothing can reach the
 //! host's own namespace even if a refusal failed. Needs root, `ip`, `nft`, `conntrack`.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -18,7 +18,7 @@ use support::daemon::{with_config, Daemon};
 use support::{require_root, symroute, two_uplinks, Run, TempDir};
 use symroute::lab::Netns;
 
-const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
+const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
 
 fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");

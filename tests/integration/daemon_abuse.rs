@@ -7,7 +7,7 @@
 //!
 //! Needs root, `nft`, `ip` and `conntrack`.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -29,7 +29,7 @@ const MAX_THREADS: usize = 64;
 fn config() -> String {
     format!(
         "[settings]\nmetrics = \"{METRICS}\"\n\n{}",
-        include_str!("../examples/two-isps-firewall.toml")
+        include_str!("../../examples/two-isps-firewall.toml")
     )
 }
 
@@ -217,7 +217,7 @@ fn a_client_that_is_neither_root_nor_the_owner_is_refused() {
     require_root();
     let lab = TwoIsps::build().expect("build TwoIsps");
     let fw = &lab.fw;
-    let _d = Daemon::start(fw, include_str!("../examples/two-isps-firewall.toml"));
+    let _d = Daemon::start(fw, include_str!("../../examples/two-isps-firewall.toml"));
     let sock = run_file(fw, "sock");
     // Open the socket up (the directory stays 0700: the client reaches it through a
     // descriptor opened here, as one passed on would be).

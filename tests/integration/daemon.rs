@@ -11,7 +11,7 @@
 //! assertions only use generous timeouts (the 100 ms target is `benches/daemon.rs`'s).
 //! Needs root, `nft`, `ip` and `conntrack`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -29,7 +29,7 @@ use symroute::lab::{in_netns, tcp_probe, Netns, Services, TwoIsps};
 use symroute::model::Family;
 use symroute::plan::{RouteSpec, RT_PROTO};
 
-const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
+const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
 /// How long anything may take to converge before the test fails (the target is 100 ms).
 const SETTLE: Duration = Duration::from_secs(3);
 /// How long the first apply may take.

@@ -5,7 +5,7 @@
 //! back. Detection and recovery times are printed; assertions allow a generous 5 s.
 //! Needs root, `nft` and `ip`.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -53,7 +53,7 @@ fn wait_default(d: &Daemon, want: bool, what: &str) -> Duration {
 fn a_dead_upstream_takes_the_gateway_down_and_back() {
     require_root();
     let lab = TwoIsps::build().expect("build TwoIsps");
-    let config = include_str!("../examples/two-isps-firewall.toml").replacen(
+    let config = include_str!("../../examples/two-isps-firewall.toml").replacen(
         "via6 = \"2001:db8:1::1\"\n",
         "via6 = \"2001:db8:1::1\"\n[gateway.check]\ntargets = [\"192.0.2.10\"]\ninterval = \"100ms\"\ntimeout = \"200ms\"\n",
         1,
@@ -110,7 +110,7 @@ fn defaults_judge_a_dead_upstream_within_2s_with_icmpv6_and_tcp_targets() {
         std::net::SocketAddr::new(TwoIsps::CLIENT_V4.into(), 7777),
     )
     .expect("tcp server on the client");
-    let config = include_str!("../examples/two-isps-firewall.toml").replacen(
+    let config = include_str!("../../examples/two-isps-firewall.toml").replacen(
         "via6 = \"2001:db8:1::1\"\n",
         "via6 = \"2001:db8:1::1\"\n[gateway.check]\ntargets = [\"2001:db8:c::10\", \"tcp:192.0.2.10:7777\"]\n",
         1,
@@ -162,7 +162,7 @@ fn defaults_judge_a_dead_upstream_within_2s_with_icmpv6_and_tcp_targets() {
 fn five_percent_loss_for_60s_changes_no_state() {
     require_root();
     let lab = TwoIsps::build().expect("build TwoIsps");
-    let config = include_str!("../examples/two-isps-firewall.toml").replacen(
+    let config = include_str!("../../examples/two-isps-firewall.toml").replacen(
         "via6 = \"2001:db8:1::1\"\n",
         "via6 = \"2001:db8:1::1\"\n[gateway.check]\ntargets = [\"192.0.2.10\"]\n",
         1,

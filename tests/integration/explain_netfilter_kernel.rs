@@ -9,9 +9,9 @@
 //!    for each connection's first packet is the one `conntrack -L` shows (and a predicted
 //!    DNAT is the kernel's reply tuple).
 //!
-//! Run with `cargo test --test explain_netfilter_kernel -- --test-threads=2`.
+//! Run with `cargo test --test integration explain_netfilter_kernel:: -- --test-threads=2`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -817,7 +817,7 @@ fn predicted_conntrack_marks_two_isps() {
     require_root();
     let t = TwoIsps::build().expect("TwoIsps");
     let _svc = t.start_services().expect("services");
-    let config = include_str!("../examples/two-isps-firewall.toml");
+    let config = include_str!("../../examples/two-isps-firewall.toml");
     let run = symroute_in(&t.fw, "apply", Some(config), &[]).ok();
     eprintln!("{}", run.stdout);
     let _applied = Applied(&t.fw);

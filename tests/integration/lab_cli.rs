@@ -3,7 +3,7 @@
 //! connections to ISP2 and back), and leave nothing behind. Needs root, nft,
 //! conntrack and haproxy (scripts/setup).
 
-mod support;
+use crate::support;
 
 fn netns_list() -> String {
     let out = std::process::Command::new("ip")

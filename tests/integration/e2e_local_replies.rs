@@ -10,9 +10,9 @@
 //! the gateway that owns the address. The failure is shown with exactly those rules
 //! deleted again (the rule set symroute applied before it made them).
 //!
-//! Needs root. Run with `cargo test --test e2e_local_replies -- --test-threads=2`.
+//! Needs root. Run with `cargo test --test integration e2e_local_replies:: -- --test-threads=2`.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -21,7 +21,7 @@ use support::daemon::Daemon;
 use support::{require_root, symroute_in, Applied};
 use symroute::lab::{tcp_probe, udp_probe, Netns, TcpServer, TwoIsps, UdpEcho, UdpSource};
 
-const FIREWALL: &str = include_str!("../examples/two-isps-firewall.toml");
+const FIREWALL: &str = include_str!("../../examples/two-isps-firewall.toml");
 
 /// How long a probe gets (all probes of a round run at once).
 const TIMEOUT: Duration = Duration::from_millis(1500);

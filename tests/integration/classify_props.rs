@@ -4,9 +4,9 @@
 //! packets. The reference is `Model::first_match` over the validated model; the rendered
 //! `inet symroute` table is read back by explain's netfilter reader and run by its
 //! evaluator (prerouting for packets that arrive, output for the host's own). The same
-//! generator feeds `tests/classify_kernel.rs`, which sends real packets.
+//! generator feeds `tests/integration/classify_kernel.rs`, which sends real packets.
 
-mod support;
+use crate::support;
 
 use support::classify::{
     disjoint_pools, random_config, random_packet, wide_pools, winner_by_nft, Pools,

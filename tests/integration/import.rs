@@ -799,7 +799,7 @@ fn pattern_variants_keep_their_meaning() {
 
 // ---------------------------------------------------------------------------------------
 // Shorewall 5.2 with two providers `track,balance` (tests/fixtures/shorewall-two-isps, the
-// state the real package leaves; tests/shorewall_live.rs runs it), with the names it
+// state the real package leaves; tests/integration/shorewall_live.rs runs it), with the names it
 // writes into rt_tables.
 
 const SHOREWALL_NAMES: &str =

@@ -7,7 +7,7 @@
 //!
 //! Needs root, `nft`, `ip` and `conntrack`.
 
-mod support;
+use crate::support;
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -22,7 +22,7 @@ use support::{
 use symroute::kernel::rundir;
 use symroute::lab::{Netns, TwoIsps};
 
-const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
+const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
 
 /// A temp directory of the test's own, removed on drop.
 struct TempDir(PathBuf);

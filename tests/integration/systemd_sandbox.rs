@@ -26,7 +26,7 @@
 //!
 //! Needs root, `ip`, `nft`, `strace`, `setpriv`, `nsenter`, `systemd-analyze`.
 
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -653,7 +653,7 @@ fn apply_at_boot_runs_inside_its_units_sandbox() {
     let dir = TempDir::new("sandbox-apply");
     let cfg = dir.file(
         "symroute.toml",
-        include_str!("../examples/two-isps-firewall.toml").as_bytes(),
+        include_str!("../../examples/two-isps-firewall.toml").as_bytes(),
         0o644,
     );
     let cfg = cfg.to_str().expect("utf-8 path");

@@ -1,6 +1,6 @@
 //! The plan each example config produces, on a made-up host, compared with a reviewed
 //! snapshot in tests/snapshots/. No root needed. After an intended change, regenerate with
-//! `UPDATE_SNAPSHOTS=1 cargo test --test plan_snapshots` and review the diff.
+//! `UPDATE_SNAPSHOTS=1 cargo test --test integration plan_snapshots::` and review the diff.
 
 use std::collections::BTreeMap;
 

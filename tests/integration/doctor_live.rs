@@ -5,13 +5,13 @@
 //!    then the script inside the host), the state is captured live (`snapshot::capture`
 //!    inside the namespace), and doctor must find exactly what it finds on the committed
 //!    fixture — so the fixtures cannot drift from what the kernel and tools really print.
-//!    The seeds get the same assertions as in tests/doctor.rs.
+//!    The seeds get the same assertions as in tests/integration/doctor.rs.
 //! 2. symroute's own setups (the lab topologies with the examples applied) have no error
 //!    and no warning.
 //!
-//! Run with `cargo test --test doctor_live -- --test-threads=2`.
+//! Run with `cargo test --test integration doctor_live:: -- --test-threads=2`.
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -161,9 +161,9 @@ fn tools_present_live() {
     live_matches_fixture("tools-present");
 }
 
-const FIREWALL: &str = include_str!("../examples/two-isps-firewall.toml");
-const RELAY: &str = include_str!("../examples/proxy-relay.toml");
-const DIVERT: &str = include_str!("../examples/haproxy-divert.toml");
+const FIREWALL: &str = include_str!("../../examples/two-isps-firewall.toml");
+const RELAY: &str = include_str!("../../examples/proxy-relay.toml");
+const DIVERT: &str = include_str!("../../examples/haproxy-divert.toml");
 
 fn no_error_or_warning(what: &str, ns: &Netns) {
     let h = live(ns);

@@ -3,7 +3,7 @@
 //! nft counters on the firewall see them leave. Both before and after apply, so a
 //! prediction that ignored the marks would fail one of the two. Needs root.
 
-mod support;
+use crate::support;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use support::{require_root, symroute_in};
 use symroute::lab::{tcp_probe, Netns, TwoIsps};
 
-const FIREWALL: &str = include_str!("../examples/two-isps-firewall.toml");
+const FIREWALL: &str = include_str!("../../examples/two-isps-firewall.toml");
 
 /// Counters per egress interface: replies (port 25, or 2525 once the DNAT is undone at
 /// postrouting) and packets to the LAN server.
@@ -189,8 +189,8 @@ fn predicted_egress_matches_counters() {
     assert_eq!(e["reply"]["verdict"]["table"], "42000", "{e:#}");
 }
 
-const RELAY: &str = include_str!("../examples/proxy-relay.toml");
-const DIVERT: &str = include_str!("../examples/haproxy-divert.toml");
+const RELAY: &str = include_str!("../../examples/proxy-relay.toml");
+const DIVERT: &str = include_str!("../../examples/haproxy-divert.toml");
 
 /// Counts the relay's answers (198.51.100.20 port 25) arriving at the proxy.
 const ANSWERS: &str = "table inet count {

@@ -24,28 +24,21 @@ fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
-fn show(r: &Run) -> String {
-    format!(
-        "exit code {}\n--- stdout:\n{}--- stderr:\n{}",
-        r.code, r.stdout, r.stderr
-    )
-}
-
 /// `symroute ARGS` timed; asserts exit 2 within a second and `want` in stderr, on a
 /// single line printed once.
 fn refused(args: &[&str], want: &str) -> Run {
     let t0 = Instant::now();
     let r = symroute(args);
     let took = t0.elapsed();
-    assert_eq!(r.code, 2, "{args:?}:\n{}", show(&r));
+    assert_eq!(r.code, 2, "{args:?}:\n{}", r.show());
     assert!(took < Duration::from_secs(1), "{args:?} took {took:?}");
     assert_eq!(
         r.stderr.matches(want).count(),
         1,
         "{args:?}: want {want:?} once in stderr:\n{}",
-        show(&r)
+        r.show()
     );
-    assert_eq!(r.stderr.lines().count(), 1, "{args:?}:\n{}", show(&r));
+    assert_eq!(r.stderr.lines().count(), 1, "{args:?}:\n{}", r.show());
     r
 }
 
@@ -128,7 +121,7 @@ fn only_regular_utf8_files_up_to_16_mib_are_read() {
     }
     let large = dir.file("large.toml", text.as_bytes(), 0o644);
     let r = symroute(&["check", "-c", &s(&large)]);
-    assert_eq!(r.code, 0, "{}", show(&r));
+    assert_eq!(r.code, 0, "{}", r.show());
 }
 
 fn with_hook(dir: &Path) -> String {
@@ -182,16 +175,16 @@ fn hooks_others_could_rewrite_are_refused_at_start() {
         r.code,
         0,
         "a sticky directory protects root's file:\n{}",
-        show(&r)
+        r.show()
     );
     chmod(&dir.0, 0o755);
 
     // Safe again; and without hooks a world-writable file is only a config (not refused).
     let r = symroute(&["check", "-c", path]);
-    assert_eq!(r.code, 0, "{}", show(&r));
+    assert_eq!(r.code, 0, "{}", r.show());
     let plain = dir.file("plain.toml", CONFIG.as_bytes(), 0o666);
     let r = symroute(&["check", "-c", plain.to_str().expect("utf-8")]);
-    assert_eq!(r.code, 0, "{}", show(&r));
+    assert_eq!(r.code, 0, "{}", r.show());
 }
 
 /// The running daemon is given a hook config that others can write: SIGHUP and `apply`
@@ -211,7 +204,7 @@ fn a_reload_keeps_the_old_config_when_hooks_become_writable() {
     chmod(&path, 0o666);
     let want = "writable by its group and everyone (mode 0666)";
 
-    d.signal(libc::SIGHUP);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
     d.wait_log(
         "reload failed, keeping the previous config",
         Duration::from_secs(10),
@@ -219,8 +212,8 @@ fn a_reload_keeps_the_old_config_when_hooks_become_writable() {
     assert!(d.log().contains(want), "{}", d.log());
 
     let r = with_config(&["apply"], &path, &fw);
-    assert_eq!(r.code, 2, "{}", show(&r));
-    assert_eq!(r.stderr.matches(want).count(), 1, "{}", show(&r));
+    assert_eq!(r.code, 2, "{}", r.show());
+    assert_eq!(r.stderr.matches(want).count(), 1, "{}", r.show());
 
     let mut d = d;
     assert!(d.running(), "the daemon exited:\n{}", d.log());

@@ -15,7 +15,9 @@ use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{kernel_snapshot, require_root, run_file, settled_snapshot, symroute_in, Run};
+use support::lab;
+use support::{kernel_snapshot, run_file, settled_snapshot, symroute_in, Run};
+use symroute::fuzz::Rng;
 use symroute::lab::{tcp_probe, Netns, TwoIsps};
 
 const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
@@ -65,18 +67,6 @@ fn watchers(ns: &Netns) -> Vec<i32> {
     pids
 }
 
-fn lab() -> TwoIsps {
-    require_root();
-    TwoIsps::build().expect("build TwoIsps")
-}
-
-fn show(r: &Run) -> String {
-    format!(
-        "exit code {}\n--- stdout:\n{}--- stderr:\n{}",
-        r.code, r.stdout, r.stderr
-    )
-}
-
 fn applied(ns: &Netns) -> bool {
     let rules = ns.exec(&["ip", "-4", "rule", "show"]).expect("ip rule");
     rules.contains("proto 157")
@@ -103,12 +93,12 @@ fn unconfirmed_change_is_rolled_back() {
     assert!(!before.contains("proto 157"), "lab precondition");
 
     let r = apply_confirm(fw, "2");
-    assert_eq!(r.code, 0, "apply --confirm 2:\n{}", show(&r));
+    assert_eq!(r.code, 0, "apply --confirm 2:\n{}", r.show());
     assert!(
         r.stdout
             .contains("applied; run `symroute confirm` within 2 s or this change is rolled back"),
         "{}",
-        show(&r)
+        r.show()
     );
     assert!(applied(fw), "the change should be applied while pending");
     assert_eq!(watchers(fw).len(), 1, "one guard should be running");
@@ -126,11 +116,11 @@ fn unconfirmed_change_is_rolled_back() {
     );
 
     let r = symroute_in(fw, "confirm", None, &[]);
-    assert_eq!(r.code, 1, "confirm after the rollback:\n{}", show(&r));
+    assert_eq!(r.code, 1, "confirm after the rollback:\n{}", r.show());
     assert!(
         (r.stdout.clone() + &r.stderr).contains("nothing to confirm"),
         "{}",
-        show(&r)
+        r.show()
     );
     // The guard exits once it has rolled back.
     let t0 = Instant::now();
@@ -148,10 +138,10 @@ fn confirmed_change_stays() {
     let _cleanup = Cleanup(fw);
 
     let r = apply_confirm(fw, "3");
-    assert_eq!(r.code, 0, "apply --confirm 3:\n{}", show(&r));
+    assert_eq!(r.code, 0, "apply --confirm 3:\n{}", r.show());
     let r = symroute_in(fw, "confirm", None, &[]);
-    assert_eq!(r.code, 0, "confirm:\n{}", show(&r));
-    assert_eq!(r.stdout.trim(), "confirmed", "{}", show(&r));
+    assert_eq!(r.code, 0, "confirm:\n{}", r.show());
+    assert_eq!(r.stdout.trim(), "confirmed", "{}", r.show());
 
     std::thread::sleep(Duration::from_secs(5));
     assert!(applied(fw), "a confirmed change must stay applied");
@@ -166,7 +156,7 @@ fn confirmed_change_stays() {
         "unexpected greeting: {line:?}"
     );
     let r = symroute_in(fw, "confirm", None, &[]);
-    assert_eq!(r.code, 1, "a second confirm:\n{}", show(&r));
+    assert_eq!(r.code, 1, "a second confirm:\n{}", r.show());
 }
 
 #[test]
@@ -176,25 +166,25 @@ fn second_confirm_apply_is_refused_while_pending() {
     let _cleanup = Cleanup(fw);
 
     let r = apply_confirm(fw, "30");
-    assert_eq!(r.code, 0, "first apply --confirm:\n{}", show(&r));
+    assert_eq!(r.code, 0, "first apply --confirm:\n{}", r.show());
     let r = apply_confirm(fw, "30");
-    assert_eq!(r.code, 1, "second apply --confirm:\n{}", show(&r));
+    assert_eq!(r.code, 1, "second apply --confirm:\n{}", r.show());
     assert!(
         r.stderr.contains("still pending") && r.stderr.contains("symroute confirm"),
         "the refusal should say why and what to do:\n{}",
-        show(&r)
+        r.show()
     );
     let r = symroute_in(fw, "confirm", None, &[]);
-    assert_eq!(r.code, 0, "confirm:\n{}", show(&r));
+    assert_eq!(r.code, 0, "confirm:\n{}", r.show());
     // Once confirmed, the same config is a no-op: its guard exits at once.
     let r = apply_confirm(fw, "30");
     assert_eq!(
         r.code,
         0,
         "apply --confirm with nothing to change:\n{}",
-        show(&r)
+        r.show()
     );
-    assert!(r.stdout.contains("no changes"), "{}", show(&r));
+    assert!(r.stdout.contains("no changes"), "{}", r.show());
     let t0 = Instant::now();
     while !watchers(fw).is_empty() && t0.elapsed() < Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(100));
@@ -229,18 +219,6 @@ fn no_guard_left(ns: &Netns, within: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     true
-}
-
-/// A small xorshift: the kill moments are random, and the seed is printed to replay them.
-struct Rng(u64);
-
-impl Rng {
-    fn unit(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
 
 /// The config in a temp dir of the test's own (removed on drop).
@@ -338,7 +316,7 @@ fn sessions_killed_at_any_moment_end_restored_by_the_deadline() {
         .map(|d| d.as_nanos() as u64 | 1)
         .unwrap_or(0x5eed);
     eprintln!("kill moments from seed {seed:#x}");
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let span = took.mul_f64(1.2);
     let mut changed_when_killed = 0;
     for i in 0..SESSIONS {
@@ -397,7 +375,7 @@ fn a_pending_change_whose_guard_is_gone_never_blocks_the_next() {
 
     // The guard dies (an admin's kill -9, the OOM killer): its change is orphaned.
     let r = apply_confirm(fw, "60");
-    assert_eq!(r.code, 0, "apply --confirm 60:\n{}", show(&r));
+    assert_eq!(r.code, 0, "apply --confirm 60:\n{}", r.show());
     let guards = watchers(fw);
     assert_eq!(guards.len(), 1, "one guard should run");
     // SAFETY: kill(2) on the guard we found for our namespace.
@@ -410,12 +388,12 @@ fn a_pending_change_whose_guard_is_gone_never_blocks_the_next() {
 
     // The next `apply --confirm` rolls the orphan back first, says so, and goes on.
     let r = apply_confirm(fw, "2");
-    assert_eq!(r.code, 0, "apply --confirm after an orphan:\n{}", show(&r));
+    assert_eq!(r.code, 0, "apply --confirm after an orphan:\n{}", r.show());
     assert!(
         r.stdout
             .contains("its guard was gone: rolled it back first"),
         "{}",
-        show(&r)
+        r.show()
     );
     let t0 = Instant::now();
     assert!(
@@ -431,12 +409,12 @@ fn a_pending_change_whose_guard_is_gone_never_blocks_the_next() {
         r.code,
         0,
         "apply --confirm over a broken file:\n{}",
-        show(&r)
+        r.show()
     );
     assert!(
         r.stdout.contains("cleared it without a rollback") && r.stdout.contains("unreadable"),
         "{}",
-        show(&r)
+        r.show()
     );
     assert!(restored(fw, &before, Instant::now(), Duration::from_secs(3)).is_some());
     assert!(no_guard_left(fw, Duration::from_secs(2)));
@@ -459,11 +437,11 @@ fn absurd_deadlines_exit_2_and_change_nothing() {
         "",
     ] {
         let r = apply_confirm(fw, secs);
-        assert_eq!(r.code, 2, "--confirm {secs:?}:\n{}", show(&r));
+        assert_eq!(r.code, 2, "--confirm {secs:?}:\n{}", r.show());
         assert!(
             r.stderr.contains("error"),
             "--confirm {secs:?}: {}",
-            show(&r)
+            r.show()
         );
         assert!(
             watchers(fw).is_empty(),
@@ -477,6 +455,6 @@ fn absurd_deadlines_exit_2_and_change_nothing() {
     );
     // The bounds themselves are accepted.
     let r = apply_confirm(fw, "86400");
-    assert_eq!(r.code, 0, "--confirm 86400:\n{}", show(&r));
-    assert!(r.stdout.contains("within 86400 s"), "{}", show(&r));
+    assert_eq!(r.code, 0, "--confirm 86400:\n{}", r.show());
+    assert!(r.stdout.contains("within 86400 s"), "{}", r.show());
 }

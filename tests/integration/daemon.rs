@@ -13,290 +13,40 @@
 
 use crate::support;
 
-use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{require_root, settled_snapshot, symroute, symroute_in, Run};
+use nix::sys::signal::Signal;
+use support::daemon::{wait_plan_clean, Daemon, Options, SETTLE};
+use support::{lab, our_routes, services};
+use support::{settled_snapshot, symroute_in};
 use symroute::kernel::netlink::{convert, Netlink};
-use symroute::lab::{in_netns, tcp_probe, Netns, Services, TwoIsps};
+use symroute::lab::{in_netns, tcp_probe, Netns, TwoIsps};
 use symroute::model::Family;
-use symroute::plan::{RouteSpec, RT_PROTO};
+use symroute::plan::RT_PROTO;
 
 const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
-/// How long anything may take to converge before the test fails (the target is 100 ms).
-const SETTLE: Duration = Duration::from_secs(3);
-/// How long the first apply may take.
-const START: Duration = Duration::from_secs(10);
 const ISP1_TABLE: u32 = 42000;
 const ISP1_RULE: u32 = 3001;
 
-// ---------------------------------------------------------------------------------------
-// the daemon under test
-
-type Lines = Arc<Mutex<Vec<String>>>;
-
-/// A running `symroute run`, with its stderr and its sd_notify messages collected.
-struct Daemon<'a> {
-    ns: &'a Netns,
-    child: Child,
-    dir: PathBuf,
-    log: Lines,
-    notes: Lines,
-    stop_notes: Arc<AtomicBool>,
-}
-
-impl<'a> Daemon<'a> {
-    /// Starts the daemon with `config` and waits for READY=1.
-    fn start(ns: &'a Netns, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon<'a> {
-        let d = Self::spawn(ns, config, extra, env);
-        d.wait_ready();
-        d
-    }
-
-    fn spawn(ns: &'a Netns, config: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon<'a> {
-        let dir = std::env::temp_dir().join(format!(
-            "symroute-daemon-{}-{}",
-            std::process::id(),
-            ns.name()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        // Our own stand-in for systemd's notify socket, drained continuously (a full
-        // datagram queue would block the daemon's sends).
-        let sock_path = dir.join("notify.sock");
-        let sock = UnixDatagram::bind(&sock_path).expect("bind notify socket");
-        sock.set_read_timeout(Some(Duration::from_millis(50)))
-            .expect("read timeout");
-        let notes: Lines = Arc::default();
-        let stop_notes = Arc::new(AtomicBool::new(false));
-        {
-            let (notes, stop) = (notes.clone(), stop_notes.clone());
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while !stop.load(Ordering::Relaxed) {
-                    if let Ok(n) = sock.recv(&mut buf) {
-                        let text = String::from_utf8_lossy(&buf[..n]);
-                        lock(&notes).extend(text.lines().map(str::to_string));
-                    }
-                }
-            });
-        }
-        let config_path = dir.join("symroute.toml");
-        write_atomically(&config_path, config);
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_symroute"));
-        cmd.args(["run", "-c"])
-            .arg(&config_path)
-            .args(["--netns", ns.name(), "--log-level", "debug"])
-            .args(extra)
-            .env("NOTIFY_SOCKET", &sock_path)
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn symroute run");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log: Lines = Arc::default();
-        {
-            let (log, tag) = (log.clone(), ns.name().to_string());
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    eprintln!("  [run {tag}] {line}");
-                    lock(&log).push(line);
-                }
-            });
-        }
-        Daemon {
-            ns,
-            child,
-            dir,
-            log,
-            notes,
-            stop_notes,
-        }
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.dir.join("symroute.toml")
-    }
-
-    /// Replaces the config file (atomically: the daemon never reads half a file).
-    fn write_config(&self, text: &str) {
-        write_atomically(&self.config_path(), text);
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill({sig})");
-    }
-
-    fn log(&self) -> String {
-        lock(&self.log).join("\n")
-    }
-
-    fn notes(&self) -> Vec<String> {
-        lock(&self.notes).clone()
-    }
-
-    fn wait_note(&self, what: &str, from: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let notes = self.notes();
-            if let Some(i) = notes.iter().skip(from).position(|n| n == what) {
-                return from + i;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "no {what} from the daemon within {timeout:?}; notifications: {notes:?}\nlog:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + START;
-        while !self.notes().iter().any(|n| n == "READY=1") {
-            // SAFETY: waitpid-free liveness check: signal 0 only checks the pid exists.
-            let alive = unsafe { libc::kill(self.pid(), 0) } == 0
-                && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-                    .unwrap_or_default()
-                    .contains(") Z ");
-            assert!(
-                alive,
-                "symroute run exited before READY=1; log:\n{}",
-                self.log()
-            );
-            assert!(
-                Instant::now() < deadline,
-                "no READY=1 within {START:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> i32 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.child.try_wait().expect("try_wait") {
-                return st.code().unwrap_or(-1);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "symroute run still running {timeout:?} after the signal; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn wait_log(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.log().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "the daemon did not log {needle:?} within {timeout:?}; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// `symroute plan` with the daemon's current config file.
-    fn plan(&self) -> Run {
-        symroute(&[
-            "plan",
-            "-c",
-            &self.config_path().display().to_string(),
-            "--netns",
-            self.ns.name(),
-        ])
-    }
-
-    /// Waits until `symroute plan` says there is nothing to do.
-    fn wait_converged(&self, what: &str) {
-        wait_plan_clean(self.ns, what, || self.plan(), &self.log());
-    }
-}
-
-impl Drop for Daemon<'_> {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.stop_notes.store(true, Ordering::Relaxed);
-        let _ = symroute(&["remove", "--netns", self.ns.name()]);
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn write_atomically(path: &std::path::Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).expect("write config");
-    std::fs::rename(&tmp, path).expect("rename config");
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn wait_plan_clean(ns: &Netns, what: &str, plan: impl Fn() -> Run, log: &str) {
-    let t0 = Instant::now();
-    loop {
-        let r = plan();
-        if r.code == 0 && r.stdout.contains("no changes") {
-            eprintln!(
-                "{what}: converged (plan: no changes) after {:?}",
-                t0.elapsed()
-            );
-            return;
-        }
-        assert!(
-            t0.elapsed() < SETTLE,
-            "{what}: {} still has changes to make after {SETTLE:?}:\n{}{}\ndaemon log:\n{log}",
-            ns.name(),
-            r.stdout,
-            r.stderr
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The daemon with a notify socket of ours (these tests check what it tells systemd),
+/// once it said READY=1.
+fn notified<'a>(ns: &'a Netns, config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon<'a> {
+    Daemon::start_with(
+        ns,
+        config,
+        &Options {
+            args,
+            env,
+            notify: true,
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------
 // probes of the namespace's kernel, in-process (a netlink dump takes well under 1 ms)
-
-fn lab() -> TwoIsps {
-    require_root();
-    let t0 = Instant::now();
-    let lab = TwoIsps::build().expect("build TwoIsps");
-    eprintln!("TwoIsps::build took {:?}", t0.elapsed());
-    lab
-}
-
-fn services(lab: &TwoIsps) -> Services {
-    lab.start_services().expect("start lab services")
-}
 
 fn smtp_v4() -> SocketAddr {
     SocketAddr::new(TwoIsps::FW_UP1_V4.into(), TwoIsps::SMTP_PORT)
@@ -327,18 +77,6 @@ fn our_rule_present(nl: &mut Netlink, priority: u32) -> bool {
         .any(|r| {
             convert::rule_priority(r).get() == priority && convert::rule_protocol(r) == RT_PROTO
         })
-}
-
-/// Our IPv4 routes in `table`.
-fn our_routes(nl: &mut Netlink, table: u32) -> BTreeSet<RouteSpec> {
-    let names = convert::link_names(&nl.dump_links().expect("dump links"));
-    nl.dump_routes(Family::Inet4)
-        .expect("dump routes")
-        .iter()
-        .filter(|r| u8::from(r.header.protocol) == RT_PROTO)
-        .filter_map(|r| convert::route_spec(r, &names))
-        .filter(|r| r.table.id() == table)
-        .collect()
 }
 
 /// `nft list tables` (cheap whatever the table holds; `nft -f` is atomic, so a table that
@@ -437,7 +175,7 @@ fn ip_rules(ns: &Netns) -> String {
 fn starts_converges_and_notifies_systemd() {
     let lab = lab();
     let _services = services(&lab);
-    let d = Daemon::start(&lab.fw, CONFIG, &[], &[("WATCHDOG_USEC", "400000")]);
+    let d = notified(&lab.fw, CONFIG, &[], &[("WATCHDOG_USEC", "400000")]);
     d.wait_converged("start");
     expect_traffic(&lab, "after start");
     let notes = d.notes();
@@ -471,7 +209,7 @@ fn starts_converges_and_notifies_systemd() {
 #[test]
 fn deleted_rule_comes_back() {
     let lab = lab();
-    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
     time_repair(
         &lab.fw,
@@ -491,7 +229,7 @@ fn deleted_rule_comes_back() {
 #[test]
 fn deleted_route_comes_back() {
     let lab = lab();
-    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
     let want = in_netns(lab.fw.name(), || {
         our_routes(&mut Netlink::open().expect("netlink"), ISP1_TABLE)
@@ -515,7 +253,7 @@ fn deleted_route_comes_back() {
 fn deleted_nft_table_comes_back() {
     let lab = lab();
     let _services = services(&lab);
-    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
     time_repair(
         &lab.fw,
@@ -548,7 +286,7 @@ fn pre_rules() -> usize {
 fn altered_nft_table_is_replaced() {
     let lab = lab();
     let _services = services(&lab);
-    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
     let want = in_netns(lab.fw.name(), pre_rules).expect("in netns");
     assert!(want > 0, "our pre chain has rules");
@@ -581,7 +319,7 @@ fn altered_nft_table_is_replaced() {
 fn link_down_and_up_restores_the_gateway_table() {
     let lab = lab();
     let _services = services(&lab);
-    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
     let want = in_netns(lab.fw.name(), || {
         our_routes(&mut Netlink::open().expect("netlink"), ISP1_TABLE)
@@ -602,7 +340,7 @@ fn link_down_and_up_restores_the_gateway_table() {
 #[test]
 fn new_address_adds_its_network_to_the_gateway_table() {
     let lab = lab();
-    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
     let net: ipnet::IpNet = "10.78.0.0/24".parse().unwrap();
     time_until(
@@ -624,7 +362,7 @@ fn new_address_adds_its_network_to_the_gateway_table() {
 #[test]
 fn strict_rp_filter_is_loosened_again() {
     let lab = lab();
-    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
     let key = "/proc/sys/net/ipv4/conf/up1/rp_filter";
     time_repair(
@@ -645,7 +383,7 @@ fn strict_rp_filter_is_loosened_again() {
 #[test]
 fn sighup_reloads_and_keeps_the_old_config_when_invalid() {
     let lab = lab();
-    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
     assert!(ip_rules(&lab.fw).contains("lookup 42001"));
 
@@ -656,7 +394,7 @@ fn sighup_reloads_and_keeps_the_old_config_when_invalid() {
         .to_string();
     d.write_config(&without_isp2);
     let from = d.notes().len();
-    d.signal(libc::SIGHUP);
+    d.signal(Signal::SIGHUP);
     let reloading = d.wait_note("RELOADING=1", from, SETTLE);
     d.wait_note("READY=1", reloading, SETTLE);
     d.wait_converged("after the reload");
@@ -673,7 +411,7 @@ fn sighup_reloads_and_keeps_the_old_config_when_invalid() {
     // Invalid: a number where a name belongs.
     d.write_config("[[gateway]]\nname = 3\n");
     let from = d.notes().len();
-    d.signal(libc::SIGHUP);
+    d.signal(Signal::SIGHUP);
     d.wait_note("READY=1", from, SETTLE);
     let path = d.config_path().display().to_string();
     d.wait_log(
@@ -716,9 +454,9 @@ fn sigterm_exits_cleanly_leaving_or_removing_the_policy() {
     let lab = lab();
     let before = settled_snapshot(&lab.fw);
 
-    let mut d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let mut d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::SIGTERM);
     let code = d.wait_exit(SETTLE);
     assert_eq!(code, 0, "exit code after SIGTERM; log:\n{}", d.log());
     assert!(
@@ -742,14 +480,14 @@ fn sigterm_exits_cleanly_leaving_or_removing_the_policy() {
     // Applied by hand first: the daemon starts on an applied host, then removes it all.
     let r = symroute_in(&lab.fw, "apply", Some(CONFIG), &[]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
-    let mut d = Daemon::start(&lab.fw, CONFIG, &["--remove-on-exit"], &[]);
+    let mut d = notified(&lab.fw, CONFIG, &["--remove-on-exit"], &[]);
     d.wait_converged("second start");
     assert!(
         d.log().contains("reconciled at startup: no changes"),
         "{}",
         d.log()
     );
-    d.signal(libc::SIGTERM);
+    d.signal(Signal::SIGTERM);
     let code = d.wait_exit(SETTLE);
     assert_eq!(code, 0, "exit code after SIGTERM; log:\n{}", d.log());
     assert!(d.log().contains("removed"), "{}", d.log());
@@ -766,7 +504,7 @@ fn sigterm_exits_cleanly_leaving_or_removing_the_policy() {
 #[test]
 fn foreign_rules_are_left_alone() {
     let lab = lab();
-    let mut d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let mut d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
 
     lab.fw
@@ -828,7 +566,7 @@ fn foreign_rules_are_left_alone() {
         "the foreign rule was touched"
     );
 
-    d.signal(libc::SIGINT);
+    d.signal(Signal::SIGINT);
     assert_eq!(
         d.wait_exit(SETTLE),
         0,
@@ -843,7 +581,14 @@ fn foreign_rules_are_left_alone() {
 fn startup_errors_and_a_gateway_down() {
     let lab = lab();
     let before = settled_snapshot(&lab.fw);
-    let mut bad = Daemon::spawn(&lab.fw, "[[gateway]]\nname = 3\n", &[], &[]);
+    let mut bad = Daemon::spawn(
+        &lab.fw,
+        "[[gateway]]\nname = 3\n",
+        &Options {
+            notify: true,
+            ..Options::default()
+        },
+    );
     assert_eq!(bad.wait_exit(SETTLE), 2, "bad config; log:\n{}", bad.log());
     bad.wait_log(":2:8:", SETTLE);
     drop(bad);
@@ -851,7 +596,14 @@ fn startup_errors_and_a_gateway_down() {
     lab.fw
         .ip(&format!("rule add pref {ISP1_RULE} lookup main"))
         .expect("conflicting rule");
-    let mut conflict = Daemon::spawn(&lab.fw, CONFIG, &[], &[]);
+    let mut conflict = Daemon::spawn(
+        &lab.fw,
+        CONFIG,
+        &Options {
+            notify: true,
+            ..Options::default()
+        },
+    );
     assert_eq!(
         conflict.wait_exit(SETTLE),
         1,
@@ -876,7 +628,7 @@ fn startup_errors_and_a_gateway_down() {
         .sysctl("net.ipv6.conf.up2.keep_addr_on_down", "1")
         .expect("keep_addr_on_down");
     lab.fw.ip("link set up2 down").expect("up2 down");
-    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_log("gateway isp2 is down", SETTLE);
     assert!(
         d.notes()
@@ -903,12 +655,12 @@ fn startup_errors_and_a_gateway_down() {
 #[test]
 fn a_failing_apply_backs_off_instead_of_looping() {
     let lab = lab();
-    let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
     let broken = CONFIG.replace("via6 = \"2001:db8:1::1\"", "via6 = \"2001:db8:1::2\"");
     assert_ne!(broken, CONFIG);
     d.write_config(&broken);
-    d.signal(libc::SIGHUP);
+    d.signal(Signal::SIGHUP);
     d.wait_log("apply failed", SETTLE);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_millis(3500));
@@ -935,7 +687,7 @@ fn a_failing_apply_backs_off_instead_of_looping() {
         &d.log(),
     );
     d.write_config(CONFIG);
-    d.signal(libc::SIGHUP);
+    d.signal(Signal::SIGHUP);
     d.wait_converged("after reloading a good config");
     let failures_after = d.log().matches("apply failed").count();
     std::thread::sleep(Duration::from_millis(1500));
@@ -970,7 +722,7 @@ fn cpu_time(pid: i32) -> Duration {
 fn flap_storm_500_flaps_in_10s_stays_bounded_and_converges() {
     let lab = lab();
     let _services = services(&lab);
-    let mut d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
+    let mut d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
     let cpu0 = cpu_time(d.pid());
     let t0 = Instant::now();
@@ -983,7 +735,7 @@ fn flap_storm_500_flaps_in_10s_stays_bounded_and_converges() {
             .expect("5 flaps");
         if burst == 50 {
             let from = d.log().lines().count();
-            d.signal(libc::SIGHUP);
+            d.signal(Signal::SIGHUP);
             let sent = Instant::now();
             while sent.elapsed() < Duration::from_secs(3) {
                 if d.log()
@@ -1047,7 +799,7 @@ fn auto_next_hop_follows_the_dhcp_default_route() {
         .expect("isp1's second router address");
     let config = CONFIG.replacen("via = \"203.0.113.1\"", "via = \"auto\"", 1);
     assert!(config.contains("via = \"auto\""));
-    let d = Daemon::start(&lab.fw, &config, &[], &[]);
+    let d = notified(&lab.fw, &config, &[], &[]);
     d.wait_converged("start");
     let first = in_netns(lab.fw.name(), || {
         isp1_default_via(&mut Netlink::open().expect("netlink"))
@@ -1100,7 +852,7 @@ fn hooks_coalesce_see_no_systemd_variables_and_leave_nothing_running() {
     let config = format!(
         "[settings]\non_change = \"sleep 1.5; echo $SYMROUTE_GATEWAY $SYMROUTE_OLD_STATE $SYMROUTE_NEW_STATE >> {h}/runs; env > {h}/env-$SYMROUTE_GATEWAY; sleep 60 & echo $! >> {h}/strays; echo said-$SYMROUTE_GATEWAY; echo err-$SYMROUTE_GATEWAY >&2\"\n{CONFIG}"
     );
-    let d = Daemon::start(&lab.fw, &config, &[], &[("WATCHDOG_USEC", "30000000")]);
+    let d = notified(&lab.fw, &config, &[], &[("WATCHDOG_USEC", "30000000")]);
     // While isp1's startup hook sleeps, isp1 goes down, up and down again.
     lab.fw
         .sh("ip link set up1 down; sleep 0.3; ip link set up1 up; sleep 0.3; ip link set up1 down")

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::daemon::Daemon;
-use support::{our_rule, require_root, run_file, symroute};
-use symroute::lab::{in_netns, TwoIsps};
+use support::lab;
+use support::{our_rule, run_file, symroute};
+use symroute::lab::in_netns;
 
 const METRICS: &str = "127.0.0.1:9469";
 const CONTROL_CLIENTS: usize = 400;
@@ -80,8 +81,7 @@ fn abuse<S: Read + Write>(
 
 #[test]
 fn abusive_clients_cost_no_threads_and_the_daemon_goes_on() {
-    require_root();
-    let lab = TwoIsps::build().expect("build TwoIsps");
+    let lab = lab();
     let fw = &lab.fw;
     let d = Daemon::start(fw, &config());
     let pid = d.child.id();
@@ -214,8 +214,7 @@ fn abusive_clients_cost_no_threads_and_the_daemon_goes_on() {
 
 #[test]
 fn a_client_that_is_neither_root_nor_the_owner_is_refused() {
-    require_root();
-    let lab = TwoIsps::build().expect("build TwoIsps");
+    let lab = lab();
     let fw = &lab.fw;
     let _d = Daemon::start(fw, include_str!("../../examples/two-isps-firewall.toml"));
     let sock = run_file(fw, "sock");

@@ -10,11 +10,9 @@ use crate::support;
 use std::time::{Duration, Instant};
 
 use support::daemon::Daemon;
-use support::require_root;
-use symroute::kernel::netlink::{convert, Netlink};
+use support::{lab, our_routes};
+use symroute::kernel::netlink::Netlink;
 use symroute::lab::{in_netns, Netns, TwoIsps};
-use symroute::model::Family;
-use symroute::plan::RT_PROTO;
 
 const ISP1_TABLE: u32 = 42000;
 const LIMIT: Duration = Duration::from_secs(5);
@@ -23,13 +21,9 @@ const LIMIT: Duration = Duration::from_secs(5);
 fn has_default(ns: &Netns) -> bool {
     in_netns(ns.name(), || {
         let mut nl = Netlink::open().expect("netlink");
-        let names = convert::link_names(&nl.dump_links().expect("dump links"));
-        nl.dump_routes(Family::Inet4)
-            .expect("dump routes")
+        our_routes(&mut nl, ISP1_TABLE)
             .iter()
-            .filter(|r| u8::from(r.header.protocol) == RT_PROTO)
-            .filter_map(|r| convert::route_spec(r, &names))
-            .any(|r| r.table.id() == ISP1_TABLE && r.dst.prefix_len() == 0)
+            .any(|r| r.dst.prefix_len() == 0)
     })
     .expect("in netns")
 }
@@ -51,8 +45,7 @@ fn wait_default(d: &Daemon, want: bool, what: &str) -> Duration {
 
 #[test]
 fn a_dead_upstream_takes_the_gateway_down_and_back() {
-    require_root();
-    let lab = TwoIsps::build().expect("build TwoIsps");
+    let lab = lab();
     let config = include_str!("../../examples/two-isps-firewall.toml").replacen(
         "via6 = \"2001:db8:1::1\"\n",
         "via6 = \"2001:db8:1::1\"\n[gateway.check]\ntargets = [\"192.0.2.10\"]\ninterval = \"100ms\"\ntimeout = \"200ms\"\n",
@@ -103,8 +96,7 @@ fn median_worst(mut v: Vec<Duration>) -> (f64, f64) {
 /// of 10; each recovery follows `up` good probes. Figures are printed for the notes.
 #[test]
 fn defaults_judge_a_dead_upstream_within_2s_with_icmpv6_and_tcp_targets() {
-    require_root();
-    let lab = TwoIsps::build().expect("build TwoIsps");
+    let lab = lab();
     let _server = symroute::lab::TcpServer::start(
         &lab.client,
         std::net::SocketAddr::new(TwoIsps::CLIENT_V4.into(), 7777),
@@ -160,8 +152,7 @@ fn defaults_judge_a_dead_upstream_within_2s_with_icmpv6_and_tcp_targets() {
 /// down.
 #[test]
 fn five_percent_loss_for_60s_changes_no_state() {
-    require_root();
-    let lab = TwoIsps::build().expect("build TwoIsps");
+    let lab = lab();
     let config = include_str!("../../examples/two-isps-firewall.toml").replacen(
         "via6 = \"2001:db8:1::1\"\n",
         "via6 = \"2001:db8:1::1\"\n[gateway.check]\ntargets = [\"192.0.2.10\"]\n",
@@ -237,8 +228,7 @@ fn wait_path(lab: &TwoIsps, d: &Daemon, v6: bool, want: &str, what: &str) -> Dur
 /// switch (a new connection answered via the other ISP) are printed as median/worst.
 #[test]
 fn failover_list_moves_new_connections_within_2s_10_runs() {
-    require_root();
-    let lab = TwoIsps::build().expect("build TwoIsps");
+    let lab = lab();
     let _server = lab.add_dual_homed_server().expect("dual-homed server");
     let config = format!(
         "{}\n[gateway.check]\ntargets = [\"192.0.2.10\"]\n\n[[gateway]]\nname = \"isp2\"\ninterface = \"up2\"\nvia = \"198.51.100.1\"\nvia6 = \"2001:db8:2::1\"\n\n[[policy]]\nname = \"lan-out\"\nroute_via = [\"isp1\", \"isp2\"]\n[policy.match]\nin_interface = \"lan0\"\n",

@@ -2,6 +2,7 @@
 //! Needs root, `nft`, `ip` and `conntrack`.
 
 use crate::support;
+use support::conntrack;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -10,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::daemon::Daemon;
+use support::lab;
 use support::require_root;
 use symroute::kernel::conntrack::Conntrack;
 use symroute::lab::{in_netns, Netns, TwoIsps};
@@ -253,12 +255,9 @@ fn ct_entry(lab: &TwoIsps, port: u16) -> Option<String> {
     first
 }
 
-/// A field (`mark=`, `id=`) of a `conntrack -L` line.
+/// A field (`mark`, `id`) of a `conntrack -L` line.
 fn field<'a>(entry: &'a str, key: &str) -> &'a str {
-    entry
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key))
-        .unwrap_or_else(|| panic!("no {key} in {entry}"))
+    conntrack::field(entry, key).unwrap_or_else(|| panic!("no {key}= in {entry}"))
 }
 
 fn ct_count(lab: &TwoIsps, mark: u32) -> u64 {
@@ -277,8 +276,7 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    require_root();
-    let lab = TwoIsps::build().expect("build TwoIsps");
+    let lab = lab();
     lab.isp1
         .ip("route add 10.77.0.0/24 via 203.0.113.2")
         .expect("isp1 route to the LAN");
@@ -312,12 +310,12 @@ fn a_dead_gateways_connections_are_flushed_and_the_others_kept() {
     let e1 = ct_entry(lab, 7001).expect("entry via isp1");
     let e2 = ct_entry(lab, 7002).expect("entry via isp2");
     assert_eq!(
-        field(&e1, "mark=").parse::<u32>().unwrap() & MASK,
+        field(&e1, "mark").parse::<u32>().unwrap() & MASK,
         mark1,
         "{e1}"
     );
     assert_eq!(
-        field(&e2, "mark=").parse::<u32>().unwrap() & MASK,
+        field(&e2, "mark").parse::<u32>().unwrap() & MASK,
         mark2,
         "{e2}"
     );
@@ -355,11 +353,11 @@ fn a_dead_gateways_connections_are_flushed_and_the_others_kept() {
     }
     let after = ct_entry(lab, 7002).expect("entry via isp2 after isp1 died");
     assert_eq!(
-        field(&after, "id="),
-        field(&e2, "id="),
+        field(&after, "id"),
+        field(&e2, "id"),
         "same entry:\n{e2}\n{after}"
     );
-    assert_eq!(field(&after, "mark="), field(&e2, "mark="));
+    assert_eq!(field(&after, "mark"), field(&e2, "mark"));
     assert_eq!(ct_count(lab, mark2), 1);
 }
 

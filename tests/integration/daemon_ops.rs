@@ -16,16 +16,13 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use support::daemon::{with_config, Daemon};
-use support::{require_root, symroute};
+use support::lab;
+use support::symroute;
+use support::{gateway, status_json};
 use symroute::lab::{in_netns, Netns, TwoIsps};
 
 const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
 const LIMIT: Duration = Duration::from_secs(5);
-
-fn lab() -> TwoIsps {
-    require_root();
-    TwoIsps::build().expect("build TwoIsps")
-}
 
 /// The example with a fast health check on isp1 (its target is the client, beyond isp1)
 /// and `settings` in front.
@@ -38,21 +35,6 @@ fn checked_config(settings: &str) -> String {
     format!("[settings]\n{settings}\n{checked}")
 }
 
-fn status_json(ns: &Netns) -> serde_json::Value {
-    let r = symroute(&["status", "--json", "--netns", ns.name()]).ok();
-    serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", r.stdout))
-}
-
-fn gateway<'v>(st: &'v serde_json::Value, name: &str) -> &'v serde_json::Value {
-    st["gateways"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|g| g["name"] == name)
-        .unwrap_or_else(|| panic!("no gateway {name} in status:\n{st:#}"))
-}
-
 /// Polls `status --json` until `ok` holds for it; returns it and how long it took.
 fn wait_status(
     d: &Daemon,
@@ -61,7 +43,7 @@ fn wait_status(
 ) -> (serde_json::Value, Duration) {
     let t0 = Instant::now();
     loop {
-        let st = status_json(d.ns);
+        let st = status_json(d.ns, None);
         if ok(&st) {
             return (st, t0.elapsed());
         }
@@ -132,7 +114,7 @@ fn status_shows_live_health_and_hooks_run_on_down_and_up() {
     });
     eprintln!("status: isp1 up with rtt_ms after {t:?}");
     std::thread::sleep(Duration::from_millis(800));
-    let st0 = status_json(&lab.fw);
+    let st0 = status_json(&lab.fw, None);
     let g = gateway(&st0, "isp1");
     assert_eq!(st0["daemon"]["pid"], d.child.id(), "{st0:#}");
     assert_eq!(
@@ -328,7 +310,7 @@ fn apply_while_running_reloads_the_daemon_without_dropping_connections() {
         .exec(&["nft", "list", "table", "inet", "symroute"])
         .expect("nft");
     assert!(nft.contains("p2_smtp_out") && nft.contains("587"), "{nft}");
-    let st = status_json(&lab.fw);
+    let st = status_json(&lab.fw, None);
     assert_eq!(st["daemon"]["config"], path.display().to_string());
     echo(&mut conn, "after the reload");
     // The daemon enforces the new config: plan with it finds nothing to do.
@@ -346,7 +328,7 @@ fn apply_while_running_reloads_the_daemon_without_dropping_connections() {
     );
     let mut d = d;
     assert!(d.running());
-    let st = status_json(&lab.fw);
+    let st = status_json(&lab.fw, None);
     assert_eq!(st["daemon"]["config"], path.display().to_string());
     let nft = lab
         .fw
@@ -396,7 +378,7 @@ fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
         r.stdout
     );
     assert!(!ip_rules(&lab.fw).contains("lookup 42001"));
-    let st = status_json(&lab.fw);
+    let st = status_json(&lab.fw, None);
     assert_eq!(st["daemon"]["config"], path.display().to_string(), "{st:#}");
     // A second --confirm while one is pending is refused.
     let again = with_config(&["apply", "--confirm", "2"], &path, &lab.fw);
@@ -414,7 +396,7 @@ fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
     eprintln!("unconfirmed apply --confirm 2: back to the previous config after {t:?}");
     assert!(t >= Duration::from_millis(1900), "rolled back early: {t:?}");
     d.wait_log("was not confirmed in time", LIMIT);
-    let st = status_json(&lab.fw);
+    let st = status_json(&lab.fw, None);
     assert_eq!(
         st["daemon"]["config"],
         d.config_path().display().to_string()
@@ -422,13 +404,13 @@ fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
 
     // Confirmed: kept.
     with_config(&["apply", "--confirm", "2"], &path, &lab.fw).ok();
-    let st = status_json(&lab.fw);
+    let st = status_json(&lab.fw, None);
     assert!(st["daemon"].is_object());
     let c = symroute(&["confirm", "--netns", lab.fw.name()]).ok();
     assert!(c.stdout.contains("confirmed"), "{}", c.stdout);
     std::thread::sleep(Duration::from_secs(3));
     assert!(!ip_rules(&lab.fw).contains("lookup 42001"), "{}", d.log());
-    let st = status_json(&lab.fw);
+    let st = status_json(&lab.fw, None);
     assert_eq!(st["daemon"]["config"], path.display().to_string());
     let c = symroute(&["confirm", "--netns", lab.fw.name()]);
     assert_eq!(c.code, 1, "nothing left to confirm: {}", c.stdout);
@@ -462,7 +444,7 @@ fn a_pending_confirm_survives_a_daemon_restart() {
     with_config(&["apply", "--confirm", &SECS.to_string()], &path, &lab.fw).ok();
     assert!(!ip_rules(&lab.fw).contains("lookup 42001"));
     let mut d1 = d1;
-    d1.signal(libc::SIGKILL);
+    d1.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = d1.child.wait();
     let d2 = Daemon::start(&lab.fw, CONFIG);
     d2.wait_log(
@@ -474,7 +456,7 @@ fn a_pending_confirm_survives_a_daemon_restart() {
         !ip_rules(&lab.fw).contains("lookup 42001"),
         "the restarted daemon should run the unconfirmed config until the deadline"
     );
-    let st = status_json(&lab.fw);
+    let st = status_json(&lab.fw, None);
     assert_eq!(st["daemon"]["config"], path.display().to_string(), "{st:#}");
     while !ip_rules(&lab.fw).contains("lookup 42001") {
         assert!(
@@ -500,13 +482,13 @@ fn a_pending_confirm_survives_a_daemon_restart() {
     with_config(&["apply", "--confirm", "1"], &path, &lab.fw).ok();
     assert!(!ip_rules(&lab.fw).contains("lookup 42001"));
     let mut d2 = d2;
-    d2.signal(libc::SIGTERM);
+    d2.signal(nix::sys::signal::Signal::SIGTERM);
     let _ = d2.child.wait();
     std::thread::sleep(Duration::from_millis(1200));
     let d3 = Daemon::start(&lab.fw, CONFIG);
     d3.wait_log("ran out while no daemon ran", LIMIT);
     assert!(ip_rules(&lab.fw).contains("lookup 42001"), "{}", d3.log());
-    let st = status_json(&lab.fw);
+    let st = status_json(&lab.fw, None);
     assert!(st["daemon"]["pending_confirm"].is_null(), "{st:#}");
 }
 
@@ -523,9 +505,9 @@ fn reload_keeps_a_gateway_down_by_its_checks_down() {
     let (st, _) = wait_status(&d, "isp1 down", isp1_is("down"));
     let since = gateway(&st, "isp1")["since"].clone();
 
-    d.signal(libc::SIGHUP);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
     d.wait_log("reconciled after reloading the config", LIMIT);
-    let st = status_json(&lab.fw);
+    let st = status_json(&lab.fw, None);
     let g = gateway(&st, "isp1");
     assert_eq!(g["state"], "down", "{st:#}\n{}", d.log());
     assert_eq!(g["since"], since, "the reload reset isp1's state");

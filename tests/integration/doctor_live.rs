@@ -16,11 +16,12 @@ use crate::support;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use support::lab;
 use support::{require_root, symroute_in};
 use symroute::explain::doctor::{doctor, render, Finding, Severity};
 use symroute::explain::host::HostState;
 use symroute::kernel::snapshot;
-use symroute::lab::{in_netns, veth_mac, Netns, ProxyRelay, TwoIsps};
+use symroute::lab::{in_netns, veth_mac, Netns, ProxyRelay};
 
 fn fixture_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -189,8 +190,7 @@ fn no_error_or_warning(what: &str, ns: &Netns) {
 /// The two-ISP lab firewall with examples/two-isps-firewall.toml applied.
 #[test]
 fn symroute_applied_two_isps_is_clean() {
-    require_root();
-    let lab = TwoIsps::build().expect("lab");
+    let lab = lab();
     let _cleanup = support::RemoveOnDrop(&lab.fw);
     symroute_in(&lab.fw, "apply", Some(FIREWALL), &[]).ok();
     no_error_or_warning("two-isps firewall", &lab.fw);

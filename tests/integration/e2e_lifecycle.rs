@@ -8,12 +8,15 @@
 //! sends traffic only between them. Needs root, `nft`, `ip` and `conntrack`.
 
 use crate::support;
+use support::conntrack;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use support::{gateway, status_json};
 use support::{kernel_snapshot, require_root, settled_snapshot, symroute_in, Run};
-use symroute::lab::{tcp_probe, veth, Netns, Services, TwoIsps};
+use support::{lab, sa, services};
+use symroute::lab::{tcp_probe, veth, Netns, TwoIsps};
 
 const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
 /// How long a probe that must succeed may take.
@@ -33,25 +36,6 @@ impl Drop for RemoveOnDrop<'_> {
     }
 }
 
-fn lab() -> TwoIsps {
-    require_root();
-    let t0 = Instant::now();
-    let lab = TwoIsps::build().expect("build TwoIsps");
-    eprintln!("TwoIsps::build took {:?}", t0.elapsed());
-    lab
-}
-
-fn services(lab: &TwoIsps) -> Services {
-    lab.start_services().expect("start lab services")
-}
-
-fn show(r: &Run) -> String {
-    format!(
-        "exit code {}\n--- stdout:\n{}--- stderr:\n{}",
-        r.code, r.stdout, r.stderr
-    )
-}
-
 /// `symroute CMD` in `ns`, timed.
 fn timed(ns: &Netns, cmd: &str, config: Option<&str>, extra: &[&str]) -> (Run, Duration) {
     let t0 = Instant::now();
@@ -62,45 +46,16 @@ fn timed(ns: &Netns, cmd: &str, config: Option<&str>, extra: &[&str]) -> (Run, D
 /// A successful `apply`; returns its stdout and logs how long it took.
 fn apply_ok(ns: &Netns, config: &str, what: &str) -> String {
     let (r, took) = timed(ns, "apply", Some(config), &[]);
-    assert_eq!(r.code, 0, "{what}: apply failed:\n{}", show(&r));
+    assert_eq!(r.code, 0, "{what}: apply failed:\n{}", r.show());
     eprintln!("{what}: apply took {took:?}");
     r.stdout
 }
 
 fn remove_ok(ns: &Netns, what: &str) -> String {
     let (r, took) = timed(ns, "remove", None, &[]);
-    assert_eq!(r.code, 0, "{what}: remove failed:\n{}", show(&r));
+    assert_eq!(r.code, 0, "{what}: remove failed:\n{}", r.show());
     eprintln!("{what}: remove took {took:?}");
     r.stdout
-}
-
-fn status_json(ns: &Netns, config: &str) -> serde_json::Value {
-    let r = symroute_in(ns, "status", Some(config), &["--json"]);
-    assert_eq!(r.code, 0, "status --json failed:\n{}", show(&r));
-    serde_json::from_str(&r.stdout)
-        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", r.stdout))
-}
-
-/// A gateway's state in `status --json`: either a plain string or `{"state": …}`.
-fn gateway_state(status: &serde_json::Value, name: &str) -> (String, String) {
-    let g = status["gateways"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|g| g["name"] == name)
-        .unwrap_or_else(|| panic!("no gateway {name} in status:\n{status:#}"));
-    let s = &g["state"];
-    match s.as_str() {
-        Some(st) => (st.to_string(), String::new()),
-        None => (
-            s["state"].as_str().unwrap_or("?").to_string(),
-            s["reason"].as_str().unwrap_or_default().to_string(),
-        ),
-    }
-}
-
-fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.into(), port)
 }
 
 /// The client reaches `addr` and the server saw the client's own address.
@@ -316,14 +271,14 @@ fn apply_is_idempotent() {
 
     apply_ok(fw, CONFIG, "first apply");
     let plan = symroute_in(fw, "plan", Some(CONFIG), &[]);
-    assert_eq!(plan.code, 0, "plan after apply:\n{}", show(&plan));
+    assert_eq!(plan.code, 0, "plan after apply:\n{}", plan.show());
     assert!(
         plan.stdout.contains("no changes"),
         "plan after apply should say no changes:\n{}",
-        show(&plan)
+        plan.show()
     );
     let script = symroute_in(fw, "plan", Some(CONFIG), &["--script"]);
-    assert_eq!(script.code, 0, "{}", show(&script));
+    assert_eq!(script.code, 0, "{}", script.show());
     assert!(
         script.stdout.trim().is_empty(),
         "plan --script after apply should be empty:\n{}",
@@ -331,7 +286,7 @@ fn apply_is_idempotent() {
     );
 
     expect_answer(&lab, smtp_v4(), "after apply");
-    let st = status_json(fw, CONFIG);
+    let st = status_json(fw, Some(CONFIG));
     let packets = st["policies"][0]["packets"]
         .as_u64()
         .unwrap_or_else(|| panic!("no policies[0].packets:\n{st:#}"));
@@ -345,15 +300,15 @@ fn apply_is_idempotent() {
         .expect("nft list");
 
     let (second, took) = timed(fw, "apply", Some(CONFIG), &[]);
-    assert_eq!(second.code, 0, "second apply:\n{}", show(&second));
+    assert_eq!(second.code, 0, "second apply:\n{}", second.show());
     assert!(
         second.stdout.contains("no changes"),
         "second apply should say no changes:\n{}",
-        show(&second)
+        second.show()
     );
     eprintln!("no-op apply took {took:?}");
 
-    let st2 = status_json(fw, CONFIG);
+    let st2 = status_json(fw, Some(CONFIG));
     assert_eq!(
         st2["policies"][0]["packets"].as_u64(),
         Some(packets),
@@ -377,7 +332,7 @@ fn apply_is_idempotent() {
     assert!(
         plan.stdout.contains("nftables table inet symroute"),
         "plan must see the altered table:\n{}",
-        show(&plan)
+        plan.show()
     );
     apply_ok(fw, CONFIG, "apply after the chain was flushed");
     let table_again = fw
@@ -401,7 +356,7 @@ fn apply_is_idempotent() {
         "the altered table, written again"
     );
     let (again, _) = timed(fw, "apply", Some(CONFIG), &[]);
-    assert!(again.stdout.contains("no changes"), "{}", show(&again));
+    assert!(again.stdout.contains("no changes"), "{}", again.show());
     expect_answer(&lab, smtp_v4(), "after the repair");
 }
 
@@ -421,16 +376,16 @@ fn rollback_on_injected_failure() {
             r.code,
             r.stderr.trim()
         );
-        assert_eq!(r.code, 1, "--inject-failure {step}:\n{}", show(&r));
+        assert_eq!(r.code, 1, "--inject-failure {step}:\n{}", r.show());
         assert!(
             r.stderr.contains("rolled back"),
             "--inject-failure {step}: stderr should say rolled back:\n{}",
-            show(&r)
+            r.show()
         );
         assert!(
             !r.stderr.contains("rollback also failed"),
             "--inject-failure {step}:\n{}",
-            show(&r)
+            r.show()
         );
         assert_same(
             &format!("after --inject-failure {step}"),
@@ -445,7 +400,7 @@ fn rollback_on_injected_failure() {
     assert!(
         again.code == 0 && again.stdout.contains("no changes"),
         "{}",
-        show(&again)
+        again.show()
     );
     // The rollbacks must not have lost the sysctls' previous values either.
     remove_ok(fw, "remove");
@@ -470,9 +425,9 @@ fn rollback_restores_previous_installation() {
             r.code,
             1,
             "--inject-failure {step} on an installed host:\n{}",
-            show(&r)
+            r.show()
         );
-        assert!(r.stderr.contains("rolled back"), "{}", show(&r));
+        assert!(r.stderr.contains("rolled back"), "{}", r.show());
         assert_same(
             &format!("installed host after --inject-failure {step}"),
             &installed,
@@ -483,7 +438,7 @@ fn rollback_restores_previous_installation() {
     assert!(
         again.code == 0 && again.stdout.contains("no changes"),
         "{}",
-        show(&again)
+        again.show()
     );
     remove_ok(fw, "remove");
     assert_same("after remove", &pristine, &kernel_snapshot(fw));
@@ -515,9 +470,9 @@ fn converges_after_kill_halfway() {
             r.code,
             -1,
             "--abort-after {step} should die of a signal:\n{}",
-            show(&r)
+            r.show()
         );
-        assert!(r.stderr.contains("aborting after step"), "{}", show(&r));
+        assert!(r.stderr.contains("aborting after step"), "{}", r.show());
         let half = kernel_snapshot(fw);
         assert_ne!(
             half, pristine,
@@ -533,7 +488,7 @@ fn converges_after_kill_halfway() {
         assert!(
             again.code == 0 && again.stdout.contains("no changes"),
             "second apply after abort-after {step}:\n{}",
-            show(&again)
+            again.show()
         );
         eprintln!("no-op apply after abort-after {step} took {took:?}");
         expect_answer(
@@ -552,7 +507,7 @@ fn converges_after_kill_halfway() {
     // `remove` straight after a killed apply cleans up the half-done state as well.
     for step in ["sysctls", "nft", "routes", "rules"] {
         let r = symroute_in(fw, "apply", Some(CONFIG), &["--abort-after", step]);
-        assert_eq!(r.code, -1, "--abort-after {step}:\n{}", show(&r));
+        assert_eq!(r.code, -1, "--abort-after {step}:\n{}", r.show());
         remove_ok(fw, &format!("remove right after abort-after {step}"));
         assert_same(
             &format!("after abort-after {step}, remove"),
@@ -678,9 +633,7 @@ fn coexistence_foreign_objects_untouched() {
         .lines()
         .find(|l| l.contains("dport=2525"))
         .unwrap_or_else(|| panic!("no conntrack entry for the DNAT connection:\n{ct}"));
-    let mark: u32 = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("mark="))
+    let mark: u32 = conntrack::field(line, "mark")
         .and_then(|m| m.parse().ok())
         .unwrap_or_else(|| panic!("no mark in {line:?}"));
     assert_eq!(
@@ -710,12 +663,12 @@ fn refuses(what: &str, config: &str, setup: impl FnOnce(&Netns), names: &[&str])
     let before = settled_snapshot(&fw);
     let (r, took) = timed(&fw, "apply", Some(config), &[]);
     eprintln!("{what}: exit {} in {took:?}; stderr:\n{}", r.code, r.stderr);
-    assert_eq!(r.code, 1, "{what}: apply should refuse:\n{}", show(&r));
+    assert_eq!(r.code, 1, "{what}: apply should refuse:\n{}", r.show());
     for n in names {
         assert!(
             r.stderr.contains(n),
             "{what}: the error should name {n:?}:\n{}",
-            show(&r)
+            r.show()
         );
     }
     assert_same(what, &before, &kernel_snapshot(&fw));
@@ -724,7 +677,7 @@ fn refuses(what: &str, config: &str, setup: impl FnOnce(&Netns), names: &[&str])
         plan.code,
         1,
         "{what}: plan should report the conflict too:\n{}",
-        show(&plan)
+        plan.show()
     );
 }
 
@@ -832,12 +785,12 @@ fn gateway_down_does_not_stop_apply() {
         out.contains("gateway isp1 is down") && out.contains("up1"),
         "apply should say isp1 is down:\n{out}"
     );
-    let st = status_json(fw, CONFIG);
-    let (state, reason) = gateway_state(&st, "isp1");
-    assert_eq!(state, "down", "isp1 in status:\n{st:#}");
-    eprintln!("status: isp1 down: {reason}");
+    let st = status_json(fw, Some(CONFIG));
+    let isp1 = gateway(&st, "isp1");
+    assert_eq!(isp1["state"], "down", "isp1 in status:\n{st:#}");
+    eprintln!("status: isp1 down: {}", isp1["reason"]);
     assert_eq!(
-        gateway_state(&st, "isp2").0,
+        gateway(&st, "isp2")["state"],
         "up",
         "isp2 in status:\n{st:#}"
     );
@@ -893,14 +846,17 @@ fn gateway_down_does_not_stop_apply() {
             "isp1's table ({fam}) after up1 came back:\n{t1}"
         );
     }
-    assert_eq!(gateway_state(&status_json(fw, CONFIG), "isp1").0, "up");
+    assert_eq!(
+        gateway(&status_json(fw, Some(CONFIG)), "isp1")["state"],
+        "up"
+    );
     expect_answer(&lab, smtp_v4(), "fw:25 after up1 came back");
     expect_answer(&lab, dnat_v4(), "DNAT :2525 after up1 came back");
     let again = symroute_in(fw, "apply", Some(CONFIG), &[]);
     assert!(
         again.code == 0 && again.stdout.contains("no changes"),
         "{}",
-        show(&again)
+        again.show()
     );
 }
 
@@ -918,16 +874,16 @@ fn missing_interface_gateway_does_not_stop_apply() {
         out.contains("gateway isp3 is down") && out.contains("nosuch0"),
         "{out}"
     );
-    let st = status_json(&fw, &config);
-    assert_eq!(gateway_state(&st, "isp3").0, "down", "{st:#}");
-    assert_eq!(gateway_state(&st, "isp1").0, "up", "{st:#}");
+    let st = status_json(&fw, Some(&config));
+    assert_eq!(gateway(&st, "isp3")["state"], "down", "{st:#}");
+    assert_eq!(gateway(&st, "isp1")["state"], "up", "{st:#}");
     let t = fw.ip("route show table 42000").expect("table 42000");
     assert!(t.contains("default via 203.0.113.1 dev up1"), "{t}");
     let again = symroute_in(&fw, "apply", Some(&config), &[]);
     assert!(
         again.code == 0 && again.stdout.contains("no changes"),
         "{}",
-        show(&again)
+        again.show()
     );
     remove_ok(&fw, "remove");
     assert_same("after remove", &before, &kernel_snapshot(&fw));
@@ -978,13 +934,13 @@ fn bad_config_changes_nothing() {
                 r.code,
                 r.stderr.trim()
             );
-            assert_eq!(r.code, 2, "{what}: {cmd} should exit 2:\n{}", show(&r));
+            assert_eq!(r.code, 2, "{what}: {cmd} should exit 2:\n{}", r.show());
             // FILE:LINE:COL: message
             let loc = r
                 .stderr
                 .split("symroute.toml:")
                 .nth(1)
-                .unwrap_or_else(|| panic!("{what}: no FILE:LINE:COL in:\n{}", show(&r)));
+                .unwrap_or_else(|| panic!("{what}: no FILE:LINE:COL in:\n{}", r.show()));
             let mut parts = loc.splitn(3, ':');
             let (l, c) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             assert!(

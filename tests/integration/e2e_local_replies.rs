@@ -18,7 +18,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use support::daemon::Daemon;
-use support::{require_root, symroute_in, Applied};
+use support::{lab, sa};
+use support::{symroute_in, Applied};
 use symroute::lab::{tcp_probe, udp_probe, Netns, TcpServer, TwoIsps, UdpEcho, UdpSource};
 
 const FIREWALL: &str = include_str!("../../examples/two-isps-firewall.toml");
@@ -30,10 +31,6 @@ const TIMEOUT: Duration = Duration::from_millis(1500);
 const UDP_ROUTED: u16 = 5354;
 /// Wildcard-bound UDP echo answering from the request's address (IP_PKTINFO).
 const UDP_PKTINFO: u16 = 5355;
-
-fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.into(), port)
-}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Proto {
@@ -196,8 +193,7 @@ fn main_defaults(t: &TwoIsps) -> String {
 
 #[test]
 fn local_replies_without_main_default_apply() {
-    require_root();
-    let t = TwoIsps::build().expect("build TwoIsps");
+    let t = lab();
     let _svc = t.start_services().expect("services");
     let _udp = wildcard_udp(&t.fw);
     let probes = probes(TwoIsps::FW_UP1_V4, TwoIsps::FW_UP1_V6);
@@ -255,8 +251,7 @@ fn local_replies_without_main_default_apply() {
 /// deleted, and follows a renumbered uplink (the DHCP case) within a second.
 #[test]
 fn local_replies_without_main_default_run_and_renumbered() {
-    require_root();
-    let t = TwoIsps::build().expect("build TwoIsps");
+    let t = lab();
     let _svc = t.start_services().expect("services");
     let _udp = wildcard_udp(&t.fw);
     t.fw.ip("route del default").expect("del default");

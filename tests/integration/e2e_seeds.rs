@@ -7,6 +7,7 @@
 //! `cargo test --test integration e2e_seeds:: -- --test-threads=2`.
 
 use crate::support;
+use support::conntrack::{self, dump, Ct};
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -15,6 +16,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use support::{lab, sa};
+use support::{named, status_json};
 use support::{require_root, symroute_in, Applied};
 use symroute::lab::{in_netns, tcp_probe, udp_probe, Netns, ProxyRelay, TcpServer, TwoIsps};
 
@@ -33,10 +36,6 @@ const REPLY_GW1: u32 = 0x0100_0000;
 const REPLY_GW2: u32 = 0x0300_0000;
 /// The conntrack mark of a route_via decision for the first gateway (value 2).
 const ROUTE_GW1: u32 = 0x0200_0000;
-
-fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.into(), port)
-}
 
 // ---------------------------------------------------------------------------------------
 // Probes
@@ -160,21 +159,6 @@ fn peer_of(answer: &str) -> (IpAddr, u16) {
 // ---------------------------------------------------------------------------------------
 // symroute runs
 
-fn status_json(ns: &Netns, config: &str) -> serde_json::Value {
-    let run = symroute_in(ns, "status", Some(config), &["--json"]).ok();
-    serde_json::from_str(&run.stdout)
-        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", run.stdout))
-}
-
-fn named<'v>(v: &'v serde_json::Value, list: &str, name: &str) -> &'v serde_json::Value {
-    v[list]
-        .as_array()
-        .unwrap_or_else(|| panic!("status has no {list}[]: {v:#}"))
-        .iter()
-        .find(|x| x["name"] == name)
-        .unwrap_or_else(|| panic!("status {list}[] has no {name:?}: {v:#}"))
-}
-
 fn num(v: &serde_json::Value, key: &str) -> u64 {
     v[key]
         .as_u64()
@@ -183,46 +167,6 @@ fn num(v: &serde_json::Value, key: &str) -> u64 {
 
 // ---------------------------------------------------------------------------------------
 // conntrack
-
-/// One conntrack entry: the original direction's tuple and the mark.
-#[derive(Debug, Clone)]
-struct Ct {
-    proto: String,
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-    mark: u32,
-    line: String,
-}
-
-/// `conntrack -L` inside `ns`, parsed (the first src/dst/sport/dport are the original tuple).
-fn conntrack(ns: &Netns) -> Vec<Ct> {
-    let text = ns.exec(&["conntrack", "-L"]).expect("conntrack -L");
-    text.lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let field = |k: &str| {
-                words
-                    .iter()
-                    .find_map(|w| w.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-            };
-            Some(Ct {
-                proto: words.first()?.to_string(),
-                src: field("src")?.parse().ok()?,
-                dst: field("dst")?.parse().ok()?,
-                sport: field("sport")?.parse().ok()?,
-                dport: field("dport")?.parse().ok()?,
-                mark: field("mark")?.parse().ok()?,
-                line: line.to_string(),
-            })
-        })
-        .collect()
-}
-
-fn dump(entries: &[Ct]) -> String {
-    entries.iter().map(|c| format!("  {}\n", c.line)).collect()
-}
 
 /// The entry whose original tuple is exactly this TCP connection.
 fn ct_entry(entries: &[Ct], src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> &Ct {
@@ -269,8 +213,7 @@ fn seed1_tcp_probes(t: &TwoIsps) -> Vec<(Probe<'_>, String)> {
 
 #[test]
 fn seed1_local_and_dnat_ipv4_ipv6() {
-    require_root();
-    let t = TwoIsps::build().expect("build TwoIsps");
+    let t = lab();
     let _svc = t.start_services().expect("services");
     let probes = seed1_tcp_probes(&t);
 
@@ -283,7 +226,7 @@ fn seed1_local_and_dnat_ipv4_ipv6() {
     assert_eq!(peer_of(&answers[3]).0, IpAddr::V6(TwoIsps::CLIENT_V6));
 
     // Each answered connection is remembered as isp1's (reply mark 0x01000000).
-    let ct = conntrack(&t.fw);
+    let ct = conntrack::list(&t.fw, &[]);
     for (i, answer) in answers.iter().enumerate() {
         let (ip, port) = peer_of(answer);
         let e = ct
@@ -293,7 +236,7 @@ fn seed1_local_and_dnat_ipv4_ipv6() {
         assert_eq!(e.mark, REPLY_GW1, "{}: {}", probes[i].0.what, e.line);
     }
 
-    let st = status_json(&t.fw, FIREWALL);
+    let st = status_json(&t.fw, Some(FIREWALL));
     eprintln!("status --json:\n{st:#}");
     assert_eq!(st["applied"], true, "{st:#}");
     let isp1 = named(&st, "gateways", "isp1");
@@ -311,8 +254,7 @@ fn seed1_local_and_dnat_ipv4_ipv6() {
 
 #[test]
 fn seed1_udp_request_response() {
-    require_root();
-    let t = TwoIsps::build().expect("build TwoIsps");
+    let t = lab();
     let _svc = t.start_services().expect("services");
     let c = &t.client;
     let probes = || {
@@ -332,7 +274,7 @@ fn seed1_udp_request_response() {
     let _applied = Applied::apply(&t.fw, FIREWALL);
     let answers = expect_all_ok("with symroute", &probes());
 
-    let ct = conntrack(&t.fw);
+    let ct = conntrack::list(&t.fw, &[]);
     for answer in &answers {
         let (ip, port) = peer_of(answer);
         let e = ct
@@ -380,7 +322,7 @@ fn seed2_proxy_relay_with_haproxy() {
     // The divert on the HAProxy host only: HAProxy's transparent sockets get their
     // answers, but the relay still answers proxied connections via the router.
     let _divert = Applied::apply(&t.proxy, DIVERT);
-    let st = status_json(&t.proxy, DIVERT);
+    let st = status_json(&t.proxy, Some(DIVERT));
     assert_eq!(st["applied"], true, "divert status on the proxy: {st:#}");
     expect_all_ok("divert only: direct", &direct());
     expect_all_fail("divert only: proxied", &only_probes(&proxied()));
@@ -391,7 +333,7 @@ fn seed2_proxy_relay_with_haproxy() {
 
     // Which path the relay remembered, per connection: the answer names the source port
     // the relay saw (the client's own for direct connections, HAProxy's for proxied ones).
-    let ct = conntrack(&t.relay);
+    let ct = conntrack::list(&t.relay, &[]);
     eprintln!("conntrack on the relay:\n{}", dump(&ct));
     let relay_of = |ip: IpAddr| -> IpAddr {
         match ip {
@@ -432,7 +374,7 @@ fn seed2_proxy_relay_with_haproxy() {
         );
     }
 
-    let st = status_json(&t.relay, RELAY);
+    let st = status_json(&t.relay, Some(RELAY));
     eprintln!("relay status --json:\n{st:#}");
     assert!(
         num(named(&st, "gateways", "master-relay"), "connections") >= 2,
@@ -470,8 +412,7 @@ destination_port = 25
 
 #[test]
 fn route_via_new_connections() {
-    require_root();
-    let t = TwoIsps::build().expect("build TwoIsps");
+    let t = lab();
     // ISP1 can carry the LAN's traffic back (the client answers the LAN's own addresses).
     t.isp1
         .ip("route add 10.77.0.0/24 via 203.0.113.2")
@@ -527,7 +468,7 @@ fn route_via_new_connections() {
     let _applied = Applied::apply(&t.fw, ROUTE_SMTP);
     let answers = expect_all_ok("with symroute: forwarded", &lan_smtp());
     // The decision is remembered for the connection: route mark of isp1 (value 2).
-    let ct = conntrack(&t.fw);
+    let ct = conntrack::list(&t.fw, &[]);
     for a in &answers {
         let (ip, port) = peer_of(a);
         let dst = if ip.is_ipv4() { client_v4 } else { client_v6 };
@@ -669,8 +610,7 @@ fn ping_session(r: &mut BufReader<TcpStream>, word: &str) -> std::io::Result<Str
 
 #[test]
 fn first_match_wins_and_sticky() {
-    require_root();
-    let t = TwoIsps::build().expect("build TwoIsps");
+    let t = lab();
     let fw_v4: IpAddr = TwoIsps::FW_UP1_V4.into();
     let fw_v6: IpAddr = TwoIsps::FW_UP1_V6.into();
     let _echo = EchoServer::start(&t.fw, &[sa(fw_v4, 25), sa(fw_v6, 25)]);
@@ -701,7 +641,7 @@ fn first_match_wins_and_sticky() {
         "one"
     );
 
-    let ct = conntrack(&t.fw);
+    let ct = conntrack::list(&t.fw, &[]);
     for a in answers.iter().chain([&greeting]) {
         let (ip, port) = peer_of(a);
         let dst = if ip.is_ipv4() { fw_v4 } else { fw_v6 };
@@ -712,7 +652,7 @@ fn first_match_wins_and_sticky() {
             e.line
         );
     }
-    let st = status_json(&t.fw, &smtp_first);
+    let st = status_json(&t.fw, Some(&smtp_first));
     assert!(
         num(named(&st, "policies", "p1-isp1"), "packets") >= 3,
         "{st:#}"
@@ -728,7 +668,7 @@ fn first_match_wins_and_sticky() {
     let out = symroute_in(&t.fw, "apply", Some(&catch_all_first), &[]).ok();
     eprintln!("symroute apply (swapped):\n{}", out.stdout);
     expect_all_fail("catch-all policy first", &only_probes(&smtp()));
-    let ct = conntrack(&t.fw);
+    let ct = conntrack::list(&t.fw, &[]);
     let isp2_smtp = ct
         .iter()
         .filter(|c| c.proto == "tcp" && c.dport == 25 && c.mark == REPLY_GW2)
@@ -745,6 +685,6 @@ fn first_match_wins_and_sticky() {
         "two"
     );
     let (ip, port) = peer_of(&greeting);
-    let e = ct_entry(&conntrack(&t.fw), ip, port, fw_v4, 25).clone();
+    let e = ct_entry(&conntrack::list(&t.fw, &[]), ip, port, fw_v4, 25).clone();
     assert_eq!(e.mark, REPLY_GW1, "{}", e.line);
 }

@@ -8,6 +8,7 @@
 //! Needs root, nft and conntrack. Run with `cargo test --test integration e2e_share::`.
 
 use crate::support;
+use support::conntrack;
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
@@ -140,8 +141,7 @@ fn ct_mark(fw: &Netns, src: Ipv4Addr, sport: u16) -> u32 {
         .lines()
         .find(|l| l.contains(&format!("sport={sport} ")) && l.contains(&format!("dst={SERVER} ")))
         .unwrap_or_else(|| panic!("no conntrack entry for {src}:{sport}:\n{text}"));
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix("mark="))
+    conntrack::field(line, "mark")
         .and_then(|m| m.parse().ok())
         .unwrap_or_else(|| panic!("no mark in {line}"))
 }

@@ -8,6 +8,7 @@ use crate::support;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use support::lab;
 use support::{require_root, symroute_in};
 use symroute::lab::{tcp_probe, Netns, TwoIsps};
 
@@ -76,8 +77,7 @@ fn iface(v: &serde_json::Value) -> String {
 
 #[test]
 fn predicted_egress_matches_counters() {
-    require_root();
-    let t = TwoIsps::build().expect("topology");
+    let t = lab();
     let _svc = t.start_services().expect("services");
     t.fw.nft(COUNT).expect("counter table");
     let client = TwoIsps::CLIENT_V4.to_string();
@@ -394,8 +394,7 @@ fn predicted_and_real(
 /// over it), checked against the host after `apply`.
 #[test]
 fn local_replies_without_a_way_back_match_real_sockets() {
-    require_root();
-    let t = TwoIsps::build().expect("topology");
+    let t = lab();
     let _svc = t.start_services().expect("services");
     symroute_in(&t.fw, "apply", Some(FIREWALL), &[]).ok();
     t.fw.ip("link set up2 down").expect("up2 down");

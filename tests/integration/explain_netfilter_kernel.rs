@@ -12,11 +12,13 @@
 //! Run with `cargo test --test integration explain_netfilter_kernel:: -- --test-threads=2`.
 
 use crate::support;
+use support::conntrack::{self, Ct};
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use support::lab;
 use support::{require_root, symroute_in};
 use symroute::explain::netfilter::*;
 use symroute::lab::{tcp_probe, udp_probe, veth_mac, Netns, TcpServer, TwoIsps};
@@ -668,46 +670,6 @@ fn iptables_nft_rules_come_from_iptables_save() {
 // ---------------------------------------------------------------------------------------
 // 4. Real packets: predicted conntrack marks against `conntrack -L`
 
-#[derive(Debug, Clone)]
-struct Ct {
-    proto: String,
-    src: IpAddr,
-    dst: IpAddr,
-    sport: u16,
-    dport: u16,
-    reply_src: IpAddr,
-    reply_sport: u16,
-    mark: u32,
-    line: String,
-}
-
-fn conntrack(ns: &Netns) -> Vec<Ct> {
-    let text = ns.exec(&["conntrack", "-L"]).expect("conntrack -L");
-    text.lines()
-        .filter_map(|line| {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let all = |k: &str| -> Vec<&str> {
-                words
-                    .iter()
-                    .filter_map(|w| w.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-                    .collect()
-            };
-            let (src, dst, sport, dport) = (all("src"), all("dst"), all("sport"), all("dport"));
-            Some(Ct {
-                proto: words.first()?.to_string(),
-                src: src.first()?.parse().ok()?,
-                dst: dst.first()?.parse().ok()?,
-                sport: sport.first()?.parse().ok()?,
-                dport: dport.first()?.parse().ok()?,
-                reply_src: src.get(1)?.parse().ok()?,
-                reply_sport: sport.get(1)?.parse().ok()?,
-                mark: all("mark").first()?.parse().ok()?,
-                line: line.to_string(),
-            })
-        })
-        .collect()
-}
-
 /// `hello <ip> <port>` / `echo <ip> <port>` → the port the server saw.
 fn peer_port(answer: &str) -> u16 {
     answer
@@ -814,8 +776,7 @@ impl Drop for Applied<'_> {
 
 #[test]
 fn predicted_conntrack_marks_two_isps() {
-    require_root();
-    let t = TwoIsps::build().expect("TwoIsps");
+    let t = lab();
     let _svc = t.start_services().expect("services");
     let config = include_str!("../../examples/two-isps-firewall.toml");
     let run = symroute_in(&t.fw, "apply", Some(config), &[]).ok();
@@ -849,7 +810,7 @@ fn predicted_conntrack_marks_two_isps() {
     ));
 
     let rs = read_all(&t.fw);
-    let entries = conntrack(&t.fw);
+    let entries = conntrack::list(&t.fw, &[]);
     let mut marks = BTreeMap::new();
     for (proto, iif, src, dst) in seen {
         let m = check_entry(&rs, &entries, proto, iif, None, src, dst);
@@ -880,7 +841,7 @@ fn predicted_conntrack_marks_two_isps() {
     let mut local: Vec<(u8, SocketAddr)> = fw(25).map(|a| (6, a)).to_vec();
     local.extend(fw(TwoIsps::UDP_PORT).map(|a| (17, a)));
     let again = from_client(c, &local, ok);
-    let entries = conntrack(&t.fw);
+    let entries = conntrack::list(&t.fw, &[]);
     for (proto, src, dst) in again {
         let m = check_entry(&rs, &entries, proto, "up1", None, src, dst);
         assert_eq!(m, 0x0100_0000);
@@ -937,7 +898,7 @@ fn predicted_conntrack_marks_seed2_iptables_and_nft() {
         let via_proxy = probe(&proxy, "192.0.2.20:25");
         let direct_src = probe(&direct, "198.51.100.20:25");
         let rs = read_all(&relay);
-        let entries = conntrack(&relay);
+        let entries = conntrack::list(&relay, &[]);
         assert_eq!(
             check_entry(
                 &rs,

@@ -13,7 +13,7 @@
 //! that packet once before any output hook, and `sendto` fails exactly when the engine
 //! says the lookup does.
 //!
-//! Needs root. The RNG is a self-contained xorshift; the default seed is fixed so CI is
+//! Needs root. The RNG is `symroute::fuzz::Rng`; the default seed is fixed so CI is
 //! reproducible. `SYMROUTE_EXPLAIN_SEED=<n>` picks another, `=random` a fresh one each
 //! run (printed, so a failure can be replayed); `SYMROUTE_EXPLAIN_SETUPS=<n>` changes the
 //! number of setups.
@@ -31,6 +31,7 @@ use symroute::explain::routing::{
     describe_query, lookup, Query, RouteError, RoutingState, StateTexts, TableNames, Verdict,
     VerdictKind,
 };
+use symroute::fuzz::Rng;
 use symroute::lab::{veth, Netns};
 use symroute::model::Family;
 
@@ -39,44 +40,6 @@ const SETUPS: usize = 24;
 const PACKETS_PER_SETUP: usize = 520;
 /// Mismatch reports printed in full (all are counted).
 const MAX_REPORTS: usize = 12;
-
-// ---- deterministic randomness -----------------------------------------------------
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        // splitmix64 of the seed, so nearby seeds give unrelated streams; never 0.
-        let mut z = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        if n == 0 {
-            0
-        } else {
-            (self.next() % n as u64) as usize
-        }
-    }
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + self.below(hi - lo + 1)
-    }
-    /// True with probability `pct` percent.
-    fn pct(&mut self, pct: usize) -> bool {
-        self.below(100) < pct
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 fn rand_in4(rng: &mut Rng, net: Ipv4Net) -> Ipv4Addr {
     let host_bits = 32 - u32::from(net.prefix_len());
@@ -88,7 +51,7 @@ fn rand_in4(rng: &mut Rng, net: Ipv4Net) -> Ipv4Addr {
     let off = if span == 0 {
         0
     } else {
-        (rng.next() as u32) & span
+        (rng.next_u64() as u32) & span
     };
     Ipv4Addr::from(u32::from(net.network()) | off)
 }
@@ -100,9 +63,9 @@ fn rand_in6(rng: &mut Rng, net: Ipv6Net) -> Ipv6Addr {
     } else {
         // Mostly small host parts (like real addresses), sometimes anywhere.
         let raw = if rng.pct(70) {
-            u128::from(rng.next() & 0xffff)
+            u128::from(rng.next_u64() & 0xffff)
         } else {
-            (u128::from(rng.next()) << 64) | u128::from(rng.next())
+            (u128::from(rng.next_u64()) << 64) | u128::from(rng.next_u64())
         };
         if host_bits >= 128 {
             raw
@@ -234,7 +197,7 @@ fn mark_choices(rng: &mut Rng) -> Vec<(u32, u32)> {
     (0..rng.range(2, 5))
         .map(|_| {
             let m: u32 = *rng.pick(&masks);
-            let v = (rng.next() as u32) & m & 0x0303_0303;
+            let v = (rng.next_u64() as u32) & m & 0x0303_0303;
             (
                 if rng.pct(20) {
                     0
@@ -928,9 +891,9 @@ fn gen_packet(rng: &mut Rng, s: &Setup, st: &RoutingState) -> Query {
     if rng.pct(50) {
         let (v, m) = *rng.pick(&s.marks);
         q.mark = if rng.pct(60) {
-            v | ((rng.next() as u32) & !m & 0x00f0_00f0)
+            v | ((rng.next_u64() as u32) & !m & 0x00f0_00f0)
         } else {
-            rng.next() as u32 & 0x0f0f_0f0f
+            rng.next_u64() as u32 & 0x0f0f_0f0f
         };
     }
     if rng.pct(20) {
@@ -1145,7 +1108,7 @@ fn engine_matches_kernel_route_get() {
     let mut routes_seen = 0usize;
     for i in 0..setups {
         let setup_seed = seed.wrapping_add(i as u64);
-        let mut rng = Rng::new(setup_seed);
+        let mut rng = Rng::mixed(setup_seed);
         let host = Netns::new("xr").expect("netns");
         let peer = Netns::new("xp").expect("netns");
         let same_ns = rng.pct(40);
@@ -1341,7 +1304,7 @@ fn engine_matches_sockets_without_a_default_in_main() {
     let (mut sent, mut by_source, mut failed) = (0usize, 0usize, 0usize);
     let mut mismatches = Vec::new();
     for i in 0..SOCKET_SETUPS {
-        let mut rng = Rng::new(seed.wrapping_add(i as u64));
+        let mut rng = Rng::mixed(seed.wrapping_add(i as u64));
         let host = Netns::new("xs").expect("netns");
         let peer = Netns::new("xq").expect("netns");
         let setup = build(&mut rng, &host, &peer, false);

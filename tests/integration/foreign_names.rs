@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::daemon::Daemon;
-use support::{symroute, symroute_in, two_uplinks, RemoveOnDrop, Run, TempDir};
+use support::{symroute, symroute_in, two_uplinks, RemoveOnDrop, TempDir};
 use symroute::lab::Netns;
 
 const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
@@ -143,13 +143,6 @@ fn foreign_ruleset(ns: &Netns) -> String {
         .collect()
 }
 
-fn show(r: &Run) -> String {
-    format!(
-        "exit code {}\n--- stdout:\n{}--- stderr:\n{}",
-        r.code, r.stdout, r.stderr
-    )
-}
-
 /// No `pwned…` table exists, and the foreign tables are as they were.
 fn assert_no_trace(h: &Host, before: &str, after_what: &str) {
     let pwned: Vec<String> = tables(&h.fw)
@@ -214,7 +207,7 @@ fn hostile_nft_names_leave_no_trace() {
         ("status", &["--json"], &[0]),
     ] {
         let r = symroute_in(&h.fw, cmd, Some(CONFIG), extra);
-        assert!(codes.contains(&r.code), "{cmd} {extra:?}:\n{}", show(&r));
+        assert!(codes.contains(&r.code), "{cmd} {extra:?}:\n{}", r.show());
         assert_no_trace(&h, &before, &format!("{cmd} {extra:?}"));
     }
 
@@ -261,7 +254,7 @@ fn hostile_nft_names_leave_no_trace() {
     ];
     for (what, args, codes) in runs {
         let r = symroute(&args);
-        assert!(codes.contains(&r.code), "{what}:\n{}", show(&r));
+        assert!(codes.contains(&r.code), "{what}:\n{}", r.show());
         assert_no_trace(&h, &before, &what);
         if what.starts_with("import") {
             // Whatever it quotes from the host stays inside comments and strings.
@@ -352,11 +345,11 @@ fn a_tampered_own_table_is_never_replayed() {
         Some(&sticky_plus()),
         &["--inject-failure", "routes"],
     );
-    assert_eq!(r.code, 1, "{}", show(&r));
+    assert_eq!(r.code, 1, "{}", r.show());
     assert!(
         r.stderr.contains("removed instead of restored"),
         "{}",
-        show(&r)
+        r.show()
     );
     assert_no_trace(&h, &before, "a rolled-back apply of a tampered table");
 

@@ -8,10 +8,11 @@
 
 use crate::support;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use support::sa;
 use support::{require_root, symroute};
 use symroute::explain::host::HostState;
 use symroute::explain::import::import;
@@ -23,10 +24,6 @@ const DIVERT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/haproxy-dive
 const FAIL: Duration = Duration::from_millis(1500);
 /// How long a probe that must succeed gets.
 const OK: Duration = Duration::from_millis(3000);
-
-fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.into(), port)
-}
 
 /// Runs `symroute ARGS`, which must succeed; returns stdout.
 fn run_ok(args: &[&str]) -> String {

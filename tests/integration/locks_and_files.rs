@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use support::daemon::Daemon;
+use support::lab;
 use support::{
     kernel_snapshot, our_rule, require_root, run_file, settled_snapshot, symroute, RemoveOnDrop,
 };
 use symroute::kernel::rundir;
-use symroute::lab::{Netns, TwoIsps};
+use symroute::lab::Netns;
 
 const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
 
@@ -143,8 +144,7 @@ fn all_at_once(ns: &Netns, jobs: &[Vec<String>]) -> Vec<(String, std::process::O
 
 #[test]
 fn concurrent_applies_and_removes_in_one_namespace_lose_nothing() {
-    require_root();
-    let lab = TwoIsps::build().expect("build TwoIsps");
+    let lab = lab();
     let fw = &lab.fw;
     let _remove = RemoveOnDrop(fw);
     let (_dir, config) = TempDir::with_config("lock-apply");
@@ -196,8 +196,7 @@ fn concurrent_applies_and_removes_in_one_namespace_lose_nothing() {
 
 #[test]
 fn the_daemon_retries_while_another_process_holds_the_lock() {
-    require_root();
-    let lab = TwoIsps::build().expect("build TwoIsps");
+    let lab = lab();
     let fw = &lab.fw;
     let d = Daemon::start(fw, CONFIG);
     let (rule, pref) = our_rule(fw, 42001);
@@ -251,8 +250,7 @@ fn mode(p: &Path) -> u32 {
 
 #[test]
 fn run_dir_is_private_and_nothing_is_written_through_a_link() {
-    require_root();
-    let lab = TwoIsps::build().expect("build TwoIsps");
+    let lab = lab();
     let fw = &lab.fw;
     let _remove = RemoveOnDrop(fw);
     let (dir, config) = TempDir::with_config("run-files");
@@ -372,8 +370,7 @@ fn snapshot_writes_only_into_a_directory_of_ours_and_follows_no_link() {
 
 #[test]
 fn a_rollback_whose_reads_fail_retries_then_puts_back_what_it_can() {
-    require_root();
-    let lab = TwoIsps::build().expect("build TwoIsps");
+    let lab = lab();
     let fw = &lab.fw;
     let _remove = RemoveOnDrop(fw);
     let (_dir, config) = TempDir::with_config("rollback-reads");

@@ -18,10 +18,10 @@
 
 use crate::support;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use support::sa;
 use support::{require_root, symroute_in, RemoveOnDrop};
 use symroute::lab::{tcp_probe, EtcNetns, Netns, TwoIsps};
 
@@ -153,10 +153,6 @@ impl Drop for Shorewall<'_> {
         }
         let _ = std::fs::remove_dir_all(&self.var);
     }
-}
-
-fn sa(ip: impl Into<std::net::IpAddr>, port: u16) -> SocketAddr {
-    SocketAddr::new(ip.into(), port)
 }
 
 /// SMTP from the client beyond ISP1: to the firewall itself, and DNAT'd to the LAN.

@@ -3,6 +3,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use symroute::model::IdFrom;
+use symroute::plan::alloc;
+
 use super::args::ConfigArg;
 
 /// Validate the config file; errors print as FILE:LINE:COL and exit 2. Needs no root.
@@ -25,5 +28,22 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         m.settings.first_table,
         m.settings.first_priority
     )?;
+    // Each gateway's id and what follows from it (the same on every box that
+    // loads this file, whatever its order).
+    for (i, g) in m.gateways_indexed() {
+        writeln!(
+            out,
+            "  gateway {}: id {} ({}), reply mark {}, route mark {}, table {}",
+            g.name,
+            g.id,
+            match g.id_from {
+                IdFrom::Config => "set in the file",
+                IdFrom::Name => "from its name",
+            },
+            alloc::reply_mark(&m, i),
+            alloc::route_mark(&m, i),
+            alloc::gateway_table(&m, i)
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ mod confirm;
 mod daemon;
 mod doctor;
 mod explain;
+mod ha;
 mod import;
 mod lab;
 mod output;
@@ -61,6 +62,7 @@ enum Cmd {
     Doctor(doctor::Args),
     Import(import::Args),
     Snapshot(snapshot::Args),
+    Ha(ha::Args),
     Lab(lab::Args),
 }
 
@@ -78,6 +80,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Doctor(args) => doctor::run(args, &mut out),
         Cmd::Import(args) => import::run(args, &mut out),
         Cmd::Snapshot(args) => snapshot::run(args, &mut out),
+        Cmd::Ha(args) => ha::run(args, &mut out),
         // These print from other threads too: stdout must not stay locked here.
         Cmd::Run(args) => {
             drop(out);

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::{Duration, UNIX_EPOCH};
 
 use symroute::kernel;
 
@@ -55,6 +56,19 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         )?,
         None => writeln!(out, "daemon: not running in this namespace")?,
     }
+    if let Some(h) = &st.ha {
+        writeln!(
+            out,
+            "ha: {} (keepalived's last word, {}); dead gateways' connections are flushed {}",
+            h.role,
+            kernel::clock::rfc3339(UNIX_EPOCH + Duration::from_secs(h.since_unix)),
+            if h.role == kernel::state::HaRole::Master {
+                "(a second after they go down)"
+            } else {
+                "only once this box is master"
+            }
+        )?;
+    }
     if let Some(p) = live.as_ref().and_then(|l| l.pending_confirm.as_ref()) {
         writeln!(
             out,
@@ -77,6 +91,22 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
             p.mark,
             p.packets,
             p.bytes
+        )?;
+    }
+    writeln!(
+        out,
+        "marks: mask {}, digest {} (`symroute doctor --peer` compares it with the other box of an HA pair)",
+        st.marks.mask, st.marks.digest
+    )?;
+    for g in &st.marks.gateways {
+        writeln!(
+            out,
+            "  {:<16} id {:<4} replies {:<10} routes {:<10} table {}",
+            g.name,
+            g.id,
+            g.reply_mark.as_deref().unwrap_or("-"),
+            g.route_mark.as_deref().unwrap_or("-"),
+            g.table
         )?;
     }
     Ok(ExitCode::SUCCESS)

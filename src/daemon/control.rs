@@ -274,6 +274,13 @@ impl Daemon {
             Request::Status => self.status_response(),
             Request::Reload { config, confirm } => self.reload_request(config, confirm),
             Request::Confirm => self.confirm_request(),
+            Request::Ha { role } => {
+                let mask = self.model.settings.mark_mask;
+                let line = self
+                    .ha
+                    .set_role(role, &self.last_gateways, mask, Instant::now());
+                Response::done(vec![line])
+            }
         };
         call.reply.send(resp);
     }
@@ -296,6 +303,7 @@ impl Daemon {
                 }),
                 gateways: self.live.snapshot(&self.model, &self.windows),
                 health_down: self.health_down.clone(),
+                ha: self.ha.role(),
             }),
             ..Response::default()
         }

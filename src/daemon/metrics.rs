@@ -707,7 +707,13 @@ symroute_reconcile_duration_seconds_count 4
         assert_eq!(s.policies.len(), 2);
         let isp1 = &s.gateways[0];
         assert_eq!((isp1.live.failovers, isp1.live.rtt_ms), (0, None));
-        assert_eq!(isp1.marks, [0x0100_0000], "{isp1:?}");
+        let g = &plan.gateways[0];
+        let want: Vec<u32> = [g.reply_mark, g.route_mark]
+            .into_iter()
+            .flatten()
+            .map(|m| m.bits())
+            .collect();
+        assert_eq!(isp1.marks, want, "{isp1:?}");
         let page = render(&s, &Live::default());
         assert!(
             page.contains("symroute_gateway_up{gateway=\"isp1\"} 0\n"),

@@ -16,6 +16,7 @@ use std::sync::mpsc::Sender;
 use serde::{Deserialize, Serialize};
 
 use super::serve;
+use crate::kernel::state::HaRole;
 use crate::kernel::status::DaemonStatus;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +34,8 @@ pub enum Request {
     },
     /// Keep the config of a pending `reload` with `confirm`.
     Confirm,
+    /// keepalived's notify (`symroute ha ROLE`): this box's role in an HA pair.
+    Ha { role: HaRole },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

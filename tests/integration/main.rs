@@ -29,6 +29,7 @@ mod explain_live;
 mod explain_netfilter_kernel;
 mod explain_routing_kernel;
 mod foreign_names;
+mod ha_pair;
 mod import;
 mod import_live;
 mod lab_cli;

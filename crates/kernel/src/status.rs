@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::conntrack::Conntrack;
 use super::{cmd, observe, KernelError};
 use symroute_core::model::Model;
+use symroute_core::plan::markmap::MarkMap;
 use symroute_core::plan::{self, GatewayState, Plan, PolicyGateway};
 
 /// A gateway's state as status, the daemon's hooks and metrics report it: up (all or
@@ -68,6 +69,12 @@ pub struct Status {
     pub daemon: Option<DaemonInfo>,
     pub gateways: Vec<GatewayStatus>,
     pub policies: Vec<PolicyStatus>,
+    /// What each mark value means here (ids, marks, tables) and its digest: the two boxes
+    /// of an HA pair must agree (`symroute doctor --peer`).
+    pub marks: MarkMap,
+    /// This box's role in an HA pair, as keepalived last reported it (`symroute ha`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ha: Option<super::state::HaRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -124,6 +131,9 @@ pub struct DaemonStatus {
     /// config's.
     #[serde(default)]
     pub health_down: BTreeMap<String, String>,
+    /// Its role in an HA pair, as keepalived last reported it (`symroute ha`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<super::state::HaRecord>,
 }
 
 /// An `apply --confirm` the daemon goes back from unless confirmed.
@@ -184,10 +194,13 @@ pub fn status(model: &Model, daemon: Option<&DaemonStatus>) -> Result<Status, Ke
     }
     let plan = plan::build(model, &observed.host);
     let applied = observed.nft_fingerprint.is_some();
-    let mut st = of_plan(&plan, applied)?;
+    let mut st = of_plan(model, &plan, applied)?;
     st.matches_config = observed.nft_fingerprint.as_deref() == Some(plan.nft_fingerprint.as_str());
     if let Some(d) = daemon {
         st.daemon = Some(d.daemon.clone());
+        if d.ha.is_some() {
+            st.ha = d.ha;
+        }
         for g in &mut st.gateways {
             if let Some(l) = d.gateways.iter().find(|l| l.name == g.name) {
                 g.live(l);
@@ -212,7 +225,7 @@ impl GatewayStatus {
 }
 
 /// The status of `plan` alone (no daemon): gateways as planned, counters, connections.
-fn of_plan(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
+fn of_plan(model: &Model, plan: &Plan, applied: bool) -> Result<Status, KernelError> {
     let counters = if applied {
         policy_counters()?
     } else {
@@ -261,6 +274,8 @@ fn of_plan(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
         daemon: None,
         gateways,
         policies,
+        marks: MarkMap::of(model, plan),
+        ha: super::state::load_ha().ok().flatten(),
     })
 }
 

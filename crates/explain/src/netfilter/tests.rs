@@ -1,6 +1,7 @@
 //! The seeds' exact rules, symroute's rendered tables, evaluator semantics, and a
 //! mutation fuzz over all three readers (no input may panic).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::*;
@@ -189,7 +190,7 @@ fn seed2_divert_chain() {
 // symroute's own tables
 
 /// The host of tests/plan_snapshots.rs: every interface the examples name, up.
-fn host() -> HostView {
+pub(crate) fn host() -> HostView {
     let link = |addrs: &[&str]| Link {
         up: true,
         addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
@@ -280,7 +281,7 @@ fn two_isps_first_packet_and_replies() {
     // SYN from the client on up1 to the firewall's SMTP: decision stored, packet unmarked.
     let syn = PacketCtx::new(TCP, sa("192.0.2.10:40000"), sa("203.0.113.2:25")).with_iif("up1");
     let r = evaluate(&rs, Hook::Prerouting, &syn);
-    assert_eq!(marks(&r), (0, 0x0100_0000), "{:#?}", r.steps);
+    assert_eq!(marks(&r), (0, 0x3300_0000), "{:#?}", r.steps);
     let taken: Vec<&str> = r
         .steps
         .iter()
@@ -297,7 +298,7 @@ fn two_isps_first_packet_and_replies() {
     let mut synack = syn.reply();
     synack.ct.mark = r.ctx_after.ct.mark;
     let out = evaluate(&rs, Hook::Output, &synack);
-    assert_eq!(marks(&out), (0x0100_0000, 0x0100_0000));
+    assert_eq!(marks(&out), (0x3300_0000, 0x3300_0000));
     assert!(out.reroute);
     // The DNAT-ed LAN server's answer arrives on lan0: marked in prerouting.
     let mut lan_reply =
@@ -305,15 +306,15 @@ fn two_isps_first_packet_and_replies() {
     lan_reply.ct = CtCtx {
         state: CtState::Established,
         direction: CtDirection::Reply,
-        mark: 0x0100_0000,
+        mark: 0x3300_0000,
     };
     assert_eq!(
         marks(&evaluate(&rs, Hook::Prerouting, &lan_reply)),
-        (0x0100_0000, 0x0100_0000)
+        (0x3300_0000, 0x3300_0000)
     );
     // Arriving on up2: isp2's decision; on lan0: none.
     let r = evaluate(&rs, Hook::Prerouting, &syn.clone().with_iif("up2"));
-    assert_eq!(marks(&r), (0, 0x0300_0000));
+    assert_eq!(marks(&r), (0, 0xf500_0000));
     let r = evaluate(&rs, Hook::Prerouting, &syn.clone().with_iif("lan0"));
     assert_eq!(marks(&r), (0, 0));
     // Foreign bits of the conntrack mark are kept.
@@ -321,21 +322,21 @@ fn two_isps_first_packet_and_replies() {
     foreign.ct.mark = 0x0000_4000;
     assert_eq!(
         marks(&evaluate(&rs, Hook::Prerouting, &foreign)),
-        (0, 0x0100_4000)
+        (0, 0x3300_4000)
     );
     // Already decided (our bits set): not classified again.
     let mut decided = syn.clone().with_iif("up2");
-    decided.ct.mark = 0x0100_0000;
+    decided.ct.mark = 0x3300_0000;
     assert_eq!(
         marks(&evaluate(&rs, Hook::Prerouting, &decided)),
-        (0, 0x0100_0000)
+        (0, 0x3300_0000)
     );
     // IPv6 the same.
     let syn6 =
         PacketCtx::new(TCP, sa("[2001:db8:c::10]:40000"), sa("[2001:db8:1::2]:25")).with_iif("up1");
     assert_eq!(
         marks(&evaluate(&rs, Hook::Prerouting, &syn6)),
-        (0, 0x0100_0000)
+        (0, 0x3300_0000)
     );
 }
 
@@ -346,12 +347,12 @@ fn proxy_relay_by_mac_and_not_source() {
         .with_iif("eth0")
         .with_src_mac(PROXY_MAC);
     let r = evaluate(&rs, Hook::Prerouting, &syn);
-    assert_eq!(marks(&r), (0, 0x0100_0000));
+    assert_eq!(marks(&r), (0, 0xbd00_0000));
     let mut reply = syn.reply();
-    reply.ct.mark = 0x0100_0000;
+    reply.ct.mark = 0xbd00_0000;
     assert_eq!(
         marks(&evaluate(&rs, Hook::Output, &reply)),
-        (0x0100_0000, 0x0100_0000)
+        (0xbd00_0000, 0xbd00_0000)
     );
     // Not from the proxy, or from the relays' own network: no decision.
     assert_eq!(
@@ -371,7 +372,7 @@ fn proxy_relay_by_mac_and_not_source() {
         .with_src_mac(PROXY_MAC);
     assert_eq!(
         marks(&evaluate(&rs, Hook::Prerouting, &syn6)),
-        (0, 0x0100_0000)
+        (0, 0xbd00_0000)
     );
 }
 
@@ -426,12 +427,12 @@ fn failover_example_shares_by_numgen_and_remembers_sources() {
     // share with its percentages, and that the source is remembered; nothing uncertain.
     let syn = PacketCtx::new(TCP, sa("10.77.0.10:40000"), sa("8.8.8.8:443")).with_iif("lan0");
     let r = evaluate(&rs, Hook::Prerouting, &syn);
-    assert_eq!(marks(&r), (0x0200_0000, 0x0200_0000), "{:#?}", r.steps);
+    assert_eq!(marks(&r), (0x3400_0000, 0x3400_0000), "{:#?}", r.steps);
     assert!(!r.uncertain, "{:#?}", r.steps);
     let notes: Vec<&str> = r.steps.iter().filter_map(|s| s.note.as_deref()).collect();
     assert!(
         notes.iter().any(|n| n.contains(
-            "random share of new connections: 75% goto pick_p1_2000000, 25% goto pick_p1_4000000"
+            "random share of new connections: 75% goto pick_p1_34000000, 25% goto pick_p1_f6000000"
         )),
         "{notes:#?}"
     );
@@ -439,23 +440,23 @@ fn failover_example_shares_by_numgen_and_remembers_sources() {
         notes
             .iter()
             .any(|n| n
-                .contains("remembers this packet's ip saddr in dynamic set @sticky_p1_2000000_4")),
+                .contains("remembers this packet's ip saddr in dynamic set @sticky_p1_34000000_4")),
         "{notes:#?}"
     );
     assert!(
-        !notes.iter().any(|n| n.contains("@sticky_p1_2000000_6")),
+        !notes.iter().any(|n| n.contains("@sticky_p1_34000000_6")),
         "an IPv4 packet is not put in the IPv6 set: {notes:#?}"
     );
     // The plain share (any other LAN traffic): numgen straight to the ct mark chain.
     let other = PacketCtx::new(UDP, sa("10.77.0.200:40000"), sa("8.8.8.8:53")).with_iif("lan0");
     let r = evaluate(&rs, Hook::Prerouting, &other);
-    assert_eq!(marks(&r), (0x0200_0000, 0x0200_0000), "{:#?}", r.steps);
-    assert!(r.steps.iter().any(|s| s.chain.ends_with("ctmark_2000000")));
+    assert_eq!(marks(&r), (0x3400_0000, 0x3400_0000), "{:#?}", r.steps);
+    assert!(r.steps.iter().any(|s| s.chain.ends_with("ctmark_34000000")));
     // The failover list, isp1 up: isp1's route mark.
     let local = PacketCtx::new(TCP, sa("198.51.100.2:40000"), sa("8.8.8.8:25"));
     assert_eq!(
         marks(&evaluate(&rs, Hook::Output, &local)),
-        (0x0200_0000, 0x0200_0000)
+        (0x3400_0000, 0x3400_0000)
     );
 }
 
@@ -648,7 +649,7 @@ fn ir_serializes() {
     assert_eq!(v["chains"][0]["family"], "inet");
     let syn = PacketCtx::new(TCP, sa("192.0.2.10:40000"), sa("203.0.113.2:25")).with_iif("up1");
     let r = serde_json::to_value(evaluate(&rs, Hook::Prerouting, &syn)).unwrap();
-    assert_eq!(r["ctx_after"]["ct"]["mark"], "0x01000000");
+    assert_eq!(r["ctx_after"]["ct"]["mark"], "0x33000000");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -884,4 +885,54 @@ fn structurally_mutated_json_never_panics() {
         });
         assert!(r.is_ok(), "case {case} panicked on {v}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Protocols: nft and iptables print them by `/etc/protocols` name; both readers go through
+// core's one table, so the same rule reads the same from either.
+
+/// `{mark → the rule's matches}` of every rule in the ruleset, as the IR prints them.
+fn matches_by_mark(rs: &Ruleset) -> BTreeMap<u32, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for rule in rs.chains.iter().flat_map(|c| &c.rules) {
+        let mark = rule.stmts.iter().find_map(|s| match s {
+            Stmt::SetMark { value, .. } => Some(value.or_bits | value.xor_bits),
+            _ => None,
+        });
+        let ms: Vec<String> = rule.matches.iter().map(ToString::to_string).collect();
+        out.insert(mark.expect("every rule here sets a mark"), ms);
+    }
+    out
+}
+
+#[test]
+fn protocols_read_alike_from_nft_json_and_iptables_save() {
+    // Printed by nft 1.0.6 and iptables-save 1.8.9 for the same rules.
+    let json: serde_json::Value = serde_json::from_str(r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "t", "handle": 1}}, {"chain": {"family": "inet", "table": "t", "name": "pre", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}, {"rule": {"family": "inet", "table": "t", "chain": "pre", "handle": 2, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "dccp"}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}]}}, {"rule": {"family": "inet", "table": "t", "chain": "pre", "handle": 3, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "udplite", "field": "dport"}}, "right": 5}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 2}}]}}, {"rule": {"family": "inet", "table": "t", "chain": "pre", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "dccp", "field": "sport"}}, "right": 7}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 3}}]}}, {"rule": {"family": "inet", "table": "t", "chain": "pre", "handle": 5, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": 200}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 4}}]}}]}"#).expect("json");
+    let nft = from_nft_json(&json).expect("nft json parses");
+    let ipt = v4(&mangle(
+        "-A PREROUTING -p dccp -m dccp --sport 7 -j MARK --set-xmark 0x3/0xffffffff\n\
+         -A PREROUTING -p udplite -m multiport --dports 5 -j MARK --set-xmark 0x2/0xffffffff\n\
+         -A PREROUTING -p 200 -j MARK --set-xmark 0x4/0xffffffff\n\
+         -A PREROUTING -p dccp -j MARK --set-xmark 0x1/0xffffffff\n",
+        "",
+    ));
+    let (nft, ipt) = (matches_by_mark(&nft), matches_by_mark(&ipt));
+    assert_eq!(nft, ipt);
+    assert_eq!(nft[&1], ["meta l4proto dccp"]);
+    assert_eq!(nft[&4], ["meta l4proto 200"]);
+    assert!(
+        nft[&2].contains(&"meta l4proto udplite".to_string()),
+        "{nft:?}"
+    );
+
+    // And the evaluator gives DCCP and UDP-Lite packets their ports.
+    let rs = from_nft_json(&json).expect("nft json parses");
+    let dccp = PacketCtx::new(33, sa("192.0.2.1:7"), sa("192.0.2.2:9"));
+    assert_eq!(evaluate(&rs, Hook::Prerouting, &dccp).ctx_after.mark, 0x3);
+    let udplite = PacketCtx::new(136, sa("192.0.2.1:1"), sa("192.0.2.2:5"));
+    assert_eq!(
+        evaluate(&rs, Hook::Prerouting, &udplite).ctx_after.mark,
+        0x2
+    );
 }

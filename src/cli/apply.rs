@@ -8,7 +8,7 @@ use std::time::Duration;
 use symroute::kernel;
 use symroute::kernel::apply::{ApplyOptions, Faults, Step};
 
-use super::args::{ConfigArg, NetnsArg};
+use super::args::Scope;
 use super::{confirm, daemon, output};
 
 /// Make the kernel match the config. Idempotent; rolls back if any step fails.
@@ -18,9 +18,7 @@ use super::{confirm, daemon, output};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    config: ConfigArg,
-    #[command(flatten)]
-    netns: NetnsArg,
+    scope: Scope,
     /// Test only: fail right after STEP, so the rollback runs
     #[arg(long, value_name = "STEP", hide = true)]
     inject_failure: Option<StepArg>,
@@ -73,15 +71,13 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     if let Some(secs) = args.confirm {
         // The deadline counts from now, on the boot clock (see kernel::clock).
         let deadline = kernel::clock::BootTime::now().after(Duration::from_secs(secs));
-        let m = args.config.load()?;
-        args.netns.enter()?;
-        if let Some(code) = daemon::apply(out, &args.config, Some(secs))? {
+        let m = args.scope.load_and_enter()?;
+        if let Some(code) = daemon::apply(out, &args.scope.config, Some(secs))? {
             return Ok(code);
         }
-        return confirm::apply(out, &m, args.netns.netns.as_deref(), secs, deadline);
+        return confirm::apply(out, &m, args.scope.netns.netns.as_deref(), secs, deadline);
     }
-    let m = args.config.load()?;
-    args.netns.enter()?;
+    let m = args.scope.load_and_enter()?;
     let faults = Faults {
         fail_after: args.inject_failure.map(Step::from),
         abort_after: args.abort_after.map(Step::from),
@@ -89,7 +85,7 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     };
     // Injected faults are for this process's own apply, never the daemon's.
     if faults.fail_after.is_none() && faults.abort_after.is_none() {
-        if let Some(code) = daemon::apply(out, &args.config, None)? {
+        if let Some(code) = daemon::apply(out, &args.scope.config, None)? {
             return Ok(code);
         }
     }

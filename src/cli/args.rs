@@ -68,6 +68,25 @@ impl NetnsArg {
     }
 }
 
+// What plan, apply, run and status act on: a config file, in a network namespace.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Scope {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub netns: NetnsArg,
+}
+
+impl Scope {
+    /// The config, read where the command started (a relative path means from there),
+    /// then the namespace entered.
+    pub fn load_and_enter(&self) -> anyhow::Result<Model> {
+        let m = self.config.load()?;
+        self.netns.enter()?;
+        Ok(m)
+    }
+}
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct HostArgs {
     /// Read the state from a snapshot directory (see `symroute snapshot`)

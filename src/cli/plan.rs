@@ -5,16 +5,14 @@ use std::process::ExitCode;
 
 use symroute::kernel;
 
-use super::args::{ConfigArg, NetnsArg};
+use super::args::Scope;
 use super::{daemon, output};
 
 /// Show what `apply` would change on this host (nothing is changed).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    config: ConfigArg,
-    #[command(flatten)]
-    netns: NetnsArg,
+    scope: Scope,
     /// Print the plan and changes as JSON
     #[arg(long)]
     json: bool,
@@ -24,8 +22,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    let m = args.config.load()?;
-    args.netns.enter()?;
+    let m = args.scope.load_and_enter()?;
     // With a daemon here, gateways its health checks hold down are down.
     let health_down = daemon::status().map(|l| l.health_down).unwrap_or_default();
     let (_, plan, changes) = kernel::apply::prepare(&m, &health_down)?;

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use super::args::{ConfigArg, NetnsArg};
+use super::args::Scope;
 
 /// Keep the policy applied: apply, then re-apply whenever the kernel changes.
 ///
@@ -28,9 +28,7 @@ use super::args::{ConfigArg, NetnsArg};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    config: ConfigArg,
-    #[command(flatten)]
-    netns: NetnsArg,
+    scope: Scope,
     /// On SIGTERM/SIGINT, remove everything symroute made before exiting
     #[arg(long)]
     remove_on_exit: bool,
@@ -49,14 +47,14 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     symroute::daemon::log::init(args.log_level);
     // Absolute: `status` reads it from wherever it runs.
-    let path = std::path::absolute(args.config.path())?;
-    let model = args.config.load_trusted()?;
+    let path = std::path::absolute(args.scope.config.path())?;
+    let model = args.scope.config.load_trusted()?;
     // Before any thread exists: threads and children inherit the namespace.
-    args.netns.enter()?;
+    args.scope.netns.enter()?;
     symroute::daemon::run(symroute::daemon::Options {
         config: path,
         model,
-        netns: args.netns.netns,
+        netns: args.scope.netns.netns,
         remove_on_exit: args.remove_on_exit,
     })?;
     Ok(ExitCode::SUCCESS)

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use symroute::kernel;
 
-use super::args::{ConfigArg, NetnsArg};
+use super::args::Scope;
 use super::daemon;
 
 /// Gateways, policy counters and live connections per gateway; with a running
@@ -16,9 +16,7 @@ use super::daemon;
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
-    config: ConfigArg,
-    #[command(flatten)]
-    netns: NetnsArg,
+    scope: Scope,
     /// Print as JSON (daemon.pid/.config/.started, gateways[].name/.state/.since/.loss/
     /// .rtt_ms/.connections, policies[].name/.gateways[]/.packets/.bytes)
     #[arg(long)]
@@ -26,12 +24,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
-    args.netns.enter()?;
+    args.scope.netns.enter()?;
     let live = daemon::status();
     // Without -c, the config the daemon runs.
-    let m = match (&args.config.config, &live) {
+    let m = match (&args.scope.config.config, &live) {
         (None, Some(l)) => symroute::config_file::load(std::path::Path::new(&l.daemon.config))?,
-        _ => args.config.load()?,
+        _ => args.scope.config.load()?,
     };
     let st = kernel::status::status(&m, live.as_ref())?;
     if args.json {

@@ -6,8 +6,8 @@
 //! Cases: the three example configs (each in a namespace holding the interfaces it
 //! names), and a generated config with 10,000 selector items over 64 gateways. For each:
 //! "first apply" (10 runs, `symroute remove` untimed between them) and "no-op re-apply"
-//! (10 runs against an already applied namespace: `kernel::noop` proves them no-ops
-//! without parsing, listing nftables or planning). Then the phases of the 10k config
+//! (10 runs against an already applied namespace: `kernel::noop`, inside apply, proves
+//! them no-ops without listing nftables, checking conflicts or diffing). Then the phases of the 10k config
 //! in-process (`config::parse_str`, `plan::build`, `plan::diff::diff`, plus `observe`,
 //! the kernel read every full apply starts with, and what the no-op proof reads), and
 //! the peak RSS of one 10k apply.
@@ -414,7 +414,7 @@ fn phases(ns: &Netns, text: String) -> anyhow::Result<()> {
         let mut proved = 0;
         for _ in 0..N {
             let t = Instant::now();
-            let p = symroute::kernel::noop::proven(text.as_bytes(), Duration::from_secs(5))?;
+            let p = symroute::kernel::noop::proven(&model, &Default::default())?;
             t_proof.push(t.elapsed());
             proved += usize::from(p.is_some());
         }
@@ -520,12 +520,10 @@ fn peak_rss(ns: &Netns, cfg: &ConfigFile) -> anyhow::Result<()> {
         if !r.ok {
             anyhow::bail!("apply failed: {}", r.stderr);
         }
-        // SAFETY: getrusage fills the struct we pass.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+        let ru = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
         println!(
             "peak RSS {} kB (getrusage RUSAGE_CHILDREN maxrss: the largest child this bench ever reaped, an upper bound)",
-            ru.ru_maxrss
+            ru.max_rss()
         );
     }
     // symroute alone, without children: the plan for `symroute check` is built in-process

@@ -739,10 +739,11 @@ fn planned_three_reply_gateways_and_a_route() -> RoutingState {
     st
 }
 
-/// An undecided forwarded packet (and the source check of one) walks only the skip rules
-/// before main: the route decisions' skip (`fwmark 0/LOWEST_BIT`) matches an unmarked
-/// packet too, so in front of the undecided packets' skips it sent them through main
-/// without its default, every route rule and every `from` rule first.
+/// An undecided forwarded packet (and the source check of one) walks at most the skip
+/// rule of ours before main (`alloc`'s slots: Skip before Divert/RouteSkip, Reply,
+/// MainWithoutDefault and Route): a route decisions' skip (`fwmark 0/LOWEST_BIT`)
+/// matches an unmarked packet too, so one in front of it would send such packets through
+/// main without its default and every route rule first.
 #[test]
 fn undecided_packets_skip_every_rule_of_ours_before_main() {
     let st = planned_three_reply_gateways_and_a_route();

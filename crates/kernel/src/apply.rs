@@ -91,9 +91,9 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelEr
     // Injected faults test the full path; they neither take nor leave a proof.
     let provable = opts.faults.fail_after.is_none() && opts.faults.abort_after.is_none();
     if provable {
-        if let Some(host) = noop::proven(model, &opts.health_down)? {
+        if let Some(plan) = noop::proven(model, &opts.health_down)? {
             return Ok(ApplyReport {
-                plan: plan::build(model, &host),
+                plan,
                 changes: Changes::default(),
             });
         }
@@ -101,7 +101,7 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelEr
     let result = converge(model, opts);
     // A failed record only costs the next apply its shortcut; a failed apply leaves none.
     let _ = match &result {
-        Ok(_) if provable => noop::remember(model, &opts.health_down),
+        Ok(report) if provable => noop::remember(&report.plan),
         _ => noop::forget(),
     };
     result

@@ -414,9 +414,9 @@ fn phases(ns: &Netns, text: String) -> anyhow::Result<()> {
         let mut proved = 0;
         for _ in 0..N {
             let t = Instant::now();
-            let p = symroute::kernel::noop::proven(&model, &Default::default())?;
+            let p = symroute::kernel::noop::prove(&model, &Default::default())?;
             t_proof.push(t.elapsed());
-            proved += usize::from(p.is_some());
+            proved += usize::from(p.is_some_and(|p| p.proved));
         }
         let mut t_netlink = Vec::new();
         let mut t_gen = Vec::new();
@@ -451,7 +451,7 @@ fn phases(ns: &Netns, text: String) -> anyhow::Result<()> {
         out.push(format!(
             "a no-op apply runs only this (here {proved}/{N} proved: this bench is not the binary that recorded it):"
         ));
-        out.push(row("kernel::noop::proven (I/O)", &t_proof));
+        out.push(row("kernel::noop::prove (I/O)", &t_proof));
         out.push(row("  of which observe_netlink", &t_netlink));
         out.push(row("  of which nft_rules::generation", &t_gen));
         out.push(format!(

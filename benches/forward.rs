@@ -561,6 +561,19 @@ fn router(gen: &Netns, dev: &'static str, tag: &str, mac: Option<&str>) -> anyho
     ns.ip(&format!(
         "neigh replace 198.18.0.2 lladdr {sink_mac} dev out0 nud permanent"
     ))?;
+    // The same for the gateways' next hops (10.i.0.1 on p{i}): in method B the egress
+    // drop on gw{i} also drops the ARP requests, so without this every packet a route_via
+    // decision sends there would wait on an unresolved neighbour (queued, then dropped),
+    // a cost a router with live gateways never pays and the floor (via the sink) never
+    // shows.
+    let gw_macs = (0..BIG_GATEWAYS).map(|i| format!("02:67:77:00:00:{i:02x}"));
+    let (mut peer_macs, mut neighbours) = (String::new(), String::new());
+    for (i, mac) in gw_macs.enumerate() {
+        peer_macs += &format!("link set p{i} address {mac}\n");
+        neighbours += &format!("neigh replace 10.{i}.0.1 lladdr {mac} dev gw{i} nud permanent\n");
+    }
+    ip_batch(&gwpeer, &peer_macs)?;
+    ip_batch(&ns, &neighbours)?;
     ns.ip("route add default via 198.18.0.2 dev out0")?;
     let back: String = source_prefixes()
         .iter()

@@ -12,7 +12,7 @@ use super::netlink::{Netlink, Request};
 use super::{cmd, noop, observe, rundir, state, KernelError};
 use symroute_core::model::{Family, Model};
 use symroute_core::plan::diff::{self, Changes, Observed, SysctlChange};
-use symroute_core::plan::{self, nft, Plan, RouteSpec, RuleSpec};
+use symroute_core::plan::{self, nft, HostView, Plan, RouteSpec, RuleSpec};
 
 /// A step of `execute`, for test-only fault injection (`--inject-failure`, `--abort-after`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,15 +90,22 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelEr
     };
     // Injected faults test the full path; they neither take nor leave a proof.
     let provable = opts.faults.fail_after.is_none() && opts.faults.abort_after.is_none();
-    if provable {
-        if let Some(plan) = noop::proven(model, &opts.health_down)? {
+    let proof = if provable {
+        noop::prove(model, &opts.health_down)?
+    } else {
+        None
+    };
+    let planned = match proof {
+        Some(p) if p.proved => {
             return Ok(ApplyReport {
-                plan,
+                plan: p.plan,
                 changes: Changes::default(),
-            });
+            })
         }
-    }
-    let result = converge(model, opts);
+        Some(p) => Some((p.host, p.plan)),
+        None => None,
+    };
+    let result = converge(model, opts, planned);
     // A failed record only costs the next apply its shortcut; a failed apply leaves none.
     let _ = match &result {
         Ok(report) if provable => noop::remember(&report.plan),
@@ -107,9 +114,14 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelEr
     result
 }
 
-/// The full path of `apply` (the caller holds the lock).
-fn converge(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelError> {
-    let (observed, plan, mut changes) = prepare(model, &opts.health_down)?;
+/// The full path of `apply` (the caller holds the lock), with the plan a failed proof
+/// built and the host view it was built from.
+fn converge(
+    model: &Model,
+    opts: &ApplyOptions,
+    planned: Option<(HostView, Plan)>,
+) -> Result<ApplyReport, KernelError> {
+    let (observed, plan, mut changes) = prepare_with(model, &opts.health_down, planned)?;
     if changes.is_empty() {
         return Ok(ApplyReport { plan, changes });
     }
@@ -218,9 +230,22 @@ pub fn prepare(
     model: &Model,
     health_down: &BTreeMap<String, String>,
 ) -> Result<(Observed, Plan, Changes), KernelError> {
+    prepare_with(model, health_down, None)
+}
+
+/// `prepare`, taking `planned`'s plan instead of planning again when the host view it
+/// was built from is the one observed now (planning is pure).
+fn prepare_with(
+    model: &Model,
+    health_down: &BTreeMap<String, String>,
+    planned: Option<(HostView, Plan)>,
+) -> Result<(Observed, Plan, Changes), KernelError> {
     let mut observed = observe::observe()?;
     observed.host.health_down = health_down.clone();
-    let plan = plan::build(model, &observed.host);
+    let plan = match planned {
+        Some((host, plan)) if host == observed.host => plan,
+        _ => plan::build(model, &observed.host),
+    };
     let conflicts = diff::conflicts(&plan, &observed);
     if !conflicts.is_empty() {
         return Err(KernelError::Conflicts(conflicts));

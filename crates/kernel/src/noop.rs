@@ -31,7 +31,7 @@ use std::os::unix::fs::MetadataExt;
 use super::{nft_rules, observe, rundir, state, KernelError};
 use symroute_core::model::Model;
 use symroute_core::plan::diff::Observed;
-use symroute_core::plan::{self, nft, Plan};
+use symroute_core::plan::{self, nft, HostView, Plan};
 
 fn path() -> Result<std::path::PathBuf, KernelError> {
     rundir::netns_file("noop")
@@ -58,7 +58,14 @@ fn digest(plan: &Plan, observed: &Observed) -> Result<String, KernelError> {
     text += "\n";
     text += &serde_json::to_string(&st).expect("state serializes");
     text += "\n";
-    text += &serde_json::to_string(plan).expect("a plan serializes");
+    // The table's text is in the digest through its fingerprint (the plan's
+    // `nft_fingerprint`, which the full path trusts as much): escaping and hashing all of
+    // it again would cost a 10,000-selector no-op about 2 ms.
+    let plan = Plan {
+        nft: String::new(),
+        ..plan.clone()
+    };
+    text += &serde_json::to_string(&plan).expect("a plan serializes");
     Ok(nft::fingerprint(&text))
 }
 
@@ -69,13 +76,22 @@ fn legacy_tables() -> bool {
         .any(|p| std::fs::read_to_string(p).is_ok_and(|s| !s.trim().is_empty()))
 }
 
-/// If an apply of `model` (with the gateways health checks hold down) is proved a no-op
-/// here, its plan (built from the host view the proof read). The caller holds the
-/// namespace's lock.
-pub fn proven(
+/// What the proof of an apply found: the plan it built from the host view it read, and
+/// whether the kernel is proved to hold it. A full apply reuses the plan when it reads
+/// the same host view.
+pub struct Proof {
+    pub host: HostView,
+    pub plan: Plan,
+    pub proved: bool,
+}
+
+/// Try to prove an apply of `model` (with the gateways health checks hold down) a no-op
+/// here; `None` when there is no record to compare with, or an iptables-legacy table.
+/// The caller holds the namespace's lock.
+pub fn prove(
     model: &Model,
     health_down: &BTreeMap<String, String>,
-) -> Result<Option<Plan>, KernelError> {
+) -> Result<Option<Proof>, KernelError> {
     let Some(recorded) = rundir::read(&path()?)? else {
         return Ok(None);
     };
@@ -86,7 +102,8 @@ pub fn proven(
     let mut host = observed.host.clone();
     host.health_down = health_down.clone();
     let plan = plan::build(model, &host);
-    Ok((digest(&plan, &observed)? == recorded.trim()).then_some(plan))
+    let proved = digest(&plan, &observed)? == recorded.trim();
+    Ok(Some(Proof { host, plan, proved }))
 }
 
 /// Record that the kernel now matches `plan`. Call it with the lock held, right after

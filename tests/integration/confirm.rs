@@ -1,7 +1,7 @@
 //! `symroute apply --confirm SECS` / `symroute confirm` on the two-ISP firewall lab: an
 //! unconfirmed change is rolled back by the detached guard at its deadline (the kernel
 //! is exactly as before), a confirmed one stays and works, and a second `apply --confirm`
-//! while one is pending is refused. Sessions killed (SIGHUP, then SIGKILL to their whole
+//! (or a plain `apply`, which the rollback would undo) while one is pending is refused. Sessions killed (SIGHUP, then SIGKILL to their whole
 //! process group) at random moments all end restored by the deadline + 1 s; a pending
 //! change whose guard is gone never blocks the next one; absurd deadlines exit 2.
 //!
@@ -174,8 +174,18 @@ fn second_confirm_apply_is_refused_while_pending() {
         "the refusal should say why and what to do:\n{}",
         r.show()
     );
+    // A plain apply is refused too: the pending rollback would silently undo it.
+    let r = symroute_in(fw, "apply", Some(CONFIG), &[]);
+    assert_eq!(r.code, 1, "plain apply while pending:\n{}", r.show());
+    assert!(
+        r.stderr.contains("would undo this apply") && r.stderr.contains("symroute confirm"),
+        "the refusal should say why and what to do:\n{}",
+        r.show()
+    );
     let r = symroute_in(fw, "confirm", None, &[]);
     assert_eq!(r.code, 0, "confirm:\n{}", r.show());
+    let r = symroute_in(fw, "apply", Some(CONFIG), &[]);
+    assert_eq!(r.code, 0, "plain apply once confirmed:\n{}", r.show());
     // Once confirmed, the same config is a no-op: its guard exits at once.
     let r = apply_confirm(fw, "30");
     assert_eq!(

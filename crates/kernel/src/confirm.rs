@@ -171,6 +171,26 @@ pub fn begin(deadline: BootTime) -> Result<Session, KernelError> {
     })
 }
 
+/// With the namespace lock held, for an apply that is not itself `--confirm`: refused
+/// while a guarded `apply --confirm` is pending, since its rollback at the deadline would
+/// silently undo this apply too. (A pending change whose guard is gone has nobody to roll
+/// it back: the next `apply --confirm` settles it.)
+pub fn refuse_while_guarded() -> Result<(), KernelError> {
+    let Some(p) = load()? else {
+        return Ok(());
+    };
+    if !guarded()? {
+        return Ok(());
+    }
+    Err(KernelError::Other(format!(
+        "an `apply --confirm` is pending in this namespace (guard pid {}, rolled back in {} s \
+         unless confirmed), and its rollback would undo this apply too: run `symroute \
+         confirm` first to keep it, or wait for the rollback, then apply again",
+        p.guard_pid,
+        p.deadline.remaining().as_secs()
+    )))
+}
+
 /// With the namespace lock held: an earlier pending change is refused while guarded,
 /// else rolled back (or cleared when it cannot be).
 fn settle_earlier() -> Result<Earlier, KernelError> {

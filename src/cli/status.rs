@@ -67,6 +67,21 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
             }
         )?;
     }
+    if let Some(p) = &st.confirm.pending {
+        writeln!(
+            out,
+            "pending: `apply --confirm` (guard pid {}); rolled back at {} unless `symroute confirm`",
+            p.guard_pid, p.deadline
+        )?;
+    }
+    if let Some(l) = &st.confirm.last {
+        writeln!(
+            out,
+            "last `apply --confirm`: {} ({})",
+            l.ended.describe(),
+            l.at
+        )?;
+    }
     if let Some(p) = live.as_ref().and_then(|l| l.pending_confirm.as_ref()) {
         writeln!(
             out,

@@ -351,7 +351,7 @@ impl Daemon {
                             deadline: BootTime::now().after(Duration::from_secs(secs)),
                             previous,
                         };
-                        pending::save(&path, &p);
+                        pending::save(&path, &self.model, &p);
                         self.pending = Some(p);
                     }
                     Some(_) => lines.push("nothing to confirm: nothing changed".into()),

@@ -492,6 +492,49 @@ fn a_pending_confirm_survives_a_daemon_restart() {
     assert!(st["daemon"]["pending_confirm"].is_null(), "{st:#}");
 }
 
+/// The usual edit is in place: the file the daemon runs is changed, then applied with
+/// --confirm. A restarted daemon must go back to the config it ran before, not to what
+/// that file says now (the unconfirmed change).
+#[test]
+fn a_pending_confirm_of_an_in_place_edit_goes_back_after_a_restart() {
+    const SECS: u64 = 3;
+    let lab = lab();
+    let mut d1 = Daemon::start(&lab.fw, CONFIG);
+    // The daemon runs a file of the admin's (the harness remakes its own directory when
+    // the next daemon starts).
+    let dir = support::TempDir::new("in-place");
+    let path = dir.0.join("symroute.toml");
+    std::fs::write(&path, CONFIG).expect("write config");
+    with_config(&["apply"], &path, &lab.fw).ok();
+    assert!(ip_rules(&lab.fw).contains("lookup 42122"));
+    let without_isp2 = CONFIG
+        .split("# The same for ISP2")
+        .next()
+        .expect("example has the isp2 policy");
+    std::fs::write(&path, without_isp2).expect("edit the config in place");
+    let t0 = Instant::now();
+    with_config(&["apply", "--confirm", &SECS.to_string()], &path, &lab.fw).ok();
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"));
+    d1.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = d1.child.wait();
+    let d2 = Daemon::start(&lab.fw, CONFIG);
+    d2.wait_log(
+        "resuming a previous daemon's pending `apply --confirm`",
+        LIMIT,
+    );
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"));
+    while !ip_rules(&lab.fw).contains("lookup 42122") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(SECS) + LIMIT,
+            "not back to the config the first daemon ran:\n{}",
+            d2.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("back to the pre-edit config after {:?}", t0.elapsed());
+    d2.wait_log("was not confirmed in time", LIMIT);
+}
+
 #[test]
 fn reload_keeps_a_gateway_down_by_its_checks_down() {
     let lab = lab();

@@ -363,10 +363,7 @@ fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
     let lab = lab();
     let d = Daemon::start(&lab.fw, CONFIG);
     assert!(ip_rules(&lab.fw).contains("lookup 42122"));
-    let without_isp2 = CONFIG
-        .split("# The same for ISP2")
-        .next()
-        .expect("example has the isp2 policy");
+    let without_isp2 = without_isp2();
     let path = d.file("new.toml", without_isp2);
 
     // Not confirmed: back to the previous config at the deadline.
@@ -433,10 +430,7 @@ fn a_pending_confirm_survives_a_daemon_restart() {
     }
     let _gone = Gone(dir.clone());
     let path = dir.join("new.toml");
-    let without_isp2 = CONFIG
-        .split("# The same for ISP2")
-        .next()
-        .expect("example has the isp2 policy");
+    let without_isp2 = without_isp2();
     std::fs::write(&path, without_isp2).expect("write new config");
 
     // Applied through the daemon, then the daemon dies (SIGKILL) and is started again.
@@ -507,10 +501,7 @@ fn a_pending_confirm_of_an_in_place_edit_goes_back_after_a_restart() {
     std::fs::write(&path, CONFIG).expect("write config");
     with_config(&["apply"], &path, &lab.fw).ok();
     assert!(ip_rules(&lab.fw).contains("lookup 42122"));
-    let without_isp2 = CONFIG
-        .split("# The same for ISP2")
-        .next()
-        .expect("example has the isp2 policy");
+    let without_isp2 = without_isp2();
     std::fs::write(&path, without_isp2).expect("edit the config in place");
     let t0 = Instant::now();
     with_config(&["apply", "--confirm", &SECS.to_string()], &path, &lab.fw).ok();
@@ -563,4 +554,12 @@ fn reload_keeps_a_gateway_down_by_its_checks_down() {
         d.log()
     );
     assert!(!d.log().contains("gateway isp1 is up"), "{}", d.log());
+}
+
+/// The example config without its ISP2 policy (so table 42122 is no longer looked up).
+fn without_isp2() -> &'static str {
+    CONFIG
+        .split("# The same for ISP2")
+        .next()
+        .expect("example has the isp2 policy")
 }

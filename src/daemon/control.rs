@@ -29,6 +29,7 @@ use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::event::Event;
 use super::gateways::{rfc3339, unix, LiveGateway};
+use super::log::notice;
 use super::pending::{self, PendingConfirm};
 use super::serve;
 use super::{Daemon, DaemonError};
@@ -449,7 +450,7 @@ impl Daemon {
             Ok(m) => m,
             Err(e) => return Response::failed(2, e.to_string()),
         };
-        info!("`symroute apply`: switching to {}", path.display());
+        notice!("`symroute apply`: switching to {}", path.display());
         self.systemd.reloading();
         let previous = (self.config.clone(), self.model.clone());
         let resp = match self.switch_to(path.clone(), model) {
@@ -494,7 +495,7 @@ impl Daemon {
         match self.pending.take() {
             Some(_) => {
                 pending::forget();
-                info!("`symroute confirm`: keeping {}", self.config.display());
+                notice!("`symroute confirm`: keeping {}", self.config.display());
                 Response::done(vec![format!(
                     "confirmed: keeping {}",
                     self.config.display()

@@ -44,6 +44,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
+use log::notice;
+
 use crate::kernel::apply::{self, ApplyReport};
 use crate::kernel::rundir;
 use crate::kernel::KernelError;
@@ -135,6 +137,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         backoff: Backoff::new(RETRY_FIRST, RETRY_MAX),
         retry_at: None,
         gateways: BTreeMap::new(),
+        routes: BTreeMap::new(),
         status: String::new(),
         last_conflicts: Vec::new(),
         reload_failed: false,
@@ -209,6 +212,9 @@ struct Daemon {
     retry_at: Option<Instant>,
     /// Each gateway's state at the last successful reconcile, to log what changed.
     gateways: BTreeMap<String, GatewayState>,
+    /// The gateways each `route_via` policy of several sends new connections to, as of the
+    /// last successful reconcile, to log failovers.
+    routes: BTreeMap<String, Vec<String>>,
     /// The STATUS= line without the reload note.
     status: String,
     /// The conflicts last logged, so a storm of events doesn't repeat them.
@@ -313,6 +319,7 @@ impl Daemon {
         let report = report?;
         let took = started.elapsed().as_millis();
         self.log_gateways(&report.plan, matches!(why, Why::Start));
+        self.log_failovers(&report.plan);
         // Gateways seen up before and down now (not those found down at startup).
         let went_down: Vec<_> = self
             .gateways_observed(&report.plan)
@@ -331,9 +338,9 @@ impl Daemon {
             }
         } else {
             for l in &lines {
-                info!("applied: {}", one_line(l));
+                notice!("applied: {}", one_line(l));
             }
-            info!(
+            notice!(
                 "reconciled {reason}: {} change(s) applied in {took} ms",
                 lines.len()
             );
@@ -445,7 +452,7 @@ impl Daemon {
             }
             Err(e) => {
                 for line in e.to_string().lines() {
-                    error!("reload failed, keeping the previous config: {line}");
+                    warn!("reload failed, keeping the previous config: {line}");
                 }
                 self.reload_failed = true;
             }
@@ -489,9 +496,9 @@ impl Daemon {
         self.systemd.stopping("removing the policy");
         let changes = apply::remove()?;
         for l in changes.summary() {
-            info!("removed: {}", one_line(&l));
+            notice!("removed: {}", one_line(&l));
         }
-        info!("removed {} object(s); exiting", changes.summary().len());
+        notice!("removed {} object(s); exiting", changes.summary().len());
         Ok(())
     }
 
@@ -535,7 +542,7 @@ impl Daemon {
             warn!("gateway {gateway} down: {}", lost.join(", "));
             self.health_down.insert(gateway.to_string(), why);
         } else if !all_down && was_down {
-            info!(
+            notice!(
                 "gateway {gateway} answers its health checks again ({} good probes in a row)",
                 check.up
             );
@@ -570,7 +577,9 @@ impl Daemon {
             let before = self.gateways.get(&g.name);
             if before != Some(&g.state) && !(start && g.state == GatewayState::Up) {
                 match &g.state {
-                    GatewayState::Up => info!("gateway {} is up: its routes are installed", g.name),
+                    GatewayState::Up => {
+                        notice!("gateway {} is up: its routes are installed", g.name)
+                    }
                     GatewayState::Partial(why) => warn!(
                         "gateway {} is partly up ({}); the other family's routes are installed",
                         g.name,
@@ -586,6 +595,52 @@ impl Daemon {
             now.insert(g.name.clone(), g.state.clone());
         }
         self.gateways = now;
+    }
+}
+
+impl Daemon {
+    /// Log the `route_via` policies of several gateways whose new connections now go
+    /// elsewhere: away from a gateway that went down (a failover, a warning) or back to
+    /// one that came back (a notice).
+    fn log_failovers(&mut self, plan: &Plan) {
+        let down = |name: &str| {
+            plan.gateways
+                .iter()
+                .any(|g| g.name == name && matches!(g.state, GatewayState::Down(_)))
+        };
+        let mut now = BTreeMap::new();
+        for p in plan.policies.iter().filter(|p| p.gateways.len() > 1) {
+            let active: Vec<String> = p
+                .gateways
+                .iter()
+                .filter(|g| g.active)
+                .map(|g| g.name.clone())
+                .collect();
+            if let Some(before) = self.routes.get(&p.name).filter(|b| **b != active) {
+                let lost: Vec<&str> = before
+                    .iter()
+                    .filter(|g| !active.contains(g) && down(g))
+                    .map(String::as_str)
+                    .collect();
+                if lost.is_empty() {
+                    notice!(
+                        "policy {}: new connections leave via {} again (was {})",
+                        p.name,
+                        active.join(", "),
+                        before.join(", ")
+                    );
+                } else {
+                    warn!(
+                        "failover: policy {}: new connections leave via {} ({} down)",
+                        p.name,
+                        active.join(", "),
+                        lost.join(", ")
+                    );
+                }
+            }
+            now.insert(p.name.clone(), active);
+        }
+        self.routes = now;
     }
 }
 

@@ -204,7 +204,7 @@ enum Cmd {
     /// gateway that is down loses its routes (reply_via falls back to the main table),
     /// `route_via` lists move new connections to the next usable gateway, and the dead
     /// gateway's route_via connections are flushed from conntrack so they re-establish.
-    /// `[settings] metrics = "127.0.0.1:9469"` serves Prometheus metrics.
+    /// `[settings] metrics = "127.0.0.1:19469"` serves Prometheus metrics.
     ///
     /// Try it: `symroute lab failover`.
     Run {

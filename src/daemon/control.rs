@@ -448,13 +448,17 @@ impl Daemon {
         }
         let model = match crate::config_file::load_trusted(&path) {
             Ok(m) => m,
-            Err(e) => return Response::failed(2, e.to_string()),
+            Err(e) => {
+                self.metrics.reloaded(false);
+                return Response::failed(2, e.to_string());
+            }
         };
         notice!("`symroute apply`: switching to {}", path.display());
         self.systemd.reloading();
         let previous = (self.config.clone(), self.model.clone());
         let resp = match self.switch_to(path.clone(), model) {
             Ok(changes) => {
+                self.metrics.reloaded(true);
                 let mut lines = self.down_lines();
                 let changed = !changes.is_empty();
                 lines.extend(summary_lines(changes));
@@ -477,6 +481,7 @@ impl Daemon {
                 Response::done(lines)
             }
             Err(e) => {
+                self.metrics.reloaded(false);
                 warn!(
                     "`symroute apply` of {} failed; going back to {}",
                     path.display(),

@@ -401,6 +401,7 @@ impl Daemon {
                 Err(e.to_string())
             }
             Err(KernelError::Conflicts(conflicts)) => {
+                self.metrics.apply_failed();
                 let texts: Vec<String> = conflicts.iter().map(|c| one_line(&c.0)).collect();
                 if texts != self.last_conflicts {
                     for t in &texts {
@@ -424,6 +425,7 @@ impl Daemon {
                 Err(msg)
             }
             Err(e) => {
+                self.metrics.apply_failed();
                 let delay = self.backoff.failed();
                 error!(
                     "apply failed {}, trying again in {} s: {}",
@@ -448,6 +450,7 @@ impl Daemon {
         info!("SIGHUP: reloading {}", self.config.display());
         match crate::config_file::load_trusted(&self.config) {
             Ok(model) => {
+                self.metrics.reloaded(true);
                 let _ = self.switch_to(self.config.clone(), model);
             }
             Err(e) => {
@@ -455,6 +458,7 @@ impl Daemon {
                     warn!("reload failed, keeping the previous config: {line}");
                 }
                 self.reload_failed = true;
+                self.metrics.reloaded(false);
             }
         }
         self.systemd.ready(&self.status());

@@ -19,6 +19,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft_rules;
 pub mod observe;
+pub mod process;
 pub mod rundir;
 pub mod snapshot;
 pub mod state;

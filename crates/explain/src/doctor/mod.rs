@@ -14,6 +14,7 @@
 
 mod facts;
 mod marks;
+mod networkd;
 mod quoting;
 mod routes;
 
@@ -84,6 +85,7 @@ pub const CODES: &[(&str, &str)] = &[
     ("nexthop-not-connected", "a route's gateway is on none of its device's networks (the kernel refuses it when re-added)"),
     ("nexthop-onlink", "a route's gateway is off the device's networks and forced with `onlink`"),
     ("route-no-gateway", "a default route out of an Ethernet interface has no gateway: every destination is resolved by ARP/ND on that link"),
+    ("networkd-manages-foreign", "systemd-networkd may remove routing policy rules or routes it did not make (ManageForeignRoutingPolicyRules=/ManageForeignRoutes= yes, its default) when it starts or reconfigures"),
 ];
 
 /// Everything doctor finds on `host`, sorted by severity, code, then the quoted rule.
@@ -92,6 +94,7 @@ pub fn doctor(host: &HostState) -> Vec<Finding> {
     let mut out = Vec::new();
     marks::check(&ctx, &mut out);
     routes::check(&ctx, &mut out);
+    networkd::check(host, &mut out);
     debug_assert!(
         out.iter().all(|f| CODES.iter().any(|(c, _)| *c == f.code)),
         "every code is listed in CODES"

@@ -10,18 +10,30 @@
 //!
 //! trafgen sends UDP 192.0.2.R:P -> 198.18.0.2:9 to rtr's MAC, R random (2..254), P
 //! incrementing (1024..65535), so (nearly) every packet is a new conntrack connection.
-//! sink drops them in its ingress hook and counts them with a named nft counter. The rate
-//! is the growth of that counter over a fixed window while trafgen runs flat out on one
-//! CPU (`--cpus 1`; the forwarding softirq runs on the same CPU, so the figure is the
-//! cost of generating + forwarding one new connection). trafgen is run with
+//! rtr receives, classifies and routes each packet, then drops it in its own postrouting
+//! hook (table `inet benchtail`, priority 200) and counts it there: after the routing
+//! decision and every chain of symroute's (its source NAT chain is at 100), before
+//! conntrack confirms the entry. So the conntrack
+//! table never fills: on this kernel `nf_conntrack_max` (262,144) cannot be raised in a
+//! namespace, and a full table makes every new connection evict one first, which then
+//! dominates the cost of every case (and flatters the slow ones, which fill it later).
+//! The rate is the growth of that counter over a fixed window while trafgen runs flat out
+//! on one CPU (`--cpus 1`; the forwarding softirq runs on the same CPU, so the figure is
+//! the cost of generating + receiving + routing one new connection). trafgen is run with
 //! `--no-sock-mem --notouch-irq` so it changes no host-wide setting.
 //!
 //! Cases: (a) rtr has no ruleset (no conntrack at all); (b) the floor: a table holding
 //! only a conntrack-mark restore in prerouting; (c) symroute applied with the generated
 //! 10,000-selector, 64-gateway config; (d) symroute applied with a two-ISP config like
-//! examples/two-isps-firewall.toml on rtr's interfaces. Each case runs 3 times,
-//! interleaved (a b c d, a b c d, ...) so drifting machine load hits all cases alike, with
-//! the conntrack table flushed before every run; the median is reported.
+//! examples/two-isps-firewall.toml on rtr's interfaces; then issue 15's four shapes of
+//! 10,000 selectors over 64 gateways (benches/common/shapes.rs: alternating keys, grouped
+//! keys, secondary conditions everywhere, reversed order) with traffic that hits their
+//! policies, each against a floor run with the same traffic ((b2) for shapes 1, 2 and 4,
+//! (b3) for shape 3, which mixes TCP SYNs with UDP). Each case runs 3 times, interleaved
+//! (a b c d …, a b c d …, ...) so drifting machine load hits all cases alike, with the
+//! conntrack table flushed before every run; the median is reported. The first run of
+//! each symroute case prints which share of the packets each quarter of the policy list
+//! classified (the policies' own nft counters).
 //!
 //! A program that PRINTS figures; it never fails because something is slow.
 
@@ -31,6 +43,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::shapes::{Shape, SHAPES};
 use common::*;
 use symroute::lab::{veth, Netns};
 
@@ -47,11 +60,13 @@ const FLOOR: &str = "table inet floor {
 }
 ";
 
-const SINK_RULES: &str = "table netdev sink {
-\tcounter rx { }
-\tchain in {
-\t\ttype filter hook ingress device \"s0\" priority 0; policy accept;
-\t\tudp dport 9 counter name \"rx\" drop
+/// In rtr, in every case: counts and drops forwarded packets before conntrack confirms
+/// them (no ct expression, so it alone loads no conntrack).
+const TAIL_RULES: &str = "table inet benchtail {
+\tcounter routed { }
+\tchain post {
+\t\ttype filter hook postrouting priority 200; policy accept;
+\t\tmeta l4proto { tcp, udp } counter name \"routed\" drop
 \t}
 }
 ";
@@ -81,44 +96,143 @@ reply_via = "isp2"
 in_interface = "out0"
 "#;
 
+/// What rtr holds during a case.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Case {
+enum Setup {
     Bare,
     Floor,
     Big,
     Small,
+    Shape(Shape),
 }
 
-const CASES: [Case; 4] = [Case::Bare, Case::Floor, Case::Big, Case::Small];
-
-impl Case {
-    fn label(self) -> &'static str {
-        match self {
-            Case::Bare => "(a) no ruleset",
-            Case::Floor => "(b) floor: ct mark restore only",
-            Case::Big => "(c) symroute, 10k selectors / 64 gw",
-            Case::Small => "(d) symroute, two-isps-like",
-        }
-    }
+/// What trafgen sends: `Plain` from 192.0.2.R (one MAC, matching no policy of the
+/// shapes), `Hits` and `Mixed` as benches/common/shapes.rs describes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Traffic {
+    Plain,
+    Hits,
+    Mixed,
 }
+
+const TRAFFICS: [Traffic; 3] = [Traffic::Plain, Traffic::Hits, Traffic::Mixed];
+
+#[derive(Clone, Copy)]
+struct Case {
+    label: &'static str,
+    setup: Setup,
+    traffic: Traffic,
+    /// The case this one is compared with (the floor with the same traffic).
+    floor: usize,
+}
+
+const CASES: [Case; 10] = [
+    Case {
+        label: "(a) no ruleset",
+        setup: Setup::Bare,
+        traffic: Traffic::Plain,
+        floor: 1,
+    },
+    Case {
+        label: "(b) floor: ct mark restore only",
+        setup: Setup::Floor,
+        traffic: Traffic::Plain,
+        floor: 1,
+    },
+    Case {
+        label: "(c) symroute, 10k selectors / 64 gw",
+        setup: Setup::Big,
+        traffic: Traffic::Plain,
+        floor: 1,
+    },
+    Case {
+        label: "(d) symroute, two-isps-like",
+        setup: Setup::Small,
+        traffic: Traffic::Plain,
+        floor: 1,
+    },
+    Case {
+        label: "(b2) floor, traffic of shapes 1 2 4",
+        setup: Setup::Floor,
+        traffic: Traffic::Hits,
+        floor: 4,
+    },
+    Case {
+        label: Shape::Alternating.label(),
+        setup: Setup::Shape(Shape::Alternating),
+        traffic: Traffic::Hits,
+        floor: 4,
+    },
+    Case {
+        label: Shape::Grouped.label(),
+        setup: Setup::Shape(Shape::Grouped),
+        traffic: Traffic::Hits,
+        floor: 4,
+    },
+    Case {
+        label: Shape::Reversed.label(),
+        setup: Setup::Shape(Shape::Reversed),
+        traffic: Traffic::Hits,
+        floor: 4,
+    },
+    Case {
+        label: "(b3) floor, traffic of shape 3",
+        setup: Setup::Floor,
+        traffic: Traffic::Mixed,
+        floor: 8,
+    },
+    Case {
+        label: Shape::Secondary.label(),
+        setup: Setup::Shape(Shape::Secondary),
+        traffic: Traffic::Mixed,
+        floor: 8,
+    },
+];
 
 struct Sample {
+    /// Packets per second of wall time.
+    wall_pps: f64,
+    /// Packets per second of CPU time spent on them: trafgen's own time plus the softirq
+    /// time of the CPU it runs on (where rtr's forwarding runs). Other work on the machine
+    /// takes wall time from a run but not CPU time from this figure, so this is the one
+    /// compared with the floor.
     pps: f64,
     /// Conntrack entries in rtr when the window ended.
     ct_count: u64,
-    /// Packets trafgen sent minus packets sink counted, over the whole run.
+    /// Packets trafgen sent minus packets rtr counted, over the whole run.
     lost: i64,
+    /// Packets trafgen sent over the whole run.
+    sent: u64,
 }
 
 struct Lab {
     gen: Netns,
     rtr: Netns,
-    sink: Netns,
+    // The next hop's namespace (out0 needs its peer up); nothing reaches it.
+    _sink: Netns,
     // Holds the gateways' peers; kept alive for the whole run.
     _gwpeer: Netns,
-    trafgen_cfg: ConfigFile,
+    /// One trafgen config per `TRAFFICS` entry.
+    trafgen_cfg: Vec<ConfigFile>,
     big: ConfigFile,
     small: ConfigFile,
+    /// One config per `SHAPES` entry.
+    shapes: Vec<ConfigFile>,
+}
+
+impl Lab {
+    fn config(&self, setup: Setup) -> Option<&ConfigFile> {
+        match setup {
+            Setup::Bare | Setup::Floor => None,
+            Setup::Big => Some(&self.big),
+            Setup::Small => Some(&self.small),
+            Setup::Shape(s) => SHAPES.iter().position(|x| *x == s).map(|i| &self.shapes[i]),
+        }
+    }
+    fn traffic(&self, t: Traffic) -> &ConfigFile {
+        let i = TRAFFICS.iter().position(|x| *x == t).expect("listed");
+        &self.trafgen_cfg[i]
+    }
 }
 
 fn main() {
@@ -129,6 +243,29 @@ fn main() {
     }
 }
 
+/// The cases to run: all, or those whose tag (`a`, `b`, `c`, `d`, `b2`, `1`, `2`, `4`,
+/// `b3`, `3`: the label's parenthesis) is given as an argument (`cargo bench --bench
+/// forward -- 1 3`), each with its floor.
+fn selected() -> Vec<usize> {
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let tag = |c: &Case| c.label[1..].split(')').next().unwrap_or("").to_string();
+    let mut out: Vec<usize> = Vec::new();
+    for (i, c) in CASES.iter().enumerate() {
+        if wanted.is_empty() || wanted.contains(&tag(c)) {
+            for j in [c.floor, i] {
+                if !out.contains(&j) {
+                    out.push(j);
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 fn run() -> anyhow::Result<()> {
     let t_all = Instant::now();
     println!("load average at start: {}", loadavg());
@@ -137,72 +274,96 @@ fn run() -> anyhow::Result<()> {
     // in /run/symroute) before they are deleted, on success and on failure alike.
     let _rm = RemoveOnDrop(&lab.rtr);
 
+    let run_cases = selected();
     let mut samples: Vec<Vec<Sample>> = (0..CASES.len()).map(|_| Vec::new()).collect();
     for rep in 0..REPEATS {
-        for (ci, case) in CASES.iter().enumerate() {
-            configure(&lab, *case, rep == 0)?;
-            let s = measure(&lab)?;
+        for &ci in &run_cases {
+            let case = CASES[ci];
+            configure(&lab, case.setup, (rep == 0).then_some(case.label))?;
+            let s = measure(&lab, case.traffic)?;
             println!(
-                "  run {}: {:<38} {:>10.0} pps   conntrack entries at end {:>7}   lost {}",
+                "  run {}: {:<38} {:>10.0} pps per CPU-second ({:>7.0} per second of wall time)   conntrack entries at end {:>7}   lost {}",
                 rep + 1,
-                case.label(),
+                case.label,
                 s.pps,
+                s.wall_pps,
                 s.ct_count,
                 s.lost
             );
-            if rep == 0 && matches!(case, Case::Big | Case::Small) {
-                println!(
-                    "         symroute's policy counters after this run: {} connection(s) classified (matched a policy)",
-                    classified(&lab.rtr)
-                );
+            if rep == 0 && lab.config(case.setup).is_some() {
+                println!("         {}", classified(&lab.rtr, s.sent));
             }
             samples[ci].push(s);
         }
     }
-    configure(&lab, Case::Bare, false)?;
+    configure(&lab, Setup::Bare, None)?;
 
     let med: Vec<f64> = samples
         .iter()
-        .map(|v| median_f64(&v.iter().map(|s| s.pps).collect::<Vec<_>>()))
+        .map(|v| {
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                median_f64(&v.iter().map(|s| s.pps).collect::<Vec<_>>())
+            }
+        })
         .collect();
-    let floor = med[1];
     println!(
-        "\n== forwarded new connections per second through rtr (median of {REPEATS} runs of {:.0} s) ==",
+        "\n== new connections routed through rtr per CPU-second (median of {REPEATS} runs of {:.0} s) ==",
         WINDOW.as_secs_f64()
     );
     println!(
-        "{:<38} | {:>12} | {:>24} | {:>9} | {:>10}",
-        "case", "median pps", "runs (pps)", "% of (b)", "max ct fill"
+        "{:<38} | {:>12} | {:>24} | {:>13} | {:>10}",
+        "case", "median pps", "runs (pps/CPU-s)", "% of floor", "max ct fill"
     );
-    println!("{}", "-".repeat(38 + 12 + 24 + 9 + 10 + 12));
-    for (ci, case) in CASES.iter().enumerate() {
+    println!("{}", "-".repeat(38 + 12 + 24 + 13 + 10 + 12));
+    for &ci in &run_cases {
+        let case = CASES[ci];
         let runs: Vec<String> = samples[ci]
             .iter()
             .map(|s| format!("{:.0}k", s.pps / 1e3))
             .collect();
         let fill = samples[ci].iter().map(|s| s.ct_count).max().unwrap_or(0);
+        let floor_tag = CASES[case.floor]
+            .label
+            .split(')')
+            .next()
+            .unwrap_or("")
+            .to_string()
+            + ")";
         println!(
-            "{:<38} | {:>12.0} | {:>24} | {:>8.1}% | {:>10}",
-            case.label(),
+            "{:<38} | {:>12.0} | {:>24} | {:>6.1}% {:<5} | {:>10}",
+            case.label,
             med[ci],
             runs.join(" "),
-            100.0 * med[ci] / floor,
+            100.0 * med[ci] / med[case.floor],
+            floor_tag,
             fill
         );
     }
-    let pct = 100.0 * med[2] / floor;
-    println!(
-        "\n(c)/(b) = {pct:.1}%  target ≥ {TARGET_PCT}%: {}",
-        if pct >= TARGET_PCT { "met" } else { "NOT met" }
-    );
-    println!(
-        "(d)/(b) = {:.1}%   (b)/(a) = {:.1}% (the cost of conntrack itself)",
-        100.0 * med[3] / floor,
-        100.0 * floor / med[0]
-    );
+    println!();
+    for &ci in &run_cases {
+        let case = CASES[ci];
+        if lab.config(case.setup).is_none() || case.setup == Setup::Small {
+            continue;
+        }
+        let pct = 100.0 * med[ci] / med[case.floor];
+        println!(
+            "{:<38} {pct:>6.1}% of its floor ({:.0} pps)   target ≥ {TARGET_PCT}%: {}",
+            case.label,
+            med[case.floor],
+            if pct >= TARGET_PCT { "met" } else { "NOT met" }
+        );
+    }
+    if run_cases.contains(&0) {
+        println!(
+            "(b)/(a) = {:.1}% (the cost of conntrack itself)",
+            100.0 * med[1] / med[0]
+        );
+    }
     let max_lost = samples.iter().flatten().map(|s| s.lost).max().unwrap_or(0);
     println!(
-        "packets lost inside rtr (sent - counted at sink, any run): at most {max_lost}{}",
+        "packets lost inside rtr (sent - counted in rtr's postrouting, any run): at most {max_lost}{}",
         if max_lost > 0 {
             ""
         } else {
@@ -234,12 +395,15 @@ fn build() -> anyhow::Result<Lab> {
     sink.ip("addr add 198.18.0.2/24 dev s0")?;
     rtr.sysctl("net.ipv4.ip_forward", "1")?;
     add_big_interfaces(&rtr, &gwpeer)?;
-    sink.nft(SINK_RULES)?;
+    rtr.nft(TAIL_RULES)?;
     // No ARP round trip (or ARP table churn) inside the measurement.
     let sink_mac = mac_of(&sink, "s0")?;
     rtr.ip(&format!(
         "neigh replace 198.18.0.2 lladdr {sink_mac} dev out0 nud permanent"
     ))?;
+    // Shape 3's destinations; symroute's route_via rules come after `lookup main
+    // suppress_prefixlength 0`, so this route takes them to the sink, marked or not.
+    rtr.ip("route add 100.64.0.0/10 via 198.18.0.2 dev out0")?;
 
     // Let conntrack hold every connection of a run, if this kernel allows it in a
     // non-initial namespace (newer kernels cap it at the initial namespace's value).
@@ -261,17 +425,37 @@ fn build() -> anyhow::Result<Lab> {
 
     let rtr_mac = mac_of(&rtr, "in0")?;
     let gen_mac = mac_of(&gen, "g0")?;
-    let trafgen_cfg = ConfigFile::new(
+    let plain = ConfigFile::new(
         "trafgen",
         &format!(
             "{{ eth(da={rtr_mac}, sa={gen_mac}), ipv4(sa=192.0.2.10, sa[3]=drnd(2, 254), da=198.18.0.2, ttl=64), udp(sp=dinc(1024, 65535), dp=9), fill(0x00, 18) }}\n"
         ),
     )?;
+    let hits = ConfigFile::new("trafgen-hits", &Shape::Alternating.trafgen(&rtr_mac))?;
+    let mixed = ConfigFile::new("trafgen-mixed", &Shape::Secondary.trafgen(&rtr_mac))?;
     let big = ConfigFile::new("fwd-big", &big_config())?;
     let small = ConfigFile::new("fwd-small", SMALL)?;
     let (items, _) = checked_items(&big)?;
+    let mut shapes = Vec::new();
+    for shape in SHAPES {
+        let cfg = ConfigFile::new(&format!("fwd-{}", shape.tag()), &shape.config())?;
+        if let Some(dir) = std::env::var_os("FORWARD_DUMP_DIR") {
+            std::fs::write(
+                std::path::Path::new(&dir).join(format!("{}.toml", shape.tag())),
+                shape.config(),
+            )?;
+        }
+        let (n, _) = checked_items(&cfg)?;
+        if n != BIG_ITEMS {
+            anyhow::bail!(
+                "shape {} has {n} selector items, not {BIG_ITEMS}",
+                shape.tag()
+            );
+        }
+        shapes.push(cfg);
+    }
 
-    println!("forward benchmark: gen -> rtr -> sink, trafgen --cpus 1, {:.1} s warm-up + {:.0} s window per run", WARMUP.as_secs_f64(), WINDOW.as_secs_f64());
+    println!("forward benchmark: gen -> rtr (counted and dropped in postrouting, before conntrack confirm), trafgen --cpus 1, {:.1} s warm-up + {:.0} s window per run", WARMUP.as_secs_f64(), WINDOW.as_secs_f64());
     println!(
         "rtr conntrack: nf_conntrack_max = {ct_max} ({}), udp timeout {timeout} s; the table is flushed before every run",
         if raised {
@@ -281,35 +465,66 @@ fn build() -> anyhow::Result<Lab> {
         }
     );
     println!(
-        "generated config: {items} selector items over {BIG_GATEWAYS} gateways; topology built in {:.1} s\n",
+        "generated configs: {items} selector items over {BIG_GATEWAYS} gateways (c), and {BIG_ITEMS} in each of the 4 shapes; topology built in {:.1} s\n",
         t.elapsed().as_secs_f64()
     );
     Ok(Lab {
         gen,
         rtr,
-        sink,
+        _sink: sink,
         _gwpeer: gwpeer,
-        trafgen_cfg,
+        trafgen_cfg: vec![plain, hits, mixed],
         big,
         small,
+        shapes,
     })
 }
 
-/// Sum of the packet counts of every named counter in `inet symroute` (one per policy).
-fn classified(rtr: &Netns) -> String {
+/// What symroute's policy counters (one per policy, named `pN_…`) say about the last
+/// run: how many connections were classified, and which share of the `sent` packets each
+/// quarter of the policy list took.
+fn classified(rtr: &Netns, sent: u64) -> String {
     let Ok(out) = rtr.exec(&["nft", "-j", "list", "counters", "table", "inet", "symroute"]) else {
-        return "?".into();
+        return "policy counters: unreadable".into();
     };
     let Ok(v) = serde_json::from_str::<serde_json::Value>(&out) else {
-        return "?".into();
+        return "policy counters: unreadable".into();
     };
-    let n: u64 = v["nftables"]
-        .as_array()
+    // Counters are named `pN_<policy name>`.
+    let mut by_policy: Vec<(usize, u64)> = symroute::kernel::status::counters_in(&v)
         .into_iter()
-        .flatten()
-        .filter_map(|o| o["counter"]["packets"].as_u64())
-        .sum();
-    n.to_string()
+        .filter_map(|(name, (packets, _))| {
+            let idx = name.strip_prefix('p')?.split('_').next()?.parse().ok()?;
+            Some((idx, packets))
+        })
+        .collect();
+    by_policy.sort();
+    let total: u64 = by_policy.iter().map(|(_, n)| n).sum();
+    let n = by_policy.len().max(1);
+    let pct = |x: u64| 100.0 * x as f64 / sent.max(1) as f64;
+    let mut line = format!(
+        "policy counters: {total} connection(s) classified ({:.0}% of {sent} sent)",
+        pct(total)
+    );
+    if n >= 8 {
+        let quarters: Vec<String> = (0..4)
+            .map(|q| {
+                let (lo, hi) = (q * n / 4, (q + 1) * n / 4);
+                let k: u64 = by_policy
+                    .iter()
+                    .filter(|(i, _)| (lo..hi).contains(i))
+                    .map(|(_, c)| c)
+                    .sum();
+                format!("{}-{}: {:.1}%", lo + 1, hi, pct(k))
+            })
+            .collect();
+        line += &format!(
+            "; by position in the list of {n}: {}; no policy: {:.1}%",
+            quarters.join(", "),
+            pct(sent.saturating_sub(total))
+        );
+    }
+    line
 }
 
 fn loadavg() -> String {
@@ -327,42 +542,44 @@ fn mac_of(ns: &Netns, ifname: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("no MAC for {ifname} in {out}"))
 }
 
-/// Puts rtr's ruleset into the state `case` wants, whatever it held before.
-fn configure(lab: &Lab, case: Case, describe: bool) -> anyhow::Result<()> {
+/// Puts rtr's ruleset into the state `setup` wants, whatever it held before; with a
+/// `describe` label, says what it holds.
+fn configure(lab: &Lab, setup: Setup, describe: Option<&str>) -> anyhow::Result<()> {
     let rtr = &lab.rtr;
     let has_floor = rtr.exec(&["nft", "list", "tables"])?.contains("inet floor");
-    if has_floor && case != Case::Floor {
+    let ours = |t: &&str| *t != "table inet benchtail";
+    if has_floor && setup != Setup::Floor {
         rtr.exec(&["nft", "delete", "table", "inet", "floor"])?;
     }
     let t = Instant::now();
-    let what = match case {
-        Case::Bare | Case::Floor => {
+    let what = match lab.config(setup) {
+        None => {
             remove(rtr)?;
-            if case == Case::Floor && !has_floor {
-                rtr.nft(FLOOR)?;
+            if setup == Setup::Floor && !has_floor {
+                // FORWARD_FLOOR_NFT=FILE: another `table inet floor` to compare with.
+                match std::env::var("FORWARD_FLOOR_NFT") {
+                    Ok(f) => rtr.nft(&std::fs::read_to_string(f)?)?,
+                    Err(_) => rtr.nft(FLOOR)?,
+                }
             }
             None
         }
-        Case::Big => Some(apply(rtr, &lab.big)?),
-        Case::Small => Some(apply(rtr, &lab.small)?),
+        Some(cfg) => Some(apply(rtr, cfg)?),
     };
     let tables = rtr.exec(&["nft", "list", "tables"])?;
-    let tables: Vec<&str> = tables.lines().map(str::trim).collect();
-    let expected: &[&str] = match case {
-        Case::Bare => &[],
-        Case::Floor => &["table inet floor"],
-        Case::Big | Case::Small => &["table inet symroute"],
+    let tables: Vec<&str> = tables.lines().map(str::trim).filter(ours).collect();
+    let expected: &[&str] = match setup {
+        Setup::Bare => &[],
+        Setup::Floor => &["table inet floor"],
+        _ => &["table inet symroute"],
     };
+    let label = describe.unwrap_or("this case");
     if tables != expected {
-        anyhow::bail!(
-            "rtr should hold {expected:?} for {}, holds {tables:?}",
-            case.label()
-        );
+        anyhow::bail!("rtr should hold {expected:?} for {label}, holds {tables:?}");
     }
-    if describe {
+    if describe.is_some() {
         let mut line = format!(
-            "{}: rtr holds {}",
-            case.label(),
+            "{label}: rtr holds {}",
             if tables.is_empty() {
                 "no nft table".to_string()
             } else {
@@ -387,7 +604,7 @@ fn configure(lab: &Lab, case: Case, describe: bool) -> anyhow::Result<()> {
                 .map(|s| s.lines().count())
                 .unwrap_or(0);
             line += &format!(
-                "; classify chain: {rules} rule(s) every new connection walks; {rules_ip} IPv4 ip rules"
+                "; classify chain: {rules} rule(s) with a verdict; {rules_ip} IPv4 ip rules"
             );
         }
         println!("{line}");
@@ -427,6 +644,10 @@ impl Trafgen {
         Ok(Trafgen(Some(child)))
     }
 
+    fn pgid(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+
     /// SIGINT to the group (trafgen then prints its totals), SIGKILL if it lingers.
     /// Returns what trafgen printed.
     fn stop(mut self) -> anyhow::Result<String> {
@@ -464,10 +685,55 @@ impl Drop for Trafgen {
     }
 }
 
-/// sink's counter of received packets, and when it was read (midpoint of the `nft` run).
-fn sink_count(sink: &Netns) -> anyhow::Result<(u64, Instant)> {
+/// CPU ticks spent by trafgen's process group plus the softirq ticks of the CPU its
+/// worker runs on (`/proc/PID/stat` utime + stime, `/proc/stat` softirq).
+fn cpu_ticks(pgid: u32) -> u64 {
+    let mut ticks = 0;
+    let mut cpu = None;
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name (which may hold spaces): state is field 3.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.get(2).and_then(|g| g.parse::<u32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let own = n(11) + n(12);
+        if own > 0 {
+            cpu = f.get(36).and_then(|c| c.parse::<usize>().ok());
+        }
+        ticks += own;
+    }
+    let softirq = cpu
+        .and_then(|c| {
+            let stat = std::fs::read_to_string("/proc/stat").ok()?;
+            let line = stat
+                .lines()
+                .find(|l| l.starts_with(&format!("cpu{c} ")))?
+                .to_string();
+            line.split_whitespace().nth(7)?.parse::<u64>().ok()
+        })
+        .unwrap_or(0);
+    ticks + softirq
+}
+
+/// rtr's counter of forwarded packets, and when it was read (midpoint of the `nft` run).
+fn forwarded(rtr: &Netns) -> anyhow::Result<(u64, Instant)> {
     let t0 = Instant::now();
-    let out = sink.exec(&["nft", "-j", "list", "counter", "netdev", "sink", "rx"])?;
+    let out = rtr.exec(&[
+        "nft",
+        "-j",
+        "list",
+        "counter",
+        "inet",
+        "benchtail",
+        "routed",
+    ])?;
     let t1 = Instant::now();
     let v: serde_json::Value = serde_json::from_str(&out)?;
     let n = v["nftables"]
@@ -479,16 +745,19 @@ fn sink_count(sink: &Netns) -> anyhow::Result<(u64, Instant)> {
     Ok((n, t0 + (t1 - t0) / 2))
 }
 
-fn measure(lab: &Lab) -> anyhow::Result<Sample> {
+fn measure(lab: &Lab, traffic: Traffic) -> anyhow::Result<Sample> {
     // Every run starts with an empty table (flushing an empty or absent one is fine).
     let _ = lab.rtr.exec(&["conntrack", "-F"]);
-    lab.sink
-        .exec(&["nft", "reset", "counter", "netdev", "sink", "rx"])?;
-    let tg = Trafgen::start(&lab.gen, &lab.trafgen_cfg)?;
+    lab.rtr
+        .exec(&["nft", "reset", "counter", "inet", "benchtail", "routed"])?;
+    let tg = Trafgen::start(&lab.gen, lab.traffic(traffic))?;
     std::thread::sleep(WARMUP);
-    let (c0, t0) = sink_count(&lab.sink)?;
+    let pgid = tg.pgid();
+    let cpu0 = cpu_ticks(pgid);
+    let (c0, t0) = forwarded(&lab.rtr)?;
     std::thread::sleep(WINDOW);
-    let (c1, t1) = sink_count(&lab.sink)?;
+    let (c1, t1) = forwarded(&lab.rtr)?;
+    let cpu1 = cpu_ticks(pgid);
     let ct_count = lab
         .rtr
         .exec(&["sysctl", "-n", "net.netfilter.nf_conntrack_count"])
@@ -498,7 +767,7 @@ fn measure(lab: &Lab) -> anyhow::Result<Sample> {
     let printed = tg.stop()?;
     // Let the last packets in flight arrive before the final count.
     std::thread::sleep(Duration::from_millis(50));
-    let (total, _) = sink_count(&lab.sink)?;
+    let (total, _) = forwarded(&lab.rtr)?;
     let sent: Option<u64> = printed.lines().find_map(|l| {
         l.trim()
             .strip_suffix("packets outgoing")
@@ -509,12 +778,22 @@ fn measure(lab: &Lab) -> anyhow::Result<Sample> {
     };
     if c1 <= c0 {
         anyhow::bail!(
-            "sink counted nothing during the window ({c0} -> {c1}); trafgen said:\n{printed}"
+            "rtr forwarded nothing during the window ({c0} -> {c1}); trafgen said:\n{printed}"
         );
     }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu_s = cpu1.saturating_sub(cpu0) as f64 / hz;
+    let wall_pps = (c1 - c0) as f64 / (t1 - t0).as_secs_f64();
     Ok(Sample {
-        pps: (c1 - c0) as f64 / (t1 - t0).as_secs_f64(),
+        wall_pps,
+        pps: if cpu_s > 0.0 {
+            (c1 - c0) as f64 / cpu_s
+        } else {
+            wall_pps
+        },
         ct_count,
         lost: sent as i64 - total as i64,
+        sent,
     })
 }

@@ -186,13 +186,13 @@ fn too_many_priorities_after_first_priority() {
         }
         s
     };
-    // 1 skip + 383 reply rules + 1 local main + 383 `from` priorities = 768 > 766.
+    // 2 skips + 382 reply rules + 1 local main + 382 `from` priorities = 767 > 766.
     assert_eq!(
-        err(&config(383)),
-        "bad.toml:3:18: settings.first_priority: 383 gateways need 768 rule priorities from 32000, past main's 32766; use at most 31998"
+        err(&config(382)),
+        "bad.toml:3:18: settings.first_priority: 382 gateways need 767 rule priorities from 32000, past main's 32766; use at most 31999"
     );
-    let model = parse_str(&config(382), "ok.toml").expect("766 priorities fit");
+    let model = parse_str(&config(381), "ok.toml").expect("765 priorities fit");
     let plan = symroute::plan::build(&model, &symroute::plan::HostView::default());
-    assert_eq!(plan.priorities.len(), 766);
-    assert_eq!(plan.priorities.last().map(|p| p.get()), Some(32765));
+    assert_eq!(plan.priorities.len(), 765);
+    assert_eq!(plan.priorities.last().map(|p| p.get()), Some(32764));
 }

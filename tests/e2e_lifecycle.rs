@@ -1064,3 +1064,31 @@ fn coexists_with_wg_quick_nft() {
         "{rules}"
     );
 }
+
+/// iptables-save runs only where a mangle table exists: an iptables-nft one (nft table
+/// `ip mangle`) and an iptables-legacy one (`/proc/net/ip_tables_names`) are both seen.
+#[test]
+fn conflicts_stop_apply_before_any_change_f_iptables_nft_and_legacy_marks() {
+    for (tool, save_says) in [("iptables-nft", "nf_tables"), ("iptables-legacy", "legacy")] {
+        refuses(
+            &format!("{tool} MARK --set-xmark 0x01000000"),
+            CONFIG,
+            |fw| {
+                fw.exec(&[
+                    tool,
+                    "-t",
+                    "mangle",
+                    "-A",
+                    "PREROUTING",
+                    "-j",
+                    "MARK",
+                    "--set-xmark",
+                    "0x01000000/0x01000000",
+                ])
+                .unwrap_or_else(|e| panic!("{tool}: {e:#}"));
+            },
+            &["MARK", "0x1000000"],
+        );
+        eprintln!("{tool} ({save_says}) rule refused");
+    }
+}

@@ -225,9 +225,9 @@ fn local_replies_without_main_default_apply() {
     let again = symroute_in(&t.fw, "apply", Some(FIREWALL), &[]).ok();
     eprintln!("apply again:\n{}", again.stdout);
     for want in [
-        "+ ip -4 rule pref 3003 iif lo lookup main protocol 157",
-        "+ ip -4 rule pref 3004 from 203.0.113.2/32 lookup 42000 protocol 157",
-        "+ ip -6 rule pref 3004 from 2001:db8:1::2/128 lookup 42000 protocol 157",
+        "+ ip -4 rule pref 3004 iif lo lookup main protocol 157",
+        "+ ip -4 rule pref 3005 from 203.0.113.2/32 lookup 42000 protocol 157",
+        "+ ip -6 rule pref 3005 from 2001:db8:1::2/128 lookup 42000 protocol 157",
     ] {
         assert!(again.stdout.contains(want), "{want}:\n{}", again.stdout);
     }

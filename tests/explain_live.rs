@@ -400,9 +400,14 @@ fn local_replies_without_a_way_back_match_real_sockets() {
     symroute_in(&t.fw, "apply", Some(FIREWALL), &[]).ok();
     t.fw.ip("link set up2 down").expect("up2 down");
     for flag in ["-4", "-6"] {
-        for prio in ["3003", "3004", "3005"] {
+        for prio in ["3004", "3005", "3006"] {
             let _ = t.fw.exec(&["ip", flag, "rule", "del", "pref", prio]);
         }
+        let left = t.fw.ip(&format!("{flag} rule")).expect("ip rule");
+        assert!(
+            !left.contains("iif lo lookup main") && !left.contains(" from 2"),
+            "the local reply rules must be gone:\n{left}"
+        );
     }
     let live = |args: &[String]| {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -277,3 +277,4 @@ pub fn checked_items(config: &ConfigFile) -> anyhow::Result<(usize, String)> {
         .ok_or_else(|| anyhow::anyhow!("no selector count in `{line}`"))?;
     Ok((n, line))
 }
+pub mod shapes;

@@ -11,13 +11,67 @@ use symroute_core::plan::diff::{ForeignRule, MarkUser};
 
 /// `iptables-save -t mangle` and `ip6tables-save -t mangle` outputs (absent tools or
 /// tables are simply not there).
-pub fn iptables_texts() -> Vec<(&'static str, String)> {
-    ["iptables-save", "ip6tables-save"]
+/// The mangle tables' save outputs (`-t mangle`), only where there is one to read: an
+/// iptables-nft table (nft table `ip mangle` / `ip6 mangle`, in `nft_tables`) is read by
+/// `iptables-nft-save`, an iptables-legacy one (the kernel lists it in
+/// `/proc/net/ip_tables_names`) by `iptables-legacy-save` (plain `iptables-save` where
+/// the variant is not installed: it is whichever Debian's alternatives chose). Most hosts
+/// have neither, and then no process runs: they were most of what a no-op apply spent.
+pub fn iptables_texts(nft_tables: &[(String, String)]) -> Vec<(&'static str, String)> {
+    let installed = |tool: &str| {
+        ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+            .iter()
+            .any(|d| std::path::Path::new(d).join(tool).exists())
+    };
+    let mut tools: Vec<&'static str> = Vec::new();
+    for (family, legacy_names, nft_tool, legacy_tool, plain) in [
+        (
+            "ip",
+            "/proc/net/ip_tables_names",
+            "iptables-nft-save",
+            "iptables-legacy-save",
+            "iptables-save",
+        ),
+        (
+            "ip6",
+            "/proc/net/ip6_tables_names",
+            "ip6tables-nft-save",
+            "ip6tables-legacy-save",
+            "ip6tables-save",
+        ),
+    ] {
+        let pick = |tool: &'static str| if installed(tool) { tool } else { plain };
+        if nft_tables.iter().any(|(f, t)| f == family && t == "mangle") {
+            tools.push(pick(nft_tool));
+        }
+        let legacy = std::fs::read_to_string(legacy_names)
+            .is_ok_and(|t| t.lines().any(|l| l.trim() == "mangle"));
+        if legacy && !tools.contains(&pick(legacy_tool)) {
+            tools.push(pick(legacy_tool));
+        }
+    }
+    tools
         .into_iter()
         .filter_map(|tool| {
             super::cmd::run(tool, &["-t", "mangle"], None)
                 .ok()
                 .map(|t| (tool, t))
+        })
+        .collect()
+}
+
+/// (family, name) of every table in an `nft -j` listing.
+pub fn nft_tables(ruleset: &Value) -> Vec<(String, String)> {
+    ruleset["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| {
+            let t = i.get("table")?;
+            Some((
+                t["family"].as_str()?.to_string(),
+                t["name"].as_str()?.to_string(),
+            ))
         })
         .collect()
 }

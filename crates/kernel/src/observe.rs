@@ -15,16 +15,16 @@ use symroute_core::plan::diff::{ForeignRule, Observed};
 use symroute_core::plan::{HostView, RT_PROTO};
 
 pub fn observe() -> Result<Observed, KernelError> {
-    // The child processes (nft, iptables-save) run while this thread reads netlink: they
-    // are most of the time a no-op apply takes. Threads started after `netns::enter`
-    // live in the same namespace, and so do their children.
+    // The nft child process runs while this thread reads netlink: it is most of the time
+    // a no-op apply takes. Threads started after `netns::enter` live in the same
+    // namespace, and so do their children. iptables-save runs only if nft shows a mangle
+    // table it would read (or a legacy one exists), so it waits for nft.
     std::thread::scope(|scope| {
         let nft = scope.spawn(nft_for_observe);
-        let iptables = scope.spawn(marks::iptables_texts);
         let mut obs = observe_netlink()?;
         let joined = |what: &str| KernelError::Other(format!("{what} reader thread panicked"));
         let ruleset = nft.join().map_err(|_| joined("nft"))??;
-        let iptables = iptables.join().map_err(|_| joined("iptables-save"))?;
+        let iptables = marks::iptables_texts(&marks::nft_tables(&ruleset));
         obs.nft_fingerprint = our_fingerprint(&ruleset);
         obs.mark_users = marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables);
         Ok(obs)

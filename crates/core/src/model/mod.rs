@@ -1,13 +1,15 @@
 //! The validated model: what the user asked for, with every reference resolved and every
 //! value typed. Built only by `config::parse_str`; consumed by `plan`.
 
+pub mod matching;
 pub mod types;
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
+pub use matching::PacketKeys;
 pub use types::{
     Family, IfName, MacAddr, Mark, MarkMask, Name, PortRange, Priority, Protocol, TableId,
 };
@@ -289,6 +291,15 @@ impl Selector {
     /// connections can never match such a selector.
     pub fn needs_ingress(&self) -> bool {
         !self.in_interface.is_empty() || !self.source_mac.is_empty()
+    }
+    /// Whether a packet from one of `addrs` can pass the `source` key (a host's own
+    /// connections come from its own addresses).
+    pub fn may_have_source(&self, addrs: &[IpAddr]) -> bool {
+        self.source.is_empty()
+            || addrs.iter().any(|a| match a {
+                IpAddr::V4(v4) => self.source.v4.iter().any(|n| n.contains(v4)),
+                IpAddr::V6(v6) => self.source.v6.iter().any(|n| n.contains(v6)),
+            })
     }
     /// Number of individual selector items (for reporting and benchmarks).
     pub fn item_count(&self) -> usize {

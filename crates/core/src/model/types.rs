@@ -311,6 +311,18 @@ impl Protocol {
     pub fn has_ports(self) -> bool {
         !matches!(self, Self::Icmp | Self::Icmpv6)
     }
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Self::Tcp => 6,
+            Self::Udp => 17,
+            Self::Sctp => 132,
+            Self::Dccp => 33,
+            Self::Udplite => 136,
+            Self::Icmp => 1,
+            Self::Icmpv6 => 58,
+        }
+    }
     /// nft spelling for `meta l4proto`.
     pub fn nft(self) -> &'static str {
         match self {

@@ -3,7 +3,9 @@
 //!
 //! Gateway `i` (0-based) owns mark values `2i+1` (reply decisions) and `2i+2` (route
 //! decisions) inside the mask, and table `first_table + i`. Diverts share the mask's top
-//! value and the table after the gateways'.
+//! value and the table after the gateways'. So route decisions are the even values and
+//! every other decision is odd (the top value of a contiguous mask is odd): one `ip rule`
+//! on the mask's lowest bit tells them apart.
 
 use crate::model::{GatewayIdx, Mark, Model, TableId};
 
@@ -13,7 +15,8 @@ pub fn values_needed(model: &Model) -> usize {
 }
 
 /// How many rule priorities `plan::build` takes from `first_priority` on: the skip rule,
-/// the diverts', one per reply gateway, main without its default and one per route
+/// the diverts', the route decisions' skip past the reply rules (3 reply gateways and
+/// route_via), one per reply gateway, main without its default and one per route
 /// gateway (with route_via), the local copy of main and one per reply gateway again
 /// (their `from` rules).
 pub fn priorities_needed(model: &Model) -> usize {
@@ -21,6 +24,8 @@ pub fn priorities_needed(model: &Model) -> usize {
     let reply = (0..n).filter(|&i| model.replies_via(GatewayIdx(i))).count();
     let route = (0..n).filter(|&i| model.routes_via(GatewayIdx(i))).count();
     1 + usize::from(!model.diverts.is_empty())
+        + usize::from(reply >= 3 && route > 0) // route decisions skip the reply rules
+        + usize::from(reply > 0) // the skip rule for forwarded packets, beside local ones
         + reply
         + if route > 0 { 1 + route } else { 0 }
         + if reply > 0 { 1 + reply } else { 0 }

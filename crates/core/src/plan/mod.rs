@@ -3,6 +3,7 @@
 //! the kernel holds. Nothing here performs I/O.
 
 pub mod alloc;
+mod classify;
 pub mod diff;
 pub mod host;
 pub mod nft;
@@ -175,6 +176,17 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         priorities.insert(p);
         p
     };
+    // Route decisions (even values, the mask's lowest bit clear) jump over the reply
+    // rules straight to `lookup main suppress_prefixlength 0`: every rule a packet walks
+    // costs it a little, and a route-marked packet would walk one per reply gateway.
+    // Worth a rule from 3 reply gateways on (smaller setups keep their numbering).
+    let reply_gateways = gateways.iter().filter(|g| g.reply_mark.is_some()).count();
+    let has_route = gateways.iter().any(|g| g.route_mark.is_some());
+    let route_skip = (reply_gateways >= 3 && has_route).then(|| take(&mut priorities));
+    // With local reply rules (below), undecided packets the host sends go to the local
+    // copy of main and the `from` rules behind it, and all others skip those too: a
+    // second skip rule, right after the first.
+    let second_skip = (reply_gateways > 0).then(|| take(&mut priorities));
     if let Some((mark, table)) = divert {
         let p = take(&mut priorities);
         tables.insert(table);
@@ -191,8 +203,22 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             }
         }
     }
-    if gateways.iter().any(|g| g.route_mark.is_some()) {
+    if has_route {
         let p = take(&mut priorities);
+        if let Some(skip) = route_skip {
+            let low = mask.bits() & mask.bits().wrapping_neg();
+            for family in [Family::Inet4, Family::Inet6] {
+                rules.insert(RuleSpec {
+                    priority: skip,
+                    family,
+                    from: None,
+                    iif_lo: false,
+                    fwmark: Some((0, low)),
+                    action: RuleAction::Goto(p),
+                    suppress_prefixlength: None,
+                });
+            }
+        }
         for family in [Family::Inet4, Family::Inet6] {
             rules.insert(RuleSpec {
                 priority: p,
@@ -261,26 +287,36 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     }
 
     // Packets without a decision (most of them) jump over all our rules at once: each
-    // `ip rule` costs every routed packet a little, and there can be hundreds of them.
-    // With local reply rules they land on the local copy of main, which forwarded
-    // packets pass by their iif alone.
+    // `ip rule` costs every routed packet a little, and there can be hundreds of them
+    // (a `from` rule per address of every reply gateway). Those the host sends itself
+    // land on the local copy of main instead (`iif lo`), so their replies can still find
+    // a `from` rule; forwarded ones skip the `from` rules too.
     for family in [Family::Inet4, Family::Inet6] {
         let ours: Vec<Priority> = rules
             .iter()
             .filter(|r| r.family == family)
             .map(|r| r.priority)
             .collect();
-        let local_main = local_main.filter(|p| ours.contains(p));
-        if let (true, Some(&last)) = (ours.len() >= 3, ours.last()) {
-            rules.insert(RuleSpec {
-                priority: skip_priority,
-                family,
-                from: None,
-                iif_lo: false,
-                fwmark: Some((0, mask.bits())),
-                action: RuleAction::Goto(local_main.unwrap_or(last)),
-                suppress_prefixlength: None,
-            });
+        let Some(&last) = ours.last().filter(|_| ours.len() >= 3) else {
+            continue;
+        };
+        let skip = |priority, iif_lo, to| RuleSpec {
+            priority,
+            family,
+            from: None,
+            iif_lo,
+            fwmark: Some((0, mask.bits())),
+            action: RuleAction::Goto(to),
+            suppress_prefixlength: None,
+        };
+        match (local_main.filter(|p| ours.contains(p)), second_skip) {
+            (Some(local_main), Some(second)) => {
+                rules.insert(skip(skip_priority, true, local_main));
+                rules.insert(skip(second, false, last));
+            }
+            _ => {
+                rules.insert(skip(skip_priority, false, last));
+            }
         }
     }
 
@@ -324,7 +360,18 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     }
 
     let sysctls = sysctls(model, host);
-    let (nft, nft_fingerprint) = nft::render(model, &gateways, &policies, divert.map(|d| d.0));
+    let local_addrs: Vec<IpAddr> = host
+        .links
+        .values()
+        .flat_map(|l| l.addrs.iter().map(|a| a.addr()))
+        .collect();
+    let (nft, nft_fingerprint) = nft::render(
+        model,
+        &gateways,
+        &policies,
+        divert.map(|d| d.0),
+        &local_addrs,
+    );
 
     Plan {
         mark_mask: mask,

@@ -17,7 +17,7 @@ use super::{GatewayPlan, PolicyGateway, PolicyPlan};
 pub const TABLE: &str = "symroute";
 
 /// Lists longer than this go into a named set (kept out of the rule text, same lookup cost).
-const INLINE_MAX: usize = 16;
+pub(super) const INLINE_MAX: usize = 16;
 
 /// The atomic replace: `add` makes sure the table exists so `delete` cannot fail, and the
 /// whole input is one transaction (nft 1.0.6 has no `destroy`).
@@ -119,6 +119,7 @@ pub fn render(
     gateways: &[GatewayPlan],
     policies: &[PolicyPlan],
     divert: Option<Mark>,
+    local_addrs: &[std::net::IpAddr],
 ) -> (String, String) {
     let mask = model.settings.mark_mask;
     let mut sets = String::new();
@@ -153,34 +154,28 @@ pub fn render(
             set_mark("ct", mask, m)
         );
     }
-    // A policy's own rules (and named sets) are rendered only if some chain needs them.
-    let mut own_rules: Vec<Option<Vec<String>>> = vec![None; model.policies.len()];
-    // Local connections never match interface or MAC selectors, and only route_via
-    // decisions matter for connections the host opens itself.
+    // Local connections never match interface or MAC selectors, only route_via
+    // decisions matter for connections the host opens itself, and their source is one of
+    // the host's addresses: a policy for other sources can't take them.
     let all: Vec<usize> = (0..model.policies.len()).collect();
     let local: Vec<usize> = model
         .policies
         .iter()
         .enumerate()
-        .filter(|(_, p)| matches!(p.action, Action::RouteVia(_)) && !p.selector.needs_ingress())
+        .filter(|(_, p)| {
+            matches!(p.action, Action::RouteVia(_))
+                && !p.selector.needs_ingress()
+                && p.selector.may_have_source(local_addrs)
+        })
         .map(|(i, _)| i)
         .collect();
     let is_new = format!("ct state new ct mark and {mask} == 0");
-    // Both classification chains may dispatch to the same `chk_pN`: write each once.
-    let mut checks = CheckChains::default();
+    let mut classifier = super::classify::Classifier::new(model);
     for (chain, hook_rules, members) in [
         ("classify", &mut pre, &all),
         ("classify_out", &mut out, &local),
     ] {
-        let rules = classify_rules(
-            model,
-            members,
-            &mut own_rules,
-            chain,
-            mask,
-            &mut checks,
-            &mut sets,
-        );
+        let rules = classifier.chain_rules(chain, members, &mut sets);
         if rules.is_empty() {
             continue;
         }
@@ -191,7 +186,7 @@ pub fn render(
         chains += "\t}\n";
         hook_rules.push(format!("{is_new} jump {chain}"));
     }
-    chains += &checks.text;
+    chains += &classifier.into_chains();
 
     let mut reply_map = Vec::new();
     let mut orig_map = Vec::new();
@@ -251,23 +246,45 @@ pub fn render(
     // before the route_via mark re-routed them: give them the gateway interface's address,
     // or the answers would come back by the other path. Forwarded traffic is left alone
     // (its source is not local); the user's own NAT, if any, applies to it.
-    let snat: Vec<String> = gateways
+    let snat: Vec<(Mark, String)> = gateways
         .iter()
         .filter_map(|g| {
             g.route_mark.map(|m| {
-                format!(
-                    "ct direction original ct mark and {mask} == {m} oifname \"{}\" fib saddr type local fib saddr . oif type != local masquerade",
-                    g.interface
+                (
+                    m,
+                    format!(
+                        "oifname \"{}\" fib saddr type local fib saddr . oif type != local masquerade",
+                        g.interface
+                    ),
                 )
             })
         })
         .collect();
-    if !snat.is_empty() {
+    // Only connections the host opens need it: without local route_via policies, no nat
+    // chain at all (its mere presence costs every new connection a NAT binding).
+    if !snat.is_empty() && !local.is_empty() {
+        // Every new connection passes this chain: beyond a few gateways, one map lookup on
+        // the decision instead of one rule per gateway.
+        let lines: Vec<String> = if snat.len() <= 4 {
+            snat.iter()
+                .map(|(m, rest)| format!("ct direction original ct mark and {mask} == {m} {rest}"))
+                .collect()
+        } else {
+            let mut entries = Vec::new();
+            for (m, rest) in &snat {
+                let _ = writeln!(body, "\tchain snat_{:x} {{\n\t\t{rest}\n\t}}", m.bits());
+                entries.push(format!("{m} : jump snat_{:x}", m.bits()));
+            }
+            vec![format!(
+                "ct direction original ct mark and {mask} vmap {{ {} }}",
+                entries.join(", ")
+            )]
+        };
         let _ = writeln!(
             body,
             "\tchain post {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;"
         );
-        for l in &snat {
+        for l in &lines {
             let _ = writeln!(body, "\t\t{l}");
         }
         body += "\t}\n";
@@ -380,298 +397,8 @@ fn nft_duration(d: std::time::Duration) -> String {
     }
 }
 
-/// The selector kinds that can share one verdict map across consecutive policies: a
-/// policy whose only key is one of these costs one map lookup for the whole run, however
-/// many policies and items the run holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GroupKey {
-    Mac,
-    Iif,
-    Src(Family),
-    Dst(Family),
-}
-
-impl GroupKey {
-    /// The key a policy is dispatched on: the first hashable key it has.
-    fn primary(s: &Selector) -> Option<GroupKey> {
-        let single = |p: &Prefixes| match (p.v4.is_empty(), p.v6.is_empty()) {
-            (false, true) => Some(Family::Inet4),
-            (true, false) => Some(Family::Inet6),
-            _ => None,
-        };
-        if !s.source_mac.is_empty() {
-            Some(GroupKey::Mac)
-        } else if !s.in_interface.is_empty() {
-            Some(GroupKey::Iif)
-        } else if !s.source.is_empty() {
-            single(&s.source).map(GroupKey::Src)
-        } else if !s.destination.is_empty() {
-            single(&s.destination).map(GroupKey::Dst)
-        } else {
-            None
-        }
-    }
-
-    /// Whether this key is all the selector tests (a hit in the map decides the policy).
-    fn is_only_key(self, s: &Selector) -> bool {
-        let others = [
-            !s.in_interface.is_empty() && self != GroupKey::Iif,
-            !s.source_mac.is_empty() && self != GroupKey::Mac,
-            !s.source.is_empty() && !matches!(self, GroupKey::Src(_)),
-            !s.destination.is_empty() && !matches!(self, GroupKey::Dst(_)),
-            !s.not_source.is_empty(),
-            !s.not_destination.is_empty(),
-            !s.protocol.is_empty(),
-            !s.source_port.is_empty(),
-            !s.destination_port.is_empty(),
-        ];
-        !others.iter().any(|o| *o)
-    }
-
-    /// The selector without this key: what is left to check after the dispatch.
-    fn rest(self, s: &Selector) -> Selector {
-        let mut r = s.clone();
-        match self {
-            GroupKey::Mac => r.source_mac.clear(),
-            GroupKey::Iif => r.in_interface.clear(),
-            GroupKey::Src(_) => r.source = Prefixes::default(),
-            GroupKey::Dst(_) => r.destination = Prefixes::default(),
-        }
-        r
-    }
-
-    /// (left-hand side, map key type, interval flag needed)
-    fn lhs(self) -> (&'static str, &'static str) {
-        match self {
-            GroupKey::Mac => ("ether saddr", "ether_addr"),
-            GroupKey::Iif => ("iifname", "ifname"),
-            GroupKey::Src(Family::Inet4) => ("ip saddr", "ipv4_addr"),
-            GroupKey::Src(Family::Inet6) => ("ip6 saddr", "ipv6_addr"),
-            GroupKey::Dst(Family::Inet4) => ("ip daddr", "ipv4_addr"),
-            GroupKey::Dst(Family::Inet6) => ("ip6 daddr", "ipv6_addr"),
-        }
-    }
-
-    /// The policy's items as map keys, as prefixes too when they are addresses.
-    fn items(self, s: &Selector) -> Vec<(String, Option<ipnet::IpNet>)> {
-        let nets = |p: &Prefixes, f: Family| -> Vec<ipnet::IpNet> {
-            match f {
-                Family::Inet4 => p.v4.iter().map(|n| ipnet::IpNet::V4(*n)).collect(),
-                Family::Inet6 => p.v6.iter().map(|n| ipnet::IpNet::V6(*n)).collect(),
-            }
-        };
-        let show = |n: &ipnet::IpNet| {
-            if n.prefix_len() == n.max_prefix_len() {
-                n.addr().to_string()
-            } else {
-                n.to_string()
-            }
-        };
-        match self {
-            GroupKey::Mac => s.source_mac.iter().map(|m| (m.to_string(), None)).collect(),
-            GroupKey::Iif => s
-                .in_interface
-                .iter()
-                .map(|i| (format!("\"{i}\""), None))
-                .collect(),
-            GroupKey::Src(f) => nets(&s.source, f)
-                .iter()
-                .map(|n| (show(n), Some(*n)))
-                .collect(),
-            GroupKey::Dst(f) => nets(&s.destination, f)
-                .iter()
-                .map(|n| (show(n), Some(*n)))
-                .collect(),
-        }
-    }
-}
-
-/// The `chk_pN` chains written so far.
-#[derive(Default)]
-struct CheckChains {
-    text: String,
-    done: std::collections::BTreeSet<usize>,
-}
-
-/// Disjoint prefixes with their owning policy, answering "does this prefix overlap one
-/// already taken?" in O(log n): a run can hold thousands of prefixes.
-#[derive(Default)]
-struct Taken {
-    /// first address → (last address, owner); IPv4 is mapped into ::ffff:0:0/96, which
-    /// keeps the families apart.
-    ranges: std::collections::BTreeMap<u128, (u128, usize)>,
-}
-
-impl Taken {
-    fn bounds(n: &ipnet::IpNet) -> (u128, u128) {
-        let as_u128 = |a: std::net::IpAddr| match a {
-            std::net::IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            std::net::IpAddr::V6(v6) => u128::from(v6),
-        };
-        (as_u128(n.network()), as_u128(n.broadcast()))
-    }
-
-    fn overlap(&self, n: &ipnet::IpNet) -> Option<usize> {
-        let (lo, hi) = Self::bounds(n);
-        if let Some((_, (end, owner))) = self.ranges.range(..=lo).next_back() {
-            if *end >= lo {
-                return Some(*owner);
-            }
-        }
-        self.ranges
-            .range(lo..=hi)
-            .next()
-            .map(|(_, (_, owner))| *owner)
-    }
-
-    fn insert(&mut self, n: &ipnet::IpNet, owner: usize) {
-        let (lo, hi) = Self::bounds(n);
-        self.ranges.insert(lo, (hi, owner));
-    }
-
-    fn any_interval(&self) -> bool {
-        self.ranges.iter().any(|(lo, (hi, _))| lo != hi)
-    }
-}
-
-/// The rules of one classification chain over `members` (policy indexes, in file order).
-///
-/// Runs of consecutive policies with the same primary key (MAC, interface, or a
-/// one-family prefix list) share one verdict map, so a new connection costs one lookup
-/// per run however many policies and items it holds. A policy whose primary key is its
-/// only key maps straight to its decision; one with more keys maps to a `chk_pN` chain
-/// that tests the rest, after which classification goes on with the next rule if the
-/// rest did not match. Items are kept disjoint within a run, so no policy can hide a
-/// later one that might still match: an item already claimed by a one-key policy is
-/// unreachable for later policies (dropped, as rule order would), anything else shared
-/// ends the run.
-fn classify_rules(
-    model: &Model,
-    members: &[usize],
-    own: &mut [Option<Vec<String>>],
-    chain: &str,
-    mask: MarkMask,
-    checks: &mut CheckChains,
-    sets: &mut String,
-) -> Vec<String> {
-    let mut own_of = |i: usize, sets: &mut String| -> Vec<String> {
-        own[i]
-            .get_or_insert_with(|| {
-                goto_rules(&model.policies[i].selector, &format!("p{i}"), i, sets)
-            })
-            .clone()
-    };
-    let mut rules = Vec::new();
-    let mut k = 0;
-    while k < members.len() {
-        let first = members[k];
-        let Some(key) = GroupKey::primary(&model.policies[first].selector) else {
-            rules.extend(own_of(first, sets));
-            k += 1;
-            continue;
-        };
-        // (map key text, policy index)
-        let mut elements: Vec<(String, usize)> = Vec::new();
-        let mut owner: std::collections::BTreeMap<String, (usize, bool)> = Default::default();
-        let mut nets = Taken::default();
-        let mut end = k;
-        'run: while end < members.len() {
-            let i = members[end];
-            let sel = &model.policies[i].selector;
-            if GroupKey::primary(sel) != Some(key) {
-                break;
-            }
-            let total = key.is_only_key(sel);
-            let items = key.items(sel);
-            let mut keep = Vec::new();
-            for (text, net) in items {
-                let clash_net = net.and_then(|n| nets.overlap(&n));
-                let clash = owner.get(&text).map(|(o, _)| *o).or(clash_net);
-                match clash {
-                    None => keep.push((text, net)),
-                    // Same item claimed by an earlier one-key policy: this one can never
-                    // see it; leave it out exactly as the rule order would.
-                    Some(o)
-                        if owner.get(&text).is_some_and(|(_, t)| *t)
-                            && clash_net.is_none_or(|c| c == o) => {}
-                    Some(_) => break 'run,
-                }
-            }
-            for (text, net) in keep {
-                if let Some(n) = net {
-                    nets.insert(&n, i);
-                }
-                owner.insert(text.clone(), (i, total));
-                elements.push((text, i));
-            }
-            end += 1;
-        }
-        if end == k {
-            // The first policy alone clashes with nothing; this can't happen, but never loop.
-            rules.extend(own_of(first, sets));
-            k += 1;
-            continue;
-        }
-        let group: Vec<usize> = members[k..end].to_vec();
-        let all_total = group
-            .iter()
-            .all(|&i| key.is_only_key(&model.policies[i].selector));
-        if group.len() == 1 && (all_total || elements.len() <= INLINE_MAX) {
-            rules.extend(own_of(first, sets));
-            k = end;
-            continue;
-        }
-        let name = format!("{chain}_{k}");
-        let (lhs, ty) = key.lhs();
-        let interval = nets.any_interval();
-        let flags = if interval { "\t\tflags interval\n" } else { "" };
-        let mut elems = Vec::new();
-        for (t, i) in &elements {
-            if key.is_only_key(&model.policies[*i].selector) {
-                elems.push(format!("{t} : goto set_p{i}"));
-            } else {
-                elems.push(format!("{t} : jump chk_p{i}"));
-            }
-        }
-        for &i in &group {
-            let rest = key.rest(&model.policies[i].selector);
-            if rest != Selector::default() && checks.done.insert(i) {
-                let _ = writeln!(checks.text, "\tchain chk_p{i} {{");
-                for r in goto_rules(&rest, &format!("p{i}r"), i, sets) {
-                    let _ = writeln!(checks.text, "\t\t{r}");
-                }
-                checks.text += "\t}\n";
-            }
-        }
-        let _ = writeln!(
-            sets,
-            "\tmap {name} {{\n\t\ttype {ty} : verdict\n{flags}\t\telements = {{ {} }}\n\t}}",
-            elems.join(", ")
-        );
-        rules.push(format!("{lhs} vmap @{name}"));
-        if !all_total {
-            // A `chk_pN` chain that decided returns here: stop classifying.
-            rules.push(format!("ct mark and {mask} != 0 return"));
-        }
-        k = end;
-    }
-    rules
-}
-
-/// A selector's rules ending in `goto set_pN` (one per address family it needs).
-fn goto_rules(s: &Selector, id: &str, i: usize, sets: &mut String) -> Vec<String> {
-    selector_variants(s, id, sets)
-        .into_iter()
-        .map(|conds| {
-            format!("{} goto set_p{i}", conds.trim_start())
-                .trim_start()
-                .to_string()
-        })
-        .collect()
-}
-
 /// `KEY mark set KEY mark and ~MASK or VALUE`: our bits become VALUE, foreign bits stay.
-fn set_mark(key: &str, mask: MarkMask, mark: Mark) -> String {
+pub(super) fn set_mark(key: &str, mask: MarkMask, mark: Mark) -> String {
     format!(
         "{key} mark set {key} mark and {:#010x} or {mark}",
         !mask.bits()
@@ -710,7 +437,7 @@ fn list(
 
 /// The condition strings of one policy, one entry per address family it needs (a rule can
 /// test only one family's addresses). Each entry starts with a space.
-fn selector_variants(s: &Selector, id: &str, sets: &mut String) -> Vec<String> {
+pub(super) fn selector_variants(s: &Selector, id: &str, sets: &mut String) -> Vec<String> {
     let mut common = String::new();
     if !s.in_interface.is_empty() {
         let names: Vec<String> = s.in_interface.iter().map(|i| format!("\"{i}\"")).collect();
@@ -840,147 +567,6 @@ pub fn fingerprint(text: &str) -> String {
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     format!("{h:016x}")
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::config::parse_str;
-    use crate::plan::{build, HostView};
-
-    fn nft_of(cfg: &str) -> String {
-        let model = parse_str(cfg, "t.toml").expect("valid");
-        build(&model, &HostView::default()).nft
-    }
-
-    const GWS: &str = "[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n[[gateway]]\nname=\"b\"\ninterface=\"e1\"\nvia=\"192.0.2.2\"\n";
-
-    #[test]
-    fn consecutive_mac_policies_share_one_map_and_first_wins() {
-        let cfg = format!(
-            "{GWS}[[policy]]\nname=\"p\"\nreply_via=\"a\"\n[policy.match]\nsource_mac=[\"02:00:00:00:00:01\",\"02:00:00:00:00:02\"]\n\
-             [[policy]]\nname=\"q\"\nreply_via=\"b\"\n[policy.match]\nsource_mac=[\"02:00:00:00:00:02\",\"02:00:00:00:00:03\"]\n"
-        );
-        let nft = nft_of(&cfg);
-        assert!(nft.contains("elements = { 02:00:00:00:00:01 : goto set_p0, 02:00:00:00:00:02 : goto set_p0, 02:00:00:00:00:03 : goto set_p1 }"), "{nft}");
-        assert!(nft.contains("ether saddr vmap @classify_0"), "{nft}");
-        assert!(
-            !nft.contains("ether saddr {"),
-            "the grouped policies must not also get rules of their own:\n{nft}"
-        );
-    }
-
-    #[test]
-    fn overlapping_prefixes_keep_rule_order() {
-        let cfg = format!(
-            "{GWS}[[policy]]\nname=\"p\"\nreply_via=\"a\"\n[policy.match]\nsource=\"10.1.0.0/16\"\n\
-             [[policy]]\nname=\"q\"\nreply_via=\"b\"\n[policy.match]\nsource=\"10.0.0.0/8\"\n"
-        );
-        let nft = nft_of(&cfg);
-        assert!(!nft.contains("vmap @classify"), "{nft}");
-        let p = nft
-            .find("ip saddr 10.1.0.0/16 goto set_p0")
-            .expect("policy p rule");
-        let q = nft
-            .find("ip saddr 10.0.0.0/8 goto set_p1")
-            .expect("policy q rule");
-        assert!(p < q, "{nft}");
-    }
-
-    #[test]
-    fn local_chain_only_for_route_via_without_ingress_keys() {
-        let cfg = format!(
-            "{GWS}[[policy]]\nname=\"in\"\nreply_via=\"a\"\n[policy.match]\nin_interface=\"e0\"\n\
-             [[policy]]\nname=\"out\"\nroute_via=\"b\"\n[policy.match]\nprotocol=\"tcp\"\ndestination_port=25\n"
-        );
-        let nft = nft_of(&cfg);
-        let out = &nft[nft.find("chain classify_out").expect("classify_out")..];
-        let out = &out[..out.find('}').unwrap()];
-        assert!(
-            out.contains("goto set_p1") && !out.contains("set_p0"),
-            "{out}"
-        );
-    }
-}
-
-#[cfg(test)]
-mod dispatch_tests {
-    use crate::config::parse_str;
-    use crate::plan::{build, HostView};
-
-    const GWS: &str = "[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n[[gateway]]\nname=\"b\"\ninterface=\"e1\"\nvia=\"192.0.2.2\"\n";
-
-    fn nft_of(cfg: &str) -> String {
-        build(
-            &parse_str(cfg, "t.toml").expect("valid"),
-            &HostView::default(),
-        )
-        .nft
-    }
-
-    #[test]
-    fn multi_key_policies_dispatch_on_mac_then_check_the_rest() {
-        let cfg = format!(
-            "{GWS}[[policy]]\nname=\"p\"\nreply_via=\"a\"\n[policy.match]\nsource_mac=[\"02:00:00:00:00:01\"]\nsource=\"10.1.0.0/16\"\n\
-             [[policy]]\nname=\"q\"\nreply_via=\"b\"\n[policy.match]\nsource_mac=[\"02:00:00:00:00:02\"]\nprotocol=\"tcp\"\n"
-        );
-        let nft = nft_of(&cfg);
-        assert!(
-            nft.contains(
-                "elements = { 02:00:00:00:00:01 : jump chk_p0, 02:00:00:00:00:02 : jump chk_p1 }"
-            ),
-            "{nft}"
-        );
-        assert!(
-            nft.contains("chain chk_p0 {\n\t\tip saddr 10.1.0.0/16 goto set_p0\n\t}"),
-            "{nft}"
-        );
-        assert!(
-            nft.contains("chain chk_p1 {\n\t\tmeta l4proto tcp goto set_p1\n\t}"),
-            "{nft}"
-        );
-        assert!(
-            nft.contains("ether saddr vmap @classify_0\n\t\tct mark and 0xff000000 != 0 return"),
-            "{nft}"
-        );
-    }
-
-    #[test]
-    fn a_shared_mac_behind_a_partial_policy_ends_the_run() {
-        // p takes MAC 01 only for tcp; q must still see non-tcp packets from MAC 01.
-        let cfg = format!(
-            "{GWS}[[policy]]\nname=\"p\"\nreply_via=\"a\"\n[policy.match]\nsource_mac=\"02:00:00:00:00:01\"\nprotocol=\"tcp\"\n\
-             [[policy]]\nname=\"q\"\nreply_via=\"b\"\n[policy.match]\nsource_mac=\"02:00:00:00:00:01\"\n"
-        );
-        let nft = nft_of(&cfg);
-        assert!(!nft.contains("vmap @classify"), "{nft}");
-        let p = nft
-            .find("ether saddr 02:00:00:00:00:01 meta l4proto tcp goto set_p0")
-            .expect("p");
-        let q = nft
-            .find("ether saddr 02:00:00:00:00:01 goto set_p1")
-            .expect("q");
-        assert!(p < q);
-    }
-}
-
-#[cfg(test)]
-mod shared_chain_tests {
-    use crate::config::parse_str;
-    use crate::plan::{build, HostView};
-
-    /// route_via policies dispatched on a prefix appear in both classification chains;
-    /// their check chain must be defined once.
-    #[test]
-    fn check_chains_are_defined_once() {
-        let mut cfg =
-            String::from("[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n");
-        for (i, net) in ["10.1.0.0/16", "10.2.0.0/16"].iter().enumerate() {
-            cfg += &format!("[[policy]]\nname=\"p{i}\"\nroute_via=\"a\"\n[policy.match]\ndestination=\"{net}\"\nprotocol=\"tcp\"\n");
-        }
-        let nft = build(&parse_str(&cfg, "t.toml").unwrap(), &HostView::default()).nft;
-        assert_eq!(nft.matches("chain chk_p0 {").count(), 1, "{nft}");
-        assert!(nft.contains("chain classify_out {"), "{nft}");
-    }
 }
 
 #[cfg(test)]

@@ -260,7 +260,8 @@ enum Key {
     Iif,
     Oif,
     Mac,
-    Addr(Family, bool),
+    /// (family, source?, only the first N bits: `ip daddr and 255.255.255.0`)
+    Addr(Family, bool, Option<u8>),
     Port(bool),
     Proto,
     Mark(MarkKey, u32),
@@ -356,12 +357,21 @@ impl<'a> RuleParser<'a> {
                     .map(|t| normalize_mac(t.text()).ok_or_else(|| bad("a MAC address", t)))
                     .collect::<Result<_, _>>()?,
             },
-            Key::Addr(family, src) => {
+            Key::Addr(family, src, bits) => {
                 let addrs: Vec<AddrItem> = vals
                     .iter()
                     .map(|t| {
-                        parse_addr_item(t.text())
-                            .filter(|a| a.family() == family)
+                        let item = match bits {
+                            // The masked address's value: the prefix of that length.
+                            Some(len) => t
+                                .text()
+                                .parse::<std::net::IpAddr>()
+                                .ok()
+                                .and_then(|a| ipnet::IpNet::new(a, len).ok())
+                                .map(|n| AddrItem::Net(n.trunc())),
+                            None => parse_addr_item(t.text()),
+                        };
+                        item.filter(|a| a.family() == family)
                             .ok_or_else(|| bad("an address of the rule's family", t))
                     })
                     .collect::<Result<_, _>>()?;
@@ -462,6 +472,25 @@ impl<'a> RuleParser<'a> {
         let op = self.op();
         let items = self.items()?;
         self.value_match(key, op, &items).map(Either::Match)
+    }
+
+    /// An ordering comparison of a (masked) mark, `< 0x05000000` and the like, as the
+    /// inclusive range of values it admits (empty when none: `< 0`).
+    fn mark_order(&mut self) -> Result<Option<Vec<(u32, u32)>>, String> {
+        let op = match self.peek() {
+            Some(op @ ("<" | "<=" | ">" | ">=" | "lt" | "le" | "gt" | "ge")) => op,
+            _ => return Ok(None),
+        };
+        self.pos += 1;
+        let w = self.word()?;
+        let v = parse_u32(w).ok_or_else(|| format!("`{w}` is not a mark value"))?;
+        let range = match op {
+            "<" | "lt" => v.checked_sub(1).map(|hi| (0, hi)),
+            "<=" | "le" => Some((0, v)),
+            ">" | "gt" => v.checked_add(1).map(|lo| (lo, u32::MAX)),
+            _ => Some((v, u32::MAX)),
+        };
+        Ok(Some(range.into_iter().collect()))
     }
 
     /// `meta mark …` / `ct mark …` after the key words: assignment, match or map.
@@ -581,6 +610,16 @@ impl<'a> RuleParser<'a> {
                                     parse_u32(m).ok_or_else(|| format!("`{m}` is not a mask"))?;
                                 key_text += &format!(" and {m}");
                             }
+                            if let Some(values) = self.mark_order()? {
+                                // `<`, `<=`, `>`, `>=`: the range of values it admits.
+                                matches.push(Match::Mark {
+                                    key: mk,
+                                    mask,
+                                    op: Op::Eq,
+                                    values,
+                                });
+                                continue;
+                            }
                             let r = self.keyed(Key::Mark(mk, mask), key_text)?;
                             push(r, &mut matches, &mut verdict);
                         }
@@ -652,7 +691,21 @@ impl<'a> RuleParser<'a> {
                         "daddr" => false,
                         o => return Err(format!("unsupported `{w} {o}`")),
                     };
-                    let r = self.keyed(Key::Addr(family, src), format!("{w} {field}"))?;
+                    let mut key_text = format!("{w} {field}");
+                    let mut bits = None;
+                    if matches!(self.peek(), Some("and" | "&")) {
+                        self.pos += 1;
+                        let m = self.word()?;
+                        bits = m
+                            .parse::<std::net::IpAddr>()
+                            .ok()
+                            .filter(|a| Family::of(a) == family)
+                            .and_then(|a| ipnet::ip_mask_to_prefix(a).ok())
+                            .map(Some)
+                            .ok_or_else(|| format!("`{m}` is not a network mask"))?;
+                        key_text += &format!(" and {m}");
+                    }
+                    let r = self.keyed(Key::Addr(family, src, bits), key_text)?;
                     push(r, &mut matches, &mut verdict);
                 }
                 "th" | "tcp" | "udp" => {

@@ -1,0 +1,1009 @@
+//! The classification chains of table `inet symroute` (`classify` in prerouting,
+//! `classify_out` in output): which policy a connection's first packet matches first.
+//! Pure text, like the rest of `plan::nft`.
+//!
+//! A new connection costs one lookup per key type the policies use, however many
+//! policies there are and in whatever order they are written:
+//! - Each policy is looked up by one key, its *primary* (the first it has of: source MAC,
+//!   source, destination, destination port, source port, interface, protocol,
+//!   not_source, not_destination). Per key type, one verdict map sends a key value to
+//!   the chain of its *candidates*: the policies whose primary holds that value, in file
+//!   order, cut after the first one that tests nothing else (it matches for sure). Prefix
+//!   keys are split into disjoint intervals, each carrying every policy whose prefixes
+//!   cover it; `not_source` / `not_destination` as a primary is its complement.
+//! - The best candidate so far lives in our bits of the conntrack mark (zero on entry: the
+//!   chain is reached only by connections without a decision), encoded so that an
+//!   earlier policy is a larger value: `ct mark and MASK < E` says "policy E can still
+//!   win", and a candidate's other conditions are tested only then. Each accepted
+//!   candidate overwrites the bits with its constant (nft 1.0.x cannot copy one register
+//!   into another, and needs none of it here).
+//! - One verdict map on the winner's value then `goto`s its `set_pN` chain, which counts
+//!   it and overwrites the bits with the decision. With no winner the bits are still zero.
+//! - A policy that tests nothing at all matches every packet: the candidates start at it
+//!   (or the chain is a plain `goto` when it is the first), and later policies are left
+//!   out. A policy whose only key is an interface wildcard (`eth*`) is tested on its own
+//!   rule, after the lookups (nft 1.0.x maps take no wildcards).
+//! - Up to 4 policies are plain rules in file order instead, each `goto`ing its decision
+//!   (as cheap for so few, and what a reader of `symroute plan` expects).
+//! - The mask encodes `capacity` values (255 for 0xff000000), so policies are taken in
+//!   blocks of that many: block after block, each a full round of lookups and a winner
+//!   map, the next reached only when the previous found no winner. Up to 255 policies
+//!   cost one round; each further 255 one more.
+//!
+//! We use the conntrack mark, not the packet mark, for the scratch value: the packet mark
+//! of a locally generated packet may legitimately carry our bits already (the daemon's
+//! health probes set them with SO_MARK to leave through their gateway), and a connection
+//! without a decision is known to have zero there.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::model::{Family, Mark, MarkMask, Model, Prefixes, Selector};
+
+use super::nft::{selector_variants, set_mark, INLINE_MAX};
+
+/// A lookup: one verdict map per key type (and family) a block uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Dim {
+    Mac,
+    Src(Family),
+    Dst(Family),
+    Dport,
+    Sport,
+    Iif,
+    Proto,
+}
+
+impl Dim {
+    fn lhs(self) -> &'static str {
+        match self {
+            Dim::Mac => "ether saddr",
+            Dim::Src(Family::Inet4) => "ip saddr",
+            Dim::Src(Family::Inet6) => "ip6 saddr",
+            Dim::Dst(Family::Inet4) => "ip daddr",
+            Dim::Dst(Family::Inet6) => "ip6 daddr",
+            Dim::Dport => "th dport",
+            Dim::Sport => "th sport",
+            Dim::Iif => "iifname",
+            Dim::Proto => "meta l4proto",
+        }
+    }
+    fn key_type(self) -> &'static str {
+        match self {
+            Dim::Mac => "ether_addr",
+            Dim::Src(Family::Inet4) | Dim::Dst(Family::Inet4) => "ipv4_addr",
+            Dim::Src(Family::Inet6) | Dim::Dst(Family::Inet6) => "ipv6_addr",
+            Dim::Dport | Dim::Sport => "inet_service",
+            Dim::Iif => "ifname",
+            Dim::Proto => "inet_proto",
+        }
+    }
+    fn tag(self) -> &'static str {
+        match self {
+            Dim::Mac => "mac",
+            Dim::Src(Family::Inet4) => "src4",
+            Dim::Src(Family::Inet6) => "src6",
+            Dim::Dst(Family::Inet4) => "dst4",
+            Dim::Dst(Family::Inet6) => "dst6",
+            Dim::Dport => "dport",
+            Dim::Sport => "sport",
+            Dim::Iif => "iif",
+            Dim::Proto => "proto",
+        }
+    }
+    /// The largest value of an interval key's domain.
+    fn max(self) -> u128 {
+        match self {
+            Dim::Src(Family::Inet4) | Dim::Dst(Family::Inet4) => u128::from(u32::MAX),
+            Dim::Src(Family::Inet6) | Dim::Dst(Family::Inet6) => u128::MAX,
+            _ => u128::from(u16::MAX),
+        }
+    }
+    /// How a value of an interval key is written.
+    fn show(self, v: u128) -> String {
+        match self {
+            Dim::Src(Family::Inet4) | Dim::Dst(Family::Inet4) => {
+                Ipv4Addr::from(v as u32).to_string()
+            }
+            Dim::Src(Family::Inet6) | Dim::Dst(Family::Inet6) => Ipv6Addr::from(v).to_string(),
+            _ => v.to_string(),
+        }
+    }
+    fn is_addr(self) -> bool {
+        matches!(self, Dim::Src(_) | Dim::Dst(_))
+    }
+}
+
+/// Which key a policy is looked up by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Primary {
+    Mac,
+    Src,
+    Dst,
+    Dport,
+    Sport,
+    Iif,
+    Proto,
+    NotSrc,
+    NotDst,
+    /// Only interface wildcards: tested on its own rule.
+    Walk,
+    /// Tests nothing: matches every packet.
+    All,
+}
+
+fn has_wildcard(s: &Selector) -> bool {
+    s.in_interface.iter().any(|i| i.as_str().contains('*'))
+}
+
+impl Primary {
+    fn of(s: &Selector) -> Primary {
+        if !s.source_mac.is_empty() {
+            Primary::Mac
+        } else if !s.source.is_empty() {
+            Primary::Src
+        } else if !s.destination.is_empty() {
+            Primary::Dst
+        } else if !s.destination_port.is_empty() {
+            Primary::Dport
+        } else if !s.source_port.is_empty() {
+            Primary::Sport
+        } else if !s.in_interface.is_empty() && !has_wildcard(s) {
+            Primary::Iif
+        } else if !s.protocol.is_empty() {
+            Primary::Proto
+        } else if !s.not_source.is_empty() {
+            Primary::NotSrc
+        } else if !s.not_destination.is_empty() {
+            Primary::NotDst
+        } else if *s == Selector::default() {
+            Primary::All
+        } else {
+            Primary::Walk
+        }
+    }
+
+    /// The selector without its primary key: what a candidate still has to pass.
+    fn rest(self, s: &Selector) -> Selector {
+        let mut r = s.clone();
+        match self {
+            Primary::Mac => r.source_mac.clear(),
+            Primary::Src => r.source = Prefixes::default(),
+            Primary::Dst => r.destination = Prefixes::default(),
+            Primary::Dport => r.destination_port.clear(),
+            Primary::Sport => r.source_port.clear(),
+            Primary::Iif => r.in_interface.clear(),
+            Primary::Proto => r.protocol.clear(),
+            Primary::NotSrc => r.not_source = Prefixes::default(),
+            Primary::NotDst => r.not_destination = Prefixes::default(),
+            Primary::Walk | Primary::All => {}
+        }
+        r
+    }
+}
+
+/// A key value: an exact one (MAC, interface, protocol) or an inclusive interval
+/// (addresses as numbers, ports).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Item {
+    Exact(String),
+    Range(u128, u128),
+}
+
+fn v4_bounds(n: &ipnet::Ipv4Net) -> (u128, u128) {
+    (
+        u128::from(u32::from(n.network())),
+        u128::from(u32::from(n.broadcast())),
+    )
+}
+
+fn v6_bounds(n: &ipnet::Ipv6Net) -> (u128, u128) {
+    (u128::from(n.network()), u128::from(n.broadcast()))
+}
+
+fn bounds(p: &Prefixes, fam: Family) -> Vec<(u128, u128)> {
+    let mut v: Vec<(u128, u128)> = match fam {
+        Family::Inet4 => p.v4.iter().map(v4_bounds).collect(),
+        Family::Inet6 => p.v6.iter().map(v6_bounds).collect(),
+    };
+    v.sort();
+    v
+}
+
+/// The intervals of the family's address space not covered by `p`.
+fn complement(p: &Prefixes, fam: Family, max: u128) -> Vec<(u128, u128)> {
+    let mut out = Vec::new();
+    let mut next = Some(0u128);
+    for (lo, hi) in bounds(p, fam) {
+        if let Some(n) = next {
+            if lo > n {
+                out.push((n, lo - 1));
+            }
+        }
+        next = match next {
+            Some(n) if hi < n => Some(n),
+            _ => hi.checked_add(1),
+        };
+    }
+    if let Some(n) = next {
+        out.push((n, max));
+    }
+    out
+}
+
+/// The lookups a policy takes part in, with its values in each.
+fn items(s: &Selector, primary: Primary) -> Vec<(Dim, Vec<Item>)> {
+    let exact = |v: Vec<String>| v.into_iter().map(Item::Exact).collect::<Vec<_>>();
+    let ranges = |v: Vec<(u128, u128)>| {
+        v.into_iter()
+            .map(|(a, b)| Item::Range(a, b))
+            .collect::<Vec<_>>()
+    };
+    let fams = [Family::Inet4, Family::Inet6];
+    match primary {
+        Primary::Mac => vec![(
+            Dim::Mac,
+            exact(s.source_mac.iter().map(|m| m.to_string()).collect()),
+        )],
+        Primary::Iif => vec![(
+            Dim::Iif,
+            exact(s.in_interface.iter().map(|i| format!("\"{i}\"")).collect()),
+        )],
+        Primary::Proto => vec![(
+            Dim::Proto,
+            exact(s.protocol.iter().map(|p| p.nft().to_string()).collect()),
+        )],
+        Primary::Dport | Primary::Sport => {
+            let (dim, ports) = if primary == Primary::Dport {
+                (Dim::Dport, &s.destination_port)
+            } else {
+                (Dim::Sport, &s.source_port)
+            };
+            vec![(
+                dim,
+                ranges(
+                    ports
+                        .iter()
+                        .map(|p| (u128::from(p.first), u128::from(p.last)))
+                        .collect(),
+                ),
+            )]
+        }
+        Primary::Src | Primary::Dst => fams
+            .iter()
+            .map(|&f| {
+                let (dim, p) = if primary == Primary::Src {
+                    (Dim::Src(f), &s.source)
+                } else {
+                    (Dim::Dst(f), &s.destination)
+                };
+                (dim, ranges(bounds(p, f)))
+            })
+            .filter(|(_, v)| !v.is_empty())
+            .collect(),
+        Primary::NotSrc | Primary::NotDst => fams
+            .iter()
+            .map(|&f| {
+                let (dim, p) = if primary == Primary::NotSrc {
+                    (Dim::Src(f), &s.not_source)
+                } else {
+                    (Dim::Dst(f), &s.not_destination)
+                };
+                (dim, ranges(complement(p, f, dim.max())))
+            })
+            .filter(|(_, v)| !v.is_empty())
+            .collect(),
+        Primary::Walk | Primary::All => Vec::new(),
+    }
+}
+
+/// One verdict map: key text → candidate list.
+struct Lookup {
+    dim: Dim,
+    interval: bool,
+    /// An address key looked up by its first N bits (`ip daddr and 255.255.255.0`):
+    /// one exact-match map per prefix length instead of an interval map.
+    prefix_len: Option<u32>,
+    elements: Vec<(String, Vec<usize>)>,
+}
+
+/// Lists this short are plain rules in file order: as cheap, and easier to read.
+const LINEAR_MAX: usize = 4;
+
+/// Interval maps are searched, exact maps hashed: a large address key whose intervals
+/// are prefixes of at most this many lengths becomes that many hashed lookups (the
+/// intervals are disjoint, so the first that hits is the only one).
+const MAX_PREFIX_LENGTHS: usize = 3;
+
+/// `[lo, hi]` as the fewest aligned prefixes: (first address, prefix length).
+fn prefixes(mut lo: u128, hi: u128, bits: u32) -> Vec<(u128, u32)> {
+    let mut out = Vec::new();
+    loop {
+        // The largest block starting at lo (alignment) that ends by hi.
+        let mut size_log = if lo == 0 {
+            bits
+        } else {
+            lo.trailing_zeros().min(bits)
+        };
+        while size_log > 0 {
+            let last = if size_log == 128 {
+                u128::MAX
+            } else {
+                lo + ((1u128 << size_log) - 1)
+            };
+            if last <= hi && last >= lo {
+                break;
+            }
+            size_log -= 1;
+        }
+        out.push((lo, bits - size_log));
+        let last = if size_log == 128 {
+            u128::MAX
+        } else {
+            lo + ((1u128 << size_log) - 1)
+        };
+        if last >= hi {
+            return out;
+        }
+        lo = last + 1;
+    }
+}
+
+/// An interval address lookup as per-length hashed lookups, when few lengths do.
+fn by_prefix_length(dim: Dim, parts: &[(u128, u128, Vec<usize>)]) -> Option<Vec<Lookup>> {
+    let bits = if dim.max() == u128::MAX { 128 } else { 32 };
+    let mut by_len: BTreeMap<u32, Vec<(String, Vec<usize>)>> = BTreeMap::new();
+    for (lo, hi, list) in parts {
+        for (first, len) in prefixes(*lo, *hi, bits) {
+            by_len
+                .entry(len)
+                .or_default()
+                .push((dim.show(first), list.clone()));
+            if by_len.len() > MAX_PREFIX_LENGTHS {
+                return None;
+            }
+        }
+    }
+    Some(
+        by_len
+            .into_iter()
+            .rev()
+            .map(|(len, elements)| Lookup {
+                dim,
+                interval: false,
+                prefix_len: (len < bits).then_some(len),
+                elements,
+            })
+            .collect(),
+    )
+}
+
+/// Cuts a candidate list after its first policy that tests nothing but this key.
+fn cut(list: &[usize], total: &dyn Fn(usize) -> bool) -> Vec<usize> {
+    match list.iter().position(|&i| total(i)) {
+        Some(k) => list[..=k].to_vec(),
+        None => list.to_vec(),
+    }
+}
+
+/// Splits overlapping intervals (each owned by a policy) into disjoint ones, each with
+/// every policy covering it, in file order; neighbours with the same list are merged.
+fn split(
+    dim: Dim,
+    owned: &[(u128, u128, usize)],
+    total: &dyn Fn(usize) -> bool,
+) -> Vec<(u128, u128, Vec<usize>)> {
+    // At each boundary: policies entering (+1) and leaving (-1).
+    let mut events: BTreeMap<u128, Vec<(i32, usize)>> = BTreeMap::new();
+    for &(lo, hi, i) in owned {
+        events.entry(lo).or_default().push((1, i));
+        if let Some(end) = hi.checked_add(1).filter(|e| *e <= dim.max()) {
+            events.entry(end).or_default().push((-1, i));
+        }
+    }
+    let mut active: BTreeMap<usize, i32> = BTreeMap::new();
+    let mut out: Vec<(u128, u128, Vec<usize>)> = Vec::new();
+    let points: Vec<u128> = events.keys().copied().collect();
+    for (k, at) in points.iter().enumerate() {
+        for (d, i) in &events[at] {
+            let n = active.entry(*i).or_insert(0);
+            *n += d;
+            if *n == 0 {
+                active.remove(i);
+            }
+        }
+        if active.is_empty() {
+            continue;
+        }
+        let hi = points.get(k + 1).map_or(dim.max(), |n| n - 1);
+        let list = cut(&active.keys().copied().collect::<Vec<_>>(), total);
+        match out.last_mut() {
+            Some(last) if last.2 == list && last.1.checked_add(1) == Some(*at) => last.1 = hi,
+            _ => out.push((*at, hi, list)),
+        }
+    }
+    out
+}
+
+/// `lo-hi` as an nft element: one value, a prefix when it is one, else a range.
+fn interval_text(dim: Dim, lo: u128, hi: u128) -> String {
+    if lo == hi {
+        return dim.show(lo);
+    }
+    if dim.is_addr() {
+        let bits = if dim.max() == u128::MAX { 128 } else { 32 };
+        let span = hi - lo;
+        // A prefix: span + 1 is a power of two and lo is aligned to it.
+        if span.checked_add(1).is_none_or(|s| s.is_power_of_two()) && lo & span == 0 {
+            let len = bits - (128 - span.leading_zeros()) as u128;
+            return format!("{}/{len}", dim.show(lo));
+        }
+    }
+    format!("{}-{}", dim.show(lo), dim.show(hi))
+}
+
+/// The mask of the first `len` bits of an address key, as nft writes it.
+fn net_mask(dim: Dim, len: u32) -> String {
+    if dim.max() == u128::MAX {
+        Ipv6Addr::from(u128::MAX.checked_shl(128 - len).unwrap_or(0)).to_string()
+    } else {
+        Ipv4Addr::from(u32::MAX.checked_shl(32 - len).unwrap_or(0)).to_string()
+    }
+}
+
+/// The lookups of one block: per dimension, value → candidates.
+fn lookups(model: &Model, members: &[usize], primaries: &[Primary]) -> Vec<Lookup> {
+    let total = |i: usize| primaries[i].rest(&model.policies[i].selector) == Selector::default();
+    let mut exact: BTreeMap<Dim, BTreeMap<String, Vec<usize>>> = BTreeMap::new();
+    let mut ranged: BTreeMap<Dim, Vec<(u128, u128, usize)>> = BTreeMap::new();
+    for &i in members {
+        for (dim, values) in items(&model.policies[i].selector, primaries[i]) {
+            for v in values {
+                match v {
+                    Item::Exact(k) => {
+                        let list = exact.entry(dim).or_default().entry(k).or_default();
+                        if list.last() != Some(&i) {
+                            list.push(i);
+                        }
+                    }
+                    Item::Range(lo, hi) => ranged.entry(dim).or_default().push((lo, hi, i)),
+                }
+            }
+        }
+    }
+    let mut out: Vec<Lookup> = exact
+        .into_iter()
+        .map(|(dim, m)| Lookup {
+            dim,
+            interval: false,
+            prefix_len: None,
+            elements: m.into_iter().map(|(k, l)| (k, cut(&l, &total))).collect(),
+        })
+        .collect();
+    for (dim, owned) in ranged {
+        let parts = split(dim, &owned, &total);
+        if dim.is_addr() && parts.len() > INLINE_MAX {
+            if let Some(hashed) = by_prefix_length(dim, &parts) {
+                out.extend(hashed);
+                continue;
+            }
+        }
+        out.push(Lookup {
+            dim,
+            interval: parts.iter().any(|(lo, hi, _)| lo != hi),
+            prefix_len: None,
+            elements: parts
+                .into_iter()
+                .map(|(lo, hi, l)| (interval_text(dim, lo, hi), l))
+                .collect(),
+        });
+    }
+    out.sort_by_key(|l| l.dim);
+    out
+}
+
+/// Builds `classify` / `classify_out`; candidate chains are shared between them.
+pub(super) struct Classifier<'a> {
+    model: &'a Model,
+    mask: MarkMask,
+    primaries: Vec<Primary>,
+    /// Each policy's rest as condition strings (one per address family it needs).
+    rest: Vec<Option<Vec<String>>>,
+    /// Each policy's whole selector as condition strings (for short lists).
+    own: Vec<Option<Vec<String>>>,
+    /// Candidate list → its chain's name.
+    tries: BTreeMap<Vec<usize>, String>,
+    /// Text of the candidate chains written so far.
+    chains: String,
+}
+
+impl<'a> Classifier<'a> {
+    pub(super) fn new(model: &'a Model) -> Self {
+        Classifier {
+            model,
+            mask: model.settings.mark_mask,
+            primaries: model
+                .policies
+                .iter()
+                .map(|p| Primary::of(&p.selector))
+                .collect(),
+            rest: vec![None; model.policies.len()],
+            own: vec![None; model.policies.len()],
+            tries: BTreeMap::new(),
+            chains: String::new(),
+        }
+    }
+
+    /// Policies per block: as many as the mask has values.
+    fn block_size(&self) -> usize {
+        self.mask.capacity() as usize
+    }
+
+    /// The scratch value of policy `i`: earlier policies (within its block) are larger.
+    fn scratch(&self, i: usize) -> Mark {
+        let c = self.block_size();
+        self.mask
+            .value((c - i % c) as u32)
+            .expect("1..=capacity fits the mask")
+    }
+
+    fn rest_of(&mut self, i: usize, sets: &mut String) -> Vec<String> {
+        let p = self.primaries[i];
+        let model = self.model;
+        self.rest[i]
+            .get_or_insert_with(|| {
+                let rest = p.rest(&model.policies[i].selector);
+                selector_variants(&rest, &format!("p{i}r"), sets)
+            })
+            .clone()
+    }
+
+    /// Rules that make `i` the best candidate if it can still win and its rest matches;
+    /// all but the last end with `return` when `returns` (the rest of a list can't win).
+    fn candidate_rules(&mut self, i: usize, returns: bool, sets: &mut String) -> Vec<String> {
+        let e = self.scratch(i);
+        let mask = self.mask;
+        self.rest_of(i, sets)
+            .into_iter()
+            .map(|conds| {
+                let ret = if returns { " return" } else { "" };
+                format!(
+                    "ct mark and {mask} < {e}{conds} {}{ret}",
+                    set_mark("ct", mask, e)
+                )
+            })
+            .collect()
+    }
+
+    /// The chain trying a candidate list in order (written once, shared).
+    fn try_chain(&mut self, list: &[usize], sets: &mut String) -> String {
+        if let Some(name) = self.tries.get(list) {
+            return name.clone();
+        }
+        let name = match list {
+            [one] => format!("try_p{one}"),
+            _ => format!(
+                "try_p{}_{}",
+                list[0],
+                self.tries.keys().filter(|l| l[0] == list[0]).count()
+            ),
+        };
+        let mut rules = Vec::new();
+        for (k, &i) in list.iter().enumerate() {
+            rules.extend(self.candidate_rules(i, k + 1 < list.len(), sets));
+        }
+        let _ = writeln!(self.chains, "\tchain {name} {{");
+        for r in rules {
+            let _ = writeln!(self.chains, "\t\t{r}");
+        }
+        self.chains += "\t}\n";
+        self.tries.insert(list.to_vec(), name.clone());
+        name
+    }
+
+    /// A map as an nft right-hand side: inline when short, else a named map in `sets`.
+    fn map(
+        name: &str,
+        key_type: &str,
+        interval: bool,
+        elements: &[String],
+        sets: &mut String,
+    ) -> String {
+        if elements.len() <= INLINE_MAX {
+            return format!("{{ {} }}", elements.join(", "));
+        }
+        let flags = if interval { "\t\tflags interval\n" } else { "" };
+        let _ = writeln!(
+            sets,
+            "\tmap {name} {{\n\t\ttype {key_type} : verdict\n{flags}\t\telements = {{ {} }}\n\t}}",
+            elements.join(", ")
+        );
+        format!("@{name}")
+    }
+
+    /// The rules of chain `chain` classifying among `members` (policy indexes, file order).
+    pub(super) fn chain_rules(
+        &mut self,
+        chain: &str,
+        members: &[usize],
+        sets: &mut String,
+    ) -> Vec<String> {
+        if members.len() <= LINEAR_MAX {
+            return self.linear_rules(members, sets);
+        }
+        let mut rules = Vec::new();
+        let size = self.block_size();
+        let mut start = 0;
+        while start < members.len() {
+            let block = members[start] / size;
+            let end = members[start..]
+                .iter()
+                .position(|&i| i / size != block)
+                .map_or(members.len(), |k| start + k);
+            let (block_rules, decided) = self.block_rules(chain, block, &members[start..end], sets);
+            rules.extend(block_rules);
+            if decided {
+                // A policy matching everything: nothing after it is ever reached.
+                break;
+            }
+            start = end;
+        }
+        rules
+    }
+
+    /// A short list as plain rules in file order, each `goto`ing its policy's decision.
+    fn linear_rules(&mut self, members: &[usize], sets: &mut String) -> Vec<String> {
+        let mut rules = Vec::new();
+        for &i in members {
+            let model = self.model;
+            let own = self.own[i].get_or_insert_with(|| {
+                selector_variants(&model.policies[i].selector, &format!("p{i}"), sets)
+            });
+            for conds in own.iter() {
+                rules.push(
+                    format!("{} goto set_p{i}", conds.trim_start())
+                        .trim_start()
+                        .to_string(),
+                );
+            }
+            if self.primaries[i] == Primary::All {
+                break;
+            }
+        }
+        rules
+    }
+
+    /// One block's rules; `true` when some policy in it matches every packet.
+    fn block_rules(
+        &mut self,
+        chain: &str,
+        block: usize,
+        members: &[usize],
+        sets: &mut String,
+    ) -> (Vec<String>, bool) {
+        // The first policy matching everything: the candidates start at it.
+        let all = members
+            .iter()
+            .position(|&i| self.primaries[i] == Primary::All)
+            .map(|k| (k, members[k]));
+        if let Some((0, m)) = all {
+            return (vec![format!("goto set_p{m}")], true);
+        }
+        let members = &members[..all.map_or(members.len(), |(k, _)| k)];
+        let mut rules = Vec::new();
+        let mask = self.mask;
+        if let Some((_, m)) = all {
+            rules.push(set_mark("ct", mask, self.scratch(m)));
+        }
+        let prefix = if block == 0 {
+            chain.to_string()
+        } else {
+            format!("{chain}_{block}")
+        };
+        let primaries = self.primaries.clone();
+        let all_lookups = lookups(self.model, members, &primaries);
+        let mut k = 0;
+        while k < all_lookups.len() {
+            let dim = all_lookups[k].dim;
+            let same = all_lookups[k..].iter().take_while(|l| l.dim == dim).count();
+            let group = &all_lookups[k..k + same];
+            k += same;
+            let base = format!("{prefix}_{}", dim.tag());
+            // Several lookups for one key (one per prefix length): in a chain of their
+            // own, whose map entries `goto` the candidates, so the first hit ends it.
+            let verb = if group.len() > 1 { "goto" } else { "jump" };
+            let mut lines = Vec::new();
+            for l in group {
+                let elements: Vec<String> = l
+                    .elements
+                    .iter()
+                    .map(|(key, list)| format!("{key} : {verb} {}", self.try_chain(list, sets)))
+                    .collect();
+                let (name, lhs) = match l.prefix_len {
+                    Some(len) => (
+                        format!("{base}_{len}"),
+                        format!("{} and {}", dim.lhs(), net_mask(dim, len)),
+                    ),
+                    None if group.len() > 1 => (
+                        format!("{base}_{}", if dim.max() == u128::MAX { 128 } else { 32 }),
+                        dim.lhs().to_string(),
+                    ),
+                    None => (base.clone(), dim.lhs().to_string()),
+                };
+                let rhs = Self::map(&name, dim.key_type(), l.interval, &elements, sets);
+                lines.push(format!("{lhs} vmap {rhs}"));
+            }
+            if group.len() == 1 {
+                rules.extend(lines);
+            } else {
+                let _ = writeln!(self.chains, "\tchain {base} {{");
+                for l in lines {
+                    let _ = writeln!(self.chains, "\t\t{l}");
+                }
+                self.chains += "\t}\n";
+                rules.push(format!("jump {base}"));
+            }
+        }
+        let mut winners = Vec::new();
+        for &i in members {
+            if self.primaries[i] == Primary::Walk {
+                rules.extend(self.candidate_rules(i, false, sets));
+            }
+            winners.push(format!("{} : goto set_p{i}", self.scratch(i)));
+        }
+        if let Some((_, m)) = all {
+            winners.push(format!("{} : goto set_p{m}", self.scratch(m)));
+        }
+        let rhs = Self::map(&format!("{prefix}_win"), "mark", false, &winners, sets);
+        rules.push(format!("ct mark and {mask} vmap {rhs}"));
+        (rules, all.is_some())
+    }
+
+    /// The candidate chains, to be written with the table's other chains.
+    pub(super) fn into_chains(self) -> String {
+        self.chains
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse_str;
+    use crate::plan::{build, HostView};
+
+    const GWS: &str = "[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n[[gateway]]\nname=\"b\"\ninterface=\"e1\"\nvia=\"192.0.2.2\"\n";
+
+    /// The table for `cfg` followed by 4 more policies (on ports 60000…): more than 4
+    /// policies take the lookups (fewer are plain rules).
+    fn nft_of(cfg: &str) -> String {
+        let mut pad = String::new();
+        for i in 0..4 {
+            pad += &policy(
+                &format!("pad{i}"),
+                "route_via=\"a\"",
+                &format!("protocol=\"tcp\"\ndestination_port={}", 60000 + i),
+            );
+        }
+        build(
+            &parse_str(&format!("{GWS}{cfg}{pad}"), "t.toml").expect("valid"),
+            &HostView::default(),
+        )
+        .nft
+    }
+
+    fn chain<'a>(nft: &'a str, name: &str) -> &'a str {
+        let start = nft
+            .find(&format!("\tchain {name} {{\n"))
+            .unwrap_or_else(|| panic!("no chain {name}:\n{nft}"));
+        let body = &nft[start..];
+        &body[..body.find("\n\t}\n").expect("chain end") + 4]
+    }
+
+    fn policy(name: &str, action: &str, keys: &str) -> String {
+        format!("[[policy]]\nname=\"{name}\"\n{action}\n[policy.match]\n{keys}\n")
+    }
+
+    #[test]
+    fn one_lookup_per_key_type_however_the_policies_alternate() {
+        let mut cfg = String::new();
+        for i in 0..40 {
+            cfg += &policy(
+                &format!("m{i}"),
+                "reply_via=\"a\"",
+                &format!("source_mac=\"02:00:00:00:00:{i:02x}\""),
+            );
+            cfg += &policy(
+                &format!("s{i}"),
+                "route_via=\"b\"",
+                &format!("source=\"10.0.{i}.1\""),
+            );
+        }
+        let nft = nft_of(&cfg);
+        let classify = chain(&nft, "classify");
+        assert_eq!(
+            classify.lines().count(),
+            2 + 4,
+            "mac map, source map, port map (padding), winner map:\n{classify}"
+        );
+        assert!(
+            classify.contains("ether saddr vmap @classify_mac"),
+            "{classify}"
+        );
+        assert!(
+            classify.contains("ip saddr vmap @classify_src4"),
+            "{classify}"
+        );
+        assert!(
+            classify.contains("ct mark and 0xff000000 vmap @classify_win"),
+            "{classify}"
+        );
+        // Hosts only: a hashed map, no interval flag.
+        let map = &nft[nft.find("\tmap classify_src4 {").unwrap()..];
+        assert!(
+            !map[..map.find("\n\t}").unwrap()].contains("interval"),
+            "{map}"
+        );
+        // Policy 1 (s0) is the second: scratch value 0xfe000000.
+        assert!(
+            chain(&nft, "try_p1").contains(
+                "ct mark and 0xff000000 < 0xfe000000 ct mark set ct mark and 0x00ffffff or 0xfe000000"
+            ),
+            "{nft}"
+        );
+    }
+
+    #[test]
+    fn overlapping_prefixes_carry_every_covering_policy_in_order() {
+        let cfg = policy(
+            "p",
+            "reply_via=\"a\"",
+            "source=\"10.1.0.0/16\"\nprotocol=\"tcp\"",
+        ) + &policy("q", "reply_via=\"b\"", "source=\"10.0.0.0/8\"")
+            + &policy("r", "reply_via=\"b\"", "source=\"10.1.2.0/24\"");
+        let nft = nft_of(&cfg);
+        let classify = chain(&nft, "classify");
+        // Inside 10.1/16 p comes first but may fail (tcp only), then q matches for sure:
+        // r, inside it, can never win and is cut.
+        assert!(
+            classify.contains(
+                "ip saddr vmap { 10.0.0.0/16 : jump try_p1, 10.1.0.0/16 : jump try_p0_0, 10.2.0.0-10.255.255.255 : jump try_p1 }"
+            ),
+            "{classify}"
+        );
+        let both = chain(&nft, "try_p0_0");
+        assert!(
+            both.contains("< 0xff000000 meta l4proto tcp ct mark set ct mark and 0x00ffffff or 0xff000000 return\n"),
+            "{both}"
+        );
+        assert!(both.contains("< 0xfe000000 ct mark set"), "{both}");
+        assert!(!nft.contains("try_p2"), "{nft}");
+    }
+
+    #[test]
+    fn not_source_alone_is_looked_up_as_its_complement() {
+        let nft = nft_of(&policy(
+            "p",
+            "route_via=\"a\"",
+            "not_source=[\"10.0.0.0/8\", \"fd00::/8\"]",
+        ));
+        let classify = chain(&nft, "classify");
+        assert!(
+            classify.contains(
+                "ip saddr vmap { 0.0.0.0-9.255.255.255 : jump try_p0, 11.0.0.0-255.255.255.255 : jump try_p0 }"
+            ),
+            "{classify}"
+        );
+        assert!(
+            classify.contains("ip6 saddr vmap { ::-fcff:ffff:ffff:ffff:ffff:ffff:ffff:ffff : jump try_p0, fe00::/7 : jump try_p0 }"),
+            "{classify}"
+        );
+    }
+
+    #[test]
+    fn a_match_all_policy_starts_the_candidates_and_ends_the_list() {
+        let cfg = policy("p", "route_via=\"a\"", "protocol=\"udp\"")
+            + &policy("all", "route_via=\"b\"", "")
+            + &policy("never", "route_via=\"a\"", "protocol=\"tcp\"");
+        let nft = nft_of(&cfg);
+        let classify = chain(&nft, "classify");
+        assert!(
+            classify.starts_with(
+                "\tchain classify {\n\t\tct mark set ct mark and 0x00ffffff or 0xfe000000\n"
+            ),
+            "{classify}"
+        );
+        assert!(
+            classify.contains("meta l4proto vmap { udp : jump try_p0 }"),
+            "{classify}"
+        );
+        assert!(!classify.contains("p2") && !nft.contains("try_p2"), "{nft}");
+        // First in the list: a plain goto.
+        let nft = nft_of(&policy("all", "route_via=\"b\"", ""));
+        assert!(
+            chain(&nft, "classify").contains("\t\tgoto set_p0\n"),
+            "{nft}"
+        );
+        // A short list is plain rules in file order.
+        let cfg = format!(
+            "{GWS}{}",
+            policy("p", "route_via=\"a\"", "protocol=\"udp\"")
+                + &policy("all", "route_via=\"b\"", "")
+        );
+        let nft = build(&parse_str(&cfg, "t.toml").unwrap(), &HostView::default()).nft;
+        assert!(
+            chain(&nft, "classify")
+                .contains("\t\tmeta l4proto udp goto set_p0\n\t\tgoto set_p1\n\t}"),
+            "{nft}"
+        );
+    }
+
+    #[test]
+    fn local_chain_holds_only_route_via_without_ingress_keys() {
+        let cfg = policy("in", "reply_via=\"a\"", "in_interface=\"e0\"")
+            + &policy(
+                "out",
+                "route_via=\"b\"",
+                "protocol=\"tcp\"\ndestination_port=25",
+            );
+        let nft = nft_of(&cfg);
+        let out = chain(&nft, "classify_out");
+        assert!(out.contains("th dport vmap { 25 : jump try_p1, "), "{out}");
+        assert!(!out.contains("p0"), "{out}");
+        // The candidate chain is shared by both classification chains, written once.
+        assert_eq!(nft.matches("chain try_p1 {").count(), 1, "{nft}");
+    }
+
+    #[test]
+    fn more_policies_than_the_mask_holds_take_blocks() {
+        // 0x03000000 holds 3 values: 7 policies take 3 blocks, each with its own winner map.
+        let mut cfg = String::from("[settings]\nmark_mask=\"0x03000000\"\n");
+        cfg += "[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n";
+        for i in 0..7 {
+            cfg += &policy(
+                &format!("p{i}"),
+                "reply_via=\"a\"",
+                &format!("in_interface=\"x{i}\""),
+            );
+        }
+        let nft = build(&parse_str(&cfg, "t.toml").unwrap(), &HostView::default()).nft;
+        let classify = chain(&nft, "classify");
+        assert_eq!(
+            classify.matches("ct mark and 0x03000000 vmap").count(),
+            3,
+            "{classify}"
+        );
+        assert!(
+            classify.contains(
+                "0x03000000 : goto set_p3, 0x02000000 : goto set_p4, 0x01000000 : goto set_p5"
+            ),
+            "{classify}"
+        );
+    }
+
+    #[test]
+    fn disjoint_prefixes_of_one_length_are_one_hashed_lookup() {
+        let nets: Vec<String> = (0..20).map(|i| format!("\"10.{i}.1.0/24\"")).collect();
+        let hosts: Vec<String> = (0..20).map(|i| format!("\"10.{i}.2.7\"")).collect();
+        let cfg = policy(
+            "p",
+            "route_via=\"a\"",
+            &format!("destination=[{}]\nprotocol=\"udp\"", nets.join(", ")),
+        ) + &policy(
+            "q",
+            "route_via=\"b\"",
+            &format!("destination=[{}]", hosts.join(", ")),
+        );
+        let nft = nft_of(&cfg);
+        assert!(
+            chain(&nft, "classify").contains("\t\tjump classify_dst4\n"),
+            "{nft}"
+        );
+        let dst = chain(&nft, "classify_dst4");
+        assert_eq!(
+            dst,
+            "\tchain classify_dst4 {\n\t\tip daddr vmap @classify_dst4_32\n\t\tip daddr and 255.255.255.0 vmap @classify_dst4_24\n\t}\n"
+        );
+        assert!(nft.contains("10.3.1.0 : goto try_p0"), "{nft}");
+        assert!(nft.contains("10.3.2.7 : goto try_p1"), "{nft}");
+    }
+}

@@ -1,8 +1,10 @@
 //! Subcommands. Each one is a thin layer over the library: load the config, call
 //! `plan`/`kernel`, print for people or as JSON.
 
+mod applied;
 mod confirm;
 mod daemon;
+mod docs;
 mod lab;
 
 use std::io::Write;
@@ -46,8 +48,17 @@ const SNAPSHOT_BY_HAND: &str = "To make the same files by hand on a box without 
 With --netns NAME, table names come from /etc/netns/NAME/iproute2 when it exists (as under
 `ip netns exec NAME`), else from the host's /etc/iproute2.";
 
+/// `symroute --version`: the version and the git commit it was built from (build.rs;
+/// `unknown` when built outside git, e.g. from a release tarball).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SYMROUTE_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "symroute", version, about = "Symmetric policy routing for multi-homed Linux hosts", long_about = ABOUT)]
+#[command(name = "symroute", version = VERSION, about = "Symmetric policy routing for multi-homed Linux hosts", long_about = ABOUT)]
 pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -320,6 +331,16 @@ enum Cmd {
         #[arg(value_enum, default_value = "two-isps")]
         scenario: lab::Scenario,
     },
+    /// Print the shell completion script for SHELL. Load it for this shell with
+    /// `source <(symroute completions bash)`; the Debian package installs them for bash,
+    /// zsh and fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (symroute.8 and symroute-SUBCOMMAND.8) into DIR, for packaging.
+    #[command(hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 /// The packet `explain` traces.
@@ -576,6 +597,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             netns.enter()?;
             let live = daemon::status();
+            // No -c, no daemon and no file at the default path: what is applied here.
+            let default = std::path::Path::new(config::DEFAULT_PATH);
+            if config.config.is_none() && live.is_none() && !default.exists() {
+                applied::print(&applied::read(default)?, json, &mut out)?;
+                return Ok(ExitCode::SUCCESS);
+            }
             // Without -c, the config the daemon runs.
             let m = match (&config.config, &live) {
                 (None, Some(l)) => {
@@ -714,6 +741,12 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Lab { scenario } => {
             drop(out);
             lab::run(scenario).context("lab failed")?;
+        }
+        Cmd::Completions { shell } => docs::completions(shell, &mut out),
+        Cmd::Manpages { dir } => {
+            for page in docs::manpages(&dir)? {
+                writeln!(out, "{}", dir.join(page).display())?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

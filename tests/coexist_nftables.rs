@@ -206,5 +206,5 @@ fn the_apply_unit_is_tied_to_nftables_service() {
         .find_map(|l| l.strip_prefix("After="))
         .expect("After=");
     assert!(after.split_whitespace().any(|u| u == "nftables.service"));
-    assert!(unit.contains("\nExecReload=/usr/local/sbin/symroute apply\n"));
+    assert!(unit.contains("\nExecReload=/usr/sbin/symroute apply\n"));
 }

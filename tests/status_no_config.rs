@@ -48,7 +48,10 @@ fn status_without_a_config_shows_what_is_applied() {
     assert!(json["rules"].as_array().unwrap().len() >= 4, "{json}");
     assert!(json["routes"].as_array().unwrap().len() >= 2, "{json}");
     assert!(json["counters"]["p0_answer_on_isp1"]["packets"].is_u64());
-    assert_eq!(json["sysctls"]["net.ipv4.icmp_errors_use_inbound_ifaddr"]["now"], "1");
+    assert_eq!(
+        json["sysctls"]["net.ipv4.icmp_errors_use_inbound_ifaddr"]["now"],
+        "1"
+    );
 
     // With -c, the usual status of that config.
     let dir = support::TempDir::new("stnocfg");

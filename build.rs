@@ -1,5 +1,6 @@
 //! Names the git commit the binary was built from, for `symroute --version` and the
-//! `symroute_build_info` metric: `SYMROUTE_COMMIT` is the short hash of HEAD, or
+//! `symroute_build_info` metric: `BUILT_FROM_COMMIT` (not `SYMROUTE_…`: cargo also sets
+//! it when it runs the tests, and `SYMROUTE_*` is what on_change hooks receive) is the short hash of HEAD, or
 //! `unknown` outside a git checkout (a release tarball, a package build without `.git`)
 //! or without git installed. (No `-dirty` mark: build scripts rerun only when the files
 //! named below change, not on every edit, so it would go stale.)
@@ -18,7 +19,7 @@ fn git(args: &[&str]) -> Option<String> {
 
 fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=SYMROUTE_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILT_FROM_COMMIT={commit}");
     // Build again when HEAD moves: its file, the branch it names and the packed refs (in
     // a worktree these live in the common directory).
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {

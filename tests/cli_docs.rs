@@ -34,7 +34,7 @@ fn subcommands() -> Vec<String> {
 #[test]
 fn version_names_the_commit() {
     let v = symroute(&["--version"]).ok().stdout;
-    let commit = env!("SYMROUTE_COMMIT");
+    let commit = env!("BUILT_FROM_COMMIT");
     assert_eq!(
         v.trim(),
         format!("symroute {} (commit {commit})", env!("CARGO_PKG_VERSION"))

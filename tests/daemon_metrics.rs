@@ -607,7 +607,7 @@ fn metrics_have_process_build_reload_and_apply_errors() {
     }
 
     // Build info: version and the commit of this checkout.
-    let commit = env!("SYMROUTE_COMMIT");
+    let commit = env!("BUILT_FROM_COMMIT");
     assert_eq!(
         must(
             &page,

@@ -53,7 +53,7 @@ With --netns NAME, table names come from /etc/netns/NAME/iproute2 when it exists
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("SYMROUTE_COMMIT"),
+    env!("BUILT_FROM_COMMIT"),
     ")"
 );
 

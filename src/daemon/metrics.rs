@@ -543,7 +543,7 @@ pub fn render(s: &Snapshot, live: &Live) -> String {
 
 /// The version and commit symroute was built from (`build.rs`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const COMMIT: &str = env!("SYMROUTE_COMMIT");
+pub const COMMIT: &str = env!("BUILT_FROM_COMMIT");
 
 /// The `process_*` families of the Prometheus client libraries, same names and meanings.
 fn process_metrics(out: &mut Page, p: &ProcessStats) {

@@ -57,6 +57,13 @@ const PIECES: &[&str] = &[
     "metrics_allow_remote = true",
     "fe80::1",
     "02:03:04:05:06:07",
+    "id = 127",
+    "id = 0",
+    "id = 26",
+    "id = 4294967295",
+    "mark_mask = \"0x80000000\"",
+    "mark_mask = \"0x00f00000\"",
+    "ha_pair = true",
 ];
 
 fn host() -> HostView {
@@ -95,6 +102,7 @@ fn mutated_configs_never_panic() {
         include_str!("../examples/haproxy-divert.toml"),
         include_str!("../examples/failover.toml"),
         include_str!("../examples/failover-health.toml"),
+        include_str!("../examples/ha-pair.toml"),
     ];
     let host = host();
     let mut rng = Rng::new(0x5eed_1234_abcd_0001);

@@ -30,8 +30,8 @@ fn status_without_a_config_shows_what_is_applied() {
     let text = symroute(&["status", "--netns", fw.name()]).ok().stdout;
     for want in [
         "applied: nftables table inet symroute (fingerprint ",
-        "lookup 42000",
-        "table 42000",
+        "lookup 42025",
+        "table 42025",
         "p0_answer_on_isp1",
         "net.ipv4.icmp_errors_use_inbound_ifaddr = 1 (was 0)",
     ] {

@@ -34,6 +34,7 @@ use super::pending::{self, PendingConfirm};
 use super::serve;
 use super::{Daemon, DaemonError};
 use crate::kernel::clock::BootTime;
+use crate::kernel::state::{HaRecord, HaRole};
 use crate::kernel::status::DaemonInfo;
 use crate::kernel::{state, KernelError};
 
@@ -67,6 +68,8 @@ pub enum Request {
     },
     /// Keep the config of a pending `reload` with `confirm`.
     Confirm,
+    /// keepalived's notify (`symroute ha ROLE`): this box's role in an HA pair.
+    Ha { role: HaRole },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -114,6 +117,9 @@ pub struct DaemonStatus {
     /// config's.
     #[serde(default)]
     pub health_down: std::collections::BTreeMap<String, String>,
+    /// Its role in an HA pair, as keepalived last reported it (`symroute ha`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -401,6 +407,13 @@ impl Daemon {
             Request::Status => self.status_response(),
             Request::Reload { config, confirm } => self.reload_request(config, confirm),
             Request::Confirm => self.confirm_request(),
+            Request::Ha { role } => {
+                let mask = self.model.settings.mark_mask;
+                let line = self
+                    .ha
+                    .set_role(role, &self.last_gateways, mask, Instant::now());
+                Response::done(vec![line])
+            }
         };
         call.reply.send(resp);
     }
@@ -423,6 +436,7 @@ impl Daemon {
                 }),
                 gateways: self.live.snapshot(&self.model, &self.windows),
                 health_down: self.health_down.clone(),
+                ha: self.ha.role(),
             }),
             ..Response::default()
         }

@@ -38,14 +38,13 @@ pub fn read() -> io::Result<ProcessStats> {
         .ok_or_else(|| invalid("/proc/self/stat: unexpected format"))?;
     let boot = parse_btime(&std::fs::read_to_string("/proc/stat")?)
         .ok_or_else(|| invalid("/proc/stat: no btime line"))?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
-        t if t > 0 => t as f64,
+    use nix::unistd::{sysconf, SysconfVar};
+    let ticks = match sysconf(SysconfVar::CLK_TCK) {
+        Ok(Some(t)) if t > 0 => t as f64,
         _ => 100.0,
     };
-    // SAFETY: as above.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        p if p > 0 => p as u64,
+    let page = match sysconf(SysconfVar::PAGE_SIZE) {
+        Ok(Some(p)) if p > 0 => p as u64,
         _ => 4096,
     };
     // Counting entries opens one more descriptor (the directory) while it counts.

@@ -189,7 +189,7 @@ fn seed2_divert_chain() {
 // ---------------------------------------------------------------------------------------
 // symroute's own tables
 
-/// The host of tests/plan_snapshots.rs: every interface the examples name, up.
+/// The host of tests/integration/plan_snapshots.rs: every interface the examples name, up.
 pub(crate) fn host() -> HostView {
     let link = |addrs: &[&str]| Link {
         up: true,

@@ -86,22 +86,15 @@ impl Drop for Networkd {
     }
 }
 
-static DIAG: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+/// Waits until `ok`; how long it took. On a timeout the failure shows `fw`'s routing
+/// state (rules, routes, the uplink, conntrack).
+fn wait_until(fw: &Netns, what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     while !ok() {
         if start.elapsed() >= limit {
-            let fw = DIAG.lock().unwrap().clone();
-            let state = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(format!("ip netns exec {fw} sh -c 'echo CONNTRACK; conntrack -L 2>&1 | grep -v ESTAB | head -20; echo ROUTEGET; ip route get 192.0.2.10 from 203.0.113.2 mark 0x1000000; ip route get 192.0.2.10 from 203.0.113.2; ip -s link show up1; ip neigh; nft list ruleset | grep -A2 counter'"))
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            if std::env::var_os("H13_PAUSE").is_some() {
-                std::thread::sleep(Duration::from_secs(90));
-            }
+            let state = fw
+                .sh("ip rule; ip route show table all | grep -v '^local\\|^broadcast'; ip -s link show up1; ip neigh; conntrack -L 2>&1 | head -20")
+                .unwrap_or_else(|e| e.to_string());
             panic!("{what}: not within {limit:?}\n{state}");
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -144,7 +137,6 @@ fn symroute_run_beside_systemd_networkd() {
         "{NETWORKD} is needed (package systemd; scripts/setup installs it)"
     );
     let lab = TwoIsps::build().expect("build TwoIsps");
-    *DIAG.lock().unwrap() = lab.fw.name().to_string();
     // What networkd will own: the uplinks' addresses and main's default routes.
     lab.fw
         .sh("ip route del default && ip -6 route del default && ip addr flush dev up1 && ip addr flush dev up2")
@@ -157,6 +149,7 @@ fn symroute_run_beside_systemd_networkd() {
     let log = std::env::temp_dir().join(format!("symroute-networkd-{}.log", std::process::id()));
     let mut networkd = Networkd::start(&lab.fw, log.clone());
     wait_until(
+        &lab.fw,
         "networkd configures up1 and up2",
         Duration::from_secs(10),
         || configured(&lab.fw),
@@ -177,6 +170,7 @@ fn symroute_run_beside_systemd_networkd() {
     let d = Daemon::start(&lab.fw, CONFIG);
     let applies = |d: &Daemon| d.log().matches("change(s) applied").count();
     wait_until(
+        &lab.fw,
         "seed 1 answered with symroute",
         Duration::from_secs(3),
         || smtp_answers(&lab),
@@ -189,10 +183,14 @@ fn symroute_run_beside_systemd_networkd() {
         .expect("a hand-made rule");
     networkd.stop();
     networkd = Networkd::start(&lab.fw, log.clone());
-    wait_until("networkd up again", Duration::from_secs(10), || {
-        configured(&lab.fw)
-    });
+    wait_until(
+        &lab.fw,
+        "networkd up again",
+        Duration::from_secs(10),
+        || configured(&lab.fw),
+    );
     let took = wait_until(
+        &lab.fw,
         "answered after a networkd restart",
         Duration::from_secs(3),
         || smtp_answers(&lab),
@@ -217,14 +215,20 @@ fn symroute_run_beside_systemd_networkd() {
 
     // Carrier loss and return on up1 (ISP1's side of the cable goes down and up).
     lab.isp1.ip("link set fw0 down").expect("carrier off");
-    wait_until("up1 loses its carrier", Duration::from_secs(3), || {
-        lab.fw
-            .exec(&["ip", "link", "show", "up1"])
-            .is_ok_and(|l| l.contains("NO-CARRIER"))
-    });
+    wait_until(
+        &lab.fw,
+        "up1 loses its carrier",
+        Duration::from_secs(3),
+        || {
+            lab.fw
+                .exec(&["ip", "link", "show", "up1"])
+                .is_ok_and(|l| l.contains("NO-CARRIER"))
+        },
+    );
     std::thread::sleep(Duration::from_millis(500));
     lab.isp1.ip("link set fw0 up").expect("carrier on");
     let took = wait_until(
+        &lab.fw,
         "answered after the carrier came back",
         Duration::from_secs(3),
         || smtp_answers(&lab),
@@ -259,15 +263,19 @@ fn symroute_run_beside_systemd_networkd() {
         .expect("a hand-made rule");
     networkd = Networkd::start(&lab.fw, log);
     wait_until(
+        &lab.fw,
         "networkd up with the drop-in",
         Duration::from_secs(10),
         || configured(&lab.fw),
     );
     std::thread::sleep(Duration::from_millis(500));
     assert!(hand_made(&lab.fw), "the drop-in keeps hand-made rules");
-    wait_until("answered with the drop-in", Duration::from_secs(3), || {
-        smtp_answers(&lab)
-    });
+    wait_until(
+        &lab.fw,
+        "answered with the drop-in",
+        Duration::from_secs(3),
+        || smtp_answers(&lab),
+    );
     drop(networkd);
     drop(d);
 }

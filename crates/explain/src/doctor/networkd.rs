@@ -2,7 +2,7 @@
 //! `ManageForeignRoutingPolicyRules=` / `ManageForeignRoutes=` yes (its default), networkd
 //! removes rules and routes that its `.network` files do not configure (except those of
 //! protocol `kernel`). networkd 252 was seen keeping symroute's (protocol 157) and a
-//! hand-made `ip rule` across restarts (tests/coexist_networkd.rs), but the setting is
+//! hand-made `ip rule` across restarts (tests/integration/coexist_networkd.rs), but the setting is
 //! what permits removal, so doctor reports it. The settings are read from the host's
 //! networkd.conf and drop-ins as text (the snapshot's `networkd.conf`), later
 //! assignments winning as in systemd.

@@ -14,12 +14,17 @@ use super::daemon;
 /// `symroute run`, its live health (since, loss, round trip). Without -c, the
 /// daemon's config; with neither and no file at the default path, what symroute has
 /// applied here (its table, tagged rules and routes, counters, the sysctls it changed).
+/// Also what each mark means here (compare it with the other box of an HA pair:
+/// `symroute doctor --peer`), the HA role keepalived last reported, and a pending or last
+/// `apply --confirm`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     scope: Scope,
     /// Print as JSON (daemon.pid/.config/.started, gateways[].name/.state/.since/.loss/
-    /// .rtt_ms/.connections, policies[].name/.gateways[]/.packets/.bytes)
+    /// .rtt_ms/.connections, policies[].name/.gateways[]/.packets/.bytes,
+    /// marks.gateways[].id/.reply_mark/.table and marks.digest, ha.role/.since_unix,
+    /// confirm.pending.guard_pid/.deadline and confirm.last.ended/.at)
     #[arg(long)]
     json: bool,
 }
@@ -62,19 +67,7 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         )?,
         None => writeln!(out, "daemon: not running in this namespace")?,
     }
-    if let Some(h) = &st.ha {
-        writeln!(
-            out,
-            "ha: {} (keepalived's last word, {}); dead gateways' connections are flushed {}",
-            h.role,
-            kernel::clock::rfc3339(UNIX_EPOCH + Duration::from_secs(h.since_unix)),
-            if h.role == kernel::state::HaRole::Master {
-                "(a second after they go down)"
-            } else {
-                "only once this box is master"
-            }
-        )?;
-    }
+    print_ha_and_confirm(st.ha.as_ref(), &st.confirm, out)?;
     if let Some(p) = live.as_ref().and_then(|l| l.pending_confirm.as_ref()) {
         writeln!(
             out,
@@ -150,6 +143,7 @@ fn print_without_config(
             writeln!(out, "  {l}")?;
         }
     }
+    print_ha_and_confirm(st.ha.as_ref(), &st.confirm, out)?;
     if !st.counters.is_empty() {
         writeln!(out, "policy counters:")?;
         for (name, c) in &st.counters {
@@ -170,6 +164,44 @@ fn print_without_config(
                 s.before
             )?;
         }
+    }
+    Ok(())
+}
+
+/// This box's HA role and the pending or last `apply --confirm`: symroute's own records,
+/// shown with a config or without.
+fn print_ha_and_confirm(
+    ha: Option<&kernel::state::HaRecord>,
+    confirm: &kernel::status::ConfirmView,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if let Some(h) = ha {
+        writeln!(
+            out,
+            "ha: {} (keepalived's last word, {}); dead gateways' connections are flushed {}",
+            h.role,
+            kernel::clock::rfc3339(UNIX_EPOCH + Duration::from_secs(h.since_unix)),
+            if h.role == kernel::state::HaRole::Master {
+                "(a second after they go down)"
+            } else {
+                "only once this box is master"
+            }
+        )?;
+    }
+    if let Some(p) = &confirm.pending {
+        writeln!(
+            out,
+            "pending: `apply --confirm` (guard pid {}); rolled back at {} unless `symroute confirm`",
+            p.guard_pid, p.deadline
+        )?;
+    }
+    if let Some(l) = &confirm.last {
+        writeln!(
+            out,
+            "last `apply --confirm`: {} ({})",
+            l.ended.describe(),
+            l.at
+        )?;
     }
     Ok(())
 }

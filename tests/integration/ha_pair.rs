@@ -368,3 +368,24 @@ fn a_backup_never_flushes_the_masters_connections() {
     );
     drop((kept, lost, a, b));
 }
+
+/// keepalived stopping (a restart, an upgrade) gives the addresses up: its notify_stop
+/// script tells symroute this box is no longer the master, so it stops flushing as one.
+#[test]
+fn keepalived_stopping_makes_the_master_a_backup() {
+    let mut lab = Lab::start();
+    let role = |lab: &Lab| support::status_json(lab.fw(0), Some(CONFIG))["ha"]["role"].clone();
+    assert_eq!(role(&lab), "master", "{}", lab.logs());
+    lab.ha.as_mut().expect("daemons").keepalived[0].stop();
+    let t = Instant::now();
+    while role(&lab) != "backup" {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "still {} after keepalived stopped\n{}",
+            role(&lab),
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("backup {:?} after keepalived was told to stop", t.elapsed());
+}

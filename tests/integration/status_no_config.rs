@@ -52,6 +52,9 @@ fn status_without_a_config_shows_what_is_applied() {
         json["sysctls"]["net.ipv4.icmp_errors_use_inbound_ifaddr"]["now"],
         "1"
     );
+    // symroute's own records come along: no `apply --confirm` pending or done here.
+    assert_eq!(json["confirm"]["pending"], serde_json::Value::Null, "{json}");
+    assert!(json.get("ha").is_none(), "{json}");
 
     // With -c, the usual status of that config.
     let dir = support::TempDir::new("stnocfg");

@@ -60,8 +60,9 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Model, ConfigError> {
             return Err(ConfigError::Invalid(loc.diags));
         }
     };
-    let model = validate(raw, &mut loc);
+    let mut model = validate(raw, &mut loc);
     if loc.diags.is_empty() {
+        model.source = text.to_string();
         Ok(model)
     } else {
         Err(ConfigError::Invalid(loc.diags))
@@ -223,6 +224,7 @@ fn validate(raw: RawConfig, loc: &mut Locator) -> Model {
         gateways,
         policies,
         diverts,
+        source: String::new(),
     }
 }
 

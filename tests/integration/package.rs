@@ -164,6 +164,8 @@ fn the_debian_package() {
         "./usr/share/doc/symroute/examples/networkd.conf.d/symroute.conf",
         "./usr/share/doc/symroute/examples/prometheus/symroute-alerts.yml",
         "./usr/share/doc/symroute/examples/grafana/symroute.json",
+        "./usr/share/doc/symroute/examples/ha/keepalived.conf",
+        "./usr/share/doc/symroute/examples/ha/conntrackd.conf",
     ] {
         assert!(
             files.contains(&want),

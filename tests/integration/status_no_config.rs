@@ -53,7 +53,11 @@ fn status_without_a_config_shows_what_is_applied() {
         "1"
     );
     // symroute's own records come along: no `apply --confirm` pending or done here.
-    assert_eq!(json["confirm"]["pending"], serde_json::Value::Null, "{json}");
+    assert_eq!(
+        json["confirm"]["pending"],
+        serde_json::Value::Null,
+        "{json}"
+    );
     assert!(json.get("ha").is_none(), "{json}");
 
     // With -c, the usual status of that config.

@@ -101,7 +101,7 @@ pub fn check(host: &HostState, out: &mut Vec<Finding>) {
                 "systemd-networkd configures links on this host, and this setting lets it remove {what} that its .network files do not configure (networkd.conf(5)), e.g. when it starts or reconfigures a link; hand-made policy routing and symroute's could go with them (networkd 252 keeps rules and routes of other protocols, such as symroute's 157). `symroute run` puts back anything removed within ~100 ms; a one-shot `symroute apply` does not"
             ),
             fix: format!(
-                "let networkd leave them alone: a drop-in {DROP_IN} with `[Network]`, `ManageForeignRoutingPolicyRules=no`, `ManageForeignRoutes=no` (symroute ships it as contrib/networkd/symroute.conf), then `networkctl reload` or restart systemd-networkd"
+                "let networkd leave them alone: a drop-in {DROP_IN} with `[Network]`, `ManageForeignRoutingPolicyRules=no`, `ManageForeignRoutes=no` (symroute ships it as contrib/networkd/symroute.conf), then restart systemd-networkd (it reads networkd.conf when it starts)"
             ),
         });
     }

@@ -31,6 +31,9 @@ pub struct HostState {
     pub origin: String,
     /// Expected files that were absent (their part of the state is empty).
     pub missing: Vec<String>,
+    /// systemd-networkd's configuration text (snapshot file `networkd.conf`: networkd.conf
+    /// and its drop-ins after `# PATH` lines), where networkd is configured.
+    pub networkd: Option<String>,
 }
 
 impl HostState {
@@ -99,6 +102,7 @@ impl HostState {
             macs,
             origin: origin.to_string(),
             missing,
+            networkd: files.get("networkd.conf").cloned(),
         })
     }
 

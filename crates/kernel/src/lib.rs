@@ -20,6 +20,7 @@ pub mod netns;
 pub mod nft_rules;
 pub mod noop;
 pub mod observe;
+pub mod process;
 pub mod remove;
 pub mod rundir;
 pub mod snapshot;

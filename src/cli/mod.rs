@@ -584,6 +584,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 _ => config.load()?,
             };
             let mut observed = kernel::observe::observe()?;
+            observed.host.cgroups = kernel::cgroup::observe(&m);
             if let Some(l) = &live {
                 observed.host.health_down = l.health_down.clone();
             }

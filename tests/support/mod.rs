@@ -2,6 +2,7 @@
 //! snapshot a namespace's kernel state. Every test needs root; `require_root` says so.
 #![allow(dead_code)]
 
+pub mod cgroups;
 pub mod classify;
 pub mod daemon;
 

@@ -194,6 +194,7 @@ pub fn prepare_health(
 ) -> Result<(Observed, Plan, Changes), KernelError> {
     let mut observed = observe::observe()?;
     observed.host.health_down = health_down.clone();
+    observed.host.cgroups = super::cgroup::observe(model);
     let plan = plan::build(model, &observed.host);
     let conflicts = diff::conflicts(&plan, &observed);
     if !conflicts.is_empty() {

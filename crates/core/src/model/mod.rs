@@ -11,7 +11,8 @@ use serde::Serialize;
 
 pub use matching::PacketKeys;
 pub use types::{
-    Family, IfName, MacAddr, Mark, MarkMask, Name, PortRange, Priority, Protocol, TableId,
+    CgroupPath, Family, IfName, MacAddr, Mark, MarkMask, Name, PortRange, Priority, Protocol,
+    TableId,
 };
 
 /// Index of a gateway in `Model::gateways`; only the validator makes them.
@@ -284,6 +285,11 @@ pub struct Selector {
     pub protocol: Vec<Protocol>,
     pub source_port: Vec<PortRange>,
     pub destination_port: Vec<PortRange>,
+    /// The sending socket's owner (`meta skuid`), sorted: the host's own traffic only.
+    pub user: Vec<u32>,
+    /// The sending socket's cgroup or one below it (`socket cgroupv2`), sorted: the
+    /// host's own traffic only.
+    pub cgroup: Vec<CgroupPath>,
 }
 
 impl Selector {
@@ -291,6 +297,11 @@ impl Selector {
     /// connections can never match such a selector.
     pub fn needs_ingress(&self) -> bool {
         !self.in_interface.is_empty() || !self.source_mac.is_empty()
+    }
+    /// User and cgroup belong to the socket that sends: only connections the host opens
+    /// itself can match such a selector.
+    pub fn needs_socket(&self) -> bool {
+        !self.user.is_empty() || !self.cgroup.is_empty()
     }
     /// Whether a packet from one of `addrs` can pass the `source` key (a host's own
     /// connections come from its own addresses).
@@ -313,6 +324,8 @@ impl Selector {
             + self.protocol.len()
             + self.source_port.len()
             + self.destination_port.len()
+            + self.user.len()
+            + self.cgroup.len()
     }
 }
 

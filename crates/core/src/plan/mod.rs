@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-pub use host::{DefaultVia, HostView, Link};
+pub use host::{Cgroups, DefaultVia, HostView, Link};
 pub use objects::{RouteKind, RouteSpec, RuleAction, RuleSpec, RT_PROTO};
 
 use crate::model::{
@@ -371,6 +371,7 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         &policies,
         divert.map(|d| d.0),
         &local_addrs,
+        host.cgroups.as_ref(),
     );
 
     Plan {

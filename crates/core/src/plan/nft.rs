@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 
 use crate::model::{Action, Family, Mark, MarkMask, Model, Prefixes, Selector};
 
+use super::host::Cgroups;
 use super::{GatewayPlan, PolicyGateway, PolicyPlan};
 
 pub const TABLE: &str = "symroute";
@@ -120,6 +121,7 @@ pub fn render(
     policies: &[PolicyPlan],
     divert: Option<Mark>,
     local_addrs: &[std::net::IpAddr],
+    cgroups: Option<&Cgroups>,
 ) -> (String, String) {
     let mask = model.settings.mark_mask;
     let mut sets = String::new();
@@ -156,8 +158,16 @@ pub fn render(
     }
     // Local connections never match interface or MAC selectors, only route_via
     // decisions matter for connections the host opens itself, and their source is one of
-    // the host's addresses: a policy for other sources can't take them.
-    let all: Vec<usize> = (0..model.policies.len()).collect();
+    // the host's addresses: a policy for other sources can't take them. Arriving ones
+    // have no sending user or cgroup (and `socket cgroupv2` in prerouting would look up
+    // the local socket a packet is for: not the sender).
+    let all: Vec<usize> = model
+        .policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.selector.needs_socket())
+        .map(|(i, _)| i)
+        .collect();
     let local: Vec<usize> = model
         .policies
         .iter()
@@ -170,7 +180,7 @@ pub fn render(
         .map(|(i, _)| i)
         .collect();
     let is_new = format!("ct state new ct mark and {mask} == 0");
-    let mut classifier = super::classify::Classifier::new(model);
+    let mut classifier = super::classify::Classifier::new(model, cgroups);
     for (chain, hook_rules, members) in [
         ("classify", &mut pre, &all),
         ("classify_out", &mut out, &local),
@@ -290,7 +300,18 @@ pub fn render(
         body += "\t}\n";
     }
 
-    let fp = fingerprint(&body);
+    // The cgroups rendered are paths nft resolves to ids when it loads the table: the
+    // ids are part of what was loaded, so a cgroup made again (same path, new id) makes
+    // a new fingerprint, and the table is loaded again.
+    let mut identity = body.clone();
+    if let Some(c) = cgroups {
+        for (path, id) in &c.ids {
+            if body.contains(&format!("{}{path}\"", c.nft_root)) {
+                let _ = writeln!(identity, "# cgroup {path} {id}");
+            }
+        }
+    }
+    let fp = fingerprint(&identity);
     // nft's JSON drops table comments, so the fingerprint also names an empty chain.
     let text = format!(
         "table inet {TABLE} {{\n\tcomment \"symroute {fp}\"\n\tchain fingerprint_{fp} {{\n\t}}\n{body}}}\n"
@@ -436,9 +457,42 @@ fn list(
 }
 
 /// The condition strings of one policy, one entry per address family it needs (a rule can
-/// test only one family's addresses). Each entry starts with a space.
-pub(super) fn selector_variants(s: &Selector, id: &str, sets: &mut String) -> Vec<String> {
+/// test only one family's addresses) and per cgroup level (one `socket cgroupv2 level N`
+/// each). Each entry starts with a space. None when it names only cgroups that do not
+/// exist (yet): it can match nothing.
+pub(super) fn selector_variants(
+    s: &Selector,
+    id: &str,
+    sets: &mut String,
+    cg: Option<&Cgroups>,
+) -> Vec<String> {
     let mut common = String::new();
+    if !s.user.is_empty() {
+        let uids: Vec<String> = s.user.iter().map(|u| u.to_string()).collect();
+        common += &format!(
+            " meta skuid {}",
+            list(&uids, &format!("{id}_uid"), "uid", false, sets)
+        );
+    }
+    // One variant per level: a rule reads the socket's cgroup at one level.
+    let mut levels: Vec<String> = Vec::new();
+    if !s.cgroup.is_empty() {
+        let mut by_level: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+        for p in &s.cgroup {
+            if let Some(text) = cg.and_then(|c| c.nft_path(p)) {
+                by_level.entry(p.level()).or_default().push(text);
+            }
+        }
+        if by_level.is_empty() {
+            return Vec::new();
+        }
+        for (level, paths) in by_level {
+            levels.push(format!(
+                " socket cgroupv2 level {level} {}",
+                list(&paths, &format!("{id}_cg{level}"), "cgroupsv2", false, sets)
+            ));
+        }
+    }
     if !s.in_interface.is_empty() {
         let names: Vec<String> = s.in_interface.iter().map(|i| format!("\"{i}\"")).collect();
         common += &format!(
@@ -508,7 +562,14 @@ pub(super) fn selector_variants(s: &Selector, id: &str, sets: &mut String) -> Ve
             );
         }
     }
-    variants.into_iter().map(|v| v + &l4).collect()
+    let variants: Vec<String> = variants.into_iter().map(|v| v + &l4).collect();
+    if levels.is_empty() {
+        return variants;
+    }
+    variants
+        .iter()
+        .flat_map(|v| levels.iter().map(move |l| format!("{v}{l}")))
+        .collect()
 }
 
 fn addr_cond(

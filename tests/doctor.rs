@@ -650,3 +650,53 @@ fn cli_exit_codes() {
         String::from_utf8_lossy(&o.stdout)
     );
 }
+
+/// One reading of mark users: what `symroute apply`'s conflict check gets from its own
+/// inputs (the nft ruleset, the iptables-save outputs, the foreign `ip rule`s) equals what
+/// doctor reads from the same host's snapshot, object for object and bit for bit.
+#[test]
+fn apply_and_doctor_see_the_same_mark_users() {
+    use symroute::model::Priority;
+    use symroute::plan::diff::ForeignRule;
+    let mut seen = 0;
+    for name in ALL {
+        let loaded = files(name);
+        let host = host(name);
+        let json: serde_json::Value = serde_json::from_str(&loaded.files["nft.json"])
+            .unwrap_or_else(|e| panic!("{name}: nft.json: {e}"));
+        let foreign: Vec<ForeignRule> = host
+            .routing
+            .rules
+            .iter()
+            .filter(|r| r.protocol.as_deref() != Some("157"))
+            .map(|r| ForeignRule {
+                family: r.family,
+                priority: Priority::from_kernel(r.priority),
+                fwmark: r.fwmark,
+                text: r.text.clone(),
+            })
+            .collect();
+        let texts = symroute::kernel::marks::IptablesTexts {
+            v4: loaded.files.get("iptables-save.txt").cloned(),
+            v6: loaded.files.get("ip6tables-save.txt").cloned(),
+        };
+        let key = |u: &symroute::plan::diff::MarkUser| (u.text.clone(), u.bits);
+        let mut apply: Vec<_> =
+            symroute::kernel::marks::foreign_mark_users(&json, &foreign, &texts)
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .iter()
+                .map(key)
+                .collect();
+        let mut doctor: Vec<_> = symroute::explain::doctor::mark_users(&host)
+            .iter()
+            .map(key)
+            .collect();
+        apply.sort();
+        doctor.sort();
+        assert_eq!(apply, doctor, "{name}");
+        seen += apply.len();
+    }
+    // The fixtures hold mark users of every kind (nft and iptables sets, copies, partial
+    // tests, ip rules): the comparison is not over empty lists.
+    assert!(seen > 40, "only {seen} mark users in the fixtures");
+}

@@ -1092,3 +1092,51 @@ fn conflicts_stop_apply_before_any_change_f_iptables_nft_and_legacy_marks() {
         eprintln!("{tool} ({save_says}) rule refused");
     }
 }
+
+/// Mark users outside the mangle table count too: kube-proxy sets its bits from `nat`,
+/// and a `filter` rule may test ours under a partial mask. Both variants of iptables.
+#[test]
+fn conflicts_stop_apply_before_any_change_g_marks_in_other_tables() {
+    for tool in ["iptables-nft", "iptables-legacy"] {
+        refuses(
+            &format!("{tool} -t nat MARK --set-xmark 0x01000000"),
+            CONFIG,
+            |fw| {
+                fw.exec(&[
+                    tool,
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-j",
+                    "MARK",
+                    "--set-xmark",
+                    "0x01000000/0x01000000",
+                ])
+                .unwrap_or_else(|e| panic!("{tool}: {e:#}"));
+            },
+            &["-t nat", "0x01000000"],
+        );
+        refuses(
+            &format!("{tool} -t filter -m mark --mark 0x01000000/0x0f000000"),
+            CONFIG,
+            |fw| {
+                fw.exec(&[
+                    tool,
+                    "-t",
+                    "filter",
+                    "-A",
+                    "FORWARD",
+                    "-m",
+                    "mark",
+                    "--mark",
+                    "0x01000000/0x0f000000",
+                    "-j",
+                    "ACCEPT",
+                ])
+                .unwrap_or_else(|e| panic!("{tool}: {e:#}"));
+            },
+            &["0x0f000000"],
+        );
+    }
+}

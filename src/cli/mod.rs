@@ -344,7 +344,7 @@ struct PacketArgs {
     source: Option<std::net::IpAddr>,
     #[arg(long, value_name = "IP")]
     destination: std::net::IpAddr,
-    /// tcp, udp, icmp, icmpv6 or a protocol number
+    /// A protocol name as in /etc/protocols (tcp, udp, sctp, dccp, icmp, icmpv6, gre, …) or number
     #[arg(long, default_value = "tcp")]
     protocol: String,
     #[arg(long, value_name = "PORT")]
@@ -366,31 +366,25 @@ fn parse_mark(s: &str) -> Result<u32, String> {
 
 impl PacketArgs {
     fn spec(&self) -> anyhow::Result<symroute::explain::trace::PacketSpec> {
-        let protocol = match self.protocol.to_ascii_lowercase().as_str() {
-            "tcp" => 6,
-            "udp" => 17,
-            "icmp" => 1,
-            "icmpv6" | "ipv6-icmp" => 58,
-            "sctp" => 132,
-            n => n.parse::<u8>().map_err(|_| {
-                anyhow::anyhow!(
-                    "--protocol: \"{n}\" is not tcp, udp, icmp, icmpv6, sctp or a number"
-                )
-            })?,
-        };
+        let protocol = symroute::model::IpProto::parse(&self.protocol).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--protocol: \"{}\" is not a protocol name (/etc/protocols) or number",
+                self.protocol
+            )
+        })?;
         if let Some(s) = self.source {
             anyhow::ensure!(
                 s.is_ipv4() == self.destination.is_ipv4(),
                 "--source and --destination must be the same address family"
             );
         }
-        let ports = matches!(protocol, 6 | 17 | 132);
+        let ports = protocol.has_ports();
         Ok(symroute::explain::trace::PacketSpec {
             in_interface: self.in_interface.clone(),
             source_mac: self.source_mac.clone(),
             source: self.source,
             destination: self.destination,
-            protocol,
+            protocol: protocol.0,
             source_port: self.source_port.or(ports.then_some(40000)),
             destination_port: self.destination_port.or(ports.then_some(80)),
             mark: self.mark,

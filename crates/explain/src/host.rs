@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::netfilter::{self, NfFamily, Ruleset};
-use super::routing::{RoutingState, StateTexts};
+use super::routing::{RouteEntry, RoutingState, RuleEntry, StateTexts};
 use symroute_core::model::Family;
-use symroute_core::plan::{Plan, RouteKind, RT_PROTO};
+use symroute_core::plan::{Plan, RT_PROTO};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -117,46 +117,13 @@ impl HostState {
         self.routing
             .routes
             .retain(|r| r.protocol.as_deref() != Some(ours.as_str()));
+        // The plan's values as the engine's entries (not their `ip` rendering read back),
+        // IPv4 then IPv6 as the kernel lists them.
         for family in [Family::Inet4, Family::Inet6] {
-            // Render as `ip rule` / `ip route` print them and read back with the same
-            // parsers a snapshot goes through: one reading of the text, not two.
-            let rules: String = plan
-                .rules
-                .iter()
-                .filter(|r| r.family == family)
-                .map(|r| format!("{}\n", r.show_text()))
-                .collect();
-            let routes: String = plan
-                .routes
-                .iter()
-                .filter(|r| r.family == family)
-                .map(|r| {
-                    let dst = if r.dst.prefix_len() == 0 {
-                        "default".to_string()
-                    } else {
-                        r.dst.to_string()
-                    };
-                    let kind = if r.kind == RouteKind::Local {
-                        "local "
-                    } else {
-                        ""
-                    };
-                    let via = r.via.map(|v| format!(" via {v}")).unwrap_or_default();
-                    format!(
-                        "{kind}{dst}{via} dev {} table {} proto {RT_PROTO}\n",
-                        r.dev,
-                        r.table.id()
-                    )
-                })
-                .collect();
-            self.routing.rules.extend(
-                super::routing::parse_ip_rules(&rules, family)
-                    .map_err(|e| err(format!("rules line {}: {}", e.line, e.message)))?,
-            );
-            self.routing.routes.extend(
-                super::routing::parse_ip_routes(&routes, family)
-                    .map_err(|e| err(format!("routes line {}: {}", e.line, e.message)))?,
-            );
+            let rules = plan.rules.iter().filter(|r| r.family == family);
+            self.routing.rules.extend(rules.map(RuleEntry::planned));
+            let routes = plan.routes.iter().filter(|r| r.family == family);
+            self.routing.routes.extend(routes.map(RouteEntry::planned));
         }
         self.routing.sort_rules();
         self.firewall.chains.retain(|c| {

@@ -26,7 +26,12 @@ pub fn observe() -> Result<Observed, KernelError> {
         let ruleset = nft.join().map_err(|_| joined("nft"))??;
         let iptables = marks::iptables_texts(&marks::nft_tables(&ruleset));
         obs.nft_fingerprint = our_fingerprint(&ruleset);
-        obs.mark_users = marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables);
+        // Unreadable is not fatal here (`remove` and `status` observe too): the plan's
+        // conflict check refuses to apply beside a firewall it cannot read.
+        match marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables) {
+            Ok(users) => obs.mark_users = users,
+            Err(e) => obs.mark_users_unread = Some(e.to_string()),
+        }
         Ok(obs)
     })
 }
@@ -156,7 +161,7 @@ fn read_routes(
 }
 
 /// What observe needs from nftables: every table and chain (which tables exist, and our
-/// fingerprint chain), plus the rules of every foreign table (for mark users).
+/// fingerprint chain), plus the rules and sets of every foreign table (for mark users).
 ///
 /// One dump of the whole ruleset, filtered here. Names read from the host are data: a
 /// table named `x; add table ip pwned` listed by name (`nft list table ip NAME`) would
@@ -186,6 +191,9 @@ fn foreign_view(mut dump: Value) -> Value {
             i.get("table").is_some()
                 || i.get("chain").is_some()
                 || i.get("rule").is_some_and(|r| !ours(r))
+                // Foreign sets (without their elements: `-t`), so that a rule testing
+                // marks against one still reads as a mark test.
+                || i.get("set").or(i.get("map")).is_some_and(|x| !ours(x))
         })
         .collect();
     serde_json::json!({ "nftables": kept })

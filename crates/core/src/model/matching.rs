@@ -63,7 +63,7 @@ impl Selector {
         let pos = |x: &Prefixes, a: &IpAddr| x.is_empty() || (x.has(family) && within(x, a));
         let neg = |x: &Prefixes, a: &IpAddr| !within(x, a);
         let proto =
-            self.protocol.is_empty() || self.protocol.iter().any(|pr| pr.number() == p.protocol);
+            self.protocol.is_empty() || self.protocol.iter().any(|pr| pr.number().0 == p.protocol);
         let port = |ranges: &[super::PortRange], port: Option<u16>| {
             ranges.is_empty()
                 || port.is_some_and(|v| ranges.iter().any(|r| r.first <= v && v <= r.last))

@@ -1,6 +1,7 @@
 //! The validated model: what the user asked for, with every reference resolved and every
 //! value typed. Built only by `config::parse_str`; consumed by `plan`.
 
+pub mod ipproto;
 pub mod matching;
 pub mod types;
 
@@ -9,6 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
+pub use ipproto::IpProto;
 pub use matching::PacketKeys;
 pub use types::{
     CgroupPath, Family, IfName, MacAddr, Mark, MarkMask, Name, PortRange, Priority, Protocol,

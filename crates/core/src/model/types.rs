@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use super::ipproto::IpProto;
+
 /// The packet/conntrack mark bits symroute owns. Always non-zero and contiguous, so
 /// decision values can be numbered `1..=max` shifted into place.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -370,28 +372,32 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub const ALL: [Self; 7] = [
+        Self::Tcp,
+        Self::Udp,
+        Self::Sctp,
+        Self::Dccp,
+        Self::Udplite,
+        Self::Icmp,
+        Self::Icmpv6,
+    ];
+
+    /// A name or alias from the protocol table (`icmpv6`, `ipv6-icmp` and `icmp6` are one),
+    /// any case; numbers are not accepted in a config.
     pub fn parse(s: &str) -> Result<Self, String> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "tcp" => Self::Tcp,
-            "udp" => Self::Udp,
-            "sctp" => Self::Sctp,
-            "dccp" => Self::Dccp,
-            "udplite" => Self::Udplite,
-            "icmp" => Self::Icmp,
-            "icmpv6" | "ipv6-icmp" => Self::Icmpv6,
-            _ => {
-                return Err(format!(
+        IpProto::by_name(s)
+            .and_then(Self::from_number)
+            .ok_or_else(|| {
+                format!(
                     "\"{s}\" is not a protocol symroute knows (expected tcp, udp, sctp, dccp, udplite, icmp or icmpv6)"
-                ))
-            }
-        })
+                )
+            })
     }
-    pub fn has_ports(self) -> bool {
-        !matches!(self, Self::Icmp | Self::Icmpv6)
+    pub fn from_number(p: IpProto) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.number() == p)
     }
-    /// The IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
+    pub fn number(self) -> IpProto {
+        IpProto(match self {
             Self::Tcp => 6,
             Self::Udp => 17,
             Self::Sctp => 132,
@@ -399,22 +405,19 @@ impl Protocol {
             Self::Udplite => 136,
             Self::Icmp => 1,
             Self::Icmpv6 => 58,
-        }
+        })
     }
-    /// nft spelling for `meta l4proto`.
+    pub fn has_ports(self) -> bool {
+        self.number().has_ports()
+    }
+    /// nft spelling for `meta l4proto` (the table's name: every variant has one).
     pub fn nft(self) -> &'static str {
-        match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-            Self::Sctp => "sctp",
-            Self::Dccp => "dccp",
-            Self::Udplite => "udplite",
-            Self::Icmp => "icmp",
-            Self::Icmpv6 => "ipv6-icmp",
-        }
+        self.number().name().unwrap_or_default()
     }
 }
 
+/// The config's spelling: the table's name, but `icmpv6` (as `ip6tables`, `nft`'s
+/// `icmpv6 type` and most users write it) for `ipv6-icmp`.
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -519,5 +522,26 @@ mod tests {
             assert!(CgroupPath::new(bad).is_err(), "{bad:?}");
         }
         assert!(CgroupPath::new(&"a".repeat(256)).is_err());
+    }
+
+    #[test]
+    fn protocols_read_and_spell_through_the_table() {
+        for p in Protocol::ALL {
+            assert!(!p.nft().is_empty(), "{p:?} has a name in the table");
+            assert_eq!(Protocol::parse(p.nft()), Ok(p));
+            assert_eq!(Protocol::parse(&p.to_string()), Ok(p));
+            assert_eq!(Protocol::from_number(p.number()), Some(p));
+        }
+        assert_eq!(Protocol::Icmpv6.nft(), "ipv6-icmp");
+        assert_eq!(Protocol::Icmpv6.to_string(), "icmpv6");
+        assert_eq!(Protocol::parse("ICMP6"), Ok(Protocol::Icmpv6));
+        assert!(Protocol::parse("6").is_err());
+        assert!(Protocol::parse("gre").is_err());
+        let ported: Vec<_> = Protocol::ALL
+            .into_iter()
+            .filter(|p| p.has_ports())
+            .collect();
+        use Protocol::*;
+        assert_eq!(ported, [Tcp, Udp, Sctp, Dccp, Udplite]);
     }
 }

@@ -23,8 +23,12 @@ pub struct Observed {
     pub foreign_rules: Vec<ForeignRule>,
     /// Tables holding at least one route without our tag.
     pub foreign_route_tables: BTreeMap<TableId, String>,
-    /// Firewall rules and ip rules of others that read or write mark bits (see `kernel::marks`).
+    /// Firewall rules and ip rules of others that read or write mark bits (found by
+    /// `symroute_explain::marks`, the analysis doctor uses too).
     pub mark_users: Vec<MarkUser>,
+    /// Why the foreign firewall could not be read, if it could not: then who uses which
+    /// mark bits is unknown, and that is a conflict of its own.
+    pub mark_users_unread: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -241,6 +245,11 @@ pub fn conflicts(plan: &Plan, observed: &Observed) -> Vec<Conflict> {
             )));
         }
     }
+    if let Some(why) = &observed.mark_users_unread {
+        out.push(Conflict(format!(
+            "cannot tell which mark bits others use, the firewall could not be read ({why}); nothing is changed until it can"
+        )));
+    }
     let mask: MarkMask = plan.mark_mask;
     for u in &observed.mark_users {
         if u.bits & mask.bits() != 0 {
@@ -253,6 +262,45 @@ pub fn conflicts(plan: &Plan, observed: &Observed) -> Vec<Conflict> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod conflict_tests {
+    use super::*;
+    use crate::config::parse_str;
+
+    fn plan() -> Plan {
+        let model = parse_str(
+            "[[gateway]]\nname = \"isp1\"\ninterface = \"up1\"\nvia = \"203.0.113.1\"\n",
+            "t.toml",
+        )
+        .expect("config");
+        super::super::build(&model, &HostView::default())
+    }
+
+    #[test]
+    fn mark_users_inside_the_mask_and_an_unread_firewall_conflict() {
+        let p = plan();
+        let user = |bits| MarkUser {
+            place: "nft table ip t chain c handle 2".into(),
+            text: "meta mark set 0x1".into(),
+            bits,
+        };
+        let mut observed = Observed {
+            mark_users: vec![user(0x4000), user(0x0100_0000)],
+            ..Observed::default()
+        };
+        let c = conflicts(&p, &observed);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(c[0].to_string().contains("0x01000000"), "{}", c[0]);
+        observed.mark_users.clear();
+        assert!(conflicts(&p, &observed).is_empty());
+        observed.mark_users_unread =
+            Some("iptables-save, line 3: unterminated quoted string".into());
+        let c = conflicts(&p, &observed);
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert!(c[0].to_string().contains("line 3"), "{}", c[0]);
+    }
 }
 
 #[cfg(test)]

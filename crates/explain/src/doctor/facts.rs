@@ -8,9 +8,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::host::HostState;
+pub use crate::marks::Write;
 use crate::netfilter::{
-    Chain, ChainKind, CtState, Hook, MarkExpr, MarkKey, MarkSource, Match, NfFamily, Op, Origin,
-    Rule, Stmt, Verdict,
+    Chain, ChainKind, CtState, Hook, MarkKey, Match, NfFamily, Op, Origin, Rule, Verdict,
 };
 use crate::routing::{
     RouteEntry, RouteKind, RuleAction, RuleEntry, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN,
@@ -85,65 +85,6 @@ pub const WG_MARK: u32 = 0xca6c;
 pub const WG_TABLE: u32 = 51820;
 pub const TS_TABLE: u32 = 52;
 pub const TS_PRIORITIES: std::ops::RangeInclusive<u32> = 5210..=5270;
-
-/// One mark assignment, bit by bit: every bit of the result is either the old value of the
-/// same mark (`preserved`), a constant (`const_bits`, value in `const_val`), a copy of the
-/// other mark's bit (`copy_bits`: CONNMARK save/restore, `ct mark set meta mark`), or a
-/// mix of these (`fuzzy`: xor and friends).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Write {
-    pub key: MarkKey,
-    pub preserved: u32,
-    pub const_bits: u32,
-    pub const_val: u32,
-    pub copy_bits: u32,
-    pub fuzzy: u32,
-}
-
-impl Write {
-    pub fn of(key: MarkKey, e: &MarkExpr) -> Write {
-        let (mut meta, mut ct) = (0u32, 0u32);
-        // ((src & and) | or) ^ xor: the source's bit survives where and=1, or=0.
-        let keep = e.and_mask & !e.or_bits;
-        match e.source {
-            MarkSource::Const => {}
-            MarkSource::Meta => meta = keep,
-            MarkSource::Ct => ct = keep,
-        }
-        let k = e.or_bits ^ e.xor_bits;
-        if let Some(m) = e.mix {
-            match m.key {
-                MarkKey::Meta => meta ^= m.mask,
-                MarkKey::Ct => ct ^= m.mask,
-            }
-        }
-        let (own, other) = match key {
-            MarkKey::Meta => (meta, ct),
-            MarkKey::Ct => (ct, meta),
-        };
-        let preserved = own & !other & !k;
-        let const_bits = !own & !other;
-        let copy_bits = other & !own & !k;
-        Write {
-            key,
-            preserved,
-            const_bits,
-            const_val: k & const_bits,
-            copy_bits,
-            fuzzy: !(preserved | const_bits | copy_bits),
-        }
-    }
-
-    /// Bits the assignment may change.
-    pub fn written(&self) -> u32 {
-        !self.preserved
-    }
-
-    /// Only constants (no copy, no xor).
-    pub fn pure_const(&self) -> bool {
-        self.copy_bits == 0 && self.fuzzy == 0 && self.const_bits != 0
-    }
-}
 
 /// One way a rule is reached: from a base chain on `hook` (of type `kind`), through jumps
 /// whose conditions are `path`.
@@ -350,10 +291,6 @@ pub fn rule_tool(r: &RuleEntry) -> Option<Tool> {
     None
 }
 
-fn opaque(s: &Stmt) -> bool {
-    matches!(s, Stmt::Unknown(t) if t.to_ascii_lowercase().contains("mark"))
-}
-
 impl<'a> Ctx<'a> {
     pub fn new(host: &'a HostState) -> Ctx<'a> {
         let chains = &host.firewall.chains;
@@ -441,14 +378,7 @@ impl<'a> Ctx<'a> {
                         .and_then(chain_tool),
                     _ => None,
                 };
-                let writes = rule
-                    .stmts
-                    .iter()
-                    .filter_map(|s| match s {
-                        Stmt::SetMark { key, value } => Some(Write::of(*key, value)),
-                        _ => None,
-                    })
-                    .collect();
+                let writes = crate::marks::writes(rule);
                 fw.push(FwRule {
                     chain: c,
                     pos: i + 1,
@@ -456,7 +386,7 @@ impl<'a> Ctx<'a> {
                     reach: reach[ci].clone(),
                     tool: ctool.or(jumps_to_tool),
                     writes,
-                    opaque_mark: rule.stmts.iter().any(opaque),
+                    opaque_mark: rule.stmts.iter().any(crate::marks::opaque),
                 });
             }
         }
@@ -621,6 +551,17 @@ impl<'a> Ctx<'a> {
 
     pub fn is_plain_table(t: u32) -> bool {
         !matches!(t, TABLE_MAIN | TABLE_LOCAL | TABLE_DEFAULT | 0)
+    }
+}
+
+/// Where a rule is: `ip [-6] rule (line N)` (no line for rules built by hand or from a
+/// plan).
+pub fn rule_place(r: &RuleEntry) -> String {
+    let six = if r.family == Family::Inet6 { "-6 " } else { "" };
+    if r.line > 0 {
+        format!("ip {six}rule (line {})", r.line)
+    } else {
+        format!("ip {six}rule")
     }
 }
 

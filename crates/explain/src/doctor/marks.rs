@@ -3,11 +3,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::facts::{hex, ip_rule_cmd, value_mask, Ctx, FwRule, Tool, Write, WG_MARK};
+use super::facts::{hex, ip_rule_cmd, rule_place, value_mask, Ctx, FwRule, Tool, Write, WG_MARK};
 use super::{Finding, Severity};
+use crate::marks::IpRuleMark;
 use crate::netfilter::{ChainKind, Hook, MarkKey, Match, Op, Origin, Stmt};
 use crate::routing::{RuleAction, RuleEntry, TABLE_MAIN};
 use symroute_core::model::Family;
+use symroute_core::plan::diff::MarkUser;
 
 pub fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
     for fam in [Family::Inet4, Family::Inet6] {
@@ -34,33 +36,6 @@ pub fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
     bits_shared(ctx, out);
 }
 
-fn finding(
-    severity: Severity,
-    code: &'static str,
-    rule: &str,
-    place: String,
-    why: String,
-    fix: String,
-) -> Finding {
-    Finding {
-        severity,
-        code,
-        rule: rule.to_string(),
-        place,
-        why,
-        fix,
-    }
-}
-
-fn rule_place(r: &RuleEntry) -> String {
-    let six = if r.family == Family::Inet6 { "-6 " } else { "" };
-    if r.line > 0 {
-        format!("ip {six}rule (line {})", r.line)
-    } else {
-        format!("ip {six}rule")
-    }
-}
-
 fn fw_finding(
     severity: Severity,
     code: &'static str,
@@ -68,7 +43,7 @@ fn fw_finding(
     why: String,
     fix: String,
 ) -> Finding {
-    finding(severity, code, &r.rule.text, r.place(), why, fix)
+    Finding::new(severity, code, &r.rule.text, r.place(), why, fix)
 }
 
 /// (value & mask, mask) of an fwmark rule.
@@ -249,7 +224,7 @@ fn rule_value_outside_mask(ctx: &Ctx, fam: Family, out: &mut Vec<Finding>) {
             "`{}` (the mask widened to cover the value); the firewall must set the same bits",
             ip_rule_cmd(r, "add").replace(&old, &format!("fwmark {}", value_mask(v, m | v)))
         ));
-        out.push(finding(
+        out.push(Finding::new(
             Severity::Error,
             "mark-outside-mask",
             &r.text,
@@ -311,7 +286,7 @@ fn never_set(
             mark_before_routing_cmd(example, r),
             ip_rule_cmd(r, "del")
         );
-        out.push(finding(
+        out.push(Finding::new(
             Severity::Error,
             "fwmark-never-set",
             &r.text,
@@ -837,7 +812,7 @@ fn rp_filter(ctx: &Ctx, out: &mut Vec<Finding>) {
                 "; or, since the arriving packets are marked before routing, let the check use the mark: `sysctl -w net.ipv4.conf.{x}.src_valid_mark=1`"
             ));
         }
-        out.push(finding(
+        out.push(Finding::new(
             Severity::Error,
             "rp-filter-strict",
             &format!("{qkey} = {qval}"),
@@ -872,6 +847,23 @@ fn tool_bits(ctx: &Ctx, t: Tool) -> u32 {
     b
 }
 
+/// Every object but symroute's own that uses mark bits, read by the analysis `symroute
+/// apply`'s conflict check reads (`crate::marks`), named as doctor names them.
+pub fn mark_users(ctx: &Ctx) -> Vec<MarkUser> {
+    let rules = ctx
+        .host
+        .routing
+        .rules
+        .iter()
+        .filter(|r| super::facts::rule_tool(r) != Some(Tool::Symroute))
+        .map(|r| IpRuleMark {
+            fwmark: r.fwmark,
+            text: &r.text,
+            place: rule_place(r),
+        });
+    crate::marks::mark_users(&ctx.host.firewall, rules)
+}
+
 fn bits_shared(ctx: &Ctx, out: &mut Vec<Finding>) {
     // One finding per hand-made object, listing every tool it collides with.
     let mut hits: BTreeMap<(String, String), (Severity, Vec<String>)> = BTreeMap::new();
@@ -902,9 +894,12 @@ fn bits_shared(ctx: &Ctx, out: &mut Vec<Finding>) {
             Severity::Info
         }
     };
+    // With symroute running here, its bits are judged exactly as `symroute apply` judges
+    // them (below), not by the other tools' rules.
+    let judged_here = |t: Tool| t == Tool::Symroute && here(t);
     for s in ctx.fw.iter().filter(|s| s.hand() && !s.reach.is_empty()) {
         for w in &s.writes {
-            for t in Tool::ALL {
+            for t in Tool::ALL.into_iter().filter(|t| !judged_here(*t)) {
                 if t == Tool::WgQuick {
                     let exact =
                         w.pure_const() && w.const_bits == u32::MAX && w.const_val == WG_MARK;
@@ -969,7 +964,7 @@ fn bits_shared(ctx: &Ctx, out: &mut Vec<Finding>) {
         .filter(|r| super::facts::rule_tool(r).is_none())
     {
         let Some((v, m)) = r.fwmark else { continue };
-        for t in Tool::ALL {
+        for t in Tool::ALL.into_iter().filter(|t| !judged_here(*t)) {
             if t == Tool::WgQuick {
                 if v == WG_MARK && m == u32::MAX {
                     push(
@@ -1002,9 +997,27 @@ fn bits_shared(ctx: &Ctx, out: &mut Vec<Finding>) {
             push(sev(t), &r.text, rule_place(r), why);
         }
     }
+    if here(Tool::Symroute) {
+        let ours = tool_bits(ctx, Tool::Symroute);
+        for u in mark_users(ctx) {
+            let bits = u.bits & ours;
+            if bits != 0 {
+                push(
+                    sev(Tool::Symroute),
+                    &u.text,
+                    u.place,
+                    format!(
+                        "uses mark bits {} (`symroute apply` refuses to run beside it), {}",
+                        hex(bits),
+                        tail(Tool::Symroute)
+                    ),
+                );
+            }
+        }
+    }
     let hint = "use bits no one else does and touch only them (iptables `--set-xmark V/M`, `CONNMARK --save-mark/--restore-mark --nfmask M --ctmask M`; nft `meta mark set meta mark and ~M or V`; `ip rule … fwmark V/M`): kube-proxy uses 0xc000, Tailscale 0x00ff0000, Calico 0xffff0000, symroute 0xff000000 by default, wg-quick the value 0xca6c";
     for ((rule, place), (sev, whys)) in hits {
-        out.push(finding(
+        out.push(Finding::new(
             sev,
             "mark-bits-shared",
             &rule,

@@ -63,6 +63,26 @@ pub struct Finding {
     pub fix: String,
 }
 
+impl Finding {
+    pub(crate) fn new(
+        severity: Severity,
+        code: &'static str,
+        rule: &str,
+        place: String,
+        why: String,
+        fix: String,
+    ) -> Finding {
+        Finding {
+            severity,
+            code,
+            rule: rule.to_string(),
+            place,
+            why,
+            fix,
+        }
+    }
+}
+
 /// Every code doctor can report, with a one-line meaning (for the README table).
 pub const CODES: &[(&str, &str)] = &[
     ("mark-zero", "a rule sets the mark to 0 (no mark at all) where an `ip rule fwmark` expects a value"),
@@ -105,6 +125,13 @@ pub fn doctor(host: &HostState) -> Vec<Finding> {
     });
     quoting::guard(host, &mut out);
     out
+}
+
+/// Every object but symroute's own that uses mark bits, from the analysis `symroute
+/// apply`'s conflict check runs (`crate::marks`), with doctor's names for their places.
+/// With symroute running here, the ones within its bits are `mark-bits-shared` findings.
+pub fn mark_users(host: &HostState) -> Vec<symroute_core::plan::diff::MarkUser> {
+    marks::mark_users(&facts::Ctx::new(host))
 }
 
 /// Human-readable report.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::facts::{
-    ip_route_cmd, ip_rule_cmd, rule_tool, Ctx, Tool, TS_PRIORITIES, TS_TABLE, WG_TABLE,
+    ip_route_cmd, ip_rule_cmd, rule_place, rule_tool, Ctx, Tool, TS_PRIORITIES, TS_TABLE, WG_TABLE,
 };
 use super::{Finding, Severity};
 use crate::netfilter::normalize_mac;
@@ -19,15 +19,6 @@ pub fn check(ctx: &Ctx, out: &mut Vec<Finding>) {
     collisions(ctx, out);
     shadowed(ctx, out);
     nexthops(ctx, out);
-}
-
-fn place(r: &RuleEntry) -> String {
-    let six = if r.family == Family::Inet6 { "-6 " } else { "" };
-    if r.line > 0 {
-        format!("ip {six}rule (line {})", r.line)
-    } else {
-        format!("ip {six}rule")
-    }
 }
 
 fn route_place(r: &RouteEntry) -> String {
@@ -44,25 +35,6 @@ fn fam_name(f: Family) -> &'static str {
         Family::Inet4 => "IPv4",
         Family::Inet6 => "IPv6",
     }
-}
-
-fn push(
-    out: &mut Vec<Finding>,
-    severity: Severity,
-    code: &'static str,
-    rule: &str,
-    place: String,
-    why: String,
-    fix: String,
-) {
-    out.push(Finding {
-        severity,
-        code,
-        rule: rule.to_string(),
-        place,
-        why,
-        fix,
-    });
 }
 
 fn is_default_route(r: &RouteEntry) -> bool {
@@ -86,28 +58,26 @@ fn tables(ctx: &Ctx, out: &mut Vec<Finding>) {
             continue;
         };
         match t {
-            0 => push(
-                out,
+            0 => out.push(Finding::new(
                 Severity::Error,
                 "table-reserved",
                 &r.text,
-                place(r),
+                rule_place(r),
                 "table 0 is `unspec`, not a table: the rule cannot look anything up (IPv4 `ip rule add … table 0` even makes the kernel pick an unused table instead)".into(),
                 format!("use a table of your own (1–252, or above 255): `{}`, then `{}`", ip_rule_cmd(r, "del"), ip_rule_cmd(r, "add").replace("lookup 0", "lookup 100")),
-            ),
-            TABLE_DEFAULT => push(
-                out,
+            )),
+            TABLE_DEFAULT => out.push(Finding::new(
                 Severity::Warning,
                 "table-reserved",
                 &r.text,
-                place(r),
+                rule_place(r),
                 "table 253 (`default`) is the kernel's last-resort table, looked up by the rule at priority 32767 for every packet nothing else routed: routes put there for this policy also catch unrelated traffic, and tools that manage the default table remove them".into(),
                 format!(
                     "give the policy a table of its own: `echo '100 mypolicy' >> /etc/iproute2/rt_tables`, move the routes (`ip route add … table 100`), then `{}` and `{}`",
                     ip_rule_cmd(r, "del"),
                     ip_rule_cmd(r, "add").replace("lookup default", "lookup 100")
                 ),
-            ),
+            )),
             _ if Ctx::is_plain_table(t) => {
                 let routes = ctx.table(r.family, t);
                 let fam = fam_name(r.family);
@@ -122,15 +92,14 @@ fn tables(ctx: &Ctx, out: &mut Vec<Finding>) {
                         format!(" (it has {} routes only)", fam_name(other))
                     };
                     let six = if r.family == Family::Inet6 { "-6 " } else { "" };
-                    push(
-                        out,
+                    out.push(Finding::new(
                         Severity::Error,
                         "table-empty",
                         &r.text,
-                        place(r),
+                        rule_place(r),
                         format!("table {t} has no {fam} routes{note}: the lookup finds nothing and the packets fall through to the next rules (the main table), so this rule does nothing"),
                         format!("add the table's routes, e.g. `ip {six}route add default via <gateway> dev <interface> table {t}` plus the connected networks replies must still reach directly, and make them permanent with the rule"),
-                    );
+                    ));
                 } else if !routes.iter().any(|x| is_default_route(x)) {
                     let covered = r.to.is_some_and(|to| routes.iter().any(|x| x.dst.contains(&to)));
                     if covered {
@@ -140,15 +109,14 @@ fn tables(ctx: &Ctx, out: &mut Vec<Finding>) {
                     let gw = some_gateway(ctx, r.family, t)
                         .map(|(g, d)| format!("via {g} dev {d}"))
                         .unwrap_or_else(|| "via <gateway> dev <interface>".into());
-                    push(
-                        out,
+                    out.push(Finding::new(
                         Severity::Warning,
                         "table-no-default",
                         &r.text,
-                        place(r),
+                        rule_place(r),
                         format!("table {t} has no default route: packets to destinations it does not list fall through to the next rules and leave by the main table's route, e.g. replies to anywhere on the Internet"),
                         format!("`ip {six}route add default {gw} table {t}` (or a `to PREFIX` selector on the rule if only those destinations are meant)"),
-                    );
+                    ));
                 }
             }
             _ => {}
@@ -194,12 +162,11 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
             } else {
                 "is not running here, a conflict the day it is"
             };
-            push(
-                out,
+            out.push(Finding::new(
                 sev(tool),
                 "table-collision",
                 &r.text,
-                place(r),
+                rule_place(r),
                 format!(
                     "table {t} is {}'s ({}): it replaces the table's routes whenever it comes up and sends its own traffic there; {} {state}",
                     tool.name(),
@@ -207,7 +174,7 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
                     tool.name()
                 ),
                 format!("pick another table: `{}`, then `{}`", ip_rule_cmd(r, "del"), ip_rule_cmd(r, "add").replace(&format!("lookup {t}"), "lookup 100")),
-            );
+            ));
         }
     }
     for ((_, t), list) in users {
@@ -225,18 +192,17 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
                 .filter(|(_, o)| o != owner)
                 .map(|(x, o)| format!("`{}` ({o})", x.text.replace('\t', " ")))
                 .collect();
-            push(
-                out,
+            out.push(Finding::new(
                 Severity::Warning,
                 "table-collision",
                 &r.text,
-                place(r),
+                rule_place(r),
                 format!(
                     "table {t} is also used by another setup: {}; whichever writes its routes last wins, and removing one setup breaks the other",
                     others.join(", ")
                 ),
                 format!("give this setup its own table: `{}`, then `{}` with its routes in table 100", ip_rule_cmd(r, "del"), ip_rule_cmd(r, "add").replace(&format!("lookup {t}"), "lookup 100")),
-            );
+            ));
         }
     }
     for r in &ctx.host.routing.rules {
@@ -249,15 +215,14 @@ fn collisions(ctx: &Ctx, out: &mut Vec<Finding>) {
         } else {
             "Tailscale is not running here, a conflict the day it is"
         };
-        push(
-            out,
+        out.push(Finding::new(
             sev(t),
             "priority-collision",
             &r.text,
-            place(r),
+            rule_place(r),
             format!("priority {} is among Tailscale's (5210-5270, rules it deletes and re-adds by priority); {state}", r.priority),
             format!("use a priority outside 5210-5270: `{}`, then `{}`", ip_rule_cmd(r, "del"), ip_rule_cmd(r, "add").replacen(&format!("pref {}", r.priority), "pref 5000", 1)),
-        );
+        ));
     }
 }
 
@@ -338,18 +303,17 @@ fn shadowed(ctx: &Ctx, out: &mut Vec<Finding>) {
                     .unwrap_or_default()
             };
             if let Some(a) = rules[..j].iter().find(|a| body(a) == body(b)) {
-                push(
-                    out,
+                out.push(Finding::new(
                     Severity::Warning,
                     "rule-shadowed",
                     &b.text,
-                    place(b),
+                    rule_place(b),
                     format!(
                         "a duplicate of the earlier `{}`: the same `ip rule add` ran twice (a script run at every boot or ifup adds one more each time), and this copy is never the one that decides",
                         a.text.replace('\t', " ")
                     ),
                     format!("`{}` (and make the script idempotent: `ip rule del …` before `ip rule add …`, or `ip rule replace`)", ip_rule_cmd(b, "del")),
-                );
+                ));
                 continue;
             }
             let Some((a, reason)) = rules[..j]
@@ -371,18 +335,17 @@ fn shadowed(ctx: &Ctx, out: &mut Vec<Finding>) {
                     ip_rule_cmd(b, "add").replacen(&format!("pref {}", b.priority), &format!("pref {newp}"), 1)
                 )
             };
-            push(
-                out,
+            out.push(Finding::new(
                 Severity::Warning,
                 "rule-shadowed",
                 &b.text,
-                place(b),
+                rule_place(b),
                 format!(
                     "the earlier rule `{}` matches every packet this one would, and {reason}: this rule is never consulted",
                     a.text.replace('\t', " ")
                 ),
                 fix,
-            );
+            ));
         }
     }
 }
@@ -429,18 +392,16 @@ fn nexthops(ctx: &Ctx, out: &mut Vec<Finding>) {
                 format!("{d} is on {}", nets.join(", "))
             };
             if n.onlink {
-                push(
-                    out,
+                out.push(Finding::new(
                     Severity::Info,
                     "nexthop-onlink",
                     &r.text,
                     route_place(r),
                     format!("the gateway {g} is on none of {d}'s networks ({nets}) and is forced with `onlink`: the kernel does not check it, which is right for a provider's point-to-point style gateway and silently wrong for a typo"),
                     format!("check that {g} answers on {d}: `ip neigh show {g} dev {d}` should show its MAC once traffic flows"),
-                );
+                ));
             } else {
-                push(
-                    out,
+                out.push(Finding::new(
                     Severity::Error,
                     "nexthop-not-connected",
                     &r.text,
@@ -451,7 +412,7 @@ fn nexthops(ctx: &Ctx, out: &mut Vec<Finding>) {
                         ip_route_cmd(r, "replace"),
                         ip_route_cmd(r, "replace")
                     ),
-                );
+                ));
             }
         }
     }
@@ -474,14 +435,13 @@ fn nexthops(ctx: &Ctx, out: &mut Vec<Finding>) {
         } else {
             format!(" table {}", r.table)
         };
-        push(
-            out,
+        out.push(Finding::new(
             Severity::Warning,
             "route-no-gateway",
             &r.text,
             route_place(r),
             format!("a default route out of the Ethernet interface {d} without `via`: every destination is treated as on-link, so the host resolves each remote address on {d} itself (ARP/ND), which works only if the provider's router answers for all of them (proxy ARP)"),
             format!("name the gateway: `ip {six}route replace default via <gateway> dev {d}{t}`"),
-        );
+        ));
     }
 }

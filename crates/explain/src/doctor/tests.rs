@@ -313,3 +313,46 @@ fn value_outside_mask_suggests_the_shifted_value() {
     assert!(x.why.contains("every unmarked packet"), "{}", x.why);
     assert!(x.fix.contains("fwmark 0x1000000/0xff000000"), "{}", x.fix);
 }
+
+/// With symroute running here, doctor reports exactly the objects `symroute apply`
+/// refuses to run beside (the mark users within its bits), and no others: a restore of
+/// every bit carries stored values only, so apply goes ahead and doctor stays quiet.
+#[test]
+fn beside_a_running_symroute_doctor_reports_what_apply_refuses() {
+    let ours = "3000:\tfrom all fwmark 0x1000000/0xff000000 lookup 42000 proto 157";
+    let host = state(
+        &format!("{ours}\n100:\tfrom all fwmark 0x1000000/0xf000000 lookup 1\n101:\tfrom all fwmark 0x4000/0xc000 lookup 1"),
+        TABLE1,
+        &mangle("-A PREROUTING -j MARK --set-xmark 0x2000000/0xff000000\n-A PREROUTING -m mark --mark 0x4000/0x4000 -j RETURN\n-A OUTPUT -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"),
+        "",
+    );
+    let f = doctor(&host);
+    // Findings naming symroute (others name kube-proxy's or Calico's bits).
+    let ours_named = |x: &&Finding| x.code == "mark-bits-shared" && x.why.contains("symroute");
+    let mut reported: Vec<&str> = f
+        .iter()
+        .filter(ours_named)
+        .map(|x| x.rule.as_str())
+        .collect();
+    // What `plan::diff::conflicts` refuses on under symroute's default mask.
+    let users = mark_users(&host);
+    let mut refused: Vec<&str> = users
+        .iter()
+        .filter(|u| u.bits & 0xff00_0000 != 0)
+        .map(|u| u.text.as_str())
+        .collect();
+    reported.sort();
+    refused.sort();
+    assert_eq!(reported, refused, "{}", render(&f));
+    assert_eq!(
+        refused,
+        [
+            "-A PREROUTING -j MARK --set-xmark 0x2000000/0xff000000",
+            "100:\tfrom all fwmark 0x1000000/0xf000000 lookup 1"
+        ]
+    );
+    assert!(f
+        .iter()
+        .filter(ours_named)
+        .all(|x| x.why.contains("refuses to run beside it") && x.severity == Severity::Warning));
+}

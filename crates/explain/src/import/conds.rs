@@ -180,7 +180,7 @@ impl Conds {
             Match::L4proto { op, protos } => {
                 let names: Option<Vec<String>> = protos
                     .iter()
-                    .map(|p| proto_name(*p).map(str::to_string))
+                    .map(|p| Protocol::from_number(IpProto(*p)).map(|p| p.to_string()))
                     .collect();
                 match (op, names) {
                     (Op::Eq, Some(n)) => Self::positive(
@@ -364,7 +364,11 @@ impl Conds {
         if (!self.sel.source_port.is_empty() || !self.sel.destination_port.is_empty())
             && self.sel.protocol.is_empty()
         {
-            self.sel.protocol = PORT_PROTOCOLS.iter().map(|s| s.to_string()).collect();
+            self.sel.protocol = Protocol::ALL
+                .into_iter()
+                .filter(|p| p.has_ports())
+                .map(|p| p.to_string())
+                .collect();
         }
         if let Some(f) = &self.families {
             if f.is_empty() {

@@ -38,7 +38,7 @@ use super::netfilter::{
 use super::routing::{
     RouteEntry, RouteKind, RuleAction, RuleEntry, TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN,
 };
-use symroute_core::model::Family;
+use symroute_core::model::{Family, IpProto, Protocol};
 use symroute_core::plan::RT_PROTO;
 
 // The passes (routing, firewall, leftovers, render) are `impl Cx` blocks in the files

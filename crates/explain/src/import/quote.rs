@@ -78,21 +78,6 @@ pub(super) fn fwmark_str(v: u32, m: u32) -> String {
     }
 }
 
-pub(super) fn proto_name(p: u8) -> Option<&'static str> {
-    Some(match p {
-        6 => "tcp",
-        17 => "udp",
-        132 => "sctp",
-        33 => "dccp",
-        136 => "udplite",
-        1 => "icmp",
-        58 => "icmpv6",
-        _ => return None,
-    })
-}
-
-pub(super) const PORT_PROTOCOLS: [&str; 5] = ["tcp", "udp", "sctp", "dccp", "udplite"];
-
 /// A note as a sentence: capital first letter, final period.
 pub(super) fn sentence(s: &str) -> String {
     let mut c = s.chars();

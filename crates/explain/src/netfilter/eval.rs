@@ -15,7 +15,7 @@ use super::ir::{
     ChainKind, CtDirection, CtState, Hook, MarkKey, Match, NatTo, NfFamily, Origin, Policy, Rule,
     Ruleset, Stmt, Verdict,
 };
-use symroute_core::model::Family;
+use symroute_core::model::{Family, IpProto};
 
 /// The kernel's jump stack depth (NFT_JUMP_STACK_SIZE).
 const MAX_DEPTH: usize = 16;
@@ -79,7 +79,7 @@ impl PacketCtx {
     /// A connection's first packet: `ct state new`, original direction, marks zero, no
     /// interfaces (set `iif`/`oif`/`src_mac` as the hook needs).
     pub fn new(l4proto: u8, src: SocketAddr, dst: SocketAddr) -> PacketCtx {
-        let ports = matches!(l4proto, 6 | 17 | 33 | 132 | 136);
+        let ports = IpProto(l4proto).has_ports();
         PacketCtx {
             family: Family::of(&src.ip()),
             iif: None,

@@ -10,12 +10,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::ir::{
-    parse_addr_item, parse_u32, proto_number, AddrItem, Base, Chain, ChainKind, CtDirection,
-    CtState, Hook, Lin, MarkKey, Match, NatTo, NfFamily, Op, Origin, Policy, Rule, Ruleset, Stmt,
-    Verdict,
+    parse_addr_item, parse_u32, AddrItem, Base, Chain, ChainKind, CtDirection, CtState, Hook, Lin,
+    MarkKey, Match, NatTo, NfFamily, Op, Origin, Policy, Rule, Ruleset, Stmt, Verdict,
 };
 use super::{ParseError, SourceKind};
-use symroute_core::model::Family;
+use symroute_core::model::{Family, IpProto};
 
 /// Reads one family's save output (`Family::Inet4`: iptables-save, `Inet6`: ip6tables-save).
 pub fn from_iptables_save(text: &str, family: Family) -> Result<Ruleset, ParseError> {
@@ -348,7 +347,7 @@ fn rule(
             }
             "-p" | "--protocol" => {
                 let a = arg(i).unwrap_or("");
-                match (a, proto_number(a)) {
+                match (a, IpProto::parse(a).map(|p| p.0)) {
                     ("all" | "0", _) if op == Op::Eq => {}
                     (_, Some(p)) => matches.push(Match::L4proto {
                         op,
@@ -362,7 +361,9 @@ fn rule(
                 module = arg(i).unwrap_or("").to_string();
                 if module == "socket" {
                     matches.push(Match::Socket { transparent: None });
-                } else if !KNOWN_MODULES.contains(&module.as_str()) {
+                } else if !KNOWN_MODULES.contains(&module.as_str())
+                    && IpProto::with_ports_named(&module).is_none()
+                {
                     // Options follow; with none, the module itself is the condition.
                     let opts_follow = words
                         .get(i + 2)
@@ -428,12 +429,8 @@ fn rule(
     (matches, stmts, verdict)
 }
 
+/// The match modules besides the port protocols' own (`-m tcp`, `-m udp`, …).
 const KNOWN_MODULES: &[&str] = &[
-    "tcp",
-    "udp",
-    "sctp",
-    "dccp",
-    "udplite",
     "multiport",
     "mac",
     "mark",
@@ -444,6 +441,11 @@ const KNOWN_MODULES: &[&str] = &[
     "comment",
     "iprange",
 ];
+
+/// `-p tcp --dport 25` (no `-m`) or `-m tcp` … `-m udplite`: a protocol with ports.
+fn port_module(module: &str) -> bool {
+    module.is_empty() || IpProto::with_ports_named(module).is_some()
+}
 
 /// A match-module option: `Some(Some(m))` a condition, `Some(None)` no condition
 /// (comments, `--nowildcard`), `None` not modelled.
@@ -456,18 +458,14 @@ fn module_option(
 ) -> Option<Option<Match>> {
     let ports = |a: &str| port_ranges(a);
     Some(Some(match (module, opt) {
-        ("tcp" | "udp" | "sctp" | "dccp" | "udplite" | "", "--dport" | "--destination-port") => {
-            Match::Dport {
-                op,
-                ports: ports(a)?,
-            }
-        }
-        ("tcp" | "udp" | "sctp" | "dccp" | "udplite" | "", "--sport" | "--source-port") => {
-            Match::Sport {
-                op,
-                ports: ports(a)?,
-            }
-        }
+        (m, "--dport" | "--destination-port") if port_module(m) => Match::Dport {
+            op,
+            ports: ports(a)?,
+        },
+        (m, "--sport" | "--source-port") if port_module(m) => Match::Sport {
+            op,
+            ports: ports(a)?,
+        },
         ("multiport", "--dports" | "--destination-ports") => Match::Dport {
             op,
             ports: ports(a)?,

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
-use symroute_core::model::Family;
+use symroute_core::model::{Family, IpProto};
 
 /// A netfilter table family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -847,39 +847,6 @@ fn op_str(op: Op) -> &'static str {
     }
 }
 
-pub(crate) fn proto_name(p: u8) -> String {
-    match p {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "ipv6-icmp".into(),
-        132 => "sctp".into(),
-        33 => "dccp".into(),
-        136 => "udplite".into(),
-        47 => "gre".into(),
-        50 => "esp".into(),
-        51 => "ah".into(),
-        n => n.to_string(),
-    }
-}
-
-pub(crate) fn proto_number(s: &str) -> Option<u8> {
-    Some(match s.to_ascii_lowercase().as_str() {
-        "icmp" => 1,
-        "igmp" => 2,
-        "tcp" => 6,
-        "udp" => 17,
-        "gre" => 47,
-        "esp" => 50,
-        "ah" => 51,
-        "icmpv6" | "ipv6-icmp" | "icmp6" => 58,
-        "sctp" => 132,
-        "dccp" => 33,
-        "udplite" => 136,
-        n => return n.parse().ok(),
-    })
-}
-
 fn range_str<T>(r: &(T, T), hex: bool) -> String
 where
     T: fmt::Display + fmt::LowerHex + PartialEq,
@@ -925,7 +892,7 @@ impl fmt::Display for Match {
                 write!(f, "{p} {which} {}{}", op_str(*op), list(addrs))
             }
             Match::L4proto { op, protos } => {
-                let names: Vec<String> = protos.iter().map(|p| proto_name(*p)).collect();
+                let names: Vec<String> = protos.iter().map(|p| IpProto(*p).to_string()).collect();
                 write!(f, "meta l4proto {}{}", op_str(*op), list(&names))
             }
             Match::Sport { op, ports } | Match::Dport { op, ports } => {

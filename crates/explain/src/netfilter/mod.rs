@@ -21,7 +21,7 @@ mod nft_json;
 mod nft_text;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use serde::Serialize;
 

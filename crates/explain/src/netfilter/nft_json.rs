@@ -14,12 +14,12 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use super::ir::{
-    parse_addr_item, parse_u32, proto_number, AddrItem, Base, Chain, ChainKind, CtDirection,
-    CtState, Hook, Lin, MarkKey, Match, NatTo, NfFamily, Op, Origin, Policy, Rule, Ruleset, Stmt,
-    Verdict, Vmap, VmapEntry,
+    parse_addr_item, parse_u32, AddrItem, Base, Chain, ChainKind, CtDirection, CtState, Hook, Lin,
+    MarkKey, Match, NatTo, NfFamily, Op, Origin, Policy, Rule, Ruleset, Stmt, Verdict, Vmap,
+    VmapEntry,
 };
 use super::{ParseError, SourceKind};
-use symroute_core::model::Family;
+use symroute_core::model::{Family, IpProto};
 
 /// Reads the ruleset, leaving out tables that iptables-nft manages (read those with
 /// [`super::from_iptables_save`], or use [`super::combine`]).
@@ -824,17 +824,18 @@ impl<'a> Ctx<'a> {
                 } else {
                     Match::Dport { op, ports }
                 };
-                match p {
-                    "th" => Some(vec![m]),
-                    "tcp" | "udp" | "sctp" | "dccp" | "udplite" => Some(vec![
-                        Match::L4proto {
-                            op: Op::Eq,
-                            protos: vec![proto_number(p)?],
-                        },
-                        m,
-                    ]),
-                    _ => None,
+                if p == "th" {
+                    return Some(vec![m]);
                 }
+                // `tcp dport`, `sctp dport`, …: the payload protocol's name, one with ports.
+                let proto = IpProto::with_ports_named(p)?;
+                Some(vec![
+                    Match::L4proto {
+                        op: Op::Eq,
+                        protos: vec![proto.0],
+                    },
+                    m,
+                ])
             }
             _ => None,
         }
@@ -909,7 +910,7 @@ fn protos(items: &[&Value]) -> Option<Vec<u8>> {
         .iter()
         .map(|v| match v {
             Value::Number(n) => n.as_u64().and_then(|n| u8::try_from(n).ok()),
-            Value::String(s) => proto_number(s),
+            Value::String(s) => IpProto::parse(s).map(|p| p.0),
             _ => None,
         })
         .collect()

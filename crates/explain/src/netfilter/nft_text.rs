@@ -6,12 +6,12 @@
 use std::collections::HashMap;
 
 use super::ir::{
-    normalize_mac, parse_addr_item, parse_u32, proto_number, AddrItem, Base, Chain, ChainKind,
-    CtDirection, CtState, Hook, Lin, MarkKey, Match, NfFamily, Op, Origin, Policy, Rule, Ruleset,
-    Stmt, Verdict, Vmap, VmapEntry,
+    normalize_mac, parse_addr_item, parse_u32, AddrItem, Base, Chain, ChainKind, CtDirection,
+    CtState, Hook, Lin, MarkKey, Match, NfFamily, Op, Origin, Policy, Rule, Ruleset, Stmt, Verdict,
+    Vmap, VmapEntry,
 };
 use super::{ParseError, SourceKind};
-use symroute_core::model::Family;
+use symroute_core::model::{Family, IpProto};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tok {
@@ -400,7 +400,11 @@ impl<'a> RuleParser<'a> {
                 op,
                 protos: vals
                     .iter()
-                    .map(|t| proto_number(t.text()).ok_or_else(|| bad("a protocol", t)))
+                    .map(|t| {
+                        IpProto::parse(t.text())
+                            .map(|p| p.0)
+                            .ok_or_else(|| bad("a protocol", t))
+                    })
                     .collect::<Result<_, _>>()?,
             },
             Key::Numgen(modulus) => Match::Numgen {
@@ -748,7 +752,7 @@ impl<'a> RuleParser<'a> {
                     if w != "th" {
                         matches.push(Match::L4proto {
                             op: Op::Eq,
-                            protos: vec![proto_number(w).unwrap_or(0)],
+                            protos: vec![IpProto::parse(w).map(|p| p.0).unwrap_or(0)],
                         });
                     }
                     let r = self.keyed(Key::Port(src), format!("{w} {field}"))?;

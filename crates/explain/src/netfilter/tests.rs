@@ -1,6 +1,7 @@
 //! The seeds' exact rules, symroute's rendered tables, evaluator semantics, and a
 //! mutation fuzz over all three readers (no input may panic).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::*;
@@ -189,7 +190,7 @@ fn seed2_divert_chain() {
 // symroute's own tables
 
 /// The host of tests/plan_snapshots.rs: every interface the examples name, up.
-fn host() -> HostView {
+pub(crate) fn host() -> HostView {
     let link = |addrs: &[&str]| Link {
         up: true,
         addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
@@ -884,4 +885,54 @@ fn structurally_mutated_json_never_panics() {
         });
         assert!(r.is_ok(), "case {case} panicked on {v}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Protocols: nft and iptables print them by `/etc/protocols` name; both readers go through
+// core's one table, so the same rule reads the same from either.
+
+/// `{mark → the rule's matches}` of every rule in the ruleset, as the IR prints them.
+fn matches_by_mark(rs: &Ruleset) -> BTreeMap<u32, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for rule in rs.chains.iter().flat_map(|c| &c.rules) {
+        let mark = rule.stmts.iter().find_map(|s| match s {
+            Stmt::SetMark { value, .. } => Some(value.or_bits | value.xor_bits),
+            _ => None,
+        });
+        let ms: Vec<String> = rule.matches.iter().map(ToString::to_string).collect();
+        out.insert(mark.expect("every rule here sets a mark"), ms);
+    }
+    out
+}
+
+#[test]
+fn protocols_read_alike_from_nft_json_and_iptables_save() {
+    // Printed by nft 1.0.6 and iptables-save 1.8.9 for the same rules.
+    let json: serde_json::Value = serde_json::from_str(r#"{"nftables": [{"metainfo": {"version": "1.0.6", "release_name": "Lester Gooch #5", "json_schema_version": 1}}, {"table": {"family": "inet", "name": "t", "handle": 1}}, {"chain": {"family": "inet", "table": "t", "name": "pre", "handle": 1, "type": "filter", "hook": "prerouting", "prio": -150, "policy": "accept"}}, {"rule": {"family": "inet", "table": "t", "chain": "pre", "handle": 2, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "dccp"}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}]}}, {"rule": {"family": "inet", "table": "t", "chain": "pre", "handle": 3, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "udplite", "field": "dport"}}, "right": 5}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 2}}]}}, {"rule": {"family": "inet", "table": "t", "chain": "pre", "handle": 4, "expr": [{"match": {"op": "==", "left": {"payload": {"protocol": "dccp", "field": "sport"}}, "right": 7}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 3}}]}}, {"rule": {"family": "inet", "table": "t", "chain": "pre", "handle": 5, "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": 200}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 4}}]}}]}"#).expect("json");
+    let nft = from_nft_json(&json).expect("nft json parses");
+    let ipt = v4(&mangle(
+        "-A PREROUTING -p dccp -m dccp --sport 7 -j MARK --set-xmark 0x3/0xffffffff\n\
+         -A PREROUTING -p udplite -m multiport --dports 5 -j MARK --set-xmark 0x2/0xffffffff\n\
+         -A PREROUTING -p 200 -j MARK --set-xmark 0x4/0xffffffff\n\
+         -A PREROUTING -p dccp -j MARK --set-xmark 0x1/0xffffffff\n",
+        "",
+    ));
+    let (nft, ipt) = (matches_by_mark(&nft), matches_by_mark(&ipt));
+    assert_eq!(nft, ipt);
+    assert_eq!(nft[&1], ["meta l4proto dccp"]);
+    assert_eq!(nft[&4], ["meta l4proto 200"]);
+    assert!(
+        nft[&2].contains(&"meta l4proto udplite".to_string()),
+        "{nft:?}"
+    );
+
+    // And the evaluator gives DCCP and UDP-Lite packets their ports.
+    let rs = from_nft_json(&json).expect("nft json parses");
+    let dccp = PacketCtx::new(33, sa("192.0.2.1:7"), sa("192.0.2.2:9"));
+    assert_eq!(evaluate(&rs, Hook::Prerouting, &dccp).ctx_after.mark, 0x3);
+    let udplite = PacketCtx::new(136, sa("192.0.2.1:1"), sa("192.0.2.2:5"));
+    assert_eq!(
+        evaluate(&rs, Hook::Prerouting, &udplite).ctx_after.mark,
+        0x2
+    );
 }

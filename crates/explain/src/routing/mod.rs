@@ -126,6 +126,7 @@
 mod lookup;
 mod names;
 mod parse;
+mod planned;
 mod types;
 
 pub use lookup::{

@@ -1,6 +1,7 @@
 //! The symbolic names iproute2 prints instead of numbers: routing tables
-//! (`/etc/iproute2/rt_tables`), IP protocols (`/etc/protocols`), DS field values
-//! (`/etc/iproute2/rt_dsfield`) and interface groups (`/etc/iproute2/group`).
+//! (`/etc/iproute2/rt_tables`), DS field values
+//! (`/etc/iproute2/rt_dsfield`) and interface groups (`/etc/iproute2/group`). IP protocols
+//! (`/etc/protocols`) are core's table, `symroute_core::model::IpProto`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -115,91 +116,6 @@ pub fn parse_u32(s: &str) -> Option<u32> {
     } else {
         s.parse().ok()
     }
-}
-
-/// `/etc/protocols` on Debian: what `ip rule` prints for `ipproto`.
-const PROTOCOLS: &[(&str, u8)] = &[
-    ("ip", 0),
-    ("hopopt", 0),
-    ("icmp", 1),
-    ("igmp", 2),
-    ("ggp", 3),
-    ("ipencap", 4),
-    ("st", 5),
-    ("tcp", 6),
-    ("egp", 8),
-    ("igp", 9),
-    ("pup", 12),
-    ("udp", 17),
-    ("hmp", 20),
-    ("xns-idp", 22),
-    ("rdp", 27),
-    ("iso-tp4", 29),
-    ("dccp", 33),
-    ("xtp", 36),
-    ("ddp", 37),
-    ("idpr-cmtp", 38),
-    ("ipv6", 41),
-    ("ipv6-route", 43),
-    ("ipv6-frag", 44),
-    ("idrp", 45),
-    ("rsvp", 46),
-    ("gre", 47),
-    ("esp", 50),
-    ("ah", 51),
-    ("skip", 57),
-    ("ipv6-icmp", 58),
-    ("icmpv6", 58),
-    ("ipv6-nonxt", 59),
-    ("ipv6-opts", 60),
-    ("rspf", 73),
-    ("vmtp", 81),
-    ("eigrp", 88),
-    ("ospf", 89),
-    ("ax.25", 93),
-    ("ipip", 94),
-    ("etherip", 97),
-    ("encap", 98),
-    ("pim", 103),
-    ("ipcomp", 108),
-    ("vrrp", 112),
-    ("l2tp", 115),
-    ("isis", 124),
-    ("sctp", 132),
-    ("fc", 133),
-    ("mobility-header", 135),
-    ("udplite", 136),
-    ("mpls-in-ip", 137),
-    ("manet", 138),
-    ("hip", 139),
-    ("shim6", 140),
-    ("wesp", 141),
-    ("rohc", 142),
-    ("ethernet", 143),
-];
-
-/// `tcp`, `6`, `ipproto-6` (iproute2's spelling when `/etc/protocols` lacks a name).
-pub fn ip_proto(word: &str) -> Option<u8> {
-    let lower = word.to_ascii_lowercase();
-    if let Some(n) = lower.strip_prefix("ipproto-") {
-        return n.parse().ok();
-    }
-    if let Ok(n) = lower.parse() {
-        return Some(n);
-    }
-    PROTOCOLS
-        .iter()
-        .find(|(name, _)| *name == lower)
-        .map(|(_, n)| *n)
-}
-
-/// The name `ip rule` would print for a protocol number.
-pub fn ip_proto_name(n: u8) -> String {
-    PROTOCOLS
-        .iter()
-        .find(|(name, p)| *p == n && *name != "hopopt" && *name != "icmpv6")
-        .map(|(name, _)| name.to_string())
-        .unwrap_or_else(|| format!("ipproto-{n}"))
 }
 
 /// `/etc/iproute2/rt_dsfield` on Debian.

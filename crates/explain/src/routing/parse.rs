@@ -18,7 +18,7 @@ use super::types::{
     LinkState, NextHop, ParseError, RouteEntry, RouteKind, RoutingState, RuleAction, RuleEntry,
     StateError, TABLE_MAIN,
 };
-use symroute_core::model::Family;
+use symroute_core::model::{Family, IpProto};
 
 /// The words of one line (or of a multipath route's lines), each with its line number.
 struct Cursor<'a> {
@@ -327,7 +327,8 @@ fn parse_rule_line(
             "ipproto" => {
                 let v = cur.value(w)?;
                 rule.ipproto = Some(
-                    names::ip_proto(v)
+                    IpProto::parse(v)
+                        .map(|p| p.0)
                         .ok_or_else(|| cur.err(format!("\"{v}\" is not an IP protocol")))?,
                 );
             }

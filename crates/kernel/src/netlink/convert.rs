@@ -20,7 +20,7 @@ use netlink_packet_route::rule::{
 };
 use netlink_packet_route::AddressFamily;
 
-use symroute_core::model::{Family, Priority, TableId};
+use symroute_core::model::{Family, IpProto, Priority, TableId};
 use symroute_core::plan::{Link, RouteKind, RouteSpec, RuleAction, RuleSpec, RT_PROTO};
 
 /// The header's table byte for tables that only fit in the 32-bit attribute (linux/rtnetlink.h).
@@ -353,9 +353,10 @@ pub fn rule_text(msg: &RuleMessage) -> String {
                     (1, format!(" oif {n}{}", detached(RuleFlags::OifDetached)))
                 }
                 RuleAttribute::UidRange(r) => (2, format!(" uidrange {}-{}", r.start, r.end)),
-                RuleAttribute::IpProtocol(p) => {
-                    (3, format!(" ipproto {}", ip_proto_name(u8::from(*p))))
-                }
+                RuleAttribute::IpProtocol(p) => (
+                    3,
+                    format!(" ipproto {}", IpProto(u8::from(*p)).ip_rule_word()),
+                ),
                 RuleAttribute::SourcePortRange(r) => {
                     (4, format!(" sport {}", range(r.start, r.end)))
                 }
@@ -435,17 +436,6 @@ fn rt_proto_name(p: u8) -> String {
         n => return n.to_string(),
     };
     name.into()
-}
-
-fn ip_proto_name(p: u8) -> String {
-    match p {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "ipv6-icmp".into(),
-        132 => "sctp".into(),
-        n => n.to_string(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -895,6 +885,27 @@ mod tests {
                     0,
                 ),
                 "5210: from fd00::/8 iif wg0 ipproto tcp dport 25 lookup 52",
+            ),
+            // As `ip rule` prints them: /etc/protocols names, else `ipproto-N`.
+            (
+                kernel_rule(
+                    Family::Inet4,
+                    1033,
+                    vec![RuleAttribute::IpProtocol(33.into())],
+                    100,
+                    0,
+                ),
+                "1033: from all ipproto dccp lookup 100",
+            ),
+            (
+                kernel_rule(
+                    Family::Inet4,
+                    1200,
+                    vec![RuleAttribute::IpProtocol(200.into())],
+                    100,
+                    0,
+                ),
+                "1200: from all ipproto ipproto-200 lookup 100",
             ),
         ];
         for (mut msg, want) in cases {

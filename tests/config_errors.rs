@@ -196,15 +196,29 @@ fn too_many_priorities_after_first_priority() {
         }
         s
     };
-    // 2 skips + 382 reply rules + 1 local main + 382 `from` priorities = 767 > 766.
+    // 3 skips + 254 reply rules + main without default + 254 route rules (any gateway may
+    // take route decisions: `symroute exec`) + 1 local main + 254 `from` priorities = 767
+    // > 766.
     assert_eq!(
-        err(&config(382)),
-        "bad.toml:3:18: settings.first_priority: 382 gateways need 767 rule priorities from 32000, past main's 32766; use at most 31999"
+        err(&config(254)),
+        "bad.toml:3:18: settings.first_priority: 254 gateways need 767 rule priorities from 32000, past main's 32766; use at most 31999"
     );
-    let model = parse_str(&config(381), "ok.toml").expect("765 priorities fit");
+    let model = parse_str(&config(253), "ok.toml").expect("764 priorities fit");
     let plan = symroute::plan::build(&model, &symroute::plan::HostView::default());
-    assert_eq!(plan.priorities.len(), 765);
-    assert_eq!(plan.priorities.last().map(|p| p.get()), Some(32764));
+    assert_eq!(plan.priorities.len(), 509, "no route decisions yet");
+    // With an exec cgroup for every gateway, every one takes route decisions too.
+    let mut host = symroute::plan::HostView::default();
+    let mut cgroups = symroute::plan::Cgroups::default();
+    for (i, g) in model.gateways.iter().enumerate() {
+        let path =
+            symroute::model::CgroupPath::new(&format!("symroute.exec/x/{}", g.name)).unwrap();
+        cgroups.ids.insert(path.clone(), 1000 + i as u64);
+        cgroups.exec.insert(g.name.to_string(), path);
+    }
+    host.cgroups = Some(cgroups);
+    let plan = symroute::plan::build(&model, &host);
+    assert_eq!(plan.priorities.len(), 764);
+    assert_eq!(plan.priorities.last().map(|p| p.get()), Some(32763));
 }
 
 /// `symroute check` looks user names up in the system's user database: a known one

@@ -14,7 +14,10 @@ mod support;
 
 use std::net::IpAddr;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
+use support::cgroups::TestCgroups;
+use support::daemon::Daemon;
 use support::{require_root, symroute_in, RemoveOnDrop};
 use symroute::lab::{Netns, TwoIsps};
 
@@ -128,4 +131,194 @@ fn another_users_connections_leave_via_the_chosen_isp() {
     ];
     assert_eq!(uplink(fw, &nobody, TwoIsps::SERVER_V4.into()), "isp1");
     assert_eq!(policy_packets(fw, &config, "backup-user"), 3);
+}
+
+/// `sh` moving itself into the cgroup whose `cgroup.procs` is `procs`, then running the
+/// rest of the command line there.
+fn in_cgroup(procs: &std::path::Path) -> Vec<String> {
+    vec![
+        "sh".into(),
+        "-c".into(),
+        format!("echo $$ > {} && exec \"$@\"", procs.display()),
+        "sh".into(),
+    ]
+}
+
+#[test]
+fn a_cgroup_made_after_the_daemon_started_is_matched_within_a_second() {
+    let lab = lab();
+    let fw = &lab.t.fw;
+    let mut cg = TestCgroups::new();
+    let service = cg.path("backup.service");
+    let config = format!(
+        "{GATEWAYS}\n[[policy]]\nname = \"backup\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = \"{service}\"\n"
+    );
+    let d = Daemon::start(fw, &config);
+    d.wait_log(
+        &format!("policy backup: cgroup {service} does not exist yet"),
+        Duration::from_secs(5),
+    );
+    // A process beside it (in the parent) is not the service: the default route.
+    let beside = in_cgroup(&cg.procs(""));
+    let beside: Vec<&str> = beside.iter().map(String::as_str).collect();
+    assert_eq!(uplink(fw, &beside, TwoIsps::SERVER_V4.into()), "isp2");
+
+    // systemd starts the service: its cgroup appears.
+    let mut took = Vec::new();
+    for round in 1..=2 {
+        let made = Instant::now();
+        cg.make("backup.service");
+        d.wait_log_count(
+            &format!("policy backup: cgroup {service} exists now"),
+            round,
+            Duration::from_secs(5),
+        );
+        took.push(made.elapsed());
+        let inside = in_cgroup(&cg.procs("backup.service"));
+        let inside: Vec<&str> = inside.iter().map(String::as_str).collect();
+        for server in servers() {
+            assert_eq!(
+                uplink(fw, &inside, server),
+                "isp1",
+                "round {round}, {server}"
+            );
+        }
+        assert_eq!(uplink(fw, &beside, TwoIsps::SERVER_V4.into()), "isp2");
+        // The service stops: its cgroup goes (and comes back with a new id next round).
+        cg.remove("backup.service");
+        d.wait_log_count(
+            &format!("policy backup: cgroup {service} is gone"),
+            round,
+            Duration::from_secs(5),
+        );
+    }
+    println!("cgroup made -> matched (daemon applied) in {took:?}");
+    for t in &took {
+        assert!(*t < Duration::from_secs(1), "{took:?}");
+    }
+}
+
+/// `symroute exec --gateway GW -- bash …` (config `config`) in `fw`: which uplink the
+/// server saw its connection come by.
+fn exec_uplink(fw: &Netns, config: Option<&str>, gw: &str, server: IpAddr) -> String {
+    let script = format!("exec 3<>/dev/tcp/{server}/80 && head -n1 <&3");
+    let run = symroute_in(
+        fw,
+        "exec",
+        config,
+        &["--gateway", gw, "--", "bash", "-c", &script],
+    );
+    TwoIsps::uplink_of(&run.stdout).map_or_else(
+        || format!("exit {}: {:?} {}", run.code, run.stdout, run.stderr.trim()),
+        str::to_string,
+    )
+}
+
+/// The exec cgroups of `fw`'s namespace (below the hierarchy's `symroute.exec`).
+fn exec_cgroups(fw: &Netns) -> Vec<String> {
+    let h = symroute::kernel::cgroup::hierarchy().expect("cgroup2");
+    let name = fw.name().to_string();
+    let base = std::thread::spawn(move || {
+        symroute::kernel::netns::enter(&name).expect("enter");
+        symroute::kernel::cgroup::exec_base().expect("exec base")
+    })
+    .join()
+    .unwrap();
+    std::fs::read_dir(h.dir(&base))
+        .map(|d| {
+            let mut v: Vec<String> = d
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn exec_sends_a_command_via_each_gateway_without_a_policy() {
+    let lab = lab();
+    let fw = &lab.t.fw;
+    // Gateways only: not one policy.
+    let _remove = RemoveOnDrop(fw);
+    symroute_in(fw, "apply", Some(GATEWAYS), &[]).ok();
+    for server in servers() {
+        for gw in ["isp1", "isp2"] {
+            assert_eq!(exec_uplink(fw, Some(GATEWAYS), gw, server), gw, "{server}");
+        }
+        // Commands not started by symroute exec keep the default route.
+        assert_eq!(uplink(fw, &[], server), "isp2", "{server}");
+    }
+    assert_eq!(exec_cgroups(fw), ["isp1", "isp2"]);
+    // The command's exit status is symroute's; a missing one is 127.
+    let status = |cmd: &[&str]| {
+        let mut args = vec!["--gateway", "isp1", "--"];
+        args.extend(cmd);
+        symroute_in(fw, "exec", Some(GATEWAYS), &args).code
+    };
+    assert_eq!(status(&["sh", "-c", "exit 7"]), 7);
+    assert_eq!(status(&["true"]), 0);
+    assert_eq!(status(&["/nonexistent/command"]), 127);
+    // An unknown gateway is a usage error; a gateway that is down is a failure, and the
+    // command does not run.
+    let unknown = symroute_in(
+        fw,
+        "exec",
+        Some(GATEWAYS),
+        &["--gateway", "isp9", "--", "true"],
+    );
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+    assert!(
+        unknown.stderr.contains("no gateway named \"isp9\""),
+        "{}",
+        unknown.stderr
+    );
+    fw.ip("link set up1 down").unwrap();
+    let down = symroute_in(
+        fw,
+        "exec",
+        Some(GATEWAYS),
+        &["--gateway", "isp1", "--", "sh", "-c", "echo ran"],
+    );
+    assert_eq!(down.code, 1, "{}", down.stderr);
+    assert!(
+        down.stderr
+            .contains("gateway isp1 is down (interface up1 is down)"),
+        "{}",
+        down.stderr
+    );
+    assert!(!down.stdout.contains("ran"));
+    fw.ip("link set up1 up").unwrap();
+    // remove takes the exec cgroups away once nothing runs in them.
+    symroute_in(fw, "remove", None, &[]).ok();
+    assert!(exec_cgroups(fw).is_empty(), "{:?}", exec_cgroups(fw));
+}
+
+#[test]
+fn exec_under_the_daemon_uses_its_config() {
+    let lab = lab();
+    let fw = &lab.t.fw;
+    let d = Daemon::start(fw, GATEWAYS);
+    for server in servers() {
+        for gw in ["isp2", "isp1"] {
+            assert_eq!(exec_uplink(fw, None, gw, server), gw, "{server}");
+        }
+    }
+    // The masquerade is there only while something runs in an exec cgroup: gone again
+    // once the commands have exited.
+    d.wait_log("after a change (cgroup)", Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fw
+        .exec(&["nft", "list", "chain", "inet", "symroute", "post"])
+        .is_ok()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the nat chain stayed:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -3,6 +3,7 @@
 
 mod confirm;
 mod daemon;
+mod exec;
 mod lab;
 
 use std::io::Write;
@@ -226,6 +227,23 @@ enum Cmd {
         )]
         log_level: tracing_subscriber::filter::Targets,
     },
+    /// Run a command whose new connections leave via one gateway (root only).
+    ///
+    /// CMD runs in a cgroup of symroute's own for the gateway
+    /// (`symroute.exec/netns-<id>/NAME` under the cgroup2 root), which the table always
+    /// matches before any policy: its new TCP/UDP/ICMP connections, IPv4 and IPv6, leave
+    /// via gateway NAME, masqueraded to its interface's address, and keep that path for
+    /// their whole life. No policy is needed in the config. Specific routes (the LAN, a
+    /// VPN) still win, as for route_via. A running `symroute run` adds the cgroup to the
+    /// table within milliseconds; without one, exec applies the config first. The exit
+    /// status is CMD's (127: not found). Fails (exit 1) when NAME is down, exit 2 when the
+    /// config has no gateway NAME. Needs root: it moves itself into the cgroup.
+    ///
+    /// Examples:
+    ///   symroute exec --gateway isp2 -- curl -sS https://example.org/
+    ///   symroute exec --gateway isp1 --netns fw -- ping -c3 192.0.2.1
+    #[command(verbatim_doc_comment)]
+    Exec(exec::ExecArgs),
     /// Gateways, policy counters and live connections per gateway; with a running
     /// `symroute run`, its live health (since, loss, round trip). Without -c, the
     /// daemon's config.
@@ -534,11 +552,19 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let changes = kernel::apply::remove()?;
             symroute::daemon::control::remove_stale()?;
-            if changes.is_empty() {
+            // `symroute exec`'s cgroups of this namespace, once no command runs in them.
+            let (gone, busy) = kernel::cgroup::remove_exec()?;
+            for c in &busy {
+                eprintln!("symroute: left cgroup {c}: a command started by symroute exec still runs in it");
+            }
+            if changes.is_empty() && gone.is_empty() {
                 writeln!(out, "nothing to remove: symroute owns nothing here")?;
             } else {
                 for l in changes.summary() {
                     writeln!(out, "{l}")?;
+                }
+                for c in &gone {
+                    writeln!(out, "- cgroup {c}")?;
                 }
                 writeln!(out, "removed")?;
             }
@@ -634,6 +660,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         p.packets,
                         p.bytes
                     )?;
+                    for w in &p.waiting {
+                        writeln!(
+                            out,
+                            "  {:<20} waiting for cgroup {}: {}",
+                            "", w.cgroup, w.why
+                        )?;
+                    }
                 }
             }
         }
@@ -706,6 +739,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 writeln!(out, "missing {file}: {why}")?;
             }
         }
+        Cmd::Exec(args) => {
+            drop(out);
+            return exec::run(args);
+        }
         Cmd::Lab { scenario } => {
             drop(out);
             lab::run(scenario).context("lab failed")?;
@@ -728,6 +765,15 @@ fn print_gateways(out: &mut impl Write, plan: &plan::Plan) -> anyhow::Result<()>
                 g.name
             )?,
             plan::GatewayState::Up => {}
+        }
+    }
+    for p in &plan.policies {
+        for w in &p.waiting {
+            writeln!(
+                out,
+                "policy {}: cgroup {} {}; waiting: its connections are matched once it exists (symroute run adds it within a second; after apply alone, apply again)",
+                p.name, w.cgroup, w.why
+            )?;
         }
     }
     Ok(())

@@ -66,6 +66,9 @@ pub enum Request {
     },
     /// Keep the config of a pending `reload` with `confirm`.
     Confirm,
+    /// Observe and apply now, and answer when done: `symroute exec` asks after moving
+    /// into its cgroup, so the table it waits for is one loaded after that move.
+    Reconcile,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -400,6 +403,10 @@ impl Daemon {
             Request::Status => self.status_response(),
             Request::Reload { config, confirm } => self.reload_request(config, confirm),
             Request::Confirm => self.confirm_request(),
+            Request::Reconcile => match self.reconcile(super::Why::Asked) {
+                Ok(lines) => Response::done(lines),
+                Err(e) => Response::failed(1, e),
+            },
         };
         call.reply.send(resp);
     }

@@ -22,6 +22,7 @@
 //! The process must already be in its network namespace (`kernel::netns::enter`): every
 //! thread and child starts from this one and inherits it.
 
+mod cgroups;
 pub mod control;
 pub mod debounce;
 pub mod event;
@@ -37,7 +38,7 @@ pub mod serve;
 mod signals;
 pub mod systemd;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
@@ -121,6 +122,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         .spawn(tx.clone())
         .map_err(io_error("starting the signal thread"))?;
     let _control = control::Listener::spawn(tx.clone())?;
+    // Before the first apply too: a cgroup appearing after it is an event.
+    let cgroup_watch = cgroups::spawn(&opts.model, &tx).map_err(io_error("watching cgroups"))?;
     let metrics = metrics::Metrics::start(opts.model.settings.metrics)
         .map_err(io_error("serving metrics"))?;
 
@@ -148,6 +151,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         pending: None,
         hooks: hooks::Hooks::default(),
         netns: opts.netns,
+        cgroup_watch,
+        waiting: BTreeSet::new(),
     };
     // A pending `apply --confirm` of a previous daemon goes on where it was.
     if let Some((config, model, pending)) = pending::resume() {
@@ -172,6 +177,8 @@ enum Why {
     Changes(Pending),
     Retry,
     Reload,
+    /// A `reconcile` request on the control socket (`symroute exec`).
+    Asked,
 }
 
 impl Why {
@@ -180,6 +187,7 @@ impl Why {
             Why::Start => "at startup".into(),
             Why::Retry => "retrying after a failure".into(),
             Why::Reload => "after reloading the config".into(),
+            Why::Asked => "when asked (symroute exec)".into(),
             Why::Changes(p) if p.sources.is_empty() && !p.overrun => {
                 "verifying the last apply".into()
             }
@@ -230,6 +238,10 @@ struct Daemon {
     pending: Option<pending::PendingConfirm>,
     hooks: hooks::Hooks,
     netns: Option<String>,
+    /// Follows the cgroups the plan may match (restarted with a new config).
+    cgroup_watch: Option<cgroups::Watch>,
+    /// (policy, cgroup) pairs not matched at the last reconcile, to log what changed.
+    waiting: BTreeSet<(String, String)>,
 }
 
 impl Daemon {
@@ -313,6 +325,7 @@ impl Daemon {
         let report = report?;
         let took = started.elapsed().as_millis();
         self.log_gateways(&report.plan, matches!(why, Why::Start));
+        self.log_waiting(&report.plan, matches!(why, Why::Start));
         // Gateways seen up before and down now (not those found down at startup).
         let went_down: Vec<_> = self
             .gateways_observed(&report.plan)
@@ -458,6 +471,12 @@ impl Daemon {
     /// (their marks may have changed).
     fn switch_to(&mut self, path: PathBuf, model: Model) -> Result<Vec<String>, String> {
         self.probes = None;
+        // The new config's cgroups, watched before it is applied.
+        self.cgroup_watch = None;
+        match cgroups::spawn(&model, &self.tx) {
+            Ok(w) => self.cgroup_watch = w,
+            Err(e) => error!("could not watch cgroups: {e}"),
+        }
         gateways::carry_over(
             &self.model,
             &model,
@@ -490,6 +509,17 @@ impl Daemon {
         let changes = apply::remove()?;
         for l in changes.summary() {
             info!("removed: {}", one_line(&l));
+        }
+        match crate::kernel::cgroup::remove_exec() {
+            Ok((gone, busy)) => {
+                for c in gone {
+                    info!("removed: cgroup {c}");
+                }
+                for c in busy {
+                    warn!("left cgroup {c}: a command started by symroute exec still runs in it");
+                }
+            }
+            Err(e) => warn!("could not remove symroute exec's cgroups: {e}"),
         }
         info!("removed {} object(s); exiting", changes.summary().len());
         Ok(())
@@ -561,6 +591,36 @@ impl Daemon {
         } else {
             self.status.clone()
         }
+    }
+
+    /// Log the cgroups of policies that became matched or waiting (at startup: those
+    /// waiting).
+    fn log_waiting(&mut self, plan: &Plan, start: bool) {
+        let now: BTreeSet<(String, String)> = plan
+            .policies
+            .iter()
+            .flat_map(|p| p.waiting.iter().map(|w| (p.name.clone(), w.cgroup.clone())))
+            .collect();
+        for (policy, cgroup) in now.difference(&self.waiting) {
+            if start {
+                let why = plan
+                    .policies
+                    .iter()
+                    .filter(|p| &p.name == policy)
+                    .flat_map(|p| &p.waiting)
+                    .find(|w| &w.cgroup == cgroup)
+                    .map_or("", |w| w.why);
+                info!("policy {policy}: cgroup {cgroup} {why}; its connections are matched once it exists");
+            } else {
+                info!("policy {policy}: cgroup {cgroup} is gone; its connections are matched again once it exists");
+            }
+        }
+        if !start {
+            for (policy, cgroup) in self.waiting.difference(&now) {
+                info!("policy {policy}: cgroup {cgroup} exists now; its connections are matched");
+            }
+        }
+        self.waiting = now;
     }
 
     /// Log gateways whose state changed (at startup: those not up).

@@ -146,7 +146,7 @@ fn restorable_table() -> Result<Option<String>, KernelError> {
     let items = listing["nftables"].as_array().into_iter().flatten();
     if !items
         .filter(|i| i.get("metainfo").is_none())
-        .all(literal_json)
+        .all(|i| literal_json(i) && !lost_cgroup(i))
     {
         return Ok(None);
     }
@@ -155,6 +155,53 @@ fn restorable_table() -> Result<Option<String>, KernelError> {
         &["list", "table", "inet", nft::TABLE],
         None,
     )?))
+}
+
+/// Whether a piece of `nft -j` output names a cgroup by its bare id: nft found no cgroup
+/// with it (removed since the table was loaded), and its text syntax reads a number as a
+/// path, so the listing would not load again.
+fn lost_cgroup(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let cgroup_key = |k: &Value| k["socket"]["key"] == "cgroupv2";
+    let has_number = |v: &Value| -> bool {
+        fn walk(v: &Value) -> bool {
+            match v {
+                Value::Number(_) => true,
+                Value::Array(a) => a.iter().any(walk),
+                Value::Object(o) => o.values().any(walk),
+                _ => false,
+            }
+        }
+        walk(v)
+    };
+    // Only the keys of a map's elements are cgroups (its data are verdicts).
+    let keys = |elems: &Value| -> bool {
+        elems.as_array().is_some_and(|a| {
+            a.iter().any(|e| match e.as_array() {
+                Some(pair) => pair.first().is_some_and(has_number),
+                None => has_number(e),
+            })
+        })
+    };
+    match v {
+        Value::Object(o) => {
+            if let Some(m) = o.get("match").filter(|m| cgroup_key(&m["left"])) {
+                return has_number(&m["right"]);
+            }
+            if let Some(m) = o.get("vmap").filter(|m| cgroup_key(&m["key"])) {
+                return keys(&m["data"]["set"]);
+            }
+            if let Some(set) = ["set", "map"]
+                .iter()
+                .find_map(|k| o.get(*k).filter(|s| s["type"] == "cgroupsv2"))
+            {
+                return keys(&set["elem"]);
+            }
+            o.values().any(lost_cgroup)
+        }
+        Value::Array(a) => a.iter().any(lost_cgroup),
+        _ => false,
+    }
 }
 
 /// Whether every string in a piece of `nft -j` output would read back literally in nft's
@@ -471,5 +518,31 @@ pub(crate) fn roll_back(
             r.err().map(|e| format!("; also: {e}")).unwrap_or_default()
         ))),
         None => r.and(saved).and(digest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_cgroup;
+    use serde_json::json;
+
+    #[test]
+    fn a_cgroup_listed_by_id_cannot_be_replayed() {
+        let rule = |right: serde_json::Value| json!({"rule": {"expr": [{"match": {"op": "==", "left": {"socket": {"key": "cgroupv2"}}, "right": right}}]}});
+        assert!(!lost_cgroup(&rule(json!("unified/system.slice/x.service"))));
+        assert!(lost_cgroup(&rule(json!(4242))));
+        assert!(lost_cgroup(&rule(json!({"set": ["unified/a", 4242]}))));
+        assert!(!lost_cgroup(&rule(json!("@p0_cg2"))));
+        let map = |elem: serde_json::Value| json!({"map": {"type": "cgroupsv2", "map": "verdict", "elem": elem}});
+        assert!(!lost_cgroup(&map(
+            json!([["unified/a", {"jump": {"target": "try_p1"}}]])
+        )));
+        assert!(lost_cgroup(&map(
+            json!([[77, {"jump": {"target": "try_p1"}}]])
+        )));
+        // Other numbers (marks, counters, uids) are fine.
+        assert!(!lost_cgroup(
+            &json!({"rule": {"expr": [{"match": {"left": {"meta": {"key": "skuid"}}, "right": 1001}}]}})
+        ));
     }
 }

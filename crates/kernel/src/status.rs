@@ -58,6 +58,9 @@ pub struct PolicyStatus {
     /// Packets and bytes of the connections' first packets this policy classified.
     pub packets: u64,
     pub bytes: u64,
+    /// Cgroups it names that are not matched yet, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<symroute_core::plan::Waiting>,
 }
 
 pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
@@ -100,6 +103,7 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
                 gateways: p.gateways.clone(),
                 packets,
                 bytes,
+                waiting: p.waiting.clone(),
             }
         })
         .collect();

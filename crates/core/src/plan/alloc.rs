@@ -14,15 +14,15 @@ pub fn values_needed(model: &Model) -> usize {
     2 * model.gateways.len() + usize::from(!model.diverts.is_empty())
 }
 
-/// How many rule priorities `plan::build` takes from `first_priority` on: the skip rule,
-/// the diverts', the route decisions' skip past the reply rules (3 reply gateways and
-/// route_via), one per reply gateway, main without its default and one per route
-/// gateway (with route_via), the local copy of main and one per reply gateway again
-/// (their `from` rules).
+/// How many rule priorities `plan::build` takes from `first_priority` on, at most: the
+/// skip rule, the diverts', the route decisions' skip past the reply rules (3 reply
+/// gateways and route decisions), one per reply gateway, main without its default and
+/// one per gateway taking route decisions (any of them may: `symroute exec --gateway`),
+/// the local copy of main and one per reply gateway again (their `from` rules).
 pub fn priorities_needed(model: &Model) -> usize {
     let n = model.gateways.len();
     let reply = (0..n).filter(|&i| model.replies_via(GatewayIdx(i))).count();
-    let route = (0..n).filter(|&i| model.routes_via(GatewayIdx(i))).count();
+    let route = n;
     1 + usize::from(!model.diverts.is_empty())
         + usize::from(reply >= 3 && route > 0) // route decisions skip the reply rules
         + usize::from(reply > 0) // the skip rule for forwarded packets, beside local ones

@@ -52,6 +52,13 @@ pub struct Cgroups {
 }
 
 impl Cgroups {
+    /// Whether `symroute exec --gateway GATEWAY`'s cgroup exists.
+    pub fn exec_exists(&self, gateway: &str) -> bool {
+        self.exec
+            .get(gateway)
+            .is_some_and(|p| self.ids.contains_key(p))
+    }
+
     /// `"PREFIX/PATH"`, quoted for nft, when the cgroup exists (and the prefix is plain
     /// text: it comes from the host's mount table).
     pub fn nft_path(&self, path: &CgroupPath) -> Option<String> {

@@ -40,7 +40,8 @@ pub struct GatewayPlan {
     pub table: TableId,
     /// Set when some policy answers via this gateway.
     pub reply_mark: Option<Mark>,
-    /// Set when some policy routes new connections via this gateway.
+    /// Set when new connections may be sent via this gateway: some route_via policy names
+    /// it, or `symroute exec --gateway` has its cgroup for it.
     pub route_mark: Option<Mark>,
     pub state: GatewayState,
 }
@@ -64,6 +65,23 @@ pub struct PolicyPlan {
     /// Sticky per source: seconds a source keeps its gateway.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky_secs: Option<f64>,
+    /// Cgroups the policy names that are not matched yet (see [`Waiting`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<Waiting>,
+}
+
+/// A cgroup a policy names that the table cannot match now: nft resolves a cgroup path
+/// when it loads the table, so one that does not exist yet (a service not started) is
+/// left out until it does. `symroute run` watches for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Waiting {
+    pub cgroup: String,
+    pub why: &'static str,
+}
+
+impl Waiting {
+    pub const ABSENT: &'static str = "does not exist yet";
+    pub const NO_HIERARCHY: &'static str = "no cgroup2 hierarchy is mounted where nft can name it";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -142,9 +160,12 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             reply_mark: model
                 .replies_via(GatewayIdx(i))
                 .then(|| alloc::reply_mark(model, GatewayIdx(i))),
-            route_mark: model
-                .routes_via(GatewayIdx(i))
-                .then(|| alloc::route_mark(model, GatewayIdx(i))),
+            route_mark: (model.routes_via(GatewayIdx(i))
+                || host
+                    .cgroups
+                    .as_ref()
+                    .is_some_and(|c| c.exec_exists(g.name.as_str())))
+            .then(|| alloc::route_mark(model, GatewayIdx(i))),
             state: gateway_state(g, host),
         })
         .collect();
@@ -154,7 +175,7 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         .policies
         .iter()
         .enumerate()
-        .map(|(i, p)| policy_plan(model, &states, i, p))
+        .map(|(i, p)| policy_plan(model, &states, i, p, host))
         .collect::<Vec<_>>();
 
     let divert = (!model.diverts.is_empty())
@@ -394,7 +415,24 @@ fn policy_plan(
     states: &[GatewayState],
     i: usize,
     p: &crate::model::Policy,
+    host: &HostView,
 ) -> PolicyPlan {
+    let waiting = p
+        .selector
+        .cgroup
+        .iter()
+        .filter_map(|c| {
+            let why = match &host.cgroups {
+                None => Waiting::NO_HIERARCHY,
+                Some(h) if h.nft_path(c).is_none() => Waiting::ABSENT,
+                Some(_) => return None,
+            };
+            Some(Waiting {
+                cgroup: c.to_string(),
+                why,
+            })
+        })
+        .collect();
     let entry = |g: GatewayIdx, mark: Mark, weight: Option<u32>, active: bool| PolicyGateway {
         name: model.gateway(g).name.to_string(),
         mark,
@@ -448,6 +486,7 @@ fn policy_plan(
         gateways,
         mode,
         sticky_secs: sticky,
+        waiting,
     }
 }
 

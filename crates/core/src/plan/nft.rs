@@ -114,6 +114,30 @@ fn divert_counter_name(index: usize, name: &str) -> String {
     format!("d{}", &counter_name(index, name)[1..])
 }
 
+/// The counter of the connections `symroute exec --gateway` sent via gateway `index`.
+pub fn exec_counter_name(index: usize, name: &str) -> String {
+    format!("x{}", &counter_name(index, name)[1..])
+}
+
+/// The exec cgroups that exist, by level: (gateway index, the path as nft takes it).
+fn exec_cgroups(
+    model: &Model,
+    cgroups: Option<&Cgroups>,
+) -> std::collections::BTreeMap<u32, Vec<(usize, String)>> {
+    let mut out: std::collections::BTreeMap<u32, Vec<(usize, String)>> = Default::default();
+    let Some(c) = cgroups else {
+        return out;
+    };
+    for (i, g) in model.gateways.iter().enumerate() {
+        if let Some(path) = c.exec.get(g.name.as_str()) {
+            if let Some(text) = c.nft_path(path) {
+                out.entry(path.level()).or_default().push((i, text));
+            }
+        }
+    }
+    out
+}
+
 /// Render the table and its fingerprint (FNV-1a of the text, stored as the table comment).
 pub fn render(
     model: &Model,
@@ -179,13 +203,41 @@ pub fn render(
         })
         .map(|(i, _)| i)
         .collect();
+    // `symroute exec --gateway G` runs a command in G's exec cgroup: its new connections
+    // take G's route decision before any policy is looked at (it was asked for by name).
+    let exec = exec_cgroups(model, cgroups);
+    let mut exec_rules = Vec::new();
+    for (level, entries) in &exec {
+        let items: Vec<String> = entries
+            .iter()
+            .map(|(i, path)| format!("{path} : goto xset_g{i}"))
+            .collect();
+        exec_rules.push(format!(
+            "socket cgroupv2 level {level} vmap {{ {} }}",
+            items.join(", ")
+        ));
+    }
+    for &(i, _) in exec.values().flatten() {
+        let g = &gateways[i];
+        let c = exec_counter_name(i, &g.name);
+        let mark = g
+            .route_mark
+            .expect("a gateway with an exec cgroup takes route decisions");
+        let _ = writeln!(counters, "\tcounter {c} {{ }}");
+        let _ = writeln!(
+            chains,
+            "\tchain xset_g{i} {{\n\t\tcounter name \"{c}\" {};\n\t}}",
+            set_mark("ct", mask, mark)
+        );
+    }
     let is_new = format!("ct state new ct mark and {mask} == 0");
     let mut classifier = super::classify::Classifier::new(model, cgroups);
-    for (chain, hook_rules, members) in [
-        ("classify", &mut pre, &all),
-        ("classify_out", &mut out, &local),
+    for (chain, hook_rules, members, first) in [
+        ("classify", &mut pre, &all, Vec::new()),
+        ("classify_out", &mut out, &local, exec_rules),
     ] {
-        let rules = classifier.chain_rules(chain, members, &mut sets);
+        let mut rules = first;
+        rules.extend(classifier.chain_rules(chain, members, &mut sets));
         if rules.is_empty() {
             continue;
         }
@@ -270,9 +322,15 @@ pub fn render(
             })
         })
         .collect();
-    // Only connections the host opens need it: without local route_via policies, no nat
-    // chain at all (its mere presence costs every new connection a NAT binding).
-    if !snat.is_empty() && !local.is_empty() {
+    // Only connections the host opens need it: without local route_via policies, and
+    // with no process in an exec cgroup, no nat chain at all (its mere presence costs
+    // every new connection a NAT binding).
+    let exec_running = cgroups.is_some_and(|c| {
+        c.exec
+            .values()
+            .any(|p| c.populated.contains(p) && c.ids.contains_key(p))
+    });
+    if !snat.is_empty() && (!local.is_empty() || exec_running) {
         // Every new connection passes this chain: beyond a few gateways, one map lookup on
         // the decision instead of one rule per gateway.
         let lines: Vec<String> = if snat.len() <= 4 {

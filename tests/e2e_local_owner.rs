@@ -78,6 +78,20 @@ fn uplink(ns: &Netns, wrap: &[&str], server: IpAddr) -> String {
     )
 }
 
+/// The interface `symroute explain --local … --json` says a new connection from this
+/// host to the server leaves by (reading the live kernel of `ns`, without a config).
+fn explained(ns: &Netns, extra: &[&str]) -> String {
+    let dst = TwoIsps::SERVER_V4.to_string();
+    let mut args = vec!["--local", "--destination", &dst, "--json"];
+    args.extend(extra);
+    let run = symroute_in(ns, "explain", None, &args).ok();
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("explain json");
+    v["verdict"]["interface"]
+        .as_str()
+        .unwrap_or("none")
+        .to_string()
+}
+
 fn servers() -> [IpAddr; 2] {
     [TwoIsps::SERVER_V4.into(), TwoIsps::SERVER_V6.into()]
 }
@@ -122,6 +136,10 @@ fn another_users_connections_leave_via_the_chosen_isp() {
         assert_eq!(uplink(fw, &user, server), "isp1", "{server}");
         assert_eq!(uplink(fw, &[], server), "isp2", "root, {server}");
     }
+    // explain reads the same from the live table.
+    assert_eq!(explained(fw, &["--user", &USER.to_string()]), "up1");
+    assert_eq!(explained(fw, &["--user", "nobody"]), "up1");
+    assert_eq!(explained(fw, &[]), "up2");
     // By name too: nobody (65534 on Debian and Ubuntu).
     let nobody = [
         "setpriv",
@@ -184,6 +202,11 @@ fn a_cgroup_made_after_the_daemon_started_is_matched_within_a_second() {
             );
         }
         assert_eq!(uplink(fw, &beside, TwoIsps::SERVER_V4.into()), "isp2");
+        assert_eq!(
+            explained(fw, &["--cgroup", &format!("{service}/worker")]),
+            "up1"
+        );
+        assert_eq!(explained(fw, &["--cgroup", &cg.path("")]), "up2");
         // The service stops: its cgroup goes (and comes back with a new id next round).
         cg.remove("backup.service");
         d.wait_log_count(

@@ -345,3 +345,80 @@ fn exec_under_the_daemon_uses_its_config() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// `symroute ARGS` in a mount namespace of its own where the cgroup2 hierarchy is
+/// mounted by `mounts` (a shell script) instead of at /sys/fs/cgroup/unified: the
+/// layouts of other hosts, on this hybrid one.
+fn symroute_mounted(mounts: &str, args: &[&str]) -> support::Run {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    let script = format!(
+        "set -e\n{mounts}\nexec {} {}",
+        env!("CARGO_BIN_EXE_symroute"),
+        quoted.join(" ")
+    );
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    support::Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn the_cgroup2_hierarchy_is_found_wherever_it_is_mounted() {
+    let lab = lab();
+    let fw = &lab.t.fw;
+    let mut cg = TestCgroups::new();
+    let service = cg.make("backup.service");
+    let config = format!(
+        "{GATEWAYS}\n[[policy]]\nname = \"backup\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = \"{service}\"\n"
+    );
+    let dir = support::TempDir::new("cg2");
+    let file = dir.file("symroute.toml", config.as_bytes(), 0o644);
+    let elsewhere = dir.0.join("cg2");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let hybrid = cg.hierarchy.mount.display().to_string();
+    // (how it is mounted, how nft must name the service's cgroup then)
+    let layouts = [
+        // A unified host: cgroup2 is /sys/fs/cgroup itself.
+        (
+            format!("umount {hybrid}\nmount -t cgroup2 none /sys/fs/cgroup"),
+            format!("\"{service}\""),
+        ),
+        // Mounted anywhere else: nft reaches it from /sys/fs/cgroup through `..`.
+        (
+            format!(
+                "umount {hybrid}\nmount -t cgroup2 none {}",
+                elsewhere.display()
+            ),
+            format!("\"../../..{}/{service}\"", elsewhere.display()),
+        ),
+    ];
+    let _remove = RemoveOnDrop(fw);
+    let inside = in_cgroup(&cg.procs("backup.service"));
+    let inside: Vec<&str> = inside.iter().map(String::as_str).collect();
+    for (mounts, named) in &layouts {
+        let path = file.display().to_string();
+        let plan = symroute_mounted(
+            mounts,
+            &["plan", "--script", "--netns", fw.name(), "-c", &path],
+        );
+        assert_eq!(plan.code, 0, "{}", plan.stderr);
+        assert!(
+            plan.stdout
+                .contains(&format!("socket cgroupv2 level 2 {named}")),
+            "{mounts}\n{}",
+            plan.stdout
+        );
+        let applied = symroute_mounted(mounts, &["apply", "--netns", fw.name(), "-c", &path]);
+        assert_eq!(applied.code, 0, "{}", applied.stderr);
+        for server in servers() {
+            assert_eq!(uplink(fw, &inside, server), "isp1", "{mounts}: {server}");
+        }
+        symroute_in(fw, "remove", None, &[]).ok();
+        assert_eq!(uplink(fw, &inside, TwoIsps::SERVER_V4.into()), "isp2");
+    }
+}

@@ -275,6 +275,24 @@ fn exec_sends_a_command_via_each_gateway_without_a_policy() {
         assert_eq!(uplink(fw, &[], server), "isp2", "{server}");
     }
     assert_eq!(exec_cgroups(fw), ["isp1", "isp2"]);
+    // status counts them per gateway (since the table was last loaded).
+    let counts = || -> Vec<u64> {
+        let st = symroute_in(fw, "status", Some(GATEWAYS), &["--json"]).ok();
+        let st: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+        st["gateways"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["exec_packets"].as_u64().unwrap())
+            .collect()
+    };
+    let before = counts();
+    assert!(before.iter().all(|n| *n >= 1), "{before:?}");
+    assert_eq!(
+        exec_uplink(fw, Some(GATEWAYS), "isp1", TwoIsps::SERVER_V4.into()),
+        "isp1"
+    );
+    assert_eq!(counts(), [before[0] + 1, before[1]]);
     // The command's exit status is symroute's; a missing one is 127.
     let status = |cmd: &[&str]| {
         let mut args = vec!["--gateway", "isp1", "--"];

@@ -35,6 +35,9 @@ pub struct GatewayStatus {
     pub loss: Option<f64>,
     pub rtt_ms: Option<f64>,
     pub failovers: Option<u64>,
+    /// Connections `symroute exec --gateway` sent this way since the table was loaded
+    /// (the first packets its nft counter counted).
+    pub exec_packets: u64,
 }
 
 /// Who is running: `symroute run`'s pid, config file and start time (RFC 3339 UTC).
@@ -73,7 +76,8 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
     let gateways = plan
         .gateways
         .iter()
-        .map(|g| {
+        .enumerate()
+        .map(|(i, g)| {
             let marks = [g.reply_mark, g.route_mark].into_iter().flatten();
             let connections = ct.count_any(marks.map(|m| m.bits()), plan.mark_mask.bits())?;
             Ok(GatewayStatus {
@@ -87,6 +91,9 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
                 loss: None,
                 rtt_ms: None,
                 failovers: None,
+                exec_packets: counters
+                    .get(&symroute_core::plan::nft::exec_counter_name(i, &g.name))
+                    .map_or(0, |c| c.0),
             })
         })
         .collect::<Result<Vec<_>, KernelError>>()?;

@@ -884,6 +884,11 @@ mod route_tests {
         assert_eq!(active(w, "ddd"), [(0, Some(3)), (1, Some(1)), (2, Some(2))]);
     }
 
+    /// The user names of examples/full.toml.
+    fn users() -> std::collections::BTreeMap<String, u32> {
+        [("backup".to_string(), 34)].into_iter().collect()
+    }
+
     fn host(up: &[&str]) -> HostView {
         let mut h = HostView::default();
         for (i, name) in ["e0", "e1", "e2"].iter().enumerate() {
@@ -908,8 +913,18 @@ mod route_tests {
             include_str!("../../../../examples/full.toml"),
             include_str!("../../../../examples/failover.toml"),
         ] {
-            let model = parse_str(text, "t.toml").unwrap();
-            let plan = build(&model, &host(&["e0", "e1", "e2"]));
+            let model = crate::config::parse_str_with(text, "t.toml", &users()).unwrap();
+            // The most it takes: with an exec cgroup for every gateway, every one of
+            // them takes route decisions.
+            let mut h = host(&["e0", "e1", "e2"]);
+            let mut c = Cgroups::default();
+            for g in &model.gateways {
+                let p = crate::model::CgroupPath::new(&format!("x/{}", g.name)).unwrap();
+                c.ids.insert(p.clone(), 1);
+                c.exec.insert(g.name.to_string(), p);
+            }
+            h.cgroups = Some(c);
+            let plan = build(&model, &h);
             assert_eq!(
                 plan.priorities.len(),
                 alloc::priorities_needed(&model),

@@ -260,10 +260,39 @@ fn exec_cgroups(fw: &Netns) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `symroute exec --gateway GW -- bash …` sending one UDP datagram to the echo server
+/// beyond both ISPs: which uplink the answer says it came by.
+fn exec_udp_uplink(fw: &Netns, gw: &str, server: IpAddr) -> String {
+    let script = format!(
+        "exec 3<>/dev/udp/{server}/{UDP_PORT} && echo ping >&3 && timeout 3 dd bs=512 count=1 status=none <&3"
+    );
+    let run = symroute_in(
+        fw,
+        "exec",
+        Some(GATEWAYS),
+        &["--gateway", gw, "--", "bash", "-c", &script],
+    );
+    let out = run.stdout.trim();
+    match out.split_whitespace().nth(1) {
+        Some("192.0.2.1" | "2001:db8:c::1") => "isp1".into(),
+        Some("10.99.0.1" | "fd99::1") => "isp2".into(),
+        _ => format!("exit {}: {out:?} {}", run.code, run.stderr.trim()),
+    }
+}
+
+const UDP_PORT: u16 = 7007;
+
 #[test]
 fn exec_sends_a_command_via_each_gateway_without_a_policy() {
     let lab = lab();
     let fw = &lab.t.fw;
+    let _echo: Vec<_> = servers()
+        .into_iter()
+        .map(|s| {
+            symroute::lab::UdpEcho::start(&lab.t.client, std::net::SocketAddr::new(s, UDP_PORT))
+                .expect("udp echo")
+        })
+        .collect();
     // Gateways only: not one policy.
     let _remove = RemoveOnDrop(fw);
     symroute_in(fw, "apply", Some(GATEWAYS), &[]).ok();
@@ -273,6 +302,9 @@ fn exec_sends_a_command_via_each_gateway_without_a_policy() {
         }
         // Commands not started by symroute exec keep the default route.
         assert_eq!(uplink(fw, &[], server), "isp2", "{server}");
+        for gw in ["isp1", "isp2"] {
+            assert_eq!(exec_udp_uplink(fw, gw, server), gw, "udp, {server}");
+        }
     }
     assert_eq!(exec_cgroups(fw), ["isp1", "isp2"]);
     // status counts them per gateway (since the table was last loaded).

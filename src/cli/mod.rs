@@ -231,9 +231,9 @@ enum Cmd {
     ///
     /// CMD runs in a cgroup of symroute's own for the gateway
     /// (`symroute.exec/netns-<id>/NAME` under the cgroup2 root), which the table always
-    /// matches before any policy: its new TCP/UDP/ICMP connections, IPv4 and IPv6, leave
-    /// via gateway NAME, masqueraded to its interface's address, and keep that path for
-    /// their whole life. No policy is needed in the config. Specific routes (the LAN, a
+    /// matches before any policy: the new connections of every socket CMD (or a child)
+    /// makes, IPv4 and IPv6, leave via gateway NAME, masqueraded to its interface's
+    /// address, and keep that path for their whole life. No policy is needed in the config. Specific routes (the LAN, a
     /// VPN) still win, as for route_via. A running `symroute run` adds the cgroup to the
     /// table within milliseconds; without one, exec applies the config first. The exit
     /// status is CMD's (127: not found). Fails (exit 1) when NAME is down, exit 2 when the
@@ -241,7 +241,7 @@ enum Cmd {
     ///
     /// Examples:
     ///   symroute exec --gateway isp2 -- curl -sS https://example.org/
-    ///   symroute exec --gateway isp1 --netns fw -- ping -c3 192.0.2.1
+    ///   symroute exec --gateway isp1 --netns fw -- dig @192.0.2.53 example.org
     #[command(verbatim_doc_comment)]
     Exec(exec::ExecArgs),
     /// Gateways, policy counters and live connections per gateway; with a running

@@ -4,10 +4,11 @@
 //!
 //!     cargo bench -j2 --bench daemon
 //!
-//! Events, 10 runs each: symroute's rule deleted (`ip rule del pref 3001`), a route of its
-//! table deleted, its nft table deleted, up1 down for 300 ms then up (timed from link-up;
-//! the kernel flushed the gateway's routes), and an address added to lan0 (until table
-//! 42000 holds its network; the address is removed again between runs). Then the rule
+//! Events, 10 runs each: one of symroute's reply rules deleted (`ip rule del pref 3003`,
+//! the priority every reply rule shares), a route of isp1's table (42025) deleted, its nft
+//! table deleted, up1 down for 300 ms then up (timed from link-up; the kernel flushed the
+//! gateway's routes), and an address added to lan0 (until table 42025 holds its network;
+//! the address is removed again between runs). Then the rule
 //! deletion and the nft table deletion again with the generated 10,000-selector config
 //! over 64 gateways, where every reconcile observes a much larger state and the table
 //! to restore is large. Also: reconciles per event (expected
@@ -75,22 +76,26 @@ fn run() -> anyhow::Result<()> {
             include_str!("../examples/two-isps-firewall.toml"),
         )?;
         let d = Daemon::start(&lab.fw, &cfg)?;
-        let table = in_netns(lab.fw.name(), || our_routes(&mut Netlink::open()?, 42000))??;
+        // isp1's table (its id, 26, comes from its name: table 42000 + 26 - 1).
+        let table = in_netns(lab.fw.name(), || {
+            our_routes(&mut Netlink::open()?, ISP1_TABLE)
+        })??;
+        let replies = in_netns(lab.fw.name(), || rules_at(&mut Netlink::open()?, REPLIES))??;
 
         rows.push(d.measure(
-            "rule 3001 deleted",
-            "ip rule del pref 3001",
+            "a reply rule (pref 3003) deleted",
+            "ip rule del pref 3003",
             None,
             true,
-            |nl| rule_present(nl, 3001),
+            move |nl| Ok(rules_at(nl, REPLIES)? == replies),
         )?);
         let want = table.clone();
         rows.push(d.measure(
-            "default route of table 42000 deleted",
-            "ip route del default table 42000",
+            "default route of table 42025 deleted",
+            "ip route del default table 42025",
             None,
             true,
-            move |nl| Ok(our_routes(nl, 42000)? == want),
+            move |nl| Ok(our_routes(nl, ISP1_TABLE)? == want),
         )?);
         rows.push(d.measure(
             "nft table inet symroute deleted",
@@ -112,7 +117,7 @@ fn run() -> anyhow::Result<()> {
             "ip link set up1 down; sleep 0.3; ip link set up1 up",
             None,
             true,
-            move |nl| Ok(our_routes(nl, 42000)? == want),
+            move |nl| Ok(our_routes(nl, ISP1_TABLE)? == want),
         )?);
         let want = table.clone();
         rows.push(d.measure(
@@ -120,7 +125,7 @@ fn run() -> anyhow::Result<()> {
             "ip addr del 203.0.113.2/24 dev up1; ip addr add 203.0.113.3/24 dev up1",
             Some("ip addr del 203.0.113.3/24 dev up1; ip addr add 203.0.113.2/24 dev up1"),
             true,
-            move |nl| Ok(our_routes(nl, 42000)? == want),
+            move |nl| Ok(our_routes(nl, ISP1_TABLE)? == want),
         )?);
         let net: ipnet::IpNet = "10.78.0.0/24".parse()?;
         rows.push(d.measure(
@@ -128,7 +133,7 @@ fn run() -> anyhow::Result<()> {
             "ip addr add 10.78.0.1/24 dev lan0",
             Some("ip addr del 10.78.0.1/24 dev lan0"),
             false,
-            move |nl| Ok(our_routes(nl, 42000)?.iter().any(|r| r.dst == net)),
+            move |nl| Ok(our_routes(nl, ISP1_TABLE)?.iter().any(|r| r.dst == net)),
         )?);
         let cpu = d.idle_cpu(Duration::from_secs(2))?;
         println!(
@@ -148,12 +153,13 @@ fn run() -> anyhow::Result<()> {
         add_big_interfaces(&ns, &ns)?;
         let cfg = ConfigFile::new("daemon-big", &big_config())?;
         let d = Daemon::start(&ns, &cfg)?;
+        let replies = in_netns(ns.name(), || rules_at(&mut Netlink::open()?, REPLIES))??;
         rows.push(d.measure(
-            "10k config: rule 3001 deleted",
-            "ip rule del pref 3001",
+            "10k config: a reply rule (pref 3003) deleted",
+            "ip rule del pref 3003",
             None,
             true,
-            |nl| rule_present(nl, 3001),
+            move |nl| Ok(rules_at(nl, REPLIES)? == replies),
         )?);
         rows.push(d.measure(
             "10k config: nft table deleted",
@@ -401,10 +407,19 @@ fn sh(script: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rule_present(nl: &mut Netlink, priority: u32) -> anyhow::Result<bool> {
-    Ok(nl.dump_rules(Family::Inet4)?.iter().any(|r| {
-        convert::rule_priority(r).get() == priority && convert::rule_protocol(r) == RT_PROTO
-    }))
+/// isp1's table in examples/two-isps-firewall.toml, and the priority of reply rules.
+const ISP1_TABLE: u32 = 42025;
+const REPLIES: u32 = 3003;
+
+/// How many of our IPv4 rules sit at `priority`.
+fn rules_at(nl: &mut Netlink, priority: u32) -> anyhow::Result<usize> {
+    Ok(nl
+        .dump_rules(Family::Inet4)?
+        .iter()
+        .filter(|r| {
+            convert::rule_priority(r).get() == priority && convert::rule_protocol(r) == RT_PROTO
+        })
+        .count())
 }
 
 fn our_routes(nl: &mut Netlink, table: u32) -> anyhow::Result<BTreeSet<RouteSpec>> {

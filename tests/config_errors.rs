@@ -26,10 +26,12 @@ fn table_of_bad_configs() {
         ("[settings]\nmark_mask = \"banana\"\n".into(), "bad.toml:2:13: settings.mark_mask: expected a 32-bit mask like \"0xff000000\""),
         ("[settings]\nmark_mask = 0\n".into(), "bad.toml:2:13: settings.mark_mask: mark_mask must have at least one bit set"),
         ("[settings]\nfirst_table = 254\n".into(), "bad.toml:2:15: settings.first_table: table 254 is reserved by the kernel (0 unspec, 253 default, 254 main, 255 local)"),
-        ("[settings]\nfirst_table = 100\n".into(), "bad.toml:2:15: settings.first_table: the range symroute allocates from here would cross the kernel's tables 253-255; pick a number above 255 (default 42000)"),
+        ("[settings]\nfirst_table = 200\n".into(), "bad.toml:2:15: settings.first_table: the tables symroute allocates from here (200 to 327) would cross the kernel's tables 253-255; pick a number above 255 (default 42000)"),
+        ("[settings]\nfirst_table = 100\n".into(), ""),
+        ("[settings]\nmark_mask = \"0xffff0000\"\nfirst_table = 4294950000\n".into(), "bad.toml:3:15: settings.first_table: with mark_mask 0xffff0000, gateway ids run to 32767, so tables run to 4294950000 + 32767, past 2^32; pick a smaller first_table (default 42000)"),
         ("[settings]\nfirst_priority = 0\n".into(), "bad.toml:2:18: settings.first_priority: priority 0 is outside 1..32765 (0 is `lookup local`, 32766/32767 are main/default)"),
         ("[settings]\nfirst_priority = 32700\n".into(), "bad.toml:2:18: settings.first_priority: leave room for symroute's rules before main (32766); use at most 32000"),
-        ("[settings]\nmark = 1\n".into(), "bad.toml:2:1: unknown field `mark`, expected one of `mark_mask`, `first_table`, `first_priority`, `metrics`, `metrics_allow_remote`, `on_change` (see examples/ and the README for the keys symroute knows)"),
+        ("[settings]\nmark = 1\n".into(), "bad.toml:2:1: unknown field `mark`, expected one of `mark_mask`, `first_table`, `first_priority`, `metrics`, `metrics_allow_remote`, `on_change`, `ha_pair` (see examples/ and the README for the keys symroute knows)"),
         ("[settings]\nmetrics = \"0.0.0.0:9469\"\n".into(), "bad.toml:2:11: settings.metrics: 0.0.0.0:9469 is not a loopback address, so anyone who can reach it could read the gateways, policies and traffic counts; use \"127.0.0.1:9469\", or add metrics_allow_remote = true to serve beyond this host on purpose"),
         ("[settings]\nmetrics = \"[2001:db8::1]:9100\"\nmetrics_allow_remote = false\n".into(), "bad.toml:2:11: settings.metrics: [2001:db8::1]:9100 is not a loopback address, so anyone who can reach it could read the gateways, policies and traffic counts; use \"127.0.0.1:9100\", or add metrics_allow_remote = true to serve beyond this host on purpose"),
         ("[settings]\nmetrics = \"localhost:9469\"\n".into(), "bad.toml:2:11: settings.metrics: \"localhost:9469\" is not an address and port to listen on (expected e.g. \"127.0.0.1:9469\" or \"[::1]:9469\")"),
@@ -109,7 +111,19 @@ fn table_of_bad_configs() {
         ("[settings]\non_change = [\"logger x\", \"/usr/local/bin/notify\"]\n".into(), ""),
         ("[[divert]]\nname = \"h\"\nprotocol = \"icmp\"\n".into(), "bad.toml:3:12: divert.protocol: transparent sockets exist only for tcp and udp, not icmp"),
         ("[settings]\nmark_mask = \"0x80000000\"\n[[divert]]\nname = \"h\"\n".into() , ""),
-        (format!("[settings]\nmark_mask = \"0x03000000\"\n{GW}[[gateway]]\nname = \"isp2\"\ninterface = \"eth1\"\n"), "bad.toml:2:13: settings.mark_mask: 2 gateways and diverts need 4 mark values but mask 0x03000000 holds only 3; widen the mask"),
+        (format!("[settings]\nmark_mask = \"0x03000000\"\n{GW}[[gateway]]\nname = \"isp2\"\ninterface = \"eth1\"\n"), "bad.toml:8:8: gateway.name: \"isp2\" and \"isp1\" (line 4) both take id 1 from their names; give one of them an id of its own, e.g. `id = 1` on \"isp2\" (ids not taken: none; widen the mask). A gateway keeps its marks and table when it is given the id it has now (`id = 1` on \"isp1\")"),
+        // Gateway ids (stable marks): range, uniqueness, collisions of names.
+        ("[settings]\nmark_mask = \"0x80000000\"\n[[gateway]]\nname = \"isp1\"\ninterface = \"eth2\"\n".into(), "bad.toml:4:8: gateway \"isp1\": mark_mask 0x80000000 holds no gateway (each needs two values, and the top one is the divert's); widen the mask"),
+        (format!("{GW}id = 0\n"), "bad.toml:5:6: gateway.id: 0 is not a gateway id mark_mask 0xff000000 holds; expected 1 to 127"),
+        (format!("{GW}id = 128\n"), "bad.toml:5:6: gateway.id: 128 is not a gateway id mark_mask 0xff000000 holds; expected 1 to 127"),
+        (format!("[settings]\nmark_mask = \"0x00f00000\"\n{GW}id = 8\n"), "bad.toml:7:6: gateway.id: 8 is not a gateway id mark_mask 0x00f00000 holds; expected 1 to 7"),
+        (format!("{GW}id = \"one\"\n"), "bad.toml:5:6: found a string \"one\", expected a whole number"),
+        (format!("{GW}id = 5\n{GW2}id = 5\n"), "bad.toml:10:6: gateway.id: 5 is already the id of \"isp1\" (line 5); ids are unique, e.g. 6 is not taken (ids not taken: 6, 7, 8…)"),
+        (format!("{GW}[[gateway]]\nname = \"lte44\"\ninterface = \"wwan0\"\n"), "bad.toml:6:8: gateway.name: \"lte44\" and \"isp1\" (line 2) both take id 26 from their names; give one of them an id of its own, e.g. `id = 27` on \"lte44\" (ids not taken: 27, 28, 29…). A gateway keeps its marks and table when it is given the id it has now (`id = 26` on \"isp1\")"),
+        (format!("{GW}[[gateway]]\nname = \"lte44\"\ninterface = \"wwan0\"\nid = 27\n"), ""),
+        (format!("{GW}{GW2}id = 26\n"), "bad.toml:9:6: gateway.id: 26 is the id \"isp1\" (line 2) takes from its name; pick another, e.g. 27 (ids not taken: 27, 28, 29…), or give \"isp1\" `id = 26` and this gateway another"),
+        (format!("{GW2}id = 26\n{GW}"), "bad.toml:7:8: gateway.name: \"isp1\" takes id 26 from its name, but \"isp2\" (line 5) has `id = 26`; give \"isp1\" an id of its own, e.g. `id = 27` (ids not taken: 27, 28, 29…)"),
+        (format!("[settings]\nmark_mask = \"0x00f00000\"\n{GW}id = 7\n{GW2}id = 1\n[[divert]]\nname = \"d\"\n"), ""),
     ];
     let mut failures = Vec::new();
     for (text, want) in &cases {
@@ -180,45 +194,33 @@ fn missing_file_is_exit_2_and_named() {
         .contains("/nonexistent/symroute.toml: cannot read config"));
 }
 
-/// Many gateways from a late first_priority would run past main (32766): refused with
-/// where it must start instead, never a panic when the plan allocates them.
+/// Rule priorities are fixed slots (`plan::alloc::Slot`), not one per gateway: however many
+/// gateways, a first_priority the config accepts (at most 32000) never runs past main's
+/// 32766, and the plan never panics allocating them.
 #[test]
-fn too_many_priorities_after_first_priority() {
-    let config = |n: usize| {
-        let mut s = "[settings]\nmark_mask = \"0xffff0000\"\nfirst_priority = 32000\n".to_string();
-        for i in 0..n {
-            s += &format!(
-                "[[gateway]]\nname = \"g{i}\"\ninterface = \"e{i}\"\nvia = \"10.{}.{}.1\"\n\
-                 [[policy]]\nname = \"p{i}\"\nreply_via = \"g{i}\"\n[policy.match]\nin_interface = \"e{i}\"\n",
-                i / 256,
-                i % 256
-            );
-        }
-        s
-    };
-    // 3 skips + 254 reply rules + main without default + 254 route rules (any gateway may
-    // take route decisions: `symroute exec`) + 1 local main + 254 `from` priorities = 767
-    // > 766.
-    assert_eq!(
-        err(&config(254)),
-        "bad.toml:3:18: settings.first_priority: 254 gateways need 767 rule priorities from 32000, past main's 32766; use at most 31999"
-    );
-    let model = parse_str(&config(253), "ok.toml").expect("764 priorities fit");
-    let plan = symroute::plan::build(&model, &symroute::plan::HostView::default());
-    assert_eq!(plan.priorities.len(), 509, "no route decisions yet");
-    // With an exec cgroup for every gateway, every one takes route decisions too.
-    let mut host = symroute::plan::HostView::default();
-    let mut cgroups = symroute::plan::Cgroups::default();
-    for (i, g) in model.gateways.iter().enumerate() {
-        let path =
-            symroute::model::CgroupPath::new(&format!("symroute.exec/x/{}", g.name)).unwrap();
-        cgroups.ids.insert(path.clone(), 1000 + i as u64);
-        cgroups.exec.insert(g.name.to_string(), path);
+fn many_gateways_after_a_late_first_priority_fit() {
+    let mut s = "[settings]\nmark_mask = \"0xffff0000\"\nfirst_priority = 32000\n".to_string();
+    for i in 0..1000 {
+        s += &format!(
+            "[[gateway]]\nname = \"g{i}\"\nid = {}\ninterface = \"e{i}\"\nvia = \"10.{}.{}.1\"\n\
+             [[policy]]\nname = \"p{i}\"\nreply_via = \"g{i}\"\n[policy.match]\nin_interface = \"e{i}\"\n",
+            i + 1,
+            i / 256,
+            i % 256
+        );
     }
-    host.cgroups = Some(cgroups);
-    let plan = symroute::plan::build(&model, &host);
-    assert_eq!(plan.priorities.len(), 764);
-    assert_eq!(plan.priorities.last().map(|p| p.get()), Some(32763));
+    s += "[[policy]]\nname = \"out\"\nroute_via = [\"g0\", \"g1\"]\n[[divert]]\nname = \"d\"\n";
+    let model = parse_str(&s, "ok.toml").expect("1000 gateways fit");
+    let plan = symroute::plan::build(&model, &symroute::plan::HostView::default());
+    let prios: Vec<u32> = plan.priorities.iter().map(|p| p.get()).collect();
+    assert_eq!(
+        prios,
+        [32000, 32001, 32002, 32003, 32004, 32005, 32006, 32007, 32008]
+    );
+    assert_eq!(
+        plan.priorities.len(),
+        symroute::plan::alloc::priorities_needed(&model)
+    );
 }
 
 /// `symroute check` looks user names up in the system's user database: a known one

@@ -34,8 +34,15 @@ const CONFIG: &str = include_str!("../examples/two-isps-firewall.toml");
 const SETTLE: Duration = Duration::from_secs(3);
 /// How long the first apply may take.
 const START: Duration = Duration::from_secs(10);
-const ISP1_TABLE: u32 = 42000;
-const ISP1_RULE: u32 = 3001;
+/// isp1's table and reply mark: its id, 26, comes from its name (42000 + 26 - 1; 2×26-1).
+const ISP1_TABLE: u32 = 42025;
+const ISP1_MARK: &str = "0x33000000/0xff000000";
+/// The priority every reply rule shares; isp1's is the one with its mark.
+const REPLY_PRIORITY: u32 = 3003;
+/// Deletes isp1's reply rule (and only it: isp2's shares the priority).
+const DEL_ISP1_RULE: &str = "ip rule del pref 3003 fwmark 0x33000000/0xff000000 lookup 42025";
+/// isp2's table (id 123 from its name).
+const ISP2_TABLE: &str = "42122";
 
 // ---------------------------------------------------------------------------------------
 // the daemon under test
@@ -320,12 +327,16 @@ fn expect_traffic(lab: &TwoIsps, what: &str) {
     }
 }
 
-fn our_rule_present(nl: &mut Netlink, priority: u32) -> bool {
+/// isp1's IPv4 reply rule is there (ours, at its priority, with its mark).
+fn isp1_rule_present(nl: &mut Netlink) -> bool {
+    let mark = u32::from_str_radix(&ISP1_MARK[2..10], 16).expect("hex mark");
     nl.dump_rules(Family::Inet4)
         .expect("dump rules")
         .iter()
         .any(|r| {
-            convert::rule_priority(r).get() == priority && convert::rule_protocol(r) == RT_PROTO
+            convert::rule_priority(r).get() == REPLY_PRIORITY
+                && convert::rule_protocol(r) == RT_PROTO
+                && convert::rule_fwmark(r).map(|(v, _)| v) == Some(mark)
         })
 }
 
@@ -475,13 +486,15 @@ fn deleted_rule_comes_back() {
     d.wait_converged("start");
     time_repair(
         &lab.fw,
-        "rule 3001 deleted",
-        &format!("ip rule del pref {ISP1_RULE}"),
-        |nl| our_rule_present(nl, ISP1_RULE),
+        "isp1's reply rule deleted",
+        DEL_ISP1_RULE,
+        isp1_rule_present,
     );
     d.wait_converged("after the rule came back");
     assert!(
-        d.log().contains("applied: + ip -4 rule pref 3001"),
+        d.log().contains(&format!(
+            "applied: + ip -4 rule pref 3003 fwmark 0x33000000/0xff000000 lookup {ISP1_TABLE}"
+        )),
         "{}",
         d.log()
     );
@@ -503,7 +516,7 @@ fn deleted_route_comes_back() {
     );
     time_repair(
         &lab.fw,
-        "default route of table 42000 deleted",
+        "default route of isp1's table deleted",
         &format!("ip route del default table {ISP1_TABLE}"),
         move |nl| our_routes(nl, ISP1_TABLE) == want,
     );
@@ -647,7 +660,7 @@ fn sighup_reloads_and_keeps_the_old_config_when_invalid() {
     let lab = lab();
     let d = Daemon::start(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
-    assert!(ip_rules(&lab.fw).contains("lookup 42001"));
+    assert!(ip_rules(&lab.fw).contains(&format!("lookup {ISP2_TABLE}")));
 
     let without_isp2 = CONFIG
         .split("# The same for ISP2")
@@ -662,11 +675,11 @@ fn sighup_reloads_and_keeps_the_old_config_when_invalid() {
     d.wait_converged("after the reload");
     let rules = ip_rules(&lab.fw);
     assert!(
-        !rules.contains("lookup 42001"),
+        !rules.contains(&format!("lookup {ISP2_TABLE}")),
         "isp2's rule is still there:\n{rules}"
     );
     assert!(
-        rules.contains("lookup 42000"),
+        rules.contains(&format!("lookup {ISP1_TABLE}")),
         "isp1's rule is gone:\n{rules}"
     );
 
@@ -696,9 +709,9 @@ fn sighup_reloads_and_keeps_the_old_config_when_invalid() {
     // Still enforcing the previous (valid) config.
     time_repair(
         &lab.fw,
-        "rule 3001 deleted after a failed reload",
-        &format!("ip rule del pref {ISP1_RULE}"),
-        |nl| our_rule_present(nl, ISP1_RULE),
+        "isp1's reply rule deleted after a failed reload",
+        DEL_ISP1_RULE,
+        isp1_rule_present,
     );
     wait_plan_clean(
         &lab.fw,
@@ -706,7 +719,7 @@ fn sighup_reloads_and_keeps_the_old_config_when_invalid() {
         || symroute_in(&lab.fw, "plan", Some(&without_isp2), &[]),
         &d.log(),
     );
-    assert!(!ip_rules(&lab.fw).contains("lookup 42001"));
+    assert!(!ip_rules(&lab.fw).contains(&format!("lookup {ISP2_TABLE}")));
 }
 
 /// (8) SIGTERM exits 0 and leaves the policy applied; with --remove-on-exit it removes it,
@@ -785,9 +798,9 @@ fn foreign_rules_are_left_alone() {
     // A repair right after: the reconcile sees the foreign rule and leaves it.
     time_repair(
         &lab.fw,
-        "rule 3001 deleted next to a foreign rule",
-        &format!("ip rule del pref {ISP1_RULE}"),
-        |nl| our_rule_present(nl, ISP1_RULE),
+        "isp1's reply rule deleted next to a foreign rule",
+        DEL_ISP1_RULE,
+        isp1_rule_present,
     );
     d.wait_converged("with a foreign rule at 3050");
     assert_eq!(
@@ -798,28 +811,28 @@ fn foreign_rules_are_left_alone() {
 
     // A foreign rule at one of symroute's priorities: a conflict, logged, not forced.
     lab.fw
-        .ip("rule add pref 3002 from 192.0.2.98 lookup main")
+        .ip("rule add pref 3003 from 192.0.2.98 lookup main")
         .expect("conflicting rule");
     d.wait_log(
-        "not applying, a foreign object is in the way: priority 3002",
+        "not applying, a foreign object is in the way: priority 3003",
         SETTLE,
     );
     lab.fw
-        .ip(&format!("rule del pref {ISP1_RULE}"))
+        .ip(DEL_ISP1_RULE.trim_start_matches("ip "))
         .expect("delete our rule");
     std::thread::sleep(Duration::from_millis(500));
     let rules = lab.fw.ip("-4 rule show").expect("ip rule");
     assert!(
         !rules
             .lines()
-            .any(|l| l.starts_with(&format!("{ISP1_RULE}:"))),
+            .any(|l| l.contains(&format!("fwmark {ISP1_MARK}"))),
         "applied despite the conflict:\n{rules}"
     );
     assert!(rules.contains("from 192.0.2.98 lookup main"), "{rules}");
     assert!(d.running(), "a conflict killed the daemon:\n{}", d.log());
     // The foreign rule goes: the daemon converges again by itself.
     lab.fw
-        .ip("rule del pref 3002 from 192.0.2.98 lookup main")
+        .ip("rule del pref 3003 from 192.0.2.98 lookup main")
         .expect("delete the conflicting rule");
     d.wait_converged("after the conflict went away");
     assert_eq!(
@@ -849,7 +862,7 @@ fn startup_errors_and_a_gateway_down() {
     drop(bad);
 
     lab.fw
-        .ip(&format!("rule add pref {ISP1_RULE} lookup main"))
+        .ip(&format!("rule add pref {REPLY_PRIORITY} lookup main"))
         .expect("conflicting rule");
     let mut conflict = Daemon::spawn(&lab.fw, CONFIG, &[], &[]);
     assert_eq!(
@@ -858,11 +871,11 @@ fn startup_errors_and_a_gateway_down() {
         "conflict; log:\n{}",
         conflict.log()
     );
-    conflict.wait_log("priority 3001", SETTLE);
+    conflict.wait_log("priority 3003", SETTLE);
     assert!(!conflict.notes().iter().any(|n| n == "READY=1"));
     drop(conflict);
     lab.fw
-        .ip(&format!("rule del pref {ISP1_RULE} lookup main"))
+        .ip(&format!("rule del pref {REPLY_PRIORITY} lookup main"))
         .expect("delete conflicting rule");
     assert_eq!(
         settled_snapshot(&lab.fw),
@@ -889,7 +902,10 @@ fn startup_errors_and_a_gateway_down() {
     lab.fw.ip("link set up2 up").expect("up2 up");
     d.wait_log("gateway isp2 is up", SETTLE);
     d.wait_converged("after up2 came up");
-    let table = lab.fw.ip("-4 route show table 42001").expect("ip route");
+    let table = lab
+        .fw
+        .ip(&format!("-4 route show table {ISP2_TABLE}"))
+        .expect("ip route");
     assert!(
         table.contains("default via 198.51.100.1 dev up2"),
         "{table}"
@@ -1023,7 +1039,7 @@ fn flap_storm_500_flaps_in_10s_stays_bounded_and_converges() {
     assert!(d.running(), "the daemon exited; log:\n{}", d.log());
 }
 
-/// The IPv4 next hop of table 42000's default route, if any.
+/// The IPv4 next hop of isp1's table's default route, if any.
 fn isp1_default_via(nl: &mut Netlink) -> Option<std::net::IpAddr> {
     our_routes(nl, ISP1_TABLE)
         .into_iter()
@@ -1033,7 +1049,7 @@ fn isp1_default_via(nl: &mut Netlink) -> Option<std::net::IpAddr> {
 
 /// (11) `via = "auto"`: isp1's next hop is learned from the main table's default route
 /// through up1 (metric 100, as a DHCP client adds beside the default via isp2). A new
-/// lease with another gateway moves table 42000 to it, traffic keeps working; losing the
+/// lease with another gateway moves isp1's table to it, traffic keeps working; losing the
 /// lease takes isp1 down with the reason logged.
 #[test]
 fn auto_next_hop_follows_the_dhcp_default_route() {

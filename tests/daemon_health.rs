@@ -16,10 +16,11 @@ use symroute::lab::{in_netns, Netns, TwoIsps};
 use symroute::model::Family;
 use symroute::plan::RT_PROTO;
 
-const ISP1_TABLE: u32 = 42000;
+/// isp1's table: its id, 26, comes from its name (42000 + 26 - 1).
+const ISP1_TABLE: u32 = 42025;
 const LIMIT: Duration = Duration::from_secs(5);
 
-/// Whether table 42000 holds our IPv4 default route.
+/// Whether isp1's table holds our IPv4 default route.
 fn has_default(ns: &Netns) -> bool {
     in_netns(ns.name(), || {
         let mut nl = Netlink::open().expect("netlink");

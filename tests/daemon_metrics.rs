@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use support::daemon::Daemon;
-use support::require_root;
+use support::{require_root, symroute};
 use symroute::kernel::conntrack::Conntrack;
 use symroute::lab::{in_netns, Netns, TwoIsps};
 
@@ -361,6 +361,56 @@ fn a_dead_gateways_connections_are_flushed_and_the_others_kept() {
     );
     assert_eq!(field(&after, "mark="), field(&e2, "mark="));
     assert_eq!(ct_count(lab, mark2), 1);
+}
+
+/// One box of an HA pair (`ha_pair = true`): told `backup` (as keepalived's notify
+/// does), its dead gateway's connections stay; told `master` while the gateway is still
+/// down, it flushes them, a grace period (1 s) later.
+#[test]
+fn an_ha_backup_keeps_a_dead_gateways_connections_until_it_is_master() {
+    let s = setup();
+    let lab = &s.lab;
+    let role = |r: &str| symroute(&["ha", r, "--netns", lab.fw.name()]).ok().stdout;
+    let said = role("backup");
+    assert!(said.contains("HA role: backup (recorded"), "{said}");
+    let d = Daemon::start(
+        &lab.fw,
+        &config().replacen("[settings]\n", "[settings]\nha_pair = true\n", 1),
+    );
+    d.wait_log("HA role as keepalived last reported it: backup", LIMIT);
+    std::thread::sleep(Duration::from_millis(800));
+    let (mark1, _) = route_marks();
+    let c1 = connect(lab, VIA_ISP1);
+    assert_eq!(round_trip(&c1, "one").expect("via isp1"), "one");
+
+    lab.isp1
+        .ip("link set cl0 down")
+        .expect("cut isp1's upstream");
+    d.wait_log(
+        "gateway isp1 down: its route_via connections are not flushed: this box is the backup",
+        LIMIT,
+    );
+    assert!(
+        ct_entry(lab, 7001).is_some(),
+        "the backup flushed:\n{}",
+        d.log()
+    );
+    assert_eq!(ct_count(lab, mark1), 1);
+
+    let told = std::time::Instant::now();
+    let said = role("master");
+    assert!(said.contains("HA role: backup -> master"), "{said}");
+    d.wait_log("gateway isp1 down: flushed 1 conntrack entry", LIMIT);
+    let took = told.elapsed();
+    eprintln!("told master: the held flush came {took:?} later");
+    assert!(
+        took >= Duration::from_millis(900),
+        "flushed before the grace: {took:?}"
+    );
+    assert_eq!(ct_entry(lab, 7001), None);
+    let st = symroute(&["status", "--json", "--netns", lab.fw.name()]).ok();
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).expect("status JSON");
+    assert_eq!(v["ha"]["role"], "master", "{v:#}");
 }
 
 /// `GET /metrics` from inside the firewall's namespace: (status line, body).

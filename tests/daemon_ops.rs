@@ -380,7 +380,7 @@ fn ip_rules(ns: &Netns) -> String {
 fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
     let lab = lab();
     let d = Daemon::start(&lab.fw, CONFIG);
-    assert!(ip_rules(&lab.fw).contains("lookup 42001"));
+    assert!(ip_rules(&lab.fw).contains("lookup 42122"));
     let without_isp2 = CONFIG
         .split("# The same for ISP2")
         .next()
@@ -395,14 +395,14 @@ fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
         "{}",
         r.stdout
     );
-    assert!(!ip_rules(&lab.fw).contains("lookup 42001"));
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"));
     let st = status_json(&lab.fw);
     assert_eq!(st["daemon"]["config"], path.display().to_string(), "{st:#}");
     // A second --confirm while one is pending is refused.
     let again = with_config(&["apply", "--confirm", "2"], &path, &lab.fw);
     assert_eq!(again.code, 1, "{}", again.stdout);
     assert!(again.stderr.contains("still pending"), "{}", again.stderr);
-    while !ip_rules(&lab.fw).contains("lookup 42001") {
+    while !ip_rules(&lab.fw).contains("lookup 42122") {
         assert!(
             t0.elapsed() < Duration::from_secs(2) + LIMIT,
             "not rolled back:\n{}",
@@ -427,7 +427,7 @@ fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
     let c = symroute(&["confirm", "--netns", lab.fw.name()]).ok();
     assert!(c.stdout.contains("confirmed"), "{}", c.stdout);
     std::thread::sleep(Duration::from_secs(3));
-    assert!(!ip_rules(&lab.fw).contains("lookup 42001"), "{}", d.log());
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"), "{}", d.log());
     let st = status_json(&lab.fw);
     assert_eq!(st["daemon"]["config"], path.display().to_string());
     let c = symroute(&["confirm", "--netns", lab.fw.name()]);
@@ -439,7 +439,7 @@ fn a_pending_confirm_survives_a_daemon_restart() {
     const SECS: u64 = 4;
     let lab = lab();
     let d1 = Daemon::start(&lab.fw, CONFIG);
-    assert!(ip_rules(&lab.fw).contains("lookup 42001"));
+    assert!(ip_rules(&lab.fw).contains("lookup 42122"));
     // The new config lives apart from the daemon's directory (a restart remakes that).
     let dir = std::env::temp_dir().join(format!("symroute-restart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -460,7 +460,7 @@ fn a_pending_confirm_survives_a_daemon_restart() {
     // Applied through the daemon, then the daemon dies (SIGKILL) and is started again.
     let t0 = Instant::now();
     with_config(&["apply", "--confirm", &SECS.to_string()], &path, &lab.fw).ok();
-    assert!(!ip_rules(&lab.fw).contains("lookup 42001"));
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"));
     let mut d1 = d1;
     d1.signal(libc::SIGKILL);
     let _ = d1.child.wait();
@@ -471,12 +471,12 @@ fn a_pending_confirm_survives_a_daemon_restart() {
     );
     let restarted = t0.elapsed();
     assert!(
-        !ip_rules(&lab.fw).contains("lookup 42001"),
+        !ip_rules(&lab.fw).contains("lookup 42122"),
         "the restarted daemon should run the unconfirmed config until the deadline"
     );
     let st = status_json(&lab.fw);
     assert_eq!(st["daemon"]["config"], path.display().to_string(), "{st:#}");
-    while !ip_rules(&lab.fw).contains("lookup 42001") {
+    while !ip_rules(&lab.fw).contains("lookup 42122") {
         assert!(
             t0.elapsed() < Duration::from_secs(SECS + 1),
             "not back to the previous config by the deadline + 1 s:\n{}",
@@ -498,14 +498,14 @@ fn a_pending_confirm_survives_a_daemon_restart() {
 
     // Down across the deadline: the next daemon starts with the previous config.
     with_config(&["apply", "--confirm", "1"], &path, &lab.fw).ok();
-    assert!(!ip_rules(&lab.fw).contains("lookup 42001"));
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"));
     let mut d2 = d2;
     d2.signal(libc::SIGTERM);
     let _ = d2.child.wait();
     std::thread::sleep(Duration::from_millis(1200));
     let d3 = Daemon::start(&lab.fw, CONFIG);
     d3.wait_log("ran out while no daemon ran", LIMIT);
-    assert!(ip_rules(&lab.fw).contains("lookup 42001"), "{}", d3.log());
+    assert!(ip_rules(&lab.fw).contains("lookup 42122"), "{}", d3.log());
     let st = status_json(&lab.fw);
     assert!(st["daemon"]["pending_confirm"].is_null(), "{st:#}");
 }

@@ -239,3 +239,83 @@ fn cli_exit_codes_live() {
     let r = symroute_in(&relay.host, "doctor", None, &[]);
     assert_eq!(r.code, 0, "no error: exit 0\n{}{}", r.stdout, r.stderr);
 }
+
+/// `symroute doctor --peer`: the same box, once with the example's ids (from the names),
+/// compared with itself later under a config that swaps the two gateways' ids (what a
+/// pair whose files disagree looks like: isp1's reply mark means isp2 there). The peer
+/// is given as a `status --json` file and as a snapshot directory; both find the
+/// mismatch as an error (exit 1), and agreement once the config is back.
+#[test]
+fn peer_marks_compared_with_a_status_file_and_a_snapshot() {
+    require_root();
+    let lab = TwoIsps::build().expect("lab");
+    let _cleanup = support::RemoveOnDrop(&lab.fw);
+    let dir = std::env::temp_dir().join(format!("symroute-peer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    struct Gone(PathBuf);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _gone = Gone(dir.clone());
+
+    symroute_in(&lab.fw, "apply", Some(FIREWALL), &[]).ok();
+    let status = symroute_in(&lab.fw, "status", Some(FIREWALL), &["--json"]).ok();
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    assert_eq!(v["marks"]["gateways"][0]["name"], "isp1", "{v:#}");
+    assert_eq!(v["marks"]["gateways"][0]["id"], 26, "{v:#}");
+    assert_eq!(
+        v["marks"]["gateways"][0]["reply_mark"], "0x33000000",
+        "{v:#}"
+    );
+    assert_eq!(v["marks"]["gateways"][0]["table"], 42025, "{v:#}");
+    assert!(
+        v["marks"]["digest"].as_str().is_some_and(|d| d.len() == 16),
+        "{v:#}"
+    );
+    let status_file = dir.join("peer.json");
+    std::fs::write(&status_file, &status.stdout).expect("write status");
+    let snap = dir.join("snap");
+    symroute_in(&lab.fw, "snapshot", None, &[snap.to_str().unwrap()]).ok();
+
+    let peers = [status_file.to_str().unwrap(), snap.to_str().unwrap()];
+    for peer in peers {
+        let r = symroute_in(&lab.fw, "doctor", None, &["--peer", peer]);
+        assert_eq!(r.code, 0, "same box, same config: {}{}", r.stdout, r.stderr);
+        assert!(r.stdout.contains("info[peer-marks-agree]"), "{}", r.stdout);
+    }
+
+    // The peer's file lists the gateways the other way round *and* gives them each
+    // other's ids: positions would not matter any more, ids do.
+    let swapped = FIREWALL
+        .replacen("name = \"isp1\"\n", "name = \"isp1\"\nid = 123\n", 1)
+        .replacen("name = \"isp2\"\n", "name = \"isp2\"\nid = 26\n", 1);
+    symroute_in(&lab.fw, "apply", Some(&swapped), &[]).ok();
+    for peer in peers {
+        let r = symroute_in(&lab.fw, "doctor", None, &["--peer", peer, "--json"]);
+        assert_eq!(r.code, 1, "ids swapped: exit 1\n{}{}", r.stdout, r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON");
+        let differ: Vec<&str> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["code"] == "peer-marks-differ" && f["severity"] == "error")
+            .filter_map(|f| f["rule"].as_str())
+            .collect();
+        assert!(
+            differ.iter().any(|r| r
+                .starts_with("mark 0x33000000: here it answers replies via 198.51.100.1 dev up2")
+                && r.contains("on the peer it answers replies via 203.0.113.1 dev up1")),
+            "{peer}: {differ:#?}"
+        );
+    }
+    let r = symroute_in(&lab.fw, "doctor", None, &["--peer", "/nonexistent.json"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("no such file or directory"),
+        "{}",
+        r.stderr
+    );
+}

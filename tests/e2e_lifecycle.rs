@@ -671,8 +671,9 @@ fn coexistence_foreign_objects_untouched() {
             "forwarded {dir}-direction packets lost the foreign mark bit 0x4000:\n{counters}"
         );
     }
-    // And ours was set: the forwarded connection carries isp1's reply decision (the first
-    // gateway's reply value, 0x01000000 under the default mask) in its conntrack mark.
+    // And ours was set: the forwarded connection carries isp1's reply decision (its id, 26,
+    // comes from its name: value 2×26-1, 0x33000000 under the default mask) in its
+    // conntrack mark.
     let ct = fw.exec(&["conntrack", "-L"]).expect("conntrack -L");
     let line = ct
         .lines()
@@ -685,7 +686,7 @@ fn coexistence_foreign_objects_untouched() {
         .unwrap_or_else(|| panic!("no mark in {line:?}"));
     assert_eq!(
         mark & 0xff00_0000,
-        0x0100_0000,
+        0x3300_0000,
         "conntrack mark of the DNAT connection: {line}"
     );
 
@@ -743,13 +744,13 @@ fn conflicts_stop_apply_before_any_change_a_priority() {
 #[test]
 fn conflicts_stop_apply_before_any_change_b_table() {
     refuses(
-        "foreign route in table 42000",
+        "foreign route in isp1's table (42025)",
         CONFIG,
         |fw| {
-            fw.ip("route add 10.99.0.0/24 dev lan0 table 42000")
+            fw.ip("route add 10.99.0.0/24 dev lan0 table 42025")
                 .expect("route");
         },
-        &["42000", "10.99.0.0/24"],
+        &["42025", "10.99.0.0/24"],
     );
 }
 
@@ -846,19 +847,19 @@ fn gateway_down_does_not_stop_apply() {
         let rules = fw.ip(&format!("{fam} rule show")).expect("ip rule");
         let ours = ours(&rules);
         assert!(
-            ours.iter().any(|l| l.contains("lookup 42000"))
-                && ours.iter().any(|l| l.contains("lookup 42001")),
+            ours.iter().any(|l| l.contains("lookup 42025"))
+                && ours.iter().any(|l| l.contains("lookup 42122")),
             "both gateways' rules ({fam}) should be installed:\n{rules}"
         );
         let t2 = fw
-            .ip(&format!("{fam} route show table 42001"))
-            .expect("table 42001");
+            .ip(&format!("{fam} route show table 42122"))
+            .expect("table 42122");
         assert!(
             t2.contains("default via") && t2.contains("dev up2"),
             "isp2's table ({fam}):\n{t2}"
         );
         let t1 = fw
-            .ip(&format!("{fam} route show table 42000"))
+            .ip(&format!("{fam} route show table 42025"))
             .unwrap_or_default();
         assert!(
             t1.trim().is_empty(),
@@ -886,8 +887,8 @@ fn gateway_down_does_not_stop_apply() {
     assert!(!out.contains("is down"), "{out}");
     for (fam, via) in [("-4", "203.0.113.1"), ("-6", "2001:db8:1::1")] {
         let t1 = fw
-            .ip(&format!("{fam} route show table 42000"))
-            .expect("table 42000");
+            .ip(&format!("{fam} route show table 42025"))
+            .expect("table 42025");
         assert!(
             t1.contains(&format!("default via {via} dev up1")),
             "isp1's table ({fam}) after up1 came back:\n{t1}"
@@ -921,7 +922,7 @@ fn missing_interface_gateway_does_not_stop_apply() {
     let st = status_json(&fw, &config);
     assert_eq!(gateway_state(&st, "isp3").0, "down", "{st:#}");
     assert_eq!(gateway_state(&st, "isp1").0, "up", "{st:#}");
-    let t = fw.ip("route show table 42000").expect("table 42000");
+    let t = fw.ip("route show table 42025").expect("isp1's table");
     assert!(t.contains("default via 203.0.113.1 dev up1"), "{t}");
     let again = symroute_in(&fw, "apply", Some(&config), &[]);
     assert!(

@@ -225,9 +225,10 @@ fn local_replies_without_main_default_apply() {
     let again = symroute_in(&t.fw, "apply", Some(FIREWALL), &[]).ok();
     eprintln!("apply again:\n{}", again.stdout);
     for want in [
-        "+ ip -4 rule pref 3004 iif lo lookup main protocol 157",
-        "+ ip -4 rule pref 3005 from 203.0.113.2/32 lookup 42000 protocol 157",
-        "+ ip -6 rule pref 3005 from 2001:db8:1::2/128 lookup 42000 protocol 157",
+        // Their fixed slots (+6, +7); isp1's table is 42025 (its id, 26, from its name).
+        "+ ip -4 rule pref 3006 iif lo lookup main protocol 157",
+        "+ ip -4 rule pref 3007 from 203.0.113.2/32 lookup 42025 protocol 157",
+        "+ ip -6 rule pref 3007 from 2001:db8:1::2/128 lookup 42025 protocol 157",
     ] {
         assert!(again.stdout.contains(want), "{want}:\n{}", again.stdout);
     }
@@ -271,7 +272,7 @@ fn local_replies_without_main_default_run_and_renumbered() {
     wait_for(
         &t.fw,
         "the daemon restores the local reply rules",
-        |rules| rules.contains("from 203.0.113.2 lookup 42000"),
+        |rules| rules.contains("from 203.0.113.2 lookup 42025"),
     );
     let got = run(&t, &probes[..2]);
     expect("after the repair", &probes[..2], &got, &|_| Some(true));
@@ -289,9 +290,9 @@ fn local_replies_without_main_default_run_and_renumbered() {
     .expect("renumber up1");
     let started = std::time::Instant::now();
     wait_for(&t.fw, "the from rules follow the new addresses", |rules| {
-        rules.contains("from 203.0.113.7 lookup 42000")
+        rules.contains("from 203.0.113.7 lookup 42025")
             && !rules.contains("from 203.0.113.2 ")
-            && rules.contains("from 2001:db8:1::7 lookup 42000")
+            && rules.contains("from 2001:db8:1::7 lookup 42025")
             && !rules.contains("from 2001:db8:1::2 ")
     });
     eprintln!(

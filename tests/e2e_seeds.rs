@@ -9,14 +9,13 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use support::{require_root, symroute_in, Applied};
-use symroute::lab::{in_netns, tcp_probe, udp_probe, Netns, ProxyRelay, TcpServer, TwoIsps};
+use symroute::lab::{
+    in_netns, tcp_probe, udp_probe, Netns, ProxyRelay, TcpEcho, TcpServer, TwoIsps,
+};
 
 const FIREWALL: &str = include_str!("../examples/two-isps-firewall.toml");
 const RELAY: &str = include_str!("../examples/proxy-relay.toml");
@@ -27,12 +26,15 @@ const FAIL: Duration = Duration::from_millis(1000);
 /// How long a probe that must succeed gets.
 const OK: Duration = Duration::from_millis(1500);
 
-/// The conntrack mark of a reply_via decision for the first gateway (value 1 in 0xff000000).
-const REPLY_GW1: u32 = 0x0100_0000;
-/// … for the second gateway (value 3).
-const REPLY_GW2: u32 = 0x0300_0000;
-/// The conntrack mark of a route_via decision for the first gateway (value 2).
-const ROUTE_GW1: u32 = 0x0200_0000;
+/// The conntrack mark of a reply_via decision for isp1: its id, 26, comes from its name,
+/// and id N answers with value 2N-1 in the mask 0xff000000 (`plan::alloc`).
+const REPLY_ISP1: u32 = 0x3300_0000;
+/// … for isp2 (id 123).
+const REPLY_ISP2: u32 = 0xf500_0000;
+/// … for seed 2's master-relay (id 95).
+const REPLY_RELAY: u32 = 0xbd00_0000;
+/// The conntrack mark of a route_via decision for isp1 (value 2N).
+const ROUTE_ISP1: u32 = 0x3400_0000;
 
 fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
@@ -282,7 +284,7 @@ fn seed1_local_and_dnat_ipv4_ipv6() {
     assert_eq!(peer_of(&answers[2]).0, IpAddr::V4(TwoIsps::CLIENT_V4));
     assert_eq!(peer_of(&answers[3]).0, IpAddr::V6(TwoIsps::CLIENT_V6));
 
-    // Each answered connection is remembered as isp1's (reply mark 0x01000000).
+    // Each answered connection is remembered as isp1's (reply mark 0x33000000).
     let ct = conntrack(&t.fw);
     for (i, answer) in answers.iter().enumerate() {
         let (ip, port) = peer_of(answer);
@@ -290,7 +292,7 @@ fn seed1_local_and_dnat_ipv4_ipv6() {
             .iter()
             .find(|c| c.proto == "tcp" && c.src == ip && c.sport == port)
             .unwrap_or_else(|| panic!("no conntrack entry for {answer:?}:\n{}", dump(&ct)));
-        assert_eq!(e.mark, REPLY_GW1, "{}: {}", probes[i].0.what, e.line);
+        assert_eq!(e.mark, REPLY_ISP1, "{}: {}", probes[i].0.what, e.line);
     }
 
     let st = status_json(&t.fw, FIREWALL);
@@ -339,7 +341,7 @@ fn seed1_udp_request_response() {
             .iter()
             .find(|c| c.proto == "udp" && c.src == ip && c.sport == port && c.dport == 5353)
             .unwrap_or_else(|| panic!("no conntrack entry for {answer:?}:\n{}", dump(&ct)));
-        assert_eq!(e.mark, REPLY_GW1, "{}", e.line);
+        assert_eq!(e.mark, REPLY_ISP1, "{}", e.line);
     }
 }
 
@@ -403,7 +405,7 @@ fn seed2_proxy_relay_with_haproxy() {
         let (ip, port) = peer_of(a);
         let e = ct_entry(&ct, ip, port, relay_of(ip), 25);
         assert_eq!(
-            e.mark, REPLY_GW1,
+            e.mark, REPLY_RELAY,
             "proxied {a:?} must carry the master-relay mark: {}",
             e.line
         );
@@ -413,7 +415,7 @@ fn seed2_proxy_relay_with_haproxy() {
         let e = ct_entry(&ct, ip, port, relay_of(ip), 25);
         assert_eq!(e.mark, 0, "direct {a:?} must stay unmarked: {}", e.line);
     }
-    let marked = ct.iter().filter(|c| c.mark == REPLY_GW1).count();
+    let marked = ct.iter().filter(|c| c.mark == REPLY_RELAY).count();
     let unmarked = ct.iter().filter(|c| c.mark == 0).count();
     assert!(
         marked >= proxied_answers.len(),
@@ -526,13 +528,13 @@ fn route_via_new_connections() {
 
     let _applied = Applied::apply(&t.fw, ROUTE_SMTP);
     let answers = expect_all_ok("with symroute: forwarded", &lan_smtp());
-    // The decision is remembered for the connection: route mark of isp1 (value 2).
+    // The decision is remembered for the connection: route mark of isp1 (value 2×26).
     let ct = conntrack(&t.fw);
     for a in &answers {
         let (ip, port) = peer_of(a);
         let dst = if ip.is_ipv4() { client_v4 } else { client_v6 };
         let e = ct_entry(&ct, ip, port, dst, 25);
-        assert_eq!(e.mark, ROUTE_GW1, "{}", e.line);
+        assert_eq!(e.mark, ROUTE_ISP1, "{}", e.line);
     }
     // Only port 25 is steered: the rest still follows the default route (ISP2, drops).
     expect_all_fail("with symroute: other port", &other_port());
@@ -571,82 +573,6 @@ via6 = "2001:db8:2::1"
 
 const SMTP_ONLY: &str = "protocol = \"tcp\"\ndestination_port = 25";
 
-/// TCP server that greets like [`TcpServer`] and then echoes lines until the peer closes:
-/// a connection that stays open across a re-apply.
-struct EchoServer {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl EchoServer {
-    fn start(ns: &Netns, addrs: &[SocketAddr]) -> EchoServer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for &addr in addrs {
-            let listener = in_netns(ns.name(), move || TcpListener::bind(addr))
-                .expect("netns")
-                .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-            listener.set_nonblocking(true).expect("nonblocking");
-            let stop = stop.clone();
-            threads.push(std::thread::spawn(move || {
-                let mut conns = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((s, peer)) => {
-                            let stop = stop.clone();
-                            conns.push(std::thread::spawn(move || serve_echo(s, peer, &stop)));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                    }
-                }
-                for c in conns {
-                    let _ = c.join();
-                }
-            }));
-        }
-        EchoServer { stop, threads }
-    }
-}
-
-fn serve_echo(s: TcpStream, peer: SocketAddr, stop: &AtomicBool) {
-    let go = || -> std::io::Result<()> {
-        s.set_nonblocking(false)?;
-        s.set_read_timeout(Some(Duration::from_millis(50)))?;
-        s.set_write_timeout(Some(Duration::from_secs(1)))?;
-        let mut w = s.try_clone()?;
-        w.write_all(format!("hello {} {}\n", peer.ip(), peer.port()).as_bytes())?;
-        let mut r = BufReader::new(s);
-        let mut line = String::new();
-        while !stop.load(Ordering::Relaxed) {
-            match r.read_line(&mut line) {
-                Ok(0) => return Ok(()),
-                Ok(_) if line.ends_with('\n') => {
-                    w.write_all(line.as_bytes())?;
-                    line.clear();
-                }
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    };
-    let _ = go();
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
 /// A client connection kept open: connect from `ns`, read the greeting.
 fn open_session(ns: &Netns, dst: SocketAddr) -> (BufReader<TcpStream>, String) {
     let s = in_netns(ns.name(), move || TcpStream::connect_timeout(&dst, OK))
@@ -673,7 +599,8 @@ fn first_match_wins_and_sticky() {
     let t = TwoIsps::build().expect("build TwoIsps");
     let fw_v4: IpAddr = TwoIsps::FW_UP1_V4.into();
     let fw_v6: IpAddr = TwoIsps::FW_UP1_V6.into();
-    let _echo = EchoServer::start(&t.fw, &[sa(fw_v4, 25), sa(fw_v6, 25)]);
+    let _echo =
+        [sa(fw_v4, 25), sa(fw_v6, 25)].map(|a| TcpEcho::start(&t.fw, a).expect("echo server"));
     let c = &t.client;
     let smtp = || {
         vec![
@@ -707,7 +634,7 @@ fn first_match_wins_and_sticky() {
         let dst = if ip.is_ipv4() { fw_v4 } else { fw_v6 };
         let e = ct_entry(&ct, ip, port, dst, 25);
         assert_eq!(
-            e.mark, REPLY_GW1,
+            e.mark, REPLY_ISP1,
             "first policy (isp1) must win: {}",
             e.line
         );
@@ -731,11 +658,11 @@ fn first_match_wins_and_sticky() {
     let ct = conntrack(&t.fw);
     let isp2_smtp = ct
         .iter()
-        .filter(|c| c.proto == "tcp" && c.dport == 25 && c.mark == REPLY_GW2)
+        .filter(|c| c.proto == "tcp" && c.dport == 25 && c.mark == REPLY_ISP2)
         .count();
     assert!(
         isp2_smtp >= 2,
-        "the failed connections must be remembered as isp2's (mark {REPLY_GW2}):\n{}",
+        "the failed connections must be remembered as isp2's (mark {REPLY_ISP2}):\n{}",
         dump(&ct)
     );
 
@@ -746,5 +673,5 @@ fn first_match_wins_and_sticky() {
     );
     let (ip, port) = peer_of(&greeting);
     let e = ct_entry(&conntrack(&t.fw), ip, port, fw_v4, 25).clone();
-    assert_eq!(e.mark, REPLY_GW1, "{}", e.line);
+    assert_eq!(e.mark, REPLY_ISP1, "{}", e.line);
 }

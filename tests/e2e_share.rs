@@ -146,8 +146,9 @@ fn ct_mark(fw: &Netns, src: Ipv4Addr, sport: u16) -> u32 {
         .unwrap_or_else(|| panic!("no mark in {line}"))
 }
 
-const ISP1_ROUTE: u32 = 0x0200_0000;
-const ISP2_ROUTE: u32 = 0x0400_0000;
+/// Route marks of isp1 and isp2: ids 26 and 123 from their names, value 2N (`plan::alloc`).
+const ISP1_ROUTE: u32 = 0x3400_0000;
+const ISP2_ROUTE: u32 = 0xf600_0000;
 
 #[test]
 fn weights_3_to_1_over_2000_connections() {
@@ -224,10 +225,11 @@ fn sticky_per_source_keeps_a_source_on_one_gateway() {
     let (a, b) = lab.connections(LAN_HOST, 24000, 50);
     eprintln!("one source, sticky: isp1 {a}, isp2 {b}");
     assert!((a, b) == (50, 0) || (a, b) == (0, 50), "isp1 {a}, isp2 {b}");
+    // Named after the gateway's route mark (isp1 0x34000000, isp2 0xf6000000).
     let set = if a == 50 {
-        "sticky_p0_2000000_4"
+        "sticky_p0_34000000_4"
     } else {
-        "sticky_p0_4000000_4"
+        "sticky_p0_f6000000_4"
     };
     let listed = lab
         .t

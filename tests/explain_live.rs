@@ -135,7 +135,8 @@ fn predicted_egress_matches_counters() {
         TwoIsps::ISP1_V4.to_string(),
         "{e:#}"
     );
-    assert_eq!(e["reply"]["verdict"]["mark"], "0x1000000", "{e:#}");
+    // isp1's reply mark (id 26 from its name).
+    assert_eq!(e["reply"]["verdict"]["mark"], "0x33000000", "{e:#}");
     let c0 = counters(&t.fw);
     tcp_probe(
         &t.client,
@@ -186,7 +187,8 @@ fn predicted_egress_matches_counters() {
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(iface(&e["verdict"]), "lan0", "{e:#}");
     assert_eq!(iface(&e["reply"]["verdict"]), "up1", "{e:#}");
-    assert_eq!(e["reply"]["verdict"]["table"], "42000", "{e:#}");
+    // isp1's table: id 26 from its name, 42000 + 26 - 1.
+    assert_eq!(e["reply"]["verdict"]["table"], "42025", "{e:#}");
 }
 
 const RELAY: &str = include_str!("../examples/proxy-relay.toml");
@@ -255,7 +257,8 @@ fn relay_reply_next_hop_matches_where_answers_arrive() {
         symroute::lab::ProxyRelay::PROXY_V4.to_string(),
         "{e:#}"
     );
-    assert_eq!(e["reply"]["verdict"]["mark"], "0x1000000", "{e:#}");
+    // master-relay's reply mark (id 95 from its name).
+    assert_eq!(e["reply"]["verdict"]["mark"], "0xbd000000", "{e:#}");
     let e = explain(&t.relay, &base);
     assert_eq!(
         e["reply"]["verdict"]["via"],
@@ -399,9 +402,14 @@ fn local_replies_without_a_way_back_match_real_sockets() {
     let _svc = t.start_services().expect("services");
     symroute_in(&t.fw, "apply", Some(FIREWALL), &[]).ok();
     t.fw.ip("link set up2 down").expect("up2 down");
+    // The local copy of main (+5) and the `from` rules (+6; several share it).
     for flag in ["-4", "-6"] {
-        for prio in ["3004", "3005", "3006"] {
-            let _ = t.fw.exec(&["ip", flag, "rule", "del", "pref", prio]);
+        for prio in ["3006", "3007"] {
+            while t
+                .fw
+                .exec(&["ip", flag, "rule", "del", "pref", prio])
+                .is_ok()
+            {}
         }
         let left = t.fw.ip(&format!("{flag} rule")).expect("ip rule");
         assert!(

@@ -968,7 +968,7 @@ fn predicted_conntrack_marks_two_isps() {
         let m = check_entry(&rs, &entries, proto, iif, None, src, dst);
         *marks.entry(m).or_insert(0) += 1;
     }
-    assert_eq!(marks.get(&0x0100_0000), Some(&6), "{marks:?}");
+    assert_eq!(marks.get(&0x3300_0000), Some(&6), "{marks:?}");
     assert_eq!(marks.get(&0), Some(&1), "{marks:?}");
 
     // The replies the kernel routed via isp1 (the probes worked) are predicted marked.
@@ -980,10 +980,10 @@ fn predicted_conntrack_marks_two_isps() {
     synack.ct = CtCtx {
         state: CtState::Established,
         direction: CtDirection::Reply,
-        mark: 0x0100_0000,
+        mark: 0x3300_0000,
     };
     let out = evaluate(&rs, Hook::Output, &synack);
-    assert_eq!(out.ctx_after.mark, 0x0100_0000);
+    assert_eq!(out.ctx_after.mark, 0x3300_0000);
     assert!(out.reroute);
 
     // No way back in main (up2 down): the firewall's own services still answer (symroute's
@@ -996,7 +996,7 @@ fn predicted_conntrack_marks_two_isps() {
     let entries = conntrack(&t.fw);
     for (proto, src, dst) in again {
         let m = check_entry(&rs, &entries, proto, "up1", None, src, dst);
-        assert_eq!(m, 0x0100_0000);
+        assert_eq!(m, 0x3300_0000, "isp1's reply mark (id 26 from its name)");
     }
 }
 

@@ -688,6 +688,7 @@ mark_mask = "0x0f000000"
 # From table 110, looked up by `fwmark 0x10` (IPv4 and IPv6).
 [[gateway]]
 name = "table-110"
+id = 1
 interface = "up1"
 via = "203.0.113.1"
 via6 = "2001:db8:1::1"

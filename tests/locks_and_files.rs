@@ -200,14 +200,15 @@ fn the_daemon_retries_while_another_process_holds_the_lock() {
     let lab = TwoIsps::build().expect("build TwoIsps");
     let fw = &lab.fw;
     let d = Daemon::start(fw, CONFIG);
-    let (rule, pref) = our_rule(fw, 42001);
+    // isp2's table: id 123 from its name (42000 + 123 - 1).
+    let (rule, del) = our_rule(fw, 42122);
+    let del: Vec<&str> = del.iter().map(String::as_str).collect();
     let sock = run_file(fw, "sock");
     assert_eq!(mode(&sock), 0o600, "{}", sock.display());
     assert_eq!(mode(Path::new(rundir::DIR)), 0o700);
 
     let held = rundir::lock_path(&run_file(fw, "lock"), Duration::from_secs(5)).expect("lock");
-    fw.exec(&["ip", "-4", "rule", "del", "pref", &pref])
-        .expect("delete a rule of ours");
+    fw.exec(&del).expect("delete a rule of ours");
     let t0 = Instant::now();
     d.wait_log("stayed locked", Duration::from_secs(5));
     // The daemon's loop goes on: it answers while it cannot apply.

@@ -63,6 +63,13 @@ const PIECES: &[&str] = &[
     "cgroup = [\"system.slice/backup.service\", \"a/../b\"]",
     "cgroup = \"/\"",
     "system.slice/x.service",
+    "id = 127",
+    "id = 0",
+    "id = 26",
+    "id = 4294967295",
+    "mark_mask = \"0x80000000\"",
+    "mark_mask = \"0x00f00000\"",
+    "ha_pair = true",
 ];
 
 fn host() -> HostView {
@@ -115,6 +122,7 @@ fn mutated_configs_never_panic() {
         include_str!("../examples/haproxy-divert.toml"),
         include_str!("../examples/failover.toml"),
         include_str!("../examples/failover-health.toml"),
+        include_str!("../examples/ha-pair.toml"),
     ];
     let host = host();
     let users: BTreeMap<String, u32> = [("backup".to_string(), 34)].into_iter().collect();

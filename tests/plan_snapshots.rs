@@ -148,6 +148,11 @@ fn failover_health() {
     check("failover-health");
 }
 
+#[test]
+fn ha_pair() {
+    check("ha-pair");
+}
+
 /// Property: a plan compared with a kernel that holds exactly that plan needs no change.
 #[test]
 fn diff_of_applied_plan_is_empty() {
@@ -158,6 +163,7 @@ fn diff_of_applied_plan_is_empty() {
         "full",
         "failover",
         "failover-health",
+        "ha-pair",
     ] {
         let path = format!("{}/examples/{name}.toml", env!("CARGO_MANIFEST_DIR"));
         let model = symroute::config_file::load(std::path::Path::new(&path)).unwrap();
@@ -180,5 +186,59 @@ fn diff_of_applied_plan_is_empty() {
         let c = diff::diff(&p, &observed, &BTreeMap::new());
         assert!(c.is_empty(), "{name}: {:?}", c.summary());
         assert!(diff::conflicts(&p, &observed).is_empty());
+    }
+}
+
+/// Stable marks: the same gateways and policies listed in another order, or with another
+/// gateway inserted first, keep every gateway's marks, table, rule and route.
+#[test]
+fn reordering_or_adding_gateways_keeps_marks_tables_and_rules() {
+    let text = std::fs::read_to_string(format!(
+        "{}/examples/failover-health.toml",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let plan_of = |text: &str| {
+        plan::build(
+            &symroute::config::parse_str(text, "t.toml").unwrap(),
+            &host(),
+        )
+    };
+    let base = plan_of(&text);
+    // Blocks: [[gateway]] isp1 (with its check), [[gateway]] isp2, then the policies.
+    let at = |key: &str, from: usize| from + text[from..].find(key).unwrap();
+    let g1 = at("[[gateway]]", 0);
+    let g2 = at("[[gateway]]", g1 + 1);
+    let p1 = at("# New connections", g2);
+    let p2 = at("# Connections that arrive", p1);
+    let reordered = format!(
+        "{}{}{}{}",
+        &text[g2..p1],
+        &text[p2..],
+        &text[g1..g2],
+        &text[p1..p2]
+    );
+    let extra = "[[gateway]]\nname = \"lte\"\ninterface = \"wwan0\"\n\
+        [[policy]]\nname = \"lte-first\"\nroute_via = \"lte\"\n[policy.match]\nprotocol = \"udp\"\n";
+    for (what, other) in [
+        ("reordered", plan_of(&reordered)),
+        (
+            "a gateway and policy added first",
+            plan_of(&format!("{extra}{text}")),
+        ),
+    ] {
+        for g in &base.gateways {
+            let o = other.gateways.iter().find(|o| o.name == g.name).unwrap();
+            assert_eq!(
+                (o.table, o.reply_mark, o.route_mark),
+                (g.table, g.reply_mark, g.route_mark),
+                "{what}: {}",
+                g.name
+            );
+        }
+        let missing: Vec<_> = base.rules.difference(&other.rules).collect();
+        assert!(missing.is_empty(), "{what}: rules changed: {missing:?}");
+        let missing: Vec<_> = base.routes.difference(&other.routes).collect();
+        assert!(missing.is_empty(), "{what}: routes changed: {missing:?}");
     }
 }

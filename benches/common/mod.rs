@@ -38,7 +38,8 @@ pub fn require_root(tools: &[&str]) {
     }
 }
 
-/// The generated config: `BIG_GATEWAYS` gateways `gw{i}` on interfaces `gw{i}`
+/// The generated config: `BIG_GATEWAYS` gateways `gw{i}` (`id = i + 1`: 64 names would
+/// collide on the ids their names give) on interfaces `gw{i}`
 /// (10.{i}.0.2/24, next hop 10.{i}.0.1), one `reply_via` policy per gateway matching
 /// ~80 source MACs AND ~76 source prefixes (IPv4 /32 hosts and /24s, IPv6 /128s and
 /// /64s), exactly `BIG_ITEMS` selector items in all. No prefix overlaps another.
@@ -50,7 +51,8 @@ pub fn big_config() -> String {
     for i in 0..BIG_GATEWAYS {
         let _ = write!(
             s,
-            "\n[[gateway]]\nname = \"gw{i}\"\ninterface = \"gw{i}\"\nvia = \"10.{i}.0.1\"\n"
+            "\n[[gateway]]\nname = \"gw{i}\"\nid = {}\ninterface = \"gw{i}\"\nvia = \"10.{i}.0.1\"\n",
+            i + 1
         );
     }
     for i in 0..BIG_GATEWAYS {

@@ -80,10 +80,13 @@ impl Shape {
             Shape::Reversed => (0..BIG_GATEWAYS).rev().collect(),
             _ => (0..BIG_GATEWAYS).collect(),
         };
+        // `id = g + 1`: 64 names would collide in the default mask's 127 name-derived
+        // ids; fixed ids also keep each gateway's marks and table in the reversed shape.
         for &g in &order {
             let _ = write!(
                 s,
-                "\n[[gateway]]\nname = \"gw{g}\"\ninterface = \"gw{g}\"\nvia = \"10.{g}.0.1\"\n"
+                "\n[[gateway]]\nname = \"gw{g}\"\nid = {}\ninterface = \"gw{g}\"\nvia = \"10.{g}.0.1\"\n",
+                g + 1
             );
         }
         let mut first = String::new();

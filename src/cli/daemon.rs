@@ -80,6 +80,9 @@ pub fn status() -> Option<DaemonStatus> {
 /// The daemon's view of each gateway over the plan's.
 pub fn overlay(st: &mut Status, live: &DaemonStatus) {
     st.daemon = Some(live.daemon.clone());
+    if live.ha.is_some() {
+        st.ha = live.ha;
+    }
     for g in &mut st.gateways {
         let Some(l) = live.gateways.iter().find(|l| l.name == g.name) else {
             continue;
@@ -121,4 +124,28 @@ pub fn gateway_line(g: &GatewayStatus) -> String {
         s += &format!("  ({why})");
     }
     s
+}
+
+/// `symroute ha ROLE`: recorded in /run/symroute, then told to the daemon if one runs.
+pub fn ha(out: &mut impl Write, role: symroute::kernel::state::HaRole) -> anyhow::Result<()> {
+    use symroute::kernel::state;
+    let since_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    state::save_ha(&state::HaRecord { role, since_unix })?;
+    match control::call(&Request::Ha { role })? {
+        Some(r) => {
+            for l in &r.lines {
+                writeln!(out, "{l}")?;
+            }
+            if let Some(e) = &r.error {
+                anyhow::bail!("{e}");
+            }
+        }
+        None => writeln!(
+            out,
+            "HA role: {role} (recorded; no `symroute run` here now: one started later reads it)"
+        )?,
+    }
+    Ok(())
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use symroute::lab::{tcp_probe, udp_probe, Netns, ProxyRelay, TwoIsps};
+use symroute::lab::{
+    interrupt, tcp_probe, udp_probe, HaDaemons, HaPair, Netns, ProxyRelay, Session, TcpEcho,
+    TwoIsps,
+};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Scenario {
@@ -20,12 +23,16 @@ pub enum Scenario {
     /// The daemon: ISP1's upstream dies behind a live link; health checks move the LAN's
     /// new connections to ISP2, and back when it returns
     Failover,
+    /// Seed 1's firewall as an HA pair (keepalived + conntrackd): a session through a
+    /// DNAT survives the master's death and return; without symroute on the backup it dies
+    HaPair,
 }
 
 const FIREWALL: &str = include_str!("../../examples/two-isps-firewall.toml");
 const RELAY: &str = include_str!("../../examples/proxy-relay.toml");
 const DIVERT: &str = include_str!("../../examples/haproxy-divert.toml");
 const FAILOVER: &str = include_str!("../../examples/failover-health.toml");
+const HA_PAIR: &str = include_str!("../../examples/ha-pair.toml");
 
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
@@ -35,6 +42,7 @@ pub fn run(s: Scenario) -> anyhow::Result<()> {
         Scenario::TwoIsps => two_isps(&dir.0),
         Scenario::ProxyRelay => proxy_relay(&dir.0),
         Scenario::Failover => failover(&dir.0),
+        Scenario::HaPair => ha_pair(&dir.0),
     }
 }
 
@@ -254,9 +262,12 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(cfg: &str, ns: &str) -> anyhow::Result<Daemon> {
+    /// Its log is shown as it comes, each line prefixed by `label`; the lines listing
+    /// single changes (`applied: …`) only when `each_change`.
+    fn start(cfg: &str, ns: &str, label: &str, each_change: bool) -> anyhow::Result<Daemon> {
         let exe = std::env::current_exe().context("finding the symroute binary")?;
         println!("$ symroute run -c {cfg} --netns {ns} &");
+        let label = label.to_string();
         let mut child = Command::new(exe)
             .args(["run", "-c", cfg, "--netns", ns])
             .env_remove("NOTIFY_SOCKET")
@@ -274,7 +285,9 @@ impl Daemon {
             {
                 // The timestamp is noise here; the level and message are the story.
                 let msg = line.split_once(' ').map_or(line.as_str(), |(_, m)| m);
-                println!("    [run] {}", msg.trim_start());
+                if each_change || !msg.contains("applied: ") {
+                    println!("    [{label}] {}", msg.trim_start());
+                }
             }
         });
         Ok(Daemon {
@@ -345,7 +358,7 @@ fn failover(dir: &Path) -> anyhow::Result<()> {
     wait_path(&t, "isp2", t0)?;
     let cfg = write(dir, "symroute.toml", FAILOVER)?;
     say("starting the daemon with examples/failover-health.toml: isp1 first, isp2 while isp1 is down");
-    let daemon = Daemon::start(&cfg, &ns)?;
+    let daemon = Daemon::start(&cfg, &ns, "run", true)?;
     wait_path(&t, "isp1", std::time::Instant::now())?;
     // Let the probes fill their window with good results.
     std::thread::sleep(Duration::from_millis(1600));
@@ -365,5 +378,221 @@ fn failover(dir: &Path) -> anyhow::Result<()> {
         moved.as_secs_f64(),
         back.as_secs_f64()
     ));
+    Ok(())
+}
+
+/// `symroute status --json` of a namespace, parsed.
+fn status_json(ns: &str) -> anyhow::Result<serde_json::Value> {
+    let exe = std::env::current_exe().context("finding the symroute binary")?;
+    let out = Command::new(exe)
+        .args(["status", "--json", "--netns", ns])
+        .output()
+        .context("running symroute status")?;
+    if !out.status.success() {
+        bail!(
+            "symroute status --netns {ns} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Waits (up to 10 s) until the daemon of `ns` has applied.
+fn wait_applied(ns: &str) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    loop {
+        interrupt::check()?;
+        if status_json(ns).is_ok_and(|s| s["applied"] == true && s["daemon"].is_object()) {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            bail!("symroute run in {ns} has not applied after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (up to 5 s) until conntrackd has copied the client's connection to `port` into
+/// `ns`'s kernel table; its `conntrack -L` line.
+fn wait_copied(ns: &Netns, port: u16) -> anyhow::Result<String> {
+    let t0 = std::time::Instant::now();
+    loop {
+        interrupt::check()?;
+        let table = ns.exec(&["conntrack", "-L"]).unwrap_or_default();
+        if let Some(l) = table
+            .lines()
+            .find(|l| l.contains(&format!("dport={port} ")) && l.contains("mark="))
+        {
+            return Ok(l.to_string());
+        }
+        if t0.elapsed() > Duration::from_secs(5) {
+            bail!(
+                "conntrackd did not copy the connection to :{port} into {} within 5 s",
+                ns.name()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How a held session fared after `at`: answered again within `limit` (when, and the
+/// longest gap without answers), or not.
+fn session_after(
+    s: &Session,
+    at: std::time::Instant,
+    limit: Duration,
+) -> Option<(Duration, Duration)> {
+    let a = s.answer_after(at, limit)?;
+    Some((a.duration_since(at), s.longest_gap(at, a)))
+}
+
+fn ha_pair(dir: &Path) -> anyhow::Result<()> {
+    interrupt::stop_on_signals()?;
+    let t0 = std::time::Instant::now();
+    say("building seed 1's firewall as an HA pair: fw-a and fw-b share ISP1's, ISP2's and the LAN's segments (bridges), with a sync link between them; the client is beyond ISP1, the default route is ISP2 (which drops transit)");
+    let pair = HaPair::build()?;
+    let _lan = TcpEcho::start(
+        &pair.lan,
+        SocketAddr::new(HaPair::LAN_SERVER.into(), HaPair::LAN_PORT),
+    )?;
+    let exe = std::env::current_exe().context("finding the symroute binary")?;
+    // `conntrackd v1.4.7`: the first word that looks like a version.
+    let version = |cmd: &str, arg: &str| -> String {
+        let out = Command::new(cmd).arg(arg).output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&[o.stdout, o.stderr].concat()).into_owned())
+            .unwrap_or_default();
+        let v = text
+            .split_whitespace()
+            .find(|w| w.starts_with('v') && w[1..].starts_with(|c: char| c.is_ascii_digit()))
+            .unwrap_or("(version unknown)");
+        format!("{cmd} {}", v.trim_end_matches('.'))
+    };
+    say(&format!(
+        "starting {} in FTFW mode over sync0 with DisableExternalCache On, and {} with VRRPv3, advert_int 0.2 s, VIPs 203.0.113.2 (up1), 198.51.100.2 (up2), 10.77.0.1 (lan0); both from contrib/ha/, fw-a priority 150, fw-b 100",
+        version("conntrackd", "-v"),
+        version("keepalived", "--version")
+    ));
+    let ha = HaDaemons::start(&pair, dir, &exe, true, t0)?;
+    pair.wait_master(0, std::time::Instant::now(), Duration::from_secs(5))?;
+    println!("  fw-a holds the virtual addresses");
+
+    let cfg = write(dir, "symroute.toml", HA_PAIR)?;
+    say("symroute run on both firewalls with the same examples/ha-pair.toml");
+    let names = [pair.fw[0].name().to_string(), pair.fw[1].name().to_string()];
+    let _run_a = Daemon::start(&cfg, &names[0], "run fw-a", false)?;
+    let mut run_b = Some(Daemon::start(&cfg, &names[1], "run fw-b", false)?);
+    wait_applied(&names[0])?;
+    wait_applied(&names[1])?;
+    let a_status = write(
+        dir,
+        "fw-a-status.json",
+        &serde_json::to_string_pretty(&status_json(&names[0])?)?,
+    )?;
+    println!("the marks mean the same on both boxes (fw-a's `status --json` compared on fw-b):");
+    symroute(&["doctor", "--netns", &names[1], "--peer", &a_status])?;
+
+    say("the client opens a TCP session to 203.0.113.2:2525 (DNAT to the LAN server) and pings it every 100 ms");
+    // A session through the DNAT, once conntrackd has copied it to fw-b (and that copy).
+    let dnat_session = || -> anyhow::Result<(Session, String)> {
+        let s = Session::open(
+            &pair.client,
+            HaPair::dnat_addr(),
+            TIMEOUT,
+            Duration::from_millis(100),
+            Duration::from_secs(20),
+        )?;
+        let copied = wait_copied(&pair.fw[1], HaPair::DNAT_PORT)?;
+        Ok((s, copied))
+    };
+    let (session, copied) = dnat_session()?;
+    println!(
+        "  {} (the LAN server sees the client itself)",
+        session.greeting
+    );
+    println!(
+        "$ ip netns exec {} conntrack -L   (fw-b: conntrackd's copy, DNAT and mark included)",
+        names[1]
+    );
+    println!("    {copied}");
+
+    say("fw-a dies: all its links go down at once");
+    let died = std::time::Instant::now();
+    pair.kill(0)?;
+    let vip_b = pair.wait_master(1, died, Duration::from_secs(10))?;
+    let survived = session_after(&session, died, Duration::from_secs(8));
+    interrupt::check()?;
+    println!(
+        "  fw-b holds the virtual addresses {:.2} s after fw-a died",
+        vip_b.as_secs_f64()
+    );
+    match survived {
+        Some((after, gap)) => println!(
+            "  the session answered again {:.2} s after fw-a died (longest silence {:.2} s), now through fw-b and ISP1",
+            after.as_secs_f64(),
+            gap.as_secs_f64()
+        ),
+        None => println!(
+            "  the session did not answer again within 8 s: {}",
+            session.failed().unwrap_or_else(|| "no answer".into())
+        ),
+    }
+    symroute(&["status", "--netns", &names[1]])?;
+
+    say("fw-a comes back (links up, its default route restored): it has the higher priority and takes over again");
+    let back = std::time::Instant::now();
+    pair.revive(0)?;
+    let vip_a = pair.wait_master(0, back, Duration::from_secs(10))?;
+    let returned = session_after(&session, back + vip_a, Duration::from_secs(8));
+    interrupt::check()?;
+    println!(
+        "  fw-a holds the virtual addresses again {:.2} s after it came back",
+        vip_a.as_secs_f64()
+    );
+    match returned {
+        Some((after, _)) => println!(
+            "  the session kept answering ({:.2} s after the takeover); {} answers in all",
+            after.as_secs_f64(),
+            session.answers()
+        ),
+        None => println!(
+            "  the session did not answer after fw-a took over: {}",
+            session.failed().unwrap_or_else(|| "no answer".into())
+        ),
+    }
+
+    say("control: symroute taken off fw-b (daemon stopped, `symroute remove`), then a new session and the same failover");
+    if let Some(d) = run_b.take() {
+        d.stop_and_remove()?;
+    }
+    let (control, _) = dnat_session()?;
+    let died2 = std::time::Instant::now();
+    pair.kill(0)?;
+    pair.wait_master(1, died2, Duration::from_secs(10))?;
+    let lost = session_after(&control, died2, Duration::from_secs(5)).is_none();
+    interrupt::check()?;
+    if lost {
+        println!("  the new session got no answer for 5 s after fw-a died: fw-b has its conntrack entry, mark included, but no rule reads the mark, so the LAN server's replies follow the default route to ISP2 and are dropped");
+    } else {
+        println!("  the new session answered through fw-b anyway (unexpected)");
+    }
+
+    say("cleaning up: symroute run, keepalived and conntrackd stop; the namespaces go");
+    drop(control);
+    drop(session);
+    drop(_run_a);
+    drop(ha);
+    let ok = survived.is_some() && returned.is_some() && lost;
+    say(&format!(
+        "result: with symroute on both boxes the session {} fw-a's death (answered again after {}; VRRP moved the addresses in {:.2} s with advert_int 0.2 s) and {} its return; without symroute on the backup the same failover {}",
+        if survived.is_some() { "survived" } else { "did NOT survive" },
+        survived.map_or("-".to_string(), |(a, _)| format!("{:.2} s", a.as_secs_f64())),
+        vip_b.as_secs_f64(),
+        if returned.is_some() { "survived" } else { "did NOT survive" },
+        if lost { "lost its session" } else { "did NOT lose its session" },
+    ));
+    if !ok {
+        bail!("the HA pair did not behave as expected");
+    }
     Ok(())
 }

@@ -292,12 +292,26 @@ enum Cmd {
     /// finding with a severity, a stable code (listed in the README), the offending rule
     /// quoted as written, why it breaks, and the fix. Exits 1 when an error-level finding
     /// exists, 0 otherwise.
+    ///
+    /// With --peer, also compares the meaning of symroute's marks with the other box of an
+    /// HA pair (keepalived + conntrackd copy connections and their marks between the two):
+    /// give it the peer's `symroute status --json` output, or a snapshot directory of the
+    /// peer. A mark value that means another path or decision there is an error.
+    ///
+    /// Example (on the backup, with the master's status copied over):
+    ///   ssh master symroute status --json > master.json
+    ///   symroute doctor --peer master.json
+    #[command(verbatim_doc_comment)]
     Doctor {
         /// Read the state from a snapshot directory (see `symroute snapshot`)
         #[arg(long, value_name = "DIR", conflicts_with = "netns")]
         from: Option<PathBuf>,
         #[command(flatten)]
         netns: NetnsArg,
+        /// The other box of an HA pair: its `symroute status --json` output, or a
+        /// snapshot directory of it
+        #[arg(long, value_name = "FILE|DIR")]
+        peer: Option<PathBuf>,
         /// Print as JSON: {"findings": [{severity, code, rule, why, fix, place}]}
         #[arg(long)]
         json: bool,
@@ -327,17 +341,57 @@ enum Cmd {
         #[command(flatten)]
         netns: NetnsArg,
     },
+    /// This box's role in an HA pair: for keepalived's notify scripts.
+    ///
+    /// keepalived (contrib/ha/keepalived.conf) runs `symroute ha master`, `backup` or
+    /// `fault` when its VRRP state changes. conntrackd copies every connection to the
+    /// peer, so the conntrack table of a backup holds the master's connections: a running
+    /// `symroute run` flushes a dead gateway's route_via connections only while this box
+    /// is the master (and a second later still is), never on a backup, and a box that
+    /// becomes master flushes then what it held back. With `[settings] ha_pair = true` it
+    /// holds back until told it is master.
+    ///
+    /// The role is kept in /run/symroute (a daemon started later reads it) until reboot or
+    /// `symroute remove`; it is recorded, exit 0, even when no daemon runs.
+    Ha {
+        role: HaRoleArg,
+        #[command(flatten)]
+        netns: NetnsArg,
+    },
     /// Build a seed scenario in private network namespaces and show symroute fixing it.
     ///
     /// Shows the connection failing without symroute, applies, shows it working with the
     /// conntrack view, then removes everything it made. `failover` runs `symroute run`
     /// instead and cuts ISP1's upstream: the LAN's new connections move to ISP2 within
-    /// about 1.5 s, and back when ISP1 answers again. Needs root, nft, conntrack and (for
-    /// proxy-relay) haproxy.
+    /// about 1.5 s, and back when ISP1 answers again. `ha-pair` runs seed 1's firewall as
+    /// a keepalived + conntrackd pair and kills the master under a live session. Needs
+    /// root, nft, conntrack and (for proxy-relay) haproxy, (for ha-pair) keepalived and
+    /// conntrackd.
     Lab {
         #[arg(value_enum, default_value = "two-isps")]
         scenario: lab::Scenario,
     },
+}
+
+/// `symroute ha ROLE`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum HaRoleArg {
+    /// This box holds the virtual addresses
+    Master,
+    /// The peer does
+    Backup,
+    /// keepalived found a tracked link down
+    Fault,
+}
+
+impl From<HaRoleArg> for kernel::state::HaRole {
+    fn from(r: HaRoleArg) -> Self {
+        match r {
+            HaRoleArg::Master => Self::Master,
+            HaRoleArg::Backup => Self::Backup,
+            HaRoleArg::Fault => Self::Fault,
+        }
+    }
 }
 
 /// The packet `explain` traces.
@@ -478,6 +532,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 m.settings.first_table,
                 m.settings.first_priority
             )?;
+            // Each gateway's id and what follows from it (the same on every box that
+            // loads this file, whatever its order).
+            for (i, g) in m.gateways_indexed() {
+                writeln!(
+                    out,
+                    "  gateway {}: id {} ({}), reply mark {}, route mark {}, table {}",
+                    g.name,
+                    g.id,
+                    match g.id_from {
+                        symroute::model::IdFrom::Config => "set in the file",
+                        symroute::model::IdFrom::Name => "from its name",
+                    },
+                    plan::alloc::reply_mark(&m, i),
+                    plan::alloc::route_mark(&m, i),
+                    plan::alloc::gateway_table(&m, i)
+                )?;
+            }
         }
         Cmd::Plan {
             config,
@@ -635,7 +706,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let plan = plan::build(&m, &observed.host);
             let applied =
                 observed.nft_fingerprint.as_deref() == Some(plan.nft_fingerprint.as_str());
-            let mut st = kernel::status::status(&plan, observed.nft_fingerprint.is_some())?;
+            let mut st = kernel::status::status(&m, &plan, observed.nft_fingerprint.is_some())?;
             if let Some(l) = &live {
                 daemon::overlay(&mut st, l);
             }
@@ -660,6 +731,21 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         l.daemon.pid, l.daemon.config, l.daemon.started, l.summary
                     )?,
                     None => writeln!(out, "daemon: not running in this namespace")?,
+                }
+                if let Some(h) = &st.ha {
+                    writeln!(
+                        out,
+                        "ha: {} (keepalived's last word, {}); dead gateways' connections are flushed {}",
+                        h.role,
+                        symroute::daemon::gateways::rfc3339(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(h.since_unix)
+                        ),
+                        if h.role == kernel::state::HaRole::Master {
+                            "(a second after they go down)"
+                        } else {
+                            "only once this box is master"
+                        }
+                    )?;
                 }
                 if let Some(p) = live.as_ref().and_then(|l| l.pending_confirm.as_ref()) {
                     writeln!(
@@ -691,6 +777,22 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             "", w.cgroup, w.why
                         )?;
                     }
+                }
+                writeln!(
+                    out,
+                    "marks: mask {}, digest {} (`symroute doctor --peer` compares it with the other box of an HA pair)",
+                    st.marks.mask, st.marks.digest
+                )?;
+                for g in &st.marks.gateways {
+                    writeln!(
+                        out,
+                        "  {:<16} id {:<4} replies {:<10} routes {:<10} table {}",
+                        g.name,
+                        g.id,
+                        g.reply_mark.as_deref().unwrap_or("-"),
+                        g.route_mark.as_deref().unwrap_or("-"),
+                        g.table
+                    )?;
                 }
             }
         }
@@ -746,9 +848,16 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 write!(out, "{}", symroute::explain::trace::render(&e, verbose))?;
             }
         }
-        Cmd::Doctor { from, netns, json } => {
+        Cmd::Doctor {
+            from,
+            netns,
+            peer,
+            json,
+        } => {
+            // The peer first: its path is relative to where we were started.
+            let peer = peer.as_deref().map(load_peer).transpose()?;
             let host = load_host(from.as_ref(), &netns)?;
-            let findings = symroute::explain::doctor::doctor(&host);
+            let findings = symroute::explain::doctor::doctor_with_peer(&host, peer.as_ref());
             if json {
                 serde_json::to_writer_pretty(
                     &mut out,
@@ -793,12 +902,43 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             drop(out);
             return exec::run(args);
         }
+        Cmd::Ha { role, netns } => {
+            netns.enter()?;
+            daemon::ha(&mut out, role.into())?;
+        }
         Cmd::Lab { scenario } => {
             drop(out);
             lab::run(scenario).context("lab failed")?;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The other box of an HA pair, for `doctor --peer`: a snapshot directory, or a file
+/// holding its `symroute status --json` (or the `marks` object of one). Read bounded: it is
+/// whatever file the user points us at.
+fn load_peer(path: &std::path::Path) -> anyhow::Result<symroute::explain::doctor::peer::Side> {
+    use symroute::explain::doctor::peer;
+    const MAX: u64 = 16 << 20;
+    let origin = path.display().to_string();
+    if path.is_dir() {
+        let loaded = kernel::snapshot::load(path)?;
+        let host =
+            symroute::explain::host::HostState::from_files(&loaded.files, loaded.missing, &origin)?;
+        return Ok(peer::side_of_host(&host));
+    }
+    let text = kernel::snapshot::read_bounded(path, MAX)
+        .map_err(|why| anyhow::anyhow!("--peer {origin}: {why}"))?
+        .ok_or_else(|| anyhow::anyhow!("--peer {origin}: no such file or directory"))?;
+    let value: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+        format!("--peer {origin}: not JSON (expected the peer's `symroute status --json`, or a snapshot directory)")
+    })?;
+    let map = value.get("marks").unwrap_or(&value);
+    let map: symroute::plan::markmap::MarkMap = serde_json::from_value(map.clone())
+        .with_context(|| {
+            format!("--peer {origin}: no mark map in it (expected the peer's `symroute status --json` from symroute with stable marks)")
+        })?;
+    Ok(peer::side_of_map(&map, &origin))
 }
 
 fn print_gateways(out: &mut impl Write, plan: &plan::Plan) -> anyhow::Result<()> {

@@ -33,6 +33,7 @@ use super::pending::{self, PendingConfirm};
 use super::serve;
 use super::{Daemon, DaemonError};
 use crate::kernel::clock::BootTime;
+use crate::kernel::state::{HaRecord, HaRole};
 use crate::kernel::status::DaemonInfo;
 use crate::kernel::{state, KernelError};
 
@@ -69,6 +70,8 @@ pub enum Request {
     /// Observe and apply now, and answer when done: `symroute exec` asks after moving
     /// into its cgroup, so the table it waits for is one loaded after that move.
     Reconcile,
+    /// keepalived's notify (`symroute ha ROLE`): this box's role in an HA pair.
+    Ha { role: HaRole },
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -116,6 +119,9 @@ pub struct DaemonStatus {
     /// config's.
     #[serde(default)]
     pub health_down: std::collections::BTreeMap<String, String>,
+    /// Its role in an HA pair, as keepalived last reported it (`symroute ha`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaRecord>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -407,6 +413,13 @@ impl Daemon {
                 Ok(lines) => Response::done(lines),
                 Err(e) => Response::failed(1, e),
             },
+            Request::Ha { role } => {
+                let mask = self.model.settings.mark_mask;
+                let line = self
+                    .ha
+                    .set_role(role, &self.last_gateways, mask, Instant::now());
+                Response::done(vec![line])
+            }
         };
         call.reply.send(resp);
     }
@@ -429,6 +442,7 @@ impl Daemon {
                 }),
                 gateways: self.live.snapshot(&self.model, &self.windows),
                 health_down: self.health_down.clone(),
+                ha: self.ha.role(),
             }),
             ..Response::default()
         }

@@ -28,6 +28,7 @@ pub mod debounce;
 pub mod event;
 mod flush;
 pub mod gateways;
+pub mod ha;
 pub mod health;
 pub mod hooks;
 pub mod log;
@@ -128,7 +129,10 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         .map_err(io_error("serving metrics"))?;
 
     let now = Instant::now();
+    let ha = ha::Ha::new(opts.model.settings.ha_pair);
     let mut d = Daemon {
+        ha,
+        last_gateways: Vec::new(),
         systemd: Systemd::from_env(now),
         config: opts.config,
         model: opts.model,
@@ -206,6 +210,10 @@ impl Why {
 }
 
 struct Daemon {
+    /// HA pairs: when a dead gateway's connections may be flushed (`ha`).
+    ha: ha::Ha,
+    /// The gateways of the last successful apply's plan.
+    last_gateways: Vec<crate::plan::GatewayPlan>,
     systemd: Systemd,
     config: PathBuf,
     model: Model,
@@ -253,6 +261,7 @@ impl Daemon {
                 self.retry_at,
                 self.systemd.next_ping(),
                 self.confirm_deadline(),
+                self.ha.deadline(),
             ]
             .into_iter()
             .flatten()
@@ -288,6 +297,7 @@ impl Daemon {
             }
             let now = Instant::now();
             self.systemd.ping_if_due(now);
+            self.ha.due(now, &self.last_gateways);
             if reload {
                 self.reload();
             } else if self.confirm_due() {
@@ -361,8 +371,11 @@ impl Daemon {
                 overrun: false,
             });
         }
-        // After the apply that took them out: their connections re-establish elsewhere.
-        flush::flush_routed(&went_down, report.plan.mark_mask);
+        // After the apply that took them out: their connections re-establish elsewhere
+        // (in an HA pair, only while this box is the master: `ha`).
+        self.last_gateways = report.plan.gateways.clone();
+        self.ha
+            .went_down(went_down, report.plan.mark_mask, Instant::now());
         if self.metrics.serving() {
             self.metrics.applied(
                 &report.plan,
@@ -488,6 +501,7 @@ impl Daemon {
             Ok(p) => self.probes = Some(p),
             Err(e) => error!("could not start the health probes: {e}"),
         }
+        self.ha.set_pair(model.settings.ha_pair);
         self.model = model;
         self.config = path;
         self.reload_failed = false;
@@ -750,13 +764,13 @@ mod tests {
         );
         let p = plan::build(&m, &host);
         assert_eq!(summary(&p), "applied, 1 of 2 gateways up; down: isp1");
-        let t42000: Vec<String> = p
+        let isp1_table: Vec<String> = p
             .routes
             .iter()
-            .filter(|r| r.table.id() == 42000)
+            .filter(|r| r.table.id() == 42025)
             .map(|r| r.dst.to_string())
             .collect();
-        assert_eq!(t42000, ["192.0.2.10/32"]);
+        assert_eq!(isp1_table, ["192.0.2.10/32"]);
     }
 
     #[test]

@@ -355,7 +355,7 @@ fn can_connect(ns: &Netns, addr: SocketAddr) -> anyhow::Result<bool> {
 }
 
 /// Fails with a pointer to the setup script when a required tool is missing.
-fn require_tool(tool: &str, version_args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn require_tool(tool: &str, version_args: &[&str]) -> anyhow::Result<()> {
     match Command::new(tool).args(version_args).output() {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => bail!(

@@ -298,3 +298,211 @@ fn describe(e: &io::Error) -> String {
         _ => e.to_string(),
     }
 }
+
+/// TCP server that greets like [`TcpServer`] (`hello <peer-ip> <peer-port>`) and then
+/// echoes every line until the peer closes: a connection that stays open, for sessions
+/// held across a failover.
+pub struct TcpEcho {
+    pub addr: SocketAddr,
+    _worker: Worker,
+}
+
+impl TcpEcho {
+    pub fn start(ns: &Netns, addr: SocketAddr) -> anyhow::Result<TcpEcho> {
+        let listener = in_netns(ns.name(), move || TcpListener::bind(addr))?
+            .with_context(|| format!("bind tcp {addr} in netns {}", ns.name()))?;
+        listener.set_nonblocking(true).context("set_nonblocking")?;
+        let worker = Worker::start(format!("echo-{addr}"), move |stop| {
+            std::thread::scope(|scope| {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, peer)) => {
+                            scope.spawn(move || {
+                                let _ = echo(stream, peer, stop);
+                            });
+                        }
+                        Err(_) => std::thread::sleep(POLL),
+                    }
+                }
+            });
+        })?;
+        Ok(TcpEcho {
+            addr,
+            _worker: worker,
+        })
+    }
+}
+
+fn echo(stream: TcpStream, peer: SocketAddr, stop: &AtomicBool) -> io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(POLL))?;
+    stream.set_write_timeout(Some(Duration::from_secs(1)))?;
+    let mut w = stream.try_clone()?;
+    w.write_all(format!("hello {} {}\n", peer.ip(), peer.port()).as_bytes())?;
+    let mut r = BufReader::new(stream);
+    let mut line = String::new();
+    while !stop.load(Ordering::Relaxed) {
+        match r.read_line(&mut line) {
+            Ok(0) => return Ok(()),
+            Ok(_) if line.ends_with('\n') => {
+                w.write_all(line.as_bytes())?;
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A TCP connection held open to a [`TcpEcho`], pinged from a thread every `every`: the
+/// time of each answer is recorded, so a caller sees when a failover interrupted it and
+/// whether (and when) it came back. Stops (and closes) on drop.
+pub struct Session {
+    /// The server's greeting (`hello <ip> <port>`: the address it saw).
+    pub greeting: String,
+    state: Arc<std::sync::Mutex<SessionState>>,
+    /// Shut down on drop, so a ping waiting for its answer ends at once.
+    sock: TcpStream,
+    _worker: Worker,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+#[derive(Default)]
+struct SessionState {
+    answers: Vec<std::time::Instant>,
+    failed: Option<String>,
+}
+
+impl Session {
+    /// Connects from `ns` (within `timeout`), reads the greeting, then pings every `every`;
+    /// a ping unanswered for `patience` ends the session as failed.
+    pub fn open(
+        ns: &Netns,
+        dst: SocketAddr,
+        timeout: Duration,
+        every: Duration,
+        patience: Duration,
+    ) -> anyhow::Result<Session> {
+        let stream = in_netns(ns.name(), move || TcpStream::connect_timeout(&dst, timeout))?
+            .map_err(|e| {
+                anyhow!(
+                    "connect to {dst} from netns {}: {}",
+                    ns.name(),
+                    describe(&e)
+                )
+            })?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .context("set_read_timeout")?;
+        let mut r = BufReader::new(stream.try_clone().context("clone")?);
+        let mut greeting = String::new();
+        r.read_line(&mut greeting)
+            .map_err(|e| anyhow!("greeting from {dst}: {}", describe(&e)))?;
+        stream
+            .set_read_timeout(Some(patience))
+            .context("set_read_timeout")?;
+        let state = Arc::new(std::sync::Mutex::new(SessionState::default()));
+        let st = state.clone();
+        let sock = stream.try_clone().context("clone")?;
+        let worker = Worker::start(format!("session-{dst}"), move |stop| {
+            let mut w = stream;
+            let mut n = 0u64;
+            let lock = || st.lock().unwrap_or_else(|e| e.into_inner());
+            while !stop.load(Ordering::Relaxed) {
+                let sent = std::time::Instant::now();
+                n += 1;
+                let word = format!("ping {n}\n");
+                let mut line = String::new();
+                let r = w
+                    .write_all(word.as_bytes())
+                    .and_then(|_| r.read_line(&mut line));
+                match r {
+                    Ok(_) if line == word => lock().answers.push(std::time::Instant::now()),
+                    Ok(0) => {
+                        lock().failed = Some("the server closed the connection".into());
+                        return;
+                    }
+                    Ok(_) => {
+                        lock().failed = Some(format!("unexpected answer {line:?}"));
+                        return;
+                    }
+                    Err(e) => {
+                        lock().failed = Some(format!(
+                            "no answer to ping {n} for {patience:?}: {}",
+                            describe(&e)
+                        ));
+                        return;
+                    }
+                }
+                if let Some(rest) = every.checked_sub(sent.elapsed()) {
+                    std::thread::sleep(rest);
+                }
+            }
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        })?;
+        Ok(Session {
+            greeting: greeting.trim().to_string(),
+            state,
+            sock,
+            _worker: worker,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why it ended, if it did.
+    pub fn failed(&self) -> Option<String> {
+        self.lock().failed.clone()
+    }
+
+    pub fn answers(&self) -> usize {
+        self.lock().answers.len()
+    }
+
+    /// The first answer after `t`, waiting up to `limit` for it (`None`: none came, or
+    /// the session failed first).
+    pub fn answer_after(
+        &self,
+        t: std::time::Instant,
+        limit: Duration,
+    ) -> Option<std::time::Instant> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            {
+                let s = self.lock();
+                if let Some(a) = s.answers.iter().find(|a| **a > t) {
+                    return Some(*a);
+                }
+                if s.failed.is_some() {
+                    return None;
+                }
+            }
+            if std::time::Instant::now() > deadline || super::interrupt::interrupted() {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The longest time without an answer between `from` and `to` (counting from `from`
+    /// to the first answer after it).
+    pub fn longest_gap(&self, from: std::time::Instant, to: std::time::Instant) -> Duration {
+        let s = self.lock();
+        let mut last = from;
+        let mut gap = Duration::ZERO;
+        for a in s.answers.iter().filter(|a| **a > from && **a <= to) {
+            gap = gap.max(a.duration_since(last));
+            last = *a;
+        }
+        gap.max(to.saturating_duration_since(last))
+    }
+}

@@ -277,9 +277,12 @@ pub fn random_config(rng: &mut Rng, pools: &Pools) -> String {
         &["0xff000000", "0xff000000", "0x0f000000", "0x07000000"],
     );
     let mut s = format!("[settings]\nmark_mask = \"{mask}\"\n");
+    // Ids as positions: with a mask of 7 values only ids 1 to 3 exist, and ids from the
+    // names would collide there.
     for g in 0..3 {
         s += &format!(
-            "[[gateway]]\nname = \"g{g}\"\ninterface = \"e{g}\"\nvia = \"192.0.2.{}\"\nvia6 = \"2001:db8:ff::{}\"\n",
+            "[[gateway]]\nname = \"g{g}\"\nid = {}\ninterface = \"e{g}\"\nvia = \"192.0.2.{}\"\nvia6 = \"2001:db8:ff::{}\"\n",
+            g + 1,
             g + 1,
             g + 1
         );

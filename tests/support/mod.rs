@@ -48,8 +48,10 @@ pub fn run_file(ns: &Netns, suffix: &str) -> std::path::PathBuf {
 }
 
 /// One of symroute's IPv4 rules in `ns` (its line as `ip rule show` prints it, the
-/// first whose text contains `lookup TABLE`) and its priority, for tests that delete it.
-pub fn our_rule(ns: &Netns, table: u32) -> (String, String) {
+/// first whose text contains `lookup TABLE`), and the `ip -4 rule del …` command that
+/// deletes exactly it: rules of one kind share a priority, so the priority alone would
+/// delete whichever comes first.
+pub fn our_rule(ns: &Netns, table: u32) -> (String, Vec<String>) {
     let rule = ns
         .exec(&["ip", "-4", "rule", "show"])
         .expect("ip rule")
@@ -57,8 +59,13 @@ pub fn our_rule(ns: &Netns, table: u32) -> (String, String) {
         .find(|l| l.contains(&format!("lookup {table}")))
         .expect("a rule of ours")
         .to_string();
-    let pref = rule.split(':').next().expect("pref").trim().to_string();
-    (rule, pref)
+    let (pref, selector) = rule.split_once(':').expect("pref");
+    let mut del: Vec<String> = ["ip", "-4", "rule", "del", "pref", pref.trim()]
+        .map(str::to_string)
+        .into();
+    // `from all fwmark V/M lookup T proto 157`: the selector and action, as `del` takes them.
+    del.extend(selector.split_whitespace().map(str::to_string));
+    (rule, del)
 }
 
 /// The result of one `symroute` run.
@@ -132,13 +139,40 @@ pub fn kernel_snapshot(ns: &Netns) -> String {
         &["nft", "list", "ruleset"],
     ] {
         s += &format!("## {}\n", args.join(" "));
-        s += &ns.exec(args).expect("snapshot command");
+        let out = ns.exec(args).expect("snapshot command");
+        s += &if args[2] == "rule" {
+            ours_sorted_within_a_priority(&out)
+        } else {
+            out
+        };
     }
     s += "## sysctls\n";
     s += &ns
         .sh("sysctl -a 2>/dev/null | grep -E 'rp_filter|icmp_errors_use_inbound_ifaddr' | sort")
         .expect("sysctl -a");
     s
+}
+
+/// `ip rule show` with each run of symroute's rules (`proto 157`) that share a priority
+/// sorted: symroute gives every rule of one kind the same priority (their marks or
+/// sources are disjoint, so their order does not matter), and the kernel lists them in
+/// the order they were added, which a rollback that re-adds one changes. Foreign rules
+/// keep their order (it can matter for them, and symroute never touches them).
+fn ours_sorted_within_a_priority(rules: &str) -> String {
+    let mut lines: Vec<&str> = rules.lines().collect();
+    let prio = |l: &str| l.split(':').next().unwrap_or("").to_string();
+    let mut i = 0;
+    while i < lines.len() {
+        let mut j = i + 1;
+        while j < lines.len() && prio(lines[j]) == prio(lines[i]) {
+            j += 1;
+        }
+        if lines[i..j].iter().all(|l| l.contains("proto 157")) {
+            lines[i..j].sort_unstable();
+        }
+        i = j;
+    }
+    lines.iter().map(|l| format!("{l}\n")).collect()
 }
 
 /// Applies a config in a namespace and removes it again on drop (declare it after the

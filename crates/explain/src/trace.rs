@@ -788,8 +788,8 @@ mod tests {
                         "unicast",
                         Some("up1"),
                         Some(via.parse().unwrap()),
-                        Some("42000"),
-                        "0x1000000"
+                        Some("42025"),
+                        "0x33000000"
                     ),
                     "{}",
                     render(&e, true)
@@ -800,7 +800,7 @@ mod tests {
                     .position(|s| {
                         s.stage == "route"
                             && s.matched
-                            && s.text.contains(&format!("from {dst} lookup 42000"))
+                            && s.text.contains(&format!("from {dst} lookup 42025"))
                     })
                     .unwrap_or_else(|| panic!("first lookup by source: {}", render(&e, true)));
                 let out = steps
@@ -810,7 +810,7 @@ mod tests {
                 let again = steps
                     .iter()
                     .position(|s| {
-                        s.stage == "re-route" && s.matched && s.text.contains("fwmark 0x1000000")
+                        s.stage == "re-route" && s.matched && s.text.contains("fwmark 0x33000000")
                     })
                     .unwrap_or_else(|| panic!("re-route by mark: {}", render(&e, true)));
                 assert!(first < out && out < again, "{}", render(&e, true));
@@ -844,7 +844,8 @@ mod tests {
         // A SYN that arrives marked (the decision in its mark): with tcp_fwmark_accept the
         // accepted socket carries that mark, and the SYN-ACK's first lookup uses it.
         let mut spec = smtp("2001:db8:c::10", "2001:db8:1::2", 6);
-        spec.mark = 0x0100_0000;
+        // isp1's reply mark (id 26 from its name).
+        spec.mark = 0x3300_0000;
         let host = applied("", false);
         assert_eq!(reply(&explain(&host, &spec)).kind, "unreachable");
         let host = applied("net.ipv4.tcp_fwmark_accept = 1\n", false);

@@ -278,6 +278,8 @@ pub fn remove() -> Result<Changes, KernelError> {
     // was there before it: after a remove, nothing is left to confirm or roll back.
     let _ = super::confirm::forget();
     let _ = state::daemon_pending_path().and_then(|p| rundir::remove(&p));
+    // The HA role keepalived last reported: it would outlive the policy it was for.
+    let _ = state::forget_ha();
     // Namespaces come and go: leave no lock file behind. Unlinked while held, so a
     // waiter finds it gone and locks a new one (`rundir`).
     lock.unlink();

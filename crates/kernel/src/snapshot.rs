@@ -259,7 +259,7 @@ fn conf_files(dir: &Path) -> Vec<String> {
 
 /// A regular file's text, at most `max` bytes (`Ok(None)`: it does not exist). Opened
 /// without blocking, so a FIFO put in its place cannot hang us.
-fn read_bounded(path: &Path, max: u64) -> Result<Option<String>, String> {
+pub fn read_bounded(path: &Path, max: u64) -> Result<Option<String>, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let f = match std::fs::OpenOptions::new()

@@ -59,3 +59,61 @@ pub fn daemon_pending_path() -> Result<PathBuf, KernelError> {
 pub fn socket_path() -> Result<PathBuf, KernelError> {
     rundir::netns_file("sock")
 }
+
+/// This box's role in an HA pair, as keepalived's notify script last reported it
+/// (`symroute ha master|backup|fault`; contrib/ha/).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HaRole {
+    /// It holds the virtual addresses: it carries the connections.
+    Master,
+    /// The peer does; this box holds copies of its connections (conntrackd).
+    Backup,
+    /// keepalived found a tracked link down: the peer is (or is becoming) master.
+    Fault,
+}
+
+impl std::fmt::Display for HaRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HaRole::Master => "master",
+            HaRole::Backup => "backup",
+            HaRole::Fault => "fault",
+        })
+    }
+}
+
+/// The role and since when (seconds since the epoch), kept in
+/// `/run/symroute/netns-<cookie>.ha.json` so a restarted daemon knows it (until reboot
+/// or `symroute remove`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HaRecord {
+    pub role: HaRole,
+    pub since_unix: u64,
+}
+
+fn ha_path() -> Result<PathBuf, KernelError> {
+    rundir::netns_file("ha.json")
+}
+
+pub fn load_ha() -> Result<Option<HaRecord>, KernelError> {
+    let p = ha_path()?;
+    match rundir::read(&p)? {
+        Some(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| KernelError::Parse {
+                cmd: format!("reading {}", p.display()),
+                detail: e.to_string(),
+            }),
+        None => Ok(None),
+    }
+}
+
+pub fn save_ha(record: &HaRecord) -> Result<(), KernelError> {
+    let text = serde_json::to_string(record).expect("record serializes");
+    rundir::write(&ha_path()?, text.as_bytes())
+}
+
+pub fn forget_ha() -> Result<(), KernelError> {
+    rundir::remove(&ha_path()?).map(drop)
+}

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use super::conntrack::Conntrack;
 use super::{cmd, KernelError};
+use symroute_core::model::Model;
+use symroute_core::plan::markmap::MarkMap;
 use symroute_core::plan::{GatewayState, Plan, PolicyGateway};
 
 #[derive(Debug, Serialize)]
@@ -16,6 +18,12 @@ pub struct Status {
     pub daemon: Option<DaemonInfo>,
     pub gateways: Vec<GatewayStatus>,
     pub policies: Vec<PolicyStatus>,
+    /// What each mark value means here (ids, marks, tables) and its digest: the two boxes
+    /// of an HA pair must agree (`symroute doctor --peer`).
+    pub marks: MarkMap,
+    /// This box's role in an HA pair, as keepalived last reported it (`symroute ha`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ha: Option<super::state::HaRecord>,
 }
 
 #[derive(Debug, Serialize)]
@@ -66,7 +74,7 @@ pub struct PolicyStatus {
     pub waiting: Vec<symroute_core::plan::Waiting>,
 }
 
-pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
+pub fn status(model: &Model, plan: &Plan, applied: bool) -> Result<Status, KernelError> {
     let counters = if applied {
         policy_counters()?
     } else {
@@ -119,6 +127,8 @@ pub fn status(plan: &Plan, applied: bool) -> Result<Status, KernelError> {
         daemon: None,
         gateways,
         policies,
+        marks: MarkMap::of(model, plan),
+        ha: super::state::load_ha().ok().flatten(),
     })
 }
 

@@ -72,6 +72,11 @@ impl<'a> Locator<'a> {
             message: message.into(),
         });
     }
+
+    /// The 1-based line of a byte offset, to name an earlier place in a message.
+    pub fn line(&self, offset: usize) -> usize {
+        line_col(self.text, offset).0
+    }
 }
 
 /// 1-based line and column (in characters) of a byte offset; clamps out-of-range offsets.

@@ -14,9 +14,11 @@ pub use diag::{ConfigError, Diagnostic};
 use raw::{RawConfig, RawItems, RawMatch, RawRouteVia, Sp};
 
 use crate::model::{
-    Action, CgroupPath, Divert, Gateway, GatewayIdx, IfName, MacAddr, MarkMask, Model, Name,
-    PortRange, Prefixes, Priority, Protocol, Route, RouteMode, Selector, Settings, TableId, Weight,
+    Action, CgroupPath, Divert, Gateway, GatewayId, GatewayIdx, IdFrom, IfName, MacAddr, MarkMask,
+    Model, Name, PortRange, Prefixes, Priority, Protocol, Route, RouteMode, Selector, Settings,
+    TableId, Weight,
 };
+use crate::plan::alloc;
 
 /// What only the host can tell about the names a config uses: which uid a user name
 /// stands for. The binary asks the system's user database (`symroute::config_file`);
@@ -122,9 +124,13 @@ fn validate(raw: RawConfig, loc: &mut Locator, users: &dyn Names) -> Model {
 
     let mut names = BTreeSet::new();
     let mut gateways = Vec::new();
+    let mut ids = Ids::new(&raw.gateway, settings.mark_mask);
     for g in &raw.gateway {
         let g = g.get_ref();
         let name = checked_name(&g.name, "gateway", &mut names, loc);
+        let id = name
+            .as_ref()
+            .and_then(|n| ids.take(n, g, settings.mark_mask, loc));
         let interface = match IfName::new(g.interface.get_ref()) {
             Ok(i) => Some(i),
             Err(e) => {
@@ -139,9 +145,11 @@ fn validate(raw: RawConfig, loc: &mut Locator, users: &dyn Names) -> Model {
             next_hop::<Ipv6Addr>(v, "gateway.via6", "an IPv6 address like 2001:db8:1::1", loc)
         });
         let check = g.check.as_ref().map(|c| validate_check(c.get_ref(), loc));
-        if let (Some(name), Some(interface)) = (name, interface) {
+        if let (Some(name), Some(interface), Some((id, id_from))) = (name, interface, id) {
             gateways.push(Gateway {
                 name,
+                id,
+                id_from,
                 interface,
                 via,
                 via6,
@@ -250,14 +258,166 @@ fn validate(raw: RawConfig, loc: &mut Locator, users: &dyn Names) -> Model {
         }
     }
 
-    let model = Model {
+    check_table_range(&settings, &raw, loc);
+    Model {
         settings,
         gateways,
         policies,
         diverts,
-    };
-    check_capacity(&model, &raw, loc);
-    model
+    }
+}
+
+/// The ids given so far: id → (gateway name, where it was written or named, from where);
+/// and every id the file asks for, so a suggested free id is free in the whole file.
+struct Ids {
+    seen: std::collections::BTreeMap<u32, (String, usize, IdFrom)>,
+    wanted: BTreeSet<u32>,
+}
+
+impl Ids {
+    fn new(gateways: &[Sp<raw::RawGateway>], mask: MarkMask) -> Self {
+        let wanted = gateways
+            .iter()
+            .filter_map(|g| {
+                let g = g.get_ref();
+                match &g.id {
+                    Some(n) => u32::try_from(*n.get_ref()).ok(),
+                    None => Name::new(g.name.get_ref())
+                        .ok()
+                        .and_then(|n| alloc::default_id(&n, mask))
+                        .map(GatewayId::get),
+                }
+            })
+            .collect();
+        Ids {
+            seen: Default::default(),
+            wanted,
+        }
+    }
+
+    /// The gateway's id (`id = N`, or derived from its name), checked against the mask's
+    /// range and the ids taken by the gateways before it.
+    fn take(
+        &mut self,
+        name: &Name,
+        g: &raw::RawGateway,
+        mask: MarkMask,
+        loc: &mut Locator,
+    ) -> Option<(GatewayId, IdFrom)> {
+        let max = alloc::id_max(mask);
+        let (id, from, span) = match &g.id {
+            Some(n) => {
+                let id = u32::try_from(*n.get_ref())
+                    .ok()
+                    .and_then(|v| GatewayId::new(v, max));
+                let Some(id) = id else {
+                    loc.error(
+                        n.span(),
+                        if max == 0 {
+                            format!("gateway.id: mark_mask {mask} holds no gateway (each needs two values, and the top one is the divert's); widen the mask")
+                        } else {
+                            format!(
+                                "gateway.id: {} is not a gateway id mark_mask {mask} holds; expected 1 to {max}",
+                                n.get_ref()
+                            )
+                        },
+                    );
+                    return None;
+                };
+                (id, IdFrom::Config, n.span())
+            }
+            None => {
+                let Some(id) = alloc::default_id(name, mask) else {
+                    loc.error(
+                        g.name.span(),
+                        format!("gateway \"{name}\": mark_mask {mask} holds no gateway (each needs two values, and the top one is the divert's); widen the mask"),
+                    );
+                    return None;
+                };
+                (id, IdFrom::Name, g.name.span())
+            }
+        };
+        if let Some((other, at, other_from)) = self.seen.get(&id.get()) {
+            let line = loc.line(*at);
+            let free = self.free(id.get(), max);
+            let msg = match (from, *other_from) {
+                (IdFrom::Name, IdFrom::Name) => format!(
+                    "gateway.name: \"{name}\" and \"{other}\" (line {line}) both take id {id} from their names; give one of them an id of its own, e.g. `id = {free}` on \"{name}\" (ids not taken: {}). A gateway keeps its marks and table when it is given the id it has now (`id = {id}` on \"{other}\")",
+                    self.free_list(id.get(), max)
+                ),
+                (IdFrom::Name, IdFrom::Config) => format!(
+                    "gateway.name: \"{name}\" takes id {id} from its name, but \"{other}\" (line {line}) has `id = {id}`; give \"{name}\" an id of its own, e.g. `id = {free}` (ids not taken: {})",
+                    self.free_list(id.get(), max)
+                ),
+                (IdFrom::Config, IdFrom::Name) => format!(
+                    "gateway.id: {id} is the id \"{other}\" (line {line}) takes from its name; pick another, e.g. {free} (ids not taken: {}), or give \"{other}\" `id = {id}` and this gateway another",
+                    self.free_list(id.get(), max)
+                ),
+                (IdFrom::Config, IdFrom::Config) => format!(
+                    "gateway.id: {id} is already the id of \"{other}\" (line {line}); ids are unique, e.g. {free} is not taken (ids not taken: {})",
+                    self.free_list(id.get(), max)
+                ),
+            };
+            loc.error(span, msg);
+            return None;
+        }
+        self.seen
+            .insert(id.get(), (name.to_string(), span.start, from));
+        Some((id, from))
+    }
+
+    /// The first id after `near` (wrapping) that nobody has taken so far.
+    fn free(&self, near: u32, max: u32) -> u32 {
+        self.free_ids(near, max).next().unwrap_or(near)
+    }
+
+    fn free_ids(&self, near: u32, max: u32) -> impl Iterator<Item = u32> + '_ {
+        (1..max)
+            .map(move |d| (near - 1 + d) % max + 1)
+            .filter(|i| !self.wanted.contains(i))
+    }
+
+    fn free_list(&self, near: u32, max: u32) -> String {
+        let few: Vec<String> = self
+            .free_ids(near, max)
+            .take(3)
+            .map(|i| i.to_string())
+            .collect();
+        if few.is_empty() {
+            "none; widen the mask".into()
+        } else {
+            format!("{}…", few.join(", "))
+        }
+    }
+}
+
+/// Every table the settings may allocate (`first_table ..= first_table + id_max`) must be
+/// clear of the kernel's 253-255 and below 2^32.
+fn check_table_range(settings: &Settings, raw: &RawConfig, loc: &mut Locator) {
+    let span = raw
+        .settings
+        .as_ref()
+        .and_then(|s| {
+            let s = s.get_ref();
+            s.first_table
+                .as_ref()
+                .map(|t| t.span())
+                .or_else(|| s.mark_mask.as_ref().map(|m| m.span()))
+        })
+        .unwrap_or(0..0);
+    let first = settings.first_table.id();
+    let max = alloc::id_max(settings.mark_mask);
+    match alloc::last_table(settings.first_table, settings.mark_mask) {
+        None => loc.error(
+            span,
+            format!("settings.first_table: with mark_mask {}, gateway ids run to {max}, so tables run to {first} + {max}, past 2^32; pick a smaller first_table (default 42000)", settings.mark_mask),
+        ),
+        Some(last) if first <= 255 && last >= 253 => loc.error(
+            span,
+            format!("settings.first_table: the tables symroute allocates from here ({first} to {last}) would cross the kernel's tables 253-255; pick a number above 255 (default 42000)"),
+        ),
+        Some(_) => {}
+    }
 }
 
 /// `route_via` (one name, a failover list or a table of weights) and `sticky`.
@@ -382,14 +542,11 @@ fn validate_settings(s: &Sp<raw::RawSettings>, loc: &mut Locator) -> Settings {
         }
     }
     if let Some(t) = &s.first_table {
-        match u32::try_from(*t.get_ref()).map_err(|_| "out of range".to_string()).and_then(TableId::new) {
-            Ok(id) if id.id() > u32::MAX - 512 => {
-                loc.error(t.span(), "settings.first_table: too close to 2^32 to allocate tables after it")
-            }
-            Ok(id) if (253..=255).any(|r| r > id.id() && r < id.id() + 258) => loc.error(
-                t.span(),
-                "settings.first_table: the range symroute allocates from here would cross the kernel's tables 253-255; pick a number above 255 (default 42000)",
-            ),
+        // The range it starts is checked with the mask (`check_table_range`).
+        match u32::try_from(*t.get_ref())
+            .map_err(|_| "out of range".to_string())
+            .and_then(TableId::new)
+        {
             Ok(id) => out.first_table = id,
             Err(e) => loc.error(t.span(), format!("settings.first_table: {e}")),
         }
@@ -408,6 +565,7 @@ fn validate_settings(s: &Sp<raw::RawSettings>, loc: &mut Locator) -> Settings {
         out.on_change = validate_on_change(v, loc);
     }
     out.metrics = validate_metrics(s, loc);
+    out.ha_pair = s.ha_pair.as_ref().is_some_and(|h| *h.get_ref());
     out
 }
 
@@ -907,42 +1065,4 @@ fn validate_match(m: &RawMatch, loc: &mut Locator, names: &dyn Names) -> Selecto
     }
     s.in_interface.dedup();
     s
-}
-
-/// Every decision needs its own value inside the mask; refuse configs that cannot fit.
-fn check_capacity(model: &Model, raw: &RawConfig, loc: &mut Locator) {
-    let first = model.settings.first_priority.get() as usize;
-    let rules = crate::plan::alloc::priorities_needed(model);
-    if first + rules > 32766 {
-        let span = raw
-            .settings
-            .as_ref()
-            .and_then(|s| s.get_ref().first_priority.as_ref().map(|p| p.span()))
-            .unwrap_or(0..0);
-        loc.error(
-            span,
-            format!(
-                "settings.first_priority: {} gateways need {rules} rule priorities from {first}, past main's 32766; use at most {}",
-                model.gateways.len(),
-                32766 - rules
-            ),
-        );
-    }
-    let needed = crate::plan::alloc::values_needed(model);
-    let cap = model.settings.mark_mask.capacity() as usize;
-    if needed > cap {
-        let span = raw
-            .settings
-            .as_ref()
-            .and_then(|s| s.get_ref().mark_mask.as_ref().map(|m| m.span()))
-            .unwrap_or(0..0);
-        loc.error(
-            span,
-            format!(
-                "settings.mark_mask: {} gateways and diverts need {needed} mark values but mask {} holds only {cap}; widen the mask",
-                model.gateways.len(),
-                model.settings.mark_mask
-            ),
-        );
-    }
 }

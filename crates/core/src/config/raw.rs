@@ -29,12 +29,17 @@ pub struct RawSettings {
     pub metrics_allow_remote: Option<Sp<bool>>,
     /// `symroute run`: command(s) run on each gateway up/down change (string or list).
     pub on_change: Option<Sp<toml::Value>>,
+    /// `symroute run`: this box is one of an HA pair (keepalived + conntrackd).
+    pub ha_pair: Option<Sp<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawGateway {
     pub name: Sp<String>,
+    /// Fixes the gateway's mark values and table (`plan::alloc`); derived from the name
+    /// when absent.
+    pub id: Option<Sp<i64>>,
     pub interface: Sp<String>,
     pub via: Option<Sp<String>>,
     pub via6: Option<Sp<String>>,

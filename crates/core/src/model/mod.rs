@@ -8,13 +8,13 @@ pub mod types;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use ipproto::IpProto;
 pub use matching::PacketKeys;
 pub use types::{
-    CgroupPath, Family, IfName, MacAddr, Mark, MarkMask, Name, PortRange, Priority, Protocol,
-    TableId,
+    CgroupPath, Family, GatewayId, IfName, MacAddr, Mark, MarkMask, Name, PortRange, Priority,
+    Protocol, TableId,
 };
 
 /// Index of a gateway in `Model::gateways`; only the validator makes them.
@@ -48,6 +48,11 @@ pub struct Settings {
     /// `symroute run`: shell commands run on every gateway up/down change.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub on_change: Vec<String>,
+    /// `symroute run`: this box is one of an HA pair whose connections conntrackd copies:
+    /// it flushes a dead gateway's connections only while keepalived says it is the
+    /// master (`symroute ha master`), never on a backup.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ha_pair: bool,
 }
 
 impl Default for Settings {
@@ -58,6 +63,7 @@ impl Default for Settings {
             first_priority: Priority::new(3000).expect("constant priority is valid"),
             metrics: None,
             on_change: Vec::new(),
+            ha_pair: false,
         }
     }
 }
@@ -65,12 +71,26 @@ impl Default for Settings {
 #[derive(Debug, Clone, Serialize)]
 pub struct Gateway {
     pub name: Name,
+    /// Fixes its mark values and table (`plan::alloc`).
+    pub id: GatewayId,
+    /// Where `id` came from: `id = N` in the file, or the name.
+    pub id_from: IdFrom,
     pub interface: IfName,
     pub via: Option<NextHop<Ipv4Addr>>,
     pub via6: Option<NextHop<Ipv6Addr>>,
     /// Health checks (`[gateway.check]`); without them only link state counts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<Check>,
+}
+
+/// Where a gateway's id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdFrom {
+    /// `id = N` in the config.
+    Config,
+    /// Derived from the name (`plan::alloc::default_id`).
+    Name,
 }
 
 /// A gateway's next hop for one family: written in the config, or `"auto"`: learned

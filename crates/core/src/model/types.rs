@@ -61,6 +61,28 @@ impl fmt::Display for Mark {
     }
 }
 
+/// A gateway's number: its mark values and its table follow from it alone
+/// (`plan::alloc`), so they keep their meaning however the file lists, adds or removes
+/// gateways and policies. Written as `id = N`, or derived from the gateway's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GatewayId(u32);
+
+impl GatewayId {
+    /// `n` when it is in 1..=`max` (the ids the mark mask holds, `plan::alloc::id_max`).
+    pub fn new(n: u32, max: u32) -> Option<Self> {
+        (1..=max).contains(&n).then_some(Self(n))
+    }
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl fmt::Display for GatewayId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
 /// A routing table id. 0 (unspec) and 253–255 (default, main, local) are the kernel's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct TableId(u32);

@@ -6,6 +6,7 @@ pub mod alloc;
 mod classify;
 pub mod diff;
 pub mod host;
+pub mod markmap;
 pub mod nft;
 pub mod objects;
 
@@ -43,6 +44,8 @@ pub struct GatewayPlan {
     /// Set when new connections may be sent via this gateway: some route_via policy names
     /// it, or `symroute exec --gateway` has its cgroup for it.
     pub route_mark: Option<Mark>,
+    /// The next hop its routes use (IPv4, else IPv6), once known (`via = "auto"`: learned).
+    pub via: Option<IpAddr>,
     pub state: GatewayState,
 }
 
@@ -166,6 +169,11 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
                     .as_ref()
                     .is_some_and(|c| c.exec_exists(g.name.as_str())))
             .then(|| alloc::route_mark(model, GatewayIdx(i))),
+            via: g
+                .via
+                .and_then(NextHop::fixed)
+                .map(IpAddr::V4)
+                .or_else(|| g.via6.and_then(NextHop::fixed).map(IpAddr::V6)),
             state: gateway_state(g, host),
         })
         .collect();
@@ -183,33 +191,37 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
 
     // Rule order: diverts and reply rules first (replies always leave by their arrival
     // path), then main without its default route (LAN, VPN and other specific routes win),
-    // then route_via rules (new connections of a class leave via their gateway).
+    // then route_via rules (new connections of a class leave via their gateway). Each
+    // kind has its fixed priority (`alloc::Slot`): rules of one kind match disjoint mark
+    // values, so they share it, and no rule moves when a gateway comes or goes.
     let mut rules = BTreeSet::new();
     let mut priorities: BTreeSet<Priority> = BTreeSet::new();
     let mut tables = BTreeSet::new();
-    // The first priority is reserved for the skip rule (added below when worth it).
-    let skip_priority = model.settings.first_priority;
+    // The skip rule's priority is reserved (the rule is added below when worth it).
+    let skip_priority = alloc::priority(model, alloc::Slot::Skip);
     priorities.insert(skip_priority);
-    let mut next = skip_priority.get() + 1;
-    let mut take = |priorities: &mut BTreeSet<Priority>| {
-        let p = Priority::new(next).expect("validated priority range");
-        next += 1;
-        priorities.insert(p);
-        p
-    };
-    // Route decisions (even values, the mask's lowest bit clear) jump over the reply
-    // rules straight to `lookup main suppress_prefixlength 0`: every rule a packet walks
-    // costs it a little, and a route-marked packet would walk one per reply gateway.
-    // Worth a rule from 3 reply gateways on (smaller setups keep their numbering).
+    // Route decisions (even values: 2N; every other value is odd, the divert's top one
+    // included) jump over the reply rules straight to `lookup main
+    // suppress_prefixlength 0`: every rule a packet walks costs it a little, and a
+    // route-marked packet would walk one per reply gateway. Worth a rule from 3 reply
+    // gateways on.
     let reply_gateways = gateways.iter().filter(|g| g.reply_mark.is_some()).count();
     let has_route = gateways.iter().any(|g| g.route_mark.is_some());
-    let route_skip = (reply_gateways >= 3 && has_route).then(|| take(&mut priorities));
+    let route_skip =
+        (reply_gateways >= 3 && has_route).then(|| alloc::priority(model, alloc::Slot::RouteSkip));
+    priorities.extend(route_skip);
     // With local reply rules (below), undecided packets the host sends go to the local
     // copy of main and the `from` rules behind it, and all others skip those too: a
     // second skip rule, right after the first.
-    let second_skip = (reply_gateways > 0).then(|| take(&mut priorities));
+    let second_skip = (reply_gateways > 0).then(|| alloc::priority(model, alloc::Slot::SecondSkip));
+    priorities.extend(second_skip);
+    // Where the second skip lands: every `from` rule shares one priority, so a `goto` to
+    // it would walk them all; a `nop` after them ends the walk before foreign rules.
+    let end = second_skip.map(|_| alloc::priority(model, alloc::Slot::End));
+    priorities.extend(end);
     if let Some((mark, table)) = divert {
-        let p = take(&mut priorities);
+        let p = alloc::priority(model, alloc::Slot::Divert);
+        priorities.insert(p);
         tables.insert(table);
         for fam in [Family::Inet4, Family::Inet6] {
             rules.insert(RuleSpec::fwmark(p, fam, mark, mask, table));
@@ -217,7 +229,8 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     }
     for (i, gp) in gateways.iter().enumerate() {
         if let Some(mark) = gp.reply_mark {
-            let p = take(&mut priorities);
+            let p = alloc::priority(model, alloc::Slot::Reply);
+            priorities.insert(p);
             tables.insert(gp.table);
             for fam in families(&learned[i]) {
                 rules.insert(RuleSpec::fwmark(p, fam, mark, mask, gp.table));
@@ -225,7 +238,8 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         }
     }
     if has_route {
-        let p = take(&mut priorities);
+        let p = alloc::priority(model, alloc::Slot::MainWithoutDefault);
+        priorities.insert(p);
         if let Some(skip) = route_skip {
             let low = mask.bits() & mask.bits().wrapping_neg();
             for family in [Family::Inet4, Family::Inet6] {
@@ -254,7 +268,8 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     }
     for (i, gp) in gateways.iter().enumerate() {
         if let Some(mark) = gp.route_mark {
-            let p = take(&mut priorities);
+            let p = alloc::priority(model, alloc::Slot::Route);
+            priorities.insert(p);
             tables.insert(gp.table);
             for fam in families(&learned[i]) {
                 rules.insert(RuleSpec::fwmark(p, fam, mark, mask, gp.table));
@@ -279,7 +294,8 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         .filter(|&i| gateways[i].reply_mark.is_some())
         .collect();
     if !reply_gws.is_empty() {
-        let p = take(&mut priorities);
+        let p = alloc::priority(model, alloc::Slot::LocalMain);
+        priorities.insert(p);
         local_main = Some(p);
         let served: BTreeSet<Family> = reply_gws
             .iter()
@@ -297,10 +313,11 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             });
         }
         let sources = gateway_sources(&learned, &reply_gws, host);
+        // One priority for them all: an address belongs to one gateway at most, so the
+        // rules are disjoint, and renumbering only swaps `from` rules.
+        let p = alloc::priority(model, alloc::Slot::LocalFrom);
+        priorities.insert(p);
         for &i in &reply_gws {
-            // One priority per gateway, taken whether or not it has addresses now, so
-            // renumbering only swaps `from` rules and never moves the others.
-            let p = take(&mut priorities);
             for addr in sources.get(&i).into_iter().flatten() {
                 rules.insert(RuleSpec::from_addr(p, *addr, gateways[i].table));
             }
@@ -330,10 +347,22 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             action: RuleAction::Goto(to),
             suppress_prefixlength: None,
         };
-        match (local_main.filter(|p| ours.contains(p)), second_skip) {
-            (Some(local_main), Some(second)) => {
+        match (
+            local_main.filter(|p| ours.contains(p)),
+            second_skip.zip(end),
+        ) {
+            (Some(local_main), Some((second, end))) => {
                 rules.insert(skip(skip_priority, true, local_main));
-                rules.insert(skip(second, false, last));
+                rules.insert(skip(second, false, end));
+                rules.insert(RuleSpec {
+                    priority: end,
+                    family,
+                    from: None,
+                    iif_lo: false,
+                    fwmark: None,
+                    action: RuleAction::Nop,
+                    suppress_prefixlength: None,
+                });
             }
             _ => {
                 rules.insert(skip(skip_priority, false, last));
@@ -831,9 +860,10 @@ mod route_tests {
     use super::*;
     use crate::config::parse_str;
 
-    const GWS: &str = "[[gateway]]\nname=\"a\"\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n\
-        [[gateway]]\nname=\"b\"\ninterface=\"e1\"\nvia=\"192.0.2.2\"\n\
-        [[gateway]]\nname=\"c\"\ninterface=\"e2\"\nvia=\"192.0.2.3\"\n";
+    // Ids as positions, so marks read as before ids existed (a 0x01000000, b 0x03…, c 0x05…).
+    const GWS: &str = "[[gateway]]\nname=\"a\"\nid=1\ninterface=\"e0\"\nvia=\"192.0.2.1\"\n\
+        [[gateway]]\nname=\"b\"\nid=2\ninterface=\"e1\"\nvia=\"192.0.2.2\"\n\
+        [[gateway]]\nname=\"c\"\nid=3\ninterface=\"e2\"\nvia=\"192.0.2.3\"\n";
 
     fn route(route_via: &str) -> crate::model::Route {
         let cfg = format!("{GWS}[[policy]]\nname=\"p\"\nroute_via={route_via}\n");

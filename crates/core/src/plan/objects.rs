@@ -20,6 +20,9 @@ pub enum RuleAction {
     Lookup(TableId),
     /// Jump to the rule at this priority (skips the rules in between).
     Goto(Priority),
+    /// Nothing: the end of symroute's rules, for a `goto` to land on after all of them
+    /// (and before any foreign rule that follows).
+    Nop,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -109,6 +112,7 @@ impl RuleSpec {
         match self.action {
             RuleAction::Lookup(t) => parts.push(format!("lookup {t}")),
             RuleAction::Goto(p) => parts.push(format!("goto {p}")),
+            RuleAction::Nop => parts.push("nop".into()),
         }
         if let Some(n) = self.suppress_prefixlength {
             parts.push(format!("suppress_prefixlength {n}"));

@@ -14,6 +14,7 @@
 
 mod facts;
 mod marks;
+pub mod peer;
 mod quoting;
 mod routes;
 
@@ -104,14 +105,26 @@ pub const CODES: &[(&str, &str)] = &[
     ("nexthop-not-connected", "a route's gateway is on none of its device's networks (the kernel refuses it when re-added)"),
     ("nexthop-onlink", "a route's gateway is off the device's networks and forced with `onlink`"),
     ("route-no-gateway", "a default route out of an Ethernet interface has no gateway: every destination is resolved by ARP/ND on that link"),
+    ("peer-marks-differ", "`--peer`: a mark value (or the mask) means another path or decision on the other box of an HA pair: connections conntrackd copies lose their path after a failover"),
+    ("peer-mark-missing", "`--peer`: one box has a rule for a mark value the other lacks (expected only while a change reaches one box first)"),
+    ("peer-marks-agree", "`--peer`: every mark value means the same on both boxes"),
 ];
 
 /// Everything doctor finds on `host`, sorted by severity, code, then the quoted rule.
 pub fn doctor(host: &HostState) -> Vec<Finding> {
+    doctor_with_peer(host, None)
+}
+
+/// [`doctor`], and with `peer` (the other box of an HA pair) whether both give every
+/// symroute mark the same meaning ([`peer`]).
+pub fn doctor_with_peer(host: &HostState, peer: Option<&peer::Side>) -> Vec<Finding> {
     let ctx = facts::Ctx::new(host);
     let mut out = Vec::new();
     marks::check(&ctx, &mut out);
     routes::check(&ctx, &mut out);
+    if let Some(p) = peer {
+        out.extend(peer::compare(&peer::side_of_host(host), p));
+    }
     debug_assert!(
         out.iter().all(|f| CODES.iter().any(|(c, _)| *c == f.code)),
         "every code is listed in CODES"

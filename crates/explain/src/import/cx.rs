@@ -34,6 +34,9 @@ pub(super) struct Cx<'h> {
     pub(super) notes: Vec<String>,
     /// Marks the expressed policies and divert replaced (value, mask of ip rule).
     pub(super) marks_replaced: BTreeSet<u32>,
+    /// Gateways get `id = 1, 2, …` in file order: when their names' default ids collide,
+    /// or the mask moves (ids from names would depend on the new mask's width).
+    pub(super) explicit_ids: bool,
 }
 
 impl<'h> Cx<'h> {
@@ -60,6 +63,7 @@ impl<'h> Cx<'h> {
             ours_seen: false,
             notes: Vec::new(),
             marks_replaced: BTreeSet::new(),
+            explicit_ids: false,
         }
     }
 

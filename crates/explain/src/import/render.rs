@@ -56,8 +56,18 @@ impl<'h> Cx<'h> {
         }
 
         let names = policy_names(&policies, &self.gateways);
-        let body = self.render_body(&policies, &policy_notes, &names, None);
-        let settings = self.settings(&body);
+        let mut body = self.render_body(&policies, &policy_notes, &names, None);
+        if symroute_core::config::parse_str(&body, "import").is_err() {
+            // Gateways whose names give the same default id: number them instead.
+            self.explicit_ids = true;
+            body = self.render_body(&policies, &policy_notes, &names, None);
+        }
+        let mut settings = self.settings(&body);
+        if self.mask != DEFAULT_MASK && !self.explicit_ids {
+            self.explicit_ids = true;
+            body = self.render_body(&policies, &policy_notes, &names, None);
+            settings = self.settings(&body);
+        }
         let body = if settings.is_empty() {
             body
         } else {
@@ -167,7 +177,7 @@ impl<'h> Cx<'h> {
             s += "\n";
             s += set;
         }
-        for g in &self.gateways {
+        for (n, g) in self.gateways.iter().enumerate() {
             s += "\n";
             // (table, fwmark) → families, in rule order.
             let mut from: Vec<(String, String, Vec<&str>)> = Vec::new();
@@ -198,6 +208,9 @@ impl<'h> Cx<'h> {
             }
             s += "[[gateway]]\n";
             let _ = writeln!(s, "name = {}", q(&g.name));
+            if self.explicit_ids {
+                let _ = writeln!(s, "id = {}", n + 1);
+            }
             let _ = writeln!(s, "interface = {}", q(&g.interface));
             if let Some(v) = g.via {
                 let _ = writeln!(s, "via = {}", q(&v.to_string()));

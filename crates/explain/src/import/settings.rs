@@ -19,7 +19,9 @@ impl<'h> Cx<'h> {
         let Ok(model) = symroute_core::config::parse_str(body, "import") else {
             return String::new();
         };
-        let needed = symroute_core::plan::alloc::values_needed(&model).max(1) as u32;
+        // A moved mask comes with ids 1..=n (see `Cx::explicit_ids`): values up to 2n, and
+        // the divert's top value above them.
+        let needed = 2 * model.gateways.len() as u32 + 1;
         let mut lines = String::new();
         if self.kept_bits & DEFAULT_MASK != 0 {
             if let Some(mask) = choose_mask(self.kept_bits, needed) {
@@ -51,7 +53,18 @@ impl<'h> Cx<'h> {
                 );
             }
         }
-        // Priorities and tables of what stays.
+        // Priorities and tables of what stays, with the mask chosen (tables depend on it).
+        let model = if self.mask == DEFAULT_MASK {
+            model
+        } else {
+            match symroute_core::config::parse_str(
+                &format!("[settings]\nmark_mask = \"{:#010x}\"\n{body}", self.mask),
+                "import",
+            ) {
+                Ok(m) => m,
+                Err(_) => model,
+            }
+        };
         let plan = symroute_core::plan::build(&model, &self.host.host_view());
         let kept_prios: BTreeSet<u32> = self
             .rules_left()
@@ -63,8 +76,10 @@ impl<'h> Cx<'h> {
             .filter(|r| !Self::ours(&r.protocol))
             .map(|r| r.table)
             .collect();
-        let np = plan.priorities.len().max(1) as u32;
-        let nt = plan.tables.len().max(1) as u32;
+        // The spans symroute may use (`plan::alloc`): fixed priority slots, and a table per
+        // gateway id the mask holds plus the divert's.
+        let np = symroute_core::plan::alloc::SLOTS;
+        let nt = symroute_core::plan::alloc::id_max(model.settings.mark_mask) + 1;
         if plan
             .priorities
             .iter()

@@ -283,7 +283,7 @@ fn two_isps_first_packet_and_replies() {
     // SYN from the client on up1 to the firewall's SMTP: decision stored, packet unmarked.
     let syn = PacketCtx::new(TCP, sa("192.0.2.10:40000"), sa("203.0.113.2:25")).with_iif("up1");
     let r = evaluate(&rs, Hook::Prerouting, &syn);
-    assert_eq!(marks(&r), (0, 0x0100_0000), "{:#?}", r.steps);
+    assert_eq!(marks(&r), (0, 0x3300_0000), "{:#?}", r.steps);
     let taken: Vec<&str> = r
         .steps
         .iter()
@@ -300,7 +300,7 @@ fn two_isps_first_packet_and_replies() {
     let mut synack = syn.reply();
     synack.ct.mark = r.ctx_after.ct.mark;
     let out = evaluate(&rs, Hook::Output, &synack);
-    assert_eq!(marks(&out), (0x0100_0000, 0x0100_0000));
+    assert_eq!(marks(&out), (0x3300_0000, 0x3300_0000));
     assert!(out.reroute);
     // The DNAT-ed LAN server's answer arrives on lan0: marked in prerouting.
     let mut lan_reply =
@@ -308,15 +308,15 @@ fn two_isps_first_packet_and_replies() {
     lan_reply.ct = CtCtx {
         state: CtState::Established,
         direction: CtDirection::Reply,
-        mark: 0x0100_0000,
+        mark: 0x3300_0000,
     };
     assert_eq!(
         marks(&evaluate(&rs, Hook::Prerouting, &lan_reply)),
-        (0x0100_0000, 0x0100_0000)
+        (0x3300_0000, 0x3300_0000)
     );
     // Arriving on up2: isp2's decision; on lan0: none.
     let r = evaluate(&rs, Hook::Prerouting, &syn.clone().with_iif("up2"));
-    assert_eq!(marks(&r), (0, 0x0300_0000));
+    assert_eq!(marks(&r), (0, 0xf500_0000));
     let r = evaluate(&rs, Hook::Prerouting, &syn.clone().with_iif("lan0"));
     assert_eq!(marks(&r), (0, 0));
     // Foreign bits of the conntrack mark are kept.
@@ -324,21 +324,21 @@ fn two_isps_first_packet_and_replies() {
     foreign.ct.mark = 0x0000_4000;
     assert_eq!(
         marks(&evaluate(&rs, Hook::Prerouting, &foreign)),
-        (0, 0x0100_4000)
+        (0, 0x3300_4000)
     );
     // Already decided (our bits set): not classified again.
     let mut decided = syn.clone().with_iif("up2");
-    decided.ct.mark = 0x0100_0000;
+    decided.ct.mark = 0x3300_0000;
     assert_eq!(
         marks(&evaluate(&rs, Hook::Prerouting, &decided)),
-        (0, 0x0100_0000)
+        (0, 0x3300_0000)
     );
     // IPv6 the same.
     let syn6 =
         PacketCtx::new(TCP, sa("[2001:db8:c::10]:40000"), sa("[2001:db8:1::2]:25")).with_iif("up1");
     assert_eq!(
         marks(&evaluate(&rs, Hook::Prerouting, &syn6)),
-        (0, 0x0100_0000)
+        (0, 0x3300_0000)
     );
 }
 
@@ -349,12 +349,12 @@ fn proxy_relay_by_mac_and_not_source() {
         .with_iif("eth0")
         .with_src_mac(PROXY_MAC);
     let r = evaluate(&rs, Hook::Prerouting, &syn);
-    assert_eq!(marks(&r), (0, 0x0100_0000));
+    assert_eq!(marks(&r), (0, 0xbd00_0000));
     let mut reply = syn.reply();
-    reply.ct.mark = 0x0100_0000;
+    reply.ct.mark = 0xbd00_0000;
     assert_eq!(
         marks(&evaluate(&rs, Hook::Output, &reply)),
-        (0x0100_0000, 0x0100_0000)
+        (0xbd00_0000, 0xbd00_0000)
     );
     // Not from the proxy, or from the relays' own network: no decision.
     assert_eq!(
@@ -374,7 +374,7 @@ fn proxy_relay_by_mac_and_not_source() {
         .with_src_mac(PROXY_MAC);
     assert_eq!(
         marks(&evaluate(&rs, Hook::Prerouting, &syn6)),
-        (0, 0x0100_0000)
+        (0, 0xbd00_0000)
     );
 }
 
@@ -435,12 +435,12 @@ fn failover_example_shares_by_numgen_and_remembers_sources() {
     // share with its percentages, and that the source is remembered; nothing uncertain.
     let syn = PacketCtx::new(TCP, sa("10.77.0.10:40000"), sa("8.8.8.8:443")).with_iif("lan0");
     let r = evaluate(&rs, Hook::Prerouting, &syn);
-    assert_eq!(marks(&r), (0x0200_0000, 0x0200_0000), "{:#?}", r.steps);
+    assert_eq!(marks(&r), (0x3400_0000, 0x3400_0000), "{:#?}", r.steps);
     assert!(!r.uncertain, "{:#?}", r.steps);
     let notes: Vec<&str> = r.steps.iter().filter_map(|s| s.note.as_deref()).collect();
     assert!(
         notes.iter().any(|n| n.contains(
-            "random share of new connections: 75% goto pick_p1_2000000, 25% goto pick_p1_4000000"
+            "random share of new connections: 75% goto pick_p1_34000000, 25% goto pick_p1_f6000000"
         )),
         "{notes:#?}"
     );
@@ -448,23 +448,23 @@ fn failover_example_shares_by_numgen_and_remembers_sources() {
         notes
             .iter()
             .any(|n| n
-                .contains("remembers this packet's ip saddr in dynamic set @sticky_p1_2000000_4")),
+                .contains("remembers this packet's ip saddr in dynamic set @sticky_p1_34000000_4")),
         "{notes:#?}"
     );
     assert!(
-        !notes.iter().any(|n| n.contains("@sticky_p1_2000000_6")),
+        !notes.iter().any(|n| n.contains("@sticky_p1_34000000_6")),
         "an IPv4 packet is not put in the IPv6 set: {notes:#?}"
     );
     // The plain share (any other LAN traffic): numgen straight to the ct mark chain.
     let other = PacketCtx::new(UDP, sa("10.77.0.200:40000"), sa("8.8.8.8:53")).with_iif("lan0");
     let r = evaluate(&rs, Hook::Prerouting, &other);
-    assert_eq!(marks(&r), (0x0200_0000, 0x0200_0000), "{:#?}", r.steps);
-    assert!(r.steps.iter().any(|s| s.chain.ends_with("ctmark_2000000")));
+    assert_eq!(marks(&r), (0x3400_0000, 0x3400_0000), "{:#?}", r.steps);
+    assert!(r.steps.iter().any(|s| s.chain.ends_with("ctmark_34000000")));
     // The failover list, isp1 up: isp1's route mark.
     let local = PacketCtx::new(TCP, sa("198.51.100.2:40000"), sa("8.8.8.8:25"));
     assert_eq!(
         marks(&evaluate(&rs, Hook::Output, &local)),
-        (0x0200_0000, 0x0200_0000)
+        (0x3400_0000, 0x3400_0000)
     );
 }
 
@@ -657,7 +657,7 @@ fn ir_serializes() {
     assert_eq!(v["chains"][0]["family"], "inet");
     let syn = PacketCtx::new(TCP, sa("192.0.2.10:40000"), sa("203.0.113.2:25")).with_iif("up1");
     let r = serde_json::to_value(evaluate(&rs, Hook::Prerouting, &syn)).unwrap();
-    assert_eq!(r["ctx_after"]["ct"]["mark"], "0x01000000");
+    assert_eq!(r["ctx_after"]["ct"]["mark"], "0x33000000");
 }
 
 // ---------------------------------------------------------------------------------------

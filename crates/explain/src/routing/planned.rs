@@ -29,6 +29,7 @@ impl RuleEntry {
             action: match spec.action {
                 plan::RuleAction::Lookup(t) => RuleAction::Lookup(t.id()),
                 plan::RuleAction::Goto(p) => RuleAction::Goto(p.get()),
+                plan::RuleAction::Nop => RuleAction::Nop,
             },
             unresolved: false,
             suppress_prefixlength: spec.suppress_prefixlength,

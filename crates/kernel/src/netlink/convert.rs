@@ -164,6 +164,7 @@ pub fn rule_message(spec: &RuleSpec) -> RuleMessage {
             msg.header.action = NlAction::Goto;
             attrs.push(RuleAttribute::Goto(target.get()));
         }
+        RuleAction::Nop => msg.header.action = NlAction::Nop,
     }
     if let Some(len) = spec.suppress_prefixlength {
         attrs.push(RuleAttribute::SuppressPrefixLen(len.into()));
@@ -236,6 +237,7 @@ pub fn rule_spec(msg: &RuleMessage) -> Option<RuleSpec> {
     let family = family_of(msg.header.family)?;
     let action = match msg.header.action {
         NlAction::Goto => RuleAction::Goto(Priority::from_kernel(rule_goto(msg)?)),
+        NlAction::Nop => RuleAction::Nop,
         NlAction::ToTable => match rule_table(msg) {
             0 => return None,
             t => RuleAction::Lookup(TableId::from_kernel(t)),
@@ -767,6 +769,16 @@ mod tests {
             },
             RuleSpec::from_addr(p(3006), "203.0.113.2".parse().unwrap(), t(42000)),
             RuleSpec::from_addr(p(3006), "2001:db8:1::2".parse().unwrap(), t(42000)),
+            // The end marker the second skip rule lands on.
+            RuleSpec {
+                priority: p(3008),
+                family: Family::Inet6,
+                from: None,
+                iif_lo: false,
+                fwmark: None,
+                action: RuleAction::Nop,
+                suppress_prefixlength: None,
+            },
         ]
     }
 

@@ -457,9 +457,11 @@ fn the_cgroup2_hierarchy_is_found_wherever_it_is_mounted() {
             &["plan", "--script", "--netns", fw.name(), "-c", &path],
         );
         assert_eq!(plan.code, 0, "{}", plan.stderr);
+        // Cgroups are always in named sets (see plan::nft::always_named).
         assert!(
-            plan.stdout
-                .contains(&format!("socket cgroupv2 level 2 {named}")),
+            plan.stdout.contains("type cgroupsv2")
+                && plan.stdout.contains(&format!("elements = {{ {named} }}"))
+                && plan.stdout.contains("socket cgroupv2 level 2 @p0_cg2"),
             "{mounts}\n{}",
             plan.stdout
         );
@@ -471,4 +473,71 @@ fn the_cgroup2_hierarchy_is_found_wherever_it_is_mounted() {
         symroute_in(fw, "remove", None, &[]).ok();
         assert_eq!(uplink(fw, &inside, TwoIsps::SERVER_V4.into()), "isp2");
     }
+}
+
+/// The fingerprint chain's name of `ns`'s table: which table is loaded.
+fn loaded_table(ns: &Netns) -> String {
+    let out = ns
+        .exec(&["nft", "-t", "list", "table", "inet", "symroute"])
+        .unwrap_or_default();
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("chain fingerprint_"))
+        .unwrap_or("none")
+        .trim_end_matches(" {")
+        .to_string()
+}
+
+/// A table naming cgroups is put back after a failed apply from the text symroute kept
+/// when it loaded it (listing it would make nft walk the cgroup tree for each cgroup),
+/// with the sources its sticky share remembered since.
+#[test]
+fn a_failed_apply_puts_back_a_table_naming_cgroups() {
+    let lab = lab();
+    let fw = &lab.t.fw;
+    let mut cg = TestCgroups::new();
+    let service = cg.make("backup.service");
+    let config = |extra: &str| {
+        format!(
+            "{GATEWAYS}\n[[policy]]\nname = \"backup\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = \"{service}\"\n\
+             [[policy]]\nname = \"lan\"\nroute_via = {{ isp1 = 1, isp2 = 1 }}\nsticky = \"10m\"\n[policy.match]\nin_interface = \"lan0\"\n{extra}"
+        )
+    };
+    let _remove = RemoveOnDrop(fw);
+    symroute_in(fw, "apply", Some(&config("")), &[]).ok();
+    let before = loaded_table(fw);
+    let kept = support::run_file(fw, "table.nft");
+    assert!(
+        std::fs::read_to_string(&kept).is_ok_and(|t| t.contains(&format!("fingerprint_{before}"))),
+        "{}",
+        kept.display()
+    );
+    // The LAN host's connection puts its address in a sticky set.
+    assert!(lab.t.lan_path_now(false, Duration::from_secs(3)).is_some());
+    let remembered = || {
+        fw.exec(&["nft", "list", "table", "inet", "symroute"])
+            .unwrap()
+            .contains("10.77.0.10")
+    };
+    assert!(remembered());
+    let failed = symroute_in(
+        fw,
+        "apply",
+        Some(&config(
+            "[[policy]]\nname = \"more\"\nroute_via = \"isp2\"\n[policy.match]\nuser = 4242\n",
+        )),
+        &["--inject-failure", "rules"],
+    );
+    assert_eq!(failed.code, 1, "{}", failed.stderr);
+    assert!(
+        failed
+            .stderr
+            .contains("rolled back: the host is as it was before this apply"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(loaded_table(fw), before);
+    assert!(remembered(), "the sticky source survives the rollback");
+    let inside = in_cgroup(&cg.procs("backup.service"));
+    let inside: Vec<&str> = inside.iter().map(String::as_str).collect();
+    assert_eq!(uplink(fw, &inside, TwoIsps::SERVER_V4.into()), "isp1");
 }

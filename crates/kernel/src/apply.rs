@@ -87,7 +87,7 @@ fn apply_locked_for(
         return Ok(ApplyReport { plan, changes });
     }
     let (saved_table, unrestorable) = match (&changes.nft, &observed.nft_fingerprint) {
-        (Some(_), Some(_)) => match restorable_table()? {
+        (Some(_), Some(fp)) => match restorable_table(fp)? {
             Some(text) => (Some(text), false),
             None => (None, true),
         },
@@ -126,6 +126,7 @@ fn apply_locked_for(
     }
     if changes.nft.is_some() {
         record_table_digest()?;
+        record_table(Some(&plan.nft))?;
     }
     Ok(ApplyReport { plan, changes })
 }
@@ -135,12 +136,21 @@ fn apply_locked_for(
 /// element's comment, added by someone else): nft syntax has no quoting for names, so
 /// replaying such text would run the name as commands. The check reads the JSON
 /// listing, where every name is a JSON string (data), before the text is read.
-fn restorable_table() -> Result<Option<String>, KernelError> {
-    let args = ["-j", "list", "table", "inet", nft::TABLE];
-    let json = cmd::run("nft", &args, None)?;
+fn restorable_table(fingerprint: &str) -> Result<Option<String>, KernelError> {
+    if let Some(text) = recorded_table(fingerprint)? {
+        return Ok(Some(text));
+    }
+    literal_listing(&["list", "table", "inet", nft::TABLE])
+}
+
+/// `nft ARGS` (a listing), when everything in it reads back literally: the JSON listing
+/// is checked first, where every name is a JSON string (data), then the text is read.
+fn literal_listing(args: &[&str]) -> Result<Option<String>, KernelError> {
+    let json_args: Vec<&str> = std::iter::once("-j").chain(args.iter().copied()).collect();
+    let json = cmd::run("nft", &json_args, None)?;
     let listing: serde_json::Value =
         serde_json::from_str(&json).map_err(|e| KernelError::Parse {
-            cmd: format!("nft {}", args.join(" ")),
+            cmd: format!("nft {}", json_args.join(" ")),
             detail: e.to_string(),
         })?;
     let items = listing["nftables"].as_array().into_iter().flatten();
@@ -150,11 +160,70 @@ fn restorable_table() -> Result<Option<String>, KernelError> {
     {
         return Ok(None);
     }
-    Ok(Some(cmd::run(
-        "nft",
-        &["list", "table", "inet", nft::TABLE],
-        None,
-    )?))
+    Ok(Some(cmd::run("nft", args, None)?))
+}
+
+/// Where the text of a table naming cgroups is kept after symroute loaded it.
+fn recorded_table_path() -> Result<std::path::PathBuf, KernelError> {
+    rundir::netns_file("table.nft")
+}
+
+/// Keeps the text of the table just loaded when it names cgroups (`None`: no table, or
+/// one without), for [`recorded_table`]. Listing such a table makes nft look for each
+/// cgroup by walking /sys/fs/cgroup: ~0.5-1 s for ten cgroups on a tree of 600 (measured
+/// here), which every apply that replaces the table (a failover, a cgroup appearing)
+/// would pay to save what a rollback puts back.
+pub(crate) fn record_table(text: Option<&str>) -> Result<(), KernelError> {
+    let p = recorded_table_path()?;
+    match text.filter(|t| t.contains("type cgroupsv2")) {
+        Some(t) => rundir::write(&p, t.as_bytes()),
+        None => rundir::remove(&p).map(drop),
+    }
+}
+
+/// The table as symroute last loaded it, when it named cgroups and is still exactly that
+/// table (the fingerprint in its comment, and no rule added, deleted or replaced since:
+/// the digest recorded then), with the current elements of its dynamic sticky sets
+/// (listed one by one: they hold addresses, never cgroups). `None`: list it instead.
+fn recorded_table(fingerprint: &str) -> Result<Option<String>, KernelError> {
+    let Some(mut text) = rundir::read(&recorded_table_path()?)? else {
+        return Ok(None);
+    };
+    if !text.contains(&format!("\tcomment \"symroute {fingerprint}\"\n")) {
+        return Ok(None);
+    }
+    let recorded = state::load()?.table_digest;
+    if recorded.is_none() || observe::table_digest()? != recorded {
+        return Ok(None);
+    }
+    let sticky: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("\tset sticky_")?.strip_suffix(" {"))
+        .map(|rest| format!("sticky_{rest}"))
+        .collect();
+    for name in sticky {
+        // Our own names (`sticky_p1_2000000_4`), from our own text: plain words.
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Ok(None);
+        }
+        // As `restorable_table`: only text that reads back literally is replayed (an
+        // element's comment added by someone else could hold anything).
+        let Some(listing) = literal_listing(&["list", "set", "inet", nft::TABLE, &name])? else {
+            return Ok(None);
+        };
+        let (Some(old), Some(new)) = (set_block(&text, &name), set_block(&listing, &name)) else {
+            return Ok(None);
+        };
+        text = text.replacen(&old, &new, 1);
+    }
+    Ok(Some(text))
+}
+
+/// `\tset NAME {` … `\t}\n` in a table's text.
+fn set_block(text: &str, name: &str) -> Option<String> {
+    let start = text.find(&format!("\tset {name} {{\n"))?;
+    let len = text[start..].find("\n\t}\n")? + 4;
+    Some(text[start..start + len].to_string())
 }
 
 /// Whether a piece of `nft -j` output names a cgroup by its bare id: nft found no cgroup
@@ -274,6 +343,7 @@ pub fn remove() -> Result<Changes, KernelError> {
     };
     execute(&changes, Faults::default(), true)?;
     state::save(&state::State::default())?;
+    record_table(None)?;
     // A pending `apply --confirm` (by hand or a stopped daemon's) would put back what
     // was there before it: after a remove, nothing is left to confirm or roll back.
     let _ = super::confirm::forget();
@@ -510,7 +580,7 @@ pub(crate) fn roll_back(
     let saved = state::save(state_before);
     // The table put back has new rule handles.
     let digest = if nft_changed {
-        record_table_digest()
+        record_table_digest().and(record_table(saved_table))
     } else {
         Ok(())
     };

@@ -42,7 +42,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::model::{Family, Mark, MarkMask, Model, Prefixes, Selector};
 
 use super::host::Cgroups;
-use super::nft::{selector_variants, set_mark, INLINE_MAX};
+use super::nft::{always_named, selector_variants, set_mark, INLINE_MAX};
 
 /// A lookup: one verdict map per key type (and family) a block uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -663,7 +663,7 @@ impl<'a> Classifier<'a> {
         elements: &[String],
         sets: &mut String,
     ) -> String {
-        if elements.len() <= INLINE_MAX {
+        if elements.len() <= INLINE_MAX && !always_named(key_type) {
             return format!("{{ {} }}", elements.join(", "));
         }
         let flags = if interval { "\t\tflags interval\n" } else { "" };

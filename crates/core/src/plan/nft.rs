@@ -20,6 +20,14 @@ pub const TABLE: &str = "symroute";
 /// Lists longer than this go into a named set (kept out of the rule text, same lookup cost).
 pub(super) const INLINE_MAX: usize = 16;
 
+/// Whether a list of this nft type must be a named set or map, however short: nft prints
+/// a cgroup (`cgroupsv2`) by walking /sys/fs/cgroup for the directory with its id, which
+/// takes ~60 ms per value on a tree of 600 cgroups, and `nft -t list` (what observe
+/// runs on every pass) leaves out the elements of named sets only.
+pub(super) fn always_named(nft_type: &str) -> bool {
+    nft_type == "cgroupsv2"
+}
+
 /// The atomic replace: `add` makes sure the table exists so `delete` cannot fail, and the
 /// whole input is one transaction (nft 1.0.6 has no `destroy`).
 pub fn replace_script(table_text: &str) -> String {
@@ -212,9 +220,14 @@ pub fn render(
             .iter()
             .map(|(i, path)| format!("{path} : goto xset_g{i}"))
             .collect();
-        exec_rules.push(format!(
-            "socket cgroupv2 level {level} vmap {{ {} }}",
+        // A named map, as every cgroup list (see `always_named`).
+        let _ = writeln!(
+            sets,
+            "\tmap exec_cg{level} {{\n\t\ttype cgroupsv2 : verdict\n\t\telements = {{ {} }}\n\t}}",
             items.join(", ")
+        );
+        exec_rules.push(format!(
+            "socket cgroupv2 level {level} vmap @exec_cg{level}"
         ));
     }
     for &(i, _) in exec.values().flatten() {
@@ -500,8 +513,10 @@ fn list(
     sets: &mut String,
 ) -> String {
     match items {
-        [one] => one.clone(),
-        _ if items.len() <= INLINE_MAX => format!("{{ {} }}", items.join(", ")),
+        [one] if !always_named(set_type) => one.clone(),
+        _ if items.len() <= INLINE_MAX && !always_named(set_type) => {
+            format!("{{ {} }}", items.join(", "))
+        }
         _ => {
             let flags = if interval { "\n\t\tflags interval" } else { "" };
             let _ = writeln!(

@@ -237,6 +237,20 @@ fn exec_uplink(fw: &Netns, config: Option<&str>, gw: &str, server: IpAddr) -> St
     )
 }
 
+/// How long `symroute exec --gateway GW -- true` takes (its own work before CMD, and
+/// CMD's start), median of 7 runs.
+fn exec_overhead(fw: &Netns, config: Option<&str>, gw: &str) -> Duration {
+    let mut took: Vec<Duration> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            symroute_in(fw, "exec", config, &["--gateway", gw, "--", "true"]).ok();
+            t.elapsed()
+        })
+        .collect();
+    took.sort();
+    took[3]
+}
+
 /// The exec cgroups of `fw`'s namespace (below the hierarchy's `symroute.exec`).
 fn exec_cgroups(fw: &Netns) -> Vec<String> {
     let h = symroute::kernel::cgroup::hierarchy().expect("cgroup2");
@@ -331,6 +345,10 @@ fn exec_sends_a_command_via_each_gateway_without_a_policy() {
         args.extend(cmd);
         symroute_in(fw, "exec", Some(GATEWAYS), &args).code
     };
+    println!(
+        "symroute exec -- true without a daemon: {:?} (median of 7)",
+        exec_overhead(fw, Some(GATEWAYS), "isp1")
+    );
     assert_eq!(status(&["sh", "-c", "exit 7"]), 7);
     assert_eq!(status(&["true"]), 0);
     assert_eq!(status(&["/nonexistent/command"]), 127);
@@ -364,6 +382,25 @@ fn exec_sends_a_command_via_each_gateway_without_a_policy() {
     );
     assert!(!down.stdout.contains("ran"));
     fw.ip("link set up1 up").unwrap();
+    // Root only.
+    let user = Command::new("setpriv")
+        .args([
+            "--reuid",
+            &USER.to_string(),
+            "--regid",
+            &USER.to_string(),
+            "--clear-groups",
+        ])
+        .arg(env!("CARGO_BIN_EXE_symroute"))
+        .args(["exec", "--gateway", "isp1", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(user.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&user.stderr).contains("symroute exec needs root"),
+        "{}",
+        String::from_utf8_lossy(&user.stderr)
+    );
     // remove takes the exec cgroups away once nothing runs in them.
     symroute_in(fw, "remove", None, &[]).ok();
     assert!(exec_cgroups(fw).is_empty(), "{:?}", exec_cgroups(fw));
@@ -379,6 +416,10 @@ fn exec_under_the_daemon_uses_its_config() {
             assert_eq!(exec_uplink(fw, None, gw, server), gw, "{server}");
         }
     }
+    println!(
+        "symroute exec -- true under symroute run: {:?} (median of 7)",
+        exec_overhead(fw, None, "isp1")
+    );
     // The masquerade is there only while something runs in an exec cgroup: gone again
     // once the commands have exited.
     d.wait_log("after a change (cgroup)", Duration::from_secs(5));

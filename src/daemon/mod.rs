@@ -157,6 +157,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         netns: opts.netns,
         cgroup_watch,
         waiting: BTreeSet::new(),
+        cgroups: BTreeSet::new(),
     };
     // A pending `apply --confirm` of a previous daemon goes on where it was.
     if let Some((config, model, pending)) = pending::resume() {
@@ -248,8 +249,10 @@ struct Daemon {
     netns: Option<String>,
     /// Follows the cgroups the plan may match (restarted with a new config).
     cgroup_watch: Option<cgroups::Watch>,
-    /// (policy, cgroup) pairs not matched at the last reconcile, to log what changed.
+    /// (policy, cgroup) pairs not matched at the last reconcile, and all those the
+    /// config names, to log what changed.
     waiting: BTreeSet<(String, String)>,
+    cgroups: BTreeSet<(String, String)>,
 }
 
 impl Daemon {
@@ -335,7 +338,7 @@ impl Daemon {
         let report = report?;
         let took = started.elapsed().as_millis();
         self.log_gateways(&report.plan, matches!(why, Why::Start));
-        self.log_waiting(&report.plan, matches!(why, Why::Start));
+        self.log_waiting(&report.plan);
         // Gateways seen up before and down now (not those found down at startup).
         let went_down: Vec<_> = self
             .gateways_observed(&report.plan)
@@ -607,34 +610,48 @@ impl Daemon {
         }
     }
 
-    /// Log the cgroups of policies that became matched or waiting (at startup: those
-    /// waiting).
-    fn log_waiting(&mut self, plan: &Plan, start: bool) {
-        let now: BTreeSet<(String, String)> = plan
+    /// Log the cgroups of policies that became matched or waiting: one the last plan
+    /// matched is gone; one new to it (at startup, or a reloaded config's) does not exist
+    /// yet; one that waited exists now.
+    fn log_waiting(&mut self, plan: &Plan) {
+        let waiting: BTreeMap<(String, String), &str> = plan
             .policies
             .iter()
-            .flat_map(|p| p.waiting.iter().map(|w| (p.name.clone(), w.cgroup.clone())))
-            .collect();
-        for (policy, cgroup) in now.difference(&self.waiting) {
-            if start {
-                let why = plan
-                    .policies
+            .flat_map(|p| {
+                p.waiting
                     .iter()
-                    .filter(|p| &p.name == policy)
-                    .flat_map(|p| &p.waiting)
-                    .find(|w| &w.cgroup == cgroup)
-                    .map_or("", |w| w.why);
-                info!("policy {policy}: cgroup {cgroup} {why}; its connections are matched once it exists");
-            } else {
+                    .map(|w| ((p.name.clone(), w.cgroup.clone()), w.why))
+            })
+            .collect();
+        let named: BTreeSet<(String, String)> = self
+            .model
+            .policies
+            .iter()
+            .flat_map(|p| {
+                p.selector
+                    .cgroup
+                    .iter()
+                    .map(|c| (p.name.to_string(), c.to_string()))
+            })
+            .collect();
+        for ((policy, cgroup), why) in &waiting {
+            let pair = (policy.clone(), cgroup.clone());
+            if self.waiting.contains(&pair) {
+                continue;
+            }
+            if self.cgroups.contains(&pair) {
                 info!("policy {policy}: cgroup {cgroup} is gone; its connections are matched again once it exists");
+            } else {
+                info!("policy {policy}: cgroup {cgroup} {why}; its connections are matched once it exists");
             }
         }
-        if !start {
-            for (policy, cgroup) in self.waiting.difference(&now) {
+        for pair @ (policy, cgroup) in &self.waiting {
+            if named.contains(pair) && !waiting.contains_key(pair) {
                 info!("policy {policy}: cgroup {cgroup} exists now; its connections are matched");
             }
         }
-        self.waiting = now;
+        self.waiting = waiting.into_keys().collect();
+        self.cgroups = named;
     }
 
     /// Log gateways whose state changed (at startup: those not up).

@@ -215,6 +215,19 @@ fn a_cgroup_made_after_the_daemon_started_is_matched_within_a_second() {
             Duration::from_secs(5),
         );
     }
+    // A reload naming another cgroup: it does not exist yet (it is not "gone").
+    let later = cg.path("later.service");
+    std::fs::write(
+        d.config_path(),
+        format!("{config}[[policy]]\nname = \"later\"\nroute_via = \"isp2\"\n[policy.match]\ncgroup = \"{later}\"\n"),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    d.wait_log(
+        &format!("policy later: cgroup {later} does not exist yet"),
+        Duration::from_secs(5),
+    );
+    assert!(!d.log().contains(&format!("cgroup {later} is gone")));
     println!("cgroup made -> matched (daemon applied) in {took:?}");
     for t in &took {
         assert!(*t < Duration::from_secs(1), "{took:?}");

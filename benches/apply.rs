@@ -490,12 +490,10 @@ fn peak_rss(ns: &Netns, cfg: &ConfigFile) -> anyhow::Result<()> {
         if !r.ok {
             anyhow::bail!("apply failed: {}", r.stderr);
         }
-        // SAFETY: getrusage fills the struct we pass.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+        let ru = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)?;
         println!(
             "peak RSS {} kB (getrusage RUSAGE_CHILDREN maxrss: the largest child this bench ever reaped, an upper bound)",
-            ru.ru_maxrss
+            ru.max_rss()
         );
     }
     // symroute alone, without children: the plan for `symroute check` is built in-process

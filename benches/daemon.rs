@@ -377,8 +377,7 @@ impl<'a> Daemon<'a> {
                 .collect();
             // utime and stime are fields 14 and 15 (1-based); after "pid (comm)" they are 11 and 12 (0-based).
             let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-            // SAFETY: sysconf has no preconditions.
-            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+            let hz = common::clock_ticks_per_second();
             Ok(ticks / hz * 1e3)
         };
         let a = cpu()?;

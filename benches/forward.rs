@@ -45,6 +45,8 @@ use std::time::{Duration, Instant};
 
 use common::shapes::{Shape, SHAPES};
 use common::*;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
 use symroute::lab::{veth, Netns};
 
 const REPEATS: usize = 3;
@@ -652,9 +654,9 @@ impl Trafgen {
     /// Returns what trafgen printed.
     fn stop(mut self) -> anyhow::Result<String> {
         let child = self.0.take().expect("running");
-        let pgid = child.id() as libc::pid_t;
-        // SAFETY: signalling the process group we created for this child.
-        unsafe { libc::kill(-pgid, libc::SIGINT) };
+        let group = Pid::from_raw(child.id() as i32);
+        // The process group we created for this child.
+        let _ = killpg(group, Signal::SIGINT);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let _ = tx.send(child.wait_with_output());
@@ -662,8 +664,7 @@ impl Trafgen {
         let out = match rx.recv_timeout(Duration::from_secs(5)) {
             Ok(r) => r?,
             Err(_) => {
-                // SAFETY: as above.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                let _ = killpg(group, Signal::SIGKILL);
                 rx.recv()??
             }
         };
@@ -678,8 +679,8 @@ impl Trafgen {
 impl Drop for Trafgen {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
-            // SAFETY: signalling the process group we created for this child.
-            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            // The process group we created for this child.
+            let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
             let _ = child.wait();
         }
     }
@@ -781,8 +782,7 @@ fn measure(lab: &Lab, traffic: Traffic) -> anyhow::Result<Sample> {
             "rtr forwarded nothing during the window ({c0} -> {c1}); trafgen said:\n{printed}"
         );
     }
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = common::clock_ticks_per_second();
     let cpu_s = cpu1.saturating_sub(cpu0) as f64 / hz;
     let wall_pps = (c1 - c0) as f64 / (t1 - t0).as_secs_f64();
     Ok(Sample {

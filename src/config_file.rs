@@ -117,8 +117,7 @@ const WRITABLE_BY_OTHERS: u32 = 0o022;
 
 /// Whether `uid` may own what root runs: root itself, or the user running symroute.
 fn trusted_owner(uid: u32) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    uid == 0 || uid == unsafe { libc::geteuid() }
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 
 /// Refuses a config whose `on_change` hooks someone else could rewrite: the file (as read,

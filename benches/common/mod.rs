@@ -22,8 +22,7 @@ pub const BIG_ITEMS: usize = 10_000;
 
 /// Fails early, with a useful message, when the benchmark can't run here.
 pub fn require_root(tools: &[&str]) {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         eprintln!("this benchmark builds network namespaces and needs root");
         std::process::exit(1);
     }
@@ -280,3 +279,9 @@ pub fn checked_items(config: &ConfigFile) -> anyhow::Result<(usize, String)> {
     Ok((n, line))
 }
 pub mod shapes;
+
+/// Clock ticks per second (`/proc` counts CPU time in them).
+pub fn clock_ticks_per_second() -> f64 {
+    use nix::unistd::{sysconf, SysconfVar};
+    sysconf(SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64
+}

@@ -1,6 +1,6 @@
-//! `apply --confirm SECS` without a daemon: the guard (`symroute confirm-watch`) is
-//! started and armed before the first change (see `symroute::kernel::confirm`), and
-//! `confirm-watch` itself.
+//! `symroute confirm`; `apply --confirm SECS` without a daemon: the guard
+//! (`symroute confirm-watch`) is started and armed before the first change (see
+//! `symroute::kernel::confirm`); and `confirm-watch` itself.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -12,6 +12,40 @@ use anyhow::Context;
 use symroute::kernel::clock::BootTime;
 use symroute::kernel::confirm::{self, GuardLink, Outcome};
 use symroute::model::Model;
+
+use super::args::NetnsArg;
+use super::{daemon, output};
+
+/// Keep the change of a pending `apply --confirm` (so it is not rolled back).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    netns: NetnsArg,
+}
+
+pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
+    args.netns.enter()?;
+    if daemon::confirm(out)? {
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !confirm::confirm()? {
+        anyhow::bail!("nothing to confirm: no `apply --confirm` is pending here");
+    }
+    writeln!(out, "confirmed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Internal: the guard of an `apply --confirm`, started by it (stdin is its socket).
+#[derive(clap::Args, Debug)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    netns: NetnsArg,
+    #[arg(long)]
+    token: String,
+    /// CLOCK_BOOTTIME nanoseconds
+    #[arg(long)]
+    deadline: u64,
+}
 
 /// Apply `model` with a rollback at `deadline` unless confirmed.
 pub fn apply(
@@ -39,9 +73,9 @@ pub fn apply(
         Outcome::Unchanged
     });
     drop(session);
-    super::print_gateways(out, &report.plan)?;
+    output::gateways(out, &report.plan)?;
     if !changed {
-        super::print_changes(out, &report.changes, "applied")?;
+        output::changes(out, &report.changes, "applied")?;
         writeln!(out, "nothing to confirm: nothing changed")?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -102,8 +136,9 @@ fn start_guard(
 
 /// `symroute confirm-watch`: the guard. Ignores hang-ups and interrupts (it must outlive
 /// the terminal that started it), then follows `confirm::guard`.
-pub fn watch(token: &str, deadline: u64) -> anyhow::Result<()> {
+pub fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
     use nix::sys::signal::{signal, SigHandler, Signal};
+    args.netns.enter()?;
     for sig in [
         Signal::SIGHUP,
         Signal::SIGINT,
@@ -122,6 +157,6 @@ pub fn watch(token: &str, deadline: u64) -> anyhow::Result<()> {
             .context("taking the caller's socket from stdin")?;
         UnixStream::from(fd)
     };
-    confirm::guard(token, BootTime::from_nanos(deadline), link)?;
-    Ok(())
+    confirm::guard(&args.token, BootTime::from_nanos(args.deadline), link)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -5,10 +5,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use symroute::daemon::control::{self, DaemonStatus, Request};
-use symroute::kernel::status::{GatewayStatus, Status};
+use symroute::daemon::control;
+use symroute::daemon::protocol::Request;
+use symroute::kernel::status::{DaemonStatus, GatewayStatus};
 
-use super::ConfigArg;
+use super::args::ConfigArg;
 
 /// `apply [--confirm SECS]` while a daemon runs here: it loads and applies the config
 /// (whose path is made absolute), and keeps it. `None`: no daemon, apply as usual. The
@@ -74,27 +75,6 @@ pub fn status() -> Option<DaemonStatus> {
             eprintln!("symroute: note: no live state from the daemon: {e}");
             None
         }
-    }
-}
-
-/// The daemon's view of each gateway over the plan's.
-pub fn overlay(st: &mut Status, live: &DaemonStatus) {
-    st.daemon = Some(live.daemon.clone());
-    if live.ha.is_some() {
-        st.ha = live.ha;
-    }
-    for g in &mut st.gateways {
-        let Some(l) = live.gateways.iter().find(|l| l.name == g.name) else {
-            continue;
-        };
-        if l.state != "unknown" {
-            g.state = l.state.clone();
-            g.reason = l.reason.clone();
-        }
-        g.since = Some(l.since.clone());
-        g.loss = l.loss;
-        g.rtt_ms = l.rtt_ms;
-        g.failovers = Some(l.failovers);
     }
 }
 

@@ -19,25 +19,44 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 
 use symroute::daemon::control;
+use symroute::daemon::protocol::Request;
+use symroute::kernel::apply::ApplyOptions;
 use symroute::kernel::{self, cgroup};
 use symroute::model::Model;
 use symroute::plan::{self, GatewayState};
 
-use super::{daemon, ConfigArg, NetnsArg};
+use super::args::Scope;
+use super::daemon;
 
 /// How long a running daemon gets to load the table for a new exec cgroup (it takes
 /// ~100 ms: a debounce and one apply).
 const DAEMON_WAIT: Duration = Duration::from_secs(3);
 
+/// Run a command whose new connections leave via one gateway (root only).
+///
+/// CMD runs in a cgroup of symroute's own for the gateway
+/// (`symroute.exec/netns-<id>/NAME` under the cgroup2 root), which the table always
+/// matches before any policy: the new connections of every socket CMD (or a child)
+/// makes, IPv4 and IPv6, leave via gateway NAME, masqueraded to its interface's
+/// address, and keep that path for their whole life. No policy is needed in the config.
+/// Specific routes (the LAN, a VPN) still win, as for route_via. A running `symroute
+/// run` adds the cgroup to the table within milliseconds; without one, exec applies the
+/// config first. Without -c, the config of the daemon running here (else the default
+/// file). The exit status is CMD's (127: not found). Fails (exit 1) when NAME is down,
+/// exit 2 when the config has no gateway NAME. Needs root: it moves itself into the
+/// cgroup.
+///
+/// Examples:
+///   symroute exec --gateway isp2 -- curl -sS https://example.org/
+///   symroute exec --gateway isp1 --netns fw -- dig @192.0.2.53 example.org
 #[derive(clap::Args, Debug)]
-pub struct ExecArgs {
+#[command(verbatim_doc_comment)]
+pub struct Args {
     /// The gateway (a name from the config) CMD's new connections leave by
     #[arg(long, value_name = "NAME")]
     gateway: String,
     #[command(flatten)]
-    config: ConfigArg,
-    #[command(flatten)]
-    netns: NetnsArg,
+    scope: Scope,
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
     command: Vec<OsString>,
@@ -45,20 +64,28 @@ pub struct ExecArgs {
 
 /// Runs CMD in the gateway's exec cgroup; returns only when that cannot be done (CMD
 /// itself replaces this process).
-pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         bail!("symroute exec needs root: it moves the command into a cgroup of its own and may apply the config");
     }
-    args.netns.enter()?;
+    // With -c, the file is read where the command started (as plan and apply do); without,
+    // the config the daemon of the namespace runs (as status does), else the default file.
+    let explicit = args.scope.config.config.is_some();
+    let given = if explicit {
+        Some(args.scope.load_and_enter()?)
+    } else {
+        args.scope.netns.enter()?;
+        None
+    };
     let live = daemon::status();
-    // Without -c, the config the daemon runs (as `status`), else the default file.
-    let (path, model) = match (&args.config.config, &live) {
+    let (path, model) = match (given, &live) {
+        (Some(m), _) => (args.scope.config.path(), m),
         (None, Some(l)) => {
             let p = std::path::PathBuf::from(&l.daemon.config);
             let m = symroute::config_file::load(&p)?;
             (p, m)
         }
-        _ => (args.config.path(), args.config.load()?),
+        (None, None) => (args.scope.config.path(), args.scope.config.load()?),
     };
     let Some(idx) = model
         .gateways
@@ -82,7 +109,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|l| l.health_down.clone())
         .unwrap_or_default();
-    let (_, plan, _) = kernel::apply::prepare_health(&model, &health_down)?;
+    let (_, plan, _) = kernel::apply::prepare(&model, &health_down)?;
     if let GatewayState::Down(why) = &plan.gateways[idx].state {
         bail!(
             "gateway {} is down ({why}); not running {}",
@@ -125,7 +152,7 @@ fn cover(
     // before (the last exec command leaving, say) is over by then, so the table checked
     // below cannot be replaced by one made without this process in the cgroup.
     if daemon {
-        if let Some(r) = control::call(&control::Request::Reconcile)?.filter(|r| !r.ok) {
+        if let Some(r) = control::call(&Request::Reconcile)?.filter(|r| !r.ok) {
             eprintln!(
                 "symroute: exec: symroute run could not apply: {}",
                 r.error.unwrap_or_default()
@@ -133,7 +160,7 @@ fn cover(
         }
     }
     loop {
-        let (observed, plan, changes) = kernel::apply::prepare_health(model, health_down)?;
+        let (observed, plan, changes) = kernel::apply::prepare(model, health_down)?;
         if covered(&plan, &changes, idx) {
             return Ok(());
         }
@@ -141,7 +168,11 @@ fn cover(
             bail!("symroute is not applied in this network namespace (no nftables table inet symroute): run `symroute apply` or `symroute run` first");
         }
         if !daemon && !applied {
-            kernel::apply::apply_with_health(model, health_down, kernel::rundir::WAIT_COMMAND)?;
+            let opts = ApplyOptions {
+                health_down: health_down.clone(),
+                ..ApplyOptions::default()
+            };
+            kernel::apply::apply(model, &opts)?;
             applied = true;
             continue;
         }

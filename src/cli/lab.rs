@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -15,7 +15,7 @@ use symroute::lab::{
 };
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Scenario {
+enum Scenario {
     /// Seed 1: firewall with a LAN and two ISPs; connections arriving on ISP1 time out
     TwoIsps,
     /// Seed 2: SMTP relay behind a transparent HAProxy (usesrc clientip)
@@ -36,7 +36,27 @@ const HA_PAIR: &str = include_str!("../../examples/ha-pair.toml");
 
 const TIMEOUT: Duration = Duration::from_millis(1500);
 
-pub fn run(s: Scenario) -> anyhow::Result<()> {
+/// Build a seed scenario in private network namespaces and show symroute fixing it.
+///
+/// Shows the connection failing without symroute, applies, shows it working with the
+/// conntrack view, then removes everything it made. `failover` runs `symroute run`
+/// instead and cuts ISP1's upstream: the LAN's new connections move to ISP2 within
+/// about 1.5 s, and back when ISP1 answers again. `ha-pair` runs seed 1's firewall as
+/// a keepalived + conntrackd pair and kills the master under a live session. Needs
+/// root, nft, conntrack and (for proxy-relay) haproxy, (for ha-pair) keepalived and
+/// conntrackd.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(value_enum, default_value = "two-isps")]
+    scenario: Scenario,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    scenario(args.scenario).context("lab failed")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn scenario(s: Scenario) -> anyhow::Result<()> {
     let dir = TempDir::new()?;
     match s {
         Scenario::TwoIsps => two_isps(&dir.0),
@@ -298,8 +318,8 @@ impl Daemon {
     }
 
     fn stop(&mut self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let _ = self.child.wait();
     }
 

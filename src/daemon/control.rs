@@ -1,13 +1,7 @@
 //! The control socket: `symroute status`, `apply` and `confirm` talk to a running
 //! `symroute run` of the same network namespace over a unix socket next to its state
 //! file (/run/symroute/netns-<cookie>.sock, mode 0600, removed on exit; a stale one left
-//! by a killed daemon is replaced). One JSON request line, one JSON response line:
-//!
-//! ```text
-//! {"request":"status"}
-//! {"request":"reload","config":"/etc/symroute/new.toml","confirm":60}
-//! {"request":"confirm"}
-//! ```
+//! by a killed daemon is replaced), in the JSON lines of `protocol`.
 //!
 //! One thread serves every client (`serve`: at most 64 at once, 2 s to send the request
 //! and 2 s to read the answer, 64 KiB at most; a peer that is neither root nor the
@@ -22,19 +16,17 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Sender};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::event::Event;
-use super::gateways::{rfc3339, unix, LiveGateway};
 use super::pending::{self, PendingConfirm};
+use super::protocol::{line, Call, Reply, Request, Response};
 use super::serve;
 use super::{Daemon, DaemonError};
-use crate::kernel::clock::BootTime;
-use crate::kernel::state::{HaRecord, HaRole};
-use crate::kernel::status::DaemonInfo;
+use crate::kernel::clock::{rfc3339, unix, BootTime};
+use crate::kernel::status::{DaemonInfo, DaemonStatus, PendingInfo, State};
 use crate::kernel::{state, KernelError};
 
 /// How long a client waits for the daemon's answer (a reload applies first).
@@ -51,102 +43,6 @@ const LIMITS: serve::Limits = serve::Limits {
     answer_deadline: Duration::from_secs(2),
     max_request: MAX_REQUEST,
 };
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "request", rename_all = "lowercase")]
-pub enum Request {
-    /// The daemon's live view: gateways' state, since, loss, round trip.
-    Status,
-    /// Switch to this config file (validate → apply; a bad one changes nothing). With
-    /// `confirm`, go back to the previous config after that many seconds unless a
-    /// `confirm` request arrives first.
-    Reload {
-        config: PathBuf,
-        #[serde(default)]
-        confirm: Option<u64>,
-    },
-    /// Keep the config of a pending `reload` with `confirm`.
-    Confirm,
-    /// Observe and apply now, and answer when done: `symroute exec` asks after moving
-    /// into its cgroup, so the table it waits for is one loaded after that move.
-    Reconcile,
-    /// keepalived's notify (`symroute ha ROLE`): this box's role in an HA pair.
-    Ha { role: HaRole },
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Response {
-    pub ok: bool,
-    /// The exit code for the command that asked: 0 ok, 1 failure, 2 bad config.
-    pub code: u8,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// What to print, for people.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub lines: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<DaemonStatus>,
-}
-
-impl Response {
-    fn done(lines: Vec<String>) -> Self {
-        Response {
-            ok: true,
-            lines,
-            ..Response::default()
-        }
-    }
-
-    fn failed(code: u8, error: impl Into<String>) -> Self {
-        Response {
-            ok: false,
-            code,
-            error: Some(error.into()),
-            ..Response::default()
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DaemonStatus {
-    pub daemon: DaemonInfo,
-    /// The STATUS= line: `applied, 2 gateways up`, …
-    pub summary: String,
-    pub pending_confirm: Option<PendingInfo>,
-    pub gateways: Vec<LiveGateway>,
-    /// Gateways its health checks hold down (name → why): the plan the daemon keeps is
-    /// built with them, so `status` and `plan` compare against that plan, not the bare
-    /// config's.
-    #[serde(default)]
-    pub health_down: std::collections::BTreeMap<String, String>,
-    /// Its role in an HA pair, as keepalived last reported it (`symroute ha`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ha: Option<HaRecord>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PendingInfo {
-    /// When the daemon goes back to `previous_config` (RFC 3339 UTC).
-    pub deadline: String,
-    pub deadline_unix: u64,
-    pub previous_config: String,
-}
-
-/// A request on its way to the actor, with where to send the answer.
-#[derive(Debug, Clone)]
-pub struct Call {
-    pub request: Request,
-    pub reply: Reply,
-}
-
-/// Calls are equal when their requests are (the reply channels cannot be compared).
-impl PartialEq for Call {
-    fn eq(&self, other: &Self) -> bool {
-        self.request == other.request
-    }
-}
-
-impl Eq for Call {}
 
 // ---------------------------------------------------------------------------------------
 // client
@@ -284,12 +180,11 @@ impl Listener {
 
 /// Bind with mode 0600 from the start (umask), then make sure of it.
 fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
-    // SAFETY: umask only swaps the process's file mode mask; no file is created by other
-    // threads of the daemon meanwhile.
-    let old = unsafe { libc::umask(0o177) };
+    use nix::sys::stat::{umask, Mode};
+    // The mask is the process's: no other thread of the daemon creates a file meanwhile.
+    let old = umask(Mode::from_bits_truncate(0o177));
     let l = UnixListener::bind(path);
-    // SAFETY: as above, restoring it.
-    unsafe { libc::umask(old) };
+    umask(old);
     let l = l?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
@@ -301,12 +196,6 @@ struct Control {
     tx: Sender<Event>,
     /// Besides root, the user owning the socket (the daemon's) may talk to it.
     owner: u32,
-}
-
-fn line(resp: &Response) -> Vec<u8> {
-    let mut text = serde_json::to_vec(resp).expect("response serializes");
-    text.push(b'\n');
-    text
 }
 
 impl serve::Protocol for Control {
@@ -346,10 +235,7 @@ impl serve::Protocol for Control {
             }
         };
         let (tx, rx) = mpsc::channel();
-        let reply = Reply {
-            tx,
-            waker: waker.clone(),
-        };
+        let reply = Reply::new(tx, waker.clone());
         match self.tx.send(Event::Control(Call { request, reply })) {
             Ok(()) => serve::Answer::Later(rx),
             Err(_) => serve::Answer::Now(line(&Response::failed(1, "the daemon is exiting"))),
@@ -375,27 +261,6 @@ impl serve::Protocol for Control {
             1,
             "the daemon is busy answering other clients; try again",
         )))
-    }
-}
-
-/// Where the actor's answer to one call goes.
-#[derive(Clone)]
-pub struct Reply {
-    tx: Sender<Vec<u8>>,
-    waker: serve::Waker,
-}
-
-impl Reply {
-    pub fn send(self, resp: Response) {
-        if self.tx.send(line(&resp)).is_ok() {
-            self.waker.wake();
-        }
-    }
-}
-
-impl std::fmt::Debug for Reply {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Reply")
     }
 }
 
@@ -556,7 +421,7 @@ impl Daemon {
         self.live
             .snapshot(&self.model, &self.windows)
             .into_iter()
-            .filter(|g| g.state == "down")
+            .filter(|g| g.state == Some(State::Down))
             .map(|g| {
                 format!(
                     "gateway {} is down ({})",
@@ -577,32 +442,4 @@ fn summary_lines(changes: Vec<String>) -> Vec<String> {
     let mut lines = changes;
     lines.push(format!("applied: {n} change(s)"));
     lines
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn protocol_lines() {
-        let r: Request = serde_json::from_str(r#"{"request":"status"}"#).unwrap();
-        assert_eq!(r, Request::Status);
-        let r: Request =
-            serde_json::from_str(r#"{"request":"reload","config":"/etc/s.toml"}"#).unwrap();
-        assert_eq!(
-            r,
-            Request::Reload {
-                config: "/etc/s.toml".into(),
-                confirm: None
-            }
-        );
-        assert_eq!(
-            serde_json::to_string(&Request::Confirm).unwrap(),
-            r#"{"request":"confirm"}"#
-        );
-        assert_eq!(
-            serde_json::to_string(&Response::failed(2, "bad.toml:1:1: x")).unwrap(),
-            r#"{"ok":false,"code":2,"error":"bad.toml:1:1: x"}"#
-        );
-    }
 }

@@ -26,7 +26,7 @@ pub enum Event {
         rtt: Option<std::time::Duration>,
     },
     /// A request from the control socket (`symroute status`, `apply`, `confirm`).
-    Control(super::control::Call),
+    Control(super::protocol::Call),
 }
 
 /// One batch of kernel notifications, read together by the monitor thread.

@@ -1,53 +1,56 @@
-//! Each gateway's live state in the daemon, for `symroute status` and the `on_change`
-//! hooks: up or down (as the last applied plan had it, so link and health-check verdicts
-//! both count), since when, why, how many up→down transitions, and from the health
-//! checks the loss over the check window and the mean round trip of recent good probes.
+//! Each gateway's live state in the daemon: its state as the last applied plan had it
+//! (so link and health-check verdicts both count), since when, how many up→down
+//! transitions, and from the health checks the loss over the check window and the mean
+//! round trip of recent good probes. `Live::observe` is the daemon's one detector of
+//! gateway changes: the log, the `on_change` hooks and the conntrack flush all follow
+//! from the `Change`s it returns. `symroute status` gets it as `LiveGateway`s.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
 use super::health::Window;
+use crate::kernel::clock::{rfc3339, unix};
+use crate::kernel::status::{LiveGateway, State};
 use crate::model::Model;
 use crate::plan::{GatewayState, Plan};
 
 /// How many good probes' round trips `rtt_ms` averages.
 const RECENT: usize = 10;
 
-/// One gateway as `status` reports it (the socket protocol's shape).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LiveGateway {
-    pub name: String,
-    pub interface: String,
-    /// "up" or "down" ("up" includes partly up: the reason says which family is missing).
-    pub state: String,
-    pub reason: Option<String>,
-    /// When the gateway entered this state (or when the daemon first saw it), RFC 3339 UTC.
-    pub since: String,
-    pub since_unix: u64,
-    /// Lost probes over the check window (0.0–1.0); null without checks.
-    pub loss: Option<f64>,
-    /// Mean round trip of recent good probes; null without checks or while unknown.
-    pub rtt_ms: Option<f64>,
-    /// up → down transitions since the daemon started.
-    pub failovers: u64,
-}
-
-/// A gateway's change between up and down, for the hooks.
+/// A gateway whose state an apply changed (or that it included for the first time).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
+pub struct Change {
     pub gateway: String,
     pub interface: String,
-    pub old: &'static str,
-    pub new: &'static str,
-    pub reason: String,
+    /// `None`: first seen, at startup or added by a reload.
+    pub old: Option<GatewayState>,
+    pub new: GatewayState,
+}
+
+impl Change {
+    pub fn old_state(&self) -> Option<State> {
+        self.old.as_ref().map(State::of)
+    }
+
+    pub fn new_state(&self) -> State {
+        State::of(&self.new)
+    }
+
+    /// Up↔down, or first seen: what the hooks are told (a change of reason alone, or
+    /// between partly and fully up, is only logged).
+    pub fn flips(&self) -> bool {
+        self.old_state() != Some(self.new_state())
+    }
+
+    /// It was up and is down now (not one found down at startup).
+    pub fn went_down(&self) -> bool {
+        self.old_state() == Some(State::Up) && self.new_state() == State::Down
+    }
 }
 
 struct Gw {
     interface: String,
-    up: bool,
-    reason: Option<String>,
+    state: GatewayState,
     since: SystemTime,
     failovers: u64,
     rtts: VecDeque<Duration>,
@@ -59,41 +62,27 @@ pub struct Live {
     gws: BTreeMap<String, Gw>,
 }
 
-fn up_and_reason(s: &GatewayState) -> (bool, Option<String>) {
-    let (state, reason) = crate::kernel::status::state_and_reason(s);
-    (state == "up", reason)
-}
-
-pub fn state_name(up: bool) -> &'static str {
-    if up {
-        "up"
-    } else {
-        "down"
-    }
-}
-
 impl Live {
-    /// Take in an applied plan; returns the gateways that went up↔down, and those seen for
-    /// the first time (at startup, or added by a reload) with `old` = "none": hooks learn
-    /// the initial state too, as keepalived's notify scripts do.
-    pub fn observe(&mut self, plan: &Plan, now: SystemTime) -> Vec<Transition> {
+    /// Take in an applied plan; returns each gateway whose state differs from the last
+    /// one seen, and those seen for the first time (at startup, or added by a reload):
+    /// hooks learn the initial state too, as keepalived's notify scripts do. `since` and
+    /// the failovers count only changes between up and down.
+    pub fn observe(&mut self, plan: &Plan, now: SystemTime) -> Vec<Change> {
         let mut out = Vec::new();
         for g in &plan.gateways {
-            let (up, reason) = up_and_reason(&g.state);
+            let change = |old| Change {
+                gateway: g.name.clone(),
+                interface: g.interface.clone(),
+                old,
+                new: g.state.clone(),
+            };
             let Some(gw) = self.gws.get_mut(&g.name) else {
-                out.push(Transition {
-                    gateway: g.name.clone(),
-                    interface: g.interface.clone(),
-                    old: "none",
-                    new: state_name(up),
-                    reason: reason.clone().unwrap_or_default(),
-                });
+                out.push(change(None));
                 self.gws.insert(
                     g.name.clone(),
                     Gw {
                         interface: g.interface.clone(),
-                        up,
-                        reason,
+                        state: g.state.clone(),
                         since: now,
                         failovers: 0,
                         rtts: VecDeque::new(),
@@ -102,21 +91,17 @@ impl Live {
                 continue;
             };
             gw.interface = g.interface.clone();
-            if gw.up != up {
-                if !up {
+            if gw.state == g.state {
+                continue;
+            }
+            let c = change(Some(std::mem::replace(&mut gw.state, g.state.clone())));
+            if c.flips() {
+                gw.since = now;
+                if c.went_down() {
                     gw.failovers += 1;
                 }
-                out.push(Transition {
-                    gateway: g.name.clone(),
-                    interface: g.interface.clone(),
-                    old: state_name(gw.up),
-                    new: state_name(up),
-                    reason: reason.clone().unwrap_or_default(),
-                });
-                gw.up = up;
-                gw.since = now;
             }
-            gw.reason = reason;
+            out.push(c);
         }
         out
     }
@@ -169,11 +154,8 @@ impl Live {
                 LiveGateway {
                     name: name.to_string(),
                     interface: g.interface.to_string(),
-                    state: match gw {
-                        Some(gw) => state_name(gw.up).to_string(),
-                        None => "unknown".to_string(),
-                    },
-                    reason: gw.and_then(|gw| gw.reason.clone()),
+                    state: gw.map(|gw| State::of(&gw.state)),
+                    reason: gw.and_then(|gw| crate::kernel::status::reason(&gw.state)),
                     since: rfc3339(since),
                     since_unix: unix(since),
                     loss,
@@ -215,55 +197,13 @@ pub fn carry_over(
     }
 }
 
-pub fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// `2024-05-01T12:34:56.789Z` (fixed width: strings sort as times do). Written here: the
-/// dependency tree has no date crate (tracing-subscriber's formatter is private), and a
-/// UTC timestamp is this one function.
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = unix(t);
-    let ms = t
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_millis());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::plan::{GatewayPlan, Plan};
 
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(951_827_696_789); // leap day 2000
-        assert_eq!(rfc3339(t), "2000-02-29T12:34:56.789Z");
-        let t = UNIX_EPOCH + Duration::from_secs(1_735_689_599);
-        assert_eq!(rfc3339(t), "2024-12-31T23:59:59.000Z");
-    }
-
     fn plan(states: &[(&str, GatewayState)]) -> Plan {
-        let text = include_str!("../../examples/two-isps-firewall.toml");
-        let m = crate::config::parse_str(text, "t.toml").expect("parses");
-        let mut p = crate::plan::build(&m, &Default::default());
+        let mut p = crate::plan::build(&plan_model(), &Default::default());
         p.gateways = states
             .iter()
             .map(|(n, s)| GatewayPlan {
@@ -275,39 +215,61 @@ mod tests {
         p
     }
 
+    /// (gateway, old up/down or "none", new up/down, flips) of each change.
+    fn seen(changes: &[Change]) -> Vec<(&str, &str, &str, bool)> {
+        changes
+            .iter()
+            .map(|c| {
+                let old = c.old_state().map_or("none", State::as_str);
+                (c.gateway.as_str(), old, c.new_state().as_str(), c.flips())
+            })
+            .collect()
+    }
+
     #[test]
-    fn transitions_count_failovers_and_start_from_none() {
+    fn one_detector_for_every_change_counting_failovers_from_none() {
         let mut live = Live::default();
         let t0 = UNIX_EPOCH + Duration::from_secs(100);
         let down = GatewayState::Down("health check".into());
         let first = live.observe(&plan(&[("isp1", GatewayState::Up)]), t0);
-        assert_eq!(
-            first
-                .iter()
-                .map(|t| (t.gateway.as_str(), t.old, t.new))
-                .collect::<Vec<_>>(),
-            [("isp1", "none", "up")]
-        );
+        assert_eq!(seen(&first), [("isp1", "none", "up", true)]);
         assert!(live
             .observe(&plan(&[("isp1", GatewayState::Up)]), t0)
             .is_empty());
         let t1 = t0 + Duration::from_secs(5);
         let tr = live.observe(&plan(&[("isp1", down.clone())]), t1);
-        assert_eq!(tr.len(), 1);
-        assert_eq!(
-            (tr[0].old, tr[0].new, tr[0].reason.as_str()),
-            ("up", "down", "health check")
-        );
+        assert_eq!(seen(&tr), [("isp1", "up", "down", true)]);
+        assert!(tr[0].went_down());
+        assert_eq!(tr[0].new, down);
         assert!(live.observe(&plan(&[("isp1", down)]), t1).is_empty());
+        // Down for another reason: a change to log, not a flip (no hook, same since).
+        let link = GatewayState::Down("link down".into());
+        let tr = live.observe(&plan(&[("isp1", link)]), t1 + Duration::from_millis(500));
+        assert_eq!(seen(&tr), [("isp1", "down", "down", false)]);
+        assert!(!tr[0].went_down());
+        assert_eq!(unix(live.gws["isp1"].since), 105);
         let partial = GatewayState::Partial("no IPv6 address".into());
         let tr = live.observe(&plan(&[("isp1", partial)]), t1 + Duration::from_secs(1));
-        assert_eq!((tr[0].old, tr[0].new), ("down", "up"));
+        assert_eq!(seen(&tr), [("isp1", "down", "up", true)]);
         assert_eq!(live.gws["isp1"].failovers, 1);
         assert_eq!(unix(live.gws["isp1"].since), 106);
         // Partly up counts as up: losing it is an up→down change (and a failover).
         let down = GatewayState::Down("link down".into());
         let tr = live.observe(&plan(&[("isp1", down)]), t1 + Duration::from_secs(2));
-        assert_eq!((tr[0].old, tr[0].new), ("up", "down"));
+        assert_eq!(seen(&tr), [("isp1", "up", "down", true)]);
         assert_eq!(live.gws["isp1"].failovers, 2);
+        let snap = live.snapshot(&plan_model(), &BTreeMap::new());
+        let isp1 = snap.iter().find(|g| g.name == "isp1").unwrap();
+        assert_eq!(
+            (isp1.state, isp1.reason.as_deref()),
+            (Some(State::Down), Some("link down"))
+        );
+        let isp2 = snap.iter().find(|g| g.name == "isp2").unwrap();
+        assert_eq!(isp2.state, None, "never applied: unknown");
+    }
+
+    fn plan_model() -> Model {
+        let text = include_str!("../../examples/two-isps-firewall.toml");
+        crate::config::parse_str(text, "t.toml").expect("parses")
     }
 }

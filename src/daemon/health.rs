@@ -5,13 +5,15 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvfrom, SockaddrStorage};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::event::Event;
 use crate::model::{Check, Model, ProbeTarget};
@@ -111,7 +113,7 @@ enum InFlight {
     },
     Connect {
         target: usize,
-        fd: OwnedFd,
+        fd: Socket,
         sent: Instant,
     },
 }
@@ -207,31 +209,26 @@ impl Prober {
                 .iter()
                 .any(|p| matches!(p, InFlight::Echo { target, .. } if *target == t))
             {
-                fds.push(pollfd(s.fd.as_raw_fd(), libc::POLLIN));
+                fds.push(PollFd::new(s.fd.as_fd(), PollFlags::POLLIN));
                 who.push(Waiting::Echo(t));
             }
         }
         for (i, p) in flying.iter().enumerate() {
             if let InFlight::Connect { fd, .. } = p {
-                fds.push(pollfd(fd.as_raw_fd(), libc::POLLOUT));
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
                 who.push(Waiting::Connect(i));
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        // SAFETY: `fds` is a valid array of pollfd of the given length.
-        let n = cvt(unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                left.as_millis().min(i32::MAX as u128) as i32,
-            )
-        })?;
+        let timeout = PollTimeout::try_from(left.as_millis()).unwrap_or(PollTimeout::MAX);
+        let n = poll(&mut fds, timeout)?;
         let now = Instant::now();
         // Index in `flying` → answered (Some(rtt)) or failed (None).
         let mut finished: Vec<(usize, Option<Duration>)> = Vec::new();
         if n > 0 {
             for (p, w) in fds.iter().zip(&who) {
-                if p.revents == 0 {
+                // Any event, errors and hang-ups included (unknown bits too).
+                if p.revents().is_some_and(|r| r.is_empty()) {
                     continue;
                 }
                 match *w {
@@ -308,77 +305,18 @@ impl Prober {
             .is_ok()
     }
 }
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
+/// A non-blocking socket (close-on-exec, as every socket symroute opens).
+fn socket(domain: Domain, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    Socket::new(domain, ty.nonblocking(), Some(proto))
 }
 
-fn socket(domain: i32, ty: i32, proto: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the fd is owned from here on.
-    let fd = cvt(unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) })?;
-    // SAFETY: fd is a fresh, valid descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn bind_path(fd: &OwnedFd, dev: &str, mark: u32) -> io::Result<()> {
-    // SAFETY: pointers and lengths describe live buffers.
-    unsafe {
-        cvt(libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            dev.as_ptr().cast(),
-            dev.len() as libc::socklen_t,
-        ))?;
-        if mark != 0 {
-            cvt(libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_MARK,
-                (&mark as *const u32).cast(),
-                4,
-            ))?;
-        }
+/// Probes leave by the gateway's interface, carrying its mark (so they take its table).
+fn bind_path(s: &Socket, dev: &str, mark: u32) -> io::Result<()> {
+    s.bind_device(Some(dev.as_bytes()))?;
+    if mark != 0 {
+        s.set_mark(mark)?;
     }
     Ok(())
-}
-
-fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match a {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as _,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as _,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in6.
-            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
 }
 
 fn checksum(b: &[u8]) -> u16 {
@@ -397,21 +335,13 @@ enum Waiting {
     Connect(usize),
 }
 
-fn pollfd(fd: i32, events: i16) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events,
-        revents: 0,
-    }
-}
-
 /// An ICMP echo socket for one target: an unprivileged ping socket if allowed, a raw
 /// one otherwise, bound to the gateway's interface and mark. An answer counts only if it
 /// is an echo reply from the target carrying this socket's payload (a marker and a
 /// random nonce): a stray or forged reply from elsewhere, or to someone else's ping,
 /// never makes a dead path look alive.
 struct EchoSocket {
-    fd: OwnedFd,
+    fd: Socket,
     to: IpAddr,
     raw: bool,
     id: u16,
@@ -424,15 +354,12 @@ const PAYLOAD: usize = 16;
 impl EchoSocket {
     fn open(to: IpAddr, dev: &str, mark: u32) -> io::Result<EchoSocket> {
         let (domain, proto) = match to {
-            IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
-            IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+            IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
+            IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
         };
-        let (fd, raw) = match socket(domain, libc::SOCK_DGRAM | libc::SOCK_NONBLOCK, proto) {
+        let (fd, raw) = match socket(domain, Type::DGRAM, proto) {
             Ok(fd) => (fd, false),
-            Err(_) => (
-                socket(domain, libc::SOCK_RAW | libc::SOCK_NONBLOCK, proto)?,
-                true,
-            ),
+            Err(_) => (socket(domain, Type::RAW, proto)?, true),
         };
         bind_path(&fd, dev, mark)?;
         // Ping sockets get their identifier from the kernel; raw ones carry ours, which
@@ -466,18 +393,8 @@ impl EchoSocket {
             let c = checksum(&pkt);
             pkt[2..4].copy_from_slice(&c.to_be_bytes());
         }
-        let (ss, len) = sockaddr(SocketAddr::new(self.to, 0));
-        // SAFETY: buffer and address are valid for the given lengths.
-        cvt(unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                pkt.as_ptr().cast(),
-                pkt.len(),
-                0,
-                (&ss as *const libc::sockaddr_storage).cast(),
-                len,
-            ) as i32
-        })?;
+        self.fd
+            .send_to(&pkt, &SockAddr::from(SocketAddr::new(self.to, 0)))?;
         Ok(())
     }
 
@@ -559,47 +476,18 @@ impl Reply<'_> {
 }
 
 /// Start a non-blocking TCP connect; `connect_result` tells how it ended.
-fn start_connect(s: SocketAddr, dev: &str, mark: u32) -> io::Result<OwnedFd> {
-    let domain = if s.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    let fd = socket(domain, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)?;
+fn start_connect(s: SocketAddr, dev: &str, mark: u32) -> io::Result<Socket> {
+    let fd = socket(Domain::for_address(s), Type::STREAM, Protocol::TCP)?;
     bind_path(&fd, dev, mark)?;
-    let (ss, len) = sockaddr(s);
-    // SAFETY: the address is valid for len bytes.
-    let r = unsafe {
-        libc::connect(
-            fd.as_raw_fd(),
-            (&ss as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
-        }
+    match fd.connect(&SockAddr::from(s)) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => Err(e),
+        _ => Ok(fd),
     }
-    Ok(fd)
 }
 
 /// A connect that polled writable (or failed): good when the handshake completed.
-fn connect_result(fd: &OwnedFd) -> io::Result<bool> {
-    let mut err: libc::c_int = 0;
-    let mut l = 4 as libc::socklen_t;
-    // SAFETY: err is a valid c_int out-parameter.
-    cvt(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut l,
-        )
-    })?;
-    Ok(err == 0)
+fn connect_result(fd: &Socket) -> io::Result<bool> {
+    Ok(fd.take_error()?.is_none())
 }
 
 #[cfg(test)]

@@ -23,9 +23,8 @@ use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tracing::{info, warn};
 
-use super::gateways::Transition;
-use super::Daemon;
-use crate::plan::Plan;
+use super::gateways::Change;
+use crate::kernel::status::{self, State};
 
 /// How long one hook may run before it is killed.
 pub const LIMIT: Duration = Duration::from_secs(30);
@@ -79,16 +78,17 @@ impl Queue {
 pub struct Hooks(Option<Arc<Queue>>);
 
 impl Hooks {
-    /// Queue `commands` for one transition; never blocks.
-    pub fn fire(&mut self, commands: &[String], t: &Transition, netns: Option<&str>) {
+    /// Queue `commands` for one up↔down change (or a gateway seen for the first time);
+    /// never blocks.
+    pub fn fire(&mut self, commands: &[String], c: &Change, netns: Option<&str>) {
         if commands.is_empty() {
             return;
         }
         let job = Job {
-            gateway: t.gateway.clone(),
+            gateway: c.gateway.clone(),
             commands: commands.to_vec(),
-            env: env(t, netns),
-            what: format!("gateway {} {}→{}", t.gateway, t.old, t.new),
+            env: env(c, netns),
+            what: format!("gateway {} {}→{}", c.gateway, old_name(c), c.new_state()),
         };
         let queue = match &self.0 {
             Some(q) => q.clone(),
@@ -122,28 +122,23 @@ impl Hooks {
     }
 }
 
-impl Daemon {
-    /// After an apply: note each gateway's state and run the hooks for its up↔down
-    /// changes (`log_gateways` has logged them). Returns the changes.
-    pub(super) fn gateways_observed(&mut self, plan: &Plan) -> Vec<Transition> {
-        let changes = self.live.observe(plan, std::time::SystemTime::now());
-        for t in &changes {
-            self.hooks
-                .fire(&self.model.settings.on_change, t, self.netns.as_deref());
-        }
-        changes
-    }
+/// The state a hook is told a gateway left: up, down, or "none" when first seen.
+fn old_name(c: &Change) -> &'static str {
+    c.old_state().map_or("none", State::as_str)
 }
 
 /// The environment a hook sees.
-fn env(t: &Transition, netns: Option<&str>) -> Vec<(&'static str, String)> {
+fn env(c: &Change, netns: Option<&str>) -> Vec<(&'static str, String)> {
     let mut env = vec![
         ("SYMROUTE_EVENT", "gateway".to_string()),
-        ("SYMROUTE_GATEWAY", t.gateway.clone()),
-        ("SYMROUTE_INTERFACE", t.interface.clone()),
-        ("SYMROUTE_OLD_STATE", t.old.to_string()),
-        ("SYMROUTE_NEW_STATE", t.new.to_string()),
-        ("SYMROUTE_REASON", t.reason.clone()),
+        ("SYMROUTE_GATEWAY", c.gateway.clone()),
+        ("SYMROUTE_INTERFACE", c.interface.clone()),
+        ("SYMROUTE_OLD_STATE", old_name(c).to_string()),
+        ("SYMROUTE_NEW_STATE", c.new_state().to_string()),
+        (
+            "SYMROUTE_REASON",
+            status::reason(&c.new).unwrap_or_default(),
+        ),
     ];
     if let Some(ns) = netns {
         env.push(("SYMROUTE_NETNS", ns.to_string()));
@@ -306,14 +301,20 @@ fn describe(st: ExitStatus) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::GatewayState;
 
-    fn transition(gateway: &str, old: &'static str, new: &'static str) -> Transition {
-        Transition {
+    /// A change between "none", "up" and "down" (down by its health check).
+    fn transition(gateway: &str, old: &'static str, new: &'static str) -> Change {
+        let state = |name| match name {
+            "up" => GatewayState::Up,
+            "down" => GatewayState::Down("health check: 3 of last 5 probes lost".into()),
+            other => panic!("not a state: {other}"),
+        };
+        Change {
             gateway: gateway.into(),
             interface: "up1".into(),
-            old,
-            new,
-            reason: "health check: 3 of last 5 probes lost".into(),
+            old: (old != "none").then(|| state(old)),
+            new: state(new),
         }
     }
 

@@ -21,11 +21,10 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::gateways::LiveGateway;
 use super::serve;
 use crate::kernel::conntrack::Conntrack;
-use crate::kernel::status;
-use crate::plan::{GatewayPlan, GatewayState, Plan};
+use crate::kernel::status::{self, LiveGateway, State};
+use crate::plan::Plan;
 
 /// Upper bounds of the reconcile-duration buckets, in seconds (a typical pass takes
 /// ~25 ms; an `nft -f` of a large table can take seconds).
@@ -78,17 +77,10 @@ impl Default for Snapshot {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GatewaySnap {
-    pub name: String,
-    /// Up or partly up (at least one family's routes installed).
-    pub up: bool,
+    /// As `status` shows it: state, probe loss and round trip, failovers.
+    pub live: LiveGateway,
     /// Its reply and route marks: the conntrack marks of its connections.
     pub marks: Vec<u32>,
-    /// Mean round trip of its recent answered probes, in seconds (unknown: `None`).
-    pub rtt: Option<f64>,
-    /// Lost probes over its check window (`None` without checks).
-    pub loss: Option<f64>,
-    /// Up → down transitions since the daemon started.
-    pub failovers: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -186,7 +178,20 @@ impl Metrics {
     pub fn applied(&self, plan: &Plan, live: &[LiveGateway]) {
         let mut s = lock(&self.shared);
         s.mark_mask = plan.mark_mask.bits();
-        s.gateways = plan.gateways.iter().map(gateway_snap).collect();
+        s.gateways = plan
+            .gateways
+            .iter()
+            .filter_map(|g| {
+                Some(GatewaySnap {
+                    live: live.iter().find(|l| l.name == g.name)?.clone(),
+                    marks: [g.reply_mark, g.route_mark]
+                        .into_iter()
+                        .flatten()
+                        .map(|m| m.bits())
+                        .collect(),
+                })
+            })
+            .collect();
         s.policies = plan
             .policies
             .iter()
@@ -196,38 +201,18 @@ impl Metrics {
             })
             .collect();
         s.applied += 1;
-        note_live(&mut s, live);
+        s.generation += 1;
     }
 
     /// A probe result changed the live gateway state (loss, round trips).
     pub fn probed(&self, live: &[LiveGateway]) {
-        note_live(&mut lock(&self.shared), live);
-    }
-}
-
-fn note_live(s: &mut Snapshot, live: &[LiveGateway]) {
-    s.generation += 1;
-    for g in &mut s.gateways {
-        if let Some(l) = live.iter().find(|l| l.name == g.name) {
-            g.rtt = l.rtt_ms.map(|ms| ms / 1e3);
-            g.loss = l.loss;
-            g.failovers = l.failovers;
+        let mut s = lock(&self.shared);
+        s.generation += 1;
+        for g in &mut s.gateways {
+            if let Some(l) = live.iter().find(|l| l.name == g.live.name) {
+                g.live = l.clone();
+            }
         }
-    }
-}
-
-fn gateway_snap(g: &GatewayPlan) -> GatewaySnap {
-    GatewaySnap {
-        name: g.name.clone(),
-        up: !matches!(g.state, GatewayState::Down(_)),
-        marks: [g.reply_mark, g.route_mark]
-            .into_iter()
-            .flatten()
-            .map(|m| m.bits())
-            .collect(),
-        rtt: None,
-        loss: None,
-        failovers: 0,
     }
 }
 
@@ -353,7 +338,7 @@ fn read_live(snap: &Snapshot) -> Live {
         let mut out = BTreeMap::new();
         for g in &snap.gateways {
             out.insert(
-                g.name.clone(),
+                g.live.name.clone(),
                 ct.count_any(g.marks.iter().copied(), snap.mark_mask)?,
             );
         }
@@ -378,32 +363,32 @@ pub fn render(s: &Snapshot, live: &Live) -> String {
     let each = |f: &dyn Fn(&GatewaySnap) -> Option<String>| -> Vec<(&str, String)> {
         s.gateways
             .iter()
-            .filter_map(|g| Some((g.name.as_str(), f(g)?)))
+            .filter_map(|g| Some((g.live.name.as_str(), f(g)?)))
             .collect()
     };
     out.per_gateway(
         "symroute_gateway_up",
         "gauge",
         "1 when the gateway is up (its routes installed, for at least one address family), 0 when down (link or health checks).",
-        each(&|g| Some(u8::from(g.up).to_string())),
+        each(&|g| Some(u8::from(g.live.state == Some(State::Up)).to_string())),
     );
     out.per_gateway(
         "symroute_probe_rtt_seconds",
         "gauge",
         "Mean round trip of the gateway's recent answered health probes (the last 10).",
-        each(&|g| g.rtt.map(float)),
+        each(&|g| g.live.rtt_ms.map(|ms| float(ms / 1e3))),
     );
     out.per_gateway(
         "symroute_probe_loss_ratio",
         "gauge",
         "Lost health probes over the gateway's check window (all its targets).",
-        each(&|g| g.loss.map(float)),
+        each(&|g| g.live.loss.map(float)),
     );
     out.per_gateway(
         "symroute_failovers_total",
         "counter",
         "Times the gateway went from up to down since the daemon started.",
-        each(&|g| Some(g.failovers.to_string())),
+        each(&|g| Some(g.live.failovers.to_string())),
     );
     out.per_gateway(
         "symroute_connections",
@@ -411,7 +396,7 @@ pub fn render(s: &Snapshot, live: &Live) -> String {
         "Conntrack entries carrying the gateway's route or reply mark (connections symroute pins to it).",
         each(&|g| {
             let conns = live.connections.as_ref()?;
-            Some(conns.get(&g.name).copied().unwrap_or(0).to_string())
+            Some(conns.get(&g.live.name).copied().unwrap_or(0).to_string())
         }),
     );
     for (name, help, pick) in [
@@ -503,25 +488,37 @@ fn escape_label(v: &str) -> String {
 mod tests {
     use super::*;
 
+    fn live(
+        name: &str,
+        state: Option<State>,
+        rtt_ms: Option<f64>,
+        loss: Option<f64>,
+        failovers: u64,
+    ) -> LiveGateway {
+        LiveGateway {
+            name: name.into(),
+            interface: "up1".into(),
+            state,
+            reason: None,
+            since: "2024-05-01T12:34:56.789Z".into(),
+            since_unix: 1_714_566_896,
+            loss,
+            rtt_ms,
+            failovers,
+        }
+    }
+
     fn snapshot() -> Snapshot {
         let mut s = Snapshot {
             mark_mask: 0xff00_0000,
             gateways: vec![
                 GatewaySnap {
-                    name: "isp1".into(),
-                    up: true,
+                    live: live("isp1", Some(State::Up), Some(1.5), Some(0.2), 0),
                     marks: vec![0x0100_0000],
-                    rtt: Some(0.0015),
-                    loss: Some(0.2),
-                    failovers: 0,
                 },
                 GatewaySnap {
-                    name: "we\"ird\\gw\nx".into(),
-                    up: false,
+                    live: live("we\"ird\\gw\nx", Some(State::Down), None, None, 2),
                     marks: vec![],
-                    rtt: None,
-                    loss: None,
-                    failovers: 2,
                 },
             ],
             policies: vec![PolicySnap {
@@ -700,13 +697,27 @@ symroute_reconcile_duration_seconds_count 4
         let text = include_str!("../../examples/two-isps-firewall.toml");
         let model = crate::config::parse_str(text, "t.toml").unwrap();
         let plan = crate::plan::build(&model, &crate::plan::HostView::default());
-        let live = super::super::gateways::Live::default().snapshot(&model, &BTreeMap::new());
+        let mut gateways = super::super::gateways::Live::default();
+        gateways.observe(&plan, std::time::SystemTime::now());
+        let live = gateways.snapshot(&model, &BTreeMap::new());
         m.applied(&plan, &live);
         let s = lock(&m.shared).clone();
         assert_eq!(s.reconcile.count, 1);
         assert_eq!(s.gateways.len(), 2);
         assert_eq!(s.policies.len(), 2);
-        assert_eq!((s.gateways[0].failovers, s.gateways[0].rtt), (0, None));
-        assert!(!s.gateways[0].up, "no links in an empty host view");
+        let isp1 = &s.gateways[0];
+        assert_eq!((isp1.live.failovers, isp1.live.rtt_ms), (0, None));
+        let g = &plan.gateways[0];
+        let want: Vec<u32> = [g.reply_mark, g.route_mark]
+            .into_iter()
+            .flatten()
+            .map(|m| m.bits())
+            .collect();
+        assert_eq!(isp1.marks, want, "{isp1:?}");
+        let page = render(&s, &Live::default());
+        assert!(
+            page.contains("symroute_gateway_up{gateway=\"isp1\"} 0\n"),
+            "no links in an empty host view: {page}"
+        );
     }
 }

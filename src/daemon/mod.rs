@@ -35,6 +35,7 @@ pub mod log;
 pub mod metrics;
 mod monitor;
 pub mod pending;
+pub mod protocol;
 pub mod serve;
 mod signals;
 pub mod systemd;
@@ -46,7 +47,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
-use crate::kernel::apply::{self, ApplyReport};
+use crate::kernel::apply::{self, ApplyOptions, ApplyReport, Locking};
 use crate::kernel::rundir;
 use crate::kernel::KernelError;
 use crate::model::Model;
@@ -141,7 +142,6 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         pace: Pace::new(PACE_BURST, PACE_REFILL, now),
         backoff: Backoff::new(RETRY_FIRST, RETRY_MAX),
         retry_at: None,
-        gateways: BTreeMap::new(),
         status: String::new(),
         last_conflicts: Vec::new(),
         reload_failed: false,
@@ -224,8 +224,6 @@ struct Daemon {
     backoff: Backoff,
     /// When to try again after a failed apply.
     retry_at: Option<Instant>,
-    /// Each gateway's state at the last successful reconcile, to log what changed.
-    gateways: BTreeMap<String, GatewayState>,
     /// The STATUS= line without the reload note.
     status: String,
     /// The conflicts last logged, so a storm of events doesn't repeat them.
@@ -333,18 +331,22 @@ impl Daemon {
             Why::Start => rundir::WAIT_COMMAND,
             _ => rundir::WAIT_DAEMON,
         };
-        let report = apply::apply_with_health(&self.model, &self.health_down, wait);
+        let opts = ApplyOptions {
+            health_down: self.health_down.clone(),
+            lock: Locking::Wait(wait),
+            ..ApplyOptions::default()
+        };
+        let report = apply::apply(&self.model, &opts);
         self.metrics.reconciled(started.elapsed());
         let report = report?;
         let took = started.elapsed().as_millis();
-        self.log_gateways(&report.plan, matches!(why, Why::Start));
+        let changes = self.gateways_changed(&report.plan, matches!(why, Why::Start));
         self.log_waiting(&report.plan);
         // Gateways seen up before and down now (not those found down at startup).
-        let went_down: Vec<_> = self
-            .gateways_observed(&report.plan)
-            .into_iter()
-            .filter(|t| (t.old, t.new) == ("up", "down"))
-            .filter_map(|t| report.plan.gateways.iter().find(|g| g.name == t.gateway))
+        let went_down: Vec<_> = changes
+            .iter()
+            .filter(|c| c.went_down())
+            .filter_map(|c| report.plan.gateways.iter().find(|g| g.name == c.gateway))
             .cloned()
             .collect();
         let lines = report.changes.summary();
@@ -523,7 +525,7 @@ impl Daemon {
             pending::forget();
         }
         self.systemd.stopping("removing the policy");
-        let changes = apply::remove()?;
+        let changes = crate::kernel::remove::remove()?;
         for l in changes.summary() {
             info!("removed: {}", one_line(&l));
         }
@@ -654,29 +656,32 @@ impl Daemon {
         self.cgroups = named;
     }
 
-    /// Log gateways whose state changed (at startup: those not up).
-    fn log_gateways(&mut self, plan: &Plan, start: bool) {
-        let mut now = BTreeMap::new();
-        for g in &plan.gateways {
-            let before = self.gateways.get(&g.name);
-            if before != Some(&g.state) && !(start && g.state == GatewayState::Up) {
-                match &g.state {
-                    GatewayState::Up => info!("gateway {} is up: its routes are installed", g.name),
-                    GatewayState::Partial(why) => warn!(
-                        "gateway {} is partly up ({}); the other family's routes are installed",
-                        g.name,
-                        one_line(why)
-                    ),
-                    GatewayState::Down(why) => warn!(
-                        "gateway {} is down ({}); its rules fall through to the main table until it comes back",
-                        g.name,
-                        one_line(why)
-                    ),
-                }
+    /// After an apply: the gateways whose state changed (`gateways::Live`, the one
+    /// detector), each logged (at startup: those not up), and the hooks run for those
+    /// that went up↔down or are seen for the first time.
+    fn gateways_changed(&mut self, plan: &Plan, start: bool) -> Vec<gateways::Change> {
+        let changes = self.live.observe(plan, SystemTime::now());
+        for c in &changes {
+            match &c.new {
+                GatewayState::Up if start => {}
+                GatewayState::Up => info!("gateway {} is up: its routes are installed", c.gateway),
+                GatewayState::Partial(why) => warn!(
+                    "gateway {} is partly up ({}); the other family's routes are installed",
+                    c.gateway,
+                    one_line(why)
+                ),
+                GatewayState::Down(why) => warn!(
+                    "gateway {} is down ({}); its rules fall through to the main table until it comes back",
+                    c.gateway,
+                    one_line(why)
+                ),
             }
-            now.insert(g.name.clone(), g.state.clone());
         }
-        self.gateways = now;
+        for c in changes.iter().filter(|c| c.flips()) {
+            self.hooks
+                .fire(&self.model.settings.on_change, c, self.netns.as_deref());
+        }
+        changes
     }
 }
 

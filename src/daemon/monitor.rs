@@ -14,12 +14,13 @@
 //! `overrun` event: notifications were lost, so the actor just reconciles from fresh dumps.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::sync::mpsc::Sender;
 use std::time::Instant;
 
 use netlink_packet_core::NetlinkBuffer;
 use netlink_sys::{protocols, Socket};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::event::{Event, KernelEvent, Source, Sources};
 
@@ -75,21 +76,9 @@ fn subscribe(protocol: isize, groups: &[u32], what: &str) -> io::Result<Socket> 
 
 /// SO_RCVBUFFORCE (root may exceed net.core.rmem_max), else SO_RCVBUF (capped there).
 fn set_rcvbuf(s: &Socket, bytes: usize) {
-    let v = bytes as libc::c_int;
-    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
-        // SAFETY: setsockopt reads the int we pass, for a descriptor `s` owns.
-        let rc = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                (&v as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
+    use nix::sys::socket::{setsockopt, sockopt};
+    if setsockopt(s, sockopt::RcvBufForce, &bytes).is_err() {
+        let _ = setsockopt(s, sockopt::RcvBuf, &bytes);
     }
 }
 
@@ -150,27 +139,15 @@ impl Monitor {
 
     fn run(self, tx: &Sender<Event>) -> io::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
-        let mut fds = vec![libc::pollfd {
-            fd: self.route.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
+        let mut fds = vec![PollFd::new(self.route.as_fd(), PollFlags::POLLIN)];
         if let Some(nft) = &self.nft {
-            fds.push(libc::pollfd {
-                fd: nft.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
+            fds.push(PollFd::new(nft.as_fd(), PollFlags::POLLIN));
         }
         loop {
-            // SAFETY: `fds` is a valid array of pollfd for the descriptors we own.
-            let rc = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-            if rc < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
             }
             let at = Instant::now();
             let mut ev = KernelEvent {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::kernel::clock::BootTime;
+use crate::kernel::clock::{self, BootTime};
 use crate::kernel::{rundir, KernelError};
 use crate::model::Model;
 
@@ -42,7 +42,7 @@ pub fn save(config: &Path, p: &PendingConfirm) {
         config: config.to_path_buf(),
         previous: p.previous.0.clone(),
         deadline: p.deadline,
-        deadline_unix: super::gateways::unix(p.deadline.wall()),
+        deadline_unix: clock::unix(p.deadline.wall()),
     };
     let text = serde_json::to_string_pretty(&record).expect("record serializes");
     if let Err(e) = path().and_then(|p| rundir::write(&p, text.as_bytes())) {

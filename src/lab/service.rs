@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 
 use super::netns::Netns;
 
@@ -47,10 +49,7 @@ impl Service {
         // SAFETY: prctl only sets a flag of the new process; async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
             });
         }
         let mut child = cmd
@@ -136,8 +135,8 @@ impl Service {
             .filter(|p| *p > 1)
             .collect();
         if matches!(self.child.try_wait(), Ok(None)) {
-            // SAFETY: kill(2) on our own child's pid, which we have not reaped yet.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            // Our own child, not reaped yet.
+            let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
             let deadline = Instant::now() + self.grace;
             while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -149,8 +148,7 @@ impl Service {
             // Only if it is still that program (pids get reused).
             let comm = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if comm.contains(self.name.split_whitespace().next().unwrap_or("")) {
-                // SAFETY: kill(2) on a pid read from the service's own pid file, checked above.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
     }

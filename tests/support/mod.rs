@@ -1,18 +1,26 @@
-//! Shared by the end-to-end tests: run the real `symroute` binary inside a namespace and
-//! snapshot a namespace's kernel state. Every test needs root; `require_root` says so.
+//! Shared by the end-to-end tests: the seed lab, running the real `symroute` binary
+//! inside a namespace (`daemon` for `symroute run`), its status as JSON, the kernel state
+//! of a namespace, and `conntrack -L` parsed (random tests use `symroute::fuzz::Rng`). Every test
+//! that builds namespaces needs root; `require_root` says so.
 #![allow(dead_code)]
 
 pub mod cgroups;
 pub mod classify;
+pub mod conntrack;
 pub mod daemon;
 
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Output};
+use std::time::Instant;
 
-use symroute::lab::{veth, Netns};
+use symroute::kernel::netlink::{convert, Netlink};
+use symroute::lab::{veth, Netns, Services, TwoIsps};
+use symroute::model::Family;
+use symroute::plan::{RouteSpec, RT_PROTO};
 
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     assert_eq!(
         euid, 0,
         "this end-to-end test builds network namespaces and needs root: run `sudo scripts/test`"
@@ -33,6 +41,36 @@ pub fn require_root() {
             "`{tool}` is missing: run `scripts/setup` (or `sudo scripts/test`, which runs it)"
         );
     }
+}
+
+/// Seed 1's firewall with two ISPs, a LAN client and servers beyond (`symroute::lab`).
+pub fn lab() -> TwoIsps {
+    require_root();
+    let t0 = Instant::now();
+    let lab = TwoIsps::build().expect("build TwoIsps");
+    eprintln!("TwoIsps::build took {:?}", t0.elapsed());
+    lab
+}
+
+/// The lab's servers (echo, SMTP), running until dropped.
+pub fn services(lab: &TwoIsps) -> Services {
+    lab.start_services().expect("start lab services")
+}
+
+pub fn sa(ip: impl Into<IpAddr>, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+/// Our IPv4 routes in `table`, read over `nl` (a netlink socket in the namespace).
+pub fn our_routes(nl: &mut Netlink, table: u32) -> BTreeSet<RouteSpec> {
+    let names = convert::link_names(&nl.dump_links().expect("dump links"));
+    nl.dump_routes(Family::Inet4)
+        .expect("dump routes")
+        .iter()
+        .filter(|r| u8::from(r.header.protocol) == RT_PROTO)
+        .filter_map(|r| convert::route_spec(r, &names))
+        .filter(|r| r.table.id() == table)
+        .collect()
 }
 
 /// `/run/symroute/netns-<cookie>.<suffix>`: a file symroute keeps for `ns` (the cookie is
@@ -83,6 +121,14 @@ impl Run {
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
     }
+    /// Exit code, stdout and stderr, for an assertion's message.
+    pub fn show(&self) -> String {
+        format!(
+            "exit code {}\n--- stdout:\n{}--- stderr:\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
     pub fn ok(self) -> Self {
         assert_eq!(
             self.code, 0,
@@ -125,6 +171,28 @@ pub fn symroute_in(ns: &Netns, cmd: &str, config: Option<&str>, extra: &[&str]) 
         .expect("run symroute");
     let _ = std::fs::remove_dir_all(&dir);
     Run::from(out)
+}
+
+/// `symroute status --json` in `ns` (with `config`; without, the daemon's or the default).
+pub fn status_json(ns: &Netns, config: Option<&str>) -> serde_json::Value {
+    let run = symroute_in(ns, "status", config, &["--json"]).ok();
+    serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}):\n{}", run.stdout))
+}
+
+/// The entry called `name` of `list` ("gateways", "policies") in status JSON.
+pub fn named<'v>(st: &'v serde_json::Value, list: &str, name: &str) -> &'v serde_json::Value {
+    st[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("status has no {list}[]: {st:#}"))
+        .iter()
+        .find(|x| x["name"] == name)
+        .unwrap_or_else(|| panic!("status {list}[] has no {name:?}: {st:#}"))
+}
+
+/// A gateway in status JSON.
+pub fn gateway<'v>(st: &'v serde_json::Value, name: &str) -> &'v serde_json::Value {
+    named(st, "gateways", name)
 }
 
 /// Everything `remove` must restore, as text: rules, routes (all tables), the nft ruleset,
@@ -256,13 +324,17 @@ pub fn two_uplinks(role: &str) -> (Netns, Netns) {
     (fw, isp)
 }
 
-/// A temp directory of this test process (mode 0755), removed on drop.
+/// A temp directory of this test (mode 0755), removed on drop.
 pub struct TempDir(pub std::path::PathBuf);
 
 impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         use std::os::unix::fs::PermissionsExt;
-        let p = std::env::temp_dir().join(format!("symroute-tmp-{}-{tag}", std::process::id()));
+        use std::sync::atomic::{AtomicU32, Ordering};
+        // The tests of the binary run at once: a count keeps equal tags apart.
+        static COUNT: AtomicU32 = AtomicU32::new(0);
+        let n = COUNT.fetch_add(1, Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("symroute-tmp-{}-{n}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("temp dir");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");

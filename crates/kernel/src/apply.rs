@@ -1,10 +1,10 @@
 //! Executing `Changes`: sysctls (previous values recorded first), the nft table (one atomic
 //! transaction), then routes and rules (pipelined netlink batches: deletes, then adds, per
 //! family). `apply` converges from whatever it finds and, if a step fails, puts back what
-//! it found; `remove` deletes all that carries our tag and restores recorded sysctls,
-//! carrying on past errors.
+//! it found (`remove` runs the same steps, carrying on past errors).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -15,7 +15,7 @@ use symroute_core::plan::diff::{self, Changes, Observed, SysctlChange};
 use symroute_core::plan::{self, nft, Plan, RouteSpec, RuleSpec};
 
 /// A step of `execute`, for test-only fault injection (`--inject-failure`, `--abort-after`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     Sysctls,
     Nft,
@@ -33,32 +33,47 @@ pub struct Faults {
     pub fail_rollback_reads: u32,
 }
 
+/// What the callers of `apply` differ by: `symroute apply` takes the defaults, the
+/// daemon passes its health verdicts and a short wait, `apply --confirm` runs under the
+/// lock its session holds and saves its rollback point before the first change.
+#[derive(Default)]
+pub struct ApplyOptions<'a> {
+    /// Gateways the daemon's health checks hold down (name → why): planned as down.
+    pub health_down: BTreeMap<String, String>,
+    pub lock: Locking<'a>,
+    /// Test only.
+    pub faults: Faults,
+    /// Runs once there is something to change, before the first change; an error from it
+    /// stops the apply, changing nothing.
+    pub before_change: Option<&'a BeforeChange<'a>>,
+}
+
+/// See [`ApplyOptions::before_change`].
+pub type BeforeChange<'a> = dyn Fn(&Before) -> Result<(), KernelError> + 'a;
+
+/// The namespace's lock (`rundir`), which every change is made under.
+pub enum Locking<'a> {
+    /// Take it, waiting at most this long for another symroute process of the namespace
+    /// (`KernelError::Locked` after that).
+    Wait(Duration),
+    /// The caller holds it.
+    Held(&'a rundir::Lock),
+}
+
+impl Default for Locking<'_> {
+    fn default() -> Self {
+        Locking::Wait(rundir::WAIT_COMMAND)
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct ApplyReport {
     pub plan: Plan,
     pub changes: Changes,
 }
 
-/// Observe, plan, diff; refuse on conflicts; apply the difference; roll back on failure.
-pub fn apply(model: &Model, faults: Faults) -> Result<ApplyReport, KernelError> {
-    let _lock = rundir::lock(rundir::WAIT_COMMAND)?;
-    apply_locked(model, faults, |_| Ok(()))
-}
-
-/// `apply` with gateways declared down by the daemon's health checks (name → why),
-/// waiting at most `wait` for another symroute process in the namespace
-/// (`KernelError::Locked` after that).
-pub fn apply_with_health(
-    model: &Model,
-    health_down: &std::collections::BTreeMap<String, String>,
-    wait: std::time::Duration,
-) -> Result<ApplyReport, KernelError> {
-    let _lock = rundir::lock(wait)?;
-    apply_locked_for(model, health_down, Faults::default(), |_| Ok(()))
-}
-
 /// What `apply` knows just before its first change: all a rollback needs.
-pub(crate) struct Before<'a> {
+pub struct Before<'a> {
     pub observed: &'a Observed,
     pub changes: &'a Changes,
     /// `nft list table` text, when this apply replaces an existing table.
@@ -66,23 +81,13 @@ pub(crate) struct Before<'a> {
     pub state: &'a state::State,
 }
 
-/// `apply` with the lock already held; `before_change` runs once there is something to
-/// change, before the first change (an error from it stops the apply, changing nothing).
-pub(crate) fn apply_locked(
-    model: &Model,
-    faults: Faults,
-    before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
-) -> Result<ApplyReport, KernelError> {
-    apply_locked_for(model, &Default::default(), faults, before_change)
-}
-
-fn apply_locked_for(
-    model: &Model,
-    health_down: &std::collections::BTreeMap<String, String>,
-    faults: Faults,
-    before_change: impl FnOnce(&Before) -> Result<(), KernelError>,
-) -> Result<ApplyReport, KernelError> {
-    let (observed, plan, mut changes) = prepare_health(model, health_down)?;
+/// Observe, plan, diff; refuse on conflicts; apply the difference; roll back on failure.
+pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelError> {
+    let _lock = match opts.lock {
+        Locking::Wait(wait) => Some(rundir::lock(wait)?),
+        Locking::Held(_) => None,
+    };
+    let (observed, plan, mut changes) = prepare(model, &opts.health_down)?;
     if changes.is_empty() {
         return Ok(ApplyReport { plan, changes });
     }
@@ -98,12 +103,15 @@ fn apply_locked_for(
         script.push_str(&nft::carry_sticky_sources(old, &plan.nft));
     }
     let state_before = state::load()?;
-    before_change(&Before {
-        observed: &observed,
-        changes: &changes,
-        saved_table: saved_table.as_deref(),
-        state: &state_before,
-    })?;
+    if let Some(before_change) = opts.before_change {
+        before_change(&Before {
+            observed: &observed,
+            changes: &changes,
+            saved_table: saved_table.as_deref(),
+            state: &state_before,
+        })?;
+    }
+    let faults = opts.faults;
     if let Err(e) = execute(&changes, faults, false) {
         let rollback = roll_back(
             &observed,
@@ -298,15 +306,11 @@ pub(crate) fn record_table_digest() -> Result<(), KernelError> {
     state::save(&st)
 }
 
-/// The read-only half of apply: what would change (`symroute plan`).
-pub fn prepare(model: &Model) -> Result<(Observed, Plan, Changes), KernelError> {
-    prepare_health(model, &Default::default())
-}
-
-/// `prepare` with gateways that health checks hold down (name → why).
-pub fn prepare_health(
+/// The read-only half of apply: what would change (`symroute plan`), with the gateways
+/// health checks hold down (name → why).
+pub fn prepare(
     model: &Model,
-    health_down: &std::collections::BTreeMap<String, String>,
+    health_down: &BTreeMap<String, String>,
 ) -> Result<(Observed, Plan, Changes), KernelError> {
     let mut observed = observe::observe()?;
     observed.host.health_down = health_down.clone();
@@ -328,51 +332,6 @@ pub fn prepare_health(
     Ok((observed, plan, changes))
 }
 
-/// Delete everything symroute owns and restore recorded sysctls. Returns what it did;
-/// errors are collected, not fatal, so one stuck object doesn't strand the rest.
-pub fn remove() -> Result<Changes, KernelError> {
-    let lock = rundir::lock(rundir::WAIT_COMMAND)?;
-    let observed = observe::observe()?;
-    let recorded = state::load()?.sysctls;
-    let changes = Changes {
-        nft: observed.nft_fingerprint.is_some().then(nft::delete_script),
-        rules_del: observed.rules.iter().cloned().collect(),
-        routes_del: observed.routes.iter().cloned().collect(),
-        sysctls_restore: restore_list(&recorded, &observed.host.sysctls),
-        ..Changes::default()
-    };
-    execute(&changes, Faults::default(), true)?;
-    state::save(&state::State::default())?;
-    record_table(None)?;
-    // A pending `apply --confirm` (by hand or a stopped daemon's) would put back what
-    // was there before it: after a remove, nothing is left to confirm or roll back.
-    let _ = super::confirm::forget();
-    let _ = state::daemon_pending_path().and_then(|p| rundir::remove(&p));
-    // The HA role keepalived last reported: it would outlive the policy it was for.
-    let _ = state::forget_ha();
-    // Namespaces come and go: leave no lock file behind. Unlinked while held, so a
-    // waiter finds it gone and locks a new one (`rundir`).
-    lock.unlink();
-    Ok(changes)
-}
-
-fn restore_list(
-    recorded: &BTreeMap<String, String>,
-    current: &BTreeMap<String, String>,
-) -> Vec<SysctlChange> {
-    recorded
-        .iter()
-        .filter_map(|(k, prev)| {
-            let cur = current.get(k)?;
-            (cur != prev).then(|| SysctlChange {
-                key: k.clone(),
-                from: cur.clone(),
-                to: prev.clone(),
-            })
-        })
-        .collect()
-}
-
 fn checkpoint(step: Step, faults: Faults) -> Result<(), KernelError> {
     if faults.abort_after == Some(step) {
         eprintln!("symroute: aborting after step {step:?} (--abort-after)");
@@ -387,7 +346,7 @@ fn checkpoint(step: Step, faults: Faults) -> Result<(), KernelError> {
 }
 
 /// Run the changes in order. `best_effort` carries on past errors and reports them at the end.
-fn execute(c: &Changes, faults: Faults, best_effort: bool) -> Result<(), KernelError> {
+pub(crate) fn execute(c: &Changes, faults: Faults, best_effort: bool) -> Result<(), KernelError> {
     let mut errors = Vec::new();
     let mut step = |r: Result<(), KernelError>| -> Result<(), KernelError> {
         match r {

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::apply::{self, ApplyReport, Faults};
-use super::clock::BootTime;
+use super::apply::{self, ApplyOptions, ApplyReport, Faults, Locking};
+use super::clock::{unix, BootTime};
 use super::rundir::{self, Lock};
 use super::{state, KernelError};
 use symroute_core::model::Model;
@@ -143,7 +143,8 @@ impl Earlier {
 
 /// An `apply --confirm` in progress: holds the namespace lock from `begin` to the end.
 pub struct Session {
-    _lock: Lock,
+    /// Held for the whole session: the apply runs under it.
+    lock: Lock,
     pub earlier: Earlier,
     pub token: String,
     pub deadline: BootTime,
@@ -163,7 +164,7 @@ pub fn begin(deadline: BootTime) -> Result<Session, KernelError> {
             .unwrap_or(0)
     );
     Ok(Session {
-        _lock: lock,
+        lock,
         earlier,
         token,
         deadline,
@@ -215,8 +216,8 @@ impl Session {
     /// then apply. `Ok((report, true))`: something changed and is pending; `false`:
     /// nothing changed, nothing is pending.
     pub fn apply(&self, model: &Model, guard_pid: u32) -> Result<(ApplyReport, bool), KernelError> {
-        let mut saved = false;
-        let report = apply::apply_locked(model, Faults::default(), |b| {
+        let saved = std::cell::Cell::new(false);
+        let save_before = |b: &apply::Before| {
             let touched: BTreeSet<&String> = b
                 .changes
                 .sysctls
@@ -243,10 +244,16 @@ impl Session {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             })?;
-            saved = true;
+            saved.set(true);
             Ok(())
-        })?;
-        Ok((report, saved))
+        };
+        let opts = ApplyOptions {
+            lock: Locking::Held(&self.lock),
+            before_change: Some(&save_before),
+            ..ApplyOptions::default()
+        };
+        let report = apply::apply(model, &opts)?;
+        Ok((report, saved.get()))
     }
 }
 
@@ -438,10 +445,4 @@ fn roll_back_pending(p: &Pending) -> Result<(), KernelError> {
         &p.state_before,
         Faults::default(),
     )
-}
-
-fn unix(t: std::time::SystemTime) -> u64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

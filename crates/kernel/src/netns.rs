@@ -84,29 +84,32 @@ pub fn enter_with_etc(name: &str) -> Result<Option<String>, KernelError> {
 pub fn cookie() -> Result<String, KernelError> {
     // SO_NETNS_COOKIE (Linux 5.14+); not exported by libc for every architecture.
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let io = |what: &str| KernelError::Io {
-        what: what.to_string(),
-        source: std::io::Error::last_os_error(),
-    };
-    // SAFETY: plain socket syscalls on a descriptor we own and close.
-    unsafe {
-        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io("creating a socket to identify the network namespace"));
-        }
-        let mut cookie: u64 = 0;
-        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-        let rc = libc::getsockopt(
-            fd,
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| KernelError::Io {
+        what: "creating a socket to identify the network namespace".into(),
+        source: e.into(),
+    })?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a u64 of that size, for
+    // a descriptor `fd` owns (nix has no SO_NETNS_COOKIE option).
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
             libc::SOL_SOCKET,
             SO_NETNS_COOKIE,
             (&mut cookie as *mut u64).cast(),
             &mut len,
-        );
-        libc::close(fd);
-        if rc == 0 {
-            return Ok(format!("c{cookie}"));
-        }
+        )
+    };
+    if rc == 0 {
+        return Ok(format!("c{cookie}"));
     }
     // Older kernels: the namespace inode (reusable, but the best there is).
     let f = File::open("/proc/self/ns/net").map_err(|source| KernelError::Io {

@@ -119,17 +119,16 @@ impl SnapDir {
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let mode = Mode::from_bits_truncate(0o644);
         let dirfd = Some(self.fd.as_raw_fd());
-        let raw = match openat(dirfd, tmp.as_str(), flags, mode) {
+        let fd = match open_owned(dirfd, tmp.as_str(), flags, mode) {
             // Left by a killed run (or planted): unlink the name, never follow it.
             Err(nix::errno::Errno::EEXIST) => {
                 unlinkat(dirfd, tmp.as_str(), UnlinkatFlags::NoRemoveDir).map_err(io)?;
-                openat(dirfd, tmp.as_str(), flags, mode)
+                open_owned(dirfd, tmp.as_str(), flags, mode)
             }
             r => r,
         }
         .map_err(io)?;
-        // SAFETY: openat just returned this descriptor; nothing else owns it.
-        let mut f = unsafe { std::fs::File::from_raw_fd(raw) };
+        let mut f = std::fs::File::from(fd);
         let written = f.write_all(bytes).map_err(|source| KernelError::Io {
             what: format!("writing {}", path.display()),
             source,
@@ -143,15 +142,27 @@ impl SnapDir {
     }
 }
 
+/// `openat(2)` (relative to `dir`, or the working directory), owning what it opens: nix
+/// 0.29 returns a bare descriptor, and std cannot open relative to a directory.
+fn open_owned<P: ?Sized + nix::NixPath>(
+    dir: Option<std::os::fd::RawFd>,
+    path: &P,
+    flags: OFlag,
+    mode: Mode,
+) -> nix::Result<OwnedFd> {
+    let raw = openat(dir, path, flags, mode)?;
+    // SAFETY: openat just returned this descriptor, open, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
 /// Open a directory (`O_DIRECTORY`; with `no_follow`, refusing a symbolic link).
 fn open_dir(dir: &Path, no_follow: bool) -> Result<OwnedFd, KernelError> {
     let mut flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     if no_follow {
         flags |= OFlag::O_NOFOLLOW;
     }
-    match nix::fcntl::open(dir, flags, Mode::empty()) {
-        // SAFETY: open just returned this descriptor; nothing else owns it.
-        Ok(raw) => Ok(unsafe { OwnedFd::from_raw_fd(raw) }),
+    match open_owned(None, dir, flags, Mode::empty()) {
+        Ok(fd) => Ok(fd),
         // O_NOFOLLOW|O_DIRECTORY on a link: ENOTDIR (ELOOP on some systems).
         Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR)
             if no_follow && dir.is_symlink() =>
@@ -381,8 +392,8 @@ pub fn load(dir: &Path) -> Result<Loaded, KernelError> {
 fn read_at(d: &OwnedFd, dir: &Path, file: &str, max: u64) -> Result<Option<String>, KernelError> {
     let path = dir.join(file);
     let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
-    let raw = match openat(Some(d.as_raw_fd()), file, flags, Mode::empty()) {
-        Ok(raw) => raw,
+    let fd = match open_owned(Some(d.as_raw_fd()), file, flags, Mode::empty()) {
+        Ok(fd) => fd,
         Err(nix::errno::Errno::ENOENT) => return Ok(None),
         Err(nix::errno::Errno::ELOOP) => {
             return Err(KernelError::Other(format!(
@@ -397,8 +408,7 @@ fn read_at(d: &OwnedFd, dir: &Path, file: &str, max: u64) -> Result<Option<Strin
             })
         }
     };
-    // SAFETY: openat just returned this descriptor; nothing else owns it.
-    let f = unsafe { std::fs::File::from_raw_fd(raw) };
+    let f = std::fs::File::from(fd);
     let io = |source| KernelError::Io {
         what: format!("reading {}", path.display()),
         source,

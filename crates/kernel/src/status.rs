@@ -1,19 +1,70 @@
-//! What is live: per-policy counters from our nft table and connections per gateway from
-//! conntrack marks.
+//! What is live, as `symroute status` shows it: each gateway's state (from the plan on
+//! this host, or from the daemon's health checks when one runs), per-policy counters from
+//! our nft table, and connections per gateway from conntrack marks. One `Status`, built
+//! here; the command line and the daemon only print it.
+//!
+//! A running daemon answers with a `DaemonStatus` (its socket protocol's shape): what it
+//! alone knows, each gateway's `LiveGateway` (since when, loss, round trip, failovers),
+//! which `status` lays over the plan's view.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use super::conntrack::Conntrack;
-use super::{cmd, KernelError};
+use super::{cmd, observe, KernelError};
 use symroute_core::model::Model;
 use symroute_core::plan::markmap::MarkMap;
-use symroute_core::plan::{GatewayState, Plan, PolicyGateway};
+use symroute_core::plan::{self, GatewayState, Plan, PolicyGateway};
+
+/// A gateway's state as status, the daemon's hooks and metrics report it: up (all or
+/// part of its routes installed: the reason then names what is missing) or down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Up,
+    Down,
+}
+
+impl State {
+    pub fn of(s: &GatewayState) -> State {
+        match s {
+            GatewayState::Up | GatewayState::Partial(_) => State::Up,
+            GatewayState::Down(_) => State::Down,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "up",
+            State::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a gateway is in its state: what a partly up one misses, why a down one is down.
+pub fn reason(s: &GatewayState) -> Option<String> {
+    match s {
+        GatewayState::Up => None,
+        GatewayState::Partial(why) => Some(format!("partly up: {why}")),
+        GatewayState::Down(why) => Some(why.clone()),
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// Our nft table exists.
     pub applied: bool,
+    /// It is the table this config's plan makes (for people; not in the JSON).
+    #[serde(skip)]
+    pub matches_config: bool,
     /// The `symroute run` of this namespace, when its control socket answered.
     pub daemon: Option<DaemonInfo>,
     pub gateways: Vec<GatewayStatus>,
@@ -31,8 +82,7 @@ pub struct GatewayStatus {
     pub name: String,
     pub interface: String,
     pub table: u32,
-    /// "up" or "down" ("up" includes partly up; `reason` says what is missing).
-    pub state: String,
+    pub state: State,
     pub reason: Option<String>,
     /// Live conntrack entries whose mark carries one of this gateway's decisions.
     pub connections: u64,
@@ -74,7 +124,115 @@ pub struct PolicyStatus {
     pub waiting: Vec<symroute_core::plan::Waiting>,
 }
 
-pub fn status(model: &Model, plan: &Plan, applied: bool) -> Result<Status, KernelError> {
+/// A running daemon's own view (the control socket's answer to `status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub daemon: DaemonInfo,
+    /// The STATUS= line: `applied, 2 gateways up`, …
+    pub summary: String,
+    pub pending_confirm: Option<PendingInfo>,
+    pub gateways: Vec<LiveGateway>,
+    /// Gateways its health checks hold down (name → why): the plan the daemon keeps is
+    /// built with them, so `status` and `plan` compare against that plan, not the bare
+    /// config's.
+    #[serde(default)]
+    pub health_down: BTreeMap<String, String>,
+    /// Its role in an HA pair, as keepalived last reported it (`symroute ha`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<super::state::HaRecord>,
+}
+
+/// An `apply --confirm` the daemon goes back from unless confirmed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingInfo {
+    /// When the daemon goes back to `previous_config` (RFC 3339 UTC).
+    pub deadline: String,
+    pub deadline_unix: u64,
+    pub previous_config: String,
+}
+
+/// One gateway as the daemon sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveGateway {
+    pub name: String,
+    pub interface: String,
+    /// As of the daemon's last successful apply; `None` ("unknown") for a gateway no
+    /// apply has included yet.
+    #[serde(with = "state_or_unknown")]
+    pub state: Option<State>,
+    pub reason: Option<String>,
+    /// When the gateway entered this state (or when the daemon first saw it), RFC 3339 UTC.
+    pub since: String,
+    pub since_unix: u64,
+    /// Lost probes over the check window (0.0–1.0); null without checks.
+    pub loss: Option<f64>,
+    /// Mean round trip of recent good probes; null without checks or while unknown.
+    pub rtt_ms: Option<f64>,
+    /// up → down transitions since the daemon started.
+    pub failovers: u64,
+}
+
+/// `LiveGateway::state` on the wire: "up", "down" or "unknown".
+mod state_or_unknown {
+    use super::State;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(s: &Option<State>, ser: S) -> Result<S::Ok, S::Error> {
+        ser.serialize_str(s.map_or("unknown", State::as_str))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<Option<State>, D::Error> {
+        Ok(match String::deserialize(de)?.as_str() {
+            "up" => Some(State::Up),
+            "down" => Some(State::Down),
+            _ => None,
+        })
+    }
+}
+
+/// `symroute status`: `model`'s plan on this host (the gateways a daemon's health checks
+/// hold down are down in it), whether it is applied, the counters and connections, and
+/// the daemon's live view of each gateway over the plan's.
+pub fn status(model: &Model, daemon: Option<&DaemonStatus>) -> Result<Status, KernelError> {
+    let mut observed = observe::observe()?;
+    if let Some(d) = daemon {
+        observed.host.health_down = d.health_down.clone();
+    }
+    observed.host.cgroups = super::cgroup::observe(model);
+    let plan = plan::build(model, &observed.host);
+    let applied = observed.nft_fingerprint.is_some();
+    let mut st = of_plan(model, &plan, applied)?;
+    st.matches_config = observed.nft_fingerprint.as_deref() == Some(plan.nft_fingerprint.as_str());
+    if let Some(d) = daemon {
+        st.daemon = Some(d.daemon.clone());
+        if d.ha.is_some() {
+            st.ha = d.ha;
+        }
+        for g in &mut st.gateways {
+            if let Some(l) = d.gateways.iter().find(|l| l.name == g.name) {
+                g.live(l);
+            }
+        }
+    }
+    Ok(st)
+}
+
+impl GatewayStatus {
+    /// Take in the daemon's view: its state (when it has one), since, loss, round trip.
+    fn live(&mut self, l: &LiveGateway) {
+        if let Some(state) = l.state {
+            self.state = state;
+            self.reason = l.reason.clone();
+        }
+        self.since = Some(l.since.clone());
+        self.loss = l.loss;
+        self.rtt_ms = l.rtt_ms;
+        self.failovers = Some(l.failovers);
+    }
+}
+
+/// The status of `plan` alone (no daemon): gateways as planned, counters, connections.
+fn of_plan(model: &Model, plan: &Plan, applied: bool) -> Result<Status, KernelError> {
     let counters = if applied {
         policy_counters()?
     } else {
@@ -92,8 +250,8 @@ pub fn status(model: &Model, plan: &Plan, applied: bool) -> Result<Status, Kerne
                 name: g.name.clone(),
                 interface: g.interface.clone(),
                 table: g.table.id(),
-                state: state_and_reason(&g.state).0.into(),
-                reason: state_and_reason(&g.state).1,
+                state: State::of(&g.state),
+                reason: reason(&g.state),
                 connections,
                 since: None,
                 loss: None,
@@ -124,6 +282,7 @@ pub fn status(model: &Model, plan: &Plan, applied: bool) -> Result<Status, Kerne
         .collect();
     Ok(Status {
         applied,
+        matches_config: false,
         daemon: None,
         gateways,
         policies,
@@ -173,16 +332,6 @@ pub fn counters_in(rs: &serde_json::Value) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
-/// A plan's gateway state as status reports it: "up" (partly up included, with the
-/// missing family as the reason) or "down", and why.
-pub fn state_and_reason(state: &GatewayState) -> (&'static str, Option<String>) {
-    match state {
-        GatewayState::Up => ("up", None),
-        GatewayState::Partial(why) => ("up", Some(format!("partly up: {why}"))),
-        GatewayState::Down(why) => ("down", Some(why.clone())),
-    }
-}
-
 /// A policy's gateways in one line: `isp1`, or `isp1=3 isp2=1 (isp2 not used now)`.
 pub fn describe_gateways(gateways: &[PolicyGateway]) -> String {
     let mut names: Vec<String> = gateways
@@ -201,4 +350,47 @@ pub fn describe_gateways(gateways: &[PolicyGateway]) -> String {
         names.push(format!("({} not used now)", idle.join(", ")));
     }
     names.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_and_their_wire_names() {
+        assert_eq!(State::of(&GatewayState::Up), State::Up);
+        let partial = GatewayState::Partial("no IPv6 address".into());
+        assert_eq!(State::of(&partial), State::Up);
+        assert_eq!(
+            reason(&partial).as_deref(),
+            Some("partly up: no IPv6 address")
+        );
+        let down = GatewayState::Down("link down".into());
+        assert_eq!(
+            (State::of(&down), reason(&down).as_deref()),
+            (State::Down, Some("link down"))
+        );
+        assert_eq!(serde_json::to_string(&State::Down).unwrap(), r#""down""#);
+        let mut g = LiveGateway {
+            name: "isp1".into(),
+            interface: "up1".into(),
+            state: None,
+            reason: None,
+            since: "1970-01-01T00:00:00.000Z".into(),
+            since_unix: 0,
+            loss: None,
+            rtt_ms: None,
+            failovers: 0,
+        };
+        for (state, wire) in [
+            (None, "unknown"),
+            (Some(State::Up), "up"),
+            (Some(State::Down), "down"),
+        ] {
+            g.state = state;
+            let text = serde_json::to_string(&g).unwrap();
+            assert!(text.contains(&format!(r#""state":"{wire}""#)), "{text}");
+            assert_eq!(serde_json::from_str::<LiveGateway>(&text).unwrap(), g);
+        }
+    }
 }

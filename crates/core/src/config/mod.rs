@@ -561,6 +561,15 @@ fn validate_settings(s: &Sp<raw::RawSettings>, loc: &mut Locator) -> Settings {
             Err(e) => loc.error(p.span(), format!("settings.first_priority: {e}")),
         }
     }
+    if let Some(p) = &s.fallback_priority {
+        match u32::try_from(*p.get_ref())
+            .map_err(|_| "out of range".to_string())
+            .and_then(Priority::after_main)
+        {
+            Ok(pr) => out.fallback_priority = pr,
+            Err(e) => loc.error(p.span(), format!("settings.fallback_priority: {e}")),
+        }
+    }
     if let Some(v) = &s.on_change {
         out.on_change = validate_on_change(v, loc);
     }

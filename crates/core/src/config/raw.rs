@@ -25,6 +25,7 @@ pub struct RawSettings {
     pub mark_mask: Option<Sp<toml::Value>>,
     pub first_table: Option<Sp<i64>>,
     pub first_priority: Option<Sp<i64>>,
+    pub fallback_priority: Option<Sp<i64>>,
     pub metrics: Option<Sp<String>>,
     pub metrics_allow_remote: Option<Sp<bool>>,
     /// `symroute run`: command(s) run on each gateway up/down change (string or list).

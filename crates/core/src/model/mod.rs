@@ -42,6 +42,9 @@ pub struct Settings {
     pub mark_mask: MarkMask,
     pub first_table: TableId,
     pub first_priority: Priority,
+    /// Where the local replies' `from ADDRESS lookup TABLE` rules go: after main and
+    /// default, so they act only when nothing else routes the packet.
+    pub fallback_priority: Priority,
     /// Where `symroute run` serves Prometheus metrics (off when `None`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics: Option<std::net::SocketAddr>,
@@ -61,6 +64,7 @@ impl Default for Settings {
             mark_mask: MarkMask::new(0xff00_0000).expect("constant mask is valid"),
             first_table: TableId::new(42000).expect("constant table is valid"),
             first_priority: Priority::new(3000).expect("constant priority is valid"),
+            fallback_priority: Priority::after_main(32800).expect("constant priority is valid"),
             metrics: None,
             on_change: Vec::new(),
             ha_pair: false,

@@ -131,6 +131,16 @@ impl Priority {
         }
         Ok(Self(p))
     }
+    /// A priority after main (32766) and default (32767), for rules that must act only
+    /// when nothing else routes the packet.
+    pub fn after_main(p: u32) -> Result<Self, String> {
+        if p <= 32767 {
+            return Err(format!(
+                "priority {p} is not after main and default (32766, 32767): use 32768 or more"
+            ));
+        }
+        Ok(Self(p))
+    }
     pub fn from_kernel(p: u32) -> Self {
         Self(p)
     }

@@ -15,13 +15,16 @@
 //! - The divert owns the mask's top value (`capacity`, which no gateway id reaches) and
 //!   table `first_table + id_max`.
 //! - Rule priorities are fixed slots, not one per gateway: `first_priority` the skip rule
-//!   (the host's own undecided packets, with local reply rules), `+1` the skip rule for
-//!   the others, `+2` diverts and the route decisions' skip past the reply rules, `+3`
-//!   every reply rule, `+4` main without its default route, `+5` every route rule, `+6`
-//!   the local copy of main, `+7` every local reply's `from ADDRESS` rule, `+8` a `nop`
-//!   the second skip rule lands on (after every `from` rule, before any foreign rule).
-//!   Rules that share a priority match disjoint marks (or sources), so their order
-//!   within it does not matter.
+//!   (undecided packets jump to the end marker), `+2` diverts and the route decisions'
+//!   skip past the reply rules, `+3` every reply rule, `+4` main without its default
+//!   route, `+5` every route rule, `+8` a `nop` the skip rule lands on (`+1`, `+6` and `+7`
+//!   are kept free: they held rules in an earlier layout, and leaving them keeps every
+//!   other rule's priority). Rules that share a priority match disjoint marks, so their
+//!   order within it does not matter.
+//! - The local replies' `from ADDRESS lookup TABLE` rules sit at `fallback_priority`
+//!   (32800 unless set), after main (32766) and default (32767): they act only when
+//!   nothing else — main, or any rule of the host's own (wg-quick, Tailscale, a hand-made
+//!   uplink) — routes the packet.
 //! - Route decisions are the even values and every other decision is odd (the top value
 //!   of a contiguous mask is odd): one `ip rule` on the mask's lowest bit tells them
 //!   apart.
@@ -99,8 +102,6 @@ fn table(model: &Model, offset: u32) -> TableId {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
     Skip,
-    /// With local reply rules: undecided packets the host does not send skip them too.
-    SecondSkip,
     Divert,
     /// `fwmark 0/LOWEST_BIT goto` main without its default: route decisions (even values)
     /// past the reply rules. Shares the divert's priority: the divert's value is odd.
@@ -108,44 +109,37 @@ pub enum Slot {
     Reply,
     MainWithoutDefault,
     Route,
-    /// `iif lo lookup main`: the local replies' `from` rules come behind all of main.
-    LocalMain,
-    /// `from ADDRESS lookup TABLE` for each reply gateway's own addresses.
-    LocalFrom,
-    /// `nop`: where the second skip rule lands, past every `from` rule (they share one
-    /// priority, so a `goto` to it would walk them all).
+    /// `nop`: where the skip rule lands (rules of one kind share a priority, so a `goto`
+    /// to the last of them would walk them all).
     End,
 }
 
 /// How many priorities the slots span from `first_priority`.
 pub const SLOTS: u32 = 9;
 
-/// How many of the slots `plan::build` uses for `model` at most (each a distinct
-/// priority): the skip rule's always, the divert's (or the route skip's, from 3 reply
+/// How many priorities `plan::build` uses for `model` at most (each distinct): the skip
+/// rule's and the end marker's always, the divert's (or the route skip's, from 3 reply
 /// gateways taking route decisions), main without its default and the route rules' (with
-/// route decisions: route_via, or `symroute exec` for any gateway), and with reply_via
-/// the second skip rule's, the reply rules', the local copy of main's, the `from` rules'
-/// and the end marker's.
+/// route decisions: route_via, or `symroute exec` for any gateway, whose rules appear
+/// while its cgroup exists), and with reply_via the reply rules' and the `from` rules'
+/// (at `fallback_priority`).
 pub fn priorities_needed(model: &Model) -> usize {
     let n = model.gateways.len();
     let replies = (0..n).filter(|&i| model.replies_via(GatewayIdx(i))).count();
     let route = n > 0;
     let route_skip = replies >= 3 && route;
-    1 + usize::from(!model.diverts.is_empty() || route_skip)
-        + if replies > 0 { 5 } else { 0 }
+    2 + usize::from(!model.diverts.is_empty() || route_skip)
+        + if replies > 0 { 2 } else { 0 }
         + if route { 2 } else { 0 }
 }
 
 pub fn priority(model: &Model, slot: Slot) -> Priority {
     let offset = match slot {
         Slot::Skip => 0,
-        Slot::SecondSkip => 1,
         Slot::Divert | Slot::RouteSkip => 2,
         Slot::Reply => 3,
         Slot::MainWithoutDefault => 4,
         Slot::Route => 5,
-        Slot::LocalMain => 6,
-        Slot::LocalFrom => 7,
         Slot::End => 8,
     };
     // `config` keeps first_priority + SLOTS below main's 32766.
@@ -261,18 +255,16 @@ mod tests {
         let m = parse_str(GWS[0], "t.toml").unwrap();
         let p: Vec<u32> = [
             Slot::Skip,
-            Slot::SecondSkip,
             Slot::Divert,
+            Slot::RouteSkip,
             Slot::Reply,
             Slot::MainWithoutDefault,
             Slot::Route,
-            Slot::LocalMain,
-            Slot::LocalFrom,
             Slot::End,
         ]
         .map(|s| priority(&m, s).get())
         .into();
-        assert_eq!(p, [3000, 3001, 3002, 3003, 3004, 3005, 3006, 3007, 3008]);
-        assert_eq!(SLOTS as usize, p.len());
+        assert_eq!(p, [3000, 3002, 3002, 3003, 3004, 3005, 3008]);
+        assert!(p.iter().all(|&x| x < 3000 + SLOTS));
     }
 }

@@ -210,15 +210,10 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     let route_skip =
         (reply_gateways >= 3 && has_route).then(|| alloc::priority(model, alloc::Slot::RouteSkip));
     priorities.extend(route_skip);
-    // With local reply rules (below), undecided packets the host sends go to the local
-    // copy of main and the `from` rules behind it, and all others skip those too: a
-    // second skip rule, right after the first.
-    let second_skip = (reply_gateways > 0).then(|| alloc::priority(model, alloc::Slot::SecondSkip));
-    priorities.extend(second_skip);
-    // Where the second skip lands: every `from` rule shares one priority, so a `goto` to
-    // it would walk them all; a `nop` after them ends the walk before foreign rules.
-    let end = second_skip.map(|_| alloc::priority(model, alloc::Slot::End));
-    priorities.extend(end);
+    // Where the skip rule lands: rules of one kind share a priority, so a `goto` to the
+    // last of them would walk them all; a `nop` after them ends the walk.
+    let end = alloc::priority(model, alloc::Slot::End);
+    priorities.insert(end);
     if let Some((mark, table)) = divert {
         let p = alloc::priority(model, alloc::Slot::Divert);
         priorities.insert(p);
@@ -284,38 +279,22 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
     // reply is never sent. Its source is the address the connection came to, so
     // `from ADDRESS lookup TABLE` for each address of a reply gateway's interface lets
     // that first lookup succeed via the gateway; the output hook's reroute then follows
-    // the connection's mark as before. The `from` rules are a fallback behind all of
-    // main (`iif lo lookup main`, default included): where main routes the packet,
-    // nothing changes — the LAN and specific routes win, and so does main's default for
-    // connections no reply_via policy matched (seed 2's direct clients share the
-    // proxy's interface). Forwarded packets pass that copy of main by their iif alone.
-    let mut local_main: Option<Priority> = None;
+    // the connection's mark as before. The `from` rules sit at `fallback_priority`,
+    // after main and default: they act only when nothing else routes the packet. Where
+    // main routes it, or any rule of the host's own (wg-quick's full tunnel, Tailscale's
+    // exit node, a hand-made `from` rule for a third uplink), nothing changes — and so
+    // main's default wins for connections no reply_via policy matched (seed 2's direct
+    // clients share the proxy's interface). The same rules answer the reverse-path check
+    // of a packet to a local address (its lookup runs from that address), so loose
+    // rp_filter lets a client's first packet in when main has no route back.
     let reply_gws: Vec<usize> = (0..gateways.len())
         .filter(|&i| gateways[i].reply_mark.is_some())
         .collect();
     if !reply_gws.is_empty() {
-        let p = alloc::priority(model, alloc::Slot::LocalMain);
-        priorities.insert(p);
-        local_main = Some(p);
-        let served: BTreeSet<Family> = reply_gws
-            .iter()
-            .flat_map(|&i| families(&learned[i]))
-            .collect();
-        for family in served {
-            rules.insert(RuleSpec {
-                priority: p,
-                family,
-                from: None,
-                iif_lo: true,
-                fwmark: None,
-                action: RuleAction::Lookup(TableId::MAIN),
-                suppress_prefixlength: None,
-            });
-        }
         let sources = gateway_sources(&learned, &reply_gws, host);
         // One priority for them all: an address belongs to one gateway at most, so the
         // rules are disjoint, and renumbering only swaps `from` rules.
-        let p = alloc::priority(model, alloc::Slot::LocalFrom);
+        let p = model.settings.fallback_priority;
         priorities.insert(p);
         for &i in &reply_gws {
             for addr in sources.get(&i).into_iter().flatten() {
@@ -324,50 +303,35 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         }
     }
 
-    // Packets without a decision (most of them) jump over all our rules at once: each
-    // `ip rule` costs every routed packet a little, and there can be hundreds of them
-    // (a `from` rule per address of every reply gateway). Those the host sends itself
-    // land on the local copy of main instead (`iif lo`), so their replies can still find
-    // a `from` rule; forwarded ones skip the `from` rules too.
+    // Packets without a decision (most of them) jump over all our rules before main at
+    // once: each `ip rule` costs every routed packet a little, and there can be hundreds
+    // of them.
     for family in [Family::Inet4, Family::Inet6] {
-        let ours: Vec<Priority> = rules
+        let before_main = rules
             .iter()
-            .filter(|r| r.family == family)
-            .map(|r| r.priority)
-            .collect();
-        let Some(&last) = ours.last().filter(|_| ours.len() >= 3) else {
+            .filter(|r| r.family == family && r.priority < end)
+            .count();
+        if before_main < 3 {
             continue;
-        };
-        let skip = |priority, iif_lo, to| RuleSpec {
-            priority,
+        }
+        rules.insert(RuleSpec {
+            priority: skip_priority,
             family,
             from: None,
-            iif_lo,
+            iif_lo: false,
             fwmark: Some((0, mask.bits())),
-            action: RuleAction::Goto(to),
+            action: RuleAction::Goto(end),
             suppress_prefixlength: None,
-        };
-        match (
-            local_main.filter(|p| ours.contains(p)),
-            second_skip.zip(end),
-        ) {
-            (Some(local_main), Some((second, end))) => {
-                rules.insert(skip(skip_priority, true, local_main));
-                rules.insert(skip(second, false, end));
-                rules.insert(RuleSpec {
-                    priority: end,
-                    family,
-                    from: None,
-                    iif_lo: false,
-                    fwmark: None,
-                    action: RuleAction::Nop,
-                    suppress_prefixlength: None,
-                });
-            }
-            _ => {
-                rules.insert(skip(skip_priority, false, last));
-            }
-        }
+        });
+        rules.insert(RuleSpec {
+            priority: end,
+            family,
+            from: None,
+            iif_lo: false,
+            fwmark: None,
+            action: RuleAction::Nop,
+            suppress_prefixlength: None,
+        });
     }
 
     let mut routes = BTreeSet::new();

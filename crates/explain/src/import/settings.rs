@@ -80,10 +80,11 @@ impl<'h> Cx<'h> {
         // gateway id the mask holds plus the divert's.
         let np = symroute_core::plan::alloc::SLOTS;
         let nt = symroute_core::plan::alloc::id_max(model.settings.mark_mask) + 1;
+        // (`fallback_priority` lies after main, apart from the slots: not moved by this.)
         if plan
             .priorities
             .iter()
-            .any(|p| kept_prios.contains(&p.get()))
+            .any(|p| p.get() < 32766 && kept_prios.contains(&p.get()))
         {
             if let Some(p) = first_free(&kept_prios, DEFAULT_FIRST_PRIORITY..32000 - 600, 100, np) {
                 lines += &wrap(

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::*;
-use symroute_core::config::parse_str;
 use symroute_core::plan::{build, HostView, Link};
 
 const TCP: u8 = 6;
@@ -189,7 +188,7 @@ fn seed2_divert_chain() {
 // ---------------------------------------------------------------------------------------
 // symroute's own tables
 
-/// The host of tests/plan_snapshots.rs: every interface the examples name, up.
+/// The host of tests/integration/plan_snapshots.rs: every interface the examples name, up.
 pub(crate) fn host() -> HostView {
     let link = |addrs: &[&str]| Link {
         up: true,

@@ -22,7 +22,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! The model is checked against the kernel by `tests/explain_routing_kernel.rs` (random
+//! The model is checked against the kernel by `tests/integration/explain_routing_kernel.rs` (random
 //! setups in namespaces, every verdict compared with `ip route get`). What it showed —
 //! kernel 6.18, iproute2 6.1 — and what is easy to get wrong:
 //!
@@ -83,7 +83,7 @@
 //!   broadcast and multicast leave through the source's interface without a lookup.
 //! - A socket's packet is routed once like this, with the socket's mark and bound source,
 //!   *before* the output hook: when that lookup fails `sendto`/the SYN-ACK fails with its
-//!   error and no output chain runs (`tests/explain_routing_kernel.rs` checks it with real
+//!   error and no output chain runs (`tests/integration/explain_routing_kernel.rs` checks it with real
 //!   sockets; [`crate::explain::trace`] models the hook and the re-route after it).
 //! - IPv4 with an output interface: only routes through that interface qualify — even a
 //!   local address of another interface is then *not* local — and if nothing qualifies,

@@ -423,7 +423,10 @@ fn exec_sends_a_command_via_each_gateway_without_a_policy() {
 fn exec_under_the_daemon_uses_its_config() {
     let lab = lab();
     let fw = &lab.t.fw;
-    let d = Daemon::start(fw, GATEWAYS);
+    let d = Daemon::start(
+        fw,
+        &format!("[settings]\nmetrics = \"{METRICS}\"\n{GATEWAYS}"),
+    );
     for server in servers() {
         for gw in ["isp2", "isp1"] {
             assert_eq!(exec_uplink(fw, None, gw, server), gw, "{server}");
@@ -447,6 +450,18 @@ fn exec_under_the_daemon_uses_its_config() {
             d.log()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+    // Each gateway's connections stay counted across the tables loaded as the exec
+    // cgroups filled and emptied.
+    let st = support::status_json(fw, None);
+    for gw in ["isp1", "isp2"] {
+        assert_eq!(
+            support::named(&st, "gateways", gw)["exec_packets"],
+            2,
+            "{st:#}"
+        );
+        let series = format!("symroute_exec_packets_total{{gateway=\"{gw}\"}}");
+        assert_eq!(metric_becomes(fw, &series, 2.0), 2.0, "{gw}");
     }
 }
 
@@ -594,4 +609,92 @@ fn a_failed_apply_puts_back_a_table_naming_cgroups() {
     let inside = in_cgroup(&cg.procs("backup.service"));
     let inside: Vec<&str> = inside.iter().map(String::as_str).collect();
     assert_eq!(uplink(fw, &inside, TwoIsps::SERVER_V4.into()), "isp1");
+}
+
+/// Where the daemons of these tests serve metrics, inside the firewall's namespace.
+const METRICS: &str = "127.0.0.1:9469";
+
+/// The sample `series` of the daemon's metrics page once it reads `want` (the page's
+/// kernel reads are kept for up to a second): what it read last.
+fn metric_becomes(fw: &Netns, series: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = support::metrics::value(&support::metrics::scrape(fw, METRICS), series);
+        if got == Some(want) || Instant::now() >= deadline {
+            return got.unwrap_or(-1.0);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `route_via`'s failover lists and weights steer whose traffic as any other policy's:
+/// a user's connections shared between both ISPs, a service's cgroup on a failover list.
+/// When ISP1's link goes down both take ISP2, and back. `status` and the metrics count
+/// each policy's connections, across the table replacements in between.
+#[test]
+fn failover_lists_and_weights_work_for_user_and_cgroup_policies() {
+    let lab = lab();
+    let fw = &lab.t.fw;
+    let mut cg = TestCgroups::new();
+    let service = cg.make("backup.service");
+    let config = format!(
+        "[settings]\nmetrics = \"{METRICS}\"\n{GATEWAYS}\n\
+         [[policy]]\nname = \"spread\"\nroute_via = {{ isp1 = 1, isp2 = 1 }}\n[policy.match]\nuser = {USER}\n\n\
+         [[policy]]\nname = \"backup\"\nroute_via = [\"isp1\", \"isp2\"]\n[policy.match]\ncgroup = \"{service}\"\n"
+    );
+    let d = Daemon::start(fw, &config);
+    let user = as_user(USER);
+    let user: Vec<&str> = user.iter().map(String::as_str).collect();
+    let inside = in_cgroup(&cg.procs("backup.service"));
+    let inside: Vec<&str> = inside.iter().map(String::as_str).collect();
+    let v4: IpAddr = TwoIsps::SERVER_V4.into();
+
+    // Weights 1:1, per new connection: 16 connections all by one ISP would be 1 in 2^15.
+    let mut seen = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..16 {
+        *seen.entry(uplink(fw, &user, v4)).or_default() += 1;
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["isp1", "isp2"],
+        "{seen:?}"
+    );
+    // The failover list's first gateway, while it is up; root keeps the default route.
+    for server in servers() {
+        assert_eq!(uplink(fw, &inside, server), "isp1", "{server}");
+    }
+    assert_eq!(uplink(fw, &[], v4), "isp2");
+    assert_eq!(policy_packets(fw, &config, "spread"), 16);
+    assert_eq!(policy_packets(fw, &config, "backup"), 2);
+    let series = |p: &str| format!("symroute_policy_packets_total{{policy=\"{p}\"}}");
+    assert_eq!(metric_becomes(fw, &series("spread"), 16.0), 16.0);
+    assert_eq!(metric_becomes(fw, &series("backup"), 2.0), 2.0);
+
+    // ISP1's link goes down: the share and the failover list both leave via ISP2.
+    fw.ip("link set up1 down").unwrap();
+    d.wait_log("gateway isp1 is down", Duration::from_secs(5));
+    for _ in 0..4 {
+        assert_eq!(uplink(fw, &user, v4), "isp2");
+    }
+    for server in servers() {
+        assert_eq!(uplink(fw, &inside, server), "isp2", "{server}");
+    }
+    let st = support::status_json(fw, Some(&config));
+    assert_eq!(
+        support::named(&st, "policies", "backup")["gateway"],
+        "isp2",
+        "{st:#}"
+    );
+    // Counted by the policies (not by the default route), and the counts went on
+    // across the table the failover replaced.
+    assert_eq!(policy_packets(fw, &config, "spread"), 20);
+    assert_eq!(policy_packets(fw, &config, "backup"), 4);
+    assert_eq!(metric_becomes(fw, &series("spread"), 20.0), 20.0);
+    assert_eq!(metric_becomes(fw, &series("backup"), 4.0), 4.0);
+
+    // ISP1 is back: the failover list takes it again for new connections. (For IPv4:
+    // the link's IPv6 addresses went with it, so it is only partly up.)
+    fw.ip("link set up1 up").unwrap();
+    d.wait_log_count("gateway isp1 is ", 2, Duration::from_secs(5));
+    assert_eq!(uplink(fw, &inside, v4), "isp1");
 }

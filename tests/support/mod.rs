@@ -8,6 +8,7 @@ pub mod cgroups;
 pub mod classify;
 pub mod conntrack;
 pub mod daemon;
+pub mod metrics;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};

@@ -102,6 +102,14 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelEr
     if let (Some(script), Some(old)) = (changes.nft.as_mut(), saved_table.as_deref()) {
         script.push_str(&nft::carry_sticky_sources(old, &plan.nft));
     }
+    // So do the counts of the named counters (`nft::carry_counters`), read just before:
+    // what is counted in the milliseconds between is lost. Without them (a read that
+    // failed), the counters start again from zero: not worth failing an apply for.
+    if let (Some(script), Some(_)) = (changes.nft.as_mut(), &observed.nft_fingerprint) {
+        if let Ok(counts) = super::status::policy_counters() {
+            *script = nft::carry_counters(script, &counts);
+        }
+    }
     let state_before = state::load()?;
     if let Some(before_change) = opts.before_change {
         before_change(&Before {

@@ -93,8 +93,8 @@ pub struct GatewayStatus {
     pub loss: Option<f64>,
     pub rtt_ms: Option<f64>,
     pub failovers: Option<u64>,
-    /// Connections `symroute exec --gateway` sent this way since the table was loaded
-    /// (the first packets its nft counter counted).
+    /// Connections `symroute exec --gateway` sent this way (the first packets its nft
+    /// counter counted; the count goes on when the table is replaced, `nft::carry_counters`).
     pub exec_packets: u64,
 }
 

@@ -71,6 +71,35 @@ pub fn carry_sticky_sources(old: &str, new: &str) -> String {
     out
 }
 
+/// `script` (a replace of our table, [`replace_script`]) with each named counter that
+/// `counts` (those of the table being replaced: name → packets, bytes) has counted
+/// something in starting from that count: a failover, a cgroup appearing or going, or a
+/// reload that keeps a policy's name and place replaces the table, and counters that
+/// fell to zero each time would lose what was counted since the last scrape (and the
+/// status of a service's cgroup policy once the service stopped). A counter of the
+/// same name not in the new table is left behind; a new one starts at zero.
+pub fn carry_counters(
+    script: &str,
+    counts: &std::collections::BTreeMap<String, (u64, u64)>,
+) -> String {
+    let mut out = script.to_string();
+    for (name, (packets, bytes)) in counts {
+        // The names come from the host's listing: only a plain one (all ours are) can be
+        // the same as one in our own text, which is all this replaces.
+        if (*packets, *bytes) == (0, 0)
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            continue;
+        }
+        out = out.replacen(
+            &format!("\tcounter {name} {{ }}\n"),
+            &format!("\tcounter {name} {{ packets {packets} bytes {bytes} }}\n"),
+            1,
+        );
+    }
+    out
+}
+
 /// The sticky sets of a listed table: (name, set timeout, elements as printed).
 fn sticky_sets(listing: &str) -> Vec<(String, String, Vec<String>)> {
     let mut sets = Vec::new();
@@ -719,5 +748,27 @@ mod carry_tests {
         );
         assert_eq!(carry_sticky_sources(OLD, "table inet symroute {\n}\n"), "");
         assert_eq!(carry_sticky_sources("", new), "");
+    }
+
+    #[test]
+    fn counts_carry_to_counters_of_the_same_name() {
+        let script = replace_script(
+            "table inet symroute {\n\tcounter p0_backup { }\n\tcounter p1_mail { }\n\tcounter x0_isp1 { }\n}\n",
+        );
+        let counts: std::collections::BTreeMap<String, (u64, u64)> = [
+            ("p0_backup", (3, 180)),
+            ("p1_mail", (0, 0)),
+            ("p2_gone", (9, 9)),
+            ("x0_isp1 { } counter evil", (1, 1)),
+        ]
+        .into_iter()
+        .map(|(n, c)| (n.to_string(), c))
+        .collect();
+        assert_eq!(
+            carry_counters(&script, &counts),
+            replace_script(
+                "table inet symroute {\n\tcounter p0_backup { packets 3 bytes 180 }\n\tcounter p1_mail { }\n\tcounter x0_isp1 { }\n}\n"
+            )
+        );
     }
 }

@@ -698,3 +698,69 @@ fn failover_lists_and_weights_work_for_user_and_cgroup_policies() {
     d.wait_log_count("gateway isp1 is ", 2, Duration::from_secs(5));
     assert_eq!(uplink(fw, &inside, v4), "isp1");
 }
+
+/// Whether `status` finds the table applied in `fw` to be the one `config` makes now.
+fn matches(fw: &Netns, config: &str) -> bool {
+    let out = symroute_in(fw, "status", Some(config), &[]).ok().stdout;
+    match out.lines().next() {
+        Some("applied, matches the config") => true,
+        Some(l) if l.starts_with("applied, but differs") => false,
+        _ => panic!("status:\n{out}"),
+    }
+}
+
+/// Without a daemon: `apply` with a cgroup that does not exist yet succeeds and says it
+/// waits, as do `plan` and `status`; once it exists, `status` and `plan` say the table
+/// differs, and the next `apply` matches it. Gone again, the same.
+#[test]
+fn apply_and_status_report_a_cgroup_that_does_not_exist_yet() {
+    let lab = lab();
+    let fw = &lab.t.fw;
+    let mut cg = TestCgroups::new();
+    let service = cg.path("backup.service");
+    let config = format!(
+        "{GATEWAYS}\n[[policy]]\nname = \"backup\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = \"{service}\"\n"
+    );
+    let _remove = RemoveOnDrop(fw);
+    let said = format!("policy backup: cgroup {service} does not exist yet; waiting");
+    let applied = symroute_in(fw, "apply", Some(&config), &[]).ok();
+    assert!(applied.stdout.contains(&said), "{}", applied.stdout);
+    let plan = symroute_in(fw, "plan", Some(&config), &[]).ok();
+    assert!(plan.stdout.contains(&said), "{}", plan.stdout);
+    let status = symroute_in(fw, "status", Some(&config), &[]).ok();
+    assert!(
+        status.stdout.contains("applied, matches the config")
+            && status
+                .stdout
+                .contains(&format!("waiting for cgroup {service}: does not exist yet")),
+        "{}",
+        status.stdout
+    );
+    let st = support::status_json(fw, Some(&config));
+    let backup = support::named(&st, "policies", "backup");
+    assert_eq!(backup["waiting"][0]["cgroup"], service.as_str(), "{st:#}");
+
+    // The service starts: its processes are not matched until the table is loaded again.
+    cg.make("backup.service");
+    let inside = in_cgroup(&cg.procs("backup.service"));
+    let inside: Vec<&str> = inside.iter().map(String::as_str).collect();
+    let v4: IpAddr = TwoIsps::SERVER_V4.into();
+    assert_eq!(uplink(fw, &inside, v4), "isp2");
+    assert!(!matches(fw, &config));
+    let st = support::status_json(fw, Some(&config));
+    assert!(
+        support::named(&st, "policies", "backup")["waiting"].is_null(),
+        "{st:#}"
+    );
+    let applied = symroute_in(fw, "apply", Some(&config), &[]).ok();
+    assert!(!applied.stdout.contains("waiting"), "{}", applied.stdout);
+    assert_eq!(uplink(fw, &inside, v4), "isp1");
+    assert!(matches(fw, &config));
+
+    // It stops: the table names a cgroup that is gone, which the next apply leaves out.
+    cg.remove("backup.service");
+    assert!(!matches(fw, &config));
+    let applied = symroute_in(fw, "apply", Some(&config), &[]).ok();
+    assert!(applied.stdout.contains(&said), "{}", applied.stdout);
+    assert!(matches(fw, &config));
+}

@@ -122,8 +122,9 @@ fn trusted_owner(uid: u32) -> bool {
 
 /// Refuses a config whose `on_change` hooks someone else could rewrite: the file (as read,
 /// `meta`) must belong to root or to the user running symroute and be writable by its
-/// owner alone, and its directory must not let others replace it (not writable by group
-/// or other, unless sticky like /tmp, where only a file's owner may rename or delete it).
+/// owner alone, and no directory on its real path (links resolved) may let others replace
+/// it (owned by root or that user, not writable by group or other unless sticky like
+/// /tmp, where only a file's owner may rename or delete it).
 pub fn hooks_trusted(path: &Path, meta: &Metadata) -> Result<(), ConfigError> {
     let refuse = |why: String| ConfigError::Untrusted {
         path: path.to_path_buf(),
@@ -144,11 +145,19 @@ pub fn hooks_trusted(path: &Path, meta: &Metadata) -> Result<(), ConfigError> {
             path.display()
         )));
     }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    if let Ok(d) = std::fs::metadata(&dir) {
+    // Every directory on the way to the file as it really is (links resolved: a link in
+    // root's directory may point into a user's), up to /: whoever may replace any of
+    // them may replace the file.
+    let real = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    for dir in real.ancestors().skip(1) {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let Ok(d) = std::fs::metadata(dir) else {
+            continue;
+        };
         let dmode = d.mode() & 0o7777;
         let sticky = dmode & 0o1000 != 0;
         if !trusted_owner(d.uid()) {

@@ -3,14 +3,15 @@
 //! `symroute::kernel::confirm`); and `confirm-watch` itself.
 
 use std::io::Write;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context;
 
 use symroute::kernel::clock::BootTime;
-use symroute::kernel::confirm::{self, GuardLink, Outcome};
+use symroute::kernel::confirm::{self, GuardLink, Guarded, Outcome};
 use symroute::model::Model;
 
 use super::args::NetnsArg;
@@ -157,6 +158,72 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
             .context("taking the caller's socket from stdin")?;
         UnixStream::from(fd)
     };
-    confirm::guard(&args.token, BootTime::from_nanos(args.deadline), link)?;
+    let r = confirm::guard(&args.token, BootTime::from_nanos(args.deadline), link);
+    let place = match args.netns.netns.as_deref() {
+        Some(ns) => format!(" in network namespace {ns}"),
+        None => String::new(),
+    };
+    let said = match &r {
+        Ok(Guarded::RolledBack { at_deadline: true }) => Some((
+            WARNING,
+            format!("apply --confirm{place} was not confirmed by its deadline: rolled back"),
+        )),
+        Ok(Guarded::RolledBack { at_deadline: false }) => Some((
+            WARNING,
+            format!("apply --confirm{place} did not complete (it failed, or its session died): rolled back"),
+        )),
+        Ok(Guarded::Kept | Guarded::Unchanged) => None,
+        Err(e) => Some((ERR, format!("apply --confirm{place}: the guard failed: {e}"))),
+    };
+    if let Some((severity, msg)) = said {
+        // Nobody may be left to read our stderr; the record for `status` is the other
+        // witness. No system log (a container) is no reason to fail.
+        let _ = syslog(Path::new(SYSLOG), severity, &msg);
+    }
+    r?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The system log's socket (journald's or rsyslog's).
+const SYSLOG: &str = "/dev/log";
+const ERR: u8 = 3;
+const WARNING: u8 = 4;
+
+/// One line to the system log, facility daemon, in RFC 3164's framing
+/// (`<PRI>symroute[PID]: MSG`), which journald and rsyslog both take: a single datagram,
+/// so no logging crate is pulled in for it.
+fn syslog(socket: &Path, severity: u8, msg: &str) -> std::io::Result<()> {
+    const DAEMON: u8 = 3;
+    let line = format!(
+        "<{}>symroute[{}]: {msg}",
+        DAEMON * 8 + severity,
+        std::process::id()
+    );
+    UnixDatagram::unbound()?
+        .send_to(line.as_bytes(), socket)
+        .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn syslog_sends_one_framed_line() {
+        let dir = std::env::temp_dir().join(format!("symroute-syslog-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log");
+        let _ = std::fs::remove_file(&path);
+        let log = UnixDatagram::bind(&path).unwrap();
+        syslog(&path, WARNING, "rolled back").unwrap();
+        let mut buf = [0u8; 256];
+        let n = log.recv(&mut buf).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let line = std::str::from_utf8(&buf[..n]).unwrap();
+        assert_eq!(
+            line,
+            format!("<28>symroute[{}]: rolled back", std::process::id())
+        );
+        assert!(syslog(&dir.join("none"), ERR, "x").is_err());
+    }
 }

@@ -112,7 +112,19 @@ pub fn ha(out: &mut impl Write, role: symroute::kernel::state::HaRole) -> anyhow
     let since_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    state::save_ha(&state::HaRecord { role, since_unix })?;
+    let record = state::HaRecord {
+        role,
+        since_unix,
+        told_at: state::process_started(),
+    };
+    let (told, _lock) = state::tell_ha(&record)?;
+    if let state::Told::Stale(newer) = told {
+        writeln!(
+            out,
+            "HA role: {role} not taken: keepalived said {newer} in a notification started after this one"
+        )?;
+        return Ok(());
+    }
     match control::call(&Request::Ha { role })? {
         Some(r) => {
             for l in &r.lines {

@@ -19,7 +19,9 @@ use super::daemon;
 /// holds back until told it is master.
 ///
 /// The role is kept in /run/symroute (a daemon started later reads it) until reboot or
-/// `symroute remove`; it is recorded, exit 0, even when no daemon runs.
+/// `symroute remove`; it is recorded, exit 0, even when no daemon runs. keepalived starts
+/// a script per change without waiting for the last: a notification started before the
+/// one recorded is ignored (said, exit 0), so a slow old word never has the last say.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     role: RoleArg,

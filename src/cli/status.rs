@@ -12,13 +12,17 @@ use super::daemon;
 
 /// Gateways, policy counters and live connections per gateway; with a running
 /// `symroute run`, its live health (since, loss, round trip). Without -c, the
-/// daemon's config.
+/// daemon's config. Also what each mark means here (compare it with the other box of an
+/// HA pair: `symroute doctor --peer`), the HA role keepalived last reported, and a
+/// pending or last `apply --confirm`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
     scope: Scope,
     /// Print as JSON (daemon.pid/.config/.started, gateways[].name/.state/.since/.loss/
-    /// .rtt_ms/.connections, policies[].name/.gateways[]/.packets/.bytes)
+    /// .rtt_ms/.connections, policies[].name/.gateways[]/.packets/.bytes,
+    /// marks.gateways[].id/.reply_mark/.table and marks.digest, ha.role/.since_unix,
+    /// confirm.pending.guard_pid/.deadline and confirm.last.ended/.at)
     #[arg(long)]
     json: bool,
 }
@@ -65,6 +69,21 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
             } else {
                 "only once this box is master"
             }
+        )?;
+    }
+    if let Some(p) = &st.confirm.pending {
+        writeln!(
+            out,
+            "pending: `apply --confirm` (guard pid {}); rolled back at {} unless `symroute confirm`",
+            p.guard_pid, p.deadline
+        )?;
+    }
+    if let Some(l) = &st.confirm.last {
+        writeln!(
+            out,
+            "last `apply --confirm`: {} ({})",
+            l.ended.describe(),
+            l.at
         )?;
     }
     if let Some(p) = live.as_ref().and_then(|l| l.pending_confirm.as_ref()) {

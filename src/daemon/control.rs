@@ -40,6 +40,8 @@ const MAX_REQUEST: usize = 64 * 1024;
 const LIMITS: serve::Limits = serve::Limits {
     max_clients: 64,
     request_deadline: Duration::from_secs(2),
+    // A client gives up after CLIENT_TIMEOUT anyway (a long apply answers within it).
+    wait_deadline: CLIENT_TIMEOUT,
     answer_deadline: Duration::from_secs(2),
     max_request: MAX_REQUEST,
 };
@@ -353,7 +355,7 @@ impl Daemon {
                             deadline: BootTime::now().after(Duration::from_secs(secs)),
                             previous,
                         };
-                        pending::save(&path, &p);
+                        pending::save(&path, &self.model, &p);
                         self.pending = Some(p);
                     }
                     Some(_) => lines.push("nothing to confirm: nothing changed".into()),

@@ -181,6 +181,9 @@ impl Ha {
                 since_unix: SystemTime::now()
                     .duration_since(SystemTime::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
+                // The file `symroute ha` wrote keeps the order; the daemon's copy is for
+                // status only.
+                told_at: None,
             });
         }
         let line = match before {

@@ -38,6 +38,8 @@ const MAX_REQUEST: usize = 8 * 1024;
 const LIMITS: serve::Limits = serve::Limits {
     max_clients: 64,
     request_deadline: Duration::from_secs(1),
+    // A page is made from counters read at most once a second.
+    wait_deadline: Duration::from_secs(10),
     answer_deadline: Duration::from_secs(2),
     max_request: MAX_REQUEST,
 };

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
-use crate::kernel::apply::{self, ApplyOptions, ApplyReport, Locking};
+use crate::kernel::apply::{self, ApplyOptions, ApplyReport, Locking, WhilePending};
 use crate::kernel::rundir;
 use crate::kernel::KernelError;
 use crate::model::Model;
@@ -334,6 +334,9 @@ impl Daemon {
         let opts = ApplyOptions {
             health_down: self.health_down.clone(),
             lock: Locking::Wait(wait),
+            // A command's pending `apply --confirm` may roll back under us: the loop
+            // reconciles again after it, so the daemon is not stopped by it.
+            while_confirm_pending: WhilePending::Proceed,
             ..ApplyOptions::default()
         };
         let report = apply::apply(&self.model, &opts);

@@ -29,6 +29,13 @@ struct Record {
     deadline: BootTime,
     /// For people reading the file.
     deadline_unix: u64,
+    /// The texts both were loaded from (the usual edit is in place, so `previous` names
+    /// the file that now holds the unconfirmed change). Absent in older records: then
+    /// the files are read.
+    #[serde(default)]
+    config_text: Option<String>,
+    #[serde(default)]
+    previous_text: Option<String>,
 }
 
 fn path() -> Result<PathBuf, KernelError> {
@@ -37,12 +44,15 @@ fn path() -> Result<PathBuf, KernelError> {
 
 /// Remember `p` (switched to `config`) across a restart; a failure is logged, the
 /// pending confirm still holds in memory.
-pub fn save(config: &Path, p: &PendingConfirm) {
+pub fn save(config: &Path, model: &Model, p: &PendingConfirm) {
+    let text = |m: &Model| (!m.source.is_empty()).then(|| m.source.clone());
     let record = Record {
         config: config.to_path_buf(),
         previous: p.previous.0.clone(),
         deadline: p.deadline,
         deadline_unix: clock::unix(p.deadline.wall()),
+        config_text: text(model),
+        previous_text: text(&p.previous.1),
     };
     let text = serde_json::to_string_pretty(&record).expect("record serializes");
     if let Err(e) = path().and_then(|p| rundir::write(&p, text.as_bytes())) {
@@ -76,7 +86,7 @@ pub fn resume() -> Option<(PathBuf, Model, Option<PendingConfirm>)> {
             return None;
         }
     };
-    let previous = match crate::config_file::load_trusted(&record.previous) {
+    let previous = match load(&record.previous, record.previous_text.as_deref()) {
         Ok(m) => m,
         Err(e) => {
             warn!(
@@ -97,7 +107,7 @@ pub fn resume() -> Option<(PathBuf, Model, Option<PendingConfirm>)> {
         forget();
         return Some((record.previous, previous, None));
     }
-    match crate::config_file::load_trusted(&record.config) {
+    match load(&record.config, record.config_text.as_deref()) {
         Ok(model) => {
             info!(
                 "resuming a previous daemon's pending `apply --confirm` of {}: back to {} in {} s unless `symroute confirm`",
@@ -121,5 +131,20 @@ pub fn resume() -> Option<(PathBuf, Model, Option<PendingConfirm>)> {
             forget();
             Some((record.previous, previous, None))
         }
+    }
+}
+
+/// A config as the record keeps it: its text when recorded (written by the daemon into
+/// its own root-only directory, so as trusted as the file was when loaded), else the
+/// file as it is now.
+fn load(path: &Path, text: Option<&str>) -> Result<Model, crate::config::ConfigError> {
+    match text {
+        // User names are looked up as when the file was loaded.
+        Some(t) => crate::config::parse_str_with(
+            t,
+            &path.display().to_string(),
+            &crate::config_file::SystemUsers,
+        ),
+        None => crate::config_file::load_trusted(path),
     }
 }

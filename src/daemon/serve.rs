@@ -32,6 +32,9 @@ pub struct Limits {
     pub max_clients: usize,
     /// From accept to a complete request.
     pub request_deadline: Duration,
+    /// From a complete request to its answer being ready (`Answer::Later`): a client is
+    /// dropped after that, so a stuck answering side cannot hold every slot for ever.
+    pub wait_deadline: Duration,
     /// From the answer being ready to its last byte written.
     pub answer_deadline: Duration,
     /// The largest request.
@@ -116,12 +119,26 @@ enum Phase {
     Reading {
         deadline: Instant,
     },
-    Waiting(Receiver<Vec<u8>>),
+    Waiting {
+        rx: Receiver<Vec<u8>>,
+        deadline: Instant,
+    },
     Writing {
         out: Vec<u8>,
         at: usize,
         deadline: Instant,
     },
+}
+
+impl Phase {
+    /// When a client in this phase is dropped (every phase has one).
+    fn deadline(&self) -> Instant {
+        match *self {
+            Phase::Reading { deadline }
+            | Phase::Waiting { deadline, .. }
+            | Phase::Writing { deadline, .. } => deadline,
+        }
+    }
 }
 
 struct Client<S> {
@@ -199,10 +216,7 @@ impl<L: Listen, P: Protocol> Server<L, P> {
             let timeout = self
                 .clients
                 .iter()
-                .filter_map(|c| match c.phase {
-                    Phase::Reading { deadline } | Phase::Writing { deadline, .. } => Some(deadline),
-                    Phase::Waiting(_) => None,
-                })
+                .map(|c| c.phase.deadline())
                 .min()
                 .map(|d| d.saturating_duration_since(now));
             let (listener_ready, woken, ready) = match self.wait(timeout) {
@@ -239,7 +253,7 @@ impl<L: Listen, P: Protocol> Server<L, P> {
                 Phase::Reading { .. } => PollFlags::POLLIN,
                 Phase::Writing { .. } => PollFlags::POLLOUT,
                 // Waiting: only the wake socket matters; no events asked.
-                Phase::Waiting(_) => PollFlags::empty(),
+                Phase::Waiting { .. } => PollFlags::empty(),
             };
             fds.push(PollFd::new(c.stream.as_fd(), events));
         }
@@ -262,7 +276,7 @@ impl<L: Listen, P: Protocol> Server<L, P> {
         while matches!((&self.wake_rx).read(&mut sink), Ok(n) if n > 0) {}
         let deadline = Instant::now() + self.limits.answer_deadline;
         for i in (0..self.clients.len()).rev() {
-            let Phase::Waiting(rx) = &self.clients[i].phase else {
+            let Phase::Waiting { rx, .. } = &self.clients[i].phase else {
                 continue;
             };
             let out = match rx.try_recv() {
@@ -353,7 +367,7 @@ impl<L: Listen, P: Protocol> Server<L, P> {
             Phase::Writing { .. } => write(&mut self.clients[i]),
             // Polled for no events: ready means it hung up (or failed) while its answer
             // was being made. Nobody is left to read it.
-            Phase::Waiting(_) => Next::Close,
+            Phase::Waiting { .. } => Next::Close,
         }
     }
 
@@ -410,7 +424,10 @@ impl<L: Listen, P: Protocol> Server<L, P> {
         match answer {
             Answer::Close => Next::Close,
             Answer::Later(rx) => {
-                c.phase = Phase::Waiting(rx);
+                c.phase = Phase::Waiting {
+                    rx,
+                    deadline: Instant::now() + self.limits.wait_deadline,
+                };
                 Next::Keep
             }
             Answer::Now(out) => {
@@ -426,10 +443,7 @@ impl<L: Listen, P: Protocol> Server<L, P> {
 
     /// Drop clients past their deadline.
     fn expire(&mut self, now: Instant) {
-        self.clients.retain(|c| match c.phase {
-            Phase::Reading { deadline } | Phase::Writing { deadline, .. } => deadline > now,
-            Phase::Waiting(_) => true,
-        });
+        self.clients.retain(|c| c.phase.deadline() > now);
     }
 }
 
@@ -511,23 +525,18 @@ mod tests {
 
     #[test]
     fn a_refused_client_is_refused_however_late_its_request() {
-        let dir = std::env::temp_dir().join(format!("symroute-refuse-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.sock");
-        let limits = Limits {
-            max_clients: 4,
-            request_deadline: Duration::from_secs(2),
-            answer_deadline: Duration::from_secs(2),
-            max_request: 64,
-        };
-        spawn(
-            "refuse-test",
-            UnixListener::bind(&path).unwrap(),
+        let served = Served::start(
+            "refuse",
             Refuse,
-            limits,
-        )
-        .unwrap();
+            Limits {
+                max_clients: 4,
+                request_deadline: Duration::from_secs(2),
+                wait_deadline: Duration::from_secs(2),
+                answer_deadline: Duration::from_secs(2),
+                max_request: 64,
+            },
+        );
+        let path = served.path();
         let mut s = UnixStream::connect(&path).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         // Accepted (and judged) before the request comes.
@@ -535,8 +544,74 @@ mod tests {
         s.write_all(b"status\n").unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(out, "go away\n");
+    }
+
+    /// Answers later, and never does (keeps the senders, so nothing disconnects).
+    struct Never(Vec<std::sync::mpsc::Sender<Vec<u8>>>);
+
+    impl Protocol for Never {
+        fn complete(&self, buf: &[u8]) -> Option<usize> {
+            buf.iter().position(|&b| b == b'\n').map(|i| i + 1)
+        }
+        fn answer(&mut self, _: &[u8], _: &Waker) -> Answer {
+            let (tx, rx) = std::sync::mpsc::channel();
+            self.0.push(tx);
+            Answer::Later(rx)
+        }
+        fn incomplete(&mut self, _: &[u8], _: bool, _: &Waker) -> Answer {
+            Answer::Close
+        }
+    }
+
+    #[test]
+    fn a_client_waiting_past_its_deadline_is_dropped() {
+        let served = Served::start(
+            "never",
+            Never(Vec::new()),
+            Limits {
+                max_clients: 2,
+                request_deadline: Duration::from_secs(5),
+                wait_deadline: Duration::from_millis(300),
+                answer_deadline: Duration::from_secs(5),
+                max_request: 64,
+            },
+        );
+        let path = served.path();
+        let t = Instant::now();
+        let out = ask(&path, b"status\n");
+        let took = t.elapsed();
+        // Every slot taken by waiting clients would refuse newcomers for ever: after
+        // the deadline they are closed (EOF, no answer), and the slots are free again.
+        let again = ask(&path, b"status\n");
+        assert_eq!(out.unwrap(), "");
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(took < Duration::from_secs(4), "{took:?}");
+        assert_eq!(again.unwrap(), "");
+    }
+
+    /// A server on a socket in a fresh directory, which goes on drop.
+    struct Served(std::path::PathBuf);
+
+    impl Served {
+        fn start(tag: &str, protocol: impl Protocol, limits: Limits) -> Served {
+            let dir = std::env::temp_dir().join(format!("symroute-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let listener = UnixListener::bind(dir.join("s.sock")).unwrap();
+            spawn(&format!("{tag}-test"), listener, protocol, limits).unwrap();
+            Served(dir)
+        }
+
+        fn path(&self) -> std::path::PathBuf {
+            self.0.join("s.sock")
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     fn ask(path: &std::path::Path, line: &[u8]) -> io::Result<String> {
@@ -550,23 +625,18 @@ mod tests {
 
     #[test]
     fn idle_clients_never_keep_a_prompt_one_waiting() {
-        let dir = std::env::temp_dir().join(format!("symroute-serve-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("s.sock");
-        let limits = Limits {
-            max_clients: 8,
-            request_deadline: Duration::from_millis(500),
-            answer_deadline: Duration::from_millis(500),
-            max_request: 64,
-        };
-        spawn(
-            "serve-test",
-            UnixListener::bind(&path).unwrap(),
+        let served = Served::start(
+            "serve",
             Echo,
-            limits,
-        )
-        .unwrap();
+            Limits {
+                max_clients: 8,
+                request_deadline: Duration::from_millis(500),
+                wait_deadline: Duration::from_millis(500),
+                answer_deadline: Duration::from_millis(500),
+                max_request: 64,
+            },
+        );
+        let path = served.path();
         // 40 clients that send half a line and stall: far more than the slots.
         let idle: Vec<UnixStream> = (0..40)
             .map(|_| {
@@ -594,6 +664,5 @@ mod tests {
             })
             .count();
         assert_eq!(dropped, 40);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

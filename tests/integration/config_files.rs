@@ -179,6 +179,40 @@ fn hooks_others_could_rewrite_are_refused_at_start() {
     );
     chmod(&dir.0, 0o755);
 
+    // Root's file in root's directory, but that directory inside one others may write
+    // to: they could rename it away and put their own in its place.
+    let open = dir.0.join("open");
+    let inner = open.join("inner");
+    std::fs::create_dir_all(&inner).expect("mkdir");
+    chmod(&open, 0o777);
+    chmod(&inner, 0o755);
+    let deep = inner.join("symroute.toml");
+    std::fs::write(&deep, &text).expect("write");
+    chmod(&deep, 0o644);
+    refused(
+        &["check", "-c", deep.to_str().expect("utf-8")],
+        &format!(
+            "its directory {} is writable by its group and everyone (mode 0777)",
+            open.display()
+        ),
+    );
+    // A link in root's directory to root's file in a directory a user owns: the user
+    // could replace the file the link reaches.
+    chmod(&open, 0o755);
+    std::os::unix::fs::chown(&inner, Some(65534), None).expect("chown");
+    let link = dir.0.join("link.toml");
+    std::os::unix::fs::symlink(&deep, &link).expect("symlink");
+    refused(
+        &["check", "-c", link.to_str().expect("utf-8")],
+        &format!(
+            "its directory {} is owned by uid 65534 (mode 0755), who could replace the file",
+            inner.display()
+        ),
+    );
+    std::os::unix::fs::chown(&inner, Some(0), None).expect("chown back");
+    let r = symroute(&["check", "-c", link.to_str().expect("utf-8")]);
+    assert_eq!(r.code, 0, "a link to a safe place is fine:\n{}", r.show());
+
     // Safe again; and without hooks a world-writable file is only a config (not refused).
     let r = symroute(&["check", "-c", path]);
     assert_eq!(r.code, 0, "{}", r.show());

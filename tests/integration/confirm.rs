@@ -1,7 +1,7 @@
 //! `symroute apply --confirm SECS` / `symroute confirm` on the two-ISP firewall lab: an
 //! unconfirmed change is rolled back by the detached guard at its deadline (the kernel
 //! is exactly as before), a confirmed one stays and works, and a second `apply --confirm`
-//! while one is pending is refused. Sessions killed (SIGHUP, then SIGKILL to their whole
+//! (or a plain `apply`, which the rollback would undo) while one is pending is refused. Sessions killed (SIGHUP, then SIGKILL to their whole
 //! process group) at random moments all end restored by the deadline + 1 s; a pending
 //! change whose guard is gone never blocks the next one; absurd deadlines exit 2.
 //!
@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::lab;
-use support::{kernel_snapshot, run_file, settled_snapshot, symroute_in, Run};
+use support::{kernel_snapshot, run_file, settled_snapshot, status_json, symroute_in, Run};
 use symroute::fuzz::Rng;
 use symroute::lab::{tcp_probe, Netns, TwoIsps};
 
@@ -102,6 +102,13 @@ fn unconfirmed_change_is_rolled_back() {
     );
     assert!(applied(fw), "the change should be applied while pending");
     assert_eq!(watchers(fw).len(), 1, "one guard should be running");
+    let st = status_json(fw, Some(CONFIG));
+    assert_eq!(
+        st["confirm"]["pending"]["guard_pid"].as_i64(),
+        Some(i64::from(watchers(fw)[0])),
+        "status names the pending change's guard: {:#}",
+        st["confirm"]
+    );
 
     let t0 = Instant::now();
     let mut now = kernel_snapshot(fw);
@@ -122,12 +129,26 @@ fn unconfirmed_change_is_rolled_back() {
         "{}",
         r.show()
     );
-    // The guard exits once it has rolled back.
+    // The guard exits once it has rolled back, and leaves word of it for status.
     let t0 = Instant::now();
     while !watchers(fw).is_empty() && t0.elapsed() < Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(watchers(fw).is_empty(), "the guard outlived its rollback");
+    let st = status_json(fw, Some(CONFIG));
+    assert!(st["confirm"]["pending"].is_null(), "{:#}", st["confirm"]);
+    assert_eq!(
+        st["confirm"]["last"]["ended"], "rolled_back_at_deadline",
+        "{:#}",
+        st["confirm"]
+    );
+    let text = symroute_in(fw, "status", Some(CONFIG), &[]).ok();
+    assert!(
+        text.stdout
+            .contains("last `apply --confirm`: rolled back: not confirmed by its deadline"),
+        "{}",
+        text.stdout
+    );
 }
 
 #[test]
@@ -143,6 +164,12 @@ fn confirmed_change_stays() {
     assert_eq!(r.code, 0, "confirm:\n{}", r.show());
     assert_eq!(r.stdout.trim(), "confirmed", "{}", r.show());
 
+    let st = status_json(fw, Some(CONFIG));
+    assert_eq!(
+        st["confirm"]["last"]["ended"], "confirmed",
+        "{:#}",
+        st["confirm"]
+    );
     std::thread::sleep(Duration::from_secs(5));
     assert!(applied(fw), "a confirmed change must stay applied");
     assert!(
@@ -174,8 +201,18 @@ fn second_confirm_apply_is_refused_while_pending() {
         "the refusal should say why and what to do:\n{}",
         r.show()
     );
+    // A plain apply is refused too: the pending rollback would silently undo it.
+    let r = symroute_in(fw, "apply", Some(CONFIG), &[]);
+    assert_eq!(r.code, 1, "plain apply while pending:\n{}", r.show());
+    assert!(
+        r.stderr.contains("would undo this apply") && r.stderr.contains("symroute confirm"),
+        "the refusal should say why and what to do:\n{}",
+        r.show()
+    );
     let r = symroute_in(fw, "confirm", None, &[]);
     assert_eq!(r.code, 0, "confirm:\n{}", r.show());
+    let r = symroute_in(fw, "apply", Some(CONFIG), &[]);
+    assert_eq!(r.code, 0, "plain apply once confirmed:\n{}", r.show());
     // Once confirmed, the same config is a no-op: its guard exits at once.
     let r = apply_confirm(fw, "30");
     assert_eq!(

@@ -363,10 +363,7 @@ fn apply_confirm_through_the_daemon_goes_back_unless_confirmed() {
     let lab = lab();
     let d = Daemon::start(&lab.fw, CONFIG);
     assert!(ip_rules(&lab.fw).contains("lookup 42122"));
-    let without_isp2 = CONFIG
-        .split("# The same for ISP2")
-        .next()
-        .expect("example has the isp2 policy");
+    let without_isp2 = without_isp2();
     let path = d.file("new.toml", without_isp2);
 
     // Not confirmed: back to the previous config at the deadline.
@@ -433,10 +430,7 @@ fn a_pending_confirm_survives_a_daemon_restart() {
     }
     let _gone = Gone(dir.clone());
     let path = dir.join("new.toml");
-    let without_isp2 = CONFIG
-        .split("# The same for ISP2")
-        .next()
-        .expect("example has the isp2 policy");
+    let without_isp2 = without_isp2();
     std::fs::write(&path, without_isp2).expect("write new config");
 
     // Applied through the daemon, then the daemon dies (SIGKILL) and is started again.
@@ -492,6 +486,46 @@ fn a_pending_confirm_survives_a_daemon_restart() {
     assert!(st["daemon"]["pending_confirm"].is_null(), "{st:#}");
 }
 
+/// The usual edit is in place: the file the daemon runs is changed, then applied with
+/// --confirm. A restarted daemon must go back to the config it ran before, not to what
+/// that file says now (the unconfirmed change).
+#[test]
+fn a_pending_confirm_of_an_in_place_edit_goes_back_after_a_restart() {
+    const SECS: u64 = 3;
+    let lab = lab();
+    let mut d1 = Daemon::start(&lab.fw, CONFIG);
+    // The daemon runs a file of the admin's (the harness remakes its own directory when
+    // the next daemon starts).
+    let dir = support::TempDir::new("in-place");
+    let path = dir.0.join("symroute.toml");
+    std::fs::write(&path, CONFIG).expect("write config");
+    with_config(&["apply"], &path, &lab.fw).ok();
+    assert!(ip_rules(&lab.fw).contains("lookup 42122"));
+    let without_isp2 = without_isp2();
+    std::fs::write(&path, without_isp2).expect("edit the config in place");
+    let t0 = Instant::now();
+    with_config(&["apply", "--confirm", &SECS.to_string()], &path, &lab.fw).ok();
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"));
+    d1.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = d1.child.wait();
+    let d2 = Daemon::start(&lab.fw, CONFIG);
+    d2.wait_log(
+        "resuming a previous daemon's pending `apply --confirm`",
+        LIMIT,
+    );
+    assert!(!ip_rules(&lab.fw).contains("lookup 42122"));
+    while !ip_rules(&lab.fw).contains("lookup 42122") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(SECS) + LIMIT,
+            "not back to the config the first daemon ran:\n{}",
+            d2.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("back to the pre-edit config after {:?}", t0.elapsed());
+    d2.wait_log("was not confirmed in time", LIMIT);
+}
+
 #[test]
 fn reload_keeps_a_gateway_down_by_its_checks_down() {
     let lab = lab();
@@ -520,4 +554,12 @@ fn reload_keeps_a_gateway_down_by_its_checks_down() {
         d.log()
     );
     assert!(!d.log().contains("gateway isp1 is up"), "{}", d.log());
+}
+
+/// The example config without its ISP2 policy (so table 42122 is no longer looked up).
+fn without_isp2() -> &'static str {
+    CONFIG
+        .split("# The same for ISP2")
+        .next()
+        .expect("example has the isp2 policy")
 }

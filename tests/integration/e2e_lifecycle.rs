@@ -1097,3 +1097,42 @@ fn conflicts_stop_apply_before_any_change_g_marks_in_other_tables() {
         );
     }
 }
+
+/// A snapshot holds the save output of each iptables variant that has tables, as apply's
+/// mark check reads them (plain `iptables-save` is only the variant Debian's alternatives
+/// chose, and missed the other one's mark users).
+#[test]
+fn snapshot_saves_every_iptables_variant() {
+    let (fw, _peer) = small_fw();
+    for (tool, mark) in [
+        ("iptables-nft", "0x1000000"),
+        ("iptables-legacy", "0x2000000"),
+    ] {
+        let xmark = format!("{mark}/{mark}");
+        fw.exec(&[
+            tool,
+            "-t",
+            "mangle",
+            "-A",
+            "PREROUTING",
+            "-j",
+            "MARK",
+            "--set-xmark",
+            &xmark,
+        ])
+        .unwrap_or_else(|e| panic!("{tool}: {e:#}"));
+    }
+    let dir = support::TempDir::new("snap-xt");
+    let snap = dir.0.join("snap");
+    let r = symroute_in(&fw, "snapshot", None, &[snap.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "snapshot:\n{}", r.show());
+    let text = std::fs::read_to_string(snap.join("iptables-save.txt")).expect("iptables-save.txt");
+    for mark in ["0x1000000", "0x2000000"] {
+        assert!(
+            text.contains(&format!("--set-xmark {mark}/{mark}")),
+            "the snapshot lacks the rule setting {mark}:\n{text}"
+        );
+    }
+    let v6 = std::fs::read_to_string(snap.join("ip6tables-save.txt")).expect("ip6tables-save.txt");
+    assert!(!v6.contains("MARK"), "{v6}");
+}

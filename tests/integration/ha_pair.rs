@@ -368,3 +368,64 @@ fn a_backup_never_flushes_the_masters_connections() {
     );
     drop((kept, lost, a, b));
 }
+
+/// keepalived stopping (a restart, an upgrade) gives the addresses up: its notify_stop
+/// script tells symroute this box is no longer the master, so it stops flushing as one.
+#[test]
+fn keepalived_stopping_makes_the_master_a_backup() {
+    let mut lab = Lab::start();
+    let role = |lab: &Lab| support::status_json(lab.fw(0), Some(CONFIG))["ha"]["role"].clone();
+    assert_eq!(role(&lab), "master", "{}", lab.logs());
+    lab.ha.as_mut().expect("daemons").keepalived[0].stop();
+    let t = Instant::now();
+    while role(&lab) != "backup" {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "still {} after keepalived stopped\n{}",
+            role(&lab),
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("backup {:?} after keepalived was told to stop", t.elapsed());
+}
+
+/// keepalived forks a notify script per state change and does not wait for it: a slow
+/// `symroute ha backup` started before a quick `symroute ha master` must not have the
+/// last word. (The slow one is a shell that sleeps, then execs symroute: exec keeps the
+/// fork's start time, as keepalived's scripts do.)
+#[test]
+fn a_notification_started_earlier_never_overrides_a_later_one() {
+    const FIREWALL: &str = include_str!("../../examples/two-isps-firewall.toml");
+    let lab = support::lab();
+    // `remove` forgets the role, even when an assertion fails.
+    let _remove = support::RemoveOnDrop(&lab.fw);
+    let ns = lab.fw.name();
+    let bin = env!("CARGO_BIN_EXE_symroute");
+    let slow = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("sleep 0.6; exec {bin} ha backup --netns {ns}"),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("slow notification");
+    std::thread::sleep(Duration::from_millis(150));
+    let quick = support::symroute(&["ha", "master", "--netns", ns]).ok();
+    assert!(quick.stdout.contains("master"), "{}", quick.stdout);
+    let out = slow.wait_with_output().expect("slow notification");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains(
+            "backup not taken: keepalived said master in a notification started after this one"
+        ),
+        "{said}"
+    );
+    let st = support::status_json(&lab.fw, Some(FIREWALL));
+    assert_eq!(st["ha"]["role"], "master", "{:#}", st["ha"]);
+    // In order, the later word wins as always.
+    support::symroute(&["ha", "backup", "--netns", ns]).ok();
+    let st = support::status_json(&lab.fw, Some(FIREWALL));
+    assert_eq!(st["ha"]["role"], "backup", "{:#}", st["ha"]);
+}

@@ -46,6 +46,19 @@ pub struct ApplyOptions<'a> {
     /// Runs once there is something to change, before the first change; an error from it
     /// stops the apply, changing nothing.
     pub before_change: Option<&'a BeforeChange<'a>>,
+    /// What to do while a guarded `apply --confirm` is pending (only checked when this
+    /// apply takes the lock itself: a `--confirm` session settled that when it began).
+    pub while_confirm_pending: WhilePending,
+}
+
+/// See [`ApplyOptions::while_confirm_pending`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WhilePending {
+    /// Refuse: the pending change's rollback would undo this apply (`symroute apply`).
+    #[default]
+    Refuse,
+    /// Go on: the caller repairs whatever the rollback undoes (the daemon reconciles).
+    Proceed,
 }
 
 /// See [`ApplyOptions::before_change`].
@@ -84,7 +97,13 @@ pub struct Before<'a> {
 /// Observe, plan, diff; refuse on conflicts; apply the difference; roll back on failure.
 pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelError> {
     let _lock = match opts.lock {
-        Locking::Wait(wait) => Some(rundir::lock(wait)?),
+        Locking::Wait(wait) => {
+            let lock = rundir::lock(wait)?;
+            if opts.while_confirm_pending == WhilePending::Refuse {
+                crate::confirm::refuse_while_guarded()?;
+            }
+            Some(lock)
+        }
         Locking::Held(_) => None,
     };
     let (observed, plan, mut changes) = prepare(model, &opts.health_down)?;

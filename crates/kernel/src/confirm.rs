@@ -141,6 +141,62 @@ impl Earlier {
     }
 }
 
+/// How the last guarded `apply --confirm` of this namespace ended, as its guard
+/// recorded it (`netns-<cookie>.confirm-last.json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Last {
+    pub ended: Ended,
+    /// When (seconds since the epoch).
+    pub at_unix: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ended {
+    /// Confirmed in time (`symroute confirm`).
+    Confirmed,
+    /// Not confirmed: put back at the deadline.
+    RolledBackAtDeadline,
+    /// The apply did not complete (it failed, or its session died mid-apply): put back
+    /// at once.
+    RolledBackUnfinished,
+    /// The guard failed (why): the change may be left as it was.
+    Failed(String),
+}
+
+impl Ended {
+    /// For people: what happened.
+    pub fn describe(&self) -> String {
+        match self {
+            Ended::Confirmed => "confirmed".into(),
+            Ended::RolledBackAtDeadline => "rolled back: not confirmed by its deadline".into(),
+            Ended::RolledBackUnfinished => {
+                "rolled back at once: the apply did not complete (it failed, or its session died)"
+                    .into()
+            }
+            Ended::Failed(why) => format!("its guard failed: {why}"),
+        }
+    }
+}
+
+fn last_path() -> Result<PathBuf, KernelError> {
+    rundir::netns_file("confirm-last.json")
+}
+
+/// How the last guarded `apply --confirm` here ended, if one did (an unreadable record
+/// reads as none: it is for people only).
+pub fn last() -> Option<Last> {
+    let text = rundir::read(&last_path().ok()?).ok()??;
+    serde_json::from_str(&text).ok()
+}
+
+/// The guarded `apply --confirm` pending here now, if any (not the daemon's: it tells
+/// its own).
+pub fn pending_now() -> Option<Pending> {
+    let p = load().ok()??;
+    guarded().ok()?.then_some(p)
+}
+
 /// An `apply --confirm` in progress: holds the namespace lock from `begin` to the end.
 pub struct Session {
     /// Held for the whole session: the apply runs under it.
@@ -169,6 +225,26 @@ pub fn begin(deadline: BootTime) -> Result<Session, KernelError> {
         token,
         deadline,
     })
+}
+
+/// With the namespace lock held, for an apply that is not itself `--confirm`: refused
+/// while a guarded `apply --confirm` is pending, since its rollback at the deadline would
+/// silently undo this apply too. (A pending change whose guard is gone has nobody to roll
+/// it back: the next `apply --confirm` settles it.)
+pub fn refuse_while_guarded() -> Result<(), KernelError> {
+    let Some(p) = load()? else {
+        return Ok(());
+    };
+    if !guarded()? {
+        return Ok(());
+    }
+    Err(KernelError::Other(format!(
+        "an `apply --confirm` is pending in this namespace (guard pid {}, rolled back in {} s \
+         unless confirmed), and its rollback would undo this apply too: run `symroute \
+         confirm` first to keep it, or wait for the rollback, then apply again",
+        p.guard_pid,
+        p.deadline.remaining().as_secs()
+    )))
 }
 
 /// With the namespace lock held: an earlier pending change is refused while guarded,
@@ -261,13 +337,18 @@ impl Session {
 /// guard, if it still runs, finds nothing to guard and exits.
 pub(crate) fn forget() -> Result<(), KernelError> {
     discard()?;
+    rundir::remove(&last_path()?)?;
     guarded().map(drop)
 }
 
 /// `symroute confirm`: keep the pending change. False when nothing was pending.
 pub fn confirm() -> Result<bool, KernelError> {
     let _lock = rundir::lock(rundir::WAIT_COMMAND)?;
-    discard()
+    let kept = discard()?;
+    if kept {
+        record(Ended::Confirmed);
+    }
+    Ok(kept)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -328,15 +409,48 @@ impl GuardLink {
 /// What a guard did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Guarded {
-    /// Confirmed in time (or nothing was changed): nothing to do.
+    /// The apply changed nothing: nothing to guard.
+    Unchanged,
+    /// Confirmed in time (or taken away by `remove`): nothing to do.
     Kept,
     /// Rolled back: at the deadline, or at once because the apply did not complete.
     RolledBack { at_deadline: bool },
 }
 
 /// The guard (`symroute confirm-watch`), in the caller's namespace: arm, then follow the
-/// caller's apply over `link` and act as the module doc says.
+/// caller's apply over `link` and act as the module doc says. How it ended is recorded
+/// for `symroute status` (the guard has no terminal to tell: its caller may be gone).
 pub fn guard(token: &str, deadline: BootTime, link: UnixStream) -> Result<Guarded, KernelError> {
+    let r = follow(token, deadline, link);
+    let ended = match &r {
+        // Confirmed (`confirm` records that) or removed (`remove` forgets the record).
+        Ok(Guarded::Unchanged | Guarded::Kept) => None,
+        Ok(Guarded::RolledBack { at_deadline: true }) => Some(Ended::RolledBackAtDeadline),
+        Ok(Guarded::RolledBack { at_deadline: false }) => Some(Ended::RolledBackUnfinished),
+        // Refused before it was armed: it guarded nothing.
+        Err(_) if !ARMED.load(std::sync::atomic::Ordering::Relaxed) => None,
+        Err(e) => Some(Ended::Failed(e.to_string())),
+    };
+    if let Some(ended) = ended {
+        record(ended);
+    }
+    r
+}
+
+/// Record how a pending change ended. Best effort: the outcome itself is what matters.
+fn record(ended: Ended) {
+    let last = Last {
+        ended,
+        at_unix: unix(std::time::SystemTime::now()),
+    };
+    let text = serde_json::to_string(&last).expect("record serializes");
+    let _ = last_path().and_then(|p| rundir::write(&p, text.as_bytes()));
+}
+
+/// Whether this process's guard got as far as arming.
+static ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn follow(token: &str, deadline: BootTime, link: UnixStream) -> Result<Guarded, KernelError> {
     let mut link = link;
     // Held for the guard's whole life; its file goes with it.
     let _guard = match rundir::lock_path(&guard_path()?, GUARD_LOCK_WAIT) {
@@ -350,6 +464,7 @@ pub fn guard(token: &str, deadline: BootTime, link: UnixStream) -> Result<Guarde
         what: "telling the caller the guard is armed".into(),
         source,
     })?;
+    ARMED.store(true, std::sync::atomic::Ordering::Relaxed);
     // Until the deadline, wait for the caller's word.
     let mut line = String::new();
     let heard = loop {
@@ -371,7 +486,7 @@ pub fn guard(token: &str, deadline: BootTime, link: UnixStream) -> Result<Guarde
     };
     drop(link);
     match heard.as_deref() {
-        Some("unchanged") => Ok(Guarded::Kept),
+        Some("unchanged") => Ok(Guarded::Unchanged),
         Some("applied") | None => {
             // Applied (or still applying at the deadline): wait out the deadline.
             while !deadline.passed() {

@@ -23,8 +23,14 @@ pub const FILES: &[(&str, &str)] = &[
     ("ip-route.txt", "ip route show table all"),
     ("ip6-route.txt", "ip -6 route show table all"),
     ("nft.json", "nft -j list ruleset"),
-    ("iptables-save.txt", "iptables-save"),
-    ("ip6tables-save.txt", "ip6tables-save"),
+    (
+        IPTABLES_V4,
+        "iptables-save (each variant holding tables: -nft, -legacy)",
+    ),
+    (
+        IPTABLES_V6,
+        "ip6tables-save (each variant holding tables: -nft, -legacy)",
+    ),
     ("ip-addr.json", "ip -j addr"),
     ("ip-link.json", "ip -j link"),
     (
@@ -32,6 +38,9 @@ pub const FILES: &[(&str, &str)] = &[
         "sysctl -a (net.ipv4/net.ipv6 conf, forwarding)",
     ),
 ];
+
+const IPTABLES_V4: &str = "iptables-save.txt";
+const IPTABLES_V6: &str = "ip6tables-save.txt";
 
 /// The snapshot file holding the host's routing table names: the `rt_tables` files `ip`
 /// read when it printed the outputs above (see [`table_names`]). Optional: a snapshot
@@ -185,6 +194,9 @@ pub fn capture() -> Captured {
     for (file, command) in FILES {
         let result = if *file == "sysctl.txt" {
             Ok(sysctl_lines())
+        } else if *file == IPTABLES_V4 || *file == IPTABLES_V6 {
+            // Read later, from the nft listing, as apply reads them.
+            continue;
         } else {
             let words: Vec<&str> = command.split_whitespace().collect();
             cmd::run(words[0], &words[1..], None)
@@ -197,6 +209,19 @@ pub fn capture() -> Captured {
                 c.missing.insert(file.to_string(), e.to_string());
             }
         }
+    }
+    // The same save outputs apply's conflict check reads (`marks::iptables_texts`): each
+    // variant (iptables-nft, iptables-legacy) that holds tables, so doctor on the snapshot
+    // sees what apply saw. A host with no iptables tables gets empty files.
+    let nft_tables = c
+        .files
+        .get("nft.json")
+        .and_then(|t| serde_json::from_str(t).ok())
+        .map(|v| super::marks::nft_tables(&v))
+        .unwrap_or_default();
+    let texts = super::marks::iptables_texts(&nft_tables);
+    for (file, text) in [(IPTABLES_V4, texts.v4), (IPTABLES_V6, texts.v6)] {
+        c.files.insert(file.to_string(), text.unwrap_or_default());
     }
     c.files.insert(TABLE_NAMES.to_string(), table_names());
     c

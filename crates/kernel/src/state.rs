@@ -90,6 +90,47 @@ impl std::fmt::Display for HaRole {
 pub struct HaRecord {
     pub role: HaRole,
     pub since_unix: u64,
+    /// When the process that told it was started (clock ticks since boot, from
+    /// /proc/self/stat): keepalived forks a notify script per state change and does not
+    /// wait, so two can finish out of order; the later fork is the later word.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub told_at: Option<u64>,
+}
+
+/// This process's start time in clock ticks since boot (`/proc/self/stat`, field 22),
+/// kept across `exec`: for a notify script, when keepalived forked it.
+pub fn process_started() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after its end.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// What became of a role told by `symroute ha`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Told {
+    /// Recorded: the latest word.
+    Recorded,
+    /// Not recorded: a notification started later already said this (the role it said).
+    Stale(HaRole),
+}
+
+/// Record `record` unless a notification started later was recorded already; the
+/// returned lock (of the role record) is held until the caller has told the daemon too,
+/// so a stale word can never overtake a newer one on its way there either.
+pub fn tell_ha(record: &HaRecord) -> Result<(Told, rundir::Lock), KernelError> {
+    // Unlinked when let go (as `rundir` allows), so namespaces leave none behind.
+    let lock =
+        rundir::lock_path(&rundir::netns_file("ha.lock")?, rundir::WAIT_COMMAND)?.unlink_on_drop();
+    if let Some(had) = load_ha().ok().flatten() {
+        if let (Some(then), Some(now)) = (had.told_at, record.told_at) {
+            if then > now {
+                return Ok((Told::Stale(had.role), lock));
+            }
+        }
+    }
+    save_ha(record)?;
+    Ok((Told::Recorded, lock))
 }
 
 fn ha_path() -> Result<PathBuf, KernelError> {
@@ -116,4 +157,24 @@ pub fn save_ha(record: &HaRecord) -> Result<(), KernelError> {
 
 pub fn forget_ha() -> Result<(), KernelError> {
     rundir::remove(&ha_path()?).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_has_a_start_time() {
+        let t = process_started().expect("start time");
+        // A child started after us has a start time no earlier.
+        let child = std::process::Command::new("sh")
+            .args(["-c", "cut -d' ' -f22 /proc/self/stat"])
+            .output()
+            .expect("sh");
+        let c: u64 = String::from_utf8_lossy(&child.stdout)
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(c >= t, "{c} < {t}");
+    }
 }

@@ -75,6 +75,53 @@ pub struct Status {
     /// This box's role in an HA pair, as keepalived last reported it (`symroute ha`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ha: Option<super::state::HaRecord>,
+    /// `apply --confirm` without a daemon: the one pending now, and how the last one
+    /// ended (the daemon's own pending confirm is in its `DaemonStatus`).
+    pub confirm: ConfirmView,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ConfirmView {
+    pub pending: Option<GuardedPending>,
+    pub last: Option<LastConfirm>,
+}
+
+/// A pending `apply --confirm` and its guard.
+#[derive(Debug, Serialize)]
+pub struct GuardedPending {
+    /// When it is rolled back unless confirmed (RFC 3339 UTC).
+    pub deadline: String,
+    pub deadline_unix: u64,
+    pub guard_pid: u32,
+}
+
+/// How the last one ended (`ended`: kept, rolled_back_at_deadline,
+/// rolled_back_unfinished, or {"failed": why}), and when.
+#[derive(Debug, Serialize)]
+pub struct LastConfirm {
+    pub ended: super::confirm::Ended,
+    pub at: String,
+    pub at_unix: u64,
+}
+
+impl ConfirmView {
+    fn read() -> ConfirmView {
+        let at = |secs: u64| {
+            super::clock::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        };
+        ConfirmView {
+            pending: super::confirm::pending_now().map(|p| GuardedPending {
+                deadline: at(p.deadline_unix),
+                deadline_unix: p.deadline_unix,
+                guard_pid: p.guard_pid,
+            }),
+            last: super::confirm::last().map(|l| LastConfirm {
+                at: at(l.at_unix),
+                at_unix: l.at_unix,
+                ended: l.ended,
+            }),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -288,6 +335,7 @@ fn of_plan(model: &Model, plan: &Plan, applied: bool) -> Result<Status, KernelEr
         policies,
         marks: MarkMap::of(model, plan),
         ha: super::state::load_ha().ok().flatten(),
+        confirm: ConfirmView::read(),
     })
 }
 

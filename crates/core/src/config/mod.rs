@@ -91,8 +91,9 @@ pub fn parse_str_with(text: &str, origin: &str, names: &dyn Names) -> Result<Mod
             return Err(ConfigError::Invalid(loc.diags));
         }
     };
-    let model = validate(raw, &mut loc, names);
+    let mut model = validate(raw, &mut loc, names);
     if loc.diags.is_empty() {
+        model.source = text.to_string();
         Ok(model)
     } else {
         Err(ConfigError::Invalid(loc.diags))
@@ -264,6 +265,7 @@ fn validate(raw: RawConfig, loc: &mut Locator, users: &dyn Names) -> Model {
         gateways,
         policies,
         diverts,
+        source: String::new(),
     }
 }
 

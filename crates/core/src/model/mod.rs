@@ -376,6 +376,11 @@ pub struct Model {
     pub gateways: Vec<Gateway>,
     pub policies: Vec<Policy>,
     pub diverts: Vec<Divert>,
+    /// The config text this model was parsed from (empty when built otherwise): the
+    /// daemon records it with a pending `apply --confirm`, so a restarted daemon goes
+    /// back to the config it really ran, whatever its file says by then.
+    #[serde(skip)]
+    pub source: String,
 }
 
 impl Model {

@@ -7,7 +7,12 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use super::types::{TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN};
+/// The main table (routes printed without `table`).
+pub const TABLE_MAIN: u32 = 254;
+/// The local table (`local`, `broadcast`, `anycast` routes the kernel makes for addresses).
+pub const TABLE_LOCAL: u32 = 255;
+/// The default table (`lookup default`, priority 32767).
+pub const TABLE_DEFAULT: u32 = 253;
 
 /// Table names beyond the kernel's own (`main`, `local`, `default`, `unspec`), as iproute2
 /// reads them from `rt_tables` files (see [`TableNames::parse`]). `ip rule` and `ip route`

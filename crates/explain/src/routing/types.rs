@@ -11,12 +11,8 @@ use serde::Serialize;
 
 use symroute_core::model::Family;
 
-/// The main table (routes printed without `table`).
-pub const TABLE_MAIN: u32 = 254;
-/// The local table (`local`, `broadcast`, `anycast` routes the kernel makes for addresses).
-pub const TABLE_LOCAL: u32 = 255;
-/// The default table (`lookup default`, priority 32767).
-pub const TABLE_DEFAULT: u32 = 253;
+// The reserved tables' numbers live with the names that spell them.
+pub use super::names::{TABLE_DEFAULT, TABLE_LOCAL, TABLE_MAIN};
 
 /// A line that could not be understood. `line` is 1-based within the text given to the
 /// parser.

@@ -320,8 +320,25 @@ fn exec_sends_a_command_via_each_gateway_without_a_policy() {
                 .expect("udp echo")
         })
         .collect();
-    // Gateways only: not one policy.
     let _remove = RemoveOnDrop(fw);
+    // Nothing applied here and no daemon: exec does not put symroute in place on the
+    // side, and the command does not run.
+    let unapplied = symroute_in(
+        fw,
+        "exec",
+        Some(GATEWAYS),
+        &["--gateway", "isp1", "--", "sh", "-c", "echo ran"],
+    );
+    assert_eq!(unapplied.code, 1, "{}", unapplied.stderr);
+    assert!(
+        unapplied
+            .stderr
+            .contains("symroute is not applied in this network namespace"),
+        "{}",
+        unapplied.stderr
+    );
+    assert!(!unapplied.stdout.contains("ran"));
+    // Gateways only: not one policy.
     symroute_in(fw, "apply", Some(GATEWAYS), &[]).ok();
     for server in servers() {
         for gw in ["isp1", "isp2"] {
@@ -763,4 +780,54 @@ fn apply_and_status_report_a_cgroup_that_does_not_exist_yet() {
     let applied = symroute_in(fw, "apply", Some(&config), &[]).ok();
     assert!(applied.stdout.contains(&said), "{}", applied.stdout);
     assert!(matches(fw, &config));
+}
+
+/// Under `symroute run`, a gateway its health checks hold down (its link is up) is down
+/// for exec too: refused, the command not run; the other gateway still serves, and once
+/// the checks pass again so does this one.
+#[test]
+fn exec_refuses_a_gateway_the_daemons_health_checks_hold_down() {
+    let lab = lab();
+    let fw = &lab.t.fw;
+    // The LAN's policy gives isp1 its table and route mark, which its probes carry (a
+    // gateway no policy names is probed through the main table).
+    let config = GATEWAYS.replacen(
+        "via6 = \"2001:db8:1::1\"\n",
+        "via6 = \"2001:db8:1::1\"\n[gateway.check]\ntargets = [\"192.0.2.10\"]\ninterval = \"100ms\"\ntimeout = \"200ms\"\n",
+        1,
+    ) + "\n[[policy]]\nname = \"lan\"\nroute_via = \"isp1\"\n[policy.match]\nin_interface = \"lan0\"\n";
+    assert!(config.contains("[gateway.check]"));
+    let d = Daemon::start(fw, &config);
+    let v4: IpAddr = TwoIsps::SERVER_V4.into();
+    // Let the probes fill their window with good results first.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!d.log().contains("gateway isp1 is down"), "{}", d.log());
+    assert_eq!(exec_uplink(fw, None, "isp1", v4), "isp1");
+    // ISP1 stops forwarding the probes; the firewall's link to it stays up.
+    let isp1 = &lab.t.isp1;
+    isp1.exec(&["nft", "add table inet probes_lost"]).unwrap();
+    isp1.exec(&[
+        "nft",
+        "add chain inet probes_lost f { type filter hook forward priority 0; ip daddr 192.0.2.10 meta l4proto icmp drop; }",
+    ])
+    .unwrap();
+    d.wait_log("gateway isp1 is down", Duration::from_secs(5));
+    let down = symroute_in(
+        fw,
+        "exec",
+        None,
+        &["--gateway", "isp1", "--", "sh", "-c", "echo ran"],
+    );
+    assert_eq!(down.code, 1, "{}", down.stderr);
+    assert!(
+        down.stderr.contains("gateway isp1 is down (") && down.stderr.contains("not running"),
+        "{}",
+        down.stderr
+    );
+    assert!(!down.stdout.contains("ran"));
+    assert_eq!(exec_uplink(fw, None, "isp2", v4), "isp2");
+    isp1.exec(&["nft", "delete table inet probes_lost"])
+        .unwrap();
+    d.wait_log("gateway isp1 is up", Duration::from_secs(10));
+    assert_eq!(exec_uplink(fw, None, "isp1", v4), "isp1");
 }

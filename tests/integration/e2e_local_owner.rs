@@ -789,13 +789,13 @@ fn apply_and_status_report_a_cgroup_that_does_not_exist_yet() {
 fn exec_refuses_a_gateway_the_daemons_health_checks_hold_down() {
     let lab = lab();
     let fw = &lab.t.fw;
-    // The LAN's policy gives isp1 its table and route mark, which its probes carry (a
-    // gateway no policy names is probed through the main table).
+    // Gateways only: no policy names isp1, yet its probes test its own path (its
+    // table, which it has for them), not the main table's default route via ISP2.
     let config = GATEWAYS.replacen(
         "via6 = \"2001:db8:1::1\"\n",
         "via6 = \"2001:db8:1::1\"\n[gateway.check]\ntargets = [\"192.0.2.10\"]\ninterval = \"100ms\"\ntimeout = \"200ms\"\n",
         1,
-    ) + "\n[[policy]]\nname = \"lan\"\nroute_via = \"isp1\"\n[policy.match]\nin_interface = \"lan0\"\n";
+    );
     assert!(config.contains("[gateway.check]"));
     let d = Daemon::start(fw, &config);
     let v4: IpAddr = TwoIsps::SERVER_V4.into();

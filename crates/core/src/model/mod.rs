@@ -400,4 +400,12 @@ impl Model {
             Action::ReplyVia(_) => false,
         })
     }
+
+    /// Gateway `idx` has health checks but no policy names it (it may be there for
+    /// `symroute exec`): its probes need a table of its own to test its path by, so it
+    /// takes route decisions all the time (its route mark, rule and table), as if a
+    /// `route_via` named it. Without, they would take the main table.
+    pub fn probed_alone(&self, idx: GatewayIdx) -> bool {
+        self.gateway(idx).check.is_some() && !self.routes_via(idx) && !self.replies_via(idx)
+    }
 }

@@ -164,6 +164,7 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
                 .replies_via(GatewayIdx(i))
                 .then(|| alloc::reply_mark(model, GatewayIdx(i))),
             route_mark: (model.routes_via(GatewayIdx(i))
+                || model.probed_alone(GatewayIdx(i))
                 || host
                     .cgroups
                     .as_ref()
@@ -876,6 +877,36 @@ mod route_tests {
         assert_eq!(active(w, "udp"), [(0, Some(3)), (2, Some(2))]);
         assert_eq!(active(w, "ddu"), [(2, Some(2))]);
         assert_eq!(active(w, "ddd"), [(0, Some(3)), (1, Some(1)), (2, Some(2))]);
+    }
+
+    /// A gateway with health checks that no policy names (there for `symroute exec`,
+    /// say) has its route mark, rule and table, so its probes test its own path; one
+    /// without checks has none until an exec cgroup asks for it.
+    #[test]
+    fn a_checked_gateway_no_policy_names_gets_a_table_for_its_probes() {
+        let cfg = format!(
+            "{}[gateway.check]\ntargets=[\"198.51.100.7\"]\n",
+            GWS.replacen(
+                "via=\"192.0.2.2\"\n",
+                "via=\"192.0.2.2\"\n[gateway.check]\ntargets=[\"198.51.100.7\"]\n",
+                1
+            )
+        );
+        let model = parse_str(&cfg, "t.toml").expect("valid");
+        let plan = build(&model, &host(&["e0", "e1", "e2"]));
+        let marks: Vec<bool> = plan
+            .gateways
+            .iter()
+            .map(|g| g.route_mark.is_some())
+            .collect();
+        assert_eq!(marks, [false, true, true]);
+        for g in &plan.gateways[1..] {
+            assert!(plan.routes.iter().any(|r| r.table == g.table), "{g:?}");
+        }
+        assert!(!plan
+            .routes
+            .iter()
+            .any(|r| r.table == plan.gateways[0].table));
     }
 
     /// The user names of examples/full.toml.

@@ -17,7 +17,15 @@ fn main() -> ExitCode {
             } else {
                 1
             };
-            eprintln!("symroute: {}", message(&e));
+            let msg = format!("symroute: {}", message(&e));
+            if symroute::daemon::log::stderr_is_journal() {
+                // The journal's error priority on every line (see daemon::log).
+                for line in msg.lines() {
+                    eprintln!("<3>{line}");
+                }
+            } else {
+                eprintln!("{msg}");
+            }
             ExitCode::from(code)
         }
     }

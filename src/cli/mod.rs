@@ -5,6 +5,7 @@
 mod apply;
 mod args;
 mod check;
+mod completions;
 mod confirm;
 mod daemon;
 mod doctor;
@@ -13,6 +14,7 @@ mod explain;
 mod ha;
 mod import;
 mod lab;
+mod manpages;
 mod output;
 mod plan;
 mod remove;
@@ -40,8 +42,17 @@ Typical use:
   symroute remove             put the host back as it was
   symroute lab two-isps       watch it fix seed 1 in a private network-namespace lab";
 
+/// `symroute --version`: the version and the git commit it was built from (build.rs;
+/// `unknown` when built outside git, e.g. from a release tarball).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILT_FROM_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "symroute", version, about = "Symmetric policy routing for multi-homed Linux hosts", long_about = ABOUT)]
+#[command(name = "symroute", version = VERSION, about = "Symmetric policy routing for multi-homed Linux hosts", long_about = ABOUT)]
 pub struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -66,6 +77,9 @@ enum Cmd {
     Snapshot(snapshot::Args),
     Ha(ha::Args),
     Lab(lab::Args),
+    Completions(completions::Args),
+    #[command(hide = true)]
+    Manpages(manpages::Args),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -83,6 +97,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Import(args) => import::run(args, &mut out),
         Cmd::Snapshot(args) => snapshot::run(args, &mut out),
         Cmd::Ha(args) => ha::run(args, &mut out),
+        Cmd::Completions(args) => completions::run(args, &mut out),
+        Cmd::Manpages(args) => manpages::run(args, &mut out),
         // These print from other threads too: stdout must not stay locked here.
         Cmd::Run(args) => {
             drop(out);

@@ -22,7 +22,7 @@ use super::args::Scope;
 /// gateway that is down loses its routes (reply_via falls back to the main table),
 /// `route_via` lists move new connections to the next usable gateway, and the dead
 /// gateway's route_via connections are flushed from conntrack so they re-establish.
-/// `[settings] metrics = "127.0.0.1:9469"` serves Prometheus metrics.
+/// `[settings] metrics = "127.0.0.1"` serves Prometheus metrics (port 19469).
 ///
 /// Try it: `symroute lab failover`.
 #[derive(clap::Args, Debug)]

@@ -24,9 +24,10 @@ With --netns NAME, table names come from /etc/netns/NAME/iproute2 when it exists
 /// Save this box's routing state as plain command outputs in DIR (for explain --from).
 ///
 /// Files: ip-rule.txt, ip6-rule.txt, ip-route.txt, ip6-route.txt, nft.json,
-/// iptables-save.txt, ip6tables-save.txt, ip-addr.json, ip-link.json, sysctl.txt, and
-/// rt_tables (the routing table names `ip` printed, so the snapshot reads anywhere).
-/// Tools that are missing are reported and skipped.
+/// iptables-save.txt, ip6tables-save.txt, ip-addr.json, ip-link.json, sysctl.txt,
+/// rt_tables (the routing table names `ip` printed, so the snapshot reads anywhere), and
+/// where systemd-networkd is configured, networkd.conf (its settings and drop-ins, which
+/// doctor reads). Tools that are missing are reported and skipped.
 #[derive(clap::Args, Debug)]
 #[command(after_long_help = SNAPSHOT_BY_HAND)]
 pub struct Args {

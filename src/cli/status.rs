@@ -1,5 +1,5 @@
 //! `symroute status`: gateways, policy counters and connections, with the daemon's live
-//! view when one runs here.
+//! view when one runs here; with no config at all, what symroute has applied here.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -12,9 +12,11 @@ use super::daemon;
 
 /// Gateways, policy counters and live connections per gateway; with a running
 /// `symroute run`, its live health (since, loss, round trip). Without -c, the
-/// daemon's config. Also what each mark means here (compare it with the other box of an
-/// HA pair: `symroute doctor --peer`), the HA role keepalived last reported, and a
-/// pending or last `apply --confirm`.
+/// daemon's config; with neither and no file at the default path, what symroute has
+/// applied here (its table, tagged rules and routes, counters, the sysctls it changed).
+/// Also what each mark means here (compare it with the other box of an HA pair:
+/// `symroute doctor --peer`), the HA role keepalived last reported, and a pending or last
+/// `apply --confirm`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     #[command(flatten)]
@@ -30,6 +32,13 @@ pub struct Args {
 pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     args.scope.netns.enter()?;
     let live = daemon::status();
+    // No -c, no daemon and no file at the default path: what is applied here.
+    let default = args.scope.config.path();
+    if args.scope.config.config.is_none() && live.is_none() && !default.exists() {
+        let st = kernel::status::without_config(&default)?;
+        print_without_config(&st, args.json, out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     // Without -c, the config the daemon runs.
     let m = match (&args.scope.config.config, &live) {
         (None, Some(l)) => symroute::config_file::load(std::path::Path::new(&l.daemon.config))?,
@@ -58,34 +67,7 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         )?,
         None => writeln!(out, "daemon: not running in this namespace")?,
     }
-    if let Some(h) = &st.ha {
-        writeln!(
-            out,
-            "ha: {} (keepalived's last word, {}); dead gateways' connections are flushed {}",
-            h.role,
-            kernel::clock::rfc3339(UNIX_EPOCH + Duration::from_secs(h.since_unix)),
-            if h.role == kernel::state::HaRole::Master {
-                "(a second after they go down)"
-            } else {
-                "only once this box is master"
-            }
-        )?;
-    }
-    if let Some(p) = &st.confirm.pending {
-        writeln!(
-            out,
-            "pending: `apply --confirm` (guard pid {}); rolled back at {} unless `symroute confirm`",
-            p.guard_pid, p.deadline
-        )?;
-    }
-    if let Some(l) = &st.confirm.last {
-        writeln!(
-            out,
-            "last `apply --confirm`: {} ({})",
-            l.ended.describe(),
-            l.at
-        )?;
-    }
+    print_ha_and_confirm(st.ha.as_ref(), &st.confirm, out)?;
     if let Some(p) = live.as_ref().and_then(|l| l.pending_confirm.as_ref()) {
         writeln!(
             out,
@@ -134,4 +116,99 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_without_config(
+    st: &kernel::status::StatusWithoutConfig,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if json {
+        serde_json::to_writer_pretty(&mut *out, st)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(out, "{}", st.note)?;
+    if st.is_empty() {
+        writeln!(
+            out,
+            "not applied: nothing of symroute's is in this namespace"
+        )?;
+        return Ok(());
+    }
+    match (st.applied, &st.fingerprint) {
+        (true, Some(fp)) => writeln!(
+            out,
+            "applied: nftables table inet symroute (fingerprint {fp})"
+        )?,
+        (true, None) => writeln!(out, "applied: nftables table inet symroute")?,
+        (false, _) => writeln!(out, "no nftables table inet symroute; leftovers below")?,
+    }
+    for (title, lines) in [("rules", &st.rules), ("routes", &st.routes)] {
+        writeln!(out, "{title} (protocol {}):", symroute::plan::RT_PROTO)?;
+        for l in lines {
+            writeln!(out, "  {l}")?;
+        }
+    }
+    print_ha_and_confirm(st.ha.as_ref(), &st.confirm, out)?;
+    if !st.counters.is_empty() {
+        writeln!(out, "policy counters:")?;
+        for (name, c) in &st.counters {
+            writeln!(
+                out,
+                "  {name:<24} {} packet(s) {} byte(s) classified",
+                c.packets, c.bytes
+            )?;
+        }
+    }
+    if !st.sysctls.is_empty() {
+        writeln!(out, "sysctls changed (`symroute remove` puts them back):")?;
+        for (k, s) in &st.sysctls {
+            writeln!(
+                out,
+                "  {k} = {} (was {})",
+                s.now.as_deref().unwrap_or("?"),
+                s.before
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// This box's HA role and the pending or last `apply --confirm`: symroute's own records,
+/// shown with a config or without.
+fn print_ha_and_confirm(
+    ha: Option<&kernel::state::HaRecord>,
+    confirm: &kernel::status::ConfirmView,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    if let Some(h) = ha {
+        writeln!(
+            out,
+            "ha: {} (keepalived's last word, {}); dead gateways' connections are flushed {}",
+            h.role,
+            kernel::clock::rfc3339(UNIX_EPOCH + Duration::from_secs(h.since_unix)),
+            if h.role == kernel::state::HaRole::Master {
+                "(a second after they go down)"
+            } else {
+                "only once this box is master"
+            }
+        )?;
+    }
+    if let Some(p) = &confirm.pending {
+        writeln!(
+            out,
+            "pending: `apply --confirm` (guard pid {}); rolled back at {} unless `symroute confirm`",
+            p.guard_pid, p.deadline
+        )?;
+    }
+    if let Some(l) = &confirm.last {
+        writeln!(
+            out,
+            "last `apply --confirm`: {} ({})",
+            l.ended.describe(),
+            l.at
+        )?;
+    }
+    Ok(())
 }

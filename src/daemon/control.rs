@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 
 use super::event::Event;
+use super::log::notice;
 use super::pending::{self, PendingConfirm};
 use super::protocol::{line, Call, Reply, Request, Response};
 use super::serve;
@@ -335,13 +336,17 @@ impl Daemon {
         }
         let model = match crate::config_file::load_trusted(&path) {
             Ok(m) => m,
-            Err(e) => return Response::failed(2, e.to_string()),
+            Err(e) => {
+                self.metrics.reloaded(false);
+                return Response::failed(2, e.to_string());
+            }
         };
-        info!("`symroute apply`: switching to {}", path.display());
+        notice!("`symroute apply`: switching to {}", path.display());
         self.systemd.reloading();
         let previous = (self.config.clone(), self.model.clone());
         let resp = match self.switch_to(path.clone(), model) {
             Ok(changes) => {
+                self.metrics.reloaded(true);
                 let mut lines = self.down_lines();
                 let changed = !changes.is_empty();
                 lines.extend(summary_lines(changes));
@@ -364,6 +369,7 @@ impl Daemon {
                 Response::done(lines)
             }
             Err(e) => {
+                self.metrics.reloaded(false);
                 warn!(
                     "`symroute apply` of {} failed; going back to {}",
                     path.display(),
@@ -382,7 +388,7 @@ impl Daemon {
         match self.pending.take() {
             Some(_) => {
                 pending::forget();
-                info!("`symroute confirm`: keeping {}", self.config.display());
+                notice!("`symroute confirm`: keeping {}", self.config.display());
                 Response::done(vec![format!(
                     "confirmed: keeping {}",
                     self.config.display()

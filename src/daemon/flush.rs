@@ -7,7 +7,9 @@
 //! force. Reply marks are left alone: a connection that arrived by the dead path can't be
 //! answered through another one anyway. Entries of other gateways are never touched.
 
-use tracing::{info, warn};
+use tracing::warn;
+
+use super::log::notice;
 
 use crate::kernel::conntrack::Conntrack;
 use crate::model::MarkMask;
@@ -37,7 +39,7 @@ pub fn flush_routed(gateways: &[GatewayPlan], mask: MarkMask) {
     };
     for (g, m) in marked {
         match ct.flush(m.bits(), mask.bits()) {
-            Ok(n) => info!(
+            Ok(n) => notice!(
                 "gateway {} down: flushed {n} conntrack entr{} of its route_via connections (conntrack mark {m}) so they re-establish by the paths now in force",
                 g.name,
                 if n == 1 { "y" } else { "ies" }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::{info, warn};
 
 use super::flush;
+use super::log::notice;
 use crate::kernel::state::{self, HaRecord, HaRole};
 use crate::model::MarkMask;
 use crate::plan::{GatewayPlan, GatewayState};
@@ -202,7 +203,11 @@ impl Ha {
             }
         }
         // Whatever is held while no longer master is dropped by `due`, and said so.
-        info!("{line}");
+        if before == Some(role) {
+            info!("{line}");
+        } else {
+            notice!("{line}");
+        }
         line
     }
 }

@@ -7,6 +7,10 @@
 //! itself (the policies' nft counters, conntrack entries per gateway mark), so neither a
 //! slow client nor a slow read ever holds up the actor.
 //!
+//! Besides symroute's own figures the page has what every exporter has: the `process_*`
+//! metrics of the daemon, `symroute_build_info`, and whether the last config reload
+//! worked (`symroute_config_last_reload_successful`, as Prometheus itself reports it).
+//!
 //! The HTTP side is a hand-written HTTP/1.0 responder for this one endpoint: a web
 //! framework or an async runtime would dwarf the rest of the daemon for a single GET.
 //! Clients are served together on one thread (`serve`): up to 64 at once, each with 1 s
@@ -23,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use super::serve;
 use crate::kernel::conntrack::Conntrack;
+use crate::kernel::process::{self, ProcessStats};
 use crate::kernel::status::{self, LiveGateway, State};
 use crate::plan::Plan;
 
@@ -62,6 +67,12 @@ pub struct Snapshot {
     /// Bumped on every successful reconcile: the kernel's counters and connections are
     /// read again after one (a failover flushes connections).
     pub applied: u64,
+    /// Whether the last config load (startup, SIGHUP, `symroute apply`) was taken.
+    pub reload_ok: bool,
+    /// When a config was last taken, seconds since the epoch.
+    pub reload_success_unix: f64,
+    /// Reconciles that failed (errors and conflicts with foreign objects).
+    pub apply_errors: u64,
 }
 
 impl Default for Snapshot {
@@ -73,6 +84,9 @@ impl Default for Snapshot {
             reconcile: Histogram::new(&RECONCILE_BUCKETS),
             generation: 0,
             applied: 0,
+            reload_ok: true,
+            reload_success_unix: unix_now(),
+            apply_errors: 0,
         }
     }
 }
@@ -134,6 +148,8 @@ pub struct Live {
     pub counters: Option<BTreeMap<String, (u64, u64)>>,
     /// Gateway name → conntrack entries with one of its marks.
     pub connections: Option<BTreeMap<String, u64>>,
+    /// The daemon's own CPU, memory and descriptors.
+    pub process: Option<ProcessStats>,
 }
 
 /// The actor's handle: updates go into the shared snapshot.
@@ -210,6 +226,24 @@ impl Metrics {
         s.generation += 1;
     }
 
+    /// A config was loaded (`ok`) or refused: SIGHUP, or `symroute apply` through the
+    /// daemon (refused also when its apply failed and the daemon went back).
+    pub fn reloaded(&self, ok: bool) {
+        let mut s = lock(&self.shared);
+        s.reload_ok = ok;
+        if ok {
+            s.reload_success_unix = unix_now();
+        }
+        s.generation += 1;
+    }
+
+    /// A reconcile failed (an error, or foreign objects in the way).
+    pub fn apply_failed(&self) {
+        let mut s = lock(&self.shared);
+        s.apply_errors += 1;
+        s.generation += 1;
+    }
+
     /// A probe result changed the live gateway state (loss, round trips).
     pub fn probed(&self, live: &[LiveGateway]) {
         let mut s = lock(&self.shared);
@@ -220,6 +254,12 @@ impl Metrics {
             }
         }
     }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The metrics page on `serve`'s loop. The live kernel reads (nft counters, conntrack)
@@ -291,6 +331,9 @@ fn head_end(data: &[u8]) -> Option<usize> {
     crlf.into_iter().chain(lf).min()
 }
 
+/// What `GET /` answers: where the metrics are.
+const INDEX: &str = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>symroute</title></head>\n<body><h1>symroute</h1>\n<p>Symmetric policy routing daemon (<code>symroute run</code>). Prometheus metrics: <a href=\"/metrics\">/metrics</a>.</p>\n</body></html>\n";
+
 /// The whole HTTP/1.0 response to a request head; `metrics` gives the page, called
 /// only for `GET /metrics` (or HEAD, for its length).
 fn respond(head: &[u8], complete: bool, metrics: impl FnOnce() -> Arc<String>) -> Vec<u8> {
@@ -305,14 +348,21 @@ fn respond(head: &[u8], complete: bool, metrics: impl FnOnce() -> Arc<String>) -
     let line = String::from_utf8_lossy(line);
     let mut words = line.split_whitespace();
     let (method, target, version) = (words.next(), words.next(), words.next());
+    let path = target.map(|t| t.split('?').next().unwrap_or(t));
     let (status, ctype, body) = if !complete && head.len() >= MAX_REQUEST {
         text("431 Request Header Fields Too Large", "request too large\n")
     } else if !complete || !version.is_some_and(|v| v.starts_with("HTTP/")) {
         text("400 Bad Request", "bad request\n")
-    } else if target.map(|t| t.split('?').next().unwrap_or(t)) != Some("/metrics") {
-        text("404 Not Found", "not found: only /metrics is served here\n")
+    } else if !matches!(path, Some("/metrics" | "/")) {
+        text("404 Not Found", "not found: /metrics is served here\n")
     } else if !matches!(method, Some("GET" | "HEAD")) {
-        text("405 Method Not Allowed", "only GET /metrics\n")
+        text("405 Method Not Allowed", "only GET /metrics or /\n")
+    } else if path == Some("/") {
+        (
+            "200 OK".to_string(),
+            "text/html; charset=utf-8",
+            Arc::new(INDEX.to_string()),
+        )
     } else {
         (
             "200 OK".to_string(),
@@ -357,9 +407,17 @@ fn read_live(snap: &Snapshot) -> Live {
             None
         }
     };
+    let process = match process::read() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::debug!("metrics: reading /proc/self: {e}");
+            None
+        }
+    };
     Live {
         counters,
         connections,
+        process,
     }
 }
 
@@ -449,7 +507,86 @@ pub fn render(s: &Snapshot, live: &Live) -> String {
     }
     out.sample(&format!("{name}_sum"), &[], float(h.sum));
     out.sample(&format!("{name}_count"), &[], h.count);
+    out.single(
+        "symroute_apply_errors_total",
+        "counter",
+        "Reconciles of the daemon that failed (an error, or foreign objects in the way): nothing was changed by them.",
+        s.apply_errors,
+    );
+    out.single(
+        "symroute_config_last_reload_successful",
+        "gauge",
+        "1 when the last config load (startup, SIGHUP, `symroute apply` through the daemon) was taken, 0 when it was refused (the previous config runs).",
+        u8::from(s.reload_ok),
+    );
+    out.single(
+        "symroute_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "When a config was last taken, in seconds since the Unix epoch.",
+        float(s.reload_success_unix),
+    );
+    out.family(
+        "symroute_build_info",
+        "gauge",
+        "The running symroute's version and the git commit it was built from (unknown outside git); always 1.",
+    );
+    out.sample(
+        "symroute_build_info",
+        &[("version", VERSION), ("commit", COMMIT)],
+        1,
+    );
+    if let Some(p) = &live.process {
+        process_metrics(&mut out, p);
+    }
     out.0
+}
+
+/// The version and commit symroute was built from (`build.rs`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const COMMIT: &str = env!("BUILT_FROM_COMMIT");
+
+/// The `process_*` families of the Prometheus client libraries, same names and meanings.
+fn process_metrics(out: &mut Page, p: &ProcessStats) {
+    for (name, kind, help, value) in [
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            float(p.cpu_seconds),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            p.resident_bytes.to_string(),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            p.virtual_bytes.to_string(),
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            float(p.start_time_unix),
+        ),
+        (
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            p.open_fds.to_string(),
+        ),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            p.max_fds.to_string(),
+        ),
+    ] {
+        out.single(name, kind, help, value);
+    }
 }
 
 /// A float as Prometheus writes it.
@@ -470,6 +607,12 @@ impl Page {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
         let help = help.replace('\\', "\\\\").replace('\n', "\\n");
         let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A family with one sample and no labels.
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
     }
 
     /// A family with one sample per gateway.
@@ -542,6 +685,9 @@ mod tests {
                 name: "smtp-out".into(),
                 counter: "p0_smtp-out".into(),
             }],
+            reload_ok: false,
+            reload_success_unix: 1_796_000_000.5,
+            apply_errors: 3,
             ..Snapshot::default()
         };
         for v in [0.003, 0.02, 0.02, 30.0] {
@@ -560,6 +706,14 @@ mod tests {
         let live = Live {
             counters: Some(counters),
             connections: Some(conns),
+            process: Some(ProcessStats {
+                cpu_seconds: 1.25,
+                resident_bytes: 4096,
+                virtual_bytes: 8192,
+                start_time_unix: 1_796_000_000.0,
+                open_fds: 9,
+                max_fds: 4096,
+            }),
         };
         let page = render(&snapshot(), &live);
         let want = r#"# HELP symroute_gateway_up 1 when the gateway is up (its routes installed, for at least one address family), 0 when down (link or health checks).
@@ -606,7 +760,39 @@ symroute_reconcile_duration_seconds_bucket{le="10"} 3
 symroute_reconcile_duration_seconds_bucket{le="+Inf"} 4
 symroute_reconcile_duration_seconds_sum 30.043
 symroute_reconcile_duration_seconds_count 4
-"#;
+# HELP symroute_apply_errors_total Reconciles of the daemon that failed (an error, or foreign objects in the way): nothing was changed by them.
+# TYPE symroute_apply_errors_total counter
+symroute_apply_errors_total 3
+# HELP symroute_config_last_reload_successful 1 when the last config load (startup, SIGHUP, `symroute apply` through the daemon) was taken, 0 when it was refused (the previous config runs).
+# TYPE symroute_config_last_reload_successful gauge
+symroute_config_last_reload_successful 0
+# HELP symroute_config_last_reload_success_timestamp_seconds When a config was last taken, in seconds since the Unix epoch.
+# TYPE symroute_config_last_reload_success_timestamp_seconds gauge
+symroute_config_last_reload_success_timestamp_seconds 1796000000.5
+# HELP symroute_build_info The running symroute's version and the git commit it was built from (unknown outside git); always 1.
+# TYPE symroute_build_info gauge
+symroute_build_info{version="VERSION",commit="COMMIT"} 1
+# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 1.25
+# HELP process_resident_memory_bytes Resident memory size in bytes.
+# TYPE process_resident_memory_bytes gauge
+process_resident_memory_bytes 4096
+# HELP process_virtual_memory_bytes Virtual memory size in bytes.
+# TYPE process_virtual_memory_bytes gauge
+process_virtual_memory_bytes 8192
+# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.
+# TYPE process_start_time_seconds gauge
+process_start_time_seconds 1796000000
+# HELP process_open_fds Number of open file descriptors.
+# TYPE process_open_fds gauge
+process_open_fds 9
+# HELP process_max_fds Maximum number of open file descriptors.
+# TYPE process_max_fds gauge
+process_max_fds 4096
+"#
+        .replace("VERSION", VERSION)
+        .replace("COMMIT", COMMIT);
         assert_eq!(page, want);
     }
 
@@ -660,8 +846,14 @@ symroute_reconcile_duration_seconds_count 4
             status_of("HEAD /metrics HTTP/1.0\r\n\r\n"),
             ("HTTP/1.0 200 OK".into(), "".into())
         );
+        let (status, index) = status_of("GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(status, "HTTP/1.0 200 OK");
+        assert!(
+            index.contains("<a href=\"/metrics\">/metrics</a>"),
+            "{index}"
+        );
         assert_eq!(
-            status_of("GET / HTTP/1.0\r\n\r\n").0,
+            status_of("GET /index.html HTTP/1.0\r\n\r\n").0,
             "HTTP/1.0 404 Not Found"
         );
         assert_eq!(

@@ -47,6 +47,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::{debug, error, info, warn};
 
+use log::notice;
+
 use crate::kernel::apply::{self, ApplyOptions, ApplyReport, Locking, WhilePending};
 use crate::kernel::rundir;
 use crate::kernel::KernelError;
@@ -142,6 +144,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         pace: Pace::new(PACE_BURST, PACE_REFILL, now),
         backoff: Backoff::new(RETRY_FIRST, RETRY_MAX),
         retry_at: None,
+        routes: BTreeMap::new(),
         status: String::new(),
         last_conflicts: Vec::new(),
         reload_failed: false,
@@ -224,6 +227,9 @@ struct Daemon {
     backoff: Backoff,
     /// When to try again after a failed apply.
     retry_at: Option<Instant>,
+    /// The gateways each `route_via` policy of several sends new connections to, as of the
+    /// last successful reconcile, to log failovers.
+    routes: BTreeMap<String, Vec<String>>,
     /// The STATUS= line without the reload note.
     status: String,
     /// The conflicts last logged, so a storm of events doesn't repeat them.
@@ -345,6 +351,7 @@ impl Daemon {
         let took = started.elapsed().as_millis();
         let changes = self.gateways_changed(&report.plan, matches!(why, Why::Start));
         self.log_waiting(&report.plan);
+        self.log_failovers(&report.plan);
         // Gateways seen up before and down now (not those found down at startup).
         let went_down: Vec<_> = changes
             .iter()
@@ -362,9 +369,9 @@ impl Daemon {
             }
         } else {
             for l in &lines {
-                info!("applied: {}", one_line(l));
+                notice!("applied: {}", one_line(l));
             }
-            info!(
+            notice!(
                 "reconciled {reason}: {} change(s) applied in {took} ms",
                 lines.len()
             );
@@ -428,6 +435,7 @@ impl Daemon {
                 Err(e.to_string())
             }
             Err(KernelError::Conflicts(conflicts)) => {
+                self.metrics.apply_failed();
                 let texts: Vec<String> = conflicts.iter().map(|c| one_line(&c.0)).collect();
                 if texts != self.last_conflicts {
                     for t in &texts {
@@ -451,6 +459,7 @@ impl Daemon {
                 Err(msg)
             }
             Err(e) => {
+                self.metrics.apply_failed();
                 let delay = self.backoff.failed();
                 error!(
                     "apply failed {}, trying again in {} s: {}",
@@ -475,13 +484,15 @@ impl Daemon {
         info!("SIGHUP: reloading {}", self.config.display());
         match crate::config_file::load_trusted(&self.config) {
             Ok(model) => {
+                self.metrics.reloaded(true);
                 let _ = self.switch_to(self.config.clone(), model);
             }
             Err(e) => {
                 for line in e.to_string().lines() {
-                    error!("reload failed, keeping the previous config: {line}");
+                    warn!("reload failed, keeping the previous config: {line}");
                 }
                 self.reload_failed = true;
+                self.metrics.reloaded(false);
             }
         }
         self.systemd.ready(&self.status());
@@ -530,12 +541,12 @@ impl Daemon {
         self.systemd.stopping("removing the policy");
         let changes = crate::kernel::remove::remove()?;
         for l in changes.summary() {
-            info!("removed: {}", one_line(&l));
+            notice!("removed: {}", one_line(&l));
         }
         match crate::kernel::cgroup::remove_exec() {
             Ok((gone, busy)) => {
                 for c in gone {
-                    info!("removed: cgroup {c}");
+                    notice!("removed: cgroup {c}");
                 }
                 for c in busy {
                     warn!("left cgroup {c}: a command started by symroute exec still runs in it");
@@ -543,7 +554,7 @@ impl Daemon {
             }
             Err(e) => warn!("could not remove symroute exec's cgroups: {e}"),
         }
-        info!("removed {} object(s); exiting", changes.summary().len());
+        notice!("removed {} object(s); exiting", changes.summary().len());
         Ok(())
     }
 
@@ -587,7 +598,7 @@ impl Daemon {
             warn!("gateway {gateway} down: {}", lost.join(", "));
             self.health_down.insert(gateway.to_string(), why);
         } else if !all_down && was_down {
-            info!(
+            notice!(
                 "gateway {gateway} answers its health checks again ({} good probes in a row)",
                 check.up
             );
@@ -667,7 +678,9 @@ impl Daemon {
         for c in &changes {
             match &c.new {
                 GatewayState::Up if start => {}
-                GatewayState::Up => info!("gateway {} is up: its routes are installed", c.gateway),
+                GatewayState::Up => {
+                    notice!("gateway {} is up: its routes are installed", c.gateway)
+                }
                 GatewayState::Partial(why) => warn!(
                     "gateway {} is partly up ({}); the other family's routes are installed",
                     c.gateway,
@@ -685,6 +698,52 @@ impl Daemon {
                 .fire(&self.model.settings.on_change, c, self.netns.as_deref());
         }
         changes
+    }
+}
+
+impl Daemon {
+    /// Log the `route_via` policies of several gateways whose new connections now go
+    /// elsewhere: away from a gateway that went down (a failover, a warning) or back to
+    /// one that came back (a notice).
+    fn log_failovers(&mut self, plan: &Plan) {
+        let down = |name: &str| {
+            plan.gateways
+                .iter()
+                .any(|g| g.name == name && matches!(g.state, GatewayState::Down(_)))
+        };
+        let mut now = BTreeMap::new();
+        for p in plan.policies.iter().filter(|p| p.gateways.len() > 1) {
+            let active: Vec<String> = p
+                .gateways
+                .iter()
+                .filter(|g| g.active)
+                .map(|g| g.name.clone())
+                .collect();
+            if let Some(before) = self.routes.get(&p.name).filter(|b| **b != active) {
+                let lost: Vec<&str> = before
+                    .iter()
+                    .filter(|g| !active.contains(g) && down(g))
+                    .map(String::as_str)
+                    .collect();
+                if lost.is_empty() {
+                    notice!(
+                        "policy {}: new connections leave via {} again (was {})",
+                        p.name,
+                        active.join(", "),
+                        before.join(", ")
+                    );
+                } else {
+                    warn!(
+                        "failover: policy {}: new connections leave via {} ({} down)",
+                        p.name,
+                        active.join(", "),
+                        lost.join(", ")
+                    );
+                }
+            }
+            now.insert(p.name.clone(), active);
+        }
+        self.routes = now;
     }
 }
 

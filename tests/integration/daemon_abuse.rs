@@ -22,7 +22,7 @@ use support::lab;
 use support::{our_rule, run_file, symroute};
 use symroute::lab::in_netns;
 
-const METRICS: &str = "127.0.0.1:9469";
+const METRICS: &str = "127.0.0.1:19469";
 const CONTROL_CLIENTS: usize = 400;
 const METRICS_CLIENTS: usize = 60;
 const MAX_THREADS: usize = 64;

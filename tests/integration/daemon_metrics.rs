@@ -102,7 +102,9 @@ fn conntrack_count_and_flush_by_mark() {
 // ---------------------------------------------------------------------------------------
 // `symroute run` on the two-ISP firewall: LAN connections routed via isp1 and via isp2
 
-const METRICS: &str = "127.0.0.1:9469";
+/// The configured address: the default port (19469) applies.
+const METRICS: &str = "127.0.0.1";
+const SCRAPE: &str = "127.0.0.1:19469";
 /// The echo server beyond isp1 (the client host, also isp1's check target)…
 const VIA_ISP1: &str = "192.0.2.10:7001";
 /// …and the one on isp2 itself (isp2 does not forward).
@@ -413,11 +415,11 @@ fn an_ha_backup_keeps_a_dead_gateways_connections_until_it_is_master() {
 
 /// `GET path` from the daemon's metrics page in the firewall's namespace.
 fn get(lab: &TwoIsps, path: &str) -> (String, String) {
-    metrics::get(&lab.fw, METRICS, path)
+    metrics::get(&lab.fw, SCRAPE, path)
 }
 
 fn scrape(lab: &TwoIsps) -> String {
-    metrics::scrape(&lab.fw, METRICS)
+    metrics::scrape(&lab.fw, SCRAPE)
 }
 
 #[test]
@@ -521,35 +523,203 @@ fn metrics_follow_traffic_and_a_failover() {
     assert!(must(&page, "symroute_probe_loss_ratio{gateway=\"isp1\"}") >= 0.6);
     assert!(must(&page, "symroute_reconcile_duration_seconds_count") > count);
 
-    // Nothing but GET /metrics.
-    assert_eq!(get(lab, "/").0, "HTTP/1.0 404 Not Found");
+    // `/` links the metrics; nothing else is served.
+    let (status, index) = get(lab, "/");
+    assert_eq!(status, "HTTP/1.0 200 OK");
+    assert!(index.contains("<a href=\"/metrics\">"), "{index}");
     assert_eq!(get(lab, "/metrics/../x").0, "HTTP/1.0 404 Not Found");
 }
 
+/// Every metric contrib/grafana/symroute.json and contrib/prometheus/symroute-alerts.yml
+/// query has samples on the real page (once the probes have measured a round trip).
+fn dashboard_and_alerts_query_what_the_page_has(lab: &TwoIsps) {
+    let deadline = std::time::Instant::now() + LIMIT;
+    let page = loop {
+        let page = scrape(lab);
+        if value(&page, "symroute_probe_rtt_seconds{gateway=\"isp1\"}").is_some() {
+            break page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no round trip yet:\n{page}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let samples: std::collections::BTreeSet<&str> = page
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string("contrib/grafana/symroute.json").expect("read the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let mut queries = vec![dashboard["templating"]["list"][1]["definition"].to_string()];
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().expect("targets") {
+            queries.push(t["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    let alerts = std::fs::read_to_string("contrib/prometheus/symroute-alerts.yml").expect("rules");
+    queries.extend(
+        alerts
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("expr:"))
+            .map(str::to_string),
+    );
+    let mut used = std::collections::BTreeSet::new();
+    for q in &queries {
+        for word in q.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("symroute_") || word.starts_with("process_") {
+                used.insert(word.to_string());
+            }
+        }
+    }
+    assert!(used.len() >= 10, "{used:?}");
+    for m in &used {
+        assert!(
+            samples.contains(m.as_str()),
+            "{m} is queried but not on the page:\n{page}"
+        );
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The process and build metrics every exporter has, and the reload and apply-error
+/// figures following SIGHUP, `symroute apply` through the daemon and a conflict.
 #[test]
-fn check_refuses_a_remote_metrics_address_without_the_opt_in() {
-    let dir = std::env::temp_dir().join(format!("symroute-metrics-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("symroute.toml");
-    let remote = config().replace(METRICS, "0.0.0.0:9469");
-    std::fs::write(&path, &remote).expect("write");
-    let p = path.display().to_string();
-    let refused = support::symroute(&["check", "-c", &p]);
-    assert_eq!(refused.code, 2, "{}", refused.stderr);
+fn metrics_have_process_build_reload_and_apply_errors() {
+    let s = setup();
+    let lab = &s.lab;
+    let before_start = unix_now();
+    let d = start(lab);
+    let page = scrape(lab);
+
+    // process_*: this daemon's own figures.
+    let started = must(&page, "process_start_time_seconds");
     assert!(
-        refused.stderr.contains(&format!(
-            "{p}:2:11: settings.metrics: 0.0.0.0:9469 is not a loopback address"
-        )) && refused.stderr.contains("metrics_allow_remote = true"),
-        "{}",
-        refused.stderr
+        started > before_start - 2.0 && started <= unix_now(),
+        "started {started}, test began {before_start}"
     );
-    let opted_in = remote.replacen(
-        "[settings]\n",
-        "[settings]\nmetrics_allow_remote = true\n",
-        1,
+    let (fds, max) = (
+        must(&page, "process_open_fds"),
+        must(&page, "process_max_fds"),
     );
-    std::fs::write(&path, opted_in).expect("write");
-    let accepted = support::symroute(&["check", "-c", &p]);
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(accepted.code, 0, "{}", accepted.stderr);
+    assert!(fds >= 3.0 && fds < max, "{fds} of {max}");
+    assert!(must(&page, "process_resident_memory_bytes") > 1e6, "{page}");
+    assert!(
+        must(&page, "process_virtual_memory_bytes") >= must(&page, "process_resident_memory_bytes")
+    );
+    assert!(must(&page, "process_cpu_seconds_total") > 0.0);
+    for name in [
+        "process_cpu_seconds_total counter",
+        "process_open_fds gauge",
+        "symroute_apply_errors_total counter",
+        "symroute_config_last_reload_successful gauge",
+    ] {
+        assert!(page.contains(&format!("# TYPE {name}\n")), "{name}");
+    }
+
+    // Build info: version and the commit of this checkout.
+    let commit = env!("BUILT_FROM_COMMIT");
+    assert_eq!(
+        must(
+            &page,
+            &format!(
+                "symroute_build_info{{version=\"{}\",commit=\"{commit}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        1.0
+    );
+    if std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.git")).exists() {
+        assert!(
+            commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+            "built in a git checkout, the commit is a hash: {commit}"
+        );
+    }
+
+    dashboard_and_alerts_query_what_the_page_has(lab);
+
+    // The config taken at startup.
+    assert_eq!(must(&page, "symroute_config_last_reload_successful"), 1.0);
+    let t0 = must(
+        &page,
+        "symroute_config_last_reload_success_timestamp_seconds",
+    );
+    assert!(t0 >= before_start - 2.0 && t0 <= unix_now(), "{t0}");
+    assert_eq!(must(&page, "symroute_apply_errors_total"), 0.0);
+
+    // SIGHUP with a broken file: refused (0), the timestamp stays.
+    std::fs::write(d.config_path(), "[[gateway]]\nname = 1\n").expect("break config");
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("reload failed", LIMIT);
+    let page = scrape(lab);
+    assert_eq!(must(&page, "symroute_config_last_reload_successful"), 0.0);
+    assert_eq!(
+        must(
+            &page,
+            "symroute_config_last_reload_success_timestamp_seconds"
+        ),
+        t0
+    );
+    // Fixed: taken again, later.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(d.config_path(), config()).expect("fix config");
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    d.wait_log("reconciled after reloading the config", LIMIT);
+    let page = scrape(lab);
+    assert_eq!(must(&page, "symroute_config_last_reload_successful"), 1.0);
+    let t1 = must(
+        &page,
+        "symroute_config_last_reload_success_timestamp_seconds",
+    );
+    assert!(t1 > t0, "{t1} after {t0}");
+
+    // `symroute apply` of a bad file never reaches the daemon: `apply` checks it first.
+    let bad = d.file("bad.toml", "[[gateway]]\nname = 1\n");
+    let run = support::daemon::with_config(&["apply"], &bad, &lab.fw);
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert_eq!(
+        must(&scrape(lab), "symroute_config_last_reload_successful"),
+        1.0
+    );
+
+    // A foreign rule at one of symroute's priorities: each reconcile meeting it fails…
+    let (rule, _) = support::our_rule(&lab.fw, 42025);
+    let pref = rule.split(':').next().expect("pref").trim().to_string();
+    let foreign = format!("rule add pref {pref} from 192.0.2.98 lookup main");
+    lab.fw.ip(&foreign).expect("conflicting rule");
+    d.wait_log("not applying, a foreign object is in the way", LIMIT);
+    let errors = must(&scrape(lab), "symroute_apply_errors_total");
+    assert!(errors >= 1.0, "{errors}");
+    // …and so does an `apply` through the daemon, which then goes back: refused.
+    let good = d.file("good.toml", &config());
+    let run = support::daemon::with_config(&["apply"], &good, &lab.fw);
+    assert_eq!(run.code, 1, "{}", run.stderr);
+    let page = scrape(lab);
+    assert_eq!(must(&page, "symroute_config_last_reload_successful"), 0.0);
+    assert!(
+        must(&page, "symroute_apply_errors_total") > errors,
+        "{page}"
+    );
+    // Once the rule is gone, the same apply is taken.
+    lab.fw
+        .ip(&foreign.replace("rule add", "rule del"))
+        .expect("delete the conflicting rule");
+    support::daemon::with_config(&["apply"], &good, &lab.fw).ok();
+    let page = scrape(lab);
+    assert_eq!(must(&page, "symroute_config_last_reload_successful"), 1.0);
+    assert!(
+        must(
+            &page,
+            "symroute_config_last_reload_success_timestamp_seconds"
+        ) > t1
+    );
 }

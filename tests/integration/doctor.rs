@@ -56,6 +56,7 @@ const ALL: &[&str] = &[
     "bad-marks-nft",
     "bad-save-restore",
     "tools-present",
+    "networkd-host",
 ];
 
 fn has(findings: &[Finding], sev: Severity, code: &str, rule_part: &str) -> bool {
@@ -357,6 +358,20 @@ const FIRES: &[(&str, &str, Severity, &str)] = &[
         "bad-routing",
         Severity::Warning,
         "default dev eth1 table 209",
+    ),
+    // good-two-isps' state on a host whose networkd.conf is Debian 12's (both commented
+    // out: networkd's default) with a drop-in setting one of them explicitly.
+    (
+        "networkd-manages-foreign",
+        "networkd-host",
+        Severity::Info,
+        "ManageForeignRoutes=yes",
+    ),
+    (
+        "networkd-manages-foreign",
+        "networkd-host",
+        Severity::Info,
+        "ManageForeignRoutingPolicyRules=yes",
     ),
 ];
 

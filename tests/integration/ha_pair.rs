@@ -345,8 +345,10 @@ fn a_backup_never_flushes_the_masters_connections() {
         )
     });
     eprintln!("master died: VIPs on fw-b after {vips:?}; the kept LAN connection answered again after {after:?}");
+    // Counted from when the backup held the addresses: an answer already on its way
+    // when the master died may still arrive (seen 4 ms after, under load).
     assert_eq!(
-        answered(&lost, died, Duration::from_secs(4)),
+        answered(&lost, died + vips, Duration::from_secs(4)),
         None,
         "the connection without its copy must die in the failover"
     );

@@ -275,13 +275,7 @@ impl<'a> Daemon<'a> {
 
 impl Drop for Daemon<'_> {
     fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop(&mut self.child);
         if let Some(n) = &self.notify {
             n.stop.store(true, Ordering::Relaxed);
         }
@@ -317,6 +311,18 @@ pub fn wait_plan_clean(ns: &Netns, what: &str, plan: impl Fn() -> Run, log: &str
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Stops a child with SIGTERM (so it removes its control socket), SIGKILL if it is still
+/// there 5 s later, and reaps it.
+pub fn stop(child: &mut Child) {
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// `symroute ARGS... -c PATH --netns NS`.

@@ -35,6 +35,9 @@ pub struct HostState {
     /// known (a live host): cgroups in its rules are written with it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_root: Option<String>,
+    /// systemd-networkd's configuration text (snapshot file `networkd.conf`: networkd.conf
+    /// and its drop-ins after `# PATH` lines), where networkd is configured.
+    pub networkd: Option<String>,
 }
 
 impl HostState {
@@ -104,6 +107,7 @@ impl HostState {
             origin: origin.to_string(),
             missing,
             cgroup_root: None,
+            networkd: files.get("networkd.conf").cloned(),
         })
     }
 

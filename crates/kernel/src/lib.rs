@@ -20,6 +20,7 @@ pub mod netlink;
 pub mod netns;
 pub mod nft_rules;
 pub mod observe;
+pub mod process;
 pub mod remove;
 pub mod rundir;
 pub mod snapshot;

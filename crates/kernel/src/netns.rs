@@ -32,20 +32,24 @@ pub fn enter(name: &str) -> Result<(), KernelError> {
     })
 }
 
-/// [`enter`], then see `/etc/iproute2` as `ip netns exec NAME` shows it: when
-/// `/etc/netns/NAME/iproute2` exists, it is bind-mounted over `/etc/iproute2` in a mount
-/// namespace of this process alone (the host's mounts are untouched and the mount goes
-/// away with the process). So the `ip` this process runs prints the table names the
-/// namespace's own files give, and [`super::snapshot`] reads the same files: one set of
-/// names per namespace, whichever way it is entered (`--netns NAME` or
-/// `ip netns exec NAME symroute …`). Only `iproute2` is overlaid: it is all the reads
-/// depend on. Returns a note when the overlay could not be made (the host's names apply).
+/// [`enter`], then see `/etc/iproute2` and `/etc/systemd` as `ip netns exec NAME` shows
+/// them: each of `/etc/netns/NAME/iproute2` and `/etc/netns/NAME/systemd` that exists is
+/// bind-mounted over its `/etc` directory in a mount namespace of this process alone (the
+/// host's mounts are untouched and the mounts go away with the process). So the `ip` this
+/// process runs prints the table names the namespace's own files give, and
+/// [`super::snapshot`] reads the same files (and the namespace's networkd configuration):
+/// one view per namespace, whichever way it is entered (`--netns NAME` or `ip netns exec
+/// NAME symroute …`). Only these two are overlaid: they are all the reads depend on.
+/// Returns a note when an overlay could not be made (the host's files apply).
 pub fn enter_with_etc(name: &str) -> Result<Option<String>, KernelError> {
     enter(name)?;
-    let src = std::path::Path::new("/etc/netns")
-        .join(name)
-        .join("iproute2");
-    if !src.is_dir() {
+    let base = std::path::Path::new("/etc/netns").join(name);
+    let overlays: Vec<&str> = ETC_OVERLAYS
+        .iter()
+        .copied()
+        .filter(|d| base.join(d).is_dir())
+        .collect();
+    if overlays.is_empty() {
         return Ok(None);
     }
     use nix::mount::{mount, MsFlags};
@@ -64,20 +68,29 @@ pub fn enter_with_etc(name: &str) -> Result<Option<String>, KernelError> {
         None::<&str>,
     )
     .map_err(|e| io("making / a slave mount".into(), e))?;
-    if let Err(e) = mount(
-        Some(&src),
-        "/etc/iproute2",
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    ) {
-        return Ok(Some(format!(
-            "could not bind {} over /etc/iproute2 ({e}); table names come from the host's files",
-            src.display()
-        )));
+    let mut notes = Vec::new();
+    for d in overlays {
+        let (src, dst) = (base.join(d), std::path::Path::new("/etc").join(d));
+        if let Err(e) = mount(
+            Some(&src),
+            &dst,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            notes.push(format!(
+                "could not bind {} over {} ({e}); the host's files apply",
+                src.display(),
+                dst.display()
+            ));
+        }
     }
-    Ok(None)
+    Ok((!notes.is_empty()).then(|| notes.join("; ")))
 }
+
+/// The `/etc` directories [`enter_with_etc`] takes from `/etc/netns/NAME`: table names
+/// (iproute2) and systemd-networkd's configuration (systemd).
+const ETC_OVERLAYS: &[&str] = &["iproute2", "systemd"];
 
 /// A number that names the current network namespace for as long as the machine runs
 /// (never reused, unlike inode numbers), so recorded state can't leak into a new namespace.

@@ -49,6 +49,22 @@ const IPTABLES_V6: &str = "ip6tables-save.txt";
 /// `/etc/iproute2/rt_tables` is what to add otherwise.
 pub const TABLE_NAMES: &str = "rt_tables";
 
+/// The snapshot file holding systemd-networkd's own configuration (networkd.conf and its
+/// drop-ins, in the order networkd reads them, each after a `# PATH` line), present only
+/// where networkd is configured (a `.network` file in /etc/systemd/network or
+/// /run/systemd/network). It is data for `doctor`, which reports the settings that let
+/// networkd remove rules and routes it did not make (see [`networkd_config`]).
+pub const NETWORKD: &str = "networkd.conf";
+
+/// Where networkd's `.network` files and its own configuration live, in its order.
+const NETWORKD_NETWORK_DIRS: &[&str] = &["/etc/systemd/network", "/run/systemd/network"];
+const NETWORKD_CONF_DIRS: &[&str] = &[
+    "/etc/systemd",
+    "/run/systemd",
+    "/usr/local/lib/systemd",
+    "/usr/lib/systemd",
+];
+
 /// iproute2's own directory first (`/etc/iproute2`), then where newer iproute2 versions
 /// keep the distribution's defaults.
 const NAMES_ETC: &str = "/etc/iproute2";
@@ -224,7 +240,88 @@ pub fn capture() -> Captured {
         c.files.insert(file.to_string(), text.unwrap_or_default());
     }
     c.files.insert(TABLE_NAMES.to_string(), table_names());
+    if let Some(text) = networkd_config() {
+        c.files.insert(NETWORKD.to_string(), text);
+    }
     c
+}
+
+/// systemd-networkd's configuration as one text (`None` where networkd has no `.network`
+/// file to act on): the main file (the first of /etc, /run, /usr/local/lib, /usr/lib that
+/// has `systemd/networkd.conf`), then the drop-ins of `networkd.conf.d` in those
+/// directories, sorted by file name, a name in an earlier directory hiding the same name
+/// in a later one (systemd's rules). Each file follows a `# PATH` line; the first lines
+/// name the `.network` files found. Read bounded, never interpreted here.
+pub fn networkd_config() -> Option<String> {
+    let networks: Vec<String> = NETWORKD_NETWORK_DIRS
+        .iter()
+        .flat_map(|d| {
+            let names = files_ending(Path::new(d), ".network");
+            names.into_iter().map(move |n| format!("{d}/{n}"))
+        })
+        .collect();
+    if networks.is_empty() {
+        return None;
+    }
+    let mut out = String::from(
+        "# systemd-networkd's configuration (networkd.conf, then its drop-ins, in the order networkd reads them),\n\
+         # saved by `symroute snapshot` for `symroute doctor`.\n",
+    );
+    for n in &networks {
+        out.push_str(&format!("# network file: {n}\n"));
+    }
+    let add = append_file;
+    if let Some(main) = NETWORKD_CONF_DIRS
+        .iter()
+        .map(|d| Path::new(d).join("networkd.conf"))
+        .find(|p| p.exists())
+    {
+        add(&main, &mut out);
+    }
+    let mut drop_ins: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for d in NETWORKD_CONF_DIRS {
+        let dir = Path::new(d).join("networkd.conf.d");
+        for name in files_ending(&dir, ".conf") {
+            drop_ins
+                .entry(name.clone())
+                .or_insert_with(|| dir.join(name));
+        }
+    }
+    for path in drop_ins.values() {
+        add(path, &mut out);
+    }
+    Some(out)
+}
+
+/// `path`'s text after a `# PATH` line (bounded; nothing when it does not exist, a
+/// `# PATH skipped: WHY` line when it cannot be read).
+fn append_file(path: &Path, out: &mut String) {
+    match read_bounded(path, NAMES_FILE_MAX) {
+        Ok(Some(text)) => {
+            out.push_str(&format!("# {}\n", path.display()));
+            out.push_str(&text);
+            if !text.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        Ok(None) => {}
+        Err(why) => out.push_str(&format!("# {} skipped: {why}\n", path.display())),
+    }
+}
+
+/// Names in `dir` ending in `suffix` (not hidden), sorted, at most [`NAMES_DIR_MAX`].
+fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.starts_with('.') && n.len() > suffix.len() && n.ends_with(suffix))
+        .take(NAMES_DIR_MAX)
+        .collect();
+    names.sort();
+    names
 }
 
 /// The routing table names `ip` uses here, as one `rt_tables` text: the files iproute2
@@ -241,17 +338,7 @@ pub fn table_names() -> String {
         "# Routing table names (iproute2's rt_tables files, in the order `ip` reads them),\n\
          # saved by `symroute snapshot` so the outputs here can be read on any machine.\n",
     );
-    let add = |path: &Path, out: &mut String| match read_bounded(path, NAMES_FILE_MAX) {
-        Ok(Some(text)) => {
-            out.push_str(&format!("# {}\n", path.display()));
-            out.push_str(&text);
-            if !text.ends_with('\n') {
-                out.push('\n');
-            }
-        }
-        Ok(None) => {}
-        Err(why) => out.push_str(&format!("# {} skipped: {why}\n", path.display())),
-    };
+    let add = append_file;
     let etc = Path::new(NAMES_ETC);
     if etc.join("rt_tables").exists() {
         add(&etc.join("rt_tables"), &mut out);
@@ -280,17 +367,7 @@ pub fn table_names() -> String {
 /// `*.conf` names in a `rt_tables.d` directory (as iproute2: not hidden, longer than
 /// `.conf`), sorted, at most [`NAMES_DIR_MAX`].
 fn conf_files(dir: &Path) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| !n.starts_with('.') && n.len() > 5 && n.ends_with(".conf"))
-        .take(NAMES_DIR_MAX)
-        .collect();
-    names.sort();
-    names
+    files_ending(dir, ".conf")
 }
 
 /// A regular file's text, at most `max` bytes (`Ok(None)`: it does not exist). Opened
@@ -408,6 +485,10 @@ pub fn load(dir: &Path) -> Result<Loaded, KernelError> {
     let max = NAMES_FILE_MAX * (NAMES_DIR_MAX as u64 + 1);
     if let Some(text) = read_at(&d, dir, TABLE_NAMES, max)? {
         loaded.files.insert(TABLE_NAMES.to_string(), text);
+    }
+    // Optional as well (see NETWORKD): a host without networkd has none.
+    if let Some(text) = read_at(&d, dir, NETWORKD, max)? {
+        loaded.files.insert(NETWORKD.to_string(), text);
     }
     Ok(loaded)
 }

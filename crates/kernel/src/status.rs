@@ -264,6 +264,97 @@ pub fn status(model: &Model, daemon: Option<&DaemonStatus>) -> Result<Status, Ke
     Ok(st)
 }
 
+/// `symroute status` with no config to plan from (none at the default path, no `-c`, no
+/// daemon to name one): what symroute has applied in this namespace, from the kernel (our
+/// nft table and its policy counters, the rules and routes tagged with our protocol) and
+/// from symroute's own record (the sysctls it changed and their values before). Enough to
+/// see, on a host where the config was removed or never installed, whether anything is
+/// left and what `remove` would undo. A type of its own, not a `Status` with holes: with
+/// no model there are no gateways, policies or marks to name, only objects.
+#[derive(Debug, Serialize)]
+pub struct StatusWithoutConfig {
+    /// Always null here: the config this status is without.
+    pub config: Option<String>,
+    /// Why there is no config, for people.
+    pub note: String,
+    /// Whether `table inet symroute` exists.
+    pub applied: bool,
+    /// The fingerprint in its comment (of the plan it was built from).
+    pub fingerprint: Option<String>,
+    /// Tagged `ip rule`s and routes, as `ip` shows them.
+    pub rules: Vec<String>,
+    pub routes: Vec<String>,
+    /// The table's named counters (one per policy): packets and bytes classified.
+    pub counters: BTreeMap<String, Counter>,
+    /// sysctls symroute changed: the value before it did, and now.
+    pub sysctls: BTreeMap<String, SysctlChange>,
+    /// As in [`Status`]: symroute's own records, which need no config.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ha: Option<super::state::HaRecord>,
+    pub confirm: ConfirmView,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SysctlChange {
+    pub before: String,
+    /// Unreadable (the interface is gone): null.
+    pub now: Option<String>,
+}
+
+impl StatusWithoutConfig {
+    /// Nothing of symroute's is in the namespace.
+    pub fn is_empty(&self) -> bool {
+        !self.applied
+            && self.rules.is_empty()
+            && self.routes.is_empty()
+            && self.sysctls.is_empty()
+            && self.confirm.pending.is_none()
+    }
+}
+
+/// [`StatusWithoutConfig`] of the current namespace; `missing` is the config not found.
+pub fn without_config(missing: &std::path::Path) -> Result<StatusWithoutConfig, KernelError> {
+    let observed = observe::observe()?;
+    let counters = match observed.nft_fingerprint {
+        Some(_) => policy_counters()?
+            .into_iter()
+            .map(|(name, (packets, bytes))| (name, Counter { packets, bytes }))
+            .collect(),
+        None => BTreeMap::new(),
+    };
+    let sysctls = super::state::load()?
+        .sysctls
+        .into_iter()
+        .map(|(key, before)| {
+            let now = std::fs::read_to_string(observe::sysctl_path(&key))
+                .ok()
+                .map(|v| v.trim().to_string());
+            (key, SysctlChange { before, now })
+        })
+        .collect();
+    Ok(StatusWithoutConfig {
+        config: None,
+        note: format!(
+            "no config at {} (and no `symroute run` here): showing what symroute has applied in this namespace",
+            missing.display()
+        ),
+        applied: observed.nft_fingerprint.is_some(),
+        fingerprint: observed.nft_fingerprint.filter(|f| !f.is_empty()),
+        rules: observed.rules.iter().map(|r| r.to_string()).collect(),
+        routes: observed.routes.iter().map(|r| r.to_string()).collect(),
+        counters,
+        sysctls,
+        ha: super::state::load_ha().ok().flatten(),
+        confirm: ConfirmView::read(),
+    })
+}
+
 impl GatewayStatus {
     /// Take in the daemon's view: its state (when it has one), since, loss, round trip.
     fn live(&mut self, l: &LiveGateway) {

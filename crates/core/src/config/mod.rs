@@ -606,15 +606,29 @@ fn validate_on_change(v: &Sp<toml::Value>, loc: &mut Locator) -> Vec<String> {
     out
 }
 
-/// `metrics = "ADDR:PORT"`: loopback only, unless `metrics_allow_remote = true` says that
-/// serving gateway names, policies and traffic counts beyond this host is intended.
+/// The metrics port when `metrics` names only an address. Prometheus keeps a list of
+/// exporters' default ports (its wiki's "Default port allocations"); its exporter range,
+/// 9100-9999, is fully allocated (9469, symroute's first choice, is script_exporter's),
+/// and its guidance for anything else is a port outside that range. 19469 is outside it,
+/// below Linux's ephemeral ports (32768-60999), and not in /etc/services.
+pub const DEFAULT_METRICS_PORT: u16 = 19469;
+
+/// `metrics = "ADDR:PORT"` or `"ADDR"` (port `DEFAULT_METRICS_PORT`): loopback only,
+/// unless `metrics_allow_remote = true` says that serving gateway names, policies and
+/// traffic counts beyond this host is intended.
 fn validate_metrics(s: &raw::RawSettings, loc: &mut Locator) -> Option<std::net::SocketAddr> {
     let m = s.metrics.as_ref()?;
-    let Ok(addr) = m.get_ref().trim().parse::<std::net::SocketAddr>() else {
+    let text = m.get_ref().trim();
+    let addr = text.parse::<std::net::SocketAddr>().ok().or_else(|| {
+        let ip = text.strip_prefix('[').and_then(|t| t.strip_suffix(']'));
+        let ip: std::net::IpAddr = ip.unwrap_or(text).parse().ok()?;
+        Some(std::net::SocketAddr::new(ip, DEFAULT_METRICS_PORT))
+    });
+    let Some(addr) = addr else {
         loc.error(
             m.span(),
             format!(
-                "settings.metrics: \"{}\" is not an address and port to listen on (expected e.g. \"127.0.0.1:9469\" or \"[::1]:9469\")",
+                "settings.metrics: \"{}\" is not an address (and port) to listen on (expected e.g. \"127.0.0.1\" for port {DEFAULT_METRICS_PORT}, \"127.0.0.1:{DEFAULT_METRICS_PORT}\" or \"[::1]:{DEFAULT_METRICS_PORT}\")",
                 m.get_ref()
             ),
         );

@@ -14,6 +14,7 @@
 
 mod facts;
 mod marks;
+mod networkd;
 pub mod peer;
 mod quoting;
 mod routes;
@@ -105,6 +106,7 @@ pub const CODES: &[(&str, &str)] = &[
     ("nexthop-not-connected", "a route's gateway is on none of its device's networks (the kernel refuses it when re-added)"),
     ("nexthop-onlink", "a route's gateway is off the device's networks and forced with `onlink`"),
     ("route-no-gateway", "a default route out of an Ethernet interface has no gateway: every destination is resolved by ARP/ND on that link"),
+    ("networkd-manages-foreign", "systemd-networkd may remove routing policy rules or routes it did not make (ManageForeignRoutingPolicyRules=/ManageForeignRoutes= yes, its default) when it starts or reconfigures"),
     ("peer-marks-differ", "`--peer`: a mark value (or the mask) means another path or decision on the other box of an HA pair: connections conntrackd copies lose their path after a failover"),
     ("peer-mark-missing", "`--peer`: one box has a rule for a mark value the other lacks (expected only while a change reaches one box first)"),
     ("peer-marks-agree", "`--peer`: every mark value means the same on both boxes"),
@@ -122,6 +124,7 @@ pub fn doctor_with_peer(host: &HostState, peer: Option<&peer::Side>) -> Vec<Find
     let mut out = Vec::new();
     marks::check(&ctx, &mut out);
     routes::check(&ctx, &mut out);
+    networkd::check(host, &mut out);
     if let Some(p) = peer {
         out.extend(peer::compare(&peer::side_of_host(host), p));
     }

@@ -1,0 +1,70 @@
+//! `symroute status` with no config at the default path and no daemon: what symroute has
+//! applied in the namespace (its table, tagged rules and routes, counters, the sysctls it
+//! changed), as text and as JSON, instead of failing; and "nothing" where nothing is.
+//! Needs root, `nft`, `ip`, `conntrack`; and no /etc/symroute/symroute.toml on the host.
+
+use crate::support;
+
+use support::{symroute, two_uplinks, Applied};
+
+const CONFIG: &str = include_str!("../../examples/two-isps-firewall.toml");
+
+#[test]
+fn status_without_a_config_shows_what_is_applied() {
+    assert!(
+        !std::path::Path::new("/etc/symroute/symroute.toml").exists(),
+        "this test needs no config at the default path"
+    );
+    let (fw, _isp) = two_uplinks("stnocfg");
+    let empty = symroute(&["status", "--netns", fw.name()]).ok();
+    assert!(
+        empty
+            .stdout
+            .contains("no config at /etc/symroute/symroute.toml")
+            && empty.stdout.contains("not applied: nothing of symroute's"),
+        "{}",
+        empty.stdout
+    );
+
+    let _applied = Applied::apply(&fw, CONFIG);
+    let text = symroute(&["status", "--netns", fw.name()]).ok().stdout;
+    for want in [
+        "applied: nftables table inet symroute (fingerprint ",
+        "lookup 42025",
+        "table 42025",
+        "p0_answer_on_isp1",
+        "net.ipv4.icmp_errors_use_inbound_ifaddr = 1 (was 0)",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+    let json: serde_json::Value = serde_json::from_str(
+        &symroute(&["status", "--netns", fw.name(), "--json"])
+            .ok()
+            .stdout,
+    )
+    .expect("JSON");
+    assert_eq!(json["config"], serde_json::Value::Null);
+    assert_eq!(json["applied"], true);
+    assert!(json["rules"].as_array().unwrap().len() >= 4, "{json}");
+    assert!(json["routes"].as_array().unwrap().len() >= 2, "{json}");
+    assert!(json["counters"]["p0_answer_on_isp1"]["packets"].is_u64());
+    assert_eq!(
+        json["sysctls"]["net.ipv4.icmp_errors_use_inbound_ifaddr"]["now"],
+        "1"
+    );
+    // symroute's own records come along: no `apply --confirm` pending or done here.
+    assert_eq!(
+        json["confirm"]["pending"],
+        serde_json::Value::Null,
+        "{json}"
+    );
+    assert!(json.get("ha").is_none(), "{json}");
+
+    // With -c, the usual status of that config.
+    let dir = support::TempDir::new("stnocfg");
+    let path = dir.file("c.toml", CONFIG.as_bytes(), 0o644);
+    let with = symroute(&["status", "--netns", fw.name(), "-c", path.to_str().unwrap()])
+        .ok()
+        .stdout;
+    assert!(with.starts_with("applied, matches the config"), "{with}");
+}

@@ -656,14 +656,14 @@ impl Daemon {
                 continue;
             }
             if self.cgroups.contains(&pair) {
-                info!("policy {policy}: cgroup {cgroup} is gone; its connections are matched again once it exists");
+                notice!("policy {policy}: cgroup {cgroup} is gone; its connections are matched again once it exists");
             } else {
                 info!("policy {policy}: cgroup {cgroup} {why}; its connections are matched once it exists");
             }
         }
         for pair @ (policy, cgroup) in &self.waiting {
             if named.contains(pair) && !waiting.contains_key(pair) {
-                info!("policy {policy}: cgroup {cgroup} exists now; its connections are matched");
+                notice!("policy {policy}: cgroup {cgroup} exists now; its connections are matched");
             }
         }
         self.waiting = waiting.into_keys().collect();

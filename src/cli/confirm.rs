@@ -11,7 +11,7 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::Context;
 
 use symroute::kernel::clock::BootTime;
-use symroute::kernel::confirm::{self, GuardLink, Guarded, Outcome};
+use symroute::kernel::confirm::{self, Cause, GuardLink, Guarded, Outcome};
 use symroute::model::Model;
 
 use super::args::NetnsArg;
@@ -149,6 +149,11 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
         // SAFETY: SIG_IGN installs no handler code.
         unsafe { signal(sig, SigHandler::SigIgn) }.context("ignoring hang-ups")?;
     }
+    // SIGTERM (a shutdown, the login session's scope stopped): roll back at once rather
+    // than leave an unconfirmed change with nobody guarding it.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())
+        .context("handling SIGTERM")?;
     // Our end of the socket came in as stdin.
     let link = {
         use std::os::fd::AsFd;
@@ -158,19 +163,28 @@ pub fn watch(args: WatchArgs) -> anyhow::Result<ExitCode> {
             .context("taking the caller's socket from stdin")?;
         UnixStream::from(fd)
     };
-    let r = confirm::guard(&args.token, BootTime::from_nanos(args.deadline), link);
+    let r = confirm::guard(
+        &args.token,
+        BootTime::from_nanos(args.deadline),
+        link,
+        &stop,
+    );
     let place = match args.netns.netns.as_deref() {
         Some(ns) => format!(" in network namespace {ns}"),
         None => String::new(),
     };
     let said = match &r {
-        Ok(Guarded::RolledBack { at_deadline: true }) => Some((
+        Ok(Guarded::RolledBack(Cause::Deadline)) => Some((
             WARNING,
             format!("apply --confirm{place} was not confirmed by its deadline: rolled back"),
         )),
-        Ok(Guarded::RolledBack { at_deadline: false }) => Some((
+        Ok(Guarded::RolledBack(Cause::Unfinished)) => Some((
             WARNING,
             format!("apply --confirm{place} did not complete (it failed, or its session died): rolled back"),
+        )),
+        Ok(Guarded::RolledBack(Cause::Stopped)) => Some((
+            WARNING,
+            format!("apply --confirm{place}: its guard was stopped (SIGTERM) before a confirm: rolled back"),
         )),
         Ok(Guarded::Kept | Guarded::Unchanged) => None,
         Err(e) => Some((ERR, format!("apply --confirm{place}: the guard failed: {e}"))),

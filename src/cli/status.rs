@@ -24,7 +24,7 @@ pub struct Args {
     /// Print as JSON (daemon.pid/.config/.started, gateways[].name/.state/.since/.loss/
     /// .rtt_ms/.connections, policies[].name/.gateways[]/.packets/.bytes,
     /// marks.gateways[].id/.reply_mark/.table and marks.digest, ha.role/.since_unix,
-    /// confirm.pending.guard_pid/.deadline and confirm.last.ended/.at)
+    /// confirm.pending.guard_pid/.deadline/.guarded and confirm.last.ended/.at)
     #[arg(long)]
     json: bool,
 }
@@ -196,11 +196,19 @@ fn print_ha_and_confirm(
         )?;
     }
     if let Some(p) = &confirm.pending {
-        writeln!(
-            out,
-            "pending: `apply --confirm` (guard pid {}); rolled back at {} unless `symroute confirm`",
-            p.guard_pid, p.deadline
-        )?;
+        if p.guarded {
+            writeln!(
+                out,
+                "pending: `apply --confirm` (guard pid {}); rolled back at {} unless `symroute confirm`",
+                p.guard_pid, p.deadline
+            )?;
+        } else {
+            writeln!(
+                out,
+                "pending: `apply --confirm` whose guard (pid {}) is gone: nothing rolls it back; `symroute confirm` keeps it, the next `apply --confirm` rolls it back first",
+                p.guard_pid
+            )?;
+        }
     }
     if let Some(l) = &confirm.last {
         writeln!(

@@ -346,7 +346,7 @@ pub fn keepalived_conf(i: usize, symroute: &Path) -> anyhow::Result<String> {
             ("@PRIORITY@", ["150", "100"][i]),
         ],
     )
-    .map(|t| t.replace("/usr/local/sbin/symroute", &symroute.display().to_string()))
+    .map(|t| t.replace("/usr/sbin/symroute", &symroute.display().to_string()))
 }
 
 /// contrib/ha/conntrackd.conf for box `i`, its files in `dir` and nothing in syslog.

@@ -422,6 +422,12 @@ fn a_pending_change_whose_guard_is_gone_never_blocks_the_next() {
         pending.exists(),
         "the orphan's pending file should still be there"
     );
+    let st = status_json(fw, Some(CONFIG));
+    assert_eq!(
+        st["confirm"]["pending"]["guarded"], false,
+        "status shows the orphan: {:#}",
+        st["confirm"]
+    );
 
     // The next `apply --confirm` rolls the orphan back first, says so, and goes on.
     let r = apply_confirm(fw, "2");
@@ -455,6 +461,47 @@ fn a_pending_change_whose_guard_is_gone_never_blocks_the_next() {
     );
     assert!(restored(fw, &before, Instant::now(), Duration::from_secs(3)).is_some());
     assert!(no_guard_left(fw, Duration::from_secs(2)));
+
+    // Nor does such a file block a plain apply: nobody guards it.
+    std::fs::write(&pending, "{ not json").expect("plant a broken pending file");
+    let r = symroute_in(fw, "apply", Some(CONFIG), &[]);
+    assert_eq!(
+        r.code,
+        0,
+        "plain apply over an unguarded broken file:\n{}",
+        r.show()
+    );
+}
+
+/// SIGTERM to the guard (a shutdown, its login session's scope stopped) rolls the
+/// change back at once: an unconfirmed change never outlives its guard.
+#[test]
+fn a_guard_told_to_stop_rolls_back_at_once() {
+    let lab = lab();
+    let fw = &lab.fw;
+    let _cleanup = Cleanup(fw);
+    let before = settled_snapshot(fw);
+    let r = apply_confirm(fw, "60");
+    assert_eq!(r.code, 0, "apply --confirm 60:\n{}", r.show());
+    let guards = watchers(fw);
+    assert_eq!(guards.len(), 1, "one guard should run");
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guards[0]),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM the guard");
+    let took = restored(fw, &before, t0, Duration::from_secs(3));
+    eprintln!("SIGTERM to the guard: rolled back after {took:?}");
+    assert!(took.is_some(), "not rolled back after SIGTERM");
+    assert!(no_guard_left(fw, Duration::from_secs(2)));
+    let st = status_json(fw, Some(CONFIG));
+    assert!(st["confirm"]["pending"].is_null(), "{:#}", st["confirm"]);
+    assert_eq!(
+        st["confirm"]["last"]["ended"], "rolled_back_stopped",
+        "{:#}",
+        st["confirm"]
+    );
 }
 
 #[test]

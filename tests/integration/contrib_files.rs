@@ -100,3 +100,40 @@ fn the_dashboard_is_json_with_a_panel_per_figure() {
         }
     }
 }
+
+/// keepalived's notify scripts call the binary the units run (and the package installs):
+/// a different path fails silently there, and an HA pair with `ha_pair = true` then
+/// never hears it is master.
+#[test]
+fn keepalived_calls_the_binary_the_units_run() {
+    let exec = |unit: &str| -> String {
+        let text =
+            std::fs::read_to_string(format!("{}/contrib/{unit}", env!("CARGO_MANIFEST_DIR")))
+                .expect("unit");
+        let line = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("{unit} has no ExecStart="))
+            .to_string();
+        line.split_whitespace().next().expect("binary").to_string()
+    };
+    let bin = exec("symroute.service");
+    assert_eq!(bin, exec("symroute-apply.service"));
+    let ka = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/contrib/ha/keepalived.conf"
+    ))
+    .expect("keepalived.conf");
+    let notify: Vec<&str> = ka
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("notify_"))
+        .collect();
+    assert_eq!(notify.len(), 4, "{notify:#?}");
+    for l in notify {
+        assert!(
+            l.contains(&format!("\"{bin} ha ")),
+            "{l} does not call {bin}"
+        );
+    }
+}

@@ -432,3 +432,31 @@ fn a_rollback_whose_reads_fail_retries_then_puts_back_what_it_can() {
         "remove cleans up what the blind rollback left"
     );
 }
+
+/// A writer killed between creating its temporary and renaming it leaves the temporary
+/// behind; the next holder of the namespace's lock sweeps those whose writer is gone,
+/// never one a live process may still be writing.
+#[test]
+fn temporaries_of_killed_writers_are_swept() {
+    let ns = Netns::new("sweep").expect("netns");
+    let state = support::run_file(&ns, "json");
+    let dir = state.parent().expect("run dir").to_path_buf();
+    let base = state.file_name().and_then(|n| n.to_str()).expect("name");
+    // No process has this pid (above any pid_max).
+    let dead = dir.join(format!(".{base}.99999999.1.tmp"));
+    let live = dir.join(format!(".{base}.{}.1.tmp", std::process::id()));
+    // Another namespace's leftover is not this namespace's to judge.
+    let other = dir.join(".netns-c0.json.99999999.1.tmp");
+    for p in [&dead, &live, &other] {
+        std::fs::write(p, "").expect("plant a temporary");
+    }
+    let r = support::symroute(&["remove", "--netns", ns.name()]);
+    let (d, l, o) = (dead.exists(), live.exists(), other.exists());
+    for p in [&dead, &live, &other] {
+        let _ = std::fs::remove_file(p);
+    }
+    assert_eq!(r.code, 0, "{}", r.show());
+    assert!(!d, "the dead writer's temporary stayed");
+    assert!(l, "a live writer's temporary was removed");
+    assert!(o, "another namespace's temporary was removed");
+}

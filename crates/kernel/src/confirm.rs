@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -160,6 +161,8 @@ pub enum Ended {
     /// The apply did not complete (it failed, or its session died mid-apply): put back
     /// at once.
     RolledBackUnfinished,
+    /// The guard was stopped (SIGTERM) before a confirm: put back at once.
+    RolledBackStopped,
     /// The guard failed (why): the change may be left as it was.
     Failed(String),
 }
@@ -173,6 +176,9 @@ impl Ended {
             Ended::RolledBackUnfinished => {
                 "rolled back at once: the apply did not complete (it failed, or its session died)"
                     .into()
+            }
+            Ended::RolledBackStopped => {
+                "rolled back at once: its guard was stopped (SIGTERM) before a confirm".into()
             }
             Ended::Failed(why) => format!("its guard failed: {why}"),
         }
@@ -190,11 +196,12 @@ pub fn last() -> Option<Last> {
     serde_json::from_str(&text).ok()
 }
 
-/// The guarded `apply --confirm` pending here now, if any (not the daemon's: it tells
-/// its own).
-pub fn pending_now() -> Option<Pending> {
+/// The `apply --confirm` pending here now, if any (not the daemon's: it tells its own),
+/// and whether its guard still runs (a guard killed outright leaves its change pending
+/// with nobody to roll it back until the next `apply --confirm`).
+pub fn pending_now() -> Option<(Pending, bool)> {
     let p = load().ok()??;
-    guarded().ok()?.then_some(p)
+    Some((p, guarded().ok()?))
 }
 
 /// An `apply --confirm` in progress: holds the namespace lock from `begin` to the end.
@@ -232,12 +239,13 @@ pub fn begin(deadline: BootTime) -> Result<Session, KernelError> {
 /// silently undo this apply too. (A pending change whose guard is gone has nobody to roll
 /// it back: the next `apply --confirm` settles it.)
 pub fn refuse_while_guarded() -> Result<(), KernelError> {
-    let Some(p) = load()? else {
-        return Ok(());
-    };
+    // Unguarded, even an unreadable file blocks nothing.
     if !guarded()? {
         return Ok(());
     }
+    let Some(p) = load()? else {
+        return Ok(());
+    };
     Err(KernelError::Other(format!(
         "an `apply --confirm` is pending in this namespace (guard pid {}, rolled back in {} s \
          unless confirmed), and its rollback would undo this apply too: run `symroute \
@@ -413,22 +421,42 @@ pub enum Guarded {
     Unchanged,
     /// Confirmed in time (or taken away by `remove`): nothing to do.
     Kept,
-    /// Rolled back: at the deadline, or at once because the apply did not complete.
-    RolledBack { at_deadline: bool },
+    /// Rolled back, and why.
+    RolledBack(Cause),
+}
+
+/// Why a guard rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// Not confirmed by the deadline.
+    Deadline,
+    /// At once: the apply did not complete (it failed, or its caller vanished).
+    Unfinished,
+    /// At once: the guard was told to stop (SIGTERM: a shutdown, the login session's
+    /// scope going away), and an unconfirmed change must not outlive its guard.
+    Stopped,
 }
 
 /// The guard (`symroute confirm-watch`), in the caller's namespace: arm, then follow the
 /// caller's apply over `link` and act as the module doc says. How it ended is recorded
 /// for `symroute status` (the guard has no terminal to tell: its caller may be gone).
-pub fn guard(token: &str, deadline: BootTime, link: UnixStream) -> Result<Guarded, KernelError> {
-    let r = follow(token, deadline, link);
+///
+/// `stop` is set (by the caller's SIGTERM handler) to roll back at once.
+pub fn guard(
+    token: &str,
+    deadline: BootTime,
+    link: UnixStream,
+    stop: &AtomicBool,
+) -> Result<Guarded, KernelError> {
+    let r = follow(token, deadline, link, stop);
     let ended = match &r {
         // Confirmed (`confirm` records that) or removed (`remove` forgets the record).
         Ok(Guarded::Unchanged | Guarded::Kept) => None,
-        Ok(Guarded::RolledBack { at_deadline: true }) => Some(Ended::RolledBackAtDeadline),
-        Ok(Guarded::RolledBack { at_deadline: false }) => Some(Ended::RolledBackUnfinished),
+        Ok(Guarded::RolledBack(Cause::Deadline)) => Some(Ended::RolledBackAtDeadline),
+        Ok(Guarded::RolledBack(Cause::Unfinished)) => Some(Ended::RolledBackUnfinished),
+        Ok(Guarded::RolledBack(Cause::Stopped)) => Some(Ended::RolledBackStopped),
         // Refused before it was armed: it guarded nothing.
-        Err(_) if !ARMED.load(std::sync::atomic::Ordering::Relaxed) => None,
+        Err(_) if !ARMED.load(Ordering::Relaxed) => None,
         Err(e) => Some(Ended::Failed(e.to_string())),
     };
     if let Some(ended) = ended {
@@ -448,9 +476,14 @@ fn record(ended: Ended) {
 }
 
 /// Whether this process's guard got as far as arming.
-static ARMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static ARMED: AtomicBool = AtomicBool::new(false);
 
-fn follow(token: &str, deadline: BootTime, link: UnixStream) -> Result<Guarded, KernelError> {
+fn follow(
+    token: &str,
+    deadline: BootTime,
+    link: UnixStream,
+    stop: &AtomicBool,
+) -> Result<Guarded, KernelError> {
     let mut link = link;
     // Held for the guard's whole life; its file goes with it.
     let _guard = match rundir::lock_path(&guard_path()?, GUARD_LOCK_WAIT) {
@@ -464,15 +497,19 @@ fn follow(token: &str, deadline: BootTime, link: UnixStream) -> Result<Guarded, 
         what: "telling the caller the guard is armed".into(),
         source,
     })?;
-    ARMED.store(true, std::sync::atomic::Ordering::Relaxed);
+    ARMED.store(true, Ordering::Relaxed);
     // Until the deadline, wait for the caller's word.
     let mut line = String::new();
     let heard = loop {
+        if stop.load(Ordering::Relaxed) {
+            return roll_back_now(token, Cause::Stopped);
+        }
         let left = deadline.remaining();
         if left.is_zero() {
             break None;
         }
-        let _ = link.set_read_timeout(Some(left));
+        // Woken every POLL to see whether it was told to stop.
+        let _ = link.set_read_timeout(Some(left.min(POLL)));
         match read_line(&link, &mut line) {
             Ok(_) => break Some(line.trim().to_string()),
             Err(e)
@@ -490,6 +527,9 @@ fn follow(token: &str, deadline: BootTime, link: UnixStream) -> Result<Guarded, 
         Some("applied") | None => {
             // Applied (or still applying at the deadline): wait out the deadline.
             while !deadline.passed() {
+                if stop.load(Ordering::Relaxed) {
+                    return roll_back_now(token, Cause::Stopped);
+                }
                 match load() {
                     Ok(Some(p)) if p.token == token => {}
                     // Confirmed, or replaced by `remove`: nothing left to guard.
@@ -500,10 +540,10 @@ fn follow(token: &str, deadline: BootTime, link: UnixStream) -> Result<Guarded, 
                 }
                 std::thread::sleep(deadline.remaining().min(POLL));
             }
-            roll_back_now(token, true)
+            roll_back_now(token, Cause::Deadline)
         }
         // Failed, or the caller vanished mid-apply: put it back now.
-        Some(_) => roll_back_now(token, false),
+        Some(_) => roll_back_now(token, Cause::Unfinished),
     }
 }
 
@@ -523,7 +563,7 @@ fn read_line(mut stream: &UnixStream, line: &mut String) -> std::io::Result<()> 
 /// Put back what the pending change named `token` saved and forget it (under the
 /// namespace lock, waited for as long as it takes; nothing happens when it was
 /// confirmed meanwhile).
-fn roll_back_now(token: &str, at_deadline: bool) -> Result<Guarded, KernelError> {
+fn roll_back_now(token: &str, cause: Cause) -> Result<Guarded, KernelError> {
     let _lock = loop {
         match rundir::lock(rundir::WAIT_COMMAND) {
             Ok(l) => break l,
@@ -539,7 +579,7 @@ fn roll_back_now(token: &str, at_deadline: bool) -> Result<Guarded, KernelError>
     }
     let r = roll_back_pending(&p);
     discard()?;
-    r.map(|()| Guarded::RolledBack { at_deadline })
+    r.map(|()| Guarded::RolledBack(cause))
 }
 
 /// The rollback of one pending change (the lock held).

@@ -179,9 +179,43 @@ impl Lock {
     }
 }
 
-/// The per-namespace lock, held while applying, removing or rolling back.
+/// The per-namespace lock, held while applying, removing or rolling back. Taking it
+/// also sweeps the namespace's temporaries that a killed writer left (see [`write`]).
 pub fn lock(wait: Duration) -> Result<Lock, KernelError> {
-    lock_path(&netns_file("lock")?, wait)
+    let lock = lock_path(&netns_file("lock")?, wait)?;
+    sweep_temporaries(&netns_file("")?);
+    Ok(lock)
+}
+
+/// Remove `.<prefix>….<pid>.<nanos>.tmp` files in the run directory whose writer no
+/// longer runs (a live one may still be writing: its file stays). Best effort.
+fn sweep_temporaries(prefix: &Path) {
+    let Some(prefix) = prefix.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let Ok(dir) = std::fs::read_dir(DIR) else {
+        return;
+    };
+    // Bounded: the directory holds a few files per namespace.
+    for entry in dir.flatten().take(10_000) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(inner) = name
+            .strip_prefix('.')
+            .filter(|n| n.starts_with(prefix))
+            .and_then(|n| n.strip_suffix(".tmp"))
+        else {
+            continue;
+        };
+        let mut fields = inner.rsplit('.');
+        let _nanos = fields.next();
+        let Some(pid) = fields.next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// Lock `path` exclusively, waiting at most `wait` for its holder.

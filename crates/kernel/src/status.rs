@@ -93,6 +93,9 @@ pub struct GuardedPending {
     pub deadline: String,
     pub deadline_unix: u64,
     pub guard_pid: u32,
+    /// False: the guard is gone (killed outright), nothing rolls the change back until
+    /// the next `apply --confirm` does; `symroute confirm` keeps it.
+    pub guarded: bool,
 }
 
 /// How the last one ended (`ended`: kept, rolled_back_at_deadline,
@@ -110,10 +113,11 @@ impl ConfirmView {
             super::clock::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
         };
         ConfirmView {
-            pending: super::confirm::pending_now().map(|p| GuardedPending {
+            pending: super::confirm::pending_now().map(|(p, guarded)| GuardedPending {
                 deadline: at(p.deadline_unix),
                 deadline_unix: p.deadline_unix,
                 guard_pid: p.guard_pid,
+                guarded,
             }),
             last: super::confirm::last().map(|l| LastConfirm {
                 at: at(l.at_unix),

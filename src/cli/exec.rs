@@ -28,6 +28,8 @@ use symroute::plan::{self, GatewayState};
 use super::args::Scope;
 use super::daemon;
 
+const NOT_APPLIED: &str = "symroute is not applied in this network namespace (no nftables table inet symroute): run `symroute apply` or `symroute run` first";
+
 /// How long a running daemon gets to load the table for a new exec cgroup (it takes
 /// ~100 ms: a debounce and one apply).
 const DAEMON_WAIT: Duration = Duration::from_secs(3);
@@ -109,13 +111,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|l| l.health_down.clone())
         .unwrap_or_default();
-    let (_, plan, _) = kernel::apply::prepare(&model, &health_down)?;
+    let (observed, plan, _) = kernel::apply::prepare(&model, &health_down)?;
     if let GatewayState::Down(why) = &plan.gateways[idx].state {
         bail!(
             "gateway {} is down ({why}); not running {}",
             args.gateway,
             shown(&args.command)
         );
+    }
+    // Before any cgroup is made: exec does not put symroute in place on the side.
+    if observed.nft_fingerprint.is_none() && live.is_none() {
+        bail!(NOT_APPLIED);
     }
     let h = cgroup::hierarchy().context(
         "no cgroup2 hierarchy is mounted where nft can name it (at /sys/fs/cgroup or below, or anywhere while /sys/fs/cgroup exists), so symroute exec has no cgroup to run the command in",
@@ -165,7 +171,7 @@ fn cover(
             return Ok(());
         }
         if observed.nft_fingerprint.is_none() && !daemon {
-            bail!("symroute is not applied in this network namespace (no nftables table inet symroute): run `symroute apply` or `symroute run` first");
+            bail!(NOT_APPLIED);
         }
         if !daemon && !applied {
             let opts = ApplyOptions {

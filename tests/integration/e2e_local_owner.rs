@@ -338,6 +338,7 @@ fn exec_sends_a_command_via_each_gateway_without_a_policy() {
         unapplied.stderr
     );
     assert!(!unapplied.stdout.contains("ran"));
+    assert!(exec_cgroups(fw).is_empty(), "{:?}", exec_cgroups(fw));
     // Gateways only: not one policy.
     symroute_in(fw, "apply", Some(GATEWAYS), &[]).ok();
     for server in servers() {

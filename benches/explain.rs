@@ -76,6 +76,8 @@ fn main() {
             source_port: Some(40000),
             destination_port: Some(25),
             mark: 0,
+            uid: None,
+            cgroup: None,
         };
         let t = Instant::now();
         let e = explain(&host, &p);

@@ -18,10 +18,25 @@ use std::path::Path;
 use crate::config::{self, ConfigError, MAX_BYTES};
 use crate::model::Model;
 
-/// Read and validate a config file (a regular file of at most 16 MiB of UTF-8).
+/// Read and validate a config file (a regular file of at most 16 MiB of UTF-8). User
+/// names are looked up in the system's user database now: an unknown one is an error at
+/// its line and column.
 pub fn load(path: &Path) -> Result<Model, ConfigError> {
     let f = read(path)?;
-    config::parse_str(&f.text, &path.display().to_string())
+    config::parse_str_with(&f.text, &path.display().to_string(), &SystemUsers)
+}
+
+/// The system's user database (`getpwnam_r`, so NSS sources such as LDAP or systemd's
+/// dynamic users count too).
+pub struct SystemUsers;
+
+impl config::Names for SystemUsers {
+    fn uid(&self, user: &str) -> Option<u32> {
+        nix::unistd::User::from_name(user)
+            .ok()
+            .flatten()
+            .map(|u| u.uid.as_raw())
+    }
 }
 
 /// [`load`] for a config whose `on_change` hooks will run (`symroute run`, its reloads,
@@ -29,7 +44,7 @@ pub fn load(path: &Path) -> Result<Model, ConfigError> {
 /// running symroute) may be able to write the file ([`hooks_trusted`]).
 pub fn load_trusted(path: &Path) -> Result<Model, ConfigError> {
     let f = read(path)?;
-    let model = config::parse_str(&f.text, &path.display().to_string())?;
+    let model = config::parse_str_with(&f.text, &path.display().to_string(), &SystemUsers)?;
     if !model.settings.on_change.is_empty() {
         hooks_trusted(path, &f.meta)?;
     }

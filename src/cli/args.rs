@@ -97,6 +97,11 @@ pub struct HostArgs {
 }
 
 impl HostArgs {
+    /// Whether the state is this host's live kernel (no `--from`).
+    pub fn live(&self) -> bool {
+        self.from.is_none()
+    }
+
     /// The state: a snapshot (`--from DIR`), else the live kernel of the namespace.
     pub fn load(&self) -> anyhow::Result<HostState> {
         Ok(match &self.from {

@@ -97,6 +97,9 @@ pub fn gateway_line(g: &GatewayStatus) -> String {
         s += &format!("  {f} failover(s)");
     }
     s += &format!("  {} connection(s)", g.connections);
+    if g.exec_packets > 0 {
+        s += &format!("  {} started by symroute exec", g.exec_packets);
+    }
     if let Some(why) = &g.reason {
         s += &format!("  ({why})");
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use symroute::explain::trace;
+use symroute::kernel;
 use symroute::plan;
 
 use super::args::HostArgs;
@@ -45,8 +46,35 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         .map(|c| symroute::config_file::load(c))
         .transpose()?;
     let mut host = args.host.load()?;
+    if args.host.live() {
+        // Live: cgroups in the rules are written as nft writes them here.
+        host.cgroup_root = kernel::cgroup::hierarchy().map(|h| h.nft_root);
+    }
     if let Some(m) = &model {
-        let plan = plan::build(m, &host.host_view());
+        let mut view = host.host_view();
+        view.cgroups = if args.host.live() {
+            kernel::cgroup::observe(m)
+        } else {
+            // Another host's state: its cgroups are unknown here; explain as if the
+            // config's exist (so a --cgroup in one is matched).
+            Some(plan::Cgroups {
+                ids: m
+                    .policies
+                    .iter()
+                    .flat_map(|p| p.selector.cgroup.iter().map(|c| (c.clone(), 0)))
+                    .collect(),
+                ..plan::Cgroups::default()
+            })
+        };
+        let plan = plan::build(m, &view);
+        for p in &plan.policies {
+            for w in &p.waiting {
+                eprintln!(
+                    "symroute: note: policy {}: cgroup {} {}, so the table after apply does not match it",
+                    p.name, w.cgroup, w.why
+                );
+            }
+        }
         host.overlay(&plan)?;
     }
     let e = trace::explain(&host, &spec);
@@ -91,6 +119,28 @@ struct PacketArgs {
     /// Initial packet mark (e.g. a socket's SO_MARK), decimal or 0x hex
     #[arg(long, value_name = "MARK", default_value = "0", value_parser = parse_mark)]
     mark: u32,
+    /// With --local: the sending socket's owner, a uid or a user name [default: root]
+    #[arg(long, value_name = "UID|NAME", requires = "local", value_parser = parse_user)]
+    user: Option<u32>,
+    /// With --local: the sending socket's cgroup, a path below the cgroup2 root
+    /// (system.slice/backup.service) [default: the root]
+    #[arg(long, value_name = "PATH", requires = "local", value_parser = parse_cgroup)]
+    cgroup: Option<symroute::model::CgroupPath>,
+}
+
+/// A uid, or a user name from the system's user database.
+fn parse_user(s: &str) -> Result<u32, String> {
+    use symroute::config::Names;
+    match s.parse::<u32>() {
+        Ok(u) if u != u32::MAX => Ok(u),
+        _ => symroute::config_file::SystemUsers.uid(s).ok_or_else(|| {
+            format!("no user named \"{s}\" on this host (give a uid or a user name)")
+        }),
+    }
+}
+
+fn parse_cgroup(s: &str) -> Result<symroute::model::CgroupPath, String> {
+    symroute::model::CgroupPath::new(s)
 }
 
 fn parse_mark(s: &str) -> Result<u32, String> {
@@ -125,6 +175,8 @@ impl PacketArgs {
             source_port: self.source_port.or(ports.then_some(40000)),
             destination_port: self.destination_port.or(ports.then_some(80)),
             mark: self.mark,
+            uid: self.user,
+            cgroup: self.cgroup.as_ref().map(|c| c.to_string()),
         })
     }
 }

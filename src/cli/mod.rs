@@ -9,6 +9,7 @@ mod completions;
 mod confirm;
 mod daemon;
 mod doctor;
+mod exec;
 mod explain;
 mod ha;
 mod import;
@@ -68,6 +69,7 @@ enum Cmd {
     ConfirmWatch(confirm::WatchArgs),
     Remove(remove::Args),
     Run(run::Args),
+    Exec(exec::Args),
     Status(status::Args),
     Explain(explain::Args),
     Doctor(doctor::Args),
@@ -101,6 +103,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run(args) => {
             drop(out);
             run::run(args)
+        }
+        // CMD replaces this process and writes to stdout itself.
+        Cmd::Exec(args) => {
+            drop(out);
+            exec::run(args)
         }
         Cmd::Lab(args) => {
             drop(out);

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use symroute::plan::{self, GatewayState};
 
-/// A line per gateway that is not (fully) up.
+/// A line per gateway that is not (fully) up, and per cgroup a policy waits for.
 pub fn gateways(out: &mut impl Write, plan: &plan::Plan) -> anyhow::Result<()> {
     for g in &plan.gateways {
         match &g.state {
@@ -19,6 +19,15 @@ pub fn gateways(out: &mut impl Write, plan: &plan::Plan) -> anyhow::Result<()> {
                 g.name
             )?,
             GatewayState::Up => {}
+        }
+    }
+    for p in &plan.policies {
+        for w in &p.waiting {
+            writeln!(
+                out,
+                "policy {}: cgroup {} {}; waiting: its connections are matched once it exists (symroute run adds it within a second; after apply alone, apply again)",
+                p.name, w.cgroup, w.why
+            )?;
         }
     }
     Ok(())

@@ -27,11 +27,19 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     }
     let changes = kernel::remove::remove()?;
     symroute::daemon::control::remove_stale()?;
-    if changes.is_empty() {
+    // `symroute exec`'s cgroups of this namespace, once no command runs in them.
+    let (gone, busy) = kernel::cgroup::remove_exec()?;
+    for c in &busy {
+        eprintln!("symroute: left cgroup {c}: a command started by symroute exec still runs in it");
+    }
+    if changes.is_empty() && gone.is_empty() {
         writeln!(out, "nothing to remove: symroute owns nothing here")?;
     } else {
         for l in changes.summary() {
             writeln!(out, "{l}")?;
+        }
+        for c in &gone {
+            writeln!(out, "- cgroup {c}")?;
         }
         writeln!(out, "removed")?;
     }

@@ -91,6 +91,13 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
             p.packets,
             p.bytes
         )?;
+        for w in &p.waiting {
+            writeln!(
+                out,
+                "  {:<20} waiting for cgroup {}: {}",
+                "", w.cgroup, w.why
+            )?;
+        }
     }
     writeln!(
         out,

@@ -277,6 +277,10 @@ impl Daemon {
             Request::Status => self.status_response(),
             Request::Reload { config, confirm } => self.reload_request(config, confirm),
             Request::Confirm => self.confirm_request(),
+            Request::Reconcile => match self.reconcile(super::Why::Asked) {
+                Ok(lines) => Response::done(lines),
+                Err(e) => Response::failed(1, e),
+            },
             Request::Ha { role } => {
                 let mask = self.model.settings.mark_mask;
                 let line = self

@@ -54,10 +54,12 @@ pub enum Source {
     Nftables = 32,
     /// A gateway's health checks changed their verdict.
     Health = 64,
+    /// A cgroup the plan may match appeared, went, or gained or lost its processes.
+    Cgroup = 128,
 }
 
 impl Source {
-    const ALL: [Source; 7] = [
+    const ALL: [Source; 8] = [
         Source::Link,
         Source::Address,
         Source::Route,
@@ -65,6 +67,7 @@ impl Source {
         Source::Netconf,
         Source::Nftables,
         Source::Health,
+        Source::Cgroup,
     ];
 
     fn name(self) -> &'static str {
@@ -76,6 +79,7 @@ impl Source {
             Source::Netconf => "rp_filter",
             Source::Nftables => "nftables",
             Source::Health => "health check",
+            Source::Cgroup => "cgroup",
         }
     }
 }

@@ -66,7 +66,7 @@ pub fn spawn(model: &Model, tx: &Sender<Event>) -> io::Result<Probes> {
         let Some(check) = g.check.clone() else {
             continue;
         };
-        let mark = if model.routes_via(i) {
+        let mark = if model.routes_via(i) || model.probed_alone(i) {
             alloc::route_mark(model, i).bits()
         } else if model.replies_via(i) {
             alloc::reply_mark(model, i).bits()

@@ -97,6 +97,8 @@ pub struct GatewaySnap {
     pub live: LiveGateway,
     /// Its reply and route marks: the conntrack marks of its connections.
     pub marks: Vec<u32>,
+    /// The named counter of the connections `symroute exec --gateway` started via it.
+    pub exec_counter: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -199,7 +201,8 @@ impl Metrics {
         s.gateways = plan
             .gateways
             .iter()
-            .filter_map(|g| {
+            .enumerate()
+            .filter_map(|(i, g)| {
                 Some(GatewaySnap {
                     live: live.iter().find(|l| l.name == g.name)?.clone(),
                     marks: [g.reply_mark, g.route_mark]
@@ -207,6 +210,7 @@ impl Metrics {
                         .flatten()
                         .map(|m| m.bits())
                         .collect(),
+                    exec_counter: crate::plan::nft::exec_counter_name(i, &g.name),
                 })
             })
             .collect();
@@ -459,6 +463,15 @@ pub fn render(s: &Snapshot, live: &Live) -> String {
             Some(conns.get(&g.live.name).copied().unwrap_or(0).to_string())
         }),
     );
+    out.per_gateway(
+        "symroute_exec_packets_total",
+        "counter",
+        "New connections `symroute exec --gateway` sent via the gateway (their first packets).",
+        each(&|g| {
+            let counters = live.counters.as_ref()?;
+            Some(counters.get(&g.exec_counter).map_or(0, |c| c.0).to_string())
+        }),
+    );
     for (name, help, pick) in [
         (
             "symroute_policy_packets_total",
@@ -660,10 +673,12 @@ mod tests {
                 GatewaySnap {
                     live: live("isp1", Some(State::Up), Some(1.5), Some(0.2), 0),
                     marks: vec![0x0100_0000],
+                    exec_counter: "x0_isp1".into(),
                 },
                 GatewaySnap {
                     live: live("we\"ird\\gw\nx", Some(State::Down), None, None, 2),
                     marks: vec![],
+                    exec_counter: "x1_we_ird_gw_x".into(),
                 },
             ],
             policies: vec![PolicySnap {
@@ -685,6 +700,7 @@ mod tests {
     fn renders_the_exposition_format() {
         let mut counters = BTreeMap::new();
         counters.insert("p0_smtp-out".to_string(), (7u64, 420u64));
+        counters.insert("x0_isp1".to_string(), (2u64, 120u64));
         let mut conns = BTreeMap::new();
         conns.insert("isp1".to_string(), 3u64);
         let live = Live {
@@ -718,6 +734,10 @@ symroute_failovers_total{gateway="we\"ird\\gw\nx"} 2
 # TYPE symroute_connections gauge
 symroute_connections{gateway="isp1"} 3
 symroute_connections{gateway="we\"ird\\gw\nx"} 0
+# HELP symroute_exec_packets_total New connections `symroute exec --gateway` sent via the gateway (their first packets).
+# TYPE symroute_exec_packets_total counter
+symroute_exec_packets_total{gateway="isp1"} 2
+symroute_exec_packets_total{gateway="we\"ird\\gw\nx"} 0
 # HELP symroute_policy_packets_total Packets the policy classified: the first packet of each new connection it matched.
 # TYPE symroute_policy_packets_total counter
 symroute_policy_packets_total{policy="smtp-out"} 7
@@ -779,8 +799,12 @@ process_max_fds 4096
     #[test]
     fn failed_live_reads_leave_their_samples_out() {
         let page = render(&snapshot(), &Live::default());
-        assert!(page
-            .contains("# TYPE symroute_connections gauge\n# HELP symroute_policy_packets_total"));
+        assert!(
+            page.contains("# TYPE symroute_connections gauge\n# HELP symroute_exec_packets_total")
+        );
+        assert!(page.contains(
+            "# TYPE symroute_exec_packets_total counter\n# HELP symroute_policy_packets_total"
+        ));
         assert!(!page.contains("symroute_policy_bytes_total{"));
         assert!(page.contains("symroute_gateway_up{gateway=\"isp1\"} 1\n"));
     }

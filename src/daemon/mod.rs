@@ -22,6 +22,7 @@
 //! The process must already be in its network namespace (`kernel::netns::enter`): every
 //! thread and child starts from this one and inherits it.
 
+mod cgroups;
 pub mod control;
 pub mod debounce;
 pub mod event;
@@ -39,7 +40,7 @@ pub mod serve;
 mod signals;
 pub mod systemd;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime};
@@ -125,6 +126,8 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         .spawn(tx.clone())
         .map_err(io_error("starting the signal thread"))?;
     let _control = control::Listener::spawn(tx.clone())?;
+    // Before the first apply too: a cgroup appearing after it is an event.
+    let cgroup_watch = cgroups::spawn(&opts.model, &tx).map_err(io_error("watching cgroups"))?;
     let metrics = metrics::Metrics::start(opts.model.settings.metrics)
         .map_err(io_error("serving metrics"))?;
 
@@ -155,6 +158,9 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         pending: None,
         hooks: hooks::Hooks::default(),
         netns: opts.netns,
+        cgroup_watch,
+        waiting: BTreeSet::new(),
+        cgroups: BTreeSet::new(),
     };
     // A pending `apply --confirm` of a previous daemon goes on where it was.
     if let Some((config, model, pending)) = pending::resume() {
@@ -179,6 +185,8 @@ enum Why {
     Changes(Pending),
     Retry,
     Reload,
+    /// A `reconcile` request on the control socket (`symroute exec`).
+    Asked,
 }
 
 impl Why {
@@ -187,6 +195,7 @@ impl Why {
             Why::Start => "at startup".into(),
             Why::Retry => "retrying after a failure".into(),
             Why::Reload => "after reloading the config".into(),
+            Why::Asked => "when asked (symroute exec)".into(),
             Why::Changes(p) if p.sources.is_empty() && !p.overrun => {
                 "verifying the last apply".into()
             }
@@ -242,6 +251,12 @@ struct Daemon {
     pending: Option<pending::PendingConfirm>,
     hooks: hooks::Hooks,
     netns: Option<String>,
+    /// Follows the cgroups the plan may match (restarted with a new config).
+    cgroup_watch: Option<cgroups::Watch>,
+    /// (policy, cgroup) pairs not matched at the last reconcile, and all those the
+    /// config names, to log what changed.
+    waiting: BTreeSet<(String, String)>,
+    cgroups: BTreeSet<(String, String)>,
 }
 
 impl Daemon {
@@ -335,6 +350,7 @@ impl Daemon {
         let report = report?;
         let took = started.elapsed().as_millis();
         let changes = self.gateways_changed(&report.plan, matches!(why, Why::Start));
+        self.log_waiting(&report.plan);
         self.log_failovers(&report.plan);
         // Gateways seen up before and down now (not those found down at startup).
         let went_down: Vec<_> = changes
@@ -487,6 +503,12 @@ impl Daemon {
     /// (their marks may have changed).
     fn switch_to(&mut self, path: PathBuf, model: Model) -> Result<Vec<String>, String> {
         self.probes = None;
+        // The new config's cgroups, watched before it is applied.
+        self.cgroup_watch = None;
+        match cgroups::spawn(&model, &self.tx) {
+            Ok(w) => self.cgroup_watch = w,
+            Err(e) => error!("could not watch cgroups: {e}"),
+        }
         gateways::carry_over(
             &self.model,
             &model,
@@ -520,6 +542,17 @@ impl Daemon {
         let changes = crate::kernel::remove::remove()?;
         for l in changes.summary() {
             notice!("removed: {}", one_line(&l));
+        }
+        match crate::kernel::cgroup::remove_exec() {
+            Ok((gone, busy)) => {
+                for c in gone {
+                    notice!("removed: cgroup {c}");
+                }
+                for c in busy {
+                    warn!("left cgroup {c}: a command started by symroute exec still runs in it");
+                }
+            }
+            Err(e) => warn!("could not remove symroute exec's cgroups: {e}"),
         }
         notice!("removed {} object(s); exiting", changes.summary().len());
         Ok(())
@@ -591,6 +624,50 @@ impl Daemon {
         } else {
             self.status.clone()
         }
+    }
+
+    /// Log the cgroups of policies that became matched or waiting: one the last plan
+    /// matched is gone; one new to it (at startup, or a reloaded config's) does not exist
+    /// yet; one that waited exists now.
+    fn log_waiting(&mut self, plan: &Plan) {
+        let waiting: BTreeMap<(String, String), &str> = plan
+            .policies
+            .iter()
+            .flat_map(|p| {
+                p.waiting
+                    .iter()
+                    .map(|w| ((p.name.clone(), w.cgroup.clone()), w.why))
+            })
+            .collect();
+        let named: BTreeSet<(String, String)> = self
+            .model
+            .policies
+            .iter()
+            .flat_map(|p| {
+                p.selector
+                    .cgroup
+                    .iter()
+                    .map(|c| (p.name.to_string(), c.to_string()))
+            })
+            .collect();
+        for ((policy, cgroup), why) in &waiting {
+            let pair = (policy.clone(), cgroup.clone());
+            if self.waiting.contains(&pair) {
+                continue;
+            }
+            if self.cgroups.contains(&pair) {
+                notice!("policy {policy}: cgroup {cgroup} is gone; its connections are matched again once it exists");
+            } else {
+                info!("policy {policy}: cgroup {cgroup} {why}; its connections are matched once it exists");
+            }
+        }
+        for pair @ (policy, cgroup) in &self.waiting {
+            if named.contains(pair) && !waiting.contains_key(pair) {
+                notice!("policy {policy}: cgroup {cgroup} exists now; its connections are matched");
+            }
+        }
+        self.waiting = waiting.into_keys().collect();
+        self.cgroups = named;
     }
 
     /// After an apply: the gateways whose state changed (`gateways::Live`, the one

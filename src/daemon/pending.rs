@@ -139,7 +139,12 @@ pub fn resume() -> Option<(PathBuf, Model, Option<PendingConfirm>)> {
 /// file as it is now.
 fn load(path: &Path, text: Option<&str>) -> Result<Model, crate::config::ConfigError> {
     match text {
-        Some(t) => crate::config::parse_str(t, &path.display().to_string()),
+        // User names are looked up as when the file was loaded.
+        Some(t) => crate::config::parse_str_with(
+            t,
+            &path.display().to_string(),
+            &crate::config_file::SystemUsers,
+        ),
         None => crate::config_file::load_trusted(path),
     }
 }

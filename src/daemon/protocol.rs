@@ -1,10 +1,11 @@
-//! The control socket's protocol (`control` serves it, `symroute status`, `apply` and
-//! `confirm` speak it): one JSON request line, one JSON response line:
+//! The control socket's protocol (`control` serves it, `symroute status`, `apply`,
+//! `confirm`, `ha` and `exec` speak it): one JSON request line, one JSON response line:
 //!
 //! ```text
 //! {"request":"status"}
 //! {"request":"reload","config":"/etc/symroute/new.toml","confirm":60}
 //! {"request":"confirm"}
+//! {"request":"reconcile"}
 //! ```
 //!
 //! A request reaches the actor as `Event::Control(Call)`; the actor answers through the
@@ -34,6 +35,9 @@ pub enum Request {
     },
     /// Keep the config of a pending `reload` with `confirm`.
     Confirm,
+    /// Observe and apply now, and answer when done: `symroute exec` asks after moving
+    /// into its cgroup, so the table it waits for is one loaded after that move.
+    Reconcile,
     /// keepalived's notify (`symroute ha ROLE`): this box's role in an HA pair.
     Ha { role: HaRole },
 }

@@ -46,6 +46,17 @@ impl Netns {
         run(&mut self.cmd(args), None)
     }
 
+    /// Runs `nsenter --net=/run/netns/NAME args...` and returns its stdout: the network
+    /// namespace only, so the process sees this host's /sys as it is (`ip netns exec`
+    /// mounts a fresh sysfs, which hides the cgroup tree that nft resolves cgroup paths
+    /// in) and its /etc (not /etc/netns/NAME).
+    pub fn nsenter(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.name))
+            .args(args);
+        run(&mut cmd, None)
+    }
+
     /// Runs a shell script (`sh -ec`) inside the namespace; returns its stdout.
     pub fn sh(&self, script: &str) -> anyhow::Result<String> {
         self.exec(&["sh", "-ec", script])

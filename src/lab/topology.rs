@@ -164,9 +164,16 @@ impl TwoIsps {
             sa(Self::SERVER_V4, 80)
         };
         let line = super::traffic::tcp_probe(&self.lan, server, timeout).ok()?;
-        if line.starts_with(Self::VIA_ISP1) || line.starts_with(Self::VIA_ISP1_V6) {
+        Self::uplink_of(&line)
+    }
+
+    /// The ISP a greeting of the dual-homed server names (`hello 192.0.2.1 40000`):
+    /// "isp1", "isp2", or `None`.
+    pub fn uplink_of(greeting: &str) -> Option<&'static str> {
+        let g = format!("{} ", greeting.trim());
+        if g.starts_with(Self::VIA_ISP1) || g.starts_with(Self::VIA_ISP1_V6) {
             Some("isp1")
-        } else if line.starts_with(Self::VIA_ISP2) || line.starts_with(Self::VIA_ISP2_V6) {
+        } else if g.starts_with(Self::VIA_ISP2) || g.starts_with(Self::VIA_ISP2_V6) {
             Some("isp2")
         } else {
             None

@@ -30,15 +30,31 @@ fn large_prefix_keys_are_first_match_too() {
     assert!(named > 10 && per_len > 10, "{named} {per_len}");
 }
 
+/// Mostly the host's own connections: user and cgroup keys as primaries (one lookup per
+/// uid and per cgroup level) and as secondary conditions, cgroups that do not exist yet.
+#[test]
+fn socket_keys_are_first_match_too() {
+    let pools = Pools {
+        arrive: vec![None, None, None, Some("lan0")],
+        socket_odds: 2,
+        ..Pools::default()
+    };
+    check(pools, 0x15c1_a55f_0000_0004, 200);
+}
+
 /// Returns how many configs had named maps, per-length lookups and interval maps.
 fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
     let mut rng = Rng::new(seed);
     let (mut configs, mut packets, mut matched, mut blocks) = (0, 0, 0, 0);
+    // Packets the host sends that a user or cgroup policy took.
+    let mut by_socket = 0;
     // Configs whose table has: named maps, per-prefix-length lookups, interval maps.
     let (mut named, mut per_len, mut interval) = (0, 0, 0);
     // Configs with a lookup skipped when it cannot beat the best candidate so far, and
     // with a candidate that wins outright (nothing looked up after it comes first).
     let (mut guarded, mut decides) = (0, 0);
+    // Configs whose table looks users / cgroups up in a map (not only rule by rule).
+    let (mut uid_maps, mut cgroup_maps) = (0, 0);
     while configs < n {
         let text = random_config(&mut rng, &pools);
         let Ok(model) = parse_str(&text, "random.toml") else {
@@ -50,6 +66,12 @@ fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
             blocks += 1;
         }
         named += usize::from(plan.nft.contains("\tmap classify"));
+        uid_maps += usize::from(plan.nft.contains("meta skuid vmap"));
+        cgroup_maps += usize::from(
+            plan.nft
+                .lines()
+                .any(|l| l.contains("socket cgroupv2 level") && l.contains("vmap")),
+        );
         per_len += usize::from(plan.nft.contains("addr and "));
         decides += usize::from(plan.nft.lines().any(|l| {
             let l = l.trim();
@@ -73,7 +95,8 @@ fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
         for _ in 0..60 {
             let p = random_packet(&mut rng, &pools);
             let want = model.first_match(&p);
-            let (got, ct_bits, packet_bits) = winner_by_nft(&rs, &p, plan.mark_mask.bits());
+            let (got, ct_bits, packet_bits) =
+                winner_by_nft(&rs, &p, plan.mark_mask.bits(), pools.nft_root);
             assert_eq!(
                 got, want,
                 "packet {p:?}\nconfig:\n{text}\ntable:\n{}",
@@ -96,13 +119,23 @@ fn check(pools: Pools, seed: u64, n: usize) -> (usize, usize, usize) {
             assert_eq!(packet_bits, packet, "packet {p:?}\n{text}\n{}", plan.nft);
             packets += 1;
             matched += usize::from(want.is_some());
+            by_socket +=
+                usize::from(want.is_some_and(|i| model.policies[i].selector.needs_socket()));
         }
     }
     println!(
-        "{configs} configs ({blocks} needing more than one block; {named} with named maps, {per_len} with per-prefix-length lookups, {interval} with interval maps, {guarded} with a guarded lookup, {decides} with candidates deciding outright), {packets} packets, {matched} matched a policy"
+        "{configs} configs ({blocks} needing more than one block; {named} with named maps, {per_len} with per-prefix-length lookups, {interval} with interval maps, {guarded} with a guarded lookup, {decides} with candidates deciding outright), {packets} packets, {matched} matched a policy, {by_socket} of them by user or cgroup"
     );
+    println!("{uid_maps} configs look uids up in a map, {cgroup_maps} cgroups");
     assert!(guarded > n / 20, "{guarded}");
     assert!(decides > n / 4, "{decides}");
+    if !pools.uids.is_empty() {
+        assert!(by_socket > packets / 100, "{by_socket}/{packets}");
+        assert!(
+            uid_maps > n / 25 && cgroup_maps > n / 25,
+            "{uid_maps} {cgroup_maps}"
+        );
+    }
     assert!(
         matched > packets / 5 && matched < packets * 9 / 10,
         "{matched}/{packets}"

@@ -70,7 +70,20 @@ fn table_of_bad_configs() {
         (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nprotocol = \"gre\"\n"), "bad.toml:9:12: match.protocol: \"gre\" is not a protocol symroute knows (expected tcp, udp, sctp, dccp, udplite, icmp or icmpv6)"),
         (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nin_interface = []\n"), "bad.toml:9:16: match.in_interface: the list is empty; remove the key or list at least one interface name"),
         (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nsource = \"10.0.0.0/8\"\ndestination = \"2001:db8::/32\"\n"), "bad.toml:10:15: match.destination: source and destination share no address family, so nothing can match"),
-        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nsrc = \"10.0.0.0/8\"\n"), "bad.toml:9:1: unknown field `src`, expected one of `in_interface`, `source_mac`, `source`, `not_source`, `destination`, `not_destination`, `protocol`, `source_port`, `destination_port` (see examples/ and the README for the keys symroute knows)"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nsrc = \"10.0.0.0/8\"\n"), "bad.toml:9:1: unknown field `src`, expected one of `in_interface`, `source_mac`, `source`, `not_source`, `destination`, `not_destination`, `protocol`, `source_port`, `destination_port`, `user`, `cgroup` (see examples/ and the README for the keys symroute knows)"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nuser = [1001, \"backup\"]\n"), "bad.toml:9:15: match.user: no user named \"backup\" on this host (expected a user name from the system's user database, as `id backup` would find it, or a numeric uid)"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nuser = -1\n"), "bad.toml:9:8: match.user: -1 is not a uid (expected 0 to 4294967294, or a user name)"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nuser = [\"4294967295\"]\n"), "bad.toml:9:9: match.user: \"4294967295\" is not a uid (expected 0 to 4294967294, or a user name)"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nuser = []\n"), "bad.toml:9:8: match.user: the list is empty; remove the key or list at least one user name or uid"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nuser = [true]\n"), "bad.toml:9:9: match.user: expected a user name or a numeric uid, found boolean"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nuser = [0, \"1001\"]\ncgroup = [\"system.slice/backup.service\", \"/user.slice/\"]\n"), ""),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = [\"system.slice\", \"a/../b\"]\n"), "bad.toml:9:27: match.cgroup: \"a/../b\" is not a cgroup path symroute accepts: the component \"..\" (expected a path below the cgroup2 root like \"system.slice/backup.service\": components of letters, digits and '-_.@:+,=', separated by '/')"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = \"a\\\"; flush ruleset\"\n"), "bad.toml:9:10: match.cgroup: \"a\\\"; flush ruleset\" is not a cgroup path symroute accepts: '\"' is not allowed (expected a path below the cgroup2 root like \"system.slice/backup.service\": components of letters, digits and '-_.@:+,=', separated by '/')"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = \"/\"\n"), "bad.toml:9:10: match.cgroup: \"/\" names the cgroup2 root, which holds every process; expected a path below the cgroup2 root like \"system.slice/backup.service\": components of letters, digits and '-_.@:+,=', separated by '/'"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = 3\n"), "bad.toml:9:10: match.cgroup: expected a cgroup path like \"system.slice/backup.service\", found integer"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nin_interface = \"eth2\"\nuser = 1001\n"), "bad.toml:10:8: match.user: selects connections this host opens, which have no in_interface (only arriving ones do), so this policy could never match; split it into two policies"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = \"system.slice/x.service\"\nsource_mac = \"02:03:04:05:06:07\"\n"), "bad.toml:9:10: match.cgroup: selects connections this host opens, which have no source_mac (only arriving ones do), so this policy could never match; split it into two policies"),
+        (format!("{GW}[[policy]]\nname = \"p\"\nreply_via = \"isp1\"\n[policy.match]\nuser = 1001\n"), "bad.toml:9:8: match.user: a reply_via policy answers connections that arrive, which have no sending user or cgroup; use route_via to send this host's own new connections via a gateway"),
         (format!("{GW}[gateway.check]\ntargets = [\"192.0.2.53\", \"tcp:198.51.100.80\"]\n"), "bad.toml:6:26: gateway.check.targets: \"tcp:198.51.100.80\" is not an address to ping (192.0.2.53, 2001:db8::53) or tcp:ADDR:PORT (tcp:198.51.100.80:443, tcp:[2001:db8::80]:443)"),
         (format!("{GW}[gateway.check]\ntargets = [\"192.0.2.53\"]\ninterval = \"fast\"\n"), "bad.toml:7:12: gateway.check.interval: \"fast\" is not a duration (expected e.g. \"250ms\" or \"2s\")"),
         (format!("{GW}[gateway.check]\ntargets = [\"192.0.2.53\"]\ninterval = \"10ms\"\n"), "bad.toml:7:12: gateway.check.interval: \"10ms\" is shorter than 50 ms; probes more often than that are load, not information"),
@@ -207,5 +220,38 @@ fn many_gateways_after_a_late_first_priority_fit() {
     assert_eq!(
         plan.priorities.len(),
         symroute::plan::alloc::priorities_needed(&model)
+    );
+}
+
+/// `symroute check` looks user names up in the system's user database: a known one
+/// passes, an unknown one is exit 2 at its line and column.
+#[test]
+fn check_resolves_user_names() {
+    let dir = std::env::temp_dir().join(format!("symroute-users-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |users: &str| {
+        let file = dir.join("users.toml");
+        std::fs::write(&file, format!("{GW}[[policy]]\nname = \"p\"\nroute_via = \"isp1\"\n[policy.match]\nuser = {users}\n")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_symroute"))
+            .args(["check", "-c"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).replace(&file.display().to_string(), "FILE"),
+        )
+    };
+    let ok = run("[\"root\", \"nobody\", 1001]");
+    let unknown = run("[\"root\", \"symroute-no-such-user\"]");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(ok.0, Some(0), "{}", ok.1);
+    assert_eq!(unknown.0, Some(2));
+    assert!(
+        unknown.1.contains(
+            "FILE:9:17: match.user: no user named \"symroute-no-such-user\" on this host"
+        ),
+        "{}",
+        unknown.1
     );
 }

@@ -3,6 +3,7 @@
 
 use crate::support;
 use support::conntrack;
+use support::metrics::{self, must, value};
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -412,41 +413,13 @@ fn an_ha_backup_keeps_a_dead_gateways_connections_until_it_is_master() {
     assert_eq!(v["ha"]["role"], "master", "{v:#}");
 }
 
-/// `GET /metrics` from inside the firewall's namespace: (status line, body).
+/// `GET path` from the daemon's metrics page in the firewall's namespace.
 fn get(lab: &TwoIsps, path: &str) -> (String, String) {
-    let request = format!("GET {path} HTTP/1.0\r\n\r\n");
-    let text = in_netns(lab.fw.name(), move || -> std::io::Result<String> {
-        let mut s = TcpStream::connect(SCRAPE)?;
-        s.set_read_timeout(Some(LIMIT))?;
-        s.write_all(request.as_bytes())?;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut s, &mut text)?;
-        Ok(text)
-    })
-    .expect("in netns")
-    .expect("scrape");
-    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    (
-        head.lines().next().unwrap_or_default().to_string(),
-        body.to_string(),
-    )
+    metrics::get(&lab.fw, SCRAPE, path)
 }
 
 fn scrape(lab: &TwoIsps) -> String {
-    let (status, body) = get(lab, "/metrics");
-    assert_eq!(status, "HTTP/1.0 200 OK", "{body}");
-    body
-}
-
-/// The value of the sample `series` (name and labels as written), if present.
-fn value(page: &str, series: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map(|v| v.parse().expect("a number"))
-}
-
-fn must(page: &str, series: &str) -> f64 {
-    value(page, series).unwrap_or_else(|| panic!("no {series} in\n{page}"))
+    metrics::scrape(&lab.fw, SCRAPE)
 }
 
 #[test]

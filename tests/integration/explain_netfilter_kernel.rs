@@ -34,9 +34,11 @@ fn sa(s: &str) -> SocketAddr {
 // ---------------------------------------------------------------------------------------
 // Reading back
 
+/// Through `nsenter --net`, which keeps the cgroup tree in view: nft names cgroups by
+/// their paths there (under `ip netns exec`, with a fresh /sys, they would be bare ids).
 fn json_of(ns: &Netns) -> serde_json::Value {
     let text = ns
-        .exec(&["nft", "-j", "list", "ruleset"])
+        .nsenter(&["nft", "-j", "list", "ruleset"])
         .expect("nft -j list ruleset");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("nft JSON ({e}):\n{text}"))
 }
@@ -44,7 +46,9 @@ fn json_of(ns: &Netns) -> serde_json::Value {
 /// Loads `text` into a fresh namespace and returns the IR read back from the kernel.
 fn load_and_read(role: &str, text: &str) -> (Ruleset, serde_json::Value) {
     let ns = Netns::new(role).expect("netns");
-    ns.nft(text)
+    let file = support::TempDir::new(&format!("nft-{}", ns.name()));
+    let path = file.file("table.nft", text.as_bytes(), 0o600);
+    ns.nsenter(&["nft", "-f", &path.display().to_string()])
         .unwrap_or_else(|e| panic!("nft -f failed: {e:#}\n{text}"));
     let json = json_of(&ns);
     let rs = from_nft_json(&json).unwrap_or_else(|e| panic!("{e}\n{json:#}"));
@@ -130,6 +134,21 @@ fn norm_match(m: &Match) -> String {
             )
         }
         Match::CtState { states, .. } => states.sort_by_key(|s| s.as_str()),
+        Match::Skuid { op, uids } => {
+            return format!(
+                "skuid {op:?} {}",
+                ranges(
+                    uids.iter()
+                        .map(|(a, b)| (u128::from(*a), u128::from(*b)))
+                        .collect()
+                )
+            )
+        }
+        // nft's JSON has no level (a path's depth is its level).
+        Match::Cgroupv2 { op, paths, .. } => {
+            paths.sort();
+            return format!("cgroupv2 {op:?} {paths:?}");
+        }
         _ => {}
     }
     format!("{m:?}")
@@ -327,8 +346,15 @@ fn host() -> HostView {
 }
 
 fn render(config: &str) -> String {
-    let model = symroute::config::parse_str(config, "test.toml").expect("valid config");
-    plan::build(&model, &host()).nft
+    render_on(config, &host())
+}
+
+fn render_on(config: &str, host: &HostView) -> String {
+    // examples/full.toml names the user `backup`.
+    let users: BTreeMap<String, u32> = [("backup".to_string(), 34)].into_iter().collect();
+    let model =
+        symroute::config::parse_str_with(config, "test.toml", &users).expect("valid config");
+    plan::build(&model, host).nft
 }
 
 /// Long lists become named sets; several single-key policies in a row become verdict maps.
@@ -431,6 +457,93 @@ fn symroute_tables_read_back_identically() {
             "{name}: no packet was marked, the comparison proves nothing"
         );
     }
+}
+
+/// Users and cgroups (real ones, below a test parent: nft resolves them when it loads the
+/// table): read back from nft's JSON (paths, no level) and from the text (with levels),
+/// the host's own packets from every mix of user and cgroup evaluate alike, and as the
+/// model says.
+#[test]
+fn socket_keys_read_back_identically() {
+    require_root();
+    let mut cg = support::cgroups::TestCgroups::new();
+    let (svc, a, ab) = (cg.make("svc"), cg.make("a"), cg.make("a/b"));
+    let missing = cg.path("not-yet");
+    let mut config = "[[gateway]]\nname = \"a\"\ninterface = \"up1\"\nvia = \"203.0.113.1\"\nvia6 = \"2001:db8:1::1\"\n[[gateway]]\nname = \"b\"\ninterface = \"up2\"\nvia = \"198.51.100.1\"\n".to_string();
+    for (name, via, keys) in [
+        ("u", "a", "user = [34, 1001]".to_string()),
+        ("svc", "b", format!("cgroup = [\"{svc}\", \"{missing}\"]")),
+        (
+            "ab-tcp",
+            "a",
+            format!("cgroup = [\"{ab}\"]\nprotocol = \"tcp\""),
+        ),
+        ("a-root", "b", format!("cgroup = \"{a}\"\nuser = 0")),
+        ("a", "a", format!("cgroup = \"{a}\"")),
+        (
+            "smtp",
+            "b",
+            "protocol = \"tcp\"\ndestination_port = 25".to_string(),
+        ),
+    ] {
+        config += &format!(
+            "[[policy]]\nname = \"{name}\"\nroute_via = \"{via}\"\n[policy.match]\n{keys}\n"
+        );
+    }
+    let mut host = host();
+    let mut c = plan::Cgroups {
+        nft_root: cg.hierarchy.nft_root.clone(),
+        ..Default::default()
+    };
+    for rel in ["svc", "a", "a/b"] {
+        c.ids.insert(
+            symroute::model::CgroupPath::new(&cg.path(rel)).unwrap(),
+            cg.id(rel),
+        );
+    }
+    host.cgroups = Some(c);
+    let text = render_on(&config, &host);
+    assert!(text.contains("socket cgroupv2 level 2 vmap"), "{text}");
+    let from_text = from_symroute_nft_text(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let (from_json, _) = load_and_read("nfs", &text);
+    assert_same_shape("socket keys", &from_json, &from_text);
+    let model = symroute::config::parse_str(&config, "t.toml").unwrap();
+    let mut checked = 0;
+    for uid in [0, 34, 1001, 1002] {
+        for cgroup in ["", &svc, &a, &ab, &format!("{ab}/c"), &cg.path("other")] {
+            for (proto, port) in [(6u8, 25u16), (17, 25), (6, 80)] {
+                let p = PacketCtx::new(
+                    proto,
+                    sa("198.51.100.2:40000"),
+                    sa(&format!("8.8.8.8:{port}")),
+                )
+                .with_sender(Some(uid), Some(cgroup), &cg.hierarchy.nft_root);
+                let (x, y) = (
+                    evaluate(&from_json, Hook::Output, &p),
+                    evaluate(&from_text, Hook::Output, &p),
+                );
+                assert_eq!(outcome(&x), outcome(&y), "uid {uid} in {cgroup:?}");
+                let want = model.first_match(&symroute::model::PacketKeys {
+                    in_interface: None,
+                    source_mac: None,
+                    source: p.src,
+                    destination: p.dst,
+                    protocol: proto,
+                    source_port: p.sport,
+                    destination_port: p.dport,
+                    uid: Some(uid),
+                    cgroup: Some(cgroup.to_string()),
+                });
+                let got = x.steps.iter().find_map(|s| {
+                    let chain = s.verdict.as_deref()?.strip_prefix("goto set_p")?;
+                    chain.parse::<usize>().ok()
+                });
+                assert_eq!(got, want, "uid {uid} in {cgroup:?}, {proto}/{port}");
+                checked += 1;
+            }
+        }
+    }
+    eprintln!("{checked} local packets evaluated alike from nft's JSON and from the text");
 }
 
 // ---------------------------------------------------------------------------------------

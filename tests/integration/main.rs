@@ -26,6 +26,7 @@ mod daemon_ops;
 mod doctor;
 mod doctor_live;
 mod e2e_lifecycle;
+mod e2e_local_owner;
 mod e2e_local_replies;
 mod e2e_seeds;
 mod e2e_share;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use symroute::config::parse_str;
+use symroute::config::parse_str_with;
 use symroute::fuzz::{mutate, Rng};
 use symroute::plan::{self, diff, HostView, Link};
 
@@ -57,6 +57,12 @@ const PIECES: &[&str] = &[
     "metrics_allow_remote = true",
     "fe80::1",
     "02:03:04:05:06:07",
+    "user = [\"backup\", 1001]",
+    "user = \"nobody-here\"",
+    "4294967295",
+    "cgroup = [\"system.slice/backup.service\", \"a/../b\"]",
+    "cgroup = \"/\"",
+    "system.slice/x.service",
     "id = 127",
     "id = 0",
     "id = 26",
@@ -84,6 +90,20 @@ fn host() -> HostView {
         h.sysctls
             .insert(format!("net.ipv4.conf.{name}.rp_filter"), "1".into());
     }
+    // Cgroups: a service's, and exec's for gateways of the examples' names.
+    let path = |p: &str| symroute::model::CgroupPath::new(p).unwrap();
+    let mut c = plan::Cgroups {
+        nft_root: "unified/".into(),
+        ..Default::default()
+    };
+    c.ids.insert(path("system.slice/backup.service"), 7);
+    for g in ["isp1", "isp2", "g"] {
+        let p = path(&format!("symroute.exec/netns-c1/{g}"));
+        c.ids.insert(p.clone(), 8);
+        c.populated.insert(p.clone());
+        c.exec.insert(g.into(), p);
+    }
+    h.cgroups = Some(c);
     // What `via = "auto"` learns (one interface with both families, one with IPv4 only).
     h.learn_default_routes(vec![
         ("eth2".into(), "203.0.113.1".parse().unwrap(), 100),
@@ -105,12 +125,13 @@ fn mutated_configs_never_panic() {
         include_str!("../../examples/ha-pair.toml"),
     ];
     let host = host();
+    let users: BTreeMap<String, u32> = [("backup".to_string(), 34)].into_iter().collect();
     let mut rng = Rng::new(0x5eed_1234_abcd_0001);
     let mut accepted = 0;
     for case in 0..6000 {
         let text = mutate(&mut rng, seeds[case % seeds.len()], PIECES, 4, 8);
         let result = std::panic::catch_unwind(|| {
-            if let Ok(model) = parse_str(&text, "fuzz.toml") {
+            if let Ok(model) = parse_str_with(&text, "fuzz.toml", &users) {
                 let p = plan::build(&model, &host);
                 let c = diff::diff(&p, &diff::Observed::default(), &BTreeMap::new());
                 let _ = c.script();

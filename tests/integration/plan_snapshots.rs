@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use symroute::plan::{self, diff, HostView, Link};
+use symroute::model::CgroupPath;
+use symroute::plan::{self, diff, Cgroups, HostView, Link};
 
 /// A host where every interface the examples name is up, on networks covering their next hops.
 fn host() -> HostView {
@@ -42,10 +43,37 @@ fn host() -> HostView {
     h
 }
 
+/// [`host`] on a hybrid cgroup host where the full example's backup service runs, and a
+/// command `symroute exec --gateway isp1` started runs (isp2's exec cgroup is empty).
+fn host_with_cgroups() -> HostView {
+    let path = |p: &str| CgroupPath::new(p).unwrap();
+    let (exec1, exec2) = (
+        path("symroute.exec/netns-1/isp1"),
+        path("symroute.exec/netns-1/isp2"),
+    );
+    let mut h = host();
+    h.cgroups = Some(Cgroups {
+        nft_root: "unified/".into(),
+        ids: [
+            (path("system.slice/backup.service"), 4242),
+            (exec1.clone(), 4343),
+            (exec2.clone(), 4344),
+        ]
+        .into(),
+        populated: [exec1.clone()].into(),
+        exec: [("isp1".to_string(), exec1), ("isp2".to_string(), exec2)].into(),
+    });
+    h
+}
+
 fn render(name: &str) -> String {
     let path = format!("{}/examples/{name}.toml", env!("CARGO_MANIFEST_DIR"));
     let model = symroute::config_file::load(std::path::Path::new(&path)).expect("example is valid");
-    let host = host();
+    let host = if name == "full" {
+        host_with_cgroups()
+    } else {
+        host()
+    };
     let p = plan::build(&model, &host);
     let mut s = String::new();
     for g in &p.gateways {
@@ -80,6 +108,9 @@ fn render(name: &str) -> String {
                 .map(|t| format!(" sticky {t}s"))
                 .unwrap_or_default()
         );
+        for w in &p.waiting {
+            s += &format!("  waiting for cgroup {}: {}\n", w.cgroup, w.why);
+        }
     }
     s += "## nft\n";
     s += &p.nft;

@@ -12,7 +12,9 @@ fn verify(unit: &str) {
         "{unit}: ExecStart path"
     );
     let text = text.replace("/usr/sbin/symroute", env!("CARGO_BIN_EXE_symroute"));
-    let dir = std::env::temp_dir().join(format!("symroute-unit-{}", std::process::id()));
+    // One directory per unit: the tests of this file run at once in one process, and one
+    // removing a shared directory made the other's unit "not found".
+    let dir = std::env::temp_dir().join(format!("symroute-unit-{}-{unit}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(unit);
     std::fs::write(&path, text).expect("write unit");

@@ -7,8 +7,8 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use symroute::explain::netfilter::{evaluate, CtState, Hook, PacketCtx, Ruleset};
 use symroute::fuzz::Rng;
-use symroute::model::{MacAddr, PacketKeys};
-use symroute::plan::{HostView, Link};
+use symroute::model::{CgroupPath, MacAddr, PacketKeys};
+use symroute::plan::{Cgroups, HostView, Link};
 
 pub struct Pools {
     pub ifaces: Vec<&'static str>,
@@ -28,9 +28,56 @@ pub struct Pools {
     /// The host's own addresses: the sources of the connections it opens.
     pub local_v4: Vec<&'static str>,
     pub local_v6: Vec<&'static str>,
+    /// Users the host's own connections are opened by (and policies name).
+    pub uids: Vec<u32>,
+    /// Cgroup paths policies name; those not in `cgroup_ids` do not exist (yet).
+    pub cgroups: Vec<&'static str>,
+    /// The cgroups that exist, with their ids, and how nft names the cgroup2 root.
+    pub cgroup_ids: Vec<(&'static str, u64)>,
+    pub nft_root: &'static str,
+    /// Cgroups the host's own connections come from ("": the root).
+    pub packet_cgroups: Vec<&'static str>,
+    /// A route_via policy without ingress keys gets `user` (and, apart, `cgroup`) once
+    /// in this many.
+    pub socket_odds: usize,
 }
 
 impl Pools {
+    /// No user or cgroup keys, and the host's own packets from root in the root cgroup
+    /// (these pools are about address keys).
+    pub fn without_sockets(self) -> Pools {
+        Pools {
+            uids: Vec::new(),
+            cgroups: Vec::new(),
+            packet_cgroups: Vec::new(),
+            ..self
+        }
+    }
+
+    /// The pools' cgroups made real below `t`'s parent (the existing ones, and those
+    /// packets come from), with their real ids and the hierarchy's nft root; the ones
+    /// that should not exist stay absent.
+    pub fn with_real_cgroups(self, t: &mut super::cgroups::TestCgroups) -> Pools {
+        let leak = |s: String| -> &'static str { Box::leak(s.into_boxed_str()) };
+        let mut ids = Vec::new();
+        for (p, _) in &self.cgroup_ids {
+            let path = t.make(p);
+            ids.push((leak(path), t.id(p)));
+        }
+        let packet_cgroups = self
+            .packet_cgroups
+            .iter()
+            .map(|p| if p.is_empty() { "" } else { leak(t.make(p)) })
+            .collect();
+        Pools {
+            cgroups: self.cgroups.iter().map(|p| leak(t.path(p))).collect(),
+            cgroup_ids: ids,
+            nft_root: leak(t.hierarchy.nft_root.clone()),
+            packet_cgroups,
+            ..self
+        }
+    }
+
     /// A host holding `local_v4` / `local_v6` (on `lo`).
     pub fn host(&self) -> HostView {
         let mut h = HostView::default();
@@ -47,6 +94,15 @@ impl Pools {
                 peers: Vec::new(),
             },
         );
+        h.cgroups = Some(Cgroups {
+            nft_root: self.nft_root.to_string(),
+            ids: self
+                .cgroup_ids
+                .iter()
+                .map(|(p, id)| (CgroupPath::new(p).expect("pool cgroup"), *id))
+                .collect(),
+            ..Cgroups::default()
+        });
         h
     }
 }
@@ -104,6 +160,18 @@ impl Default for Pools {
             packet_ports: vec![22, 25, 80, 443, 999, 1000, 1550, 2000, 2001, 40000],
             local_v4: vec!["10.1.2.3", "192.168.0.8", "100.64.0.1"],
             local_v6: vec!["2001:db8:1::6", "fd00::1"],
+            uids: vec![0, 34, 1001, 1002, 65534],
+            cgroups: vec!["t/a", "t/a/b", "t/c", "t", "t/missing", "t/a/gone"],
+            cgroup_ids: vec![
+                ("t", 100),
+                ("t/a", 101),
+                ("t/a/b", 102),
+                ("t/c", 103),
+                ("t/c/d", 104),
+            ],
+            nft_root: "unified/",
+            packet_cgroups: vec!["", "t", "t/a", "t/a/b", "t/c", "t/c/d", "other"],
+            socket_odds: 4,
         }
     }
 }
@@ -168,7 +236,7 @@ pub fn disjoint_pools() -> Pools {
         max_nets: 40,
         negations: false,
         v4_addrs: addrs,
-        ..Pools::default()
+        ..Pools::default().without_sockets()
     }
 }
 
@@ -197,7 +265,7 @@ pub fn wide_pools() -> Pools {
         v6_nets: vec!["2001:db8::/32", "2001:db8:1::/48", "2001:db8:1::5/128"],
         max_nets: 12,
         v4_addrs: addrs,
-        ..Pools::default()
+        ..Pools::default().without_sockets()
     }
 }
 
@@ -222,7 +290,8 @@ pub fn random_config(rng: &mut Rng, pools: &Pools) -> String {
     let n = 1 + rng.below(24);
     for i in 0..n {
         s += &format!("[[policy]]\nname = \"p{i}\"\n");
-        s += &match rng.below(5) {
+        let action = rng.below(5);
+        s += &match action {
             0 | 1 => format!("reply_via = \"g{}\"\n", rng.below(3)),
             2 => format!("route_via = \"g{}\"\n", rng.below(3)),
             3 => "route_via = [\"g1\", \"g0\"]\n".to_string(),
@@ -235,12 +304,34 @@ pub fn random_config(rng: &mut Rng, pools: &Pools) -> String {
         let mut keys = 0;
         while keys == 0 {
             let mut ports = false;
+            let mut ingress = false;
             if rng.below(4) == 0 {
                 s += &format!("in_interface = {}\n", some(rng, &pools.ifaces, 2));
                 keys += 1;
+                ingress = true;
             }
             if rng.below(4) == 0 {
                 s += &format!("source_mac = {}\n", some(rng, &pools.macs, 3));
+                keys += 1;
+                ingress = true;
+            }
+            // The sending socket's keys: route_via policies for the host's own traffic.
+            if action >= 2
+                && !ingress
+                && !pools.uids.is_empty()
+                && rng.below(pools.socket_odds) == 0
+            {
+                let uids: Vec<String> = pools.uids.iter().map(|u| u.to_string()).collect();
+                let uids: Vec<&str> = uids.iter().map(String::as_str).collect();
+                s += &format!("user = {}\n", some(rng, &uids, 3));
+                keys += 1;
+            }
+            if action >= 2
+                && !ingress
+                && !pools.cgroups.is_empty()
+                && rng.below(pools.socket_odds) == 0
+            {
+                s += &format!("cgroup = {}\n", some(rng, &pools.cgroups, 3));
                 keys += 1;
             }
             for key in ["source", "destination", "not_source", "not_destination"] {
@@ -298,6 +389,21 @@ pub fn random_packet(rng: &mut Rng, pools: &Pools) -> PacketKeys {
         Some(_) => addr(rng),
         None => pick(rng, local).parse().expect("pool address"),
     };
+    let (uid, cgroup) = match in_interface {
+        Some(_) => (None, None),
+        None => (
+            Some(if pools.uids.is_empty() {
+                0
+            } else {
+                *pick(rng, &pools.uids)
+            }),
+            Some(if pools.packet_cgroups.is_empty() {
+                String::new()
+            } else {
+                pick(rng, &pools.packet_cgroups).to_string()
+            }),
+        ),
+    };
     PacketKeys {
         in_interface,
         source_mac,
@@ -306,12 +412,20 @@ pub fn random_packet(rng: &mut Rng, pools: &Pools) -> PacketKeys {
         protocol,
         source_port: port(rng),
         destination_port: port(rng),
+        uid,
+        cgroup,
     }
 }
 
 /// The policy the rendered table decides `p` by (the `set_pN` chain it reaches), and our
-/// bits of its conntrack mark and of its packet mark afterwards.
-pub fn winner_by_nft(rs: &Ruleset, p: &PacketKeys, mask: u32) -> (Option<usize>, u32, u32) {
+/// bits of its conntrack mark and of its packet mark afterwards. `nft_root`: how the
+/// table names the cgroup2 root.
+pub fn winner_by_nft(
+    rs: &Ruleset,
+    p: &PacketKeys,
+    mask: u32,
+    nft_root: &str,
+) -> (Option<usize>, u32, u32) {
     let sock = |a: IpAddr, port: Option<u16>| SocketAddr::new(a, port.unwrap_or(0));
     let mut ctx = PacketCtx::new(
         p.protocol,
@@ -327,7 +441,10 @@ pub fn winner_by_nft(rs: &Ruleset, p: &PacketKeys, mask: u32) -> (Option<usize>,
             }
             Hook::Prerouting
         }
-        None => Hook::Output,
+        None => {
+            ctx = ctx.with_sender(p.uid, p.cgroup.as_deref(), nft_root);
+            Hook::Output
+        }
     };
     let r = evaluate(rs, hook, &ctx);
     assert!(!r.uncertain, "{:#?}", r.notes);

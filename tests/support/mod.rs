@@ -4,9 +4,11 @@
 //! that builds namespaces needs root; `require_root` says so.
 #![allow(dead_code)]
 
+pub mod cgroups;
 pub mod classify;
 pub mod conntrack;
 pub mod daemon;
+pub mod metrics;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};

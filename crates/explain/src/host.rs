@@ -31,6 +31,10 @@ pub struct HostState {
     pub origin: String,
     /// Expected files that were absent (their part of the state is empty).
     pub missing: Vec<String>,
+    /// How nft names the cgroup2 root on this host (`unified/` on a hybrid one), when
+    /// known (a live host): cgroups in its rules are written with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_root: Option<String>,
     /// systemd-networkd's configuration text (snapshot file `networkd.conf`: networkd.conf
     /// and its drop-ins after `# PATH` lines), where networkd is configured.
     pub networkd: Option<String>,
@@ -102,6 +106,7 @@ impl HostState {
             macs,
             origin: origin.to_string(),
             missing,
+            cgroup_root: None,
             networkd: files.get("networkd.conf").cloned(),
         })
     }

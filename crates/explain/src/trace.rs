@@ -25,6 +25,12 @@ pub struct PacketSpec {
     pub destination_port: Option<u16>,
     /// The packet's mark when it starts (a local socket's SO_MARK).
     pub mark: u32,
+    /// A local packet's socket: its owner (root when not given) and its cgroup, relative
+    /// to the cgroup2 root (the root itself when not given). Ignored for arriving ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -161,6 +167,13 @@ fn first_ctx(host: &HostState, p: &PacketSpec, family: Family) -> PacketCtx {
         .as_ref()
         .and_then(|m| netfilter::normalize_mac(m));
     ctx.mark = p.mark;
+    if p.in_interface.is_none() {
+        ctx = ctx.with_sender(
+            Some(p.uid.unwrap_or(0)),
+            Some(p.cgroup.as_deref().unwrap_or("")),
+            host.cgroup_root.as_deref().unwrap_or(""),
+        );
+    }
     ctx
 }
 
@@ -712,6 +725,8 @@ mod tests {
             source_port: Some(40000),
             destination_port: Some(25),
             mark: 0,
+            uid: None,
+            cgroup: None,
         }
     }
 
@@ -866,5 +881,76 @@ mod tests {
             "{}",
             render(&e, true)
         );
+    }
+
+    /// Seed 1's firewall with both uplinks up and main's default via ISP2, after `apply`
+    /// of a config steering the host's own connections by user and by cgroup (nft names
+    /// the cgroup2 root `unified/` there, a hybrid host).
+    fn steered_by_owner() -> HostState {
+        let addr = r#"[
+ {"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+ {"ifindex":3,"ifname":"up1","flags":["BROADCAST","UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"203.0.113.2","prefixlen":24}]},
+ {"ifindex":4,"ifname":"up2","flags":["BROADCAST","UP","LOWER_UP"],"addr_info":[{"family":"inet","local":"198.51.100.2","prefixlen":24}]}
+]"#;
+        let rules = "0:\tfrom all lookup local\n32766:\tfrom all lookup main\n32767:\tfrom all lookup default\n";
+        let routes = "default via 198.51.100.1 dev up2\n\
+            198.51.100.0/24 dev up2 proto kernel scope link src 198.51.100.2\n\
+            203.0.113.0/24 dev up1 proto kernel scope link src 203.0.113.2\n\
+            local 198.51.100.2 dev up2 table local proto kernel scope host src 198.51.100.2\n\
+            local 203.0.113.2 dev up1 table local proto kernel scope host src 203.0.113.2\n";
+        let mut files = BTreeMap::new();
+        files.insert("ip-rule.txt".to_string(), rules.to_string());
+        files.insert("ip-route.txt".to_string(), routes.to_string());
+        files.insert("ip-addr.json".to_string(), addr.to_string());
+        let mut host = HostState::from_files(&files, Vec::new(), "test").expect("state");
+        host.cgroup_root = Some("unified/".into());
+        let config = "[[gateway]]\nname = \"isp1\"\ninterface = \"up1\"\nvia = \"203.0.113.1\"\n\
+            [[gateway]]\nname = \"isp2\"\ninterface = \"up2\"\nvia = \"198.51.100.1\"\n\
+            [[policy]]\nname = \"backup-user\"\nroute_via = \"isp1\"\n[policy.match]\nuser = 1001\n\
+            [[policy]]\nname = \"backup-service\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = \"system.slice/backup.service\"\n";
+        let model = symroute_core::config::parse_str(config, "t.toml").expect("config");
+        let mut view = host.host_view();
+        let service = symroute_core::model::CgroupPath::new("system.slice/backup.service").unwrap();
+        view.cgroups = Some(symroute_core::plan::Cgroups {
+            nft_root: "unified/".into(),
+            ids: [(service, 4242)].into_iter().collect(),
+            ..Default::default()
+        });
+        let plan = symroute_core::plan::build(&model, &view);
+        host.overlay(&plan).expect("overlay");
+        host
+    }
+
+    #[test]
+    fn local_packets_follow_their_sending_user_and_cgroup() {
+        let host = steered_by_owner();
+        let sent = |uid: Option<u32>, cgroup: Option<&str>| {
+            let p = PacketSpec {
+                in_interface: None,
+                source: None,
+                uid,
+                cgroup: cgroup.map(str::to_string),
+                ..smtp("0.0.0.0", "192.0.2.10", 6)
+            };
+            let e = explain(&host, &p);
+            (
+                e.verdict.interface.clone().unwrap_or_default(),
+                render(&e, true),
+            )
+        };
+        let (root, why) = sent(None, None);
+        assert_eq!(root, "up2", "{why}");
+        let (user, why) = sent(Some(1001), None);
+        assert_eq!(user, "up1", "{why}");
+        assert!(why.contains("meta skuid 1001"), "{why}");
+        let (service, why) = sent(Some(0), Some("system.slice/backup.service"));
+        assert_eq!(service, "up1", "{why}");
+        // A process below the service's cgroup is in it too; one beside it is not.
+        assert_eq!(
+            sent(None, Some("system.slice/backup.service/worker")).0,
+            "up1"
+        );
+        assert_eq!(sent(None, Some("system.slice/other.service")).0, "up2");
+        assert_eq!(sent(Some(1002), Some("user.slice")).0, "up2");
     }
 }

@@ -147,7 +147,7 @@ fn converge(
         return Ok(ApplyReport { plan, changes });
     }
     let (saved_table, unrestorable) = match (&changes.nft, &observed.nft_fingerprint) {
-        (Some(_), Some(_)) => match restorable_table()? {
+        (Some(_), Some(fp)) => match restorable_table(fp)? {
             Some(text) => (Some(text), false),
             None => (None, true),
         },
@@ -156,6 +156,14 @@ fn converge(
     // Sticky sources survive the replace (same transaction).
     if let (Some(script), Some(old)) = (changes.nft.as_mut(), saved_table.as_deref()) {
         script.push_str(&nft::carry_sticky_sources(old, &plan.nft));
+    }
+    // So do the counts of the named counters (`nft::carry_counters`), read just before:
+    // what is counted in the milliseconds between is lost. Without them (a read that
+    // failed), the counters start again from zero: not worth failing an apply for.
+    if let (Some(script), Some(_)) = (changes.nft.as_mut(), &observed.nft_fingerprint) {
+        if let Ok(counts) = super::status::policy_counters() {
+            *script = nft::carry_counters(script, &counts);
+        }
     }
     let state_before = state::load()?;
     if let Some(before_change) = opts.before_change {
@@ -189,6 +197,7 @@ fn converge(
     }
     if changes.nft.is_some() {
         record_table_digest()?;
+        record_table(Some(&plan.nft))?;
     }
     Ok(ApplyReport { plan, changes })
 }
@@ -198,26 +207,141 @@ fn converge(
 /// element's comment, added by someone else): nft syntax has no quoting for names, so
 /// replaying such text would run the name as commands. The check reads the JSON
 /// listing, where every name is a JSON string (data), before the text is read.
-fn restorable_table() -> Result<Option<String>, KernelError> {
-    let args = ["-j", "list", "table", "inet", nft::TABLE];
-    let json = cmd::run("nft", &args, None)?;
+fn restorable_table(fingerprint: &str) -> Result<Option<String>, KernelError> {
+    if let Some(text) = recorded_table(fingerprint)? {
+        return Ok(Some(text));
+    }
+    literal_listing(&["list", "table", "inet", nft::TABLE])
+}
+
+/// `nft ARGS` (a listing), when everything in it reads back literally: the JSON listing
+/// is checked first, where every name is a JSON string (data), then the text is read.
+fn literal_listing(args: &[&str]) -> Result<Option<String>, KernelError> {
+    let json_args: Vec<&str> = std::iter::once("-j").chain(args.iter().copied()).collect();
+    let json = cmd::run("nft", &json_args, None)?;
     let listing: serde_json::Value =
         serde_json::from_str(&json).map_err(|e| KernelError::Parse {
-            cmd: format!("nft {}", args.join(" ")),
+            cmd: format!("nft {}", json_args.join(" ")),
             detail: e.to_string(),
         })?;
     let items = listing["nftables"].as_array().into_iter().flatten();
     if !items
         .filter(|i| i.get("metainfo").is_none())
-        .all(literal_json)
+        .all(|i| literal_json(i) && !lost_cgroup(i))
     {
         return Ok(None);
     }
-    Ok(Some(cmd::run(
-        "nft",
-        &["list", "table", "inet", nft::TABLE],
-        None,
-    )?))
+    Ok(Some(cmd::run("nft", args, None)?))
+}
+
+/// Where the text of a table naming cgroups is kept after symroute loaded it.
+fn recorded_table_path() -> Result<std::path::PathBuf, KernelError> {
+    rundir::netns_file("table.nft")
+}
+
+/// Keeps the text of the table just loaded when it names cgroups (`None`: no table, or
+/// one without), for [`recorded_table`]. Listing such a table makes nft look for each
+/// cgroup by walking /sys/fs/cgroup: ~0.5-1 s for ten cgroups on a tree of 600 (measured
+/// here), which every apply that replaces the table (a failover, a cgroup appearing)
+/// would pay to save what a rollback puts back.
+pub(crate) fn record_table(text: Option<&str>) -> Result<(), KernelError> {
+    let p = recorded_table_path()?;
+    match text.filter(|t| t.contains("type cgroupsv2")) {
+        Some(t) => rundir::write(&p, t.as_bytes()),
+        None => rundir::remove(&p).map(drop),
+    }
+}
+
+/// The table as symroute last loaded it, when it named cgroups and is still exactly that
+/// table (the fingerprint in its comment, and no rule added, deleted or replaced since:
+/// the digest recorded then), with the current elements of its dynamic sticky sets
+/// (listed one by one: they hold addresses, never cgroups). `None`: list it instead.
+fn recorded_table(fingerprint: &str) -> Result<Option<String>, KernelError> {
+    let Some(mut text) = rundir::read(&recorded_table_path()?)? else {
+        return Ok(None);
+    };
+    if !text.contains(&format!("\tcomment \"symroute {fingerprint}\"\n")) {
+        return Ok(None);
+    }
+    let recorded = state::load()?.table_digest;
+    if recorded.is_none() || observe::table_digest()? != recorded {
+        return Ok(None);
+    }
+    let sticky: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("\tset sticky_")?.strip_suffix(" {"))
+        .map(|rest| format!("sticky_{rest}"))
+        .collect();
+    for name in sticky {
+        // Our own names (`sticky_p1_2000000_4`), from our own text: plain words.
+        if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Ok(None);
+        }
+        // As `restorable_table`: only text that reads back literally is replayed (an
+        // element's comment added by someone else could hold anything).
+        let Some(listing) = literal_listing(&["list", "set", "inet", nft::TABLE, &name])? else {
+            return Ok(None);
+        };
+        let (Some(old), Some(new)) = (set_block(&text, &name), set_block(&listing, &name)) else {
+            return Ok(None);
+        };
+        text = text.replacen(&old, &new, 1);
+    }
+    Ok(Some(text))
+}
+
+/// `\tset NAME {` … `\t}\n` in a table's text.
+fn set_block(text: &str, name: &str) -> Option<String> {
+    let start = text.find(&format!("\tset {name} {{\n"))?;
+    let len = text[start..].find("\n\t}\n")? + 4;
+    Some(text[start..start + len].to_string())
+}
+
+/// Whether a piece of `nft -j` output names a cgroup by its bare id: nft found no cgroup
+/// with it (removed since the table was loaded), and its text syntax reads a number as a
+/// path, so the listing would not load again.
+fn lost_cgroup(v: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    let cgroup_key = |k: &Value| k["socket"]["key"] == "cgroupv2";
+    let has_number = |v: &Value| -> bool {
+        fn walk(v: &Value) -> bool {
+            match v {
+                Value::Number(_) => true,
+                Value::Array(a) => a.iter().any(walk),
+                Value::Object(o) => o.values().any(walk),
+                _ => false,
+            }
+        }
+        walk(v)
+    };
+    // Only the keys of a map's elements are cgroups (its data are verdicts).
+    let keys = |elems: &Value| -> bool {
+        elems.as_array().is_some_and(|a| {
+            a.iter().any(|e| match e.as_array() {
+                Some(pair) => pair.first().is_some_and(has_number),
+                None => has_number(e),
+            })
+        })
+    };
+    match v {
+        Value::Object(o) => {
+            if let Some(m) = o.get("match").filter(|m| cgroup_key(&m["left"])) {
+                return has_number(&m["right"]);
+            }
+            if let Some(m) = o.get("vmap").filter(|m| cgroup_key(&m["key"])) {
+                return keys(&m["data"]["set"]);
+            }
+            if let Some(set) = ["set", "map"]
+                .iter()
+                .find_map(|k| o.get(*k).filter(|s| s["type"] == "cgroupsv2"))
+            {
+                return keys(&set["elem"]);
+            }
+            o.values().any(lost_cgroup)
+        }
+        Value::Array(a) => a.iter().any(lost_cgroup),
+        _ => false,
+    }
 }
 
 /// Whether every string in a piece of `nft -j` output would read back literally in nft's
@@ -263,6 +387,7 @@ fn prepare_with(
 ) -> Result<(Observed, Plan, Changes), KernelError> {
     let mut observed = observe::observe()?;
     observed.host.health_down = health_down.clone();
+    observed.host.cgroups = super::cgroup::observe(model);
     let plan = match planned {
         Some((host, plan)) if host == observed.host => plan,
         _ => plan::build(model, &observed.host),
@@ -490,7 +615,7 @@ pub(crate) fn roll_back(
     let saved = state::save(state_before);
     // The table put back has new rule handles.
     let digest = if nft_changed {
-        record_table_digest()
+        record_table_digest().and(record_table(saved_table))
     } else {
         Ok(())
     };
@@ -500,5 +625,31 @@ pub(crate) fn roll_back(
             r.err().map(|e| format!("; also: {e}")).unwrap_or_default()
         ))),
         None => r.and(saved).and(digest),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lost_cgroup;
+    use serde_json::json;
+
+    #[test]
+    fn a_cgroup_listed_by_id_cannot_be_replayed() {
+        let rule = |right: serde_json::Value| json!({"rule": {"expr": [{"match": {"op": "==", "left": {"socket": {"key": "cgroupv2"}}, "right": right}}]}});
+        assert!(!lost_cgroup(&rule(json!("unified/system.slice/x.service"))));
+        assert!(lost_cgroup(&rule(json!(4242))));
+        assert!(lost_cgroup(&rule(json!({"set": ["unified/a", 4242]}))));
+        assert!(!lost_cgroup(&rule(json!("@p0_cg2"))));
+        let map = |elem: serde_json::Value| json!({"map": {"type": "cgroupsv2", "map": "verdict", "elem": elem}});
+        assert!(!lost_cgroup(&map(
+            json!([["unified/a", {"jump": {"target": "try_p1"}}]])
+        )));
+        assert!(lost_cgroup(&map(
+            json!([[77, {"jump": {"target": "try_p1"}}]])
+        )));
+        // Other numbers (marks, counters, uids) are fine.
+        assert!(!lost_cgroup(
+            &json!({"rule": {"expr": [{"match": {"left": {"meta": {"key": "skuid"}}, "right": 1001}}]}})
+        ));
     }
 }

@@ -10,6 +10,7 @@
 //! `iptables-save` stays a command-line tool: its output format is what we parse.
 
 pub mod apply;
+pub mod cgroup;
 pub mod clock;
 pub mod cmd;
 pub mod confirm;

@@ -101,6 +101,10 @@ pub fn prove(
     let observed = observe::observe_netlink()?;
     let mut host = observed.host.clone();
     host.health_down = health_down.clone();
+    // The cgroups the model matches, as a full observe reads them: their ids are in the
+    // plan (and so in the digest), so one that appeared, went or came back with a new id
+    // is never proved a no-op.
+    host.cgroups = super::cgroup::observe(model);
     let plan = plan::build(model, &host);
     let proved = digest(&plan, &observed)? == recorded.trim();
     Ok(Some(Proof { host, plan, proved }))

@@ -24,6 +24,7 @@ pub fn remove() -> Result<Changes, KernelError> {
     execute(&changes, Faults::default(), true)?;
     state::save(&state::State::default())?;
     let _ = noop::forget();
+    super::apply::record_table(None)?;
     // A pending `apply --confirm` (by hand or a stopped daemon's) would put back what
     // was there before it: after a remove, nothing is left to confirm or roll back.
     let _ = confirm::forget();

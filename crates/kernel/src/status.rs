@@ -144,6 +144,9 @@ pub struct GatewayStatus {
     pub loss: Option<f64>,
     pub rtt_ms: Option<f64>,
     pub failovers: Option<u64>,
+    /// Connections `symroute exec --gateway` sent this way (the first packets its nft
+    /// counter counted; the count goes on when the table is replaced, `nft::carry_counters`).
+    pub exec_packets: u64,
 }
 
 /// Who is running: `symroute run`'s pid, config file and start time (RFC 3339 UTC).
@@ -167,6 +170,9 @@ pub struct PolicyStatus {
     /// Packets and bytes of the connections' first packets this policy classified.
     pub packets: u64,
     pub bytes: u64,
+    /// Cgroups it names that are not matched yet, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<symroute_core::plan::Waiting>,
 }
 
 /// A running daemon's own view (the control socket's answer to `status`).
@@ -243,6 +249,7 @@ pub fn status(model: &Model, daemon: Option<&DaemonStatus>) -> Result<Status, Ke
     if let Some(d) = daemon {
         observed.host.health_down = d.health_down.clone();
     }
+    observed.host.cgroups = super::cgroup::observe(model);
     let plan = plan::build(model, &observed.host);
     let applied = observed.nft_fingerprint.is_some();
     let mut st = of_plan(model, &plan, applied)?;
@@ -377,7 +384,8 @@ fn of_plan(model: &Model, plan: &Plan, applied: bool) -> Result<Status, KernelEr
     let gateways = plan
         .gateways
         .iter()
-        .map(|g| {
+        .enumerate()
+        .map(|(i, g)| {
             let marks = [g.reply_mark, g.route_mark].into_iter().flatten();
             let connections = ct.count_any(marks.map(|m| m.bits()), plan.mark_mask.bits())?;
             Ok(GatewayStatus {
@@ -391,6 +399,9 @@ fn of_plan(model: &Model, plan: &Plan, applied: bool) -> Result<Status, KernelEr
                 loss: None,
                 rtt_ms: None,
                 failovers: None,
+                exec_packets: counters
+                    .get(&symroute_core::plan::nft::exec_counter_name(i, &g.name))
+                    .map_or(0, |c| c.0),
             })
         })
         .collect::<Result<Vec<_>, KernelError>>()?;
@@ -407,6 +418,7 @@ fn of_plan(model: &Model, plan: &Plan, applied: bool) -> Result<Status, KernelEr
                 gateways: p.gateways.clone(),
                 packets,
                 bytes,
+                waiting: p.waiting.clone(),
             }
         })
         .collect();

@@ -11,13 +11,37 @@ use ipnet::IpNet;
 
 use diag::Locator;
 pub use diag::{ConfigError, Diagnostic};
-use raw::{RawConfig, RawMatch, RawRouteVia, Sp};
+use raw::{RawConfig, RawItems, RawMatch, RawRouteVia, Sp};
 
 use crate::model::{
-    Action, Divert, Gateway, GatewayId, GatewayIdx, IdFrom, IfName, MacAddr, MarkMask, Model, Name,
-    PortRange, Prefixes, Priority, Protocol, Route, RouteMode, Selector, Settings, TableId, Weight,
+    Action, CgroupPath, Divert, Gateway, GatewayId, GatewayIdx, IdFrom, IfName, MacAddr, MarkMask,
+    Model, Name, PortRange, Prefixes, Priority, Protocol, Route, RouteMode, Selector, Settings,
+    TableId, Weight,
 };
 use crate::plan::alloc;
+
+/// What only the host can tell about the names a config uses: which uid a user name
+/// stands for. The binary asks the system's user database (`symroute::config_file`);
+/// this crate does no I/O, so it is handed in.
+pub trait Names {
+    fn uid(&self, user: &str) -> Option<u32>;
+}
+
+/// No user database to ask: every user name is unknown (numeric uids still work).
+pub struct NoNames;
+
+impl Names for NoNames {
+    fn uid(&self, _: &str) -> Option<u32> {
+        None
+    }
+}
+
+/// A fixed table of user names (tests, and configs checked for another host).
+impl Names for std::collections::BTreeMap<String, u32> {
+    fn uid(&self, user: &str) -> Option<u32> {
+        self.get(user).copied()
+    }
+}
 
 /// Where symroute looks when neither `-c` nor `SYMROUTE_CONFIG` says otherwise.
 pub const DEFAULT_PATH: &str = "/etc/symroute/symroute.toml";
@@ -48,8 +72,15 @@ pub fn decode(bytes: Vec<u8>, origin: &str) -> Result<String, ConfigError> {
     })
 }
 
-/// Validate config text; `origin` names the file in messages.
+/// Validate config text; `origin` names the file in messages. User names are unknown
+/// (see [`parse_str_with`]).
 pub fn parse_str(text: &str, origin: &str) -> Result<Model, ConfigError> {
+    parse_str_with(text, origin, &NoNames)
+}
+
+/// [`parse_str`], resolving user names (`match.user`) with `names`: an unknown one is an
+/// error at its place in the file.
+pub fn parse_str_with(text: &str, origin: &str, names: &dyn Names) -> Result<Model, ConfigError> {
     let mut loc = Locator::new(origin, text);
     let raw: RawConfig = match toml::from_str(text) {
         Ok(raw) => raw,
@@ -60,7 +91,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Model, ConfigError> {
             return Err(ConfigError::Invalid(loc.diags));
         }
     };
-    let mut model = validate(raw, &mut loc);
+    let mut model = validate(raw, &mut loc, names);
     if loc.diags.is_empty() {
         model.source = text.to_string();
         Ok(model)
@@ -85,7 +116,7 @@ fn explain_serde(msg: &str) -> String {
     }
 }
 
-fn validate(raw: RawConfig, loc: &mut Locator) -> Model {
+fn validate(raw: RawConfig, loc: &mut Locator, users: &dyn Names) -> Model {
     let settings = raw
         .settings
         .as_ref()
@@ -177,9 +208,19 @@ fn validate(raw: RawConfig, loc: &mut Locator) -> Model {
             }
         };
         let selector = match &p.matches {
-            Some(m) => validate_match(m.get_ref(), loc),
+            Some(m) => validate_match(m.get_ref(), loc, users),
             None => Selector::default(),
         };
+        // User and cgroup are the sending socket's: only the host's own new connections
+        // have them, and only route_via decides those (replies follow their connection).
+        if let Some((key, span)) = socket_key(p.matches.as_ref()) {
+            if matches!(action, Some(Action::ReplyVia(_))) {
+                loc.error(
+                    span,
+                    format!("match.{key}: a reply_via policy answers connections that arrive, which have no sending user or cgroup; use route_via to send this host's own new connections via a gateway"),
+                );
+            }
+        }
         // An empty selector on reply_via would claim every arriving connection, the
         // LAN's own included: almost surely a mistake, so refuse it.
         if matches!(action, Some(Action::ReplyVia(_))) && selector == Selector::default() {
@@ -877,7 +918,82 @@ fn parse_prefix(s: &str) -> Result<IpNet, String> {
     Ok(net)
 }
 
-fn validate_match(m: &RawMatch, loc: &mut Locator) -> Selector {
+/// The first socket key (`user`, `cgroup`) a match has, with its span.
+fn socket_key(m: Option<&Sp<RawMatch>>) -> Option<(&'static str, std::ops::Range<usize>)> {
+    let m = m?.get_ref();
+    m.user
+        .as_ref()
+        .map(|u| ("user", u.span()))
+        .or_else(|| m.cgroup.as_ref().map(|c| ("cgroup", c.span())))
+}
+
+/// `user = "backup"`, `1001`, or a list of both: uids, sorted, each named once.
+fn validate_users(v: &Sp<RawItems>, loc: &mut Locator, names: &dyn Names) -> Vec<u32> {
+    let items = v.get_ref().items(v.span());
+    if items.is_empty() {
+        loc.error(
+            v.span(),
+            "match.user: the list is empty; remove the key or list at least one user name or uid",
+        );
+    }
+    let mut out = Vec::new();
+    for (item, span) in items {
+        let uid = match item {
+            // (uid_t)-1 means "no uid" to the kernel's calls; nothing owns a socket as it.
+            toml::Value::Integer(n) => u32::try_from(*n).ok().filter(|u| *u != u32::MAX).ok_or_else(|| {
+                format!("match.user: {n} is not a uid (expected 0 to 4294967294, or a user name)")
+            }),
+            toml::Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => s
+                .parse::<u32>()
+                .ok()
+                .filter(|u| *u != u32::MAX)
+                .ok_or_else(|| format!("match.user: \"{s}\" is not a uid (expected 0 to 4294967294, or a user name)")),
+            toml::Value::String(s) => names.uid(s).ok_or_else(|| {
+                format!("match.user: no user named \"{s}\" on this host (expected a user name from the system's user database, as `id {s}` would find it, or a numeric uid)")
+            }),
+            other => Err(format!(
+                "match.user: expected a user name or a numeric uid, found {}",
+                other.type_str()
+            )),
+        };
+        match uid {
+            Ok(u) => out.push(u),
+            Err(msg) => loc.error(span, msg),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// `cgroup = "system.slice/backup.service"` or a list: paths below the cgroup2 root.
+fn validate_cgroups(v: &Sp<RawItems>, loc: &mut Locator) -> Vec<CgroupPath> {
+    let items = v.get_ref().items(v.span());
+    if items.is_empty() {
+        loc.error(v.span(), "match.cgroup: the list is empty; remove the key or list at least one cgroup path like \"system.slice/backup.service\"");
+    }
+    let mut out = Vec::new();
+    for (item, span) in items {
+        match item {
+            toml::Value::String(s) => match CgroupPath::new(s) {
+                Ok(p) => out.push(p),
+                Err(e) => loc.error(span, format!("match.cgroup: {e}")),
+            },
+            other => loc.error(
+                span,
+                format!(
+                    "match.cgroup: expected a cgroup path like \"system.slice/backup.service\", found {}",
+                    other.type_str()
+                ),
+            ),
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn validate_match(m: &RawMatch, loc: &mut Locator, names: &dyn Names) -> Selector {
     let prefixes = |v: &Option<Sp<toml::Value>>, key: &str, loc: &mut Locator| match v {
         Some(v) => Prefixes::from_nets(list_of(v, key, "prefix", loc, parse_prefix)),
         None => Prefixes::default(),
@@ -912,7 +1028,37 @@ fn validate_match(m: &RawMatch, loc: &mut Locator) -> Selector {
             .as_ref()
             .map(|v| list_of(v, "match.destination_port", "port", loc, PortRange::parse))
             .unwrap_or_default(),
+        user: m
+            .user
+            .as_ref()
+            .map(|v| validate_users(v, loc, names))
+            .unwrap_or_default(),
+        cgroup: m
+            .cgroup
+            .as_ref()
+            .map(|v| validate_cgroups(v, loc))
+            .unwrap_or_default(),
     };
+    // The sending user and cgroup belong to connections the host opens; interface and
+    // MAC to connections that arrive. No connection has both.
+    if let (Some(socket), Some(ingress)) = (
+        m.user
+            .as_ref()
+            .map(|u| ("user", u.span()))
+            .or_else(|| m.cgroup.as_ref().map(|c| ("cgroup", c.span()))),
+        m.in_interface
+            .as_ref()
+            .map(|_| "in_interface")
+            .or_else(|| m.source_mac.as_ref().map(|_| "source_mac")),
+    ) {
+        loc.error(
+            socket.1,
+            format!(
+                "match.{}: selects connections this host opens, which have no {ingress} (only arriving ones do), so this policy could never match; split it into two policies",
+                socket.0
+            ),
+        );
+    }
     for (ports, raw, key) in [
         (&s.source_port, &m.source_port, "source_port"),
         (&s.destination_port, &m.destination_port, "destination_port"),

@@ -81,6 +81,81 @@ pub struct RawMatch {
     pub protocol: Option<Sp<toml::Value>>,
     pub source_port: Option<Sp<toml::Value>>,
     pub destination_port: Option<Sp<toml::Value>>,
+    pub user: Option<Sp<RawItems>>,
+    pub cgroup: Option<Sp<RawItems>>,
+}
+
+/// One value or a list of them, each list item with its own span, so an error names the
+/// item it is about (a user name that does not exist, a cgroup path nft cannot take).
+#[derive(Debug)]
+pub enum RawItems {
+    One(toml::Value),
+    Many(Vec<Sp<toml::Value>>),
+}
+
+impl<'de> Deserialize<'de> for RawItems {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawItems;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawItems, E> {
+                Ok(RawItems::One(toml::Value::String(v.to_string())))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<RawItems, E> {
+                Ok(RawItems::One(toml::Value::Integer(v)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<RawItems, E> {
+                // Beyond i64: out of any range symroute accepts; keep it saturated.
+                Ok(RawItems::One(toml::Value::Integer(
+                    i64::try_from(v).unwrap_or(i64::MAX),
+                )))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<RawItems, E> {
+                Ok(RawItems::One(toml::Value::Float(v)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<RawItems, E> {
+                Ok(RawItems::One(toml::Value::Boolean(v)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawItems, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(RawItems::Many(items))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<RawItems, A::Error> {
+                // Drained for the message only ("found table").
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(RawItems::One(toml::Value::Table(Default::default())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl RawItems {
+    /// Each item with its span (a single value takes the key's, `whole`).
+    pub fn items(
+        &self,
+        whole: std::ops::Range<usize>,
+    ) -> Vec<(&toml::Value, std::ops::Range<usize>)> {
+        match self {
+            RawItems::One(v) => vec![(v, whole)],
+            RawItems::Many(items) => items.iter().map(|i| (i.get_ref(), i.span())).collect(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

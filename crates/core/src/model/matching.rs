@@ -18,6 +18,11 @@ pub struct PacketKeys {
     /// Ports, for protocols that have them.
     pub source_port: Option<u16>,
     pub destination_port: Option<u16>,
+    /// The sending socket's owner; `None` for a packet that arrived.
+    pub uid: Option<u32>,
+    /// The sending socket's cgroup, relative to the cgroup2 root (`""`: the root
+    /// itself); `None` for a packet that arrived.
+    pub cgroup: Option<String>,
 }
 
 impl PacketKeys {
@@ -63,7 +68,14 @@ impl Selector {
             ranges.is_empty()
                 || port.is_some_and(|v| ranges.iter().any(|r| r.first <= v && v <= r.last))
         };
+        let user = self.user.is_empty() || p.uid.is_some_and(|u| self.user.contains(&u));
+        let cgroup = self.cgroup.is_empty()
+            || p.cgroup
+                .as_deref()
+                .is_some_and(|c| self.cgroup.iter().any(|g| g.contains(c)));
         iif && mac
+            && user
+            && cgroup
             && pos(&self.source, &p.source)
             && neg(&self.not_source, &p.source)
             && pos(&self.destination, &p.destination)

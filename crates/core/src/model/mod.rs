@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 pub use ipproto::IpProto;
 pub use matching::PacketKeys;
 pub use types::{
-    Family, GatewayId, IfName, MacAddr, Mark, MarkMask, Name, PortRange, Priority, Protocol,
-    TableId,
+    CgroupPath, Family, GatewayId, IfName, MacAddr, Mark, MarkMask, Name, PortRange, Priority,
+    Protocol, TableId,
 };
 
 /// Index of a gateway in `Model::gateways`; only the validator makes them.
@@ -311,6 +311,11 @@ pub struct Selector {
     pub protocol: Vec<Protocol>,
     pub source_port: Vec<PortRange>,
     pub destination_port: Vec<PortRange>,
+    /// The sending socket's owner (`meta skuid`), sorted: the host's own traffic only.
+    pub user: Vec<u32>,
+    /// The sending socket's cgroup or one below it (`socket cgroupv2`), sorted: the
+    /// host's own traffic only.
+    pub cgroup: Vec<CgroupPath>,
 }
 
 impl Selector {
@@ -318,6 +323,11 @@ impl Selector {
     /// connections can never match such a selector.
     pub fn needs_ingress(&self) -> bool {
         !self.in_interface.is_empty() || !self.source_mac.is_empty()
+    }
+    /// User and cgroup belong to the socket that sends: only connections the host opens
+    /// itself can match such a selector.
+    pub fn needs_socket(&self) -> bool {
+        !self.user.is_empty() || !self.cgroup.is_empty()
     }
     /// Whether a packet from one of `addrs` can pass the `source` key (a host's own
     /// connections come from its own addresses).
@@ -340,6 +350,8 @@ impl Selector {
             + self.protocol.len()
             + self.source_port.len()
             + self.destination_port.len()
+            + self.user.len()
+            + self.cgroup.len()
     }
 }
 
@@ -387,5 +399,13 @@ impl Model {
             Action::RouteVia(r) => r.gateways().contains(&idx),
             Action::ReplyVia(_) => false,
         })
+    }
+
+    /// Gateway `idx` has health checks but no policy names it (it may be there for
+    /// `symroute exec`): its probes need a table of its own to test its path by, so it
+    /// takes route decisions all the time (its route mark, rule and table), as if a
+    /// `route_via` named it. Without, they would take the main table.
+    pub fn probed_alone(&self, idx: GatewayIdx) -> bool {
+        self.gateway(idx).check.is_some() && !self.routes_via(idx) && !self.replies_via(idx)
     }
 }

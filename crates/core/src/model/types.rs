@@ -267,6 +267,84 @@ impl fmt::Display for MacAddr {
     }
 }
 
+/// A cgroup as a config names it: a path below the cgroup2 root, wherever that is
+/// mounted (`system.slice/backup.service`). Kept relative and plain, because it reaches
+/// nft as a quoted path (nft 1.0.x takes no numeric cgroup id, see `plan::nft`): no
+/// empty, `.` or `..` component, and only letters, digits and `-_.@:+,=`, which covers
+/// systemd's slices, services and scopes (`user@1000.service`), docker and kubepods. A
+/// component is at most 255 bytes (a file name), the path at most 1024.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct CgroupPath(String);
+
+impl CgroupPath {
+    pub const MAX_LEN: usize = 1024;
+
+    pub fn new(s: &str) -> Result<Self, String> {
+        const RULE: &str = "a path below the cgroup2 root like \"system.slice/backup.service\": components of letters, digits and '-_.@:+,=', separated by '/'";
+        let trimmed = s.trim_matches('/');
+        if trimmed.is_empty() {
+            return Err(format!(
+                "{s:?} names the cgroup2 root, which holds every process; expected {RULE}"
+            ));
+        }
+        if trimmed.len() > Self::MAX_LEN {
+            return Err(format!(
+                "a cgroup path of {} bytes is longer than {} (expected {RULE})",
+                trimmed.len(),
+                Self::MAX_LEN
+            ));
+        }
+        for part in trimmed.split('/') {
+            if part.is_empty() || part == "." || part == ".." || part.len() > 255 {
+                return Err(format!(
+                    "{s:?} is not a cgroup path symroute accepts: {} (expected {RULE})",
+                    match part {
+                        "" => "an empty component (\"//\")".to_string(),
+                        "." | ".." => format!("the component \"{part}\""),
+                        _ => "a component longer than 255 bytes".to_string(),
+                    }
+                ));
+            }
+            if let Some(c) = part
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || "-_.@:+,=".contains(*c)))
+            {
+                return Err(format!(
+                    "{s:?} is not a cgroup path symroute accepts: {c:?} is not allowed (expected {RULE})"
+                ));
+            }
+        }
+        Ok(Self(trimmed.to_string()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// How deep it is below the root: the `level` of nft's `socket cgroupv2 level N`
+    /// (`system.slice/backup.service` is 2).
+    pub fn level(&self) -> u32 {
+        self.0.split('/').count() as u32
+    }
+    /// Whether a socket in cgroup `path` (relative to the root, `""` for the root
+    /// itself) is in this cgroup or below it, as `socket cgroupv2 level N` tests it.
+    pub fn contains(&self, path: &str) -> bool {
+        let path = path.trim_matches('/');
+        path == self.0
+            || path
+                .strip_prefix(self.0.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+    /// `self/child`.
+    pub fn join(&self, child: &str) -> Result<Self, String> {
+        Self::new(&format!("{}/{child}", self.0))
+    }
+}
+
+impl fmt::Display for CgroupPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A port or an inclusive port range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct PortRange {
@@ -457,6 +535,25 @@ mod tests {
         assert!(IfName::new("averyveryverylongname").is_err());
         assert!(Name::new("isp-1").is_ok());
         assert!(Name::new("has space").is_err());
+    }
+
+    #[test]
+    fn cgroup_paths() {
+        let p = CgroupPath::new("/system.slice/backup.service/").unwrap();
+        assert_eq!(p.as_str(), "system.slice/backup.service");
+        assert_eq!(p.level(), 2);
+        assert!(p.contains("system.slice/backup.service"));
+        assert!(p.contains("/system.slice/backup.service/sub"));
+        assert!(!p.contains("system.slice/backup.service2"));
+        assert!(!p.contains("system.slice"));
+        assert!(!p.contains(""));
+        assert!(CgroupPath::new("user.slice/user-1000.slice/user@1000.service").is_ok());
+        for bad in [
+            "", "/", "a//b", "a/../b", "./a", "a b", "a\"b", "a\\x2d", "a\nb",
+        ] {
+            assert!(CgroupPath::new(bad).is_err(), "{bad:?}");
+        }
+        assert!(CgroupPath::new(&"a".repeat(256)).is_err());
     }
 
     #[test]

@@ -117,15 +117,16 @@ pub enum Slot {
 /// How many priorities the slots span from `first_priority`.
 pub const SLOTS: u32 = 9;
 
-/// How many priorities `plan::build` uses for `model` (each distinct): the skip rule's
-/// and the end marker's always, the divert's (or the route skip's, from 3 reply
-/// gateways with route_via), main without its default and the route rules' (with
-/// route_via), and with reply_via the reply rules' and the `from` rules' (at
-/// `fallback_priority`).
+/// How many priorities `plan::build` uses for `model` at most (each distinct): the skip
+/// rule's and the end marker's always, the divert's (or the route skip's, from 3 reply
+/// gateways taking route decisions), main without its default and the route rules' (with
+/// route decisions: route_via, or `symroute exec` for any gateway, whose rules appear
+/// while its cgroup exists), and with reply_via the reply rules' and the `from` rules'
+/// (at `fallback_priority`).
 pub fn priorities_needed(model: &Model) -> usize {
     let n = model.gateways.len();
     let replies = (0..n).filter(|&i| model.replies_via(GatewayIdx(i))).count();
-    let route = (0..n).any(|i| model.routes_via(GatewayIdx(i)));
+    let route = n > 0;
     let route_skip = replies >= 3 && route;
     2 + usize::from(!model.diverts.is_empty() || route_skip)
         + if replies > 0 { 2 } else { 0 }

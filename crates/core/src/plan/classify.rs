@@ -45,7 +45,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::model::{Family, Mark, MarkMask, Model, Prefixes, Selector};
 
-use super::nft::{selector_variants, set_mark, INLINE_MAX};
+use super::host::Cgroups;
+use super::nft::{always_named, selector_variants, set_mark, INLINE_MAX};
 
 /// A lookup: one verdict map per key type (and family) a block uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,12 +56,18 @@ enum Dim {
     Dst(Family),
     Dport,
     Sport,
+    /// The sending socket's cgroup at one level below the root.
+    Cgroup(u32),
+    Uid,
     Iif,
     Proto,
 }
 
 impl Dim {
-    fn lhs(self) -> &'static str {
+    fn lhs(self) -> String {
+        if let Dim::Cgroup(level) = self {
+            return format!("socket cgroupv2 level {level}");
+        }
         match self {
             Dim::Mac => "ether saddr",
             Dim::Src(Family::Inet4) => "ip saddr",
@@ -69,9 +76,12 @@ impl Dim {
             Dim::Dst(Family::Inet6) => "ip6 daddr",
             Dim::Dport => "th dport",
             Dim::Sport => "th sport",
+            Dim::Uid => "meta skuid",
             Dim::Iif => "iifname",
             Dim::Proto => "meta l4proto",
+            Dim::Cgroup(_) => unreachable!("written above"),
         }
+        .to_string()
     }
     fn key_type(self) -> &'static str {
         match self {
@@ -79,11 +89,16 @@ impl Dim {
             Dim::Src(Family::Inet4) | Dim::Dst(Family::Inet4) => "ipv4_addr",
             Dim::Src(Family::Inet6) | Dim::Dst(Family::Inet6) => "ipv6_addr",
             Dim::Dport | Dim::Sport => "inet_service",
+            Dim::Cgroup(_) => "cgroupsv2",
+            Dim::Uid => "uid",
             Dim::Iif => "ifname",
             Dim::Proto => "inet_proto",
         }
     }
-    fn tag(self) -> &'static str {
+    fn tag(self) -> String {
+        if let Dim::Cgroup(level) = self {
+            return format!("cg{level}");
+        }
         match self {
             Dim::Mac => "mac",
             Dim::Src(Family::Inet4) => "src4",
@@ -92,9 +107,12 @@ impl Dim {
             Dim::Dst(Family::Inet6) => "dst6",
             Dim::Dport => "dport",
             Dim::Sport => "sport",
+            Dim::Uid => "uid",
             Dim::Iif => "iif",
             Dim::Proto => "proto",
+            Dim::Cgroup(_) => unreachable!("written above"),
         }
+        .to_string()
     }
     /// The largest value of an interval key's domain.
     fn max(self) -> u128 {
@@ -139,6 +157,8 @@ enum Primary {
     Dst,
     Dport,
     Sport,
+    Cgroup,
+    User,
     Iif,
     Proto,
     NotSrc,
@@ -165,6 +185,10 @@ impl Primary {
             Primary::Dport
         } else if !s.source_port.is_empty() {
             Primary::Sport
+        } else if !s.cgroup.is_empty() {
+            Primary::Cgroup
+        } else if !s.user.is_empty() {
+            Primary::User
         } else if !s.in_interface.is_empty() && !has_wildcard(s) {
             Primary::Iif
         } else if !s.protocol.is_empty() {
@@ -189,6 +213,8 @@ impl Primary {
             Primary::Dst => r.destination = Prefixes::default(),
             Primary::Dport => r.destination_port.clear(),
             Primary::Sport => r.source_port.clear(),
+            Primary::Cgroup => r.cgroup.clear(),
+            Primary::User => r.user.clear(),
             Primary::Iif => r.in_interface.clear(),
             Primary::Proto => r.protocol.clear(),
             Primary::NotSrc => r.not_source = Prefixes::default(),
@@ -248,8 +274,9 @@ fn complement(p: &Prefixes, fam: Family, max: u128) -> Vec<(u128, u128)> {
     out
 }
 
-/// The lookups a policy takes part in, with its values in each.
-fn items(s: &Selector, primary: Primary) -> Vec<(Dim, Vec<Item>)> {
+/// The lookups a policy takes part in, with its values in each (a cgroup only while it
+/// exists: nft resolves it when the table is loaded).
+fn items(s: &Selector, primary: Primary, cg: Option<&Cgroups>) -> Vec<(Dim, Vec<Item>)> {
     let exact = |v: Vec<String>| v.into_iter().map(Item::Exact).collect::<Vec<_>>();
     let ranges = |v: Vec<(u128, u128)>| {
         v.into_iter()
@@ -270,6 +297,25 @@ fn items(s: &Selector, primary: Primary) -> Vec<(Dim, Vec<Item>)> {
             Dim::Proto,
             exact(s.protocol.iter().map(|p| p.nft().to_string()).collect()),
         )],
+        Primary::User => vec![(
+            Dim::Uid,
+            exact(s.user.iter().map(|u| u.to_string()).collect()),
+        )],
+        Primary::Cgroup => {
+            let mut by_level: BTreeMap<u32, Vec<Item>> = BTreeMap::new();
+            for p in &s.cgroup {
+                if let Some(text) = cg.and_then(|c| c.nft_path(p)) {
+                    by_level
+                        .entry(p.level())
+                        .or_default()
+                        .push(Item::Exact(text));
+                }
+            }
+            by_level
+                .into_iter()
+                .map(|(level, v)| (Dim::Cgroup(level), v))
+                .collect()
+        }
         Primary::Dport | Primary::Sport => {
             let (dim, ports) = if primary == Primary::Dport {
                 (Dim::Dport, &s.destination_port)
@@ -469,12 +515,17 @@ fn net_mask(dim: Dim, len: u32) -> String {
 }
 
 /// The lookups of one block: per dimension, value → candidates.
-fn lookups(model: &Model, members: &[usize], primaries: &[Primary]) -> Vec<Lookup> {
+fn lookups(
+    model: &Model,
+    members: &[usize],
+    primaries: &[Primary],
+    cg: Option<&Cgroups>,
+) -> Vec<Lookup> {
     let total = |i: usize| primaries[i].rest(&model.policies[i].selector) == Selector::default();
     let mut exact: BTreeMap<Dim, BTreeMap<String, Vec<usize>>> = BTreeMap::new();
     let mut ranged: BTreeMap<Dim, Vec<(u128, u128, usize)>> = BTreeMap::new();
     for &i in members {
-        for (dim, values) in items(&model.policies[i].selector, primaries[i]) {
+        for (dim, values) in items(&model.policies[i].selector, primaries[i], cg) {
             for v in values {
                 match v {
                     Item::Exact(k) => {
@@ -533,6 +584,7 @@ enum Then {
 /// Builds `classify` / `classify_out`; candidate chains are shared between them.
 pub(super) struct Classifier<'a> {
     model: &'a Model,
+    cgroups: Option<&'a Cgroups>,
     mask: MarkMask,
     primaries: Vec<Primary>,
     /// Each policy's rest as condition strings (one per address family it needs).
@@ -549,9 +601,10 @@ pub(super) struct Classifier<'a> {
 }
 
 impl<'a> Classifier<'a> {
-    pub(super) fn new(model: &'a Model) -> Self {
+    pub(super) fn new(model: &'a Model, cgroups: Option<&'a Cgroups>) -> Self {
         Classifier {
             model,
+            cgroups,
             mask: model.settings.mark_mask,
             primaries: model
                 .policies
@@ -581,11 +634,11 @@ impl<'a> Classifier<'a> {
 
     fn rest_of(&mut self, i: usize, sets: &mut String) -> Vec<String> {
         let p = self.primaries[i];
-        let model = self.model;
+        let (model, cg) = (self.model, self.cgroups);
         self.rest[i]
             .get_or_insert_with(|| {
                 let rest = p.rest(&model.policies[i].selector);
-                selector_variants(&rest, &format!("p{i}r"), sets)
+                selector_variants(&rest, &format!("p{i}r"), sets, cg)
             })
             .clone()
     }
@@ -652,7 +705,7 @@ impl<'a> Classifier<'a> {
         elements: &[String],
         sets: &mut String,
     ) -> String {
-        if elements.len() <= INLINE_MAX {
+        if elements.len() <= INLINE_MAX && !always_named(key_type) {
             return format!("{{ {} }}", elements.join(", "));
         }
         let flags = if interval { "\t\tflags interval\n" } else { "" };
@@ -710,9 +763,9 @@ impl<'a> Classifier<'a> {
     fn linear_rules(&mut self, members: &[usize], sets: &mut String) -> Vec<String> {
         let mut rules = Vec::new();
         for &i in members {
-            let model = self.model;
+            let (model, cg) = (self.model, self.cgroups);
             let own = self.own[i].get_or_insert_with(|| {
-                selector_variants(&model.policies[i].selector, &format!("p{i}"), sets)
+                selector_variants(&model.policies[i].selector, &format!("p{i}"), sets, cg)
             });
             for conds in own.iter() {
                 rules.push(
@@ -757,7 +810,7 @@ impl<'a> Classifier<'a> {
             format!("{chain}_{block}")
         };
         let primaries = self.primaries.clone();
-        let all_lookups = lookups(self.model, members, &primaries);
+        let all_lookups = lookups(self.model, members, &primaries, self.cgroups);
         // Policies tested on rules of their own, after the lookups.
         let first_walk = members
             .iter()
@@ -820,9 +873,9 @@ impl<'a> Classifier<'a> {
                     ),
                     None if group.len() > 1 => (
                         format!("{base}_{}", if dim.max() == u128::MAX { 128 } else { 32 }),
-                        dim.lhs().to_string(),
+                        dim.lhs(),
                     ),
-                    None => (base.clone(), dim.lhs().to_string()),
+                    None => (base.clone(), dim.lhs()),
                 };
                 let rhs = Self::map(&name, dim.key_type(), l.interval, &elements, sets);
                 lines.push(format!("{lhs} vmap {rhs}"));

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::Serialize;
 
-pub use host::{DefaultVia, HostView, Link};
+pub use host::{Cgroups, DefaultVia, HostView, Link};
 pub use objects::{RouteKind, RouteSpec, RuleAction, RuleSpec, RT_PROTO};
 
 use crate::model::{
@@ -41,7 +41,8 @@ pub struct GatewayPlan {
     pub table: TableId,
     /// Set when some policy answers via this gateway.
     pub reply_mark: Option<Mark>,
-    /// Set when some policy routes new connections via this gateway.
+    /// Set when new connections may be sent via this gateway: some route_via policy names
+    /// it, or `symroute exec --gateway` has its cgroup for it.
     pub route_mark: Option<Mark>,
     /// The next hop its routes use (IPv4, else IPv6), once known (`via = "auto"`: learned).
     pub via: Option<IpAddr>,
@@ -67,6 +68,23 @@ pub struct PolicyPlan {
     /// Sticky per source: seconds a source keeps its gateway.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sticky_secs: Option<f64>,
+    /// Cgroups the policy names that are not matched yet (see [`Waiting`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<Waiting>,
+}
+
+/// A cgroup a policy names that the table cannot match now: nft resolves a cgroup path
+/// when it loads the table, so one that does not exist yet (a service not started) is
+/// left out until it does. `symroute run` watches for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Waiting {
+    pub cgroup: String,
+    pub why: &'static str,
+}
+
+impl Waiting {
+    pub const ABSENT: &'static str = "does not exist yet";
+    pub const NO_HIERARCHY: &'static str = "no cgroup2 hierarchy is mounted where nft can name it";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -145,9 +163,13 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
             reply_mark: model
                 .replies_via(GatewayIdx(i))
                 .then(|| alloc::reply_mark(model, GatewayIdx(i))),
-            route_mark: model
-                .routes_via(GatewayIdx(i))
-                .then(|| alloc::route_mark(model, GatewayIdx(i))),
+            route_mark: (model.routes_via(GatewayIdx(i))
+                || model.probed_alone(GatewayIdx(i))
+                || host
+                    .cgroups
+                    .as_ref()
+                    .is_some_and(|c| c.exec_exists(g.name.as_str())))
+            .then(|| alloc::route_mark(model, GatewayIdx(i))),
             via: g
                 .via
                 .and_then(NextHop::fixed)
@@ -162,7 +184,7 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         .policies
         .iter()
         .enumerate()
-        .map(|(i, p)| policy_plan(model, &states, i, p))
+        .map(|(i, p)| policy_plan(model, &states, i, p, host))
         .collect::<Vec<_>>();
 
     let divert = (!model.diverts.is_empty())
@@ -364,6 +386,7 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         &policies,
         divert.map(|d| d.0),
         &local_addrs,
+        host.cgroups.as_ref(),
     );
 
     Plan {
@@ -386,7 +409,24 @@ fn policy_plan(
     states: &[GatewayState],
     i: usize,
     p: &crate::model::Policy,
+    host: &HostView,
 ) -> PolicyPlan {
+    let waiting = p
+        .selector
+        .cgroup
+        .iter()
+        .filter_map(|c| {
+            let why = match &host.cgroups {
+                None => Waiting::NO_HIERARCHY,
+                Some(h) if h.nft_path(c).is_none() => Waiting::ABSENT,
+                Some(_) => return None,
+            };
+            Some(Waiting {
+                cgroup: c.to_string(),
+                why,
+            })
+        })
+        .collect();
     let entry = |g: GatewayIdx, mark: Mark, weight: Option<u32>, active: bool| PolicyGateway {
         name: model.gateway(g).name.to_string(),
         mark,
@@ -440,6 +480,7 @@ fn policy_plan(
         gateways,
         mode,
         sticky_secs: sticky,
+        waiting,
     }
 }
 
@@ -838,6 +879,41 @@ mod route_tests {
         assert_eq!(active(w, "ddd"), [(0, Some(3)), (1, Some(1)), (2, Some(2))]);
     }
 
+    /// A gateway with health checks that no policy names (there for `symroute exec`,
+    /// say) has its route mark, rule and table, so its probes test its own path; one
+    /// without checks has none until an exec cgroup asks for it.
+    #[test]
+    fn a_checked_gateway_no_policy_names_gets_a_table_for_its_probes() {
+        let cfg = format!(
+            "{}[gateway.check]\ntargets=[\"198.51.100.7\"]\n",
+            GWS.replacen(
+                "via=\"192.0.2.2\"\n",
+                "via=\"192.0.2.2\"\n[gateway.check]\ntargets=[\"198.51.100.7\"]\n",
+                1
+            )
+        );
+        let model = parse_str(&cfg, "t.toml").expect("valid");
+        let plan = build(&model, &host(&["e0", "e1", "e2"]));
+        let marks: Vec<bool> = plan
+            .gateways
+            .iter()
+            .map(|g| g.route_mark.is_some())
+            .collect();
+        assert_eq!(marks, [false, true, true]);
+        for g in &plan.gateways[1..] {
+            assert!(plan.routes.iter().any(|r| r.table == g.table), "{g:?}");
+        }
+        assert!(!plan
+            .routes
+            .iter()
+            .any(|r| r.table == plan.gateways[0].table));
+    }
+
+    /// The user names of examples/full.toml.
+    fn users() -> std::collections::BTreeMap<String, u32> {
+        [("backup".to_string(), 34)].into_iter().collect()
+    }
+
     fn host(up: &[&str]) -> HostView {
         let mut h = HostView::default();
         for (i, name) in ["e0", "e1", "e2"].iter().enumerate() {
@@ -862,8 +938,18 @@ mod route_tests {
             include_str!("../../../../examples/full.toml"),
             include_str!("../../../../examples/failover.toml"),
         ] {
-            let model = parse_str(text, "t.toml").unwrap();
-            let plan = build(&model, &host(&["e0", "e1", "e2"]));
+            let model = crate::config::parse_str_with(text, "t.toml", &users()).unwrap();
+            // The most it takes: with an exec cgroup for every gateway, every one of
+            // them takes route decisions.
+            let mut h = host(&["e0", "e1", "e2"]);
+            let mut c = Cgroups::default();
+            for g in &model.gateways {
+                let p = crate::model::CgroupPath::new(&format!("x/{}", g.name)).unwrap();
+                c.ids.insert(p.clone(), 1);
+                c.exec.insert(g.name.to_string(), p);
+            }
+            h.cgroups = Some(c);
+            let plan = build(&model, &h);
             assert_eq!(
                 plan.priorities.len(),
                 alloc::priorities_needed(&model),

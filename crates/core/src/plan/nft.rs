@@ -12,12 +12,21 @@ use std::fmt::Write as _;
 
 use crate::model::{Action, Family, Mark, MarkMask, Model, Prefixes, Selector};
 
+use super::host::Cgroups;
 use super::{GatewayPlan, PolicyGateway, PolicyPlan};
 
 pub const TABLE: &str = "symroute";
 
 /// Lists longer than this go into a named set (kept out of the rule text, same lookup cost).
 pub(super) const INLINE_MAX: usize = 16;
+
+/// Whether a list of this nft type must be a named set or map, however short: nft prints
+/// a cgroup (`cgroupsv2`) by walking /sys/fs/cgroup for the directory with its id, which
+/// takes ~60 ms per value on a tree of 600 cgroups, and `nft -t list` (what observe
+/// runs on every pass) leaves out the elements of named sets only.
+pub(super) fn always_named(nft_type: &str) -> bool {
+    nft_type == "cgroupsv2"
+}
 
 /// The atomic replace: `add` makes sure the table exists so `delete` cannot fail, and the
 /// whole input is one transaction (nft 1.0.6 has no `destroy`).
@@ -57,6 +66,35 @@ pub fn carry_sticky_sources(old: &str, new: &str) -> String {
             out,
             "add element inet {TABLE} {name} {{ {} }}",
             items.join(", ")
+        );
+    }
+    out
+}
+
+/// `script` (a replace of our table, [`replace_script`]) with each named counter that
+/// `counts` (those of the table being replaced: name → packets, bytes) has counted
+/// something in starting from that count: a failover, a cgroup appearing or going, or a
+/// reload that keeps a policy's name and place replaces the table, and counters that
+/// fell to zero each time would lose what was counted since the last scrape (and the
+/// status of a service's cgroup policy once the service stopped). A counter of the
+/// same name not in the new table is left behind; a new one starts at zero.
+pub fn carry_counters(
+    script: &str,
+    counts: &std::collections::BTreeMap<String, (u64, u64)>,
+) -> String {
+    let mut out = script.to_string();
+    for (name, (packets, bytes)) in counts {
+        // The names come from the host's listing: only a plain one (all ours are) can be
+        // the same as one in our own text, which is all this replaces.
+        if (*packets, *bytes) == (0, 0)
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            continue;
+        }
+        out = out.replacen(
+            &format!("\tcounter {name} {{ }}\n"),
+            &format!("\tcounter {name} {{ packets {packets} bytes {bytes} }}\n"),
+            1,
         );
     }
     out
@@ -113,6 +151,30 @@ fn divert_counter_name(index: usize, name: &str) -> String {
     format!("d{}", &counter_name(index, name)[1..])
 }
 
+/// The counter of the connections `symroute exec --gateway` sent via gateway `index`.
+pub fn exec_counter_name(index: usize, name: &str) -> String {
+    format!("x{}", &counter_name(index, name)[1..])
+}
+
+/// The exec cgroups that exist, by level: (gateway index, the path as nft takes it).
+fn exec_cgroups(
+    model: &Model,
+    cgroups: Option<&Cgroups>,
+) -> std::collections::BTreeMap<u32, Vec<(usize, String)>> {
+    let mut out: std::collections::BTreeMap<u32, Vec<(usize, String)>> = Default::default();
+    let Some(c) = cgroups else {
+        return out;
+    };
+    for (i, g) in model.gateways.iter().enumerate() {
+        if let Some(path) = c.exec.get(g.name.as_str()) {
+            if let Some(text) = c.nft_path(path) {
+                out.entry(path.level()).or_default().push((i, text));
+            }
+        }
+    }
+    out
+}
+
 /// Render the table and its fingerprint (FNV-1a of the text, stored as the table comment).
 pub fn render(
     model: &Model,
@@ -120,6 +182,7 @@ pub fn render(
     policies: &[PolicyPlan],
     divert: Option<Mark>,
     local_addrs: &[std::net::IpAddr],
+    cgroups: Option<&Cgroups>,
 ) -> (String, String) {
     let mask = model.settings.mark_mask;
     let mut sets = String::new();
@@ -156,8 +219,16 @@ pub fn render(
     }
     // Local connections never match interface or MAC selectors, only route_via
     // decisions matter for connections the host opens itself, and their source is one of
-    // the host's addresses: a policy for other sources can't take them.
-    let all: Vec<usize> = (0..model.policies.len()).collect();
+    // the host's addresses: a policy for other sources can't take them. Arriving ones
+    // have no sending user or cgroup (and `socket cgroupv2` in prerouting would look up
+    // the local socket a packet is for: not the sender).
+    let all: Vec<usize> = model
+        .policies
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| !p.selector.needs_socket())
+        .map(|(i, _)| i)
+        .collect();
     let local: Vec<usize> = model
         .policies
         .iter()
@@ -169,13 +240,46 @@ pub fn render(
         })
         .map(|(i, _)| i)
         .collect();
+    // `symroute exec --gateway G` runs a command in G's exec cgroup: its new connections
+    // take G's route decision before any policy is looked at (it was asked for by name).
+    let exec = exec_cgroups(model, cgroups);
+    let mut exec_rules = Vec::new();
+    for (level, entries) in &exec {
+        let items: Vec<String> = entries
+            .iter()
+            .map(|(i, path)| format!("{path} : goto xset_g{i}"))
+            .collect();
+        // A named map, as every cgroup list (see `always_named`).
+        let _ = writeln!(
+            sets,
+            "\tmap exec_cg{level} {{\n\t\ttype cgroupsv2 : verdict\n\t\telements = {{ {} }}\n\t}}",
+            items.join(", ")
+        );
+        exec_rules.push(format!(
+            "socket cgroupv2 level {level} vmap @exec_cg{level}"
+        ));
+    }
+    for &(i, _) in exec.values().flatten() {
+        let g = &gateways[i];
+        let c = exec_counter_name(i, &g.name);
+        let mark = g
+            .route_mark
+            .expect("a gateway with an exec cgroup takes route decisions");
+        let _ = writeln!(counters, "\tcounter {c} {{ }}");
+        let _ = writeln!(
+            chains,
+            "\tchain xset_g{i} {{\n\t\tcounter name \"{c}\" {};\n\t}}",
+            set_mark("ct", mask, mark)
+        );
+    }
     let is_new = format!("ct state new ct mark and {mask} == 0");
-    let mut classifier = super::classify::Classifier::new(model);
-    for (chain, hook_rules, members) in [
-        ("classify", &mut pre, &all),
-        ("classify_out", &mut out, &local),
+    let mut classifier = super::classify::Classifier::new(model, cgroups);
+    for (chain, hook_rules, members, first) in [
+        ("classify", &mut pre, &all, Vec::new()),
+        ("classify_out", &mut out, &local, exec_rules),
     ] {
-        let rules = classifier.chain_rules(chain, members, &mut sets);
+        let mut rules = first;
+        rules.extend(classifier.chain_rules(chain, members, &mut sets));
         if rules.is_empty() {
             continue;
         }
@@ -260,9 +364,15 @@ pub fn render(
             })
         })
         .collect();
-    // Only connections the host opens need it: without local route_via policies, no nat
-    // chain at all (its mere presence costs every new connection a NAT binding).
-    if !snat.is_empty() && !local.is_empty() {
+    // Only connections the host opens need it: without local route_via policies, and
+    // with no process in an exec cgroup, no nat chain at all (its mere presence costs
+    // every new connection a NAT binding).
+    let exec_running = cgroups.is_some_and(|c| {
+        c.exec
+            .values()
+            .any(|p| c.populated.contains(p) && c.ids.contains_key(p))
+    });
+    if !snat.is_empty() && (!local.is_empty() || exec_running) {
         // Every new connection passes this chain: beyond a few gateways, one map lookup on
         // the decision instead of one rule per gateway.
         let lines: Vec<String> = if snat.len() <= 4 {
@@ -290,7 +400,18 @@ pub fn render(
         body += "\t}\n";
     }
 
-    let fp = fingerprint(&body);
+    // The cgroups rendered are paths nft resolves to ids when it loads the table: the
+    // ids are part of what was loaded, so a cgroup made again (same path, new id) makes
+    // a new fingerprint, and the table is loaded again.
+    let mut identity = body.clone();
+    if let Some(c) = cgroups {
+        for (path, id) in &c.ids {
+            if body.contains(&format!("{}{path}\"", c.nft_root)) {
+                let _ = writeln!(identity, "# cgroup {path} {id}");
+            }
+        }
+    }
+    let fp = fingerprint(&identity);
     // nft's JSON drops table comments, so the fingerprint also names an empty chain.
     let text = format!(
         "table inet {TABLE} {{\n\tcomment \"symroute {fp}\"\n\tchain fingerprint_{fp} {{\n\t}}\n{body}}}\n"
@@ -438,8 +559,10 @@ fn list(
     sets: &mut String,
 ) -> String {
     match items {
-        [one] => one.clone(),
-        _ if items.len() <= INLINE_MAX => format!("{{ {} }}", items.join(", ")),
+        [one] if !always_named(set_type) => one.clone(),
+        _ if items.len() <= INLINE_MAX && !always_named(set_type) => {
+            format!("{{ {} }}", items.join(", "))
+        }
         _ => {
             let flags = if interval { "\n\t\tflags interval" } else { "" };
             let _ = writeln!(
@@ -453,9 +576,42 @@ fn list(
 }
 
 /// The condition strings of one policy, one entry per address family it needs (a rule can
-/// test only one family's addresses). Each entry starts with a space.
-pub(super) fn selector_variants(s: &Selector, id: &str, sets: &mut String) -> Vec<String> {
+/// test only one family's addresses) and per cgroup level (one `socket cgroupv2 level N`
+/// each). Each entry starts with a space. None when it names only cgroups that do not
+/// exist (yet): it can match nothing.
+pub(super) fn selector_variants(
+    s: &Selector,
+    id: &str,
+    sets: &mut String,
+    cg: Option<&Cgroups>,
+) -> Vec<String> {
     let mut common = String::new();
+    if !s.user.is_empty() {
+        let uids: Vec<String> = s.user.iter().map(|u| u.to_string()).collect();
+        common += &format!(
+            " meta skuid {}",
+            list(&uids, &format!("{id}_uid"), "uid", false, sets)
+        );
+    }
+    // One variant per level: a rule reads the socket's cgroup at one level.
+    let mut levels: Vec<String> = Vec::new();
+    if !s.cgroup.is_empty() {
+        let mut by_level: std::collections::BTreeMap<u32, Vec<String>> = Default::default();
+        for p in &s.cgroup {
+            if let Some(text) = cg.and_then(|c| c.nft_path(p)) {
+                by_level.entry(p.level()).or_default().push(text);
+            }
+        }
+        if by_level.is_empty() {
+            return Vec::new();
+        }
+        for (level, paths) in by_level {
+            levels.push(format!(
+                " socket cgroupv2 level {level} {}",
+                list(&paths, &format!("{id}_cg{level}"), "cgroupsv2", false, sets)
+            ));
+        }
+    }
     if !s.in_interface.is_empty() {
         let names: Vec<String> = s.in_interface.iter().map(|i| format!("\"{i}\"")).collect();
         common += &format!(
@@ -525,7 +681,14 @@ pub(super) fn selector_variants(s: &Selector, id: &str, sets: &mut String) -> Ve
             );
         }
     }
-    variants.into_iter().map(|v| v + &l4).collect()
+    let variants: Vec<String> = variants.into_iter().map(|v| v + &l4).collect();
+    if levels.is_empty() {
+        return variants;
+    }
+    variants
+        .iter()
+        .flat_map(|v| levels.iter().map(move |l| format!("{v}{l}")))
+        .collect()
 }
 
 fn addr_cond(
@@ -602,5 +765,27 @@ mod carry_tests {
         );
         assert_eq!(carry_sticky_sources(OLD, "table inet symroute {\n}\n"), "");
         assert_eq!(carry_sticky_sources("", new), "");
+    }
+
+    #[test]
+    fn counts_carry_to_counters_of_the_same_name() {
+        let script = replace_script(
+            "table inet symroute {\n\tcounter p0_backup { }\n\tcounter p1_mail { }\n\tcounter x0_isp1 { }\n}\n",
+        );
+        let counts: std::collections::BTreeMap<String, (u64, u64)> = [
+            ("p0_backup", (3, 180)),
+            ("p1_mail", (0, 0)),
+            ("p2_gone", (9, 9)),
+            ("x0_isp1 { } counter evil", (1, 1)),
+        ]
+        .into_iter()
+        .map(|(n, c)| (n.to_string(), c))
+        .collect();
+        assert_eq!(
+            carry_counters(&script, &counts),
+            replace_script(
+                "table inet symroute {\n\tcounter p0_backup { packets 3 bytes 180 }\n\tcounter p1_mail { }\n\tcounter x0_isp1 { }\n}\n"
+            )
+        );
     }
 }

@@ -254,6 +254,9 @@ impl Conds {
             Match::Numgen { .. } => self.problems.push(format!(
                 "`{m}`: a random share is written as route_via weights, not as a match"
             )),
+            Match::Skuid { .. } | Match::Cgroupv2 { .. } => self.problems.push(format!(
+                "`{m}`: the sending socket's owner or cgroup; write it as match.user / match.cgroup of a route_via policy by hand"
+            )),
         }
     }
 

@@ -66,6 +66,13 @@ pub struct PacketCtx {
     pub mark: u32,
     pub ct: CtCtx,
     pub socket: LocalSocket,
+    /// The owner of the socket that sent the packet; `None` when no local socket sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The sending socket's cgroup and its ancestors, as nft names them (relative to
+    /// /sys/fs/cgroup), by level: `[0]` is level 1. `None` when no local socket sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<Vec<String>>,
 }
 
 impl PacketCtx {
@@ -90,6 +97,8 @@ impl PacketCtx {
                 mark: 0,
             },
             socket: LocalSocket::None,
+            uid: None,
+            cgroup: None,
         }
     }
 
@@ -117,7 +126,28 @@ impl PacketCtx {
                 mark: self.ct.mark,
             },
             socket: LocalSocket::None,
+            uid: None,
+            cgroup: None,
         }
+    }
+
+    /// Sent by a local socket of user `uid` in cgroup `cgroup` (relative to the cgroup2
+    /// root, which nft names `nft_root`: `unified/` on a hybrid host).
+    pub fn with_sender(mut self, uid: Option<u32>, cgroup: Option<&str>, nft_root: &str) -> Self {
+        self.uid = uid;
+        if let Some(c) = cgroup {
+            let mut path = String::new();
+            let mut levels = Vec::new();
+            for part in c.split('/').filter(|p| !p.is_empty()) {
+                if !path.is_empty() {
+                    path.push('/');
+                }
+                path.push_str(part);
+                levels.push(format!("{nft_root}{path}"));
+            }
+            self.cgroup = Some(levels);
+        }
+        self
     }
 
     pub fn with_iif(mut self, iif: &str) -> Self {
@@ -802,6 +832,27 @@ impl<'a> Eval<'a> {
                 Some(false) => c.socket == LocalSocket::Plain,
             }),
             Match::Nfproto { family } => tri(*family == c.family),
+            // Without a sending socket the expression breaks: no match.
+            Match::Skuid { op, uids } => match c.uid {
+                None => Tri::No,
+                Some(u) => x(*op, uids.iter().any(|(a, b)| *a <= u && u <= *b)),
+            },
+            Match::Cgroupv2 { op, level, paths } => match &c.cgroup {
+                // An arriving packet: nft looks up the local socket it is for, which the
+                // trace does not model.
+                None if c.iif.is_some() => Tri::Maybe,
+                None => Tri::No,
+                Some(levels) => {
+                    let hit = match level {
+                        Some(l) => (*l as usize)
+                            .checked_sub(1)
+                            .and_then(|i| levels.get(i))
+                            .is_some_and(|p| paths.contains(p)),
+                        None => levels.iter().any(|p| paths.contains(p)),
+                    };
+                    x(*op, hit)
+                }
+            },
             // The first branch of a random share stands for all of them (see the note).
             Match::Numgen { values, .. } => tri(values.iter().any(|(a, _)| *a == 0)),
             Match::Unknown(_) => Tri::Maybe,

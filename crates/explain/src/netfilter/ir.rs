@@ -478,6 +478,22 @@ pub enum Match {
     Nfproto {
         family: Family,
     },
+    /// `meta skuid`: the sending socket's owner is in one of the inclusive ranges. Never
+    /// matches a packet without a local socket (one that arrived).
+    Skuid {
+        op: Op,
+        uids: Vec<(u32, u32)>,
+    },
+    /// `socket cgroupv2 level N VALUE`: the sending socket's cgroup, at level N below the
+    /// cgroup2 root, is one of `paths`, written as nft writes them: relative to
+    /// /sys/fs/cgroup (`unified/system.slice/backup.service` on a hybrid host), or a bare
+    /// id when nft found no cgroup with it. `level` is `None` when read from nft's JSON,
+    /// which leaves it out; a path's depth below the root is its level anyway.
+    Cgroupv2 {
+        op: Op,
+        level: Option<u32>,
+        paths: Vec<String>,
+    },
     /// `numgen random mod MODULUS` is in one of the inclusive ranges: a random share.
     /// Evaluated as if the number drawn were 0 (the first branch of a share's map).
     Numgen {
@@ -920,6 +936,31 @@ impl fmt::Display for Match {
             Match::Numgen { modulus, values } => {
                 let items: Vec<String> = values.iter().map(|r| range_str(r, false)).collect();
                 write!(f, "numgen random mod {modulus} {}", list(&items))
+            }
+            Match::Skuid { op, uids } => {
+                let items: Vec<String> = uids.iter().map(|r| range_str(r, false)).collect();
+                write!(f, "meta skuid {}{}", op_str(*op), list(&items))
+            }
+            Match::Cgroupv2 { op, level, paths } => {
+                let items: Vec<String> = paths
+                    .iter()
+                    .map(|p| {
+                        if p.bytes().all(|b| b.is_ascii_digit()) {
+                            p.clone()
+                        } else {
+                            format!("\"{p}\"")
+                        }
+                    })
+                    .collect();
+                match level {
+                    Some(l) => write!(
+                        f,
+                        "socket cgroupv2 level {l} {}{}",
+                        op_str(*op),
+                        list(&items)
+                    ),
+                    None => write!(f, "socket cgroupv2 {}{}", op_str(*op), list(&items)),
+                }
             }
             Match::Unknown(s) => f.write_str(s),
         }

@@ -641,6 +641,17 @@ impl<'a> Ctx<'a> {
                         op: eq_ne()?,
                         protos: protos(&items()?)?,
                     }]),
+                    // Numbers (nft prints names only with -u).
+                    "skuid" => Some(vec![Match::Skuid {
+                        op: eq_ne()?,
+                        uids: items()?
+                            .into_iter()
+                            .map(|v| match v.get("range") {
+                                Some(r) => Some((num_u32(&r[0])?, num_u32(&r[1])?)),
+                                None => num_u32(v).map(|n| (n, n)),
+                            })
+                            .collect::<Option<_>>()?,
+                    }]),
                     "nfproto" | "protocol" => {
                         let fams: Vec<Family> = items()?
                             .into_iter()
@@ -719,6 +730,26 @@ impl<'a> Ctx<'a> {
                     })
                     .collect::<Option<_>>()?;
                 Some(vec![Match::Numgen { modulus, values }])
+            }
+            "socket" if lv.get("key")?.as_str()? == "cgroupv2" => {
+                // nft 1.0.x's JSON leaves the level out; a path's depth is its level.
+                let level = lv
+                    .get("level")
+                    .and_then(Value::as_u64)
+                    .and_then(|l| u32::try_from(l).ok());
+                let paths = items()?
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::String(s) => Some(s.clone()),
+                        Value::Number(n) => n.as_u64().map(|n| n.to_string()),
+                        _ => None,
+                    })
+                    .collect::<Option<_>>()?;
+                Some(vec![Match::Cgroupv2 {
+                    op: eq_ne()?,
+                    level,
+                    paths,
+                }])
             }
             "socket" => {
                 if lv.get("key")?.as_str()? != "transparent" {

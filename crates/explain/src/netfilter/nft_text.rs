@@ -267,6 +267,10 @@ enum Key {
     Mark(MarkKey, u32),
     /// `numgen random mod N`.
     Numgen(u32),
+    /// `meta skuid`.
+    Uid,
+    /// `socket cgroupv2 level N`.
+    Cgroup(u32),
 }
 
 impl<'a> RuleParser<'a> {
@@ -384,14 +388,7 @@ impl<'a> RuleParser<'a> {
             Key::Port(src) => {
                 let ports = vals
                     .iter()
-                    .map(|t| {
-                        let s = t.text();
-                        let r = match s.split_once('-') {
-                            Some((a, b)) => a.parse().ok().zip(b.parse().ok()),
-                            None => s.parse().ok().map(|p| (p, p)),
-                        };
-                        r.ok_or_else(|| bad("a port or range", t))
-                    })
+                    .map(|t| range(t.text()).ok_or_else(|| bad("a port or range", t)))
                     .collect::<Result<Vec<(u16, u16)>, _>>()?;
                 if src {
                     Match::Sport { op, ports }
@@ -415,13 +412,28 @@ impl<'a> RuleParser<'a> {
                 values: vals
                     .iter()
                     .map(|t| {
-                        let s = t.text();
-                        match s.split_once('-') {
-                            Some((a, b)) => a.parse().ok().zip(b.parse().ok()),
-                            None => s.parse().ok().map(|v| (v, v)),
-                        }
-                        .filter(|(a, b)| a <= b && *b < modulus)
-                        .ok_or_else(|| bad("a number or range below the modulus", t))
+                        range(t.text())
+                            .filter(|(a, b)| a <= b && *b < modulus)
+                            .ok_or_else(|| bad("a number or range below the modulus", t))
+                    })
+                    .collect::<Result<_, _>>()?,
+            },
+            Key::Uid => Match::Skuid {
+                op,
+                uids: vals
+                    .iter()
+                    .map(|t| range(t.text()).ok_or_else(|| bad("a uid or range of uids", t)))
+                    .collect::<Result<_, _>>()?,
+            },
+            Key::Cgroup(level) => Match::Cgroupv2 {
+                op,
+                level: Some(level),
+                paths: vals
+                    .iter()
+                    .map(|t| match t {
+                        Tok::Str(p) => Ok(p.clone()),
+                        Tok::Word(w) if w.bytes().all(|b| b.is_ascii_digit()) => Ok(w.clone()),
+                        _ => Err(bad("a quoted cgroup path or an id", t)),
                     })
                     .collect::<Result<_, _>>()?,
             },
@@ -557,6 +569,10 @@ impl<'a> RuleParser<'a> {
                             let r = self.keyed(Key::Proto, "meta l4proto".into())?;
                             push(r, &mut matches, &mut verdict);
                         }
+                        "skuid" if w == "meta" => {
+                            let r = self.keyed(Key::Uid, "meta skuid".into())?;
+                            push(r, &mut matches, &mut verdict);
+                        }
                         "nfproto" if w == "meta" => {
                             let family = match self.word()? {
                                 "ipv4" => Family::Inet4,
@@ -630,13 +646,27 @@ impl<'a> RuleParser<'a> {
                         o => return Err(format!("unsupported `{w} {o}`")),
                     }
                 }
-                "socket" => {
-                    self.expect("transparent")?;
-                    let v = self.word()?;
-                    matches.push(Match::Socket {
-                        transparent: Some(v == "1"),
-                    });
-                }
+                "socket" => match self.word()? {
+                    "transparent" => {
+                        let v = self.word()?;
+                        matches.push(Match::Socket {
+                            transparent: Some(v == "1"),
+                        });
+                    }
+                    "cgroupv2" => {
+                        self.expect("level")?;
+                        let l = self.word()?;
+                        let level = l
+                            .parse::<u32>()
+                            .ok()
+                            .filter(|l| *l > 0)
+                            .ok_or_else(|| format!("`{l}` is not a cgroup level"))?;
+                        let r = self
+                            .keyed(Key::Cgroup(level), format!("socket cgroupv2 level {level}"))?;
+                        push(r, &mut matches, &mut verdict);
+                    }
+                    o => return Err(format!("unsupported `socket {o}`")),
+                },
                 "numgen" => {
                     self.expect("random")?;
                     self.expect("mod")?;
@@ -759,6 +789,14 @@ impl<'a> RuleParser<'a> {
             }
         }
         Ok((matches, stmts, verdict))
+    }
+}
+
+/// `5` or `1000-2000` as an inclusive range.
+fn range<T: std::str::FromStr + Copy>(s: &str) -> Option<(T, T)> {
+    match s.split_once('-') {
+        Some((a, b)) => a.parse().ok().zip(b.parse().ok()),
+        None => s.parse().ok().map(|v| (v, v)),
     }
 }
 

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use super::*;
-use symroute_core::config::parse_str;
 use symroute_core::plan::{build, HostView, Link};
 
 const TCP: u8 = 6;
@@ -226,7 +225,9 @@ pub(super) fn rendered(example: &str) -> String {
         "failover" => include_str!("../../../../examples/failover.toml"),
         other => panic!("no example {other}"),
     };
-    let model = parse_str(text, example).expect("example is valid");
+    let users: BTreeMap<String, u32> = [("backup".to_string(), 34)].into_iter().collect();
+    let model =
+        symroute_core::config::parse_str_with(text, example, &users).expect("example is valid");
     build(&model, &host()).nft
 }
 
@@ -415,7 +416,13 @@ fn full_example_route_via_and_masquerade() {
     post.iif = None;
     let p = evaluate(&rs, Hook::Postrouting, &post);
     assert!(p.uncertain);
-    assert_eq!(p.steps.last().map(|s| s.matched), Some(Matched::Maybe));
+    assert!(
+        p.steps
+            .iter()
+            .any(|s| s.matched == Matched::Maybe && s.rule.contains("oifname \"eth2\"")),
+        "{:#?}",
+        p.steps
+    );
     assert!(p.nat.is_empty());
     // iif eth2 (reply_via), and the divert.
     let r = evaluate(&rs, Hook::Prerouting, &syn.clone().with_iif("eth2"));
@@ -937,4 +944,37 @@ fn protocols_read_alike_from_nft_json_and_iptables_save() {
         evaluate(&rs, Hook::Prerouting, &udplite).ctx_after.mark,
         0x2
     );
+}
+
+/// nft 1.0.6's JSON of the sending socket's owner and cgroup (as `nft -j list` printed
+/// it on a hybrid host: paths below /sys/fs/cgroup, and no `level`), in a verdict map
+/// and as plain matches.
+#[test]
+fn socket_owner_and_cgroup_from_nft_json() {
+    let json: serde_json::Value = serde_json::from_str(r#"{"nftables": [{"table": {"family": "inet", "name": "t", "handle": 4}}, {"chain": {"family": "inet", "table": "t", "name": "o", "handle": 1, "type": "route", "hook": "output", "prio": -150, "policy": "accept"}}, {"chain": {"family": "inet", "table": "t", "name": "x", "handle": 2}},
+        {"rule": {"family": "inet", "table": "t", "chain": "o", "handle": 3, "expr": [{"vmap": {"key": {"socket": {"key": "cgroupv2"}}, "data": {"set": [["unified/h17try/a", {"jump": {"target": "x"}}]]}}}]}},
+        {"rule": {"family": "inet", "table": "t", "chain": "o", "handle": 5, "expr": [{"vmap": {"key": {"meta": {"key": "skuid"}}, "data": {"set": [[{"range": [5, 7]}, {"drop": null}], [1001, {"jump": {"target": "x"}}]]}}}]}},
+        {"rule": {"family": "inet", "table": "t", "chain": "o", "handle": 7, "expr": [{"match": {"op": "==", "left": {"socket": {"key": "cgroupv2"}}, "right": {"set": ["unified/h17try", "unified/h17try/b"]}}}, {"match": {"op": "!=", "left": {"meta": {"key": "skuid"}}, "right": 0}}, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 7}}]}},
+        {"rule": {"family": "inet", "table": "t", "chain": "x", "handle": 9, "expr": [{"mangle": {"key": {"meta": {"key": "mark"}}, "value": 1}}]}}]}"#).unwrap();
+    let rs = from_nft_json(&json).expect("parses");
+    let sent = |uid: u32, cgroup: &str| {
+        let pkt = PacketCtx::new(TCP, sa("192.0.2.1:1"), sa("192.0.2.2:2")).with_sender(
+            Some(uid),
+            Some(cgroup),
+            "unified/",
+        );
+        let r = evaluate(&rs, Hook::Output, &pkt);
+        assert!(!r.uncertain, "{:#?}", r.steps);
+        (r.dropped, r.ctx_after.mark)
+    };
+    // Below h17try/a: the cgroup map jumps to x (mark 1), the uid map then too.
+    assert_eq!(sent(0, "h17try/a/deeper"), (false, 1));
+    assert_eq!(sent(1001, "other"), (false, 1));
+    assert_eq!(sent(6, "other"), (true, 0));
+    // In h17try (any level: the JSON has none) as a non-root user: mark 7.
+    assert_eq!(sent(1002, "h17try/c"), (false, 7));
+    assert_eq!(sent(0, "h17try/c"), (false, 0));
+    // An arriving packet has no sending socket: the owner never matches.
+    let arriving = PacketCtx::new(TCP, sa("192.0.2.1:1"), sa("192.0.2.2:2")).with_iif("eth0");
+    assert_eq!(evaluate(&rs, Hook::Output, &arriving).ctx_after.mark, 0);
 }

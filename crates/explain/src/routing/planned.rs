@@ -109,7 +109,11 @@ mod tests {
         assert!(files.len() >= 5, "{files:?}");
         for path in files {
             let text = std::fs::read_to_string(&path).expect("example");
-            let model = symroute_core::config::parse_str(&text, "example").expect("example");
+            // full.toml names the user `backup`.
+            let users: std::collections::BTreeMap<String, u32> =
+                [("backup".to_string(), 34)].into_iter().collect();
+            let model =
+                symroute_core::config::parse_str_with(&text, "example", &users).expect("example");
             let plan = plan::build(&model, &crate::netfilter::tests::host());
             for spec in &plan.rules {
                 let mut parsed = parse_ip_rules(&spec.show_text(), spec.family).expect("rule");

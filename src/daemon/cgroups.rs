@@ -1,0 +1,171 @@
+//! Watching the cgroups the plan depends on: those `match.cgroup` names and `symroute
+//! exec`'s, per gateway. nft can only load a rule for a cgroup that exists, and loads its
+//! id, so the table must follow them: a service starting (systemd makes its cgroup),
+//! stopping (and its cgroup removed), starting again (a new cgroup, a new id), and an
+//! exec cgroup gaining or losing its processes (the table masquerades the host's own
+//! connections only while some exist).
+//!
+//! One thread: inotify on the deepest existing ancestor of each cgroup (creation and
+//! removal below it) and on exec cgroups' `cgroup.events` (populated), a fresh look at
+//! every cgroup after each batch of events, and at least every [`RESCAN`] in case an event
+//! was missed. When what it sees differs from what it saw, it sends one
+//! `Event::Kernel` (source `cgroup`); the actor's reconcile observes for itself, as for
+//! any other change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+
+use super::event::{Event, KernelEvent, Source};
+use crate::kernel::cgroup::{self, Hierarchy};
+use crate::model::{CgroupPath, Model};
+
+/// The longest a change can go unseen if inotify missed it (it should not).
+const RESCAN: Duration = Duration::from_millis(500);
+
+/// Stops the watch thread when dropped.
+pub struct Watch(Arc<AtomicBool>);
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What one look at the cgroups saw: each one's id (absent: `None`), and for exec's
+/// whether processes are in it.
+type Seen = BTreeMap<CgroupPath, (Option<u64>, bool)>;
+
+struct Watcher {
+    hierarchy: Hierarchy,
+    /// `match.cgroup` paths: their existence and id matter.
+    ids: BTreeSet<CgroupPath>,
+    /// Exec cgroups: their processes matter too.
+    exec: BTreeSet<CgroupPath>,
+    tx: Sender<Event>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Starts watching the cgroups `model` may match; `None` when there is no cgroup2
+/// hierarchy to watch (every cgroup match then waits, as the plan says).
+pub fn spawn(model: &Model, tx: &Sender<Event>) -> io::Result<Option<Watch>> {
+    let Some(hierarchy) = cgroup::hierarchy() else {
+        return Ok(None);
+    };
+    let (ids, exec) = cgroup::targets(model);
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = Watcher {
+        hierarchy,
+        ids,
+        exec: exec.into_values().collect(),
+        tx: tx.clone(),
+        stop: stop.clone(),
+    };
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+    // The first look before the thread starts (and before the daemon's first apply
+    // observes): any change after it is an event.
+    let seen = w.look();
+    std::thread::Builder::new()
+        .name("cgroups".into())
+        .spawn(move || w.run(inotify, seen))?;
+    Ok(Some(Watch(stop)))
+}
+
+impl Watcher {
+    fn look(&self) -> Seen {
+        self.ids
+            .iter()
+            .map(|p| (p.clone(), (self.hierarchy.id(p), false)))
+            .chain(self.exec.iter().map(|p| {
+                let id = self.hierarchy.id(p);
+                (p.clone(), (id, id.is_some() && self.hierarchy.populated(p)))
+            }))
+            .collect()
+    }
+
+    /// Watches for what may change next: below the deepest existing ancestor of each
+    /// cgroup (its parent, once it exists: its removal), and each existing exec cgroup's
+    /// `cgroup.events`.
+    fn arm(&self, inotify: &Inotify, old: Vec<WatchDescriptor>) -> Vec<WatchDescriptor> {
+        for wd in old {
+            let _ = inotify.rm_watch(wd);
+        }
+        let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+        for p in self.ids.iter().chain(&self.exec) {
+            let mut dir = self.hierarchy.dir(p);
+            while dir.pop() && dir.starts_with(&self.hierarchy.mount) {
+                if dir.is_dir() {
+                    dirs.insert(dir);
+                    break;
+                }
+            }
+        }
+        let below = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_ONLYDIR;
+        let mut wds: Vec<WatchDescriptor> = dirs
+            .iter()
+            .filter_map(|d| inotify.add_watch(d, below).ok())
+            .collect();
+        for p in &self.exec {
+            let events = self.hierarchy.dir(p).join("cgroup.events");
+            if let Ok(wd) = inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
+                wds.push(wd);
+            }
+        }
+        wds
+    }
+
+    fn run(self, inotify: Inotify, mut seen: Seen) {
+        let mut wds = self.arm(&inotify, Vec::new());
+        let mut rescan_at = Instant::now() + RESCAN;
+        while !self.stop.load(Ordering::Relaxed) {
+            let wait = rescan_at
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+            let ready = poll(
+                &mut fds,
+                PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO),
+            )
+            .unwrap_or(0)
+                > 0;
+            if ready {
+                // Drained only: what changed is read from the cgroups themselves. A
+                // directory on the way to a cgroup may have appeared: watch below it.
+                while inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
+                wds = self.arm(&inotify, wds);
+            } else if Instant::now() < rescan_at {
+                continue;
+            }
+            rescan_at = Instant::now() + RESCAN;
+            let now = self.look();
+            if now == seen {
+                continue;
+            }
+            if !ready {
+                wds = self.arm(&inotify, wds);
+            }
+            seen = now;
+            let event = Event::Kernel(KernelEvent {
+                at: Instant::now(),
+                sources: Source::Cgroup.into(),
+                overrun: false,
+            });
+            if self.tx.send(event).is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -91,6 +91,7 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     }
     let opts = ApplyOptions {
         faults,
+        when_locked: Some(&kernel::confirm_record::refuse_while_guarded),
         ..ApplyOptions::default()
     };
     let report = kernel::apply::apply(&m, &opts)?;

@@ -49,7 +49,7 @@ use tracing::{debug, error, info, warn};
 
 use log::notice;
 
-use crate::kernel::apply::{self, ApplyOptions, ApplyReport, Locking, WhilePending};
+use crate::kernel::apply::{self, ApplyOptions, ApplyReport, Locking};
 use crate::kernel::rundir;
 use crate::kernel::KernelError;
 use crate::model::Model;
@@ -340,9 +340,8 @@ impl Daemon {
         let opts = ApplyOptions {
             health_down: self.health_down.clone(),
             lock: Locking::Wait(wait),
-            // A command's pending `apply --confirm` may roll back under us: the loop
-            // reconciles again after it, so the daemon is not stopped by it.
-            while_confirm_pending: WhilePending::Proceed,
+            // No `when_locked` check: a command's pending `apply --confirm` may roll back
+            // under us, and the loop reconciles again after it.
             ..ApplyOptions::default()
         };
         let report = apply::apply(&self.model, &opts);

@@ -46,20 +46,15 @@ pub struct ApplyOptions<'a> {
     /// Runs once there is something to change, before the first change; an error from it
     /// stops the apply, changing nothing.
     pub before_change: Option<&'a BeforeChange<'a>>,
-    /// What to do while a guarded `apply --confirm` is pending (only checked when this
-    /// apply takes the lock itself: a `--confirm` session settled that when it began).
-    pub while_confirm_pending: WhilePending,
+    /// Runs once this apply holds the namespace's lock it took itself, before anything is
+    /// read; an error refuses the apply. `symroute apply` refuses here while a guarded
+    /// `apply --confirm` is pending (`confirm_record::refuse_while_guarded`: its rollback would
+    /// undo this apply too); the daemon does not (it reconciles after a rollback).
+    pub when_locked: Option<&'a WhenLocked>,
 }
 
-/// See [`ApplyOptions::while_confirm_pending`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum WhilePending {
-    /// Refuse: the pending change's rollback would undo this apply (`symroute apply`).
-    #[default]
-    Refuse,
-    /// Go on: the caller repairs whatever the rollback undoes (the daemon reconciles).
-    Proceed,
-}
+/// See [`ApplyOptions::when_locked`].
+pub type WhenLocked = dyn Fn() -> Result<(), KernelError>;
 
 /// See [`ApplyOptions::before_change`].
 pub type BeforeChange<'a> = dyn Fn(&Before) -> Result<(), KernelError> + 'a;
@@ -100,8 +95,8 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelEr
     let _lock = match opts.lock {
         Locking::Wait(wait) => {
             let lock = rundir::lock(wait)?;
-            if opts.while_confirm_pending == WhilePending::Refuse {
-                crate::confirm::refuse_while_guarded()?;
+            if let Some(check) = opts.when_locked {
+                check()?;
             }
             Some(lock)
         }

@@ -14,6 +14,7 @@ pub mod cgroup;
 pub mod clock;
 pub mod cmd;
 pub mod confirm;
+pub mod confirm_record;
 pub mod conntrack;
 pub mod marks;
 pub mod netlink;

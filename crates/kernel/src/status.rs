@@ -102,7 +102,7 @@ pub struct GuardedPending {
 /// rolled_back_unfinished, or {"failed": why}), and when.
 #[derive(Debug, Serialize)]
 pub struct LastConfirm {
-    pub ended: super::confirm::Ended,
+    pub ended: super::confirm_record::Ended,
     pub at: String,
     pub at_unix: u64,
 }
@@ -113,13 +113,13 @@ impl ConfirmView {
             super::clock::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
         };
         ConfirmView {
-            pending: super::confirm::pending_now().map(|(p, guarded)| GuardedPending {
+            pending: super::confirm_record::pending_now().map(|(p, guarded)| GuardedPending {
                 deadline: at(p.deadline_unix),
                 deadline_unix: p.deadline_unix,
                 guard_pid: p.guard_pid,
                 guarded,
             }),
-            last: super::confirm::last().map(|l| LastConfirm {
+            last: super::confirm_record::last().map(|l| LastConfirm {
                 at: at(l.at_unix),
                 at_unix: l.at_unix,
                 ended: l.ended,

@@ -46,7 +46,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::model::{Family, Mark, MarkMask, Model, Prefixes, Selector};
 
 use super::host::Cgroups;
-use super::nft::{always_named, selector_variants, set_mark, INLINE_MAX};
+use super::nft_expr::{always_named, selector_variants, set_mark, INLINE_MAX};
 
 /// A lookup: one verdict map per key type (and family) a block uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

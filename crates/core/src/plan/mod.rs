@@ -8,6 +8,7 @@ pub mod diff;
 pub mod host;
 pub mod markmap;
 pub mod nft;
+mod nft_expr;
 pub mod objects;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -33,8 +33,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use common::*;
 use symroute::kernel::netlink::{convert, Netlink};
+use symroute::kernel::nft_rules::rule_handles;
 use symroute::lab::{in_netns, Netns, TwoIsps};
 use symroute::model::Family;
+use symroute::plan::nft::TABLE;
 use symroute::plan::{RouteSpec, RT_PROTO};
 
 const RUNS: usize = 10;
@@ -443,16 +445,10 @@ fn pre_chain_has_rules() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether our table is there, asked over nfnetlink: a check that forks `nft` every
+/// millisecond would take CPU from the daemon it times.
 fn nft_table_present() -> bool {
-    Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .any(|l| l.trim() == "table inet symroute")
-        })
-        .unwrap_or(false)
+    matches!(rule_handles(TABLE), Ok(Some(rules)) if !rules.is_empty())
 }
 
 fn loadavg() -> String {

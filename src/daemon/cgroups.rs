@@ -162,6 +162,7 @@ impl Watcher {
                 at: Instant::now(),
                 sources: Source::Cgroup.into(),
                 overrun: false,
+                nft_committed: false,
             });
             if self.tx.send(event).is_err() {
                 return;

@@ -3,7 +3,10 @@
 //! - `Debounce`: kernel changes come in bursts (one `ip link set down` is a dozen
 //!   notifications; one `nft -f` is one per object). Reconcile once the burst has been
 //!   quiet for `quiet`, but never later than `max_delay` after its first event, so a
-//!   steady trickle cannot postpone the repair forever.
+//!   steady trickle cannot postpone the repair forever. A burst of nothing but whole
+//!   nftables transactions is due at once: the kernel ends each commit's notifications
+//!   with a new generation, so nothing of that command is still to come (a deleted
+//!   table is put back without waiting out the quiet period).
 //! - `Pace`: a token bucket on reconciles that changed something. If another program
 //!   keeps undoing symroute's objects, symroute repairs them at a bounded rate instead of
 //!   spinning.
@@ -12,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::event::{KernelEvent, Sources};
+use super::event::{KernelEvent, Source, Sources};
 
 /// The quiet period: long enough to take in one command's burst of notifications.
 pub const QUIET: Duration = Duration::from_millis(15);
@@ -28,6 +31,8 @@ pub struct Pending {
     pub overrun: bool,
     /// Batches of notifications folded in.
     pub batches: u32,
+    /// Nothing but nftables notifications, the last of them a transaction's end.
+    pub complete: bool,
 }
 
 #[derive(Debug)]
@@ -54,6 +59,9 @@ impl Debounce {
                 p.sources = p.sources.union(e.sources);
                 p.overrun |= e.overrun;
                 p.batches += 1;
+                // The latest batch ends a transaction, and nothing but nftables came.
+                p.complete =
+                    e.nft_committed && !p.overrun && p.sources == Sources::from(Source::Nftables);
             }
             None => {
                 self.pending = Some(Pending {
@@ -62,6 +70,7 @@ impl Debounce {
                     sources: e.sources,
                     overrun: e.overrun,
                     batches: 1,
+                    complete: e.whole_nft_transactions(),
                 })
             }
         }
@@ -69,8 +78,10 @@ impl Debounce {
 
     /// When the pending changes are due (`None`: nothing pending).
     pub fn deadline(&self) -> Option<Instant> {
-        self.pending
-            .map(|p| (p.last + self.quiet).min(p.first + self.max_delay))
+        self.pending.map(|p| match p.complete {
+            true => p.last,
+            false => (p.last + self.quiet).min(p.first + self.max_delay),
+        })
     }
 
     /// The pending changes, if they are due at `now`; they are then cleared.
@@ -168,7 +179,7 @@ impl Backoff {
 
 #[cfg(test)]
 mod tests {
-    use super::super::event::Source;
+    use super::super::event::{Source, Sources};
     use super::*;
 
     fn ms(n: u64) -> Duration {
@@ -180,6 +191,48 @@ mod tests {
             at,
             sources: s.into(),
             overrun: false,
+            nft_committed: false,
+        }
+    }
+
+    fn committed(at: Instant) -> KernelEvent {
+        KernelEvent {
+            nft_committed: true,
+            ..ev(at, Source::Nftables)
+        }
+    }
+
+    #[test]
+    fn whole_nft_transactions_are_due_at_once() {
+        let t0 = Instant::now();
+        let mut d = Debounce::new(ms(15), ms(100));
+        d.note(&committed(t0));
+        assert_eq!(d.deadline(), Some(t0));
+        d.note(&committed(t0 + ms(2)));
+        assert_eq!(d.take_due(t0 + ms(2)).map(|p| p.batches), Some(2));
+        // A transaction read in several batches: due once its end is in.
+        d.note(&ev(t0, Source::Nftables));
+        assert_eq!(d.deadline(), Some(t0 + ms(15)));
+        d.note(&committed(t0 + ms(1)));
+        assert_eq!(d.deadline(), Some(t0 + ms(1)));
+        d.take();
+        // A transaction still arriving, anything else, or lost notifications: quiet.
+        for other in [
+            ev(t0, Source::Nftables),
+            ev(t0, Source::Rule),
+            KernelEvent {
+                sources: Sources::from(Source::Nftables).union(Source::Route.into()),
+                ..committed(t0)
+            },
+            KernelEvent {
+                overrun: true,
+                ..committed(t0)
+            },
+        ] {
+            d.note(&committed(t0));
+            d.note(&other);
+            assert_eq!(d.deadline(), Some(t0 + ms(15)), "{other:?}");
+            d.take();
         }
     }
 
@@ -220,6 +273,7 @@ mod tests {
             at: t0,
             sources: Source::Rule.into(),
             overrun: true,
+            nft_committed: false,
         });
         let p = d.take().expect("pending");
         assert_eq!((p.first, p.last), (t0, t0 + ms(50)));

@@ -39,6 +39,18 @@ pub struct KernelEvent {
     /// A socket overflowed (ENOBUFS): notifications were lost, so anything may have
     /// changed. Observing from fresh dumps (which every reconcile does) is the resync.
     pub overrun: bool,
+    /// The batch's last nftables notification was a transaction's end (the kernel sends
+    /// NFT_MSG_NEWGEN after every other notification of a commit): that command's
+    /// changes are all in, so there is nothing of it left to wait for.
+    pub nft_committed: bool,
+}
+
+impl KernelEvent {
+    /// Notifications of nothing but whole nftables transactions (no rtnetlink burst
+    /// that may still be arriving, no lost notifications).
+    pub fn whole_nft_transactions(&self) -> bool {
+        self.nft_committed && !self.overrun && self.sources == Source::Nftables.into()
+    }
 }
 
 /// Which kinds of kernel object changed.

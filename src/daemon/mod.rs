@@ -161,6 +161,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         cgroup_watch,
         waiting: BTreeSet::new(),
         cgroups: BTreeSet::new(),
+        plans: apply::PlanMemo::default(),
     };
     // A pending `apply --confirm` of a previous daemon goes on where it was.
     if let Some((config, model, pending)) = pending::resume() {
@@ -221,6 +222,8 @@ struct Daemon {
     systemd: Systemd,
     config: PathBuf,
     model: Model,
+    /// The plan of the last pass, reused while the model and host view are the same.
+    plans: apply::PlanMemo,
     remove_on_exit: bool,
     debounce: Debounce,
     pace: Pace,
@@ -342,6 +345,7 @@ impl Daemon {
             lock: Locking::Wait(wait),
             // No `when_locked` check: a command's pending `apply --confirm` may roll back
             // under us, and the loop reconciles again after it.
+            plans: Some(&self.plans),
             ..ApplyOptions::default()
         };
         let report = apply::apply(&self.model, &opts);
@@ -383,6 +387,7 @@ impl Daemon {
                 at: end,
                 sources: Sources::default(),
                 overrun: false,
+                nft_committed: false,
             });
         }
         // After the apply that took them out: their connections re-establish elsewhere
@@ -418,6 +423,7 @@ impl Daemon {
                 sources: p.sources.union(q.sources),
                 overrun: p.overrun || q.overrun,
                 batches: p.batches + q.batches,
+                complete: p.complete && q.complete,
             }),
             (why, _) => why,
         };
@@ -611,6 +617,7 @@ impl Daemon {
             at: Instant::now(),
             sources,
             overrun: false,
+            nft_committed: false,
         });
     }
 

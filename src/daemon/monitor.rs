@@ -23,6 +23,7 @@ use netlink_sys::{protocols, Socket};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::event::{Event, KernelEvent, Source, Sources};
+use crate::kernel::nft_rules::{NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN};
 
 /// Receive buffer of each monitor socket.
 const RCVBUF: usize = 4 << 20;
@@ -37,6 +38,7 @@ const RTNLGRP_IPV6_ROUTE: u32 = 11;
 const RTNLGRP_IPV6_RULE: u32 = 19;
 const RTNLGRP_IPV4_NETCONF: u32 = 24;
 const NFNLGRP_NFTABLES: u32 = 7;
+const NFT_NEWGEN: u16 = NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN;
 
 // Message types (linux/rtnetlink.h).
 const RTM_NEWLINK: u16 = 16;
@@ -154,10 +156,16 @@ impl Monitor {
                 at,
                 sources: Sources::default(),
                 overrun: false,
+                nft_committed: false,
             };
             drain(&self.route, &mut buf, &mut ev, route_sources)?;
             if let Some(nft) = &self.nft {
-                drain(nft, &mut buf, &mut ev, |_, s| s.insert(Source::Nftables))?;
+                let mut ended = None;
+                drain(nft, &mut buf, &mut ev, |data, s| {
+                    s.insert(Source::Nftables);
+                    ended = nft_transaction_ended(data).or(ended);
+                })?;
+                ev.nft_committed = ended == Some(true);
             }
             if ev.overrun {
                 tracing::debug!("a monitor socket overflowed: resyncing from fresh dumps");
@@ -177,7 +185,7 @@ fn drain(
     s: &Socket,
     buf: &mut [u8],
     ev: &mut KernelEvent,
-    classify: impl Fn(&[u8], &mut Sources),
+    mut classify: impl FnMut(&[u8], &mut Sources),
 ) -> io::Result<()> {
     loop {
         match s.recv(&mut &mut buf[..], 0) {
@@ -188,6 +196,23 @@ fn drain(
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether the datagram's last nftables notification ends a transaction (NFT_MSG_NEWGEN,
+/// sent after all of a commit's other notifications); `None` when it holds none.
+pub fn nft_transaction_ended(mut data: &[u8]) -> Option<bool> {
+    let mut ended = None;
+    while let Ok(msg) = NetlinkBuffer::new_checked(data) {
+        let len = msg.length() as usize;
+        if msg.message_type() >> 8 == NFNL_SUBSYS_NFTABLES {
+            ended = Some(msg.message_type() == NFT_NEWGEN);
+        }
+        data = data.get((len + 3) & !3..).unwrap_or_default();
+        if len == 0 {
+            break;
+        }
+    }
+    ended
 }
 
 /// The kinds of object the rtnetlink notifications of one datagram are about.
@@ -255,5 +280,21 @@ mod tests {
         // Garbage or a cut datagram must not panic or loop.
         route_sources(&[1, 2, 3], &mut s);
         route_sources(&data[..20], &mut s);
+    }
+
+    #[test]
+    fn a_transaction_ends_with_its_generation() {
+        const NEWTABLE: u16 = NFNL_SUBSYS_NFTABLES << 8;
+        const NEWSET: u16 = NFNL_SUBSYS_NFTABLES << 8 | 9;
+        assert_eq!(nft_transaction_ended(&[]), None);
+        let mut one = msg(NEWTABLE, &[0; 4]);
+        one.extend(msg(NEWSET, &[0; 4]));
+        assert_eq!(nft_transaction_ended(&one), Some(false));
+        one.extend(msg(NFT_NEWGEN, &[0; 4]));
+        assert_eq!(nft_transaction_ended(&one), Some(true));
+        // The next transaction's first notification: not ended any more.
+        one.extend(msg(NEWTABLE, &[0; 4]));
+        assert_eq!(nft_transaction_ended(&one), Some(false));
+        assert_eq!(nft_transaction_ended(&one[..20]), Some(false));
     }
 }

@@ -19,7 +19,8 @@ use super::netlink::{dump_raw, open_socket, request_answered};
 use super::KernelError;
 
 /// linux/netfilter/nfnetlink.h and nf_tables.h.
-const NFNL_SUBSYS_NFTABLES: u16 = 10;
+/// nfnetlink message types are `(subsystem << 8) | message`.
+pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFTA_RULE_TABLE: u16 = 1;
@@ -27,7 +28,8 @@ const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_HANDLE: u16 = 3;
 const NFPROTO_INET: u8 = 1;
 const NFPROTO_UNSPEC: u8 = 0;
-const NFT_MSG_NEWGEN: u16 = 15;
+/// The generation message: a GETGEN answer, and the last notification of every commit.
+pub const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_GEN_ID: u16 = 1;
 const ENOENT: &str = "No such file or directory";

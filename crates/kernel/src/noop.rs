@@ -31,20 +31,19 @@ use std::os::unix::fs::MetadataExt;
 use super::{nft_rules, observe, rundir, state, KernelError};
 use symroute_core::model::Model;
 use symroute_core::plan::diff::Observed;
-use symroute_core::plan::{self, nft, HostView, Plan};
+use symroute_core::plan::{nft, HostView, Plan};
 
 fn path() -> Result<std::path::PathBuf, KernelError> {
     rundir::netns_file("noop")
 }
 
 /// The digest of the namespace as it is now (`observed`: netlink's view, read just
-/// before) holding `plan`.
-fn digest(plan: &Plan, observed: &Observed) -> Result<String, KernelError> {
+/// before; `generation`: the ruleset's) holding `plan`.
+fn digest(plan: &Plan, observed: &Observed, generation: u32) -> Result<String, KernelError> {
     let exe = std::fs::metadata("/proc/self/exe").map_err(|source| KernelError::Io {
         what: "reading /proc/self/exe".into(),
         source,
     })?;
-    let generation = nft_rules::generation()?;
     let st = state::load()?;
     let mut text = format!(
         "exe {} {} {} {}.{}\nnft generation {generation}\n",
@@ -83,6 +82,20 @@ pub struct Proof {
     pub host: HostView,
     pub plan: Plan,
     pub proved: bool,
+    /// When the ruleset's generation had moved (the proof fails, a full observe follows):
+    /// netlink's view the plan was built from, and the ruleset listing read meanwhile.
+    pub observed: Option<(Observed, Result<serde_json::Value, KernelError>)>,
+}
+
+/// A record: the digest, then the generation it was taken at (`generation N`).
+fn parse_record(text: &str) -> (&str, Option<u32>) {
+    let mut lines = text.lines();
+    let digest = lines.next().unwrap_or_default().trim();
+    let generation = lines
+        .next()
+        .and_then(|l| l.strip_prefix("generation "))
+        .and_then(|n| n.trim().parse().ok());
+    (digest, generation)
 }
 
 /// Try to prove an apply of `model` (with the gateways health checks hold down) a no-op
@@ -91,6 +104,7 @@ pub struct Proof {
 pub fn prove(
     model: &Model,
     health_down: &BTreeMap<String, String>,
+    plans: Option<&super::apply::PlanMemo>,
 ) -> Result<Option<Proof>, KernelError> {
     let Some(recorded) = rundir::read(&path()?)? else {
         return Ok(None);
@@ -98,16 +112,39 @@ pub fn prove(
     if legacy_tables() {
         return Ok(None);
     }
-    let observed = observe::observe_netlink()?;
-    let mut host = observed.host.clone();
-    host.health_down = health_down.clone();
-    // The cgroups the model matches, as a full observe reads them: their ids are in the
-    // plan (and so in the digest), so one that appeared, went or came back with a new id
-    // is never proved a no-op.
-    host.cgroups = super::cgroup::observe(model);
-    let plan = plan::build(model, &host);
-    let proved = digest(&plan, &observed)? == recorded.trim();
-    Ok(Some(Proof { host, plan, proved }))
+    let (recorded, recorded_generation) = parse_record(&recorded);
+    // Every commit to any table moves the generation, and it is in the digest: when it
+    // moved, the proof fails whatever the plan, and the full observe's ruleset listing
+    // (an nft child, most of that observe's time) runs while this thread plans.
+    let generation = nft_rules::generation()?;
+    let moved = recorded_generation != Some(generation);
+    std::thread::scope(|scope| {
+        let listing = moved.then(|| scope.spawn(observe::nft_listing));
+        let observed = observe::observe_netlink()?;
+        let mut host = observed.host.clone();
+        host.health_down = health_down.clone();
+        // The cgroups the model matches, as a full observe reads them: their ids are in
+        // the plan (and so in the digest), so one that appeared, went or came back with a
+        // new id is never proved a no-op.
+        host.cgroups = super::cgroup::observe(model);
+        let plan = super::apply::plan_for(plans, model, &host);
+        let proved = !moved && digest(&plan, &observed, generation)? == recorded;
+        let observed = match listing {
+            Some(l) => {
+                let ruleset = l
+                    .join()
+                    .map_err(|_| KernelError::Other("nft reader thread panicked".into()))?;
+                Some((observed, ruleset))
+            }
+            None => None,
+        };
+        Ok(Some(Proof {
+            host,
+            plan,
+            proved,
+            observed,
+        }))
+    })
 }
 
 /// Record that the kernel now matches `plan`. Call it with the lock held, right after
@@ -117,7 +154,12 @@ pub(crate) fn remember(plan: &Plan) -> Result<(), KernelError> {
         return forget();
     }
     let observed = observe::observe_netlink()?;
-    rundir::write(&path()?, digest(plan, &observed)?.as_bytes())
+    let generation = nft_rules::generation()?;
+    let record = format!(
+        "{}\ngeneration {generation}\n",
+        digest(plan, &observed, generation)?
+    );
+    rundir::write(&path()?, record.as_bytes())
 }
 
 /// Drop the record (after a failed apply, and on `remove`).

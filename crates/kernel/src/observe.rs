@@ -17,23 +17,34 @@ use symroute_core::plan::{HostView, RT_PROTO};
 pub fn observe() -> Result<Observed, KernelError> {
     // The nft child process runs while this thread reads netlink: it is most of the time
     // a no-op apply takes. Threads started after `netns::enter` live in the same
-    // namespace, and so do their children. iptables-save runs only if nft shows a mangle
-    // table it would read (or a legacy one exists), so it waits for nft.
+    // namespace, and so do their children.
     std::thread::scope(|scope| {
-        let nft = scope.spawn(nft_for_observe);
-        let mut obs = observe_netlink()?;
-        let joined = |what: &str| KernelError::Other(format!("{what} reader thread panicked"));
-        let ruleset = nft.join().map_err(|_| joined("nft"))??;
-        let iptables = marks::iptables_texts(&marks::nft_tables(&ruleset));
-        obs.nft_fingerprint = our_fingerprint(&ruleset);
-        // Unreadable is not fatal here (`remove` and `status` observe too): the plan's
-        // conflict check refuses to apply beside a firewall it cannot read.
-        match marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables) {
-            Ok(users) => obs.mark_users = users,
-            Err(e) => obs.mark_users_unread = Some(e.to_string()),
-        }
-        Ok(obs)
+        let nft = scope.spawn(nft_listing);
+        let obs = observe_netlink()?;
+        let ruleset = nft
+            .join()
+            .map_err(|_| KernelError::Other("nft reader thread panicked".into()))?;
+        complete(obs, ruleset)
     })
+}
+
+/// A full observation from its two halves, read at the same time: netlink's view
+/// (`observe_netlink`) and the ruleset (`nft_listing`). iptables-save runs only if nft
+/// shows a mangle table it would read (or a legacy one exists), so it waits for nft.
+pub fn complete(
+    mut obs: Observed,
+    ruleset: Result<Value, KernelError>,
+) -> Result<Observed, KernelError> {
+    let ruleset = ruleset?;
+    let iptables = marks::iptables_texts(&marks::nft_tables(&ruleset));
+    obs.nft_fingerprint = our_fingerprint(&ruleset);
+    // Unreadable is not fatal here (`remove` and `status` observe too): the plan's
+    // conflict check refuses to apply beside a firewall it cannot read.
+    match marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables) {
+        Ok(users) => obs.mark_users = users,
+        Err(e) => obs.mark_users_unread = Some(e.to_string()),
+    }
+    Ok(obs)
 }
 
 /// What netlink and /proc tell (links, addresses, sysctls, rules, routes) without nft
@@ -168,7 +179,9 @@ fn read_routes(
 /// be parsed by nft as a second command, so nothing read from nft is ever passed back to
 /// it. `-t` (terse) leaves set elements out, which keeps our own (possibly huge) sets
 /// out of the dump; our table's rules are dropped here, after parsing.
-fn nft_for_observe() -> Result<Value, KernelError> {
+/// The ruleset as observe reads it: one terse `nft -j` listing (no set elements), our
+/// table's rules left out (`foreign_view`).
+pub fn nft_listing() -> Result<Value, KernelError> {
     const ARGS: [&str; 4] = ["-j", "-t", "list", "ruleset"];
     let text = cmd::run("nft", &ARGS, None)?;
     let dump: Value = serde_json::from_str(&text).map_err(|e| KernelError::Parse {

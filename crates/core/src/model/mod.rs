@@ -37,7 +37,7 @@ impl Model {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Settings {
     pub mark_mask: MarkMask,
     pub first_table: TableId,
@@ -72,7 +72,7 @@ impl Default for Settings {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Gateway {
     pub name: Name,
     /// Fixes its mark values and table (`plan::alloc`).
@@ -355,7 +355,7 @@ impl Selector {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Policy {
     pub name: Name,
     pub action: Action,
@@ -364,13 +364,13 @@ pub struct Policy {
 
 /// Local delivery of packets that belong to transparent sockets (TPROXY / HAProxy
 /// `usesrc clientip`): the proxy host's side of the relay scenario.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Divert {
     pub name: Name,
     pub protocol: Vec<Protocol>,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Model {
     pub settings: Settings,
     pub gateways: Vec<Gateway>,

@@ -269,6 +269,16 @@ fn hostile_nft_names_leave_no_trace() {
                 "{what}: a foreign name escaped its comment:\n{}",
                 r.stdout
             );
+            // Its report of what it cannot express quotes the same names on stderr.
+            assert!(
+                !r.stderr.chars().any(|c| c.is_control() && c != '\n')
+                    && !r
+                        .stderr
+                        .lines()
+                        .any(|l| l.starts_with("[[") || l.starts_with("add table")),
+                "{what}: host text reached stderr raw:\n{:?}",
+                r.stderr
+            );
         }
     }
     // The snapshot holds the names as JSON strings, as nft printed them.
@@ -363,4 +373,36 @@ fn a_tampered_own_table_is_never_replayed() {
         h.fw.exec(&["nft", "list", "table", "inet", "symroute"])
             .expect("list");
     assert!(!after.contains("pwned"), "{after}");
+}
+
+/// A foreign chain that conflicts with symroute's marks is named in apply's refusal with
+/// its control characters spelled as escapes: the name stays on its line of the message
+/// and its escape sequence never reaches the admin's terminal.
+#[test]
+fn a_conflicting_chain_is_named_inert() {
+    let h = host();
+    let _remove = RemoveOnDrop(&h.fw);
+    // Copies every mark bit into the connection, symroute's included: a conflict.
+    let copy = serde_json::json!({ "nftables": [
+        { "add": { "rule": { "family": "ip", "table": "m", "chain": EVIL_CHAIN,
+            "expr": [ { "mangle": { "key": { "ct": { "key": "mark" } },
+                                    "value": { "meta": { "key": "mark" } } } } ] } } },
+    ]});
+    h.fw.sh(&format!("nft -j -f - <<'JSON'\n{copy}\nJSON"))
+        .expect("add the conflicting rule");
+    let r = symroute_in(&h.fw, "apply", Some(CONFIG), &[]);
+    assert_ne!(r.code, 0, "apply beside a conflict:\n{}", r.show());
+    assert!(
+        r.stderr
+            .contains("chain c\\n[[gateway]]\\nname = \\\"evil\\\"")
+            || r.stderr.contains("chain c\\n[[gateway]]\\nname = \"evil\""),
+        "the refusal does not name the chain, escaped:\n{:?}",
+        r.stderr
+    );
+    assert!(
+        !r.stderr.chars().any(|c| c.is_control() && c != '\n')
+            && !r.stderr.lines().any(|l| l.starts_with("[[gateway]]")),
+        "host text reached stderr raw:\n{:?}",
+        r.stderr
+    );
 }

@@ -88,10 +88,13 @@ pub struct Unexpressed {
 
 impl Imported {
     /// The unexpressed items as lines for stderr (`cannot express: WHAT` + `  why: WHY`).
+    /// Both may quote host text (a rule, a chain's name): control characters in it are
+    /// spelled as escapes, so it can neither break the lines nor drive the terminal.
     pub fn report(&self) -> String {
         let mut s = String::new();
         for u in &self.unexpressed {
-            let _ = writeln!(s, "cannot express: {}\n  why: {}", u.what, u.why);
+            let (what, why) = (quote::inert(&u.what), quote::inert(&u.why));
+            let _ = writeln!(s, "cannot express: {what}\n  why: {why}");
         }
         s
     }

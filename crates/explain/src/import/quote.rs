@@ -2,21 +2,10 @@
 
 use super::*;
 
-/// Host text made inert for a `#` comment line (and for stderr): every control
-/// character spelled as an escape (`\n`, `\u{1b}`), so a chain named
+/// Host text made inert for a `#` comment line (and for stderr): a chain named
 /// "c\n[[gateway]]\n…" stays one comment line instead of becoming config, and TOML
 /// (which refuses control characters in comments) still parses the file.
-pub(super) fn inert(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub(super) use crate::inert::inert;
 
 /// Where a rule is, for quoting.
 fn fw_what(r: &Rule) -> String {

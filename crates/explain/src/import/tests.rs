@@ -183,3 +183,19 @@ fn a_multipath_default_over_the_gateways_is_a_share_or_says_why_not() {
         out.toml
     );
 }
+
+#[test]
+fn the_report_spells_control_characters_in_host_text() {
+    let imported = Imported {
+        toml: String::new(),
+        unexpressed: vec![Unexpressed {
+            what: "nft table ip m chain c\n[[gateway]]: meta mark set 0x10".into(),
+            why: "kept for `meta mark set 0x10 comment \"\u{1b}[31m\"`\nadd table ip x".into(),
+        }],
+    };
+    let report = imported.report();
+    assert_eq!(
+        report,
+        "cannot express: nft table ip m chain c\\n[[gateway]]: meta mark set 0x10\n  why: kept for `meta mark set 0x10 comment \"\\u{1b}[31m\"`\\nadd table ip x\n"
+    );
+}

@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Serialize, Serializer};
 
+use crate::inert::inert;
 use symroute_core::model::{Family, IpProto};
 
 /// A netfilter table family.
@@ -252,6 +253,9 @@ impl fmt::Display for Origin {
                 handle,
                 line,
             } => {
+                // Names are host text: spelled inert, so a message naming the chain stays
+                // on its line and sends the terminal nothing.
+                let (table, chain) = (inert(table), inert(chain));
                 write!(f, "nft table {family} {table} chain {chain}")?;
                 if let Some(h) = handle {
                     write!(f, " handle {h}")?;
@@ -266,7 +270,12 @@ impl fmt::Display for Origin {
                 table,
                 chain,
                 line,
-            } => write!(f, "{tool} -t {table} chain {chain} (line {line})"),
+            } => write!(
+                f,
+                "{tool} -t {} chain {} (line {line})",
+                inert(table),
+                inert(chain)
+            ),
         }
     }
 }

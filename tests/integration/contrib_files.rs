@@ -119,6 +119,7 @@ fn keepalived_calls_the_binary_the_units_run() {
     };
     let bin = exec("symroute.service");
     assert_eq!(bin, exec("symroute-apply.service"));
+    assert_eq!(bin, exec("symroute@.service"));
     let ka = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/contrib/ha/keepalived.conf"
@@ -136,4 +137,48 @@ fn keepalived_calls_the_binary_the_units_run() {
             "{l} does not call {bin}"
         );
     }
+}
+
+/// symroute@.service is symroute.service for a named network namespace: every line of the
+/// daemon unit's [Service] section (its sandbox above all) is in the template too, apart
+/// from ExecStart, which names the instance's config; and the template joins the
+/// namespace with NetworkNamespacePath=, so it needs no CAP_SYS_ADMIN.
+#[test]
+fn the_namespace_template_keeps_the_daemon_units_sandbox() {
+    let service = |unit: &str| -> Vec<String> {
+        let text =
+            std::fs::read_to_string(format!("{}/contrib/{unit}", env!("CARGO_MANIFEST_DIR")))
+                .expect("unit");
+        text.split("[Service]")
+            .nth(1)
+            .and_then(|s| s.split("[Install]").next())
+            .expect("[Service] section")
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect()
+    };
+    let daemon = service("symroute.service");
+    let template = service("symroute@.service");
+    for line in &daemon {
+        if line.starts_with("ExecStart=") {
+            continue;
+        }
+        assert!(
+            template.contains(line),
+            "symroute@.service lacks `{line}` of symroute.service"
+        );
+    }
+    for want in [
+        "ExecStart=/usr/sbin/symroute run -c /etc/symroute/%i.toml",
+        "NetworkNamespacePath=/run/netns/%i",
+    ] {
+        assert!(template.iter().any(|l| l == want), "{want}: {template:#?}");
+    }
+    assert!(
+        !template.iter().any(|l| l.contains("CAP_SYS_ADMIN")),
+        "{template:#?}"
+    );
+    assert_eq!(template.len(), daemon.len() + 1, "{template:#?}");
 }

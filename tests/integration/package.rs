@@ -153,6 +153,7 @@ fn the_debian_package() {
         "./usr/sbin/symroute",
         "./usr/lib/systemd/system/symroute.service",
         "./usr/lib/systemd/system/symroute-apply.service",
+        "./usr/lib/systemd/system/symroute@.service",
         "./etc/symroute/symroute.toml",
         "./usr/share/man/man8/symroute.8.gz",
         "./usr/share/man/man8/symroute-run.8.gz",
@@ -216,7 +217,11 @@ fn the_debian_package() {
     let bin = root.join("usr/sbin/symroute");
     let version = run(Command::new(&bin).arg("--version"));
     assert!(version.starts_with("symroute "), "{version}");
-    for unit in ["symroute.service", "symroute-apply.service"] {
+    for unit in [
+        "symroute.service",
+        "symroute-apply.service",
+        "symroute@.service",
+    ] {
         let text =
             std::fs::read_to_string(root.join("usr/lib/systemd/system").join(unit)).expect("unit");
         assert!(text.contains("ExecStart=/usr/sbin/symroute "), "{unit}");

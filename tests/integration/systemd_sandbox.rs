@@ -24,6 +24,10 @@
 //!   `RestrictSUIDSGID=`, `LockPersonality=`: the calls and files they block are never
 //!   used.
 //!
+//! symroute@.service (a named namespace) has symroute.service's lines plus
+//! `NetworkNamespacePath=` (contrib_files checks it): the daemon's run here, joined with
+//! `nsenter --net` and without CAP_SYS_ADMIN, is that unit's workload too.
+//!
 //! Needs root, `ip`, `nft`, `strace`, `setpriv`, `nsenter`, `systemd-analyze`.
 
 use crate::support;

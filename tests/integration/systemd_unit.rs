@@ -6,6 +6,11 @@
 use std::process::Command;
 
 fn verify(unit: &str) {
+    verify_as(unit, unit);
+}
+
+/// Verifies `contrib/{unit}` installed as `name` (a template as one of its instances).
+fn verify_as(unit: &str, name: &str) {
     let text = std::fs::read_to_string(format!("contrib/{unit}")).expect("read unit");
     assert!(
         text.contains("/usr/sbin/symroute"),
@@ -16,7 +21,7 @@ fn verify(unit: &str) {
     // removing a shared directory made the other's unit "not found".
     let dir = std::env::temp_dir().join(format!("symroute-unit-{}-{unit}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join(unit);
+    let path = dir.join(name);
     std::fs::write(&path, text).expect("write unit");
     let out = Command::new("systemd-analyze")
         .arg("verify")
@@ -44,4 +49,9 @@ fn the_daemon_unit_verifies() {
 #[test]
 fn the_apply_at_boot_unit_verifies() {
     verify("symroute-apply.service");
+}
+
+#[test]
+fn the_namespace_template_verifies() {
+    verify_as("symroute@.service", "symroute@lab.service");
 }

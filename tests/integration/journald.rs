@@ -1,8 +1,12 @@
 //! `symroute run` logging to the journal: with stderr being the stream `$JOURNAL_STREAM`
 //! names (device:inode of a real pipe here, as systemd sets it for its stdout stream),
 //! every line starts with its syslog priority and carries no timestamp; with the variable
-//! naming another stream (a redirected stderr inherits it), the output is as ever.
-//! Needs root, `nft` and `ip`.
+//! naming another stream (a redirected stderr inherits it), the output is as ever. And
+//! with the real systemd-journald (run in a private mount namespace over its own tmpfs),
+//! journald reads those prefixes as the lines' priorities: `journalctl -p warning` lists
+//! the gateway lost and the failover, `-p notice` the changes, and routine lines stay out.
+//! Needs root, `nft` and `ip`; the last test also `unshare`, systemd-journald,
+//! `systemd-cat` and `journalctl` (package systemd).
 
 use crate::support;
 
@@ -215,4 +219,98 @@ fn stderr_that_is_not_the_journal_stream_keeps_the_plain_format() {
         "{:?}",
         run.lines()
     );
+}
+
+/// The journal side of it, with the real journald: `symroute run`'s stderr is a stream
+/// connected to systemd-journald's stdout socket (`systemd-cat`, which does what systemd
+/// does for a unit's output), `$JOURNAL_STREAM` names that socket as systemd sets it, and
+/// journalctl then filters by the priorities journald stored.
+#[test]
+fn journald_files_each_line_at_its_priority() {
+    let (fw, _isp) = two_uplinks("jdreal");
+    let _removed = Removed(&fw);
+    let dir = TempDir::new("journald-real");
+    let config = dir.file("symroute.toml", CONFIG.as_bytes(), 0o644);
+    // journald, its sockets and its files live on tmpfs mounts of a private mount
+    // namespace: the host's /run/systemd and journal are never touched.
+    let script = r#"
+set -eu
+sym="$1"; cfg="$2"; ns="$3"
+mkdir -p /run/systemd /run/log
+mount -t tmpfs tmpfs /run/systemd
+mount -t tmpfs tmpfs /run/log
+if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
+mkdir -p /run/systemd/journal
+/lib/systemd/systemd-journald &
+jd=$!
+trap 'kill $jd 2>/dev/null || true' EXIT
+i=0; until [ -S /run/systemd/journal/stdout ]; do i=$((i+1)); [ $i -lt 100 ]; sleep 0.1; done
+jc() { journalctl -t symroute-jd --no-pager -o cat "$@"; }
+wait_for() { i=0; until jc | grep -q -- "$1"; do i=$((i+1)); [ $i -lt 150 ] || { echo "never logged: $1"; jc; exit 1; }; sleep 0.1; done; }
+systemd-cat -t symroute-jd sh -c 'JOURNAL_STREAM=$(stat -L -c %d:%i /proc/self/fd/2) exec "$0" run -c "$1" --netns "$2"' "$sym" "$cfg" "$ns" &
+run=$!
+wait_for "reconciled at startup"
+ip -n "$ns" link set up1 down
+wait_for "failover: policy mail"
+ip -n "$ns" link set up1 up
+wait_for "new connections leave via isp1 again"
+kill -TERM $run; wait $run || true
+echo "== all"; jc
+echo "== warning"; jc -p warning
+echo "== notice"; jc -p notice..notice
+echo "== info"; jc -p info..info
+echo "== end"
+"#;
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+        .arg(env!("CARGO_BIN_EXE_symroute"))
+        .arg(&config)
+        .arg(fw.name())
+        .output()
+        .expect("unshare (util-linux) and systemd-journald are needed for this test");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("== end"),
+        "{}\n{text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let section = |name: &str| -> Vec<&str> {
+        text.split(&format!("== {name}\n"))
+            .nth(1)
+            .and_then(|s| s.split("\n== ").next())
+            .unwrap_or_default()
+            .lines()
+            .collect()
+    };
+    let (all, warning, notice, info) = (
+        section("all"),
+        section("warning"),
+        section("notice"),
+        section("info"),
+    );
+    let has = |lines: &[&str], start: &str| lines.iter().any(|l| l.starts_with(start));
+    // Warnings: the gateway lost and the failover, and nothing routine.
+    assert!(has(&warning, "gateway isp1 is down"), "{text}");
+    assert!(
+        has(
+            &warning,
+            "failover: policy mail: new connections leave via isp2"
+        ),
+        "{text}"
+    );
+    assert!(!has(&warning, "reconciled at startup"), "{text}");
+    assert!(!has(&warning, "symroute "), "{text}");
+    // Notices: what changed.
+    assert!(has(&notice, "reconciled at startup"), "{text}");
+    assert!(has(&notice, "gateway isp1 is up"), "{text}");
+    assert!(!has(&notice, "failover: "), "{text}");
+    // Routine at info, and journald took every prefix off: no `<N>`, no timestamp.
+    assert!(has(&info, "symroute "), "{text}");
+    assert!(has(&info, "SIGTERM: exiting"), "{text}");
+    for l in &all {
+        assert!(!l.starts_with('<'), "a prefix journald did not take: {l:?}");
+        let word = l.split_whitespace().next().unwrap_or_default();
+        assert!(!is_timestamp(word), "a timestamp in the journal: {l:?}");
+    }
 }

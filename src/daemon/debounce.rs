@@ -4,9 +4,11 @@
 //!   notifications; one `nft -f` is one per object). Reconcile once the burst has been
 //!   quiet for `quiet`, but never later than `max_delay` after its first event, so a
 //!   steady trickle cannot postpone the repair forever. A burst of nothing but whole
-//!   nftables transactions is due at once: the kernel ends each commit's notifications
-//!   with a new generation, so nothing of that command is still to come (a deleted
-//!   table is put back without waiting out the quiet period).
+//!   nftables transactions on our table is due at once: the kernel ends each commit's
+//!   notifications with a new generation, so nothing of that command is still to come
+//!   (a deleted table is put back without waiting out the quiet period). Not when the
+//!   burst holds the daemon's own echo (its verify pass keeps the quiet period), nor
+//!   for other programs' commits (a stream of them must not make a pass per commit).
 //! - `Pace`: a token bucket on reconciles that changed something. If another program
 //!   keeps undoing symroute's objects, symroute repairs them at a bounded rate instead of
 //!   spinning.
@@ -31,8 +33,11 @@ pub struct Pending {
     pub overrun: bool,
     /// Batches of notifications folded in.
     pub batches: u32,
-    /// Nothing but nftables notifications, the last of them a transaction's end.
+    /// Nothing but nftables notifications, the last of them the end of a transaction on
+    /// our table, and no echo of the daemon's own apply among them.
     pub complete: bool,
+    /// The daemon's own echo marker is among them (`KernelEvent::own_echo`).
+    pub echo: bool,
 }
 
 #[derive(Debug)]
@@ -59,9 +64,13 @@ impl Debounce {
                 p.sources = p.sources.union(e.sources);
                 p.overrun |= e.overrun;
                 p.batches += 1;
-                // The latest batch ends a transaction, and nothing but nftables came.
-                p.complete =
-                    e.nft_committed && !p.overrun && p.sources == Sources::from(Source::Nftables);
+                p.echo |= e.is_own_echo();
+                // The latest batch ends a transaction on our table, nothing but nftables
+                // came, and none of it is the echo of our own apply.
+                p.complete = e.nft_committed
+                    && !p.overrun
+                    && !p.echo
+                    && p.sources == Sources::from(Source::Nftables);
             }
             None => {
                 self.pending = Some(Pending {
@@ -71,6 +80,7 @@ impl Debounce {
                     overrun: e.overrun,
                     batches: 1,
                     complete: e.whole_nft_transactions(),
+                    echo: e.is_own_echo(),
                 })
             }
         }
@@ -210,6 +220,12 @@ mod tests {
         assert_eq!(d.deadline(), Some(t0));
         d.note(&committed(t0 + ms(2)));
         assert_eq!(d.take_due(t0 + ms(2)).map(|p| p.batches), Some(2));
+        // Our own apply's echo, then its nftables transaction: the verify pass keeps the
+        // quiet period.
+        d.note(&KernelEvent::own_echo(t0));
+        d.note(&committed(t0 + ms(1)));
+        assert_eq!(d.deadline(), Some(t0 + ms(16)));
+        d.take();
         // A transaction read in several batches: due once its end is in.
         d.note(&ev(t0, Source::Nftables));
         assert_eq!(d.deadline(), Some(t0 + ms(15)));

@@ -39,15 +39,33 @@ pub struct KernelEvent {
     /// A socket overflowed (ENOBUFS): notifications were lost, so anything may have
     /// changed. Observing from fresh dumps (which every reconcile does) is the resync.
     pub overrun: bool,
-    /// The batch's last nftables notification was a transaction's end (the kernel sends
-    /// NFT_MSG_NEWGEN after every other notification of a commit): that command's
-    /// changes are all in, so there is nothing of it left to wait for.
+    /// The batch's last nftables notification ended a transaction that touched table
+    /// inet symroute (the kernel sends NFT_MSG_NEWGEN after every other notification of
+    /// a commit): that command's changes to our table are all in, so there is nothing
+    /// of it left to wait for. Other programs' commits never set it: a stream of them
+    /// (fail2ban, docker's iptables-nft, an nftset of dnsmasq) keeps the quiet period
+    /// and the maximum delay, and so a bounded reconcile rate.
     pub nft_committed: bool,
 }
 
 impl KernelEvent {
-    /// Notifications of nothing but whole nftables transactions (no rtnetlink burst
-    /// that may still be arriving, no lost notifications).
+    /// The daemon's own marker after an apply it made (no source): a verify pass a
+    /// quiet period later takes in the notifications of its own changes.
+    pub fn own_echo(at: Instant) -> KernelEvent {
+        KernelEvent {
+            at,
+            sources: Sources::default(),
+            overrun: false,
+            nft_committed: false,
+        }
+    }
+
+    pub fn is_own_echo(&self) -> bool {
+        self.sources.is_empty() && !self.overrun
+    }
+
+    /// Notifications of nothing but whole nftables transactions on our table (no
+    /// rtnetlink burst that may still be arriving, no lost notifications).
     pub fn whole_nft_transactions(&self) -> bool {
         self.nft_committed && !self.overrun && self.sources == Source::Nftables.into()
     }

@@ -382,13 +382,9 @@ impl Daemon {
             self.pace.spend(end);
             // Verify a quiet period later. The notifications of our own changes (some
             // read only after apply returned) fold into that same pass, which finds
-            // nothing to do, writes nothing, and so ends the echo.
-            self.debounce.note(&KernelEvent {
-                at: end,
-                sources: Sources::default(),
-                overrun: false,
-                nft_committed: false,
-            });
+            // nothing to do, writes nothing, and so ends the echo (its whole nftables
+            // transaction does not make it due at once: `Debounce::note`).
+            self.debounce.note(&KernelEvent::own_echo(end));
         }
         // After the apply that took them out: their connections re-establish elsewhere
         // (in an HA pair, only while this box is the master: `ha`).
@@ -424,6 +420,7 @@ impl Daemon {
                 overrun: p.overrun || q.overrun,
                 batches: p.batches + q.batches,
                 complete: p.complete && q.complete,
+                echo: p.echo || q.echo,
             }),
             (why, _) => why,
         };

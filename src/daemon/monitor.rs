@@ -145,6 +145,8 @@ impl Monitor {
         if let Some(nft) = &self.nft {
             fds.push(PollFd::new(nft.as_fd(), PollFlags::POLLIN));
         }
+        // Across batches: a transaction's notifications may take several reads.
+        let mut transactions = Transactions::default();
         loop {
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
@@ -163,7 +165,7 @@ impl Monitor {
                 let mut ended = None;
                 drain(nft, &mut buf, &mut ev, |data, s| {
                     s.insert(Source::Nftables);
-                    ended = nft_transaction_ended(data).or(ended);
+                    ended = transactions.read(data).or(ended);
                 })?;
                 ev.nft_committed = ended == Some(true);
             }
@@ -198,21 +200,65 @@ fn drain(
     }
 }
 
-/// Whether the datagram's last nftables notification ends a transaction (NFT_MSG_NEWGEN,
-/// sent after all of a commit's other notifications); `None` when it holds none.
-pub fn nft_transaction_ended(mut data: &[u8]) -> Option<bool> {
-    let mut ended = None;
-    while let Ok(msg) = NetlinkBuffer::new_checked(data) {
-        let len = msg.length() as usize;
-        if msg.message_type() >> 8 == NFNL_SUBSYS_NFTABLES {
-            ended = Some(msg.message_type() == NFT_NEWGEN);
+/// Follows nftables transactions through their notifications: whether the one a
+/// NFT_MSG_NEWGEN ends (the kernel sends it after all of a commit's other notifications)
+/// touched table inet symroute.
+#[derive(Debug, Default)]
+pub struct Transactions {
+    /// The transaction being read has touched our table so far.
+    ours: bool,
+}
+
+impl Transactions {
+    /// Reads one datagram: `Some(true)` when its last nftables notification ends a
+    /// transaction that touched our table, `Some(false)` when it ends another or a
+    /// transaction is still being read, `None` when it holds no nftables notification.
+    pub fn read(&mut self, mut data: &[u8]) -> Option<bool> {
+        let mut ended = None;
+        while let Ok(msg) = NetlinkBuffer::new_checked(data) {
+            let len = msg.length() as usize;
+            if msg.message_type() == NFT_NEWGEN {
+                ended = Some(std::mem::take(&mut self.ours));
+            } else if msg.message_type() >> 8 == NFNL_SUBSYS_NFTABLES {
+                self.ours |= names_our_table(msg.payload());
+                ended = Some(false);
+            }
+            data = data.get((len + 3) & !3..).unwrap_or_default();
+            if len == 0 {
+                break;
+            }
         }
-        data = data.get((len + 3) & !3..).unwrap_or_default();
-        if len == 0 {
-            break;
-        }
+        ended
     }
-    ended
+}
+
+/// Whether an nftables notification (nfgenmsg, then attributes) is about an object of
+/// table inet symroute. Every object kind's message names its table in attribute 1
+/// (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE,
+/// NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, NFTA_FLOWTABLE_TABLE), a NUL-terminated string.
+fn names_our_table(payload: &[u8]) -> bool {
+    const NFPROTO_INET: u8 = 1;
+    const NLA_TYPE_MASK: u16 = 0x3fff;
+    if payload.first() != Some(&NFPROTO_INET) {
+        return false;
+    }
+    let mut attrs = payload.get(4..).unwrap_or_default();
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK;
+        let Some(value) = attrs.get(4..len.max(4)) else {
+            return false;
+        };
+        if kind == 1 {
+            let name = value.split(|b| *b == 0).next().unwrap_or_default();
+            return name == symroute_core::plan::nft::TABLE.as_bytes();
+        }
+        if len < 4 {
+            return false;
+        }
+        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
+    }
+    false
 }
 
 /// The kinds of object the rtnetlink notifications of one datagram are about.
@@ -282,19 +328,48 @@ mod tests {
         route_sources(&data[..20], &mut s);
     }
 
+    /// An nftables notification of `family` naming table `table` (attribute 1).
+    fn nft_msg(kind: u16, family: u8, table: &str) -> Vec<u8> {
+        let mut p = vec![family, 0, 0, 0];
+        let mut name = table.as_bytes().to_vec();
+        name.push(0);
+        p.extend_from_slice(&((4 + name.len()) as u16).to_ne_bytes());
+        p.extend_from_slice(&1u16.to_ne_bytes());
+        p.extend_from_slice(&name);
+        p.resize((p.len() + 3) & !3, 0);
+        msg(kind, &p)
+    }
+
     #[test]
-    fn a_transaction_ends_with_its_generation() {
+    fn a_transaction_on_our_table_ends_with_its_generation() {
         const NEWTABLE: u16 = NFNL_SUBSYS_NFTABLES << 8;
-        const NEWSET: u16 = NFNL_SUBSYS_NFTABLES << 8 | 9;
-        assert_eq!(nft_transaction_ended(&[]), None);
-        let mut one = msg(NEWTABLE, &[0; 4]);
-        one.extend(msg(NEWSET, &[0; 4]));
-        assert_eq!(nft_transaction_ended(&one), Some(false));
-        one.extend(msg(NFT_NEWGEN, &[0; 4]));
-        assert_eq!(nft_transaction_ended(&one), Some(true));
+        const DELSET: u16 = NFNL_SUBSYS_NFTABLES << 8 | 11;
+        const INET: u8 = 1;
+        const IP: u8 = 2;
+        let gen = msg(NFT_NEWGEN, &[0; 4]);
+        let mut t = Transactions::default();
+        assert_eq!(t.read(&[]), None);
+        // Ours, read in two datagrams.
+        let mut one = nft_msg(NEWTABLE, INET, "symroute");
+        one.extend(nft_msg(DELSET, INET, "symroute"));
+        assert_eq!(t.read(&one), Some(false));
+        assert_eq!(t.read(&gen), Some(true));
+        // Another program's table, or ours by name in another family: not ours.
+        for (family, table) in [(INET, "filter"), (IP, "symroute"), (INET, "symroutex")] {
+            let mut other = nft_msg(NEWTABLE, family, table);
+            other.extend(gen.clone());
+            assert_eq!(t.read(&other), Some(false), "{family} {table}");
+        }
         // The next transaction's first notification: not ended any more.
-        one.extend(msg(NEWTABLE, &[0; 4]));
-        assert_eq!(nft_transaction_ended(&one), Some(false));
-        assert_eq!(nft_transaction_ended(&one[..20]), Some(false));
+        let mut next = nft_msg(NEWTABLE, INET, "symroute");
+        next.extend(gen.clone());
+        next.extend(nft_msg(NEWTABLE, INET, "symroute"));
+        assert_eq!(t.read(&next), Some(false));
+        assert_eq!(t.read(&gen), Some(true));
+        // Cut or garbage datagrams neither panic nor loop.
+        t.read(&one[..20]);
+        t.read(&[1, 2, 3]);
+        assert!(!names_our_table(&[1, 0, 0, 0, 0, 0, 1, 0]));
+        assert!(!names_our_table(&[1, 0, 0, 0, 200, 0, 1, 0, b's']));
     }
 }

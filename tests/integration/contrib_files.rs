@@ -142,7 +142,8 @@ fn keepalived_calls_the_binary_the_units_run() {
 /// symroute@.service is symroute.service for a named network namespace: every line of the
 /// daemon unit's [Service] section (its sandbox above all) is in the template too, apart
 /// from ExecStart, which names the instance's config; and the template joins the
-/// namespace with NetworkNamespacePath=, so it needs no CAP_SYS_ADMIN.
+/// namespace with NetworkNamespacePath=, so it needs no CAP_SYS_ADMIN, and names it to
+/// the hooks in SYMROUTE_NETNS.
 #[test]
 fn the_namespace_template_keeps_the_daemon_units_sandbox() {
     let service = |unit: &str| -> Vec<String> {
@@ -173,6 +174,8 @@ fn the_namespace_template_keeps_the_daemon_units_sandbox() {
     for want in [
         "ExecStart=/usr/sbin/symroute run -c /etc/symroute/%i.toml",
         "NetworkNamespacePath=/run/netns/%i",
+        // Hooks see the namespace's name as they do under --netns.
+        "Environment=SYMROUTE_NETNS=%i",
     ] {
         assert!(template.iter().any(|l| l == want), "{want}: {template:#?}");
     }
@@ -180,5 +183,5 @@ fn the_namespace_template_keeps_the_daemon_units_sandbox() {
         !template.iter().any(|l| l.contains("CAP_SYS_ADMIN")),
         "{template:#?}"
     );
-    assert_eq!(template.len(), daemon.len() + 1, "{template:#?}");
+    assert_eq!(template.len(), daemon.len() + 2, "{template:#?}");
 }

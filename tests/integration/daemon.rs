@@ -933,3 +933,69 @@ fn hooks_coalesce_see_no_systemd_variables_and_leave_nothing_running() {
     }
     lab.fw.ip("link set up1 up").expect("up1 up");
 }
+
+/// (11) Another program commits to its own nftables table thousands of times a second (an
+/// nftset of dnsmasq, fail2ban, docker's iptables-nft): the daemon waits out the quiet
+/// period (or the maximum delay) before each pass, as for any burst; only whole
+/// transactions on its own table are reconciled at once. Each pass logs how long after
+/// the burst's first change it started: never sooner than the quiet period here (a
+/// daemon that took every foreign transaction as its own started passes 0 ms after).
+#[test]
+fn other_programs_nft_commits_keep_the_quiet_period() {
+    let lab = lab();
+    let _services = services(&lab);
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    lab.fw
+        .exec(&[
+            "nft",
+            "add table inet busy; add set inet busy s { type ipv4_addr; }",
+        ])
+        .expect("a foreign table");
+    std::thread::sleep(Duration::from_millis(300));
+    let from = d.log().lines().count();
+    let t0 = Instant::now();
+    // `nft -i` runs each line as a transaction of its own: 3,000 commits from one
+    // process, closer together than the quiet period.
+    let commands: String = (0..3000)
+        .map(|i| {
+            format!(
+                "add element inet busy s {{ 10.9.{}.{} }}\n",
+                i / 250,
+                i % 250
+            )
+        })
+        .collect();
+    lab.fw
+        .sh(&format!("nft -i >/dev/null <<'EOF'\n{commands}EOF"))
+        .expect("3,000 commits");
+    let storm = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(300));
+    let log = d.log();
+    let passes: Vec<&str> = log
+        .lines()
+        .skip(from)
+        .filter(|l| l.contains("reconciled"))
+        .collect();
+    eprintln!(
+        "3,000 foreign commits in {storm:.1?}: {} reconcile pass(es)",
+        passes.len()
+    );
+    assert!(
+        !passes.is_empty(),
+        "the commits were never taken in:\n{log}"
+    );
+    for p in &passes {
+        let after: u64 = p
+            .split("reconciled ")
+            .nth(1)
+            .and_then(|r| r.split(" ms after a change").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a pass after a change: {p}"));
+        assert!(
+            after >= 15,
+            "a pass started {after} ms after another program's commit, inside the quiet period:\n{p}"
+        );
+    }
+    d.wait_converged("after the foreign commits");
+}

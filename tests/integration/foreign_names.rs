@@ -382,10 +382,12 @@ fn a_tampered_own_table_is_never_replayed() {
 fn a_conflicting_chain_is_named_inert() {
     let h = host();
     let _remove = RemoveOnDrop(&h.fw);
-    // Copies every mark bit into the connection, symroute's included: a conflict.
+    // Copies every mark bit into the connection, symroute's included: a conflict. Its
+    // text (quoted in the refusal) holds a log prefix with an escape and a new line.
     let copy = serde_json::json!({ "nftables": [
         { "add": { "rule": { "family": "ip", "table": "m", "chain": EVIL_CHAIN,
-            "expr": [ { "mangle": { "key": { "ct": { "key": "mark" } },
+            "expr": [ { "log": { "prefix": "\u{1b}[31m\n[[gateway]]" } },
+                      { "mangle": { "key": { "ct": { "key": "mark" } },
                                     "value": { "meta": { "key": "mark" } } } } ] } } },
     ]});
     h.fw.sh(&format!("nft -j -f - <<'JSON'\n{copy}\nJSON"))

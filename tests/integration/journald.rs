@@ -235,15 +235,23 @@ fn journald_files_each_line_at_its_priority() {
     // namespace: the host's /run/systemd and journal are never touched.
     let script = r#"
 set -eu
-sym="$1"; cfg="$2"; ns="$3"
+sym="$1"; cfg="$2"; ns="$3"; conf="$4"
+run=; jd=
+trap 'kill $run $jd 2>/dev/null || true; wait 2>/dev/null || true' EXIT
 mkdir -p /run/systemd /run/log
 mount -t tmpfs tmpfs /run/systemd
 mount -t tmpfs tmpfs /run/log
 if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
+# Our own journald.conf, nothing of the host's: volatile, every level kept, no kmsg, and
+# `Audit=` unset (left as it is); and no audit capability at all, so this journald can
+# never switch the host's kernel auditing on or off.
+mount --bind "$conf" /etc/systemd/journald.conf
+for d in /etc/systemd/journald.conf.d /usr/lib/systemd/journald.conf.d /usr/local/lib/systemd/journald.conf.d; do
+  if [ -d "$d" ]; then mount -t tmpfs tmpfs "$d"; fi
+done
 mkdir -p /run/systemd/journal
-/lib/systemd/systemd-journald &
+setpriv --bounding-set -audit_control,-audit_read,-audit_write /lib/systemd/systemd-journald &
 jd=$!
-trap 'kill $jd 2>/dev/null || true' EXIT
 i=0; until [ -S /run/systemd/journal/stdout ]; do i=$((i+1)); [ $i -lt 100 ]; sleep 0.1; done
 jc() { journalctl -t symroute-jd --no-pager -o cat "$@"; }
 wait_for() { i=0; until jc | grep -q -- "$1"; do i=$((i+1)); [ $i -lt 150 ] || { echo "never logged: $1"; jc; exit 1; }; sleep 0.1; done; }
@@ -255,17 +263,25 @@ wait_for "failover: policy mail"
 ip -n "$ns" link set up1 up
 wait_for "new connections leave via isp1 again"
 kill -TERM $run; wait $run || true
+run=
+wait_for "SIGTERM: exiting"
 echo "== all"; jc
 echo "== warning"; jc -p warning
 echo "== notice"; jc -p notice..notice
 echo "== info"; jc -p info..info
 echo "== end"
 "#;
+    let conf = dir.file(
+        "journald.conf",
+        b"[Journal]\nStorage=volatile\nMaxLevelStore=debug\nReadKMsg=no\nAudit=\nForwardToSyslog=no\nForwardToWall=no\n",
+        0o644,
+    );
     let out = Command::new("unshare")
         .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
         .arg(env!("CARGO_BIN_EXE_symroute"))
         .arg(&config)
         .arg(fw.name())
+        .arg(&conf)
         .output()
         .expect("unshare (util-linux) and systemd-journald are needed for this test");
     let text = String::from_utf8_lossy(&out.stdout);

@@ -24,9 +24,10 @@
 //!   `RestrictSUIDSGID=`, `LockPersonality=`: the calls and files they block are never
 //!   used.
 //!
-//! symroute@.service (a named namespace) has symroute.service's lines plus
-//! `NetworkNamespacePath=` (contrib_files checks it): the daemon's run here, joined with
-//! `nsenter --net` and without CAP_SYS_ADMIN, is that unit's workload too.
+//! The daemon's run here, joined with `nsenter --net` and without CAP_SYS_ADMIN, runs
+//! under symroute@NAME.service's lines: symroute.service's (contrib_files checks it)
+//! plus `NetworkNamespacePath=` and `Environment=SYMROUTE_NETNS=NAME`, which its hook
+//! sees. `--netns` with CAP_SYS_ADMIN added runs under symroute.service's.
 //!
 //! Needs root, `ip`, `nft`, `strace`, `setpriv`, `nsenter`, `systemd-analyze`.
 
@@ -204,6 +205,16 @@ impl<'a> Sandbox<'a> {
         );
         c.args(["sh", "-c", &limits, "sh", SYMROUTE]).args(args);
         c.env_remove("NOTIFY_SOCKET").env_remove("WATCHDOG_USEC");
+        // The unit's Environment= lines, a template's `%i` being the joined namespace.
+        for line in self.unit.values("Environment") {
+            let line = match join {
+                Some(ns) => line.replace("%i", ns.name()),
+                None => line.to_string(),
+            };
+            if let Some((k, v)) = line.split_once('=') {
+                c.env(k, v);
+            }
+        }
         c
     }
 
@@ -515,7 +526,7 @@ fn config(metrics: u16) -> String {
     format!(
         r#"[settings]
 metrics = "127.0.0.1:{metrics}"
-on_change = "printf '%s %s\n' \"$SYMROUTE_GATEWAY\" \"$SYMROUTE_NEW_STATE\""
+on_change = "printf '%s %s %s\n' \"$SYMROUTE_GATEWAY\" \"$SYMROUTE_NEW_STATE\" \"$SYMROUTE_NETNS\""
 
 [[gateway]]
 name = "isp1"
@@ -587,7 +598,10 @@ fn report(unit: &str, sb: &Sandbox) {
 
 #[test]
 fn the_daemon_runs_inside_its_units_sandbox() {
-    let unit = Unit::load("symroute.service");
+    // Joined as NetworkNamespacePath= joins: symroute@NAME.service, which holds every
+    // line of symroute.service (contrib_files checks it) and names NAME to the hooks.
+    let unit = Unit::load("symroute@.service");
+    let daemon_unit = Unit::load("symroute.service");
     let (fw, isp) = two_uplinks("sbx");
     let dir = TempDir::new("sandbox");
     let port = 19469 + (std::process::id() % 1000) as u16;
@@ -625,10 +639,14 @@ fn the_daemon_runs_inside_its_units_sandbox() {
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "symroute run: {status}\n{log}");
     assert!(log.contains("on_change"), "no hook ran:\n{log}");
+    assert!(
+        log.contains(&format!("isp1 down {}", fw.name())),
+        "the hook did not see SYMROUTE_NETNS:\n{log}"
+    );
     sb.run(Some(&fw), &["remove"]);
 
     // `--netns` instead of NetworkNamespacePath=: the drop-in adds CAP_SYS_ADMIN.
-    let mut sb2 = Sandbox::new(&unit, &["CAP_SYS_ADMIN"], &dir.0, "netns");
+    let mut sb2 = Sandbox::new(&daemon_unit, &["CAP_SYS_ADMIN"], &dir.0, "netns");
     let out = sb2.run(None, &["apply", "-c", cfg, "--netns", fw.name()]);
     assert!(out.contains("applied"), "{out}");
     sb2.run(None, &["remove", "--netns", fw.name()]);
@@ -647,7 +665,7 @@ fn the_daemon_runs_inside_its_units_sandbox() {
         "{stderr}"
     );
     sb.traces.extend(sb2.traces);
-    report("symroute.service", &sb);
+    report("symroute@.service and symroute.service", &sb);
 }
 
 #[test]

@@ -5,5 +5,6 @@
 
 pub mod config;
 pub mod fuzz;
+pub mod inert;
 pub mod model;
 pub mod plan;

@@ -5,7 +5,7 @@
 pub mod doctor;
 pub mod host;
 pub mod import;
-pub mod inert;
+pub use symroute_core::inert;
 pub mod marks;
 pub mod netfilter;
 pub mod routing;

@@ -7,6 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use super::{HostView, Plan, RouteSpec, RuleSpec};
+use crate::inert::inert;
 use crate::model::{Family, MarkMask, Priority, TableId};
 
 /// What the kernel holds, as far as symroute cares.
@@ -89,11 +90,7 @@ impl Changes {
         let mut s = String::new();
         for c in self.sysctls.iter().chain(&self.sysctls_restore) {
             let set = format!("{}={}", c.key, c.to);
-            s += &format!(
-                "sysctl -w {}    # was {}\n",
-                sh_word(&set),
-                comment_text(&c.from)
-            );
+            s += &format!("sysctl -w {}    # was {}\n", sh_word(&set), inert(&c.from));
         }
         if let Some(nft) = &self.nft {
             // A quoted here-document is passed on verbatim; only a line equal to its
@@ -203,20 +200,6 @@ pub fn sh_word(word: &str) -> String {
         .unwrap_or_else(|_| sh_word(&word.replace('\0', "\\0")))
 }
 
-/// Text for the rest of a `#` comment line: control characters (a newline would end the
-/// comment and start a command) spelled as escapes.
-pub fn comment_text(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
 /// A reason apply must not touch the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Conflict(pub String);
@@ -234,7 +217,8 @@ pub fn conflicts(plan: &Plan, observed: &Observed) -> Vec<Conflict> {
         if plan.priorities.contains(&r.priority) {
             out.push(Conflict(format!(
                 "priority {} is taken by a rule symroute does not own: `{}`; set [settings] first_priority to a free range",
-                r.priority, r.text
+                r.priority,
+                inert(&r.text)
             )));
         }
     }
@@ -257,7 +241,7 @@ pub fn conflicts(plan: &Plan, observed: &Observed) -> Vec<Conflict> {
                 "{} uses mark bits {:#010x} inside symroute's mark_mask {mask}: `{}`; set [settings] mark_mask to bits nobody else uses",
                 u.place,
                 u.bits & mask.bits(),
-                u.text
+                inert(&u.text)
             )));
         }
     }

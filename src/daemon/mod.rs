@@ -161,7 +161,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         cgroup_watch,
         waiting: BTreeSet::new(),
         cgroups: BTreeSet::new(),
-        plans: apply::PlanMemo::default(),
+        plans: crate::kernel::plans::PlanMemo::default(),
     };
     // A pending `apply --confirm` of a previous daemon goes on where it was.
     if let Some((config, model, pending)) = pending::resume() {
@@ -223,7 +223,7 @@ struct Daemon {
     config: PathBuf,
     model: Model,
     /// The plan of the last pass, reused while the model and host view are the same.
-    plans: apply::PlanMemo,
+    plans: crate::kernel::plans::PlanMemo,
     remove_on_exit: bool,
     debounce: Debounce,
     pace: Pace,

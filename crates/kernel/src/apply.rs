@@ -3,17 +3,17 @@
 //! family). `apply` converges from whatever it finds and, if a step fails, puts back what
 //! it found (`remove` runs the same steps, carrying on past errors).
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
 
 use super::netlink::{Netlink, Request};
+use super::plans::{plan_for, PlanMemo};
 use super::{cmd, noop, observe, rundir, state, KernelError};
 use symroute_core::model::{Family, Model};
 use symroute_core::plan::diff::{self, Changes, Observed, SysctlChange};
-use symroute_core::plan::{self, nft, HostView, Plan, RouteSpec, RuleSpec};
+use symroute_core::plan::{nft, HostView, Plan, RouteSpec, RuleSpec};
 
 /// A step of `execute`, for test-only fault injection (`--inject-failure`, `--abort-after`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,34 +54,6 @@ pub struct ApplyOptions<'a> {
     pub when_locked: Option<&'a WhenLocked>,
     /// Plans kept from earlier applies (the daemon keeps one across its reconciles).
     pub plans: Option<&'a PlanMemo>,
-}
-
-/// The last plan an apply built, with the model and host view it was built from.
-/// Planning is pure, so the same two give the same plan without planning again (a
-/// 10,000-selector model takes 6–7 ms, most of a daemon pass that finds nothing to do,
-/// and a share of the repair that must wait for it).
-#[derive(Default)]
-pub struct PlanMemo(RefCell<Option<(Model, HostView, Plan)>>);
-
-impl PlanMemo {
-    fn plan(&self, model: &Model, host: &HostView) -> Plan {
-        if let Some((m, h, p)) = &*self.0.borrow() {
-            if h == host && m == model {
-                return p.clone();
-            }
-        }
-        let plan = plan::build(model, host);
-        *self.0.borrow_mut() = Some((model.clone(), host.clone(), plan.clone()));
-        plan
-    }
-}
-
-/// `model`'s plan on `host`, from `memo` when it holds it.
-pub(crate) fn plan_for(memo: Option<&PlanMemo>, model: &Model, host: &HostView) -> Plan {
-    match memo {
-        Some(m) => m.plan(model, host),
-        None => plan::build(model, host),
-    }
 }
 
 /// See [`ApplyOptions::when_locked`].

@@ -22,6 +22,7 @@ pub mod netns;
 pub mod nft_rules;
 pub mod noop;
 pub mod observe;
+pub mod plans;
 pub mod process;
 pub mod remove;
 pub mod rundir;

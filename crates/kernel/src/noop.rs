@@ -104,7 +104,7 @@ fn parse_record(text: &str) -> (&str, Option<u32>) {
 pub fn prove(
     model: &Model,
     health_down: &BTreeMap<String, String>,
-    plans: Option<&super::apply::PlanMemo>,
+    plans: Option<&super::plans::PlanMemo>,
 ) -> Result<Option<Proof>, KernelError> {
     let Some(recorded) = rundir::read(&path()?)? else {
         return Ok(None);
@@ -127,7 +127,7 @@ pub fn prove(
         // the plan (and so in the digest), so one that appeared, went or came back with a
         // new id is never proved a no-op.
         host.cgroups = super::cgroup::observe(model);
-        let plan = super::apply::plan_for(plans, model, &host);
+        let plan = super::plans::plan_for(plans, model, &host);
         let proved = !moved && digest(&plan, &observed, generation)? == recorded;
         let observed = match listing {
             Some(l) => {

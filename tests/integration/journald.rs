@@ -242,11 +242,12 @@ mkdir -p /run/systemd /run/log
 mount -t tmpfs tmpfs /run/systemd
 mount -t tmpfs tmpfs /run/log
 if [ -d /var/log/journal ]; then mount -t tmpfs tmpfs /var/log/journal; fi
-# Our own journald.conf, nothing of the host's: volatile, every level kept, no kmsg, and
-# `Audit=` unset (left as it is); and no audit capability at all, so this journald can
-# never switch the host's kernel auditing on or off.
-mount --bind "$conf" /etc/systemd/journald.conf
-for d in /etc/systemd/journald.conf.d /usr/lib/systemd/journald.conf.d /usr/local/lib/systemd/journald.conf.d; do
+# Our own journald.conf (on a tmpfs over /etc/systemd), nothing of the host's: volatile,
+# every level kept, no kmsg, and `Audit=` unset (left as it is); and no audit capability
+# at all, so this journald can never switch the host's kernel auditing on or off.
+mount -t tmpfs tmpfs /etc/systemd
+cp "$conf" /etc/systemd/journald.conf
+for d in /usr/lib/systemd/journald.conf.d /usr/local/lib/systemd/journald.conf.d; do
   if [ -d "$d" ]; then mount -t tmpfs tmpfs "$d"; fi
 done
 mkdir -p /run/systemd/journal

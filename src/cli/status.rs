@@ -1,5 +1,6 @@
 //! `symroute status`: gateways, policy counters and connections, with the daemon's live
-//! view when one runs here; with no config at all, what symroute has applied here.
+//! view when one runs here; with no config at all, or one that defines nothing yet (the
+//! package's template), what symroute has applied here.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -12,7 +13,8 @@ use super::daemon;
 
 /// Gateways, policy counters and live connections per gateway; with a running
 /// `symroute run`, its live health (since, loss, round trip). Without -c, the
-/// daemon's config; with neither and no file at the default path, what symroute has
+/// daemon's config; with neither and no file at the default path, or a config that
+/// defines no gateway or policy yet (as the package installs it), what symroute has
 /// applied here (its table, tagged rules and routes, counters, the sysctls it changed).
 /// Also what each mark means here (compare it with the other box of an HA pair:
 /// `symroute doctor --peer`), the HA role keepalived last reported, and a pending or last
@@ -35,7 +37,11 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     // No -c, no daemon and no file at the default path: what is applied here.
     let default = args.scope.config.path();
     if args.scope.config.config.is_none() && live.is_none() && !default.exists() {
-        let st = kernel::status::without_config(&default)?;
+        let note = format!(
+            "no config at {} (and no `symroute run` here): showing what symroute has applied in this namespace",
+            default.display()
+        );
+        let st = kernel::status::without_config(None, note)?;
         print_without_config(&st, args.json, out)?;
         return Ok(ExitCode::SUCCESS);
     }
@@ -44,6 +50,19 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         (None, Some(l)) => symroute::config_file::load(std::path::Path::new(&l.daemon.config))?,
         _ => args.scope.config.load()?,
     };
+    // A config that defines nothing yet (the package installs its commented template at
+    // the default path): compared with it, anything applied would only "differ"; what is
+    // applied here says more.
+    if live.is_none() && m.gateways.is_empty() && m.policies.is_empty() && m.diverts.is_empty() {
+        let path = args.scope.config.path();
+        let note = format!(
+            "{} defines no gateway or policy yet (and no `symroute run` here): showing what symroute has applied in this namespace",
+            path.display()
+        );
+        let st = kernel::status::without_config(Some(&path), note)?;
+        print_without_config(&st, args.json, out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let st = kernel::status::status(&m, live.as_ref())?;
     if args.json {
         serde_json::to_writer_pretty(&mut *out, &st)?;

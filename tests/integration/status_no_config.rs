@@ -68,3 +68,37 @@ fn status_without_a_config_shows_what_is_applied() {
         .stdout;
     assert!(with.starts_with("applied, matches the config"), "{with}");
 }
+
+/// The package installs a commented template at the default path, which defines nothing:
+/// status with it shows what symroute has applied here (as with no config), not an
+/// empty config's view that calls whatever is applied "differs".
+#[test]
+fn status_with_the_packages_template_shows_what_is_applied() {
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/symroute.toml");
+    let (fw, _isp) = two_uplinks("sttmpl");
+    let status = |json: bool| {
+        let mut args = vec!["status", "--netns", fw.name(), "-c", template];
+        if json {
+            args.push("--json");
+        }
+        symroute(&args).ok().stdout
+    };
+    let empty = status(false);
+    assert!(
+        empty.contains("symroute.toml defines no gateway or policy yet")
+            && empty.contains("not applied: nothing of symroute's"),
+        "{empty}"
+    );
+    let _applied = Applied::apply(&fw, CONFIG);
+    let text = status(false);
+    for want in [
+        "applied: nftables table inet symroute (fingerprint ",
+        "lookup 42025",
+        "p0_answer_on_isp1",
+    ] {
+        assert!(text.contains(want), "{want}:\n{text}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&status(true)).expect("JSON");
+    assert_eq!(json["config"], template, "{json}");
+    assert_eq!(json["applied"], true, "{json}");
+}

@@ -277,7 +277,8 @@ pub fn status(model: &Model, daemon: Option<&DaemonStatus>) -> Result<Status, Ke
 /// no model there are no gateways, policies or marks to name, only objects.
 #[derive(Debug, Serialize)]
 pub struct StatusWithoutConfig {
-    /// Always null here: the config this status is without.
+    /// The config when it exists but defines no gateway, policy or divert (the package's
+    /// commented template); null when there is none.
     pub config: Option<String>,
     /// Why there is no config, for people.
     pub note: String,
@@ -322,8 +323,12 @@ impl StatusWithoutConfig {
     }
 }
 
-/// [`StatusWithoutConfig`] of the current namespace; `missing` is the config not found.
-pub fn without_config(missing: &std::path::Path) -> Result<StatusWithoutConfig, KernelError> {
+/// [`StatusWithoutConfig`] of the current namespace: `config` is the config that exists
+/// but defines nothing (None: there is none), `note` says which, for people.
+pub fn without_config(
+    config: Option<&std::path::Path>,
+    note: String,
+) -> Result<StatusWithoutConfig, KernelError> {
     let observed = observe::observe()?;
     let counters = match observed.nft_fingerprint {
         Some(_) => policy_counters()?
@@ -343,11 +348,8 @@ pub fn without_config(missing: &std::path::Path) -> Result<StatusWithoutConfig, 
         })
         .collect();
     Ok(StatusWithoutConfig {
-        config: None,
-        note: format!(
-            "no config at {} (and no `symroute run` here): showing what symroute has applied in this namespace",
-            missing.display()
-        ),
+        config: config.map(|p| p.display().to_string()),
+        note,
         applied: observed.nft_fingerprint.is_some(),
         fingerprint: observed.nft_fingerprint.filter(|f| !f.is_empty()),
         rules: observed.rules.iter().map(|r| r.to_string()).collect(),

@@ -69,11 +69,31 @@ pub fn confirm(out: &mut impl Write) -> anyhow::Result<bool> {
 /// The daemon's live view, when one answers here (a daemon that fails to answer is
 /// noted on stderr and treated as absent).
 pub fn status() -> Option<DaemonStatus> {
+    match probe() {
+        Live::Running(s) => Some(*s),
+        Live::Absent | Live::Unreachable => None,
+    }
+}
+
+/// Whether a daemon runs here, as its control socket tells.
+pub enum Live {
+    Running(Box<DaemonStatus>),
+    /// No socket, or nobody listening on it.
+    Absent,
+    /// A socket whose daemon did not answer (noted on stderr): one may well run.
+    Unreachable,
+}
+
+pub fn probe() -> Live {
     match control::call(&Request::Status) {
-        Ok(r) => r.and_then(|r| r.status),
+        Ok(Some(r)) => match r.status {
+            Some(s) => Live::Running(Box::new(s)),
+            None => Live::Unreachable,
+        },
+        Ok(None) => Live::Absent,
         Err(e) => {
             eprintln!("symroute: note: no live state from the daemon: {e}");
-            None
+            Live::Unreachable
         }
     }
 }

@@ -13,9 +13,10 @@ use super::daemon;
 
 /// Gateways, policy counters and live connections per gateway; with a running
 /// `symroute run`, its live health (since, loss, round trip). Without -c, the
-/// daemon's config; with neither and no file at the default path, or a config that
-/// defines no gateway or policy yet (as the package installs it), what symroute has
-/// applied here (its table, tagged rules and routes, counters, the sysctls it changed).
+/// daemon's config; with neither and no file at the default path, what symroute has
+/// applied here (its table, tagged rules and routes, counters, the sysctls it changed),
+/// and the same as text for a config that defines no gateway or policy yet (as the
+/// package installs it).
 /// Also what each mark means here (compare it with the other box of an HA pair:
 /// `symroute doctor --peer`), the HA role keepalived last reported, and a pending or last
 /// `apply --confirm`.
@@ -33,10 +34,15 @@ pub struct Args {
 
 pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     args.scope.netns.enter()?;
-    let live = daemon::status();
+    let probe = daemon::probe();
+    let absent = matches!(probe, daemon::Live::Absent);
+    let live = match probe {
+        daemon::Live::Running(s) => Some(*s),
+        _ => None,
+    };
     // No -c, no daemon and no file at the default path: what is applied here.
     let default = args.scope.config.path();
-    if args.scope.config.config.is_none() && live.is_none() && !default.exists() {
+    if args.scope.config.config.is_none() && absent && !default.exists() {
         let note = format!(
             "no config at {} (and no `symroute run` here): showing what symroute has applied in this namespace",
             default.display()
@@ -52,8 +58,10 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     };
     // A config that defines nothing yet (the package installs its commented template at
     // the default path): compared with it, anything applied would only "differ"; what is
-    // applied here says more.
-    if live.is_none() && m.gateways.is_empty() && m.policies.is_empty() && m.diverts.is_empty() {
+    // applied here says more, to people (`--json` keeps its one shape for scripts and
+    // `doctor --peer`).
+    let defines_nothing = m.gateways.is_empty() && m.policies.is_empty() && m.diverts.is_empty();
+    if absent && defines_nothing && !args.json {
         let path = args.scope.config.path();
         let note = format!(
             "{} defines no gateway or policy yet (and no `symroute run` here): showing what symroute has applied in this namespace",

@@ -168,6 +168,10 @@ impl Monitor {
                     ended = transactions.read(data).or(ended);
                 })?;
                 ev.nft_committed = ended == Some(true);
+                if ev.overrun {
+                    // Notifications were lost, a transaction's end perhaps among them.
+                    transactions = Transactions::default();
+                }
             }
             if ev.overrun {
                 tracing::debug!("a monitor socket overflowed: resyncing from fresh dumps");

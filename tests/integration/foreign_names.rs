@@ -392,6 +392,26 @@ fn a_conflicting_chain_is_named_inert() {
     ]});
     h.fw.sh(&format!("nft -j -f - <<'JSON'\n{copy}\nJSON"))
         .expect("add the conflicting rule");
+    // And a route of someone else's in a table symroute's plan uses, on a link whose
+    // name holds an escape (quoted in the refusal as the table's example route).
+    let evil_if = "e\u{1b}[31m";
+    h.fw.exec(&[
+        "ip", "link", "add", evil_if, "type", "veth", "peer", "name", "ep0",
+    ])
+    .expect("a link named with an escape");
+    h.fw.exec(&["ip", "link", "set", evil_if, "up"])
+        .expect("link up");
+    h.fw.exec(&[
+        "ip",
+        "route",
+        "add",
+        "10.55.0.0/24",
+        "dev",
+        evil_if,
+        "table",
+        "42025",
+    ])
+    .expect("a foreign route in our table");
     let r = symroute_in(&h.fw, "apply", Some(CONFIG), &[]);
     assert_ne!(r.code, 0, "apply beside a conflict:\n{}", r.show());
     assert!(
@@ -399,6 +419,11 @@ fn a_conflicting_chain_is_named_inert() {
             .contains("chain c\\n[[gateway]]\\nname = \\\"evil\\\"")
             || r.stderr.contains("chain c\\n[[gateway]]\\nname = \"evil\""),
         "the refusal does not name the chain, escaped:\n{:?}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("routing table 42025") && r.stderr.contains("dev e\\u{1b}[31m"),
+        "the refusal does not name the foreign route, escaped:\n{:?}",
         r.stderr
     );
     assert!(

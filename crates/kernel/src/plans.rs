@@ -27,7 +27,7 @@ impl PlanMemo {
 }
 
 /// `model`'s plan on `host`, from `memo` when it holds it.
-pub fn plan_for(memo: Option<&PlanMemo>, model: &Model, host: &HostView) -> Plan {
+pub(crate) fn plan_for(memo: Option<&PlanMemo>, model: &Model, host: &HostView) -> Plan {
     match memo {
         Some(m) => m.plan(model, host),
         None => plan::build(model, host),

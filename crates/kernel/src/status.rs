@@ -278,7 +278,7 @@ pub fn status(model: &Model, daemon: Option<&DaemonStatus>) -> Result<Status, Ke
 #[derive(Debug, Serialize)]
 pub struct StatusWithoutConfig {
     /// The config when it exists but defines no gateway, policy or divert (the package's
-    /// commented template); null when there is none.
+    /// commented template; shown as text only); null when there is none.
     pub config: Option<String>,
     /// Why there is no config, for people.
     pub note: String,

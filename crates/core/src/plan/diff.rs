@@ -225,13 +225,15 @@ pub fn conflicts(plan: &Plan, observed: &Observed) -> Vec<Conflict> {
     for (table, example) in &observed.foreign_route_tables {
         if plan.tables.contains(table) {
             out.push(Conflict(format!(
-                "routing table {table} holds routes symroute does not own (e.g. `{example}`); set [settings] first_table to a free range"
+                "routing table {table} holds routes symroute does not own (e.g. `{}`); set [settings] first_table to a free range",
+                inert(example)
             )));
         }
     }
     if let Some(why) = &observed.mark_users_unread {
         out.push(Conflict(format!(
-            "cannot tell which mark bits others use, the firewall could not be read ({why}); nothing is changed until it can"
+            "cannot tell which mark bits others use, the firewall could not be read ({}); nothing is changed until it can",
+            inert(why)
         )));
     }
     let mask: MarkMask = plan.mark_mask;

@@ -33,11 +33,22 @@ pub struct Pending {
     pub overrun: bool,
     /// Batches of notifications folded in.
     pub batches: u32,
-    /// Nothing but nftables notifications, the last of them the end of a transaction on
-    /// our table, and no echo of the daemon's own apply among them.
-    pub complete: bool,
+    /// The latest batch ended a transaction on our table (`KernelEvent::nft_committed`).
+    pub nft_committed: bool,
     /// The daemon's own echo marker is among them (`KernelEvent::own_echo`).
     pub echo: bool,
+}
+
+impl Pending {
+    /// Nothing but nftables notifications, the last of them the end of a transaction on
+    /// our table, none lost and no echo of the daemon's own apply among them: nothing of
+    /// that command is still to come.
+    pub fn complete(&self) -> bool {
+        self.nft_committed
+            && !self.overrun
+            && !self.echo
+            && self.sources == Sources::from(Source::Nftables)
+    }
 }
 
 #[derive(Debug)]
@@ -65,12 +76,7 @@ impl Debounce {
                 p.overrun |= e.overrun;
                 p.batches += 1;
                 p.echo |= e.is_own_echo();
-                // The latest batch ends a transaction on our table, nothing but nftables
-                // came, and none of it is the echo of our own apply.
-                p.complete = e.nft_committed
-                    && !p.overrun
-                    && !p.echo
-                    && p.sources == Sources::from(Source::Nftables);
+                p.nft_committed = e.nft_committed;
             }
             None => {
                 self.pending = Some(Pending {
@@ -79,7 +85,7 @@ impl Debounce {
                     sources: e.sources,
                     overrun: e.overrun,
                     batches: 1,
-                    complete: e.whole_nft_transactions(),
+                    nft_committed: e.nft_committed,
                     echo: e.is_own_echo(),
                 })
             }
@@ -88,7 +94,7 @@ impl Debounce {
 
     /// When the pending changes are due (`None`: nothing pending).
     pub fn deadline(&self) -> Option<Instant> {
-        self.pending.map(|p| match p.complete {
+        self.pending.map(|p| match p.complete() {
             true => p.last,
             false => (p.last + self.quiet).min(p.first + self.max_delay),
         })

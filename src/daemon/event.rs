@@ -63,12 +63,6 @@ impl KernelEvent {
     pub fn is_own_echo(&self) -> bool {
         self.sources.is_empty() && !self.overrun
     }
-
-    /// Notifications of nothing but whole nftables transactions on our table (no
-    /// rtnetlink burst that may still be arriving, no lost notifications).
-    pub fn whole_nft_transactions(&self) -> bool {
-        self.nft_committed && !self.overrun && self.sources == Source::Nftables.into()
-    }
 }
 
 /// Which kinds of kernel object changed.

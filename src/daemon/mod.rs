@@ -419,7 +419,7 @@ impl Daemon {
                 sources: p.sources.union(q.sources),
                 overrun: p.overrun || q.overrun,
                 batches: p.batches + q.batches,
-                complete: p.complete && q.complete,
+                nft_committed: p.nft_committed || q.nft_committed,
                 echo: p.echo || q.echo,
             }),
             (why, _) => why,

@@ -23,7 +23,8 @@ use netlink_sys::{protocols, Socket};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::event::{Event, KernelEvent, Source, Sources};
-use crate::kernel::nft_rules::{NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN};
+use crate::kernel::nft_rules::{names_inet_table, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN};
+use crate::plan::nft::TABLE;
 
 /// Receive buffer of each monitor socket.
 const RCVBUF: usize = 4 << 20;
@@ -224,7 +225,7 @@ impl Transactions {
             if msg.message_type() == NFT_NEWGEN {
                 ended = Some(std::mem::take(&mut self.ours));
             } else if msg.message_type() >> 8 == NFNL_SUBSYS_NFTABLES {
-                self.ours |= names_our_table(msg.payload());
+                self.ours |= names_inet_table(msg.payload(), TABLE);
                 ended = Some(false);
             }
             data = data.get((len + 3) & !3..).unwrap_or_default();
@@ -234,35 +235,6 @@ impl Transactions {
         }
         ended
     }
-}
-
-/// Whether an nftables notification (nfgenmsg, then attributes) is about an object of
-/// table inet symroute. Every object kind's message names its table in attribute 1
-/// (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE,
-/// NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, NFTA_FLOWTABLE_TABLE), a NUL-terminated string.
-fn names_our_table(payload: &[u8]) -> bool {
-    const NFPROTO_INET: u8 = 1;
-    const NLA_TYPE_MASK: u16 = 0x3fff;
-    if payload.first() != Some(&NFPROTO_INET) {
-        return false;
-    }
-    let mut attrs = payload.get(4..).unwrap_or_default();
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & NLA_TYPE_MASK;
-        let Some(value) = attrs.get(4..len.max(4)) else {
-            return false;
-        };
-        if kind == 1 {
-            let name = value.split(|b| *b == 0).next().unwrap_or_default();
-            return name == symroute_core::plan::nft::TABLE.as_bytes();
-        }
-        if len < 4 {
-            return false;
-        }
-        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
-    }
-    false
 }
 
 /// The kinds of object the rtnetlink notifications of one datagram are about.
@@ -373,7 +345,7 @@ mod tests {
         // Cut or garbage datagrams neither panic nor loop.
         t.read(&one[..20]);
         t.read(&[1, 2, 3]);
-        assert!(!names_our_table(&[1, 0, 0, 0, 0, 0, 1, 0]));
-        assert!(!names_our_table(&[1, 0, 0, 0, 200, 0, 1, 0, b's']));
+        assert!(!names_inet_table(&[1, 0, 0, 0, 0, 0, 1, 0], TABLE));
+        assert!(!names_inet_table(&[1, 0, 0, 0, 200, 0, 1, 0, b's'], TABLE));
     }
 }

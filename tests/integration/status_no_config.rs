@@ -124,12 +124,23 @@ fn a_daemon_that_does_not_answer_is_not_taken_for_none() {
         }
     }
     let _gone = Gone(path.clone());
-    std::thread::spawn(move || {
-        for c in listener.incoming() {
-            drop(c);
-        }
-    });
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let dropper = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            for c in listener.incoming() {
+                drop(c);
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+            }
+        })
+    };
     let r = symroute(&["status", "--netns", fw.name(), "-c", template]);
+    // The dropping thread ends (and closes the socket) on one more connection.
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = std::os::unix::net::UnixStream::connect(&path);
+    dropper.join().expect("dropper");
     assert!(
         r.stderr.contains("no live state from the daemon"),
         "{}",

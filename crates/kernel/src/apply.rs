@@ -13,7 +13,7 @@ use super::plans::{plan_for, PlanMemo};
 use super::{cmd, noop, observe, rundir, state, KernelError};
 use symroute_core::model::{Family, Model};
 use symroute_core::plan::diff::{self, Changes, Observed, SysctlChange};
-use symroute_core::plan::{nft, HostView, Plan, RouteSpec, RuleSpec};
+use symroute_core::plan::{nft, Plan, RouteSpec, RuleSpec};
 
 /// A step of `execute`, for test-only fault injection (`--inject-failure`, `--abort-after`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,12 +121,7 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelEr
                 changes: Changes::default(),
             })
         }
-        Some(p) => Some(Planned {
-            host: p.host,
-            plan: p.plan,
-            observed: p.observed,
-        }),
-        None => None,
+        failed => failed,
     };
     let result = converge(model, opts, planned);
     // A failed record only costs the next apply its shortcut; a failed apply leaves none.
@@ -137,19 +132,13 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelEr
     result
 }
 
-/// What a failed proof leaves the full path: its plan, the host view it was built from,
-/// and (when it read them) netlink's view and the ruleset listing.
-struct Planned {
-    host: HostView,
-    plan: Plan,
-    observed: Option<(Observed, Result<serde_json::Value, KernelError>)>,
-}
-
-/// The full path of `apply` (the caller holds the lock), with what a failed proof found.
+/// The full path of `apply` (the caller holds the lock), with what a failed proof found:
+/// its plan, the host view it was built from and, when it read them, netlink's view and
+/// the ruleset listing.
 fn converge(
     model: &Model,
     opts: &ApplyOptions,
-    planned: Option<Planned>,
+    planned: Option<noop::Proof>,
 ) -> Result<ApplyReport, KernelError> {
     let (observed, plan, mut changes) =
         prepare_with(model, &opts.health_down, planned, opts.plans)?;
@@ -394,19 +383,15 @@ pub fn prepare(
 fn prepare_with(
     model: &Model,
     health_down: &BTreeMap<String, String>,
-    planned: Option<Planned>,
+    planned: Option<noop::Proof>,
     plans: Option<&PlanMemo>,
 ) -> Result<(Observed, Plan, Changes), KernelError> {
     let (planned, observed) = match planned {
-        Some(Planned {
-            host,
-            plan,
-            observed,
-        }) => (Some((host, plan)), observed),
+        Some(p) => (Some((p.host, p.plan)), p.observed),
         None => (None, None),
     };
     let mut observed = match observed {
-        Some((netlink, ruleset)) => observe::complete(netlink, ruleset)?,
+        Some(halves) => halves.complete()?,
         None => observe::observe()?,
     };
     observed.host.health_down = health_down.clone();

@@ -10,7 +10,7 @@
 //! nftnl bindings need libnftnl); the request is one header and one attribute, and only
 //! two attributes of the answers are read.
 
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
+use netlink_packet_core::{NlasIterator, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use netlink_packet_core::NLM_F_ACK;
@@ -133,32 +133,36 @@ fn request(table: &str, seq: u32) -> Vec<u8> {
 }
 
 /// NFTA_RULE_CHAIN and NFTA_RULE_HANDLE of one rule's attributes.
-fn rule_attrs(mut attrs: &[u8]) -> (Option<String>, Option<u64>) {
+fn rule_attrs(attrs: &[u8]) -> (Option<String>, Option<u64>) {
     let (mut chain, mut handle) = (None, None);
-    while attrs.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        // The top bits of the type are flags (nested, byte order).
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            break;
-        }
-        let value = &attrs[4..len];
-        match kind {
-            NFTA_RULE_CHAIN => {
-                chain = Some(
-                    String::from_utf8_lossy(value)
-                        .trim_end_matches('\0')
-                        .to_string(),
-                );
-            }
-            NFTA_RULE_HANDLE => {
-                handle = value.try_into().ok().map(u64::from_be_bytes);
-            }
+    for nla in NlasIterator::new(attrs).map_while(Result::ok) {
+        match nla.kind() {
+            NFTA_RULE_CHAIN => chain = Some(name_of(nla.value())),
+            NFTA_RULE_HANDLE => handle = nla.value().try_into().ok().map(u64::from_be_bytes),
             _ => {}
         }
-        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
     }
     (chain, handle)
+}
+
+/// A NUL-terminated name attribute as text.
+fn name_of(value: &[u8]) -> String {
+    String::from_utf8_lossy(value)
+        .trim_end_matches('\0')
+        .to_string()
+}
+
+/// Whether an nftables message (nfgenmsg, then attributes; a notification or a dump
+/// answer) is about an object of table `inet TABLE`. Every object kind names its table in
+/// attribute 1 (NFTA_TABLE_NAME, NFTA_CHAIN_TABLE, NFTA_RULE_TABLE, NFTA_SET_TABLE,
+/// NFTA_SET_ELEM_LIST_TABLE, NFTA_OBJ_TABLE, NFTA_FLOWTABLE_TABLE).
+pub fn names_inet_table(payload: &[u8], table: &str) -> bool {
+    const NFTA_TABLE: u16 = 1;
+    payload.first() == Some(&NFPROTO_INET)
+        && NlasIterator::new(payload.get(4..).unwrap_or_default())
+            .map_while(Result::ok)
+            .find(|nla| nla.kind() == NFTA_TABLE)
+            .is_some_and(|nla| name_of(nla.value()) == table)
 }
 
 #[cfg(test)]

@@ -84,7 +84,7 @@ pub struct Proof {
     pub proved: bool,
     /// When the ruleset's generation had moved (the proof fails, a full observe follows):
     /// netlink's view the plan was built from, and the ruleset listing read meanwhile.
-    pub observed: Option<(Observed, Result<serde_json::Value, KernelError>)>,
+    pub observed: Option<observe::Halves>,
 }
 
 /// A record: the digest, then the generation it was taken at (`generation N`).
@@ -129,15 +129,10 @@ pub fn prove(
         host.cgroups = super::cgroup::observe(model);
         let plan = super::plans::plan_for(plans, model, &host);
         let proved = !moved && digest(&plan, &observed, generation)? == recorded;
-        let observed = match listing {
-            Some(l) => {
-                let ruleset = l
-                    .join()
-                    .map_err(|_| KernelError::Other("nft reader thread panicked".into()))?;
-                Some((observed, ruleset))
-            }
-            None => None,
-        };
+        let observed = listing.map(|l| observe::Halves {
+            netlink: observed,
+            ruleset: observe::joined(l),
+        });
         Ok(Some(Proof {
             host,
             plan,

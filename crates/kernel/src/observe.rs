@@ -20,31 +20,46 @@ pub fn observe() -> Result<Observed, KernelError> {
     // namespace, and so do their children.
     std::thread::scope(|scope| {
         let nft = scope.spawn(nft_listing);
-        let obs = observe_netlink()?;
-        let ruleset = nft
-            .join()
-            .map_err(|_| KernelError::Other("nft reader thread panicked".into()))?;
-        complete(obs, ruleset)
+        let netlink = observe_netlink()?;
+        Halves {
+            netlink,
+            ruleset: joined(nft),
+        }
+        .complete()
     })
 }
 
-/// A full observation from its two halves, read at the same time: netlink's view
-/// (`observe_netlink`) and the ruleset (`nft_listing`). iptables-save runs only if nft
-/// shows a mangle table it would read (or a legacy one exists), so it waits for nft.
-pub fn complete(
-    mut obs: Observed,
-    ruleset: Result<Value, KernelError>,
-) -> Result<Observed, KernelError> {
-    let ruleset = ruleset?;
-    let iptables = marks::iptables_texts(&marks::nft_tables(&ruleset));
-    obs.nft_fingerprint = our_fingerprint(&ruleset);
-    // Unreadable is not fatal here (`remove` and `status` observe too): the plan's
-    // conflict check refuses to apply beside a firewall it cannot read.
-    match marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables) {
-        Ok(users) => obs.mark_users = users,
-        Err(e) => obs.mark_users_unread = Some(e.to_string()),
+/// The two halves of a full observation, read at the same time: netlink's view
+/// (`observe_netlink`) and the ruleset (`nft_listing`).
+pub struct Halves {
+    pub netlink: Observed,
+    pub ruleset: Result<Value, KernelError>,
+}
+
+impl Halves {
+    /// The full observation. iptables-save runs only if nft shows a mangle table it would
+    /// read (or a legacy one exists), so it waits for nft.
+    pub fn complete(self) -> Result<Observed, KernelError> {
+        let (mut obs, ruleset) = (self.netlink, self.ruleset?);
+        let iptables = marks::iptables_texts(&marks::nft_tables(&ruleset));
+        obs.nft_fingerprint = our_fingerprint(&ruleset);
+        // Unreadable is not fatal here (`remove` and `status` observe too): the plan's
+        // conflict check refuses to apply beside a firewall it cannot read.
+        match marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables) {
+            Ok(users) => obs.mark_users = users,
+            Err(e) => obs.mark_users_unread = Some(e.to_string()),
+        }
+        Ok(obs)
     }
-    Ok(obs)
+}
+
+/// The listing a thread of `std::thread::scope` read (`nft_listing`).
+pub fn joined(
+    thread: std::thread::ScopedJoinHandle<'_, Result<Value, KernelError>>,
+) -> Result<Value, KernelError> {
+    thread
+        .join()
+        .map_err(|_| KernelError::Other("nft reader thread panicked".into()))?
 }
 
 /// What netlink and /proc tell (links, addresses, sysctls, rules, routes) without nft
@@ -179,8 +194,6 @@ fn read_routes(
 /// be parsed by nft as a second command, so nothing read from nft is ever passed back to
 /// it. `-t` (terse) leaves set elements out, which keeps our own (possibly huge) sets
 /// out of the dump; our table's rules are dropped here, after parsing.
-/// The ruleset as observe reads it: one terse `nft -j` listing (no set elements), our
-/// table's rules left out (`foreign_view`).
 pub fn nft_listing() -> Result<Value, KernelError> {
     const ARGS: [&str; 4] = ["-j", "-t", "list", "ruleset"];
     let text = cmd::run("nft", &ARGS, None)?;

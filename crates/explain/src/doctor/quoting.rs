@@ -74,17 +74,12 @@ fn unsafe_words(host: &HostState) -> BTreeSet<String> {
     out
 }
 
-/// `text` with control characters spelled as escapes.
+/// `text` with control characters spelled as escapes, tabs kept (rule text is tab-indented).
 fn inert(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() && c != '\t' {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    text.split('\t')
+        .map(crate::inert::inert)
+        .collect::<Vec<_>>()
+        .join("\t")
 }
 
 /// `fix` with every backticked command replaced by a placeholder.

@@ -11,11 +11,10 @@
 //! two attributes of the answers are read.
 
 use netlink_packet_core::{NlasIterator, NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use netlink_packet_core::NLM_F_ACK;
 
-use super::netlink::{dump_raw, open_socket, request_answered};
+use super::netlink::{dump_raw, request_answered, NfSocket};
 use super::KernelError;
 
 /// linux/netfilter/nfnetlink.h and nf_tables.h.
@@ -38,7 +37,7 @@ const ENOENT: &str = "No such file or directory";
 /// table does not exist: the kernel's filtered dump is then simply empty; `None` only if
 /// the kernel says ENOENT).
 pub fn rule_handles(table: &str) -> Result<Option<Vec<(String, u64)>>, KernelError> {
-    let socket = open_socket(NETLINK_NETFILTER, "NETLINK_NETFILTER")?;
+    let socket = NfSocket::open()?;
     let mut buf = vec![0u8; 64 * 1024];
     let seq = 1;
     let what = format!("nft list table inet {table} (rule handles)");
@@ -68,7 +67,7 @@ pub fn rule_handles(table: &str) -> Result<Option<Vec<(String, u64)>>, KernelErr
 /// number means nothing in any table changed. Set elements that packets add (`update
 /// @set`) are not transactions and leave it alone.
 pub fn generation() -> Result<u32, KernelError> {
-    let socket = open_socket(NETLINK_NETFILTER, "NETLINK_NETFILTER")?;
+    let socket = NfSocket::open()?;
     let mut buf = vec![0u8; 4096];
     let seq: u32 = 1;
     let mut b = Vec::with_capacity(20);

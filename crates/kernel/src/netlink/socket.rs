@@ -337,6 +337,56 @@ pub(crate) fn open_socket(protocol: isize, name: &str) -> Result<Socket, KernelE
     Ok(socket)
 }
 
+/// An nfnetlink socket (`open_socket(NETLINK_NETFILTER, ..)`) that is closed on a
+/// thread of its own. Closing one while the kernel is still freeing a deleted nftables
+/// table waits for that: nf_tables' NETLINK_URELEASE handler takes the commit mutex and
+/// flushes its destroy work, an RCU grace period (5–30 ms here). The repair of our
+/// deleted table reads the ruleset's generation first; waiting there would hold back the
+/// `nft -f` that writes it again.
+pub(crate) struct NfSocket(Option<Socket>);
+
+impl NfSocket {
+    pub(crate) fn open() -> Result<NfSocket, KernelError> {
+        open_socket(
+            netlink_sys::protocols::NETLINK_NETFILTER,
+            "NETLINK_NETFILTER",
+        )
+        .map(|s| NfSocket(Some(s)))
+    }
+}
+
+impl std::ops::Deref for NfSocket {
+    type Target = Socket;
+
+    fn deref(&self) -> &Socket {
+        self.0
+            .as_ref()
+            .expect("an NfSocket holds its socket until dropped")
+    }
+}
+
+impl Drop for NfSocket {
+    fn drop(&mut self) {
+        static CLOSER: std::sync::OnceLock<
+            Option<std::sync::Mutex<std::sync::mpsc::Sender<Socket>>>,
+        > = std::sync::OnceLock::new();
+        let Some(socket) = self.0.take() else { return };
+        let closer = CLOSER.get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Socket>();
+            std::thread::Builder::new()
+                .name("nfnl-close".into())
+                .spawn(move || rx.into_iter().for_each(drop))
+                .ok()
+                .map(|_| std::sync::Mutex::new(tx))
+        });
+        // Without the thread (it could not start), or if it has gone, closed here.
+        if let Some(tx) = closer {
+            let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = tx.send(socket);
+        }
+    }
+}
+
 pub(crate) fn send_all(socket: &Socket, bytes: &[u8]) -> io::Result<()> {
     loop {
         match socket.send(bytes, 0) {
@@ -563,6 +613,46 @@ mod tests {
     use super::*;
     use symroute_core::model::{Priority, TableId};
     use symroute_core::plan::{RuleAction, RT_PROTO};
+
+    /// A dropped NfSocket is closed, by the closer thread rather than by whoever drops it
+    /// (there, the close could wait out the kernel's freeing of a deleted table).
+    #[test]
+    fn an_nfnetlink_socket_is_closed_on_the_closer_thread() {
+        use std::os::fd::AsRawFd;
+        let socket = NfSocket::open().expect("an nfnetlink socket");
+        let link = format!("/proc/self/fd/{}", socket.as_raw_fd());
+        let inode = std::fs::read_link(&link).expect("its fd");
+        assert!(inode.to_string_lossy().starts_with("socket:"), "{inode:?}");
+        drop(socket);
+        let closers = || {
+            std::fs::read_dir("/proc/self/task")
+                .expect("tasks")
+                .filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "nfnl-close")
+                })
+                .count()
+        };
+        // The thread names itself once it runs.
+        let t0 = std::time::Instant::now();
+        while closers() == 0 {
+            assert!(t0.elapsed() < Duration::from_secs(5), "no closer thread");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(closers(), 1);
+        // Closed soon after (the fd number may have been taken by another test since:
+        // what matters is that it no longer is this socket).
+        while std::fs::read_link(&link).ok().as_ref() == Some(&inode) {
+            assert!(t0.elapsed() < Duration::from_secs(5), "never closed");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Many more: still the one thread.
+        for _ in 0..20 {
+            drop(NfSocket::open().expect("an nfnetlink socket"));
+        }
+        assert_eq!(closers(), 1);
+    }
 
     fn nlmsg(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
         let len = NLMSG_HDRLEN + payload.len();

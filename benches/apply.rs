@@ -414,7 +414,7 @@ fn phases(ns: &Netns, text: String) -> anyhow::Result<()> {
         let mut proved = 0;
         for _ in 0..N {
             let t = Instant::now();
-            let p = symroute::kernel::noop::prove(&model, &Default::default(), None)?;
+            let p = symroute::kernel::noop::prove(&model, &Default::default(), None, None)?;
             t_proof.push(t.elapsed());
             proved += usize::from(p.is_some_and(|p| p.proved));
         }

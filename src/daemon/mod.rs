@@ -119,8 +119,9 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         monitor.rcvbuf() / 1024
     );
     let (tx, rx) = mpsc::channel();
+    let ledger = std::sync::Arc::new(crate::kernel::listing::NftLedger::default());
     monitor
-        .spawn(tx.clone())
+        .spawn(tx.clone(), ledger.clone())
         .map_err(io_error("starting the monitor thread"))?;
     signals
         .spawn(tx.clone())
@@ -162,6 +163,7 @@ pub fn run(opts: Options) -> Result<(), DaemonError> {
         waiting: BTreeSet::new(),
         cgroups: BTreeSet::new(),
         plans: crate::kernel::plans::PlanMemo::default(),
+        listings: crate::kernel::listing::ListingMemo::new(ledger),
     };
     // A pending `apply --confirm` of a previous daemon goes on where it was.
     if let Some((config, model, pending)) = pending::resume() {
@@ -224,6 +226,9 @@ struct Daemon {
     model: Model,
     /// The plan of the last pass, reused while the model and host view are the same.
     plans: crate::kernel::plans::PlanMemo,
+    /// The foreign tables of the last ruleset listing, reused while the monitor reads
+    /// commits to our own table only.
+    listings: crate::kernel::listing::ListingMemo,
     remove_on_exit: bool,
     debounce: Debounce,
     pace: Pace,
@@ -346,6 +351,7 @@ impl Daemon {
             // No `when_locked` check: a command's pending `apply --confirm` may roll back
             // under us, and the loop reconciles again after it.
             plans: Some(&self.plans),
+            listings: Some(&self.listings),
             ..ApplyOptions::default()
         };
         let report = apply::apply(&self.model, &opts);

@@ -6,8 +6,10 @@
 //!   (rp_filter). Route notifications for cached clones (PMTU exceptions) are skipped:
 //!   observe never reads those.
 //! - NETLINK_NETFILTER, group NFNLGRP_NFTABLES: every nftables commit anyone makes
-//!   (ours, `nft delete table inet symroute`, firewalld…). The messages are not parsed:
-//!   any of them means our table may have changed.
+//!   (ours, `nft delete table inet symroute`, firewalld…). Any of them means our table
+//!   may have changed; each message's table is read only to tell commits on our table
+//!   alone from the others (the debounce, and `listing::NftLedger`, which lets a repair
+//!   skip listing foreign tables nobody touched).
 //!
 //! Both sockets get a large receive buffer (an `nft -f` of a big table is one message
 //! per object); if one overflows anyway, the kernel says ENOBUFS, which becomes an
@@ -16,6 +18,7 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::Instant;
 
 use netlink_packet_core::NetlinkBuffer;
@@ -23,7 +26,10 @@ use netlink_sys::{protocols, Socket};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::event::{Event, KernelEvent, Source, Sources};
-use crate::kernel::nft_rules::{names_inet_table, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN};
+use crate::kernel::listing::NftLedger;
+use crate::kernel::nft_rules::{
+    generation_of, names_inet_table, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN,
+};
 use crate::plan::nft::TABLE;
 
 /// Receive buffer of each monitor socket.
@@ -127,11 +133,12 @@ impl Monitor {
 
     /// Read notifications forever on a thread of its own, sending one event per burst.
     /// Ends when the actor has gone, or with `Event::WatcherFailed` on a socket error.
-    pub fn spawn(self, tx: Sender<Event>) -> io::Result<()> {
+    /// Commits are also recorded in `ledger`.
+    pub fn spawn(self, tx: Sender<Event>, ledger: Arc<NftLedger>) -> io::Result<()> {
         std::thread::Builder::new()
             .name("monitor".into())
             .spawn(move || {
-                if let Err(e) = self.run(&tx) {
+                if let Err(e) = self.run(&tx, ledger) {
                     let _ = tx.send(Event::WatcherFailed(format!(
                         "reading kernel notifications: {e}"
                     )));
@@ -140,14 +147,14 @@ impl Monitor {
             .map(drop)
     }
 
-    fn run(self, tx: &Sender<Event>) -> io::Result<()> {
+    fn run(self, tx: &Sender<Event>, ledger: Arc<NftLedger>) -> io::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut fds = vec![PollFd::new(self.route.as_fd(), PollFlags::POLLIN)];
         if let Some(nft) = &self.nft {
             fds.push(PollFd::new(nft.as_fd(), PollFlags::POLLIN));
         }
         // Across batches: a transaction's notifications may take several reads.
-        let mut transactions = Transactions::default();
+        let mut transactions = Transactions::new(ledger);
         loop {
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
@@ -171,7 +178,7 @@ impl Monitor {
                 ev.nft_committed = ended == Some(true);
                 if ev.overrun {
                     // Notifications were lost, a transaction's end perhaps among them.
-                    transactions = Transactions::default();
+                    transactions.lost();
                 }
             }
             if ev.overrun {
@@ -207,14 +214,32 @@ fn drain(
 
 /// Follows nftables transactions through their notifications: whether the one a
 /// NFT_MSG_NEWGEN ends (the kernel sends it after all of a commit's other notifications)
-/// touched table inet symroute.
-#[derive(Debug, Default)]
+/// touched table inet symroute, and whether it touched anything else (told to `ledger`
+/// with the commit's generation).
+#[derive(Debug)]
 pub struct Transactions {
     /// The transaction being read has touched our table so far.
     ours: bool,
+    /// ... or another table.
+    foreign: bool,
+    ledger: Arc<NftLedger>,
 }
 
 impl Transactions {
+    pub fn new(ledger: Arc<NftLedger>) -> Transactions {
+        Transactions {
+            ours: false,
+            foreign: false,
+            ledger,
+        }
+    }
+
+    /// Notifications were lost: forget the transaction being read, and tell the ledger.
+    pub fn lost(&mut self) {
+        (self.ours, self.foreign) = (false, false);
+        self.ledger.lost();
+    }
+
     /// Reads one datagram: `Some(true)` when its last nftables notification ends a
     /// transaction that touched our table, `Some(false)` when it ends another or a
     /// transaction is still being read, `None` when it holds no nftables notification.
@@ -223,9 +248,15 @@ impl Transactions {
         while let Ok(msg) = NetlinkBuffer::new_checked(data) {
             let len = msg.length() as usize;
             if msg.message_type() == NFT_NEWGEN {
+                let foreign = std::mem::take(&mut self.foreign);
+                self.ledger.committed(generation_of(msg.payload()), foreign);
                 ended = Some(std::mem::take(&mut self.ours));
             } else if msg.message_type() >> 8 == NFNL_SUBSYS_NFTABLES {
-                self.ours |= names_inet_table(msg.payload(), TABLE);
+                if names_inet_table(msg.payload(), TABLE) {
+                    self.ours = true;
+                } else {
+                    self.foreign = true;
+                }
                 ended = Some(false);
             }
             data = data.get((len + 3) & !3..).unwrap_or_default();
@@ -323,7 +354,7 @@ mod tests {
         const INET: u8 = 1;
         const IP: u8 = 2;
         let gen = msg(NFT_NEWGEN, &[0; 4]);
-        let mut t = Transactions::default();
+        let mut t = Transactions::new(Arc::default());
         assert_eq!(t.read(&[]), None);
         // Ours, read in two datagrams.
         let mut one = nft_msg(NEWTABLE, INET, "symroute");
@@ -347,5 +378,50 @@ mod tests {
         t.read(&[1, 2, 3]);
         assert!(!names_inet_table(&[1, 0, 0, 0, 0, 0, 1, 0], TABLE));
         assert!(!names_inet_table(&[1, 0, 0, 0, 200, 0, 1, 0, b's'], TABLE));
+    }
+
+    /// A NEWGEN announcing generation `id` (NFTA_GEN_ID, big endian).
+    fn gen_msg(id: u32) -> Vec<u8> {
+        let mut p = vec![0, 0, 0, 0];
+        p.extend_from_slice(&8u16.to_ne_bytes());
+        p.extend_from_slice(&1u16.to_ne_bytes());
+        p.extend_from_slice(&id.to_be_bytes());
+        msg(NFT_NEWGEN, &p)
+    }
+
+    /// What the ledger learns decides whether a kept listing serves again: commits on our
+    /// table alone keep it; one that also names another table, or lost notifications,
+    /// end it.
+    #[test]
+    fn the_ledger_learns_which_commits_touched_other_tables() {
+        use crate::kernel::listing::ListingMemo;
+        const NEWTABLE: u16 = NFNL_SUBSYS_NFTABLES << 8;
+        const DELTABLE: u16 = NFNL_SUBSYS_NFTABLES << 8 | 2;
+        const INET: u8 = 1;
+        let ledger = Arc::new(NftLedger::default());
+        let memo = ListingMemo::new(ledger.clone());
+        let mut t = Transactions::new(ledger);
+        let listing = serde_json::json!({"nftables": []});
+        t.read(&gen_msg(5));
+        memo.keep(&listing, memo.mark());
+        assert!(memo.foreign_at(5).is_some());
+        // Our table deleted: still good at generation 6.
+        let mut ours = nft_msg(DELTABLE, INET, "symroute");
+        ours.extend(gen_msg(6));
+        assert_eq!(t.read(&ours), Some(true));
+        assert!(memo.foreign_at(6).is_some());
+        // One transaction deleting ours and adding another table: never again.
+        let mut both = nft_msg(DELTABLE, INET, "symroute");
+        both.extend(nft_msg(NEWTABLE, INET, "other"));
+        assert_eq!(t.read(&both), Some(false));
+        assert_eq!(t.read(&gen_msg(7)), Some(true));
+        assert_eq!(memo.foreign_at(7), None);
+        // Lost notifications in the middle of a transaction on ours.
+        memo.keep(&listing, memo.mark());
+        assert!(memo.foreign_at(7).is_some());
+        t.read(&nft_msg(NEWTABLE, INET, "symroute"));
+        t.lost();
+        assert_eq!(t.read(&gen_msg(8)), Some(false));
+        assert_eq!(memo.foreign_at(8), None);
     }
 }

@@ -278,6 +278,90 @@ fn deleted_nft_table_comes_back() {
     expect_traffic(&lab, "after the table came back");
 }
 
+/// (4c) A repair after a commit on our table alone reuses the last listing's foreign
+/// tables (the monitor read no commit to them since), and sees everything that changed
+/// elsewhere otherwise: a foreign table that starts setting marks in our bits, created in
+/// the same transaction that deletes our table or in one just before, is a conflict the
+/// daemon must not write our table back beside (a stale listing would hide it).
+#[test]
+fn a_kept_listing_never_hides_a_foreign_change() {
+    const MARKER: &str = "add table ip foreignmark; add chain ip foreignmark c { type filter hook prerouting priority 0; }; add rule ip foreignmark c meta mark set meta mark or 0x01000000";
+    const REUSED: &str = "only table inet symroute changed since the last listing";
+    const REFUSED: &str = "not applying, a foreign object is in the way";
+    let lab = lab();
+    let mut d = notified(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    let reused = |d: &Daemon| d.log().matches(REUSED).count();
+    // Asked inside the namespace (`nft_table_present` runs where it is called).
+    let present = || {
+        lab.fw
+            .exec(&["nft", "list", "tables"])
+            .expect("nft list tables")
+            .lines()
+            .any(|l| l.trim() == "table inet symroute")
+    };
+    // Our table alone: repaired, and from the kept listing (after the first repair, whose
+    // pass may have been the first to list since the start).
+    for round in 0..3 {
+        let before = reused(&d);
+        time_repair(
+            &lab.fw,
+            "nft table deleted",
+            "nft delete table inet symroute",
+            |_| nft_table_present(),
+        );
+        d.wait_converged("after the table came back");
+        if round > 0 {
+            assert!(
+                reused(&d) > before,
+                "round {round}: the repair listed the ruleset again though only our table changed:\n{}",
+                d.log()
+            );
+        }
+    }
+    // One transaction: the foreign mark user, and our table deleted.
+    let refused = d.log().matches(REFUSED).count();
+    lab.fw
+        .exec(&["nft", &format!("{MARKER}; delete table inet symroute")])
+        .expect("one transaction");
+    d.wait_log_count(REFUSED, refused + 1, SETTLE);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !present(),
+        "the table was written back beside a new mark user:\n{}",
+        d.log()
+    );
+    assert!(d.running(), "a conflict killed the daemon:\n{}", d.log());
+    // The conflict goes: converged again, and the next repair of our table alone lists
+    // once more before any reuse.
+    lab.fw
+        .exec(&["nft", "delete table ip foreignmark"])
+        .expect("foreign table gone");
+    d.wait_converged("after the conflict went away");
+    assert!(present(), "not repaired:\n{}", d.log());
+    // Two transactions, the foreign one first, then ours right after.
+    let refused = d.log().matches(REFUSED).count();
+    // `nft -i` commits each line on its own.
+    let lines: String = MARKER.split("; add ").collect::<Vec<_>>().join("\nadd ");
+    lab.fw
+        .sh(&format!(
+            "nft -i <<'EOF'\n{lines}\ndelete table inet symroute\nEOF"
+        ))
+        .expect("two transactions");
+    d.wait_log_count(REFUSED, refused + 1, SETTLE);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !present(),
+        "the table was written back beside a new mark user:\n{}",
+        d.log()
+    );
+    lab.fw
+        .exec(&["nft", "delete table ip foreignmark"])
+        .expect("foreign table gone");
+    d.wait_converged("at the end");
+    assert!(present(), "not repaired:\n{}", d.log());
+}
+
 /// Rules of our `pre` chain (0 when the chain or table is missing).
 fn pre_rules() -> usize {
     Command::new("nft")

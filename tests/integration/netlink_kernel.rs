@@ -232,3 +232,31 @@ fn foreign_objects_read_like_ip_prints_them() {
         assert!(ip.starts_with(ours.as_str()), "{ours:?} vs ip's {ip:?}");
     }
 }
+
+/// Our table's fingerprint read over nfnetlink (what a daemon's repair from a kept
+/// listing uses, `observe::our_table`) is the one a full observe reads from the listing:
+/// none without the table, empty for a table without a fingerprint chain (a chain of that
+/// name in another table does not count), and the chain's suffix once there is one.
+#[test]
+fn our_table_reads_over_nfnetlink_as_from_the_listing() {
+    use symroute::kernel::observe;
+    let (ns, _peer) = host();
+    let nft = |script: &str| ns.nft(script).expect("nft");
+    let both = || {
+        in_netns(ns.name(), || {
+            (
+                observe::our_table().expect("nfnetlink"),
+                observe::observe().expect("observe").nft_fingerprint,
+            )
+        })
+        .expect("in the namespace")
+    };
+    assert_eq!(both(), (None, None));
+    nft("add table inet other\nadd chain inet other fingerprint_theirs\nadd table ip symroute\nadd chain ip symroute fingerprint_ip\n");
+    assert_eq!(both(), (None, None));
+    nft("add table inet symroute\nadd chain inet symroute pre\n");
+    assert_eq!(both(), (Some(String::new()), Some(String::new())));
+    nft("add chain inet symroute fingerprint_0123abcd\n");
+    let fp = Some("0123abcd".to_string());
+    assert_eq!(both(), (fp.clone(), fp));
+}

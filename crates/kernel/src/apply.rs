@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use super::listing::ListingMemo;
 use super::netlink::{Netlink, Request};
 use super::plans::{plan_for, PlanMemo};
 use super::{cmd, noop, observe, rundir, state, KernelError};
@@ -54,6 +55,9 @@ pub struct ApplyOptions<'a> {
     pub when_locked: Option<&'a WhenLocked>,
     /// Plans kept from earlier applies (the daemon keeps one across its reconciles).
     pub plans: Option<&'a PlanMemo>,
+    /// The foreign tables of the last ruleset listing, kept while the daemon's monitor
+    /// reads no commit to them.
+    pub listings: Option<&'a ListingMemo>,
 }
 
 /// See [`ApplyOptions::when_locked`].
@@ -110,7 +114,7 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelEr
     // The proof only saves work: where it cannot read something, the full path reads
     // everything again and reports what fails.
     let proof = if provable {
-        noop::prove(model, &opts.health_down, opts.plans).unwrap_or(None)
+        noop::prove(model, &opts.health_down, opts.plans, opts.listings).unwrap_or(None)
     } else {
         None
     };
@@ -140,8 +144,7 @@ fn converge(
     opts: &ApplyOptions,
     planned: Option<noop::Proof>,
 ) -> Result<ApplyReport, KernelError> {
-    let (observed, plan, mut changes) =
-        prepare_with(model, &opts.health_down, planned, opts.plans)?;
+    let (observed, plan, mut changes) = prepare_with(model, &opts.health_down, planned, opts)?;
     if changes.is_empty() {
         return Ok(ApplyReport { plan, changes });
     }
@@ -374,7 +377,7 @@ pub fn prepare(
     model: &Model,
     health_down: &BTreeMap<String, String>,
 ) -> Result<(Observed, Plan, Changes), KernelError> {
-    prepare_with(model, health_down, None, None)
+    prepare_with(model, health_down, None, &ApplyOptions::default())
 }
 
 /// `prepare`, taking `planned`'s plan instead of planning again when the host view it
@@ -384,7 +387,7 @@ fn prepare_with(
     model: &Model,
     health_down: &BTreeMap<String, String>,
     planned: Option<noop::Proof>,
-    plans: Option<&PlanMemo>,
+    opts: &ApplyOptions,
 ) -> Result<(Observed, Plan, Changes), KernelError> {
     let (planned, observed) = match planned {
         Some(p) => (Some((p.host, p.plan)), p.observed),
@@ -392,13 +395,20 @@ fn prepare_with(
     };
     let mut observed = match observed {
         Some(halves) => halves.complete()?,
-        None => observe::observe()?,
+        None => {
+            let mark = opts.listings.map(ListingMemo::mark);
+            let halves = observe::halves()?;
+            if let (Some(memo), Some(mark), Ok(listed)) = (opts.listings, mark, &halves.ruleset) {
+                memo.keep(listed, mark);
+            }
+            halves.complete()?
+        }
     };
     observed.host.health_down = health_down.clone();
     observed.host.cgroups = super::cgroup::observe(model);
     let plan = match planned {
         Some((host, plan)) if host == observed.host => plan,
-        _ => plan_for(plans, model, &observed.host),
+        _ => plan_for(opts.plans, model, &observed.host),
     };
     let conflicts = diff::conflicts(&plan, &observed);
     if !conflicts.is_empty() {

@@ -16,6 +16,7 @@ pub mod cmd;
 pub mod confirm;
 pub mod confirm_record;
 pub mod conntrack;
+pub mod listing;
 pub mod marks;
 pub mod netlink;
 pub mod netns;

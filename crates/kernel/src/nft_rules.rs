@@ -1,4 +1,5 @@
-//! The ruleset's generation ([`generation`]), and which rules our nft table holds, read
+//! The ruleset's generation ([`generation`]), which chains our nft table has
+//! ([`table_chains`]), and which rules it holds, read
 //! over nfnetlink: one NFT_MSG_GETRULE dump of
 //! table `inet symroute`, reduced to (chain, rule handle) pairs. Every rule added,
 //! deleted or replaced gets or loses a handle, so a digest of these pairs tells whether
@@ -20,6 +21,13 @@ use super::KernelError;
 /// linux/netfilter/nfnetlink.h and nf_tables.h.
 /// nfnetlink message types are `(subsystem << 8) | message`.
 pub const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
+const NFT_MSG_NEWCHAIN: u16 = 3;
+const NFT_MSG_GETCHAIN: u16 = 4;
+const NFTA_TABLE_NAME: u16 = 1;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFTA_RULE_TABLE: u16 = 1;
@@ -62,6 +70,92 @@ pub fn rule_handles(table: &str) -> Result<Option<Vec<(String, u64)>>, KernelErr
     }
 }
 
+/// The names of the chains of table `inet TABLE`, `None` when there is no such table:
+/// two dumps of family inet (its tables, its chains), filtered here, since the kernel
+/// filters chain dumps by family only. Well under a millisecond, where `nft` would list
+/// the whole ruleset. A dump the kernel marks as interrupted by a change is an error (the
+/// caller reads the listing instead).
+pub fn table_chains(table: &str) -> Result<Option<Vec<String>>, KernelError> {
+    let socket = NfSocket::open()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let what = format!("nft list chains of table inet {table}");
+    let mut names = |seq: u32, get: u16, new: u16, table_attr: u16, name_attr: u16| {
+        let mut names = Vec::new();
+        let interrupted = dump_raw(
+            &socket,
+            &mut buf,
+            &what,
+            seq,
+            &dump_request(get, seq),
+            |m| {
+                if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | new {
+                    let attrs = m.payload.get(4..).unwrap_or_default();
+                    if attr_name(attrs, table_attr).as_deref() == Some(table) {
+                        names.extend(attr_name(attrs, name_attr));
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        if interrupted {
+            return Err(KernelError::Other(format!(
+                "{what}: the dump was interrupted by a change"
+            )));
+        }
+        Ok(names)
+    };
+    // Tables first: a chain read after the table went is simply not there.
+    let tables = names(
+        1,
+        NFT_MSG_GETTABLE,
+        NFT_MSG_NEWTABLE,
+        NFTA_TABLE_NAME,
+        NFTA_TABLE_NAME,
+    )?;
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    let mut chains = names(
+        2,
+        NFT_MSG_GETCHAIN,
+        NFT_MSG_NEWCHAIN,
+        NFTA_CHAIN_TABLE,
+        NFTA_CHAIN_NAME,
+    )?;
+    chains.sort();
+    Ok(Some(chains))
+}
+
+/// A dump request of family inet without attributes.
+fn dump_request(kind: u16, seq: u32) -> Vec<u8> {
+    bare_request(kind, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_INET, seq)
+}
+
+/// An nf_tables request of `kind` without attributes: header and nfgenmsg.
+fn bare_request(kind: u16, flags: u16, family: u8, seq: u32) -> Vec<u8> {
+    let mut b = Vec::with_capacity(20);
+    b.extend_from_slice(&20u32.to_ne_bytes());
+    b.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | kind).to_ne_bytes());
+    b.extend_from_slice(&flags.to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    b.extend_from_slice(&[family, 0, 0, 0]);
+    b
+}
+
+/// The name attribute `kind` of a message's attributes.
+fn attr_name(attrs: &[u8], kind: u16) -> Option<String> {
+    NlasIterator::new(attrs)
+        .map_while(Result::ok)
+        .find(|nla| nla.kind() == kind)
+        .map(|nla| name_of(nla.value()))
+}
+
+/// The generation a NEWGEN notification (nfgenmsg, then attributes) announces.
+pub fn generation_of(payload: &[u8]) -> Option<u32> {
+    gen_id(payload.get(4..).unwrap_or_default())
+}
+
 /// The generation of the namespace's nftables ruleset: the kernel counts every
 /// committed transaction (anyone's: `nft`, iptables-nft, firewalld…), so an unchanged
 /// number means nothing in any table changed. Set elements that packets add (`update
@@ -70,13 +164,12 @@ pub fn generation() -> Result<u32, KernelError> {
     let socket = NfSocket::open()?;
     let mut buf = vec![0u8; 4096];
     let seq: u32 = 1;
-    let mut b = Vec::with_capacity(20);
-    b.extend_from_slice(&20u32.to_ne_bytes());
-    b.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN).to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_ACK).to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&[NFPROTO_UNSPEC, 0, 0, 0]);
+    let b = bare_request(
+        NFT_MSG_GETGEN,
+        NLM_F_REQUEST | NLM_F_ACK,
+        NFPROTO_UNSPEC,
+        seq,
+    );
     let mut id = None;
     request_answered(
         &socket,

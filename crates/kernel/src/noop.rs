@@ -28,6 +28,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 
+use super::listing::ListingMemo;
 use super::{nft_rules, observe, rundir, state, KernelError};
 use symroute_core::model::Model;
 use symroute_core::plan::diff::Observed;
@@ -105,6 +106,7 @@ pub fn prove(
     model: &Model,
     health_down: &BTreeMap<String, String>,
     plans: Option<&super::plans::PlanMemo>,
+    listings: Option<&ListingMemo>,
 ) -> Result<Option<Proof>, KernelError> {
     let Some(recorded) = rundir::read(&path()?)? else {
         return Ok(None);
@@ -115,11 +117,27 @@ pub fn prove(
     let (recorded, recorded_generation) = parse_record(&recorded);
     // Every commit to any table moves the generation, and it is in the digest: when it
     // moved, the proof fails whatever the plan, and the full observe's ruleset listing
-    // (an nft child, most of that observe's time) runs while this thread plans.
+    // (an nft child, most of that observe's time) runs while this thread plans; or, when
+    // only our own table changed since the daemon's last listing, that listing's foreign
+    // tables serve again and ours is read over nfnetlink (`listing`).
     let generation = nft_rules::generation()?;
     let moved = recorded_generation != Some(generation);
+    let kept = match (moved, listings) {
+        (true, Some(memo)) => memo.foreign_at(generation),
+        _ => None,
+    };
+    if kept.is_some() {
+        tracing::debug!(
+            "ruleset generation {generation}: only table inet {} changed since the last listing, whose other tables serve again",
+            nft::TABLE
+        );
+    }
     std::thread::scope(|scope| {
-        let listing = moved.then(|| scope.spawn(observe::nft_listing));
+        let listing = (moved && kept.is_none()).then(|| {
+            let mark = listings.map(ListingMemo::mark);
+            (mark, scope.spawn(observe::nft_listing))
+        });
+        let ours = kept.is_some().then(observe::our_table);
         let observed = observe::observe_netlink()?;
         let mut host = observed.host.clone();
         host.health_down = health_down.clone();
@@ -129,10 +147,25 @@ pub fn prove(
         host.cgroups = super::cgroup::observe(model);
         let plan = super::plans::plan_for(plans, model, &host);
         let proved = !moved && digest(&plan, &observed, generation)? == recorded;
-        let observed = listing.map(|l| observe::Halves {
-            netlink: observed,
-            ruleset: observe::joined(l),
-        });
+        let observed = match (kept, ours, listing) {
+            (Some(foreign), Some(ours), _) => Some(observe::Halves {
+                netlink: observed,
+                ruleset: Ok(foreign),
+                ours: observe::OurTable::Read(ours?),
+            }),
+            (_, _, Some((mark, thread))) => {
+                let ruleset = observe::joined(thread);
+                if let (Some(memo), Some(mark), Ok(listed)) = (listings, mark, &ruleset) {
+                    memo.keep(listed, mark);
+                }
+                Some(observe::Halves {
+                    netlink: observed,
+                    ruleset,
+                    ours: observe::OurTable::InListing,
+                })
+            }
+            _ => None,
+        };
         Ok(Some(Proof {
             host,
             plan,

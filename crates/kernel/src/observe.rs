@@ -15,25 +15,39 @@ use symroute_core::plan::diff::{ForeignRule, Observed};
 use symroute_core::plan::{HostView, RT_PROTO};
 
 pub fn observe() -> Result<Observed, KernelError> {
-    // The nft child process runs while this thread reads netlink: it is most of the time
-    // a no-op apply takes. Threads started after `netns::enter` live in the same
-    // namespace, and so do their children.
+    halves()?.complete()
+}
+
+/// Both halves of a full observation. The nft child process runs while this thread reads
+/// netlink: it is most of the time a no-op apply takes. Threads started after
+/// `netns::enter` live in the same namespace, and so do their children.
+pub fn halves() -> Result<Halves, KernelError> {
     std::thread::scope(|scope| {
         let nft = scope.spawn(nft_listing);
         let netlink = observe_netlink()?;
-        Halves {
+        Ok(Halves {
             netlink,
             ruleset: joined(nft),
-        }
-        .complete()
+            ours: OurTable::InListing,
+        })
     })
 }
 
 /// The two halves of a full observation, read at the same time: netlink's view
-/// (`observe_netlink`) and the ruleset (`nft_listing`).
+/// (`observe_netlink`) and the ruleset (`nft_listing`, or a kept one's foreign tables).
 pub struct Halves {
     pub netlink: Observed,
     pub ruleset: Result<Value, KernelError>,
+    pub ours: OurTable,
+}
+
+/// Where our table's fingerprint comes from.
+pub enum OurTable {
+    /// The listing's tables and chains (`nft_listing`).
+    InListing,
+    /// Read apart, with `our_table`: the ruleset is a kept listing's foreign tables
+    /// (`listing::ListingMemo`), which hold no trace of ours.
+    Read(Option<String>),
 }
 
 impl Halves {
@@ -42,7 +56,10 @@ impl Halves {
     pub fn complete(self) -> Result<Observed, KernelError> {
         let (mut obs, ruleset) = (self.netlink, self.ruleset?);
         let iptables = marks::iptables_texts(&marks::nft_tables(&ruleset));
-        obs.nft_fingerprint = our_fingerprint(&ruleset);
+        obs.nft_fingerprint = match self.ours {
+            OurTable::InListing => our_fingerprint(&ruleset),
+            OurTable::Read(fp) => fp,
+        };
         // Unreadable is not fatal here (`remove` and `status` observe too): the plan's
         // conflict check refuses to apply beside a firewall it cannot read.
         match marks::foreign_mark_users(&ruleset, &obs.foreign_rules, &iptables) {
@@ -227,6 +244,42 @@ fn foreign_view(mut dump: Value) -> Value {
 
 /// nft's JSON omits table comments, so the fingerprint also names an empty chain.
 pub const FINGERPRINT_CHAIN_PREFIX: &str = "fingerprint_";
+
+/// Our table's fingerprint read over nfnetlink (`nft_rules::table_chains`), as
+/// `our_fingerprint` reads it from a listing: `None` without the table, empty without a
+/// fingerprint chain.
+pub fn our_table() -> Result<Option<String>, KernelError> {
+    let chains = super::nft_rules::table_chains(symroute_core::plan::nft::TABLE)?;
+    Ok(chains.map(|names| {
+        names
+            .iter()
+            .find_map(|n| n.strip_prefix(FINGERPRINT_CHAIN_PREFIX))
+            .unwrap_or_default()
+            .to_string()
+    }))
+}
+
+/// A listing (`nft_listing`) without our table and its chains: the part of it that a
+/// commit on our table alone leaves true.
+pub fn without_ours(listing: &Value) -> Value {
+    let ours = |o: &Value| o["family"] == "inet" && o["table"] == symroute_core::plan::nft::TABLE;
+    let kept: Vec<Value> = listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| {
+            let own_table = i.get("table").is_some_and(|t| {
+                t["family"] == "inet" && t["name"] == symroute_core::plan::nft::TABLE
+            });
+            !own_table
+                && !["chain", "rule", "set", "map"]
+                    .iter()
+                    .any(|k| i.get(*k).is_some_and(ours))
+        })
+        .cloned()
+        .collect();
+    serde_json::json!({ "nftables": kept })
+}
 
 fn our_fingerprint(ruleset: &Value) -> Option<String> {
     let items = ruleset["nftables"].as_array()?;

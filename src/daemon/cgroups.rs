@@ -44,6 +44,9 @@ impl Drop for Watch {
 /// whether processes are in it.
 type Seen = BTreeMap<CgroupPath, (Option<u64>, bool)>;
 
+/// The inotify watches in place, by what they watch.
+type Watches = BTreeMap<PathBuf, WatchDescriptor>;
+
 struct Watcher {
     hierarchy: Hierarchy,
     /// `match.cgroup` paths: their existence and id matter.
@@ -93,42 +96,66 @@ impl Watcher {
 
     /// Watches for what may change next: below the deepest existing ancestor of each
     /// cgroup (its parent, once it exists: its removal), and each existing exec cgroup's
-    /// `cgroup.events`.
-    fn arm(&self, inotify: &Inotify, old: Vec<WatchDescriptor>) -> Vec<WatchDescriptor> {
-        for wd in old {
-            let _ = inotify.rm_watch(wd);
-        }
-        let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
-        for p in self.ids.iter().chain(&self.exec) {
-            let mut dir = self.hierarchy.dir(p);
-            while dir.pop() && dir.starts_with(&self.hierarchy.mount) {
-                if dir.is_dir() {
-                    dirs.insert(dir);
-                    break;
-                }
-            }
-        }
+    /// `cgroup.events`. Only what differs from `watches` is changed: removing a watch
+    /// queues an IN_IGNORED event, so re-arming everything after every event would wake
+    /// the thread again at once, forever.
+    fn arm(&self, inotify: &Inotify, watches: &mut Watches) {
+        let mut want: BTreeMap<PathBuf, AddWatchFlags> = BTreeMap::new();
         let below = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_DELETE
             | AddWatchFlags::IN_MOVED_FROM
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_DELETE_SELF
             | AddWatchFlags::IN_ONLYDIR;
-        let mut wds: Vec<WatchDescriptor> = dirs
-            .iter()
-            .filter_map(|d| inotify.add_watch(d, below).ok())
-            .collect();
-        for p in &self.exec {
-            let events = self.hierarchy.dir(p).join("cgroup.events");
-            if let Ok(wd) = inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
-                wds.push(wd);
+        for p in self.ids.iter().chain(&self.exec) {
+            let mut dir = self.hierarchy.dir(p);
+            while dir.pop() && dir.starts_with(&self.hierarchy.mount) {
+                if dir.is_dir() {
+                    want.insert(dir, below);
+                    break;
+                }
             }
         }
-        wds
+        for p in &self.exec {
+            let events = self.hierarchy.dir(p).join("cgroup.events");
+            if events.exists() {
+                want.insert(events, AddWatchFlags::IN_MODIFY);
+            }
+        }
+        watches.retain(|path, wd| {
+            let keep = want.contains_key(path);
+            if !keep {
+                let _ = inotify.rm_watch(*wd);
+            }
+            keep
+        });
+        for (path, flags) in want {
+            if let std::collections::btree_map::Entry::Vacant(slot) = watches.entry(path) {
+                if let Ok(wd) = inotify.add_watch(slot.key(), flags) {
+                    slot.insert(wd);
+                }
+            }
+        }
+    }
+
+    /// Reads every queued event; forgets the watches the kernel removed itself (their
+    /// directory or file went), so the next `arm` adds them again if still wanted.
+    fn drain(inotify: &Inotify, watches: &mut Watches) {
+        while let Ok(events) = inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            for e in events {
+                if e.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    watches.retain(|_, wd| *wd != e.wd);
+                }
+            }
+        }
     }
 
     fn run(self, inotify: Inotify, mut seen: Seen) {
-        let mut wds = self.arm(&inotify, Vec::new());
+        let mut watches = Watches::new();
+        self.arm(&inotify, &mut watches);
         let mut rescan_at = Instant::now() + RESCAN;
         while !self.stop.load(Ordering::Relaxed) {
             let wait = rescan_at
@@ -142,10 +169,10 @@ impl Watcher {
             .unwrap_or(0)
                 > 0;
             if ready {
-                // Drained only: what changed is read from the cgroups themselves. A
-                // directory on the way to a cgroup may have appeared: watch below it.
-                while inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
-                wds = self.arm(&inotify, wds);
+                // What changed is read from the cgroups themselves. A directory on the
+                // way to a cgroup may have appeared: watch below it.
+                Self::drain(&inotify, &mut watches);
+                self.arm(&inotify, &mut watches);
             } else if Instant::now() < rescan_at {
                 continue;
             }
@@ -155,7 +182,7 @@ impl Watcher {
                 continue;
             }
             if !ready {
-                wds = self.arm(&inotify, wds);
+                self.arm(&inotify, &mut watches);
             }
             seen = now;
             let event = Event::Kernel(KernelEvent {

@@ -51,6 +51,9 @@ const SETTLE: Duration = Duration::from_millis(300);
 
 fn main() {
     require_root(&["ip", "nft"]);
+    // The checks' nfnetlink sockets too: closed where they are dropped, each would wait
+    // for the kernel to free what the change deleted, and the repair look slower.
+    symroute::kernel::netlink::close_nfnetlink_in_background();
     if let Err(e) = run() {
         eprintln!("daemon bench failed: {e:#}");
         std::process::exit(1);

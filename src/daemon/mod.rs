@@ -106,6 +106,7 @@ fn io_error(what: &str) -> impl FnOnce(std::io::Error) -> DaemonError + '_ {
 pub fn run(opts: Options) -> Result<(), DaemonError> {
     let signals =
         signals::SignalWatch::install().map_err(io_error("installing signal handlers"))?;
+    crate::kernel::netlink::close_nfnetlink_in_background();
     // Subscribed before the first apply: nothing that changes after it goes unseen.
     let monitor = monitor::Monitor::open().map_err(io_error("watching the kernel"))?;
     info!(

@@ -337,13 +337,24 @@ pub(crate) fn open_socket(protocol: isize, name: &str) -> Result<Socket, KernelE
     Ok(socket)
 }
 
-/// An nfnetlink socket (`open_socket(NETLINK_NETFILTER, ..)`) that is closed on a
-/// thread of its own. Closing one while the kernel is still freeing a deleted nftables
-/// table waits for that: nf_tables' NETLINK_URELEASE handler takes the commit mutex and
-/// flushes its destroy work, an RCU grace period (5–30 ms here). The repair of our
-/// deleted table reads the ruleset's generation first; waiting there would hold back the
-/// `nft -f` that writes it again.
+/// An nfnetlink socket (`open_socket(NETLINK_NETFILTER, ..)`) that a long-running
+/// process closes on a thread of its own ([`close_nfnetlink_in_background`]). Closing one
+/// while the kernel is still freeing a deleted nftables table waits for that: nf_tables'
+/// NETLINK_URELEASE handler takes the commit mutex and flushes its destroy work, an RCU
+/// grace period (5–30 ms here). The daemon's repair of our deleted table reads the
+/// ruleset's generation first; waiting there would hold back the `nft -f` that writes it
+/// again. A command closes them where it drops them: it exits soon anyway, and a thread
+/// would only add to its start.
 pub(crate) struct NfSocket(Option<Socket>);
+
+static CLOSE_IN_BACKGROUND: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, nfnetlink request sockets are closed on a thread of their own (the
+/// daemon calls this once, at its start).
+pub fn close_nfnetlink_in_background() {
+    CLOSE_IN_BACKGROUND.store(true, std::sync::atomic::Ordering::Relaxed);
+}
 
 impl NfSocket {
     pub(crate) fn open() -> Result<NfSocket, KernelError> {
@@ -371,6 +382,9 @@ impl Drop for NfSocket {
             Option<std::sync::Mutex<std::sync::mpsc::Sender<Socket>>>,
         > = std::sync::OnceLock::new();
         let Some(socket) = self.0.take() else { return };
+        if !CLOSE_IN_BACKGROUND.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
         let closer = CLOSER.get_or_init(|| {
             let (tx, rx) = std::sync::mpsc::channel::<Socket>();
             std::thread::Builder::new()
@@ -619,6 +633,7 @@ mod tests {
     #[test]
     fn an_nfnetlink_socket_is_closed_on_the_closer_thread() {
         use std::os::fd::AsRawFd;
+        close_nfnetlink_in_background();
         let socket = NfSocket::open().expect("an nfnetlink socket");
         let link = format!("/proc/self/fd/{}", socket.as_raw_fd());
         let inode = std::fs::read_link(&link).expect("its fd");

@@ -329,6 +329,11 @@ impl<'a> Daemon<'a> {
                     let spawned = Instant::now();
                     let mut t0 = None;
                     let mut ended = false;
+                    // A repair counts once the state was seen broken, or the command has
+                    // ended (it may be repaired between two looks): a notification that
+                    // is not the command's (a late one of the daemon's) cannot end a
+                    // run before the break.
+                    let mut seen_broken = false;
                     while spawned.elapsed() < GIVE_UP {
                         if t0.is_none() {
                             t0 = watch.wait(Duration::from_millis(1))?;
@@ -349,7 +354,9 @@ impl<'a> Daemon<'a> {
                             }
                         }
                         if let Some(t0) = t0 {
-                            if check(&mut nl)? {
+                            if !check(&mut nl)? {
+                                seen_broken = true;
+                            } else if seen_broken || ended {
                                 let took = t0.elapsed();
                                 child.wait()?;
                                 return Ok(Some(took));

@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -44,8 +45,10 @@ impl Drop for Watch {
 /// whether processes are in it.
 type Seen = BTreeMap<CgroupPath, (Option<u64>, bool)>;
 
-/// The inotify watches in place, by what they watch.
-type Watches = BTreeMap<PathBuf, WatchDescriptor>;
+/// The inotify watches in place, by what they watch, with the inode each was added on:
+/// on cgroupfs a removed directory reports no IN_IGNORED while the watch pins it, so a
+/// path made again is told apart by its new inode.
+type Watches = BTreeMap<PathBuf, (WatchDescriptor, u64)>;
 
 struct Watcher {
     hierarchy: Hierarchy,
@@ -122,8 +125,9 @@ impl Watcher {
                 want.insert(events, AddWatchFlags::IN_MODIFY);
             }
         }
-        watches.retain(|path, wd| {
-            let keep = want.contains_key(path);
+        let inode = |path: &PathBuf| std::fs::metadata(path).map(|m| m.ino()).ok();
+        watches.retain(|path, (wd, ino)| {
+            let keep = want.contains_key(path) && inode(path) == Some(*ino);
             if !keep {
                 let _ = inotify.rm_watch(*wd);
             }
@@ -131,8 +135,11 @@ impl Watcher {
         });
         for (path, flags) in want {
             if let std::collections::btree_map::Entry::Vacant(slot) = watches.entry(path) {
-                if let Ok(wd) = inotify.add_watch(slot.key(), flags) {
-                    slot.insert(wd);
+                // The inode first: a path replaced between the two is seen at the next look.
+                if let (Some(ino), Ok(wd)) =
+                    (inode(slot.key()), inotify.add_watch(slot.key(), flags))
+                {
+                    slot.insert((wd, ino));
                 }
             }
         }
@@ -147,7 +154,7 @@ impl Watcher {
             }
             for e in events {
                 if e.mask.contains(AddWatchFlags::IN_IGNORED) {
-                    watches.retain(|_, wd| *wd != e.wd);
+                    watches.retain(|_, (wd, _)| *wd != e.wd);
                 }
             }
         }

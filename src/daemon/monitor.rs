@@ -168,18 +168,24 @@ impl Monitor {
                 overrun: false,
                 nft_committed: false,
             };
-            drain(&self.route, &mut buf, &mut ev, route_sources)?;
+            drain(&self.route, &mut buf, &mut ev, |read, s| {
+                if let Read::Datagram(data) = read {
+                    route_sources(data, s);
+                }
+            })?;
             if let Some(nft) = &self.nft {
                 let mut ended = None;
-                drain(nft, &mut buf, &mut ev, |data, s| {
-                    s.insert(Source::Nftables);
-                    ended = transactions.read(data).or(ended);
+                drain(nft, &mut buf, &mut ev, |read, s| match read {
+                    Read::Datagram(data) => {
+                        s.insert(Source::Nftables);
+                        ended = transactions.read(data).or(ended);
+                    }
+                    // Notifications were lost, a transaction's end perhaps among them.
+                    // Told at once: what is read after this may end a transaction whose
+                    // notifications about other tables were among the lost.
+                    Read::Lost => transactions.lost(),
                 })?;
                 ev.nft_committed = ended == Some(true);
-                if ev.overrun {
-                    // Notifications were lost, a transaction's end perhaps among them.
-                    transactions.lost();
-                }
             }
             if ev.overrun {
                 tracing::debug!("a monitor socket overflowed: resyncing from fresh dumps");
@@ -194,19 +200,29 @@ impl Monitor {
     }
 }
 
+/// What one read of a monitor socket gave.
+enum Read<'a> {
+    Datagram(&'a [u8]),
+    /// ENOBUFS: the socket overflowed, notifications were lost.
+    Lost,
+}
+
 /// Read every datagram waiting on `s`, noting what they are about.
 fn drain(
     s: &Socket,
     buf: &mut [u8],
     ev: &mut KernelEvent,
-    mut classify: impl FnMut(&[u8], &mut Sources),
+    mut classify: impl FnMut(Read<'_>, &mut Sources),
 ) -> io::Result<()> {
     loop {
         match s.recv(&mut &mut buf[..], 0) {
-            Ok(n) => classify(&buf[..n.min(buf.len())], &mut ev.sources),
+            Ok(n) => classify(Read::Datagram(&buf[..n.min(buf.len())]), &mut ev.sources),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => ev.overrun = true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                ev.overrun = true;
+                classify(Read::Lost, &mut ev.sources);
+            }
             Err(e) => return Err(e),
         }
     }

@@ -234,29 +234,29 @@ fn a_cgroup_made_after_the_daemon_started_is_matched_within_a_second() {
     }
 }
 
-/// CPU time (user + system) the daemon's thread named `name` has used.
-fn thread_cpu(pid: i32, name: &str) -> Duration {
+/// CPU time (user + system) the daemon's thread named `name` has used (`None` without
+/// such a thread).
+fn thread_cpu(pid: i32, name: &str) -> Option<Duration> {
     let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .unwrap_or(100) as u64;
-    std::fs::read_dir(format!("/proc/{pid}/task"))
+    let task = std::fs::read_dir(format!("/proc/{pid}/task"))
         .expect("tasks")
         .filter_map(Result::ok)
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
-        .map(|t| {
-            let stat = std::fs::read_to_string(t.path().join("stat")).expect("stat");
-            let fields: Vec<u64> = stat
-                .rsplit_once(')')
-                .expect("stat")
-                .1
-                .split_whitespace()
-                .filter_map(|f| f.parse().ok())
-                .collect();
-            // utime and stime: fields 14 and 15, 11 and 12 after "pid (comm) state".
-            Duration::from_millis((fields[10] + fields[11]) * 1000 / tick)
-        })
-        .sum()
+        .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))?;
+    let stat = std::fs::read_to_string(task.path().join("stat")).expect("stat");
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // utime and stime: fields 14 and 15, 11 and 12 after "pid (comm) state".
+    Some(Duration::from_millis(
+        (fields[10] + fields[11]) * 1000 / tick,
+    ))
 }
 
 /// The cgroup watch sleeps between changes. It watches the directory a missing cgroup
@@ -269,8 +269,11 @@ fn the_cgroup_watch_sleeps_after_changes() {
     let fw = &lab.t.fw;
     let mut cg = TestCgroups::new();
     let service = cg.path("svc.service");
+    // One level deeper, below a directory that does not exist yet: its watch moves down
+    // when the directory is made, and back up (a watch removed) when it goes.
+    let deep = cg.path("deep/er.service");
     let config = format!(
-        "{GATEWAYS}\n[[policy]]\nname = \"svc\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = \"{service}\"\n"
+        "{GATEWAYS}\n[[policy]]\nname = \"svc\"\nroute_via = \"isp1\"\n[policy.match]\ncgroup = \"{service}\"\n\n[[policy]]\nname = \"deep\"\nroute_via = \"isp2\"\n[policy.match]\ncgroup = \"{deep}\"\n"
     );
     let d = Daemon::start(fw, &config);
     d.wait_log(
@@ -279,25 +282,32 @@ fn the_cgroup_watch_sleeps_after_changes() {
     );
     for round in 1..=3 {
         cg.make("svc.service");
-        d.wait_log_count(
-            &format!("policy svc: cgroup {service} exists now"),
-            round,
-            Duration::from_secs(5),
-        );
-        // Changes beside it too (another service starting and stopping).
+        cg.make("deep/er.service");
+        for (name, path) in [("svc", &service), ("deep", &deep)] {
+            d.wait_log_count(
+                &format!("policy {name}: cgroup {path} exists now"),
+                round,
+                Duration::from_secs(5),
+            );
+        }
+        // Changes beside them too (another service starting and stopping).
         cg.make("other.service");
         cg.remove("other.service");
         cg.remove("svc.service");
-        d.wait_log_count(
-            &format!("policy svc: cgroup {service} is gone"),
-            round,
-            Duration::from_secs(5),
-        );
+        cg.remove("deep/er.service");
+        cg.remove("deep");
+        for (name, path) in [("svc", &service), ("deep", &deep)] {
+            d.wait_log_count(
+                &format!("policy {name}: cgroup {path} is gone"),
+                round,
+                Duration::from_secs(5),
+            );
+        }
     }
     std::thread::sleep(Duration::from_millis(300));
-    let before = thread_cpu(d.pid(), "cgroups");
+    let before = thread_cpu(d.pid(), "cgroups").expect("the daemon's cgroups thread");
     std::thread::sleep(Duration::from_secs(1));
-    let used = thread_cpu(d.pid(), "cgroups") - before;
+    let used = thread_cpu(d.pid(), "cgroups").expect("the daemon's cgroups thread") - before;
     println!("the cgroup watch used {used:?} of CPU in 1 s after the changes");
     // Rescans every 500 ms cost well under a millisecond; a spin costs most of the second.
     assert!(

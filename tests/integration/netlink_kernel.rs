@@ -259,4 +259,7 @@ fn our_table_reads_over_nfnetlink_as_from_the_listing() {
     nft("add chain inet symroute fingerprint_0123abcd\n");
     let fp = Some("0123abcd".to_string());
     assert_eq!(both(), (fp.clone(), fp));
+    // Two: not a table symroute wrote, whichever is read first.
+    nft("add chain inet symroute fingerprint_00000000\n");
+    assert_eq!(both(), (Some(String::new()), Some(String::new())));
 }

@@ -200,3 +200,53 @@ fn every_change_since_the_last_apply_takes_the_full_path() {
     no_changes("with an empty legacy table", &r);
     assert!(!programs.is_empty(), "no proof beside a legacy table");
 }
+
+/// Someone else commits to nftables while an apply runs (here: a table setting our mark
+/// bits, committed just before the apply's first change, after it observed). The apply
+/// must not leave a record vouching for that ruleset: the next apply takes the full path
+/// and refuses beside the new mark user, where a record taken at the ruleset's new
+/// generation would prove it a no-op.
+#[test]
+fn a_commit_by_someone_else_during_an_apply_leaves_no_record() {
+    use symroute::kernel::apply::{apply as apply_model, ApplyOptions, BeforeChange};
+    let (fw, _isp) = two_uplinks("noop-c");
+    let _rm = RemoveOnDrop(&fw);
+    repaired("first apply", &apply(&fw, CONFIG));
+    // Something for the next apply to change, so that it runs its before-change hook.
+    fw.sh("nft delete table inet symroute")
+        .expect("delete our table");
+    let model = symroute::config::parse_str(CONFIG, "two-isps-firewall.toml").expect("config");
+    let report = symroute::lab::in_netns(fw.name(), move || {
+        let meanwhile = |_: &symroute::kernel::apply::Before| {
+            let out = std::process::Command::new("nft")
+                .arg("add table ip meanwhile; add chain ip meanwhile c { type filter hook prerouting priority 0; }; add rule ip meanwhile c meta mark set meta mark or 0x01000000")
+                .output()
+                .expect("nft");
+            assert!(out.status.success(), "{out:?}");
+            Ok(())
+        };
+        let hook: &BeforeChange = &meanwhile;
+        apply_model(
+            &model,
+            &ApplyOptions {
+                before_change: Some(hook),
+                ..ApplyOptions::default()
+            },
+        )
+        .map(|r| r.changes.is_empty())
+    })
+    .expect("in the namespace");
+    assert_eq!(report.ok(), Some(false), "the apply changed nothing");
+    assert!(
+        !run_file(&fw, "noop").exists(),
+        "a record vouches for a ruleset the apply never observed"
+    );
+    let next = apply(&fw, CONFIG);
+    assert_ne!(
+        next.code,
+        0,
+        "applied beside a new mark user: {}",
+        show(&next)
+    );
+    assert!(next.stderr.contains("meanwhile"), "{}", show(&next));
+}

@@ -130,23 +130,33 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelEr
     let result = converge(model, opts, planned);
     // A failed record only costs the next apply its shortcut; a failed apply leaves none.
     let _ = match &result {
-        Ok(report) if provable => noop::remember(&report.plan),
+        Ok((report, expected)) if provable => noop::remember(&report.plan, *expected),
         _ => noop::forget(),
     };
-    result
+    result.map(|(report, _)| report)
 }
 
 /// The full path of `apply` (the caller holds the lock), with what a failed proof found:
 /// its plan, the host view it was built from and, when it read them, netlink's view and
-/// the ruleset listing.
+/// the ruleset listing. Also the ruleset generation the kernel should hold now if nobody
+/// else committed meanwhile (`noop::remember`).
 fn converge(
     model: &Model,
     opts: &ApplyOptions,
     planned: Option<noop::Proof>,
-) -> Result<ApplyReport, KernelError> {
-    let (observed, plan, mut changes) = prepare_with(model, &opts.health_down, planned, opts)?;
+) -> Result<(ApplyReport, Option<u32>), KernelError> {
+    let (observed, plan, mut changes, generation) =
+        prepare_with(model, &opts.health_down, planned, opts)?;
+    // Our nft script is one transaction: one generation more.
+    let expected = generation.map(|g| {
+        if changes.nft.is_some() {
+            g.wrapping_add(1)
+        } else {
+            g
+        }
+    });
     if changes.is_empty() {
-        return Ok(ApplyReport { plan, changes });
+        return Ok((ApplyReport { plan, changes }, expected));
     }
     let (saved_table, unrestorable) = match (&changes.nft, &observed.nft_fingerprint) {
         (Some(_), Some(fp)) => match restorable_table(fp)? {
@@ -201,7 +211,7 @@ fn converge(
         record_table_digest()?;
         record_table(Some(&plan.nft))?;
     }
-    Ok(ApplyReport { plan, changes })
+    Ok((ApplyReport { plan, changes }, expected))
 }
 
 /// Our table as `nft list` prints it, to put back on rollback and to carry sticky sources
@@ -378,6 +388,7 @@ pub fn prepare(
     health_down: &BTreeMap<String, String>,
 ) -> Result<(Observed, Plan, Changes), KernelError> {
     prepare_with(model, health_down, None, &ApplyOptions::default())
+        .map(|(observed, plan, changes, _)| (observed, plan, changes))
 }
 
 /// `prepare`, taking `planned`'s plan instead of planning again when the host view it
@@ -388,22 +399,24 @@ fn prepare_with(
     health_down: &BTreeMap<String, String>,
     planned: Option<noop::Proof>,
     opts: &ApplyOptions,
-) -> Result<(Observed, Plan, Changes), KernelError> {
+) -> Result<(Observed, Plan, Changes, Option<u32>), KernelError> {
     let (planned, observed) = match planned {
         Some(p) => (Some((p.host, p.plan)), p.observed),
         None => (None, None),
     };
-    let mut observed = match observed {
-        Some(halves) => halves.complete()?,
+    let halves = match observed {
+        Some(halves) => halves,
         None => {
             let mark = opts.listings.map(ListingMemo::mark);
             let halves = observe::halves()?;
             if let (Some(memo), Some(mark), Ok(listed)) = (opts.listings, mark, &halves.ruleset) {
                 memo.keep(listed, mark);
             }
-            halves.complete()?
+            halves
         }
     };
+    let generation = halves.generation;
+    let mut observed = halves.complete()?;
     observed.host.health_down = health_down.clone();
     observed.host.cgroups = super::cgroup::observe(model);
     let plan = match planned {
@@ -423,7 +436,7 @@ fn prepare_with(
             changes.nft = Some(nft::replace_script(&plan.nft));
         }
     }
-    Ok((observed, plan, changes))
+    Ok((observed, plan, changes, generation))
 }
 
 fn checkpoint(step: Step, faults: Faults) -> Result<(), KernelError> {

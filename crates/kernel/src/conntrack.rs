@@ -12,9 +12,8 @@
 use netlink_packet_core::{DefaultNla, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage};
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
-use super::netlink::{dump_raw, encode, open_socket, request_acked};
+use super::netlink::{dump_raw, encode, request_acked, NfSocket};
 use super::KernelError;
 
 /// linux/netfilter/nfnetlink_conntrack.h
@@ -24,7 +23,7 @@ const CT_NEW: u16 = 1 << 8;
 
 /// A ctnetlink socket.
 pub struct Conntrack {
-    socket: Socket,
+    socket: NfSocket,
     seq: u32,
     buf: Vec<u8>,
 }
@@ -48,7 +47,7 @@ fn by_mark(
 impl Conntrack {
     pub fn open() -> Result<Self, KernelError> {
         Ok(Self {
-            socket: open_socket(NETLINK_NETFILTER, "NETLINK_NETFILTER")?,
+            socket: NfSocket::open()?,
             seq: 0,
             buf: vec![0; 64 * 1024],
         })

@@ -152,6 +152,7 @@ pub fn prove(
                 netlink: observed,
                 ruleset: Ok(foreign),
                 ours: observe::OurTable::Read(ours?),
+                generation: Some(generation),
             }),
             (_, _, Some((mark, thread))) => {
                 let ruleset = observe::joined(thread);
@@ -162,6 +163,7 @@ pub fn prove(
                     netlink: observed,
                     ruleset,
                     ours: observe::OurTable::InListing,
+                    generation: Some(generation),
                 })
             }
             _ => None,
@@ -176,13 +178,20 @@ pub fn prove(
 }
 
 /// Record that the kernel now matches `plan`. Call it with the lock held, right after
-/// the apply's last change.
-pub(crate) fn remember(plan: &Plan) -> Result<(), KernelError> {
+/// the apply's last change, with the ruleset generation that apply should have left:
+/// the one it observed at, plus one if it committed an nft transaction. Any other means
+/// someone else committed meanwhile, a change the apply never looked at: no record then
+/// (the next apply takes the full path and sees it), since the generation in a record
+/// vouches for everything before it.
+pub(crate) fn remember(plan: &Plan, expected: Option<u32>) -> Result<(), KernelError> {
     if legacy_tables() {
         return forget();
     }
     let observed = observe::observe_netlink()?;
     let generation = nft_rules::generation()?;
+    if expected != Some(generation) {
+        return forget();
+    }
     let record = format!(
         "{}\ngeneration {generation}\n",
         digest(plan, &observed, generation)?

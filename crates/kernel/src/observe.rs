@@ -22,6 +22,8 @@ pub fn observe() -> Result<Observed, KernelError> {
 /// netlink: it is most of the time a no-op apply takes. Threads started after
 /// `netns::enter` live in the same namespace, and so do their children.
 pub fn halves() -> Result<Halves, KernelError> {
+    // Read first: every commit after it is in what follows, or moves the generation.
+    let generation = super::nft_rules::generation().ok();
     std::thread::scope(|scope| {
         let nft = scope.spawn(nft_listing);
         let netlink = observe_netlink()?;
@@ -29,6 +31,7 @@ pub fn halves() -> Result<Halves, KernelError> {
             netlink,
             ruleset: joined(nft),
             ours: OurTable::InListing,
+            generation,
         })
     })
 }
@@ -39,6 +42,10 @@ pub struct Halves {
     pub netlink: Observed,
     pub ruleset: Result<Value, KernelError>,
     pub ours: OurTable,
+    /// The ruleset's generation, read before both halves (`None` if unreadable): an
+    /// apply that changes the kernel from this observation records its no-op proof only
+    /// if nobody else committed since (`noop::remember`).
+    pub generation: Option<u32>,
 }
 
 /// Where our table's fingerprint comes from.
@@ -52,7 +59,7 @@ pub enum OurTable {
 
 impl Halves {
     /// The full observation. iptables-save runs only if nft shows a mangle table it would
-    /// read (or a legacy one exists), so it waits for nft.
+    /// read (or a legacy one exists), so it waits for nft. The generation is not in it.
     pub fn complete(self) -> Result<Observed, KernelError> {
         let (mut obs, ruleset) = (self.netlink, self.ruleset?);
         let iptables = marks::iptables_texts(&marks::nft_tables(&ruleset));
@@ -246,17 +253,29 @@ fn foreign_view(mut dump: Value) -> Value {
 pub const FINGERPRINT_CHAIN_PREFIX: &str = "fingerprint_";
 
 /// Our table's fingerprint read over nfnetlink (`nft_rules::table_chains`), as
-/// `our_fingerprint` reads it from a listing: `None` without the table, empty without a
-/// fingerprint chain.
+/// `our_fingerprint` reads it from a listing: `None` without the table, empty without
+/// exactly one fingerprint chain. The ruleset's generation is read before and after the
+/// two dumps: a commit between them (the table deleted after the tables were read) is an
+/// error, and the caller lists the ruleset instead.
 pub fn our_table() -> Result<Option<String>, KernelError> {
+    let before = super::nft_rules::generation()?;
     let chains = super::nft_rules::table_chains(symroute_core::plan::nft::TABLE)?;
-    Ok(chains.map(|names| {
-        names
-            .iter()
-            .find_map(|n| n.strip_prefix(FINGERPRINT_CHAIN_PREFIX))
-            .unwrap_or_default()
-            .to_string()
-    }))
+    if super::nft_rules::generation()? != before {
+        return Err(KernelError::Other(
+            "the nftables ruleset changed while our table's chains were read".into(),
+        ));
+    }
+    Ok(chains.map(|names| fingerprint_of(names.iter().map(String::as_str))))
+}
+
+/// The fingerprint among a table's chain names: the suffix of its one fingerprint chain,
+/// empty without one or with several (a table symroute wrote has exactly one).
+fn fingerprint_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let mut found = names.filter_map(|n| n.strip_prefix(FINGERPRINT_CHAIN_PREFIX));
+    match (found.next(), found.next()) {
+        (Some(fp), None) => fp.to_string(),
+        _ => String::new(),
+    }
 }
 
 /// A listing (`nft_listing`) without our table and its chains: the part of it that a
@@ -290,15 +309,11 @@ fn our_fingerprint(ruleset: &Value) -> Option<String> {
     if !has_table {
         return None;
     }
-    let fp = items
-        .iter()
-        .filter_map(|i| i.get("chain"))
-        .filter(|c| ours(c))
-        .find_map(|c| {
-            c["name"]
-                .as_str()?
-                .strip_prefix(FINGERPRINT_CHAIN_PREFIX)
-                .map(str::to_string)
-        });
-    Some(fp.unwrap_or_default())
+    Some(fingerprint_of(
+        items
+            .iter()
+            .filter_map(|i| i.get("chain"))
+            .filter(|c| ours(c))
+            .filter_map(|c| c["name"].as_str()),
+    ))
 }

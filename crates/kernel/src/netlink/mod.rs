@@ -6,4 +6,4 @@ pub mod convert;
 mod socket;
 
 pub use socket::{close_nfnetlink_in_background, Netlink, Request};
-pub(crate) use socket::{dump_raw, encode, open_socket, request_acked, request_answered, NfSocket};
+pub(crate) use socket::{dump_raw, encode, request_acked, request_answered, NfSocket};

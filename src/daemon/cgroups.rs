@@ -22,7 +22,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use super::event::{Event, KernelEvent, Source};
@@ -169,12 +169,7 @@ impl Watcher {
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
             let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
-            let ready = poll(
-                &mut fds,
-                PollTimeout::try_from(wait).unwrap_or(PollTimeout::ZERO),
-            )
-            .unwrap_or(0)
-                > 0;
+            let ready = poll(&mut fds, super::timeout::poll_timeout(Some(wait))).unwrap_or(0) > 0;
             if ready {
                 // What changed is read from the cgroups themselves. A directory on the
                 // way to a cgroup may have appeared: watch below it.

@@ -11,7 +11,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::socket::{recvfrom, SockaddrStorage};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -220,8 +220,7 @@ impl Prober {
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        let timeout = PollTimeout::try_from(left.as_millis()).unwrap_or(PollTimeout::MAX);
-        let n = poll(&mut fds, timeout)?;
+        let n = poll(&mut fds, super::timeout::poll_timeout(Some(left)))?;
         let now = Instant::now();
         // Index in `flying` → answered (Some(rtt)) or failed (None).
         let mut finished: Vec<(usize, Option<Duration>)> = Vec::new();

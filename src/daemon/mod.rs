@@ -39,6 +39,7 @@ pub mod protocol;
 pub mod serve;
 mod signals;
 pub mod systemd;
+mod timeout;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -20,7 +20,7 @@ use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{poll, PollFd, PollFlags};
 
 /// How long a new client is spared from eviction while older ones remain.
 const GRACE: Duration = Duration::from_millis(50);
@@ -257,15 +257,7 @@ impl<L: Listen, P: Protocol> Server<L, P> {
             };
             fds.push(PollFd::new(c.stream.as_fd(), events));
         }
-        let timeout = match timeout {
-            None => PollTimeout::NONE,
-            Some(d) => {
-                // Round up, so a deadline is not polled for in a busy loop just before it.
-                let ms = d.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
-            }
-        };
-        poll(&mut fds, timeout)?;
+        poll(&mut fds, super::timeout::poll_timeout(timeout))?;
         let any = |f: &PollFd| f.revents().is_some_and(|r| !r.is_empty());
         let ready = fds[2..].iter().map(any).collect();
         Ok((any(&fds[0]), any(&fds[1]), ready))

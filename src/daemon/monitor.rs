@@ -31,6 +31,7 @@ use crate::kernel::nft_rules::{
     generation_of, names_inet_table, NFNL_SUBSYS_NFTABLES, NFT_MSG_NEWGEN,
 };
 use crate::plan::nft::TABLE;
+use crate::plan::RT_PROTO;
 
 /// Receive buffer of each monitor socket.
 const RCVBUF: usize = 4 << 20;
@@ -284,6 +285,28 @@ impl Transactions {
     }
 }
 
+/// Whether a route notification (its `struct rtmsg` first) can change what a reconcile
+/// observes: our routes (any table), default routes (the next hops `via = "auto"`
+/// follows), and routes of any other table but main and local (foreign routes in a
+/// table we use are conflicts). The rest of main and local is never read: a router
+/// holding a full BGP table in main would otherwise start a pass, and a dump of every
+/// route, for each of its updates. Cached clones (PMTU exceptions) never count.
+fn route_matters(rtmsg: &[u8]) -> bool {
+    const RT_TABLE_MAIN: u8 = 254;
+    const RT_TABLE_LOCAL: u8 = 255;
+    let (Some(&dst_len), Some(&table), Some(&protocol), Some(flags)) =
+        (rtmsg.get(1), rtmsg.get(4), rtmsg.get(5), rtmsg.get(8..12))
+    else {
+        return true; // unreadable: take it as a change
+    };
+    let flags = u32::from_ne_bytes(flags.try_into().unwrap_or_default());
+    if flags & RTM_F_CLONED != 0 {
+        return false;
+    }
+    // Tables above 255 have RT_TABLE_COMPAT here (their id is in RTA_TABLE): not main.
+    protocol == RT_PROTO || dst_len == 0 || !matches!(table, RT_TABLE_MAIN | RT_TABLE_LOCAL)
+}
+
 /// The kinds of object the rtnetlink notifications of one datagram are about.
 pub fn route_sources(mut data: &[u8], sources: &mut Sources) {
     while let Ok(msg) = NetlinkBuffer::new_checked(data) {
@@ -291,14 +314,8 @@ pub fn route_sources(mut data: &[u8], sources: &mut Sources) {
         match msg.message_type() {
             RTM_NEWLINK | RTM_DELLINK => sources.insert(Source::Link),
             RTM_NEWADDR | RTM_DELADDR => sources.insert(Source::Address),
-            RTM_NEWROUTE | RTM_DELROUTE => {
-                let flags = msg
-                    .payload()
-                    .get(8..12)
-                    .map_or(0, |b| u32::from_ne_bytes(b.try_into().unwrap_or_default()));
-                if flags & RTM_F_CLONED == 0 {
-                    sources.insert(Source::Route);
-                }
+            RTM_NEWROUTE | RTM_DELROUTE if route_matters(msg.payload()) => {
+                sources.insert(Source::Route)
             }
             RTM_NEWRULE | RTM_DELRULE => sources.insert(Source::Rule),
             RTM_NEWNETCONF | RTM_DELNETCONF => sources.insert(Source::Netconf),
@@ -329,10 +346,34 @@ mod tests {
         b
     }
 
-    fn rtmsg(flags: u32) -> Vec<u8> {
-        let mut p = vec![2, 24, 0, 0, 254, 4, 0, 1];
+    /// A `struct rtmsg`: IPv4, `dst_len`, `table`, `protocol`, unicast, `flags`.
+    fn rtmsg_of(dst_len: u8, table: u8, protocol: u8, flags: u32) -> Vec<u8> {
+        let mut p = vec![2, dst_len, 0, 0, table, protocol, 0, 1];
         p.extend_from_slice(&flags.to_ne_bytes());
         p
+    }
+
+    /// One of ours (protocol 157) in a table above 255 (RT_TABLE_COMPAT, 252).
+    fn rtmsg(flags: u32) -> Vec<u8> {
+        rtmsg_of(24, 252, 157, flags)
+    }
+
+    #[test]
+    fn route_notifications_count_only_where_a_reconcile_looks() {
+        const STATIC: u8 = 4;
+        const BGP: u8 = 186;
+        // Main's and local's own routes: a BGP feed, a static LAN route.
+        assert!(!route_matters(&rtmsg_of(24, 254, BGP, 0)));
+        assert!(!route_matters(&rtmsg_of(32, 255, 2, 0)));
+        assert!(!route_matters(&rtmsg_of(16, 254, STATIC, 0)));
+        // A default route anywhere, ours anywhere, anything in another table.
+        assert!(route_matters(&rtmsg_of(0, 254, STATIC, 0)));
+        assert!(route_matters(&rtmsg_of(24, 254, 157, 0)));
+        assert!(route_matters(&rtmsg_of(24, 252, STATIC, 0)));
+        assert!(route_matters(&rtmsg_of(24, 52, STATIC, 0)));
+        // Clones never; a cut header always.
+        assert!(!route_matters(&rtmsg_of(0, 252, 157, RTM_F_CLONED)));
+        assert!(route_matters(&[2, 24, 0]));
     }
 
     #[test]
@@ -340,6 +381,8 @@ mod tests {
         let mut data = msg(RTM_DELRULE, &[0; 12]);
         data.extend(msg(RTM_NEWADDR, &[0; 8]));
         data.extend(msg(RTM_NEWROUTE, &rtmsg(RTM_F_CLONED)));
+        // A route of main's own: nothing a reconcile reads.
+        data.extend(msg(RTM_NEWROUTE, &rtmsg_of(24, 254, 4, 0)));
         let mut s = Sources::default();
         route_sources(&data, &mut s);
         assert_eq!(s.to_string(), "address, rule");

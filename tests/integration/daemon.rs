@@ -362,6 +362,53 @@ fn a_kept_listing_never_hides_a_foreign_change() {
     assert!(present(), "not repaired:\n{}", d.log());
 }
 
+/// Routes of main's own (a BGP feed, a LAN's static routes) are nothing a reconcile
+/// reads: 2,000 of them added and removed start no pass, where each burst used to start
+/// one (and a dump of every route). A default route in main still does: `via = "auto"`
+/// follows it.
+#[test]
+fn routes_of_mains_own_start_no_pass() {
+    let lab = lab();
+    let d = notified(&lab.fw, CONFIG, &[], &[]);
+    d.wait_converged("start");
+    std::thread::sleep(Duration::from_millis(300));
+    let passes = |d: &Daemon| d.log().matches("reconciled").count();
+    let before = passes(&d);
+    let batch = |verb: &str| -> String {
+        (0..2000)
+            .map(|i| {
+                format!(
+                    "route {verb} 100.{}.{}.{}/32 via 198.51.100.1 dev up2 proto 186\n",
+                    64 + i / 65536,
+                    (i / 256) % 256,
+                    i % 256
+                )
+            })
+            .collect()
+    };
+    for verb in ["add", "del"] {
+        lab.fw
+            .sh(&format!("ip -batch - <<'EOF'\n{}EOF", batch(verb)))
+            .expect("2,000 routes");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        passes(&d),
+        before,
+        "routes of main's own started a pass:\n{}",
+        d.log()
+    );
+    // A default route in main (another next hop for up1): a pass.
+    lab.fw
+        .ip("route add default via 203.0.113.1 dev up1 metric 500")
+        .expect("default route");
+    d.wait_log_count("reconciled", before + 1, SETTLE);
+    lab.fw
+        .ip("route del default via 203.0.113.1 dev up1 metric 500")
+        .expect("default route gone");
+    d.wait_converged("at the end");
+}
+
 /// Rules of our `pre` chain (0 when the chain or table is missing).
 fn pre_rules() -> usize {
     Command::new("nft")

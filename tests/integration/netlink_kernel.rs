@@ -263,3 +263,30 @@ fn our_table_reads_over_nfnetlink_as_from_the_listing() {
     nft("add chain inet symroute fingerprint_00000000\n");
     assert_eq!(both(), (Some(String::new()), Some(String::new())));
 }
+
+/// Our table's named counters read over nfnetlink (`nft_rules::counters`, what status,
+/// metrics and every table replace use) are what `nft -j list counters` shows: counters
+/// of other tables (one of the same name) and other object kinds are not ours, and
+/// there are none without the table.
+#[test]
+fn counters_read_over_nfnetlink_as_nft_lists_them() {
+    use symroute::kernel::nft_rules::counters;
+    let (ns, _peer) = host();
+    let read = || {
+        in_netns(ns.name(), || counters("symroute").expect("nfnetlink")).expect("in the namespace")
+    };
+    assert_eq!(read(), None);
+    ns.nft("add table inet symroute\nadd counter inet symroute p0_web { packets 5 bytes 300 }\nadd counter inet symroute p1_mail { packets 1099511627776 bytes 7 }\nadd counter inet symroute empty\nadd quota inet symroute q { 100 bytes }\nadd table inet other\nadd counter inet other p0_web { packets 9 bytes 9 }\nadd table ip symroute\nadd counter ip symroute p0_web { packets 1 bytes 1 }\n")
+        .expect("nft");
+    let ours = read().expect("the table exists");
+    let listed = ns
+        .exec(&["nft", "-j", "list", "counters", "table", "inet", "symroute"])
+        .expect("nft list counters");
+    let by_nft =
+        symroute::kernel::status::counters_in(&serde_json::from_str(&listed).expect("json"));
+    assert_eq!(ours, by_nft);
+    assert_eq!(ours.len(), 3, "{ours:?}");
+    assert_eq!(ours["p0_web"], (5, 300));
+    assert_eq!(ours["p1_mail"], (1 << 40, 7));
+    assert_eq!(ours["empty"], (0, 0));
+}

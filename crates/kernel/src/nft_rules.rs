@@ -11,6 +11,8 @@
 //! nftnl bindings need libnftnl); the request is one header and one attribute, and only
 //! two attributes of the answers are read.
 
+use std::collections::BTreeMap;
+
 use netlink_packet_core::{NlasIterator, NLM_F_DUMP, NLM_F_REQUEST};
 
 use netlink_packet_core::NLM_F_ACK;
@@ -28,6 +30,15 @@ const NFT_MSG_GETCHAIN: u16 = 4;
 const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
+const NFT_MSG_NEWOBJ: u16 = 18;
+const NFT_MSG_GETOBJ: u16 = 19;
+const NFTA_OBJ_TABLE: u16 = 1;
+const NFTA_OBJ_NAME: u16 = 2;
+const NFTA_OBJ_TYPE: u16 = 3;
+const NFTA_OBJ_DATA: u16 = 4;
+const NFT_OBJECT_COUNTER: u32 = 1;
+const NFTA_COUNTER_BYTES: u16 = 1;
+const NFTA_COUNTER_PACKETS: u16 = 2;
 const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_GETRULE: u16 = 7;
 const NFTA_RULE_TABLE: u16 = 1;
@@ -124,6 +135,106 @@ pub fn table_chains(table: &str) -> Result<Option<Vec<String>>, KernelError> {
     )?;
     chains.sort();
     Ok(Some(chains))
+}
+
+/// Named counters: name → (packets, bytes).
+pub type Counts = BTreeMap<String, (u64, u64)>;
+
+/// The named counters of table `inet TABLE`, name → (packets, bytes); `None` without the
+/// table. One dump of its counter objects (the kernel filters by table and type) after
+/// one of the family's tables, where `nft -j list counters` would start a process: every
+/// metrics scrape, `status`, and every replace of our table (which carries the counts
+/// over) reads them, and an `nft` child's exit waits for the kernel to free what a
+/// recent commit deleted.
+pub fn counters(table: &str) -> Result<Option<Counts>, KernelError> {
+    let socket = NfSocket::open()?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let what = format!("nft list counters table inet {table}");
+    let mut tables = Vec::new();
+    dump_raw(
+        &socket,
+        &mut buf,
+        &what,
+        1,
+        &dump_request(NFT_MSG_GETTABLE, 1),
+        |m| {
+            if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
+                tables.extend(attr_name(
+                    m.payload.get(4..).unwrap_or_default(),
+                    NFTA_TABLE_NAME,
+                ));
+            }
+            Ok(())
+        },
+    )?;
+    if !tables.iter().any(|t| t == table) {
+        return Ok(None);
+    }
+    let mut request = bare_request(NFT_MSG_GETOBJ, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_INET, 2);
+    let mut name = table.as_bytes().to_vec();
+    name.push(0);
+    push_attr(&mut request, NFTA_OBJ_TABLE, &name);
+    push_attr(
+        &mut request,
+        NFTA_OBJ_TYPE,
+        &NFT_OBJECT_COUNTER.to_be_bytes(),
+    );
+    let len = request.len() as u32;
+    request[..4].copy_from_slice(&len.to_ne_bytes());
+    let mut out = BTreeMap::new();
+    dump_raw(&socket, &mut buf, &what, 2, &request, |m| {
+        if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ {
+            if let Some((obj_table, name, counts)) =
+                counter_attrs(m.payload.get(4..).unwrap_or_default())
+            {
+                if obj_table == table {
+                    out.insert(name, counts);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(Some(out))
+}
+
+/// An attribute appended to a request (padded to 4 bytes).
+fn push_attr(b: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    b.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    b.extend_from_slice(&kind.to_ne_bytes());
+    b.extend_from_slice(value);
+    b.resize((b.len() + 3) & !3, 0);
+}
+
+/// A counter object's table, name and (packets, bytes); `None` for another type.
+fn counter_attrs(attrs: &[u8]) -> Option<(String, String, (u64, u64))> {
+    let (mut table, mut name, mut kind, mut counts) = (None, None, None, None);
+    for nla in NlasIterator::new(attrs).map_while(Result::ok) {
+        match nla.kind() {
+            NFTA_OBJ_TABLE => table = Some(name_of(nla.value())),
+            NFTA_OBJ_NAME => name = Some(name_of(nla.value())),
+            NFTA_OBJ_TYPE => kind = nla.value().try_into().ok().map(u32::from_be_bytes),
+            NFTA_OBJ_DATA => {
+                let (mut packets, mut bytes) = (0, 0);
+                for c in NlasIterator::new(nla.value()).map_while(Result::ok) {
+                    let v = c
+                        .value()
+                        .try_into()
+                        .ok()
+                        .map(u64::from_be_bytes)
+                        .unwrap_or(0);
+                    match c.kind() {
+                        NFTA_COUNTER_PACKETS => packets = v,
+                        NFTA_COUNTER_BYTES => bytes = v,
+                        _ => {}
+                    }
+                }
+                counts = Some((packets, bytes));
+            }
+            _ => {}
+        }
+    }
+    (kind == Some(NFT_OBJECT_COUNTER)).then_some(())?;
+    Some((table?, name?, counts.unwrap_or_default()))
 }
 
 /// A dump request of family inet without attributes.

@@ -13,7 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::conntrack::Conntrack;
-use super::{cmd, observe, KernelError};
+use super::{observe, KernelError};
 use symroute_core::model::Model;
 use symroute_core::plan::markmap::MarkMap;
 use symroute_core::plan::{self, GatewayState, Plan, PolicyGateway};
@@ -436,23 +436,15 @@ fn of_plan(model: &Model, plan: &Plan, applied: bool) -> Result<Status, KernelEr
     })
 }
 
-/// Named counters of our table alone (`nft -j list counters table inet symroute`: cheap
-/// however large the rest of the ruleset); an error when the table does not exist.
+/// Named counters of our table alone, over nfnetlink (`nft_rules::counters`); an error
+/// when the table does not exist.
 pub fn policy_counters() -> Result<BTreeMap<String, (u64, u64)>, KernelError> {
-    let args = [
-        "-j",
-        "list",
-        "counters",
-        "table",
-        "inet",
-        symroute_core::plan::nft::TABLE,
-    ];
-    let text = cmd::run("nft", &args, None)?;
-    let rs = serde_json::from_str(&text).map_err(|e| KernelError::Parse {
-        cmd: format!("nft {}", args.join(" ")),
-        detail: e.to_string(),
-    })?;
-    Ok(counters_in(&rs))
+    super::nft_rules::counters(symroute_core::plan::nft::TABLE)?.ok_or_else(|| {
+        KernelError::Other(format!(
+            "nft list counters table inet {}: no such table",
+            symroute_core::plan::nft::TABLE
+        ))
+    })
 }
 
 /// The named counters of our table in `nft -j` output: name → (packets, bytes).

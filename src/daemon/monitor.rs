@@ -3,8 +3,8 @@
 //! `Event::Kernel`.
 //!
 //! - NETLINK_ROUTE: links, IPv4/IPv6 addresses, routes and rules, and IPv4 netconf
-//!   (rp_filter). Route notifications for cached clones (PMTU exceptions) are skipped:
-//!   observe never reads those.
+//!   (rp_filter). Route notifications count only where observe looks (`route_matters`):
+//!   not cached clones (PMTU exceptions), nor main's and local's own routes.
 //! - NETLINK_NETFILTER, group NFNLGRP_NFTABLES: every nftables commit anyone makes
 //!   (ours, `nft delete table inet symroute`, firewalld…). Any of them means our table
 //!   may have changed; each message's table is read only to tell commits on our table
@@ -260,28 +260,36 @@ impl Transactions {
     /// Reads one datagram: `Some(true)` when its last nftables notification ends a
     /// transaction that touched our table, `Some(false)` when it ends another or a
     /// transaction is still being read, `None` when it holds no nftables notification.
-    pub fn read(&mut self, mut data: &[u8]) -> Option<bool> {
+    pub fn read(&mut self, data: &[u8]) -> Option<bool> {
         let mut ended = None;
-        while let Ok(msg) = NetlinkBuffer::new_checked(data) {
-            let len = msg.length() as usize;
-            if msg.message_type() == NFT_NEWGEN {
+        each_message(data, |kind, payload| {
+            if kind == NFT_NEWGEN {
                 let foreign = std::mem::take(&mut self.foreign);
-                self.ledger.committed(generation_of(msg.payload()), foreign);
+                self.ledger.committed(generation_of(payload), foreign);
                 ended = Some(std::mem::take(&mut self.ours));
-            } else if msg.message_type() >> 8 == NFNL_SUBSYS_NFTABLES {
-                if names_inet_table(msg.payload(), TABLE) {
+            } else if kind >> 8 == NFNL_SUBSYS_NFTABLES {
+                if names_inet_table(payload, TABLE) {
                     self.ours = true;
                 } else {
                     self.foreign = true;
                 }
                 ended = Some(false);
             }
-            data = data.get((len + 3) & !3..).unwrap_or_default();
-            if len == 0 {
-                break;
-            }
-        }
+        });
         ended
+    }
+}
+
+/// Each message of a datagram (type, payload), up to the first that does not fit: a cut
+/// or garbled datagram gives what it holds whole, and never a panic or an endless loop.
+fn each_message(mut data: &[u8], mut f: impl FnMut(u16, &[u8])) {
+    while let Ok(msg) = NetlinkBuffer::new_checked(data) {
+        let len = msg.length() as usize;
+        f(msg.message_type(), msg.payload());
+        data = data.get((len + 3) & !3..).unwrap_or_default();
+        if len == 0 {
+            break;
+        }
     }
 }
 
@@ -308,26 +316,17 @@ fn route_matters(rtmsg: &[u8]) -> bool {
 }
 
 /// The kinds of object the rtnetlink notifications of one datagram are about.
-pub fn route_sources(mut data: &[u8], sources: &mut Sources) {
-    while let Ok(msg) = NetlinkBuffer::new_checked(data) {
-        let len = msg.length() as usize;
-        match msg.message_type() {
-            RTM_NEWLINK | RTM_DELLINK => sources.insert(Source::Link),
-            RTM_NEWADDR | RTM_DELADDR => sources.insert(Source::Address),
-            RTM_NEWROUTE | RTM_DELROUTE if route_matters(msg.payload()) => {
-                sources.insert(Source::Route)
-            }
-            RTM_NEWRULE | RTM_DELRULE => sources.insert(Source::Rule),
-            RTM_NEWNETCONF | RTM_DELNETCONF => sources.insert(Source::Netconf),
-            // Not expected on a multicast socket; harmless either way.
-            NLMSG_OVERRUN => {}
-            _ => {}
-        }
-        data = data.get((len + 3) & !3..).unwrap_or_default();
-        if len == 0 {
-            break;
-        }
-    }
+pub fn route_sources(data: &[u8], sources: &mut Sources) {
+    each_message(data, |kind, payload| match kind {
+        RTM_NEWLINK | RTM_DELLINK => sources.insert(Source::Link),
+        RTM_NEWADDR | RTM_DELADDR => sources.insert(Source::Address),
+        RTM_NEWROUTE | RTM_DELROUTE if route_matters(payload) => sources.insert(Source::Route),
+        RTM_NEWRULE | RTM_DELRULE => sources.insert(Source::Rule),
+        RTM_NEWNETCONF | RTM_DELNETCONF => sources.insert(Source::Netconf),
+        // Not expected on a multicast socket; harmless either way.
+        NLMSG_OVERRUN => {}
+        _ => {}
+    });
 }
 
 #[cfg(test)]

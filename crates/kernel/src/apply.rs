@@ -145,8 +145,7 @@ fn converge(
     opts: &ApplyOptions,
     planned: Option<noop::Proof>,
 ) -> Result<(ApplyReport, Option<u32>), KernelError> {
-    let (observed, plan, mut changes, generation) =
-        prepare_with(model, &opts.health_down, planned, opts)?;
+    let (observed, plan, mut changes, generation) = prepare_with(model, planned, opts)?;
     // Our nft script is one transaction: one generation more.
     let expected = generation.map(|g| {
         if changes.nft.is_some() {
@@ -387,8 +386,11 @@ pub fn prepare(
     model: &Model,
     health_down: &BTreeMap<String, String>,
 ) -> Result<(Observed, Plan, Changes), KernelError> {
-    prepare_with(model, health_down, None, &ApplyOptions::default())
-        .map(|(observed, plan, changes, _)| (observed, plan, changes))
+    let opts = ApplyOptions {
+        health_down: health_down.clone(),
+        ..ApplyOptions::default()
+    };
+    prepare_with(model, None, &opts).map(|(observed, plan, changes, _)| (observed, plan, changes))
 }
 
 /// `prepare`, taking `planned`'s plan instead of planning again when the host view it
@@ -396,7 +398,6 @@ pub fn prepare(
 /// it made one (both halves were read under the same lock, a moment ago).
 fn prepare_with(
     model: &Model,
-    health_down: &BTreeMap<String, String>,
     planned: Option<noop::Proof>,
     opts: &ApplyOptions,
 ) -> Result<(Observed, Plan, Changes, Option<u32>), KernelError> {
@@ -417,7 +418,7 @@ fn prepare_with(
     };
     let generation = halves.generation;
     let mut observed = halves.complete()?;
-    observed.host.health_down = health_down.clone();
+    observed.host.health_down = opts.health_down.clone();
     observed.host.cgroups = super::cgroup::observe(model);
     let plan = match planned {
         Some((host, plan)) if host == observed.host => plan,

@@ -1,15 +1,15 @@
-//! The ruleset's generation ([`generation`]), which chains our nft table has
-//! ([`table_chains`]), and which rules it holds, read
-//! over nfnetlink: one NFT_MSG_GETRULE dump of
-//! table `inet symroute`, reduced to (chain, rule handle) pairs. Every rule added,
+//! What symroute reads of nftables over nfnetlink, without starting `nft`: the ruleset's
+//! generation ([`generation`]), our table's chains ([`table_chains`]) and named counters
+//! ([`counters`]), and which rules it holds ([`rule_handles`]: one NFT_MSG_GETRULE dump
+//! of table `inet symroute`, reduced to (chain, rule handle) pairs. Every rule added,
 //! deleted or replaced gets or loses a handle, so a digest of these pairs tells whether
 //! anyone altered the table since symroute wrote it, at a fraction of the cost of
 //! listing it with `nft` (which also formats every set element): well under a
-//! millisecond for a table of 10,000 selectors, against 30–80 ms.
+//! millisecond for a table of 10,000 selectors, against 30–80 ms).
 //!
 //! Hand-written because no rust-netlink crate encodes nf_tables messages (and the
-//! nftnl bindings need libnftnl); the request is one header and one attribute, and only
-//! two attributes of the answers are read.
+//! nftnl bindings need libnftnl); each request is a header and at most two attributes,
+//! and only a few attributes of the answers are read.
 
 use std::collections::BTreeMap;
 
@@ -61,16 +61,23 @@ pub fn rule_handles(table: &str) -> Result<Option<Vec<(String, u64)>>, KernelErr
     let seq = 1;
     let what = format!("nft list table inet {table} (rule handles)");
     let mut rules = Vec::new();
-    let res = dump_raw(&socket, &mut buf, &what, seq, &request(table, seq), |m| {
-        if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE {
-            // nfgenmsg (4 bytes), then the attributes.
-            let (chain, handle) = rule_attrs(m.payload.get(4..).unwrap_or_default());
-            if let (Some(c), Some(h)) = (chain, handle) {
-                rules.push((c, h));
+    let res = dump_raw(
+        &socket,
+        &mut buf,
+        &what,
+        seq,
+        &rules_request(table, seq),
+        |m| {
+            if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWRULE {
+                // nfgenmsg (4 bytes), then the attributes.
+                let (chain, handle) = rule_attrs(m.payload.get(4..).unwrap_or_default());
+                if let (Some(c), Some(h)) = (chain, handle) {
+                    rules.push((c, h));
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     match res {
         Ok(_) => {
             rules.sort();
@@ -84,57 +91,25 @@ pub fn rule_handles(table: &str) -> Result<Option<Vec<(String, u64)>>, KernelErr
 /// The names of the chains of table `inet TABLE`, `None` when there is no such table:
 /// two dumps of family inet (its tables, its chains), filtered here, since the kernel
 /// filters chain dumps by family only. Well under a millisecond, where `nft` would list
-/// the whole ruleset. A dump the kernel marks as interrupted by a change is an error (the
-/// caller reads the listing instead).
+/// the whole ruleset. The ruleset's generation is read before and after, on the same
+/// socket: a commit between the dumps (the table deleted after the tables were read), or
+/// a dump the kernel marks as interrupted, is an error (the caller lists the ruleset
+/// instead).
 pub fn table_chains(table: &str) -> Result<Option<Vec<String>>, KernelError> {
     let socket = NfSocket::open()?;
     let mut buf = vec![0u8; 64 * 1024];
     let what = format!("nft list chains of table inet {table}");
-    let mut names = |seq: u32, get: u16, new: u16, table_attr: u16, name_attr: u16| {
-        let mut names = Vec::new();
-        let interrupted = dump_raw(
-            &socket,
-            &mut buf,
-            &what,
-            seq,
-            &dump_request(get, seq),
-            |m| {
-                if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | new {
-                    let attrs = m.payload.get(4..).unwrap_or_default();
-                    if attr_name(attrs, table_attr).as_deref() == Some(table) {
-                        names.extend(attr_name(attrs, name_attr));
-                    }
-                }
-                Ok(())
-            },
-        )?;
-        if interrupted {
-            return Err(KernelError::Other(format!(
-                "{what}: the dump was interrupted by a change"
-            )));
-        }
-        Ok(names)
-    };
+    let before = generation_on(&socket, &mut buf)?;
     // Tables first: a chain read after the table went is simply not there.
-    let tables = names(
-        1,
-        NFT_MSG_GETTABLE,
-        NFT_MSG_NEWTABLE,
-        NFTA_TABLE_NAME,
-        NFTA_TABLE_NAME,
-    )?;
-    if tables.is_empty() {
-        return Ok(None);
+    let exists = !inet_names(&socket, &mut buf, &what, Names::TABLES, table)?.is_empty();
+    let mut chains = inet_names(&socket, &mut buf, &what, Names::CHAINS, table)?;
+    if generation_on(&socket, &mut buf)? != before {
+        return Err(KernelError::Other(format!(
+            "{what}: the ruleset changed while it was read"
+        )));
     }
-    let mut chains = names(
-        2,
-        NFT_MSG_GETCHAIN,
-        NFT_MSG_NEWCHAIN,
-        NFTA_CHAIN_TABLE,
-        NFTA_CHAIN_NAME,
-    )?;
     chains.sort();
-    Ok(Some(chains))
+    Ok(exists.then_some(chains))
 }
 
 /// Named counters: name → (packets, bytes).
@@ -150,39 +125,24 @@ pub fn counters(table: &str) -> Result<Option<Counts>, KernelError> {
     let socket = NfSocket::open()?;
     let mut buf = vec![0u8; 64 * 1024];
     let what = format!("nft list counters table inet {table}");
-    let mut tables = Vec::new();
-    dump_raw(
-        &socket,
-        &mut buf,
-        &what,
-        1,
-        &dump_request(NFT_MSG_GETTABLE, 1),
-        |m| {
-            if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE {
-                tables.extend(attr_name(
-                    m.payload.get(4..).unwrap_or_default(),
-                    NFTA_TABLE_NAME,
-                ));
-            }
-            Ok(())
-        },
-    )?;
-    if !tables.iter().any(|t| t == table) {
+    if inet_names(&socket, &mut buf, &what, Names::TABLES, table)?.is_empty() {
         return Ok(None);
     }
-    let mut request = bare_request(NFT_MSG_GETOBJ, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_INET, 2);
     let mut name = table.as_bytes().to_vec();
     name.push(0);
-    push_attr(&mut request, NFTA_OBJ_TABLE, &name);
-    push_attr(
-        &mut request,
-        NFTA_OBJ_TYPE,
-        &NFT_OBJECT_COUNTER.to_be_bytes(),
+    let seq = 3;
+    let request = request_with(
+        NFT_MSG_GETOBJ,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        NFPROTO_INET,
+        seq,
+        &[
+            (NFTA_OBJ_TABLE, &name),
+            (NFTA_OBJ_TYPE, &NFT_OBJECT_COUNTER.to_be_bytes()),
+        ],
     );
-    let len = request.len() as u32;
-    request[..4].copy_from_slice(&len.to_ne_bytes());
     let mut out = BTreeMap::new();
-    dump_raw(&socket, &mut buf, &what, 2, &request, |m| {
+    dump_raw(&socket, &mut buf, &what, seq, &request, |m| {
         if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWOBJ {
             if let Some((obj_table, name, counts)) =
                 counter_attrs(m.payload.get(4..).unwrap_or_default())
@@ -197,12 +157,66 @@ pub fn counters(table: &str) -> Result<Option<Counts>, KernelError> {
     Ok(Some(out))
 }
 
-/// An attribute appended to a request (padded to 4 bytes).
-fn push_attr(b: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    b.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-    b.extend_from_slice(&kind.to_ne_bytes());
-    b.extend_from_slice(value);
-    b.resize((b.len() + 3) & !3, 0);
+/// A dump of one kind of object of family inet, and the attributes naming an object's
+/// table and the object itself.
+struct Names {
+    get: u16,
+    new: u16,
+    table_attr: u16,
+    name_attr: u16,
+    seq: u32,
+}
+
+impl Names {
+    const TABLES: Names = Names {
+        get: NFT_MSG_GETTABLE,
+        new: NFT_MSG_NEWTABLE,
+        table_attr: NFTA_TABLE_NAME,
+        name_attr: NFTA_TABLE_NAME,
+        seq: 1,
+    };
+    const CHAINS: Names = Names {
+        get: NFT_MSG_GETCHAIN,
+        new: NFT_MSG_NEWCHAIN,
+        table_attr: NFTA_CHAIN_TABLE,
+        name_attr: NFTA_CHAIN_NAME,
+        seq: 2,
+    };
+}
+
+/// The names of the objects `kind` dumps that belong to table `inet TABLE` (for tables:
+/// the table's own name, if it exists). A dump the kernel marks as interrupted by a
+/// change is an error.
+fn inet_names(
+    socket: &NfSocket,
+    buf: &mut Vec<u8>,
+    what: &str,
+    kind: Names,
+    table: &str,
+) -> Result<Vec<String>, KernelError> {
+    let mut names = Vec::new();
+    let request = request_with(
+        kind.get,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        NFPROTO_INET,
+        kind.seq,
+        &[],
+    );
+    let interrupted = dump_raw(socket, buf, what, kind.seq, &request, |m| {
+        if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | kind.new {
+            let attrs = m.payload.get(4..).unwrap_or_default();
+            if attr_name(attrs, kind.table_attr).as_deref() == Some(table) {
+                names.extend(attr_name(attrs, kind.name_attr));
+            }
+        }
+        Ok(())
+    })?;
+    if interrupted {
+        return Err(KernelError::Other(format!(
+            "{what}: the dump was interrupted by a change"
+        )));
+    }
+    Ok(names)
 }
 
 /// A counter object's table, name and (packets, bytes); `None` for another type.
@@ -237,20 +251,24 @@ fn counter_attrs(attrs: &[u8]) -> Option<(String, String, (u64, u64))> {
     Some((table?, name?, counts.unwrap_or_default()))
 }
 
-/// A dump request of family inet without attributes.
-fn dump_request(kind: u16, seq: u32) -> Vec<u8> {
-    bare_request(kind, NLM_F_REQUEST | NLM_F_DUMP, NFPROTO_INET, seq)
-}
-
-/// An nf_tables request of `kind` without attributes: header and nfgenmsg.
-fn bare_request(kind: u16, flags: u16, family: u8, seq: u32) -> Vec<u8> {
-    let mut b = Vec::with_capacity(20);
-    b.extend_from_slice(&20u32.to_ne_bytes());
+/// An nf_tables request of `kind`: header, nfgenmsg (family, NFNETLINK_V0, resource id
+/// 0) and `attrs`, each padded to 4 bytes.
+fn request_with(kind: u16, flags: u16, family: u8, seq: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64);
+    b.extend_from_slice(&0u32.to_ne_bytes()); // the length, set below
     b.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | kind).to_ne_bytes());
     b.extend_from_slice(&flags.to_ne_bytes());
     b.extend_from_slice(&seq.to_ne_bytes());
     b.extend_from_slice(&0u32.to_ne_bytes());
     b.extend_from_slice(&[family, 0, 0, 0]);
+    for (attr, value) in attrs {
+        b.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+        b.extend_from_slice(&attr.to_ne_bytes());
+        b.extend_from_slice(value);
+        b.resize((b.len() + 3) & !3, 0);
+    }
+    let len = b.len() as u32;
+    b[..4].copy_from_slice(&len.to_ne_bytes());
     b
 }
 
@@ -272,22 +290,26 @@ pub fn generation_of(payload: &[u8]) -> Option<u32> {
 /// number means nothing in any table changed. Set elements that packets add (`update
 /// @set`) are not transactions and leave it alone.
 pub fn generation() -> Result<u32, KernelError> {
-    let socket = NfSocket::open()?;
-    let mut buf = vec![0u8; 4096];
-    let seq: u32 = 1;
-    let b = bare_request(
+    generation_on(&NfSocket::open()?, &mut vec![0u8; 4096])
+}
+
+/// [`generation`], asked on `socket`.
+fn generation_on(socket: &NfSocket, buf: &mut Vec<u8>) -> Result<u32, KernelError> {
+    let seq: u32 = 9;
+    let request = request_with(
         NFT_MSG_GETGEN,
         NLM_F_REQUEST | NLM_F_ACK,
         NFPROTO_UNSPEC,
         seq,
+        &[],
     );
     let mut id = None;
     request_answered(
-        &socket,
-        &mut buf,
+        socket,
+        buf,
         "nft list ruleset (generation)",
         seq,
-        &b,
+        &request,
         |m| {
             if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
                 id = id.or(gen_id(m.payload.get(4..).unwrap_or_default()));
@@ -298,41 +320,24 @@ pub fn generation() -> Result<u32, KernelError> {
 }
 
 /// NFTA_GEN_ID (big endian) of a NEWGEN message's attributes.
-fn gen_id(mut attrs: &[u8]) -> Option<u32> {
-    while attrs.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([attrs[0], attrs[1]]));
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if kind == NFTA_GEN_ID {
-            return attrs[4..len].try_into().ok().map(u32::from_be_bytes);
-        }
-        attrs = attrs.get((len + 3) & !3..).unwrap_or_default();
-    }
-    None
+fn gen_id(attrs: &[u8]) -> Option<u32> {
+    NlasIterator::new(attrs)
+        .map_while(Result::ok)
+        .find(|nla| nla.kind() == NFTA_GEN_ID)
+        .and_then(|nla| nla.value().try_into().ok().map(u32::from_be_bytes))
 }
 
 /// nlmsghdr + nfgenmsg + NFTA_RULE_TABLE, as a dump request.
-fn request(table: &str, seq: u32) -> Vec<u8> {
+fn rules_request(table: &str, seq: u32) -> Vec<u8> {
     let mut name = table.as_bytes().to_vec();
     name.push(0);
-    let attr_len = 4 + name.len();
-    let padded = (attr_len + 3) & !3;
-    let len = 16 + 4 + padded;
-    let mut b = Vec::with_capacity(len);
-    b.extend_from_slice(&(len as u32).to_ne_bytes());
-    b.extend_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETRULE).to_ne_bytes());
-    b.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    // nfgenmsg: family, version (NFNETLINK_V0), resource id (big endian).
-    b.extend_from_slice(&[NFPROTO_INET, 0, 0, 0]);
-    b.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-    b.extend_from_slice(&NFTA_RULE_TABLE.to_ne_bytes());
-    b.extend_from_slice(&name);
-    b.resize(len, 0);
-    b
+    request_with(
+        NFT_MSG_GETRULE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        NFPROTO_INET,
+        seq,
+        &[(NFTA_RULE_TABLE, &name)],
+    )
 }
 
 /// NFTA_RULE_CHAIN and NFTA_RULE_HANDLE of one rule's attributes.
@@ -374,7 +379,7 @@ mod tests {
 
     #[test]
     fn request_is_one_header_and_a_padded_table_name() {
-        let r = request("symroute", 7);
+        let r = rules_request("symroute", 7);
         assert_eq!(r.len(), 16 + 4 + 16);
         assert_eq!(
             u32::from_ne_bytes(r[0..4].try_into().unwrap()) as usize,

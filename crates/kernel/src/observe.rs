@@ -230,7 +230,6 @@ pub fn nft_listing() -> Result<Value, KernelError> {
 
 /// The tables and chains of a ruleset dump, and the rules of every table but ours.
 fn foreign_view(mut dump: Value) -> Value {
-    let ours = |o: &Value| o["family"] == "inet" && o["table"] == symroute_core::plan::nft::TABLE;
     let items = match dump["nftables"].take() {
         Value::Array(items) => items,
         _ => Vec::new(),
@@ -240,13 +239,19 @@ fn foreign_view(mut dump: Value) -> Value {
         .filter(|i| {
             i.get("table").is_some()
                 || i.get("chain").is_some()
-                || i.get("rule").is_some_and(|r| !ours(r))
+                || i.get("rule").is_some_and(|r| !is_ours(r, "table"))
                 // Foreign sets (without their elements: `-t`), so that a rule testing
                 // marks against one still reads as a mark test.
-                || i.get("set").or(i.get("map")).is_some_and(|x| !ours(x))
+                || i.get("set").or(i.get("map")).is_some_and(|x| !is_ours(x, "table"))
         })
         .collect();
     serde_json::json!({ "nftables": kept })
+}
+
+/// Whether a listed object is of table inet symroute: a table (`key` "name"), or what
+/// sits in one (`key` "table").
+fn is_ours(o: &Value, key: &str) -> bool {
+    o["family"] == "inet" && o[key] == symroute_core::plan::nft::TABLE
 }
 
 /// nft's JSON omits table comments, so the fingerprint also names an empty chain.
@@ -254,17 +259,10 @@ pub const FINGERPRINT_CHAIN_PREFIX: &str = "fingerprint_";
 
 /// Our table's fingerprint read over nfnetlink (`nft_rules::table_chains`), as
 /// `our_fingerprint` reads it from a listing: `None` without the table, empty without
-/// exactly one fingerprint chain. The ruleset's generation is read before and after the
-/// two dumps: a commit between them (the table deleted after the tables were read) is an
-/// error, and the caller lists the ruleset instead.
+/// exactly one fingerprint chain. An error (a commit while it read, say) sends the
+/// caller to the listing.
 pub fn our_table() -> Result<Option<String>, KernelError> {
-    let before = super::nft_rules::generation()?;
     let chains = super::nft_rules::table_chains(symroute_core::plan::nft::TABLE)?;
-    if super::nft_rules::generation()? != before {
-        return Err(KernelError::Other(
-            "the nftables ruleset changed while our table's chains were read".into(),
-        ));
-    }
     Ok(chains.map(|names| fingerprint_of(names.iter().map(String::as_str))))
 }
 
@@ -281,19 +279,16 @@ fn fingerprint_of<'a>(names: impl Iterator<Item = &'a str>) -> String {
 /// A listing (`nft_listing`) without our table and its chains: the part of it that a
 /// commit on our table alone leaves true.
 pub fn without_ours(listing: &Value) -> Value {
-    let ours = |o: &Value| o["family"] == "inet" && o["table"] == symroute_core::plan::nft::TABLE;
     let kept: Vec<Value> = listing["nftables"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|i| {
-            let own_table = i.get("table").is_some_and(|t| {
-                t["family"] == "inet" && t["name"] == symroute_core::plan::nft::TABLE
-            });
+            let own_table = i.get("table").is_some_and(|t| is_ours(t, "name"));
             !own_table
                 && !["chain", "rule", "set", "map"]
                     .iter()
-                    .any(|k| i.get(*k).is_some_and(ours))
+                    .any(|k| i.get(*k).is_some_and(|o| is_ours(o, "table")))
         })
         .cloned()
         .collect();
@@ -302,10 +297,7 @@ pub fn without_ours(listing: &Value) -> Value {
 
 fn our_fingerprint(ruleset: &Value) -> Option<String> {
     let items = ruleset["nftables"].as_array()?;
-    let ours = |o: &Value| o["family"] == "inet" && o["table"] == symroute_core::plan::nft::TABLE;
-    let has_table = items.iter().any(|i| {
-        i["table"]["family"] == "inet" && i["table"]["name"] == symroute_core::plan::nft::TABLE
-    });
+    let has_table = items.iter().any(|i| is_ours(&i["table"], "name"));
     if !has_table {
         return None;
     }
@@ -313,7 +305,7 @@ fn our_fingerprint(ruleset: &Value) -> Option<String> {
         items
             .iter()
             .filter_map(|i| i.get("chain"))
-            .filter(|c| ours(c))
+            .filter(|c| is_ours(c, "table"))
             .filter_map(|c| c["name"].as_str()),
     ))
 }

@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
 use netlink_packet_core::{
@@ -347,13 +349,12 @@ pub(crate) fn open_socket(protocol: isize, name: &str) -> Result<Socket, KernelE
 /// would only add to its start.
 pub(crate) struct NfSocket(Option<Socket>);
 
-static CLOSE_IN_BACKGROUND: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
+static CLOSE_IN_BACKGROUND: AtomicBool = AtomicBool::new(false);
 
 /// From now on, nfnetlink request sockets are closed on a thread of their own (the
 /// daemon calls this once, at its start).
 pub fn close_nfnetlink_in_background() {
-    CLOSE_IN_BACKGROUND.store(true, std::sync::atomic::Ordering::Relaxed);
+    CLOSE_IN_BACKGROUND.store(true, Ordering::Relaxed);
 }
 
 impl NfSocket {
@@ -378,24 +379,22 @@ impl std::ops::Deref for NfSocket {
 
 impl Drop for NfSocket {
     fn drop(&mut self) {
-        static CLOSER: std::sync::OnceLock<
-            Option<std::sync::Mutex<std::sync::mpsc::Sender<Socket>>>,
-        > = std::sync::OnceLock::new();
+        // A Sender is Sync: the threads dropping sockets share it as it is.
+        static CLOSER: OnceLock<Option<mpsc::Sender<Socket>>> = OnceLock::new();
         let Some(socket) = self.0.take() else { return };
-        if !CLOSE_IN_BACKGROUND.load(std::sync::atomic::Ordering::Relaxed) {
+        if !CLOSE_IN_BACKGROUND.load(Ordering::Relaxed) {
             return;
         }
         let closer = CLOSER.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel::<Socket>();
+            let (tx, rx) = mpsc::channel::<Socket>();
             std::thread::Builder::new()
                 .name("nfnl-close".into())
                 .spawn(move || rx.into_iter().for_each(drop))
                 .ok()
-                .map(|_| std::sync::Mutex::new(tx))
+                .map(|_| tx)
         });
         // Without the thread (it could not start), or if it has gone, closed here.
         if let Some(tx) = closer {
-            let tx = tx.lock().unwrap_or_else(|e| e.into_inner());
             let _ = tx.send(socket);
         }
     }

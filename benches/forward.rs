@@ -57,7 +57,12 @@
 //! (b3n): that floor plus a NAT chain (a router that masquerades its LAN pays the null
 //! NAT binding every new connection gets once any NAT chain exists; symroute's shape 3
 //! needs its source-NAT chain for the host's own route_via connections, so shape 3 is
-//! also shown against it). Each case runs 3 times per method, interleaved (a b c d …,
+//! also shown against it); (b2r): (b2) on rtr plus the one fwmark ip rule, the floor of a
+//! router that routes by marks at all (shapes 1, 2 and 4 are shown against it too); and
+//! (b2k): (b2r) plus the two verdict-map lookups shape 1's classification needs (the same
+//! 10,000 MACs and sources, every element `continue`) behind symroute's guard, with no
+//! decision: what one lookup per key type costs by itself, the most any such design can
+//! keep of the floor. Each case runs 3 times per method, interleaved (a b c d …,
 //! a b c d …, …) so drifting machine load hits all cases alike, with the conntrack table
 //! flushed before every run; the median is reported. The first run of each symroute case
 //! prints which share of the packets each quarter of the policy list classified (the
@@ -72,7 +77,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::shapes::{source_prefixes, Shape, INTERNET, SHAPES};
+use common::shapes::{self, source_prefixes, Shape, INTERNET, SHAPES};
 use common::*;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -188,6 +193,9 @@ enum Setup {
     Floor,
     /// The floor plus one fwmark ip rule (on rtr: it has held ip rules already).
     FloorRule,
+    /// `FloorRule` with shape 1's two key lookups and no decision
+    /// (`shapes::lookups_table`) in place of the floor's table.
+    FloorLookups,
     /// The floor plus a NAT chain.
     FloorNat,
     Big,
@@ -243,7 +251,7 @@ const fn shape_case(shape: Shape, floor: usize) -> Case {
     case(shape.label(), Setup::Shape(shape), traffic, floor)
 }
 
-const CASES: [Case; 12] = [
+const CASES: [Case; 14] = [
     case("(a) no ruleset", Setup::Bare, Traffic::Plain, 1),
     case(
         "(b) floor: ct mark restore only",
@@ -275,9 +283,18 @@ const CASES: [Case; 12] = [
         Traffic::Hits,
         5,
     ),
-    shape_case(Shape::Alternating, 5),
-    shape_case(Shape::Grouped, 5),
-    shape_case(Shape::Reversed, 5),
+    Case {
+        also: Some(12),
+        ..shape_case(Shape::Alternating, 5)
+    },
+    Case {
+        also: Some(12),
+        ..shape_case(Shape::Grouped, 5)
+    },
+    Case {
+        also: Some(12),
+        ..shape_case(Shape::Reversed, 5)
+    },
     case(
         "(b3) floor, traffic of shape 3",
         Setup::Floor,
@@ -293,6 +310,21 @@ const CASES: [Case; 12] = [
     Case {
         also: Some(10),
         ..shape_case(Shape::Secondary, 9)
+    },
+    case(
+        "(b2r) b2 + one fwmark ip rule",
+        Setup::FloorRule,
+        Traffic::Hits,
+        5,
+    ),
+    Case {
+        also: Some(12),
+        ..case(
+            "(b2k) b2r + shape 1's lookups only",
+            Setup::FloorLookups,
+            Traffic::Hits,
+            5,
+        )
     },
 ];
 
@@ -338,7 +370,11 @@ struct Lab {
 impl Lab {
     fn config(&self, setup: Setup) -> Option<&ConfigFile> {
         match setup {
-            Setup::Bare | Setup::Floor | Setup::FloorRule | Setup::FloorNat => None,
+            Setup::Bare
+            | Setup::Floor
+            | Setup::FloorRule
+            | Setup::FloorLookups
+            | Setup::FloorNat => None,
             Setup::Big => Some(&self.big),
             Setup::Small => Some(&self.small),
             Setup::Shape(s) => SHAPES.iter().position(|x| *x == s).map(|i| &self.shapes[i]),
@@ -366,7 +402,7 @@ fn main() {
 }
 
 /// The cases to run: all, or those whose tag (`a`, `b`, `b1`, `c`, `d`, `b2`, `1`, `2`,
-/// `4`, `b3`, `b3n`, `3`: the label's parenthesis) is given as an argument (`cargo bench
+/// `4`, `b3`, `b3n`, `3`, `b2r`, `b2k`: the label's parenthesis) is given as an argument (`cargo bench
 /// --bench forward -- 1 3`), each with its floors.
 fn selected() -> Vec<usize> {
     let wanted: Vec<String> = std::env::args()
@@ -522,6 +558,14 @@ fn run_method(lab: &Lab, method: Method, run_cases: &[usize]) -> anyhow::Result<
         println!(
             "(b1)/(b) = {:.1}% (what one ip rule costs: the router checks every forwarded packet's source by a full lookup and looks up the local and main tables apart; symroute's cases pay it before any classification)",
             100.0 * med[2] / med[1]
+        );
+    }
+    if run_cases.contains(&12) && run_cases.contains(&13) {
+        println!(
+            "(b2r)/(b2) = {:.1}%, (b2k)/(b2r) = {:.1}%: shape 1's two lookups alone, with no decision, leave {:.1}% of the floor (the most any classification by one lookup per key type can keep here)",
+            100.0 * med[12] / med[5],
+            100.0 * med[13] / med[12],
+            100.0 * med[13] / med[5]
         );
     }
     let max_lost = samples.iter().flatten().map(|s| s.lost).max().unwrap_or(0);
@@ -740,6 +784,7 @@ fn configure(lab: &Lab, setup: Setup, describe: Option<&str>) -> anyhow::Result<
             matches!(setup, Setup::Floor | Setup::FloorRule | Setup::FloorNat),
         ),
         ("ip lannat", setup == Setup::FloorNat),
+        ("inet lookups", setup == Setup::FloorLookups),
     ] {
         if listed.contains(&format!("table {table}")) && !keep {
             let mut args = vec!["nft", "delete", "table"];
@@ -750,7 +795,8 @@ fn configure(lab: &Lab, setup: Setup, describe: Option<&str>) -> anyhow::Result<
     let has_rule = !setup.on_rtr0()
         && rtr.ip("rule show pref 3000")?.contains("lookup 42000")
         && !rtr.ip("rule show pref 3000")?.contains("proto 157");
-    if has_rule && setup != Setup::FloorRule {
+    let wants_rule = matches!(setup, Setup::FloorRule | Setup::FloorLookups);
+    if has_rule && !wants_rule {
         rtr.ip(&format!("rule del {FLOOR_RULE}"))?;
     }
     let t = Instant::now();
@@ -759,13 +805,17 @@ fn configure(lab: &Lab, setup: Setup, describe: Option<&str>) -> anyhow::Result<
             if !setup.on_rtr0() {
                 remove(rtr)?;
             }
-            if setup != Setup::Bare && !listed.contains("table inet floor") {
+            if setup == Setup::FloorLookups {
+                if !listed.contains("table inet lookups") {
+                    rtr.nft(&shapes::lookups_table())?;
+                }
+            } else if setup != Setup::Bare && !listed.contains("table inet floor") {
                 rtr.nft(FLOOR)?;
             }
             if setup == Setup::FloorNat && !listed.contains("table ip lannat") {
                 rtr.nft(LAN_NAT)?;
             }
-            if setup == Setup::FloorRule && !has_rule {
+            if wants_rule && !has_rule {
                 rtr.ip(&format!("rule add {FLOOR_RULE}"))?;
             }
             None
@@ -777,6 +827,7 @@ fn configure(lab: &Lab, setup: Setup, describe: Option<&str>) -> anyhow::Result<
     let expected: &[&str] = match setup {
         Setup::Bare => &[],
         Setup::Floor | Setup::FloorRule => &["table inet floor"],
+        Setup::FloorLookups => &["table inet lookups"],
         Setup::FloorNat => &["table inet floor", "table ip lannat"],
         _ => &["table inet symroute"],
     };

@@ -64,6 +64,61 @@ pub fn source_prefixes() -> Vec<String> {
         .collect()
 }
 
+/// The source MACs of policy `mac-g`.
+fn macs(g: usize) -> impl Iterator<Item = String> {
+    (0..MACS).map(move |j| format!("02:5a:{g:02x}:00:00:{j:02x}"))
+}
+
+/// The sources of policy `src-g` (shapes 1, 2, 4): 78 or 79 odd hosts of `100.{64+g}.0.0/24`
+/// (64 gateways share 16 leftover items, one each for the first 16).
+fn sources(g: usize) -> Vec<String> {
+    (0..78 + usize::from(g < 16))
+        .map(|j| format!("100.{}.0.{}", 64 + g, 2 * j + 1))
+        .collect()
+}
+
+/// Case (b2k) of the forward bench: the two lookups shape 1's classification needs (one
+/// per key type, over the same 10,000 MACs and sources), every element `continue`, with
+/// the floor's mark restore and symroute's guard, and no decision at all. What the
+/// lookups alone cost, so what any classification by one lookup per key type costs at
+/// least on this machine.
+pub fn lookups_table() -> String {
+    let all = |items: Vec<String>| {
+        items
+            .iter()
+            .map(|i| format!("{i} : continue"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let macs: Vec<String> = (0..BIG_GATEWAYS).flat_map(macs).collect();
+    let sources: Vec<String> = (0..BIG_GATEWAYS).flat_map(sources).collect();
+    format!(
+        "table inet lookups {{
+\tmap mac {{
+\t\ttype ether_addr : verdict
+\t\telements = {{ {} }}
+\t}}
+\tmap src4 {{
+\t\ttype ipv4_addr : verdict
+\t\telements = {{ {} }}
+\t}}
+\tchain classify {{
+\t\tether saddr vmap @mac
+\t\tip saddr vmap @src4
+\t\taccept
+\t}}
+\tchain pre {{
+\t\ttype filter hook prerouting priority mangle; policy accept;
+\t\tct state new ct mark & 0xff000000 == 0 jump classify
+\t\tmeta mark set ct mark and 0xff000000
+\t}}
+}}
+",
+        all(macs),
+        all(sources)
+    )
+}
+
 impl Shape {
     pub const fn label(self) -> &'static str {
         match self {
@@ -118,9 +173,7 @@ impl Shape {
     }
 
     fn mac_policy(self, g: usize) -> String {
-        let macs: Vec<String> = (0..MACS)
-            .map(|j| format!("\"02:5a:{g:02x}:00:00:{j:02x}\""))
-            .collect();
+        let macs: Vec<String> = macs(g).map(|m| format!("\"{m}\"")).collect();
         let mut p = format!(
             "\n[[policy]]\nname = \"mac-{g}\"\nreply_via = \"gw{g}\"\n[policy.match]\nsource_mac = [{}]\n",
             macs.join(", ")
@@ -135,29 +188,16 @@ impl Shape {
     }
 
     fn other_policy(self, g: usize) -> String {
-        // 64 gateways share 16 leftover items, one each for the first 16.
-        let extra = usize::from(g < 16);
-        // Shape 3: 78 MACs + not_source + protocol + 3 ports = 83 items; 72 + 1 + 83 = 156.
-        let (name, key, n, item, rest) = if self == Shape::Secondary {
-            (
-                "dst",
-                "destination",
-                72 + extra,
-                "{}.0/24",
-                "protocol = \"udp\"\n",
-            )
+        // Shape 3: 78 MACs + not_source + protocol + 3 ports = 83 items; 72 + 1 + 83 = 156
+        // (the first 16 gateways one more each, as `sources` has).
+        let (name, key, items, rest) = if self == Shape::Secondary {
+            let n = 72 + usize::from(g < 16);
+            let dst = (0..n).map(|j| format!("100.{}.{}.0/24", 64 + g, 2 * j + 1));
+            ("dst", "destination", dst.collect(), "protocol = \"udp\"\n")
         } else {
-            ("src", "source", 78 + extra, "0.{}", "")
+            ("src", "source", sources(g), "")
         };
-        let items: Vec<String> = (0..n)
-            .map(|j| {
-                format!(
-                    "\"100.{}.{}\"",
-                    64 + g,
-                    item.replace("{}", &(2 * j + 1).to_string())
-                )
-            })
-            .collect();
+        let items: Vec<String> = items.iter().map(|i| format!("\"{i}\"")).collect();
         format!(
             "\n[[policy]]\nname = \"{name}-{g}\"\nroute_via = \"gw{g}\"\n[policy.match]\n{key} = [{}]\n{rest}",
             items.join(", ")

@@ -416,7 +416,9 @@ fn phases(ns: &Netns, text: String) -> anyhow::Result<()> {
             let t = Instant::now();
             let p = symroute::kernel::noop::prove(&model, &Default::default(), None, None)?;
             t_proof.push(t.elapsed());
-            proved += usize::from(p.is_some_and(|p| p.proved));
+            proved += usize::from(
+                p.is_some_and(|p| matches!(p.outcome, symroute::kernel::noop::Outcome::Proved)),
+            );
         }
         let mut t_netlink = Vec::new();
         let mut t_gen = Vec::new();

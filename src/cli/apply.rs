@@ -94,8 +94,8 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
         when_locked: Some(&kernel::confirm_record::refuse_while_guarded),
         ..ApplyOptions::default()
     };
-    let report = kernel::apply::apply(&m, &opts)?;
-    output::gateways(out, &report.plan)?;
-    output::changes(out, &report.changes, "applied")?;
+    let applied = kernel::apply::apply_outlined(&m, &opts)?;
+    output::gateways(out, &applied.outline)?;
+    output::changes(out, &applied.changes, "applied")?;
     Ok(ExitCode::SUCCESS)
 }

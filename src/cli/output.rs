@@ -5,7 +5,7 @@ use std::io::Write;
 use symroute::plan::{self, GatewayState};
 
 /// A line per gateway that is not (fully) up, and per cgroup a policy waits for.
-pub fn gateways(out: &mut impl Write, plan: &plan::Plan) -> anyhow::Result<()> {
+pub fn gateways(out: &mut impl Write, plan: &plan::Outline) -> anyhow::Result<()> {
     for g in &plan.gateways {
         match &g.state {
             GatewayState::Down(why) => writeln!(

@@ -35,7 +35,7 @@ pub fn run(args: Args, out: &mut impl Write) -> anyhow::Result<ExitCode> {
     } else if args.script {
         write!(out, "{}", changes.script())?;
     } else {
-        output::gateways(out, &plan)?;
+        output::gateways(out, &plan.outline())?;
         output::changes(out, &changes, "would")?;
     }
     Ok(ExitCode::SUCCESS)

@@ -97,6 +97,41 @@ fn a_proved_noop_starts_no_other_program() {
     assert!(!run_file(&fw, "noop").exists());
 }
 
+/// A proved no-op prints what the full path prints: each gateway's state and each
+/// policy still waiting for its cgroup (the proof builds no plan; the command prints the
+/// plan's outline, built apart).
+#[test]
+fn a_proved_noop_reports_what_the_full_path_reports() {
+    let (fw, _isp) = two_uplinks("noop-o");
+    let _rm = RemoveOnDrop(&fw);
+    let config = format!(
+        "{CONFIG}\n[[policy]]\nname = \"backup\"\nroute_via = \"isp2\"\n[policy.match]\ncgroup = \"symroute-test-{}.slice/none.service\"\n",
+        std::process::id()
+    );
+    fw.ip("link set up2 down").expect("up2 down");
+    repaired("first apply", &apply(&fw, &config));
+    let (proved, programs) = programs_of_apply(&fw, &config);
+    no_changes("proved", &proved);
+    assert!(programs.is_empty(), "not proved: it started {programs:?}");
+    for line in [
+        "gateway isp2 is down (",
+        "policy backup: cgroup symroute-test-",
+    ] {
+        assert!(
+            proved.stdout.contains(line),
+            "{line:?} missing:\n{}",
+            show(&proved)
+        );
+    }
+    std::fs::remove_file(run_file(&fw, "noop")).expect("drop the record");
+    let (full, programs) = programs_of_apply(&fw, &config);
+    assert!(!programs.is_empty(), "the full path started nothing");
+    assert_eq!(
+        proved.stdout, full.stdout,
+        "proved and full paths print alike"
+    );
+}
+
 /// A change to the host, and what it is.
 type Change<'a> = (&'a str, Box<dyn Fn() + 'a>);
 

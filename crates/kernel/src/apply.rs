@@ -14,7 +14,7 @@ use super::plans::{plan_for, PlanMemo};
 use super::{cmd, noop, observe, rundir, state, KernelError};
 use symroute_core::model::{Family, Model};
 use symroute_core::plan::diff::{self, Changes, Observed, SysctlChange};
-use symroute_core::plan::{nft, Plan, RouteSpec, RuleSpec};
+use symroute_core::plan::{self, nft, HostView, Outline, Plan, RouteSpec, RuleSpec};
 
 /// A step of `execute`, for test-only fault injection (`--inject-failure`, `--abort-after`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,9 +96,49 @@ pub struct Before<'a> {
     pub state: &'a state::State,
 }
 
+/// What a command's apply reports: the plan's outline (each gateway's and policy's
+/// marks and state) and the changes made.
+#[derive(Debug)]
+pub struct Applied {
+    pub outline: Outline,
+    pub changes: Changes,
+}
+
 /// Observe, plan, diff; refuse on conflicts; apply the difference; roll back on failure.
-/// A no-op proved by the record the last apply left (`noop`) skips all but the plan.
+/// A no-op proved by the record the last apply left (`noop`) skips all of it but the
+/// plan, which the report holds (from `opts.plans` when it has it).
 pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelError> {
+    Ok(match converge_or_prove(model, opts)? {
+        Converged::Proved(host) => ApplyReport {
+            plan: plan_for(opts.plans, model, &host),
+            changes: Changes::default(),
+        },
+        Converged::Applied(report) => *report,
+    })
+}
+
+/// [`apply`] for a command, which prints only the plan's outline: a proved no-op
+/// builds no plan (for a 10,000-selector config, most of what the proof costs).
+pub fn apply_outlined(model: &Model, opts: &ApplyOptions) -> Result<Applied, KernelError> {
+    Ok(match converge_or_prove(model, opts)? {
+        Converged::Proved(host) => Applied {
+            outline: plan::outline(model, &host),
+            changes: Changes::default(),
+        },
+        Converged::Applied(report) => Applied {
+            outline: report.plan.outline(),
+            changes: report.changes,
+        },
+    })
+}
+
+enum Converged {
+    /// A no-op, proved on this host view: the kernel holds the model's plan on it.
+    Proved(HostView),
+    Applied(Box<ApplyReport>),
+}
+
+fn converge_or_prove(model: &Model, opts: &ApplyOptions) -> Result<Converged, KernelError> {
     let _lock = match opts.lock {
         Locking::Wait(wait) => {
             let lock = rundir::lock(wait)?;
@@ -119,32 +159,33 @@ pub fn apply(model: &Model, opts: &ApplyOptions) -> Result<ApplyReport, KernelEr
         None
     };
     let planned = match proof {
-        Some(p) if p.proved => {
-            return Ok(ApplyReport {
-                plan: p.plan,
-                changes: Changes::default(),
-            })
-        }
+        Some(noop::Proof {
+            host,
+            outcome: noop::Outcome::Proved,
+        }) => return Ok(Converged::Proved(host)),
         failed => failed,
     };
     let result = converge(model, opts, planned);
     // A failed record only costs the next apply its shortcut; a failed apply leaves none.
     let _ = match &result {
-        Ok((report, expected)) if provable => noop::remember(&report.plan, *expected),
+        Ok((report, expected, planned_on)) if provable => {
+            noop::remember(model, (planned_on, &report.plan), opts.plans, *expected)
+        }
         _ => noop::forget(),
     };
-    result.map(|(report, _)| report)
+    result.map(|(report, _, _)| Converged::Applied(Box::new(report)))
 }
 
 /// The full path of `apply` (the caller holds the lock), with what a failed proof found:
 /// its plan, the host view it was built from and, when it read them, netlink's view and
-/// the ruleset listing. Also the ruleset generation the kernel should hold now if nobody
+/// the ruleset listing. Also the host view the plan was built on, and the ruleset
+/// generation the kernel should hold now if nobody
 /// else committed meanwhile (`noop::remember`).
 fn converge(
     model: &Model,
     opts: &ApplyOptions,
     planned: Option<noop::Proof>,
-) -> Result<(ApplyReport, Option<u32>), KernelError> {
+) -> Result<(ApplyReport, Option<u32>, HostView), KernelError> {
     let (observed, plan, mut changes, generation) = prepare_with(model, planned, opts)?;
     // Our nft script is one transaction: one generation more.
     let expected = generation.map(|g| {
@@ -155,7 +196,7 @@ fn converge(
         }
     });
     if changes.is_empty() {
-        return Ok((ApplyReport { plan, changes }, expected));
+        return Ok((ApplyReport { plan, changes }, expected, observed.host));
     }
     let (saved_table, unrestorable) = match (&changes.nft, &observed.nft_fingerprint) {
         (Some(_), Some(fp)) => match restorable_table(fp)? {
@@ -210,7 +251,7 @@ fn converge(
         record_table_digest()?;
         record_table(Some(&plan.nft))?;
     }
-    Ok((ApplyReport { plan, changes }, expected))
+    Ok((ApplyReport { plan, changes }, expected, observed.host))
 }
 
 /// Our table as `nft list` prints it, to put back on rollback and to carry sticky sources
@@ -402,8 +443,11 @@ fn prepare_with(
     opts: &ApplyOptions,
 ) -> Result<(Observed, Plan, Changes, Option<u32>), KernelError> {
     let (planned, observed) = match planned {
-        Some(p) => (Some((p.host, p.plan)), p.observed),
-        None => (None, None),
+        Some(noop::Proof {
+            host,
+            outcome: noop::Outcome::Failed(failed),
+        }) => (failed.plan.map(|plan| (host, plan)), failed.observed),
+        _ => (None, None),
     };
     let halves = match observed {
         Some(halves) => halves,

@@ -1,14 +1,18 @@
 //! Proving inside `apply` that it would change nothing, without listing the nftables
 //! ruleset (the terse `nft list ruleset` a full observe runs, and `iptables-save` beside
-//! it), checking conflicts or diffing: the largest part of what a no-op apply of a large
-//! config costs (parsing the config and planning remain: `apply` takes a model, and the
-//! report holds the plan).
+//! it), planning, checking conflicts or diffing: the largest part of what a no-op apply
+//! of a large config costs (parsing the config remains: `apply` takes a model). A
+//! caller that wants the plan of a proved no-op builds it (the daemon from its
+//! `PlanMemo`); a command prints only the plan's outline, which costs a small part of it.
 //!
 //! After an apply has made the kernel match a model (or found it did), it records a
-//! digest of everything that apply depended on, taken under the namespace's lock right
-//! after its last change:
-//! - the plan (of the model, the gateways health checks hold down and the host view
-//!   below; its nft table included);
+//! digest of everything the plan and the kernel's state depend on, taken under the
+//! namespace's lock right after its last change:
+//! - the model, the gateways health checks hold down and the cgroups the model matches
+//!   (with the netlink view below, all a plan is built from: planning is pure, so the
+//!   same inputs give the same plan). The apply records only if the plan of these inputs
+//!   as they are after its changes is the plan it applied: a plan that read something
+//!   the apply itself changed (a sysctl, say) would differ, and is never vouched for;
 //! - the running binary (device, inode, size and modification time of
 //!   `/proc/self/exe`: another build may observe or diff differently);
 //! - what netlink shows: links, addresses, our and foreign rules, routes, and the sysctls
@@ -17,7 +21,7 @@
 //!   changed since, ours included, changes it;
 //! - the state file (recorded sysctls, our table's digest).
 //!
-//! The next apply reads netlink's view, plans from it and computes the same digest (one
+//! The next apply reads netlink's view and the cgroups and computes the same digest (one
 //! netlink dump of each kind, one nfnetlink request, a few small files); if it is equal,
 //! the kernel still holds that plan and nothing changes. Anything else takes the full
 //! path, which re-reads everything, checks conflicts and diffs. Where an iptables-legacy table exists there is no proof:
@@ -26,6 +30,7 @@
 //! `remove` forgets it.
 
 use std::collections::BTreeMap;
+use std::io::Write as _;
 use std::os::unix::fs::MetadataExt;
 
 use super::listing::ListingMemo;
@@ -39,14 +44,24 @@ fn path() -> Result<std::path::PathBuf, KernelError> {
 }
 
 /// The digest of the namespace as it is now (`observed`: netlink's view, read just
-/// before; `generation`: the ruleset's) holding `plan`.
-fn digest(plan: &Plan, observed: &Observed, generation: u32) -> Result<String, KernelError> {
+/// before; `generation`: the ruleset's; `host`: the view `model` is planned on, which
+/// adds the health verdicts and cgroups to netlink's) holding `model`'s plan.
+fn digest(
+    model: &Model,
+    host: &HostView,
+    observed: &Observed,
+    generation: u32,
+) -> Result<String, KernelError> {
     let exe = std::fs::metadata("/proc/self/exe").map_err(|source| KernelError::Io {
         what: "reading /proc/self/exe".into(),
         source,
     })?;
     let st = state::load()?;
-    let mut text = format!(
+    // Hashed as it is serialized: the model of a 10,000-selector config is 220 KB of
+    // JSON, which would otherwise be built, copied and freed on every proof.
+    let mut h = nft::Fingerprinter::default();
+    let _ = write!(
+        h,
         "exe {} {} {} {}.{}\nnft generation {generation}\n",
         exe.dev(),
         exe.ino(),
@@ -54,19 +69,31 @@ fn digest(plan: &Plan, observed: &Observed, generation: u32) -> Result<String, K
         exe.mtime(),
         exe.mtime_nsec()
     );
-    text += &serde_json::to_string(observed).expect("observed serializes");
-    text += "\n";
-    text += &serde_json::to_string(&st).expect("state serializes");
-    text += "\n";
-    // The table's text is in the digest through its fingerprint (the plan's
-    // `nft_fingerprint`, which the full path trusts as much): escaping and hashing all of
-    // it again would cost a 10,000-selector no-op about 2 ms.
-    let plan = Plan {
-        nft: String::new(),
-        ..plan.clone()
-    };
-    text += &serde_json::to_string(&plan).expect("a plan serializes");
-    Ok(nft::fingerprint(&text))
+    add_json(&mut h, observed);
+    add_json(&mut h, &st);
+    // The rest of the host view is netlink's, above.
+    add_json(&mut h, &(&host.health_down, &host.cgroups));
+    add_json(&mut h, model);
+    Ok(h.finish())
+}
+
+/// `value` as JSON and a new line, into a fingerprint.
+fn add_json(h: &mut nft::Fingerprinter, value: &impl serde::Serialize) {
+    serde_json::to_writer(&mut *h, value).expect("serializes");
+    h.add(b"\n");
+}
+
+/// The view `model` is planned on: netlink's, the health verdicts and the cgroups it
+/// matches (read now).
+fn planning_view(
+    model: &Model,
+    observed: &Observed,
+    health_down: &BTreeMap<String, String>,
+) -> HostView {
+    let mut host = observed.host.clone();
+    host.health_down = health_down.clone();
+    host.cgroups = super::cgroup::observe(model);
+    host
 }
 
 /// Whether an iptables-legacy table exists (the kernel lists them once loaded).
@@ -76,15 +103,26 @@ fn legacy_tables() -> bool {
         .any(|p| std::fs::read_to_string(p).is_ok_and(|s| !s.trim().is_empty()))
 }
 
-/// What the proof of an apply found: the plan it built from the host view it read, and
-/// whether the kernel is proved to hold it. A full apply reuses the plan when it reads
-/// the same host view.
+/// What the proof of an apply found: the host view it read, and whether the kernel is
+/// proved to hold the plan of the model on it.
 pub struct Proof {
     pub host: HostView,
-    pub plan: Plan,
-    pub proved: bool,
-    /// When the ruleset's generation had moved (the proof fails, a full observe follows):
-    /// netlink's view the plan was built from, and the ruleset listing read meanwhile.
+    pub outcome: Outcome,
+}
+
+pub enum Outcome {
+    /// The kernel holds the plan of the model on the host view.
+    Proved,
+    /// It may not: the full path follows, and reuses what the proof read.
+    Failed(Box<Failed>),
+}
+
+pub struct Failed {
+    /// The plan on the host view, built while the listing below was read (when it was);
+    /// the full path reuses it when it reads the same host view.
+    pub plan: Option<Plan>,
+    /// When the ruleset's generation had moved: netlink's view the plan was built from,
+    /// and the ruleset listing read meanwhile.
     pub observed: Option<observe::Halves>,
 }
 
@@ -139,14 +177,18 @@ pub fn prove(
         });
         let ours = kept.is_some().then(observe::our_table);
         let observed = observe::observe_netlink()?;
-        let mut host = observed.host.clone();
-        host.health_down = health_down.clone();
         // The cgroups the model matches, as a full observe reads them: their ids are in
-        // the plan (and so in the digest), so one that appeared, went or came back with a
-        // new id is never proved a no-op.
-        host.cgroups = super::cgroup::observe(model);
-        let plan = super::plans::plan_for(plans, model, &host);
-        let proved = !moved && digest(&plan, &observed, generation)? == recorded;
+        // the digest, so one that appeared, went or came back with a new id is never
+        // proved a no-op.
+        let host = planning_view(model, &observed, health_down);
+        if !moved && digest(model, &host, &observed, generation)? == recorded {
+            return Ok(Some(Proof {
+                host,
+                outcome: Outcome::Proved,
+            }));
+        }
+        // Planned while the listing's thread (if any) runs.
+        let plan = (moved && kept.is_none()).then(|| super::plans::plan_for(plans, model, &host));
         let observed = match (kept, ours, listing) {
             (Some(foreign), Some(ours), _) => Some(observe::Halves {
                 netlink: observed,
@@ -170,20 +212,25 @@ pub fn prove(
         };
         Ok(Some(Proof {
             host,
-            plan,
-            proved,
-            observed,
+            outcome: Outcome::Failed(Box::new(Failed { plan, observed })),
         }))
     })
 }
 
-/// Record that the kernel now matches `plan`. Call it with the lock held, right after
-/// the apply's last change, with the ruleset generation that apply should have left:
-/// the one it observed at, plus one if it committed an nft transaction. Any other means
-/// someone else committed meanwhile, a change the apply never looked at: no record then
-/// (the next apply takes the full path and sees it), since the generation in a record
-/// vouches for everything before it.
-pub(crate) fn remember(plan: &Plan, expected: Option<u32>) -> Result<(), KernelError> {
+/// Record that the kernel now matches `plan`, `model`'s plan on `planned_on` (health
+/// verdicts and cgroups included). Call it with the lock held, right after the apply's last change, with the
+/// ruleset generation that apply should have left: the one it observed at, plus one if
+/// it committed an nft transaction. Any other means someone else committed meanwhile, a
+/// change the apply never looked at: no record then (the next apply takes the full path
+/// and sees it), since the generation in a record vouches for everything before it.
+/// Nor is there one when the model's plan on the host as it is now is not `plan` (see
+/// the module's docs).
+pub(crate) fn remember(
+    model: &Model,
+    (planned_on, plan): (&HostView, &Plan),
+    plans: Option<&super::plans::PlanMemo>,
+    expected: Option<u32>,
+) -> Result<(), KernelError> {
     if legacy_tables() {
         return forget();
     }
@@ -192,14 +239,97 @@ pub(crate) fn remember(plan: &Plan, expected: Option<u32>) -> Result<(), KernelE
     if expected != Some(generation) {
         return forget();
     }
+    let host = planning_view(model, &observed, &planned_on.health_down);
+    // Planning is pure: on the same view, the same plan (the usual case: an apply changes
+    // little that a plan reads). Else plan again, and compare.
+    if host != *planned_on && !same_plan(&super::plans::plan_for(plans, model, &host), plan) {
+        tracing::debug!(
+            "the plan on the host as this apply left it is another: no no-op proof recorded"
+        );
+        return forget();
+    }
     let record = format!(
         "{}\ngeneration {generation}\n",
-        digest(plan, &observed, generation)?
+        digest(model, &host, &observed, generation)?
     );
     rundir::write(&path()?, record.as_bytes())
+}
+
+/// Whether two plans are the same (the table's text through its fingerprint).
+fn same_plan(a: &Plan, b: &Plan) -> bool {
+    // Every field but the table's text, named so that a new one is not forgotten here.
+    let key = |p: &Plan| {
+        let Plan {
+            mark_mask,
+            gateways,
+            policies,
+            divert,
+            nft: _,
+            nft_fingerprint,
+            rules,
+            routes,
+            sysctls,
+            priorities,
+            tables,
+        } = p;
+        serde_json::to_string(&(
+            mark_mask,
+            gateways,
+            policies,
+            divert,
+            nft_fingerprint,
+            rules,
+            routes,
+            (sysctls, priorities, tables),
+        ))
+        .expect("a plan serializes")
+    };
+    key(a) == key(b)
 }
 
 /// Drop the record (after a failed apply, and on `remove`).
 pub fn forget() -> Result<(), KernelError> {
     rundir::remove(&path()?).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use symroute_core::plan;
+
+    const CONFIG: &str = "[[gateway]]\nname = \"isp1\"\ninterface = \"up1\"\nvia = \"203.0.113.1\"\n\n[[policy]]\nname = \"mail\"\nroute_via = \"isp1\"\n[policy.match]\nprotocol = \"tcp\"\ndestination_port = 25\n";
+
+    fn model(text: &str) -> Model {
+        symroute_core::config::parse_str(text, "test.toml").expect("config")
+    }
+
+    #[test]
+    fn plans_are_the_same_only_when_every_part_is() {
+        let host = HostView::default();
+        let a = plan::build(&model(CONFIG), &host);
+        assert!(same_plan(&a, &plan::build(&model(CONFIG), &host)));
+        // Another table (a port), another gateway table or next hop: another plan.
+        for other in [
+            CONFIG.replace("= 25", "= 587"),
+            CONFIG.replace("via = \"203.0.113.1\"", "via = \"203.0.113.9\"\nid = 7"),
+        ] {
+            assert!(
+                !same_plan(&a, &plan::build(&model(&other), &host)),
+                "{other}"
+            );
+        }
+        // Only the routes differ (a host whose up1 carries an address): another plan.
+        let mut up = host.clone();
+        up.links.insert(
+            "up1".into(),
+            plan::Link {
+                up: true,
+                addrs: vec!["203.0.113.2/24".parse().expect("prefix")],
+                ..plan::Link::default()
+            },
+        );
+        let b = plan::build(&model(CONFIG), &up);
+        assert_ne!(a.routes, b.routes);
+        assert!(!same_plan(&a, &b));
+    }
 }

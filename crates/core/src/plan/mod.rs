@@ -145,9 +145,22 @@ pub struct Plan {
     pub tables: BTreeSet<TableId>,
 }
 
-/// Build the desired kernel state. Pure: the same model and host view give the same plan.
-pub fn build(model: &Model, host: &HostView) -> Plan {
-    let mask = model.settings.mark_mask;
+/// What a plan says of each gateway and policy (their marks, tables and states), without
+/// the kernel objects: what a command prints after an apply. [`build`] starts from it;
+/// alone it costs a small part of a plan (no table is rendered).
+#[derive(Debug, Clone)]
+pub struct Outline {
+    pub gateways: Vec<GatewayPlan>,
+    pub policies: Vec<PolicyPlan>,
+}
+
+/// `model`'s outline on `host`: the same as its plan's ([`Plan::outline`]).
+pub fn outline(model: &Model, host: &HostView) -> Outline {
+    outline_with(model, host).1
+}
+
+/// The outline, with the gateways as their next hops are learned from `host`.
+fn outline_with(model: &Model, host: &HostView) -> (Vec<Gateway>, Outline) {
     // `via = "auto"` becomes the address the host's main table has now.
     let learned: Vec<Gateway> = model
         .gateways
@@ -180,13 +193,29 @@ pub fn build(model: &Model, host: &HostView) -> Plan {
         })
         .collect();
     let states: Vec<GatewayState> = gateways.iter().map(|g| g.state.clone()).collect();
-
     let policies = model
         .policies
         .iter()
         .enumerate()
         .map(|(i, p)| policy_plan(model, &states, i, p, host))
         .collect::<Vec<_>>();
+    (learned, Outline { gateways, policies })
+}
+
+impl Plan {
+    /// What it says of each gateway and policy.
+    pub fn outline(&self) -> Outline {
+        Outline {
+            gateways: self.gateways.clone(),
+            policies: self.policies.clone(),
+        }
+    }
+}
+
+/// Build the desired kernel state. Pure: the same model and host view give the same plan.
+pub fn build(model: &Model, host: &HostView) -> Plan {
+    let mask = model.settings.mark_mask;
+    let (learned, Outline { gateways, policies }) = outline_with(model, host);
 
     let divert = (!model.diverts.is_empty())
         .then(|| (alloc::divert_mark(model), alloc::divert_table(model)));

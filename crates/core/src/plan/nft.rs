@@ -528,12 +528,42 @@ fn decided(mask: MarkMask, mark: Mark, route: bool) -> String {
 /// FNV-1a, 64 bit. Written here because it is 6 lines and only needs to be stable across
 /// builds (std's `DefaultHasher` is not guaranteed to be); it is not a security boundary.
 pub fn fingerprint(text: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut f = Fingerprinter::default();
+    f.add(text.as_bytes());
+    f.finish()
+}
+
+/// [`fingerprint`] of everything written to it, in order: what a large text's would be,
+/// without building the text (a serializer can write into it).
+pub struct Fingerprinter(u64);
+
+impl Default for Fingerprinter {
+    fn default() -> Self {
+        Fingerprinter(0xcbf2_9ce4_8422_2325)
     }
-    format!("{h:016x}")
+}
+
+impl Fingerprinter {
+    pub fn add(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+impl std::io::Write for Fingerprinter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.add(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -294,14 +294,9 @@ pub fn forget() -> Result<(), KernelError> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::plans::fixture::{model, CONFIG};
     use super::*;
     use symroute_core::plan;
-
-    const CONFIG: &str = "[[gateway]]\nname = \"isp1\"\ninterface = \"up1\"\nvia = \"203.0.113.1\"\n\n[[policy]]\nname = \"mail\"\nroute_via = \"isp1\"\n[policy.match]\nprotocol = \"tcp\"\ndestination_port = 25\n";
-
-    fn model(text: &str) -> Model {
-        symroute_core::config::parse_str(text, "test.toml").expect("config")
-    }
 
     #[test]
     fn plans_are_the_same_only_when_every_part_is() {

@@ -34,15 +34,22 @@ pub(crate) fn plan_for(memo: Option<&PlanMemo>, model: &Model, host: &HostView) 
     }
 }
 
+/// A one-gateway, one-policy config for the unit tests of planning's users here.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod fixture {
+    use super::Model;
 
-    const CONFIG: &str = "[[gateway]]\nname = \"isp1\"\ninterface = \"up1\"\nvia = \"203.0.113.1\"\n\n[[policy]]\nname = \"mail\"\nroute_via = \"isp1\"\n[policy.match]\nprotocol = \"tcp\"\ndestination_port = 25\n";
+    pub const CONFIG: &str = "[[gateway]]\nname = \"isp1\"\ninterface = \"up1\"\nvia = \"203.0.113.1\"\n\n[[policy]]\nname = \"mail\"\nroute_via = \"isp1\"\n[policy.match]\nprotocol = \"tcp\"\ndestination_port = 25\n";
 
-    fn model(text: &str) -> Model {
+    pub fn model(text: &str) -> Model {
         symroute_core::config::parse_str(text, "test.toml").expect("config")
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixture::{model, CONFIG};
+    use super::*;
 
     #[test]
     fn the_same_model_and_host_give_the_kept_plan_and_any_change_plans_again() {

@@ -318,6 +318,36 @@ fn bind_path(s: &Socket, dev: &str, mark: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes a raw ICMP socket keep only echo replies. Without a filter it gets a copy of
+/// every ICMP message the host receives (echo requests to the host, unreachables,
+/// redirects, on any device until it is bound), each a wake-up of the probe thread and a
+/// message to read and drop. The kernel drops them before they are queued instead.
+/// Neither libc nor socket2 names these options: the values are the kernel's
+/// (linux/icmp.h `ICMP_FILTER`, linux/icmpv6.h `ICMPV6_FILTER`, both 1). In both filters
+/// a set bit drops that message type; IPv4's has one bit per type below 32 (echo reply
+/// is 0), IPv6's 256 (echo reply is 129).
+fn keep_only_echo_replies(s: &Socket, v4: bool) -> io::Result<()> {
+    const FILTER: libc::c_int = 1;
+    let (level, filter) = if v4 {
+        (libc::SOL_RAW, vec![!1u32])
+    } else {
+        let mut all = vec![u32::MAX; 8];
+        all[129 / 32] &= !(1 << (129 % 32));
+        (libc::IPPROTO_ICMPV6, all)
+    };
+    let len = libc::socklen_t::try_from(std::mem::size_of_val(filter.as_slice()))
+        .expect("32 bytes at most");
+    // SAFETY: `filter` is a live, initialised buffer of `len` bytes for the whole call,
+    // the layout of `struct icmp_filter` (one u32) or `struct icmp6_filter` (eight);
+    // the kernel only reads it. The fd is open: `s` owns it.
+    let r = unsafe { libc::setsockopt(s.as_raw_fd(), level, FILTER, filter.as_ptr().cast(), len) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 fn checksum(b: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for c in b.chunks(2) {
@@ -360,6 +390,9 @@ impl EchoSocket {
             Ok(fd) => (fd, false),
             Err(_) => (socket(domain, Type::RAW, proto)?, true),
         };
+        if raw {
+            keep_only_echo_replies(&fd, to.is_ipv4())?;
+        }
         bind_path(&fd, dev, mark)?;
         // Ping sockets get their identifier from the kernel; raw ones carry ours, which
         // differs per interface so two gateways probing one target tell their answers apart.
@@ -492,6 +525,64 @@ fn connect_result(fd: &Socket) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A raw echo socket (a fresh namespace allows no ping sockets) keeps only echo
+    /// replies: the peer's echo requests to this host, which every raw ICMP socket
+    /// would otherwise get a copy of, never reach it, while the reply to our own probe
+    /// does. Both families; real namespaces, needs root.
+    #[test]
+    fn a_raw_echo_socket_takes_only_echo_replies() {
+        use crate::lab::{in_netns, veth, Netns};
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root: run as root after scripts/setup"
+        );
+        let (host, peer) = (
+            Netns::new("icmpf").expect("netns"),
+            Netns::new("icmpf-p").expect("netns"),
+        );
+        veth(&host, "e0", &peer, "p0").expect("veth");
+        for (ns, a4, a6) in [
+            (&host, "192.0.2.1/24", "2001:db8::1/64"),
+            (&peer, "192.0.2.2/24", "2001:db8::2/64"),
+        ] {
+            let dev = if ns.name() == host.name() { "e0" } else { "p0" };
+            ns.ip(&format!("addr add {a4} dev {dev}")).expect("addr");
+            ns.ip(&format!("addr add {a6} dev {dev} nodad"))
+                .expect("addr");
+        }
+        for (to, from) in [("192.0.2.2", "192.0.2.1"), ("2001:db8::2", "2001:db8::1")] {
+            let to: IpAddr = to.parse().expect("address");
+            let from: IpAddr = from.parse().expect("address");
+            let sock = in_netns(host.name(), move || EchoSocket::open(to, "e0", 0))
+                .expect("thread")
+                .expect("echo socket");
+            assert!(sock.raw, "a fresh namespace should allow no ping socket");
+            // Three echo requests from the peer to this host, answered by its kernel;
+            // then our probe.
+            let pinger = in_netns(peer.name(), move || EchoSocket::open(from, "p0", 0))
+                .expect("thread")
+                .expect("the peer's echo socket");
+            for seq in 1..=3 {
+                pinger.send(seq).expect("ping from the peer");
+            }
+            sock.send(7).expect("probe");
+            std::thread::sleep(Duration::from_millis(300));
+            let mut kinds = Vec::new();
+            let mut buf = [0u8; 1500];
+            while let Ok((n, _)) = recvfrom::<SockaddrStorage>(sock.fd.as_raw_fd(), &mut buf) {
+                // Raw IPv4 sockets get the IP header first.
+                let at = if to.is_ipv4() {
+                    usize::from(buf[0] & 0x0f) * 4
+                } else {
+                    0
+                };
+                kinds.extend(buf[..n].get(at).copied());
+            }
+            let reply = if to.is_ipv4() { 0 } else { 129 };
+            assert_eq!(kinds, vec![reply], "{to}: message types on the socket");
+        }
+    }
 
     fn echo_reply(v4: bool, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
         let mut m = vec![if v4 { 0 } else { 129 }, 0, 0, 0];

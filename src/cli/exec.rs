@@ -178,7 +178,7 @@ fn cover(
                 health_down: health_down.clone(),
                 ..ApplyOptions::default()
             };
-            kernel::apply::apply(model, &opts)?;
+            kernel::apply::apply_outlined(model, &opts)?;
             applied = true;
             continue;
         }

@@ -195,7 +195,13 @@ fn every_change_since_the_last_apply_takes_the_full_path() {
         ),
     ];
     for (what, change) in changes {
-        no_changes(&format!("before: {what}"), &apply(&fw, CONFIG));
+        // Proved: the last apply (the first, or the repair before) left its record.
+        let (before, programs) = programs_of_apply(&fw, CONFIG);
+        no_changes(&format!("before: {what}"), &before);
+        assert!(
+            programs.is_empty(),
+            "before {what}: not proved, ran {programs:?}"
+        );
         change();
         repaired(what, &apply(&fw, CONFIG));
     }

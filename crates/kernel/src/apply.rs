@@ -166,21 +166,23 @@ fn converge_or_prove(model: &Model, opts: &ApplyOptions) -> Result<Converged, Ke
         failed => failed,
     };
     let result = converge(model, opts, planned);
-    // A failed record only costs the next apply its shortcut; a failed apply leaves none.
+    // A failed record only costs the next apply its shortcut; a failed apply leaves none,
+    // and neither does one whose record could not be written.
     let _ = match &result {
         Ok((report, expected, planned_on)) if provable => {
             noop::remember(model, (planned_on, &report.plan), opts.plans, *expected)
+                .or_else(|_| noop::forget())
         }
         _ => noop::forget(),
     };
     result.map(|(report, _, _)| Converged::Applied(Box::new(report)))
 }
 
-/// The full path of `apply` (the caller holds the lock), with what a failed proof found:
-/// its plan, the host view it was built from and, when it read them, netlink's view and
-/// the ruleset listing. Also the host view the plan was built on, and the ruleset
-/// generation the kernel should hold now if nobody
-/// else committed meanwhile (`noop::remember`).
+/// The full path of `apply` (the caller holds the lock), given what a failed proof read
+/// (the host view, the plan when it built one, and netlink's view and the ruleset
+/// listing when it read them). Returns the report, the ruleset generation the kernel
+/// should hold now if nobody else committed meanwhile, and the host view the plan was
+/// built on (both for `noop::remember`).
 fn converge(
     model: &Model,
     opts: &ApplyOptions,

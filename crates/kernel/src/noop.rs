@@ -11,10 +11,11 @@
 //! - the model, the gateways health checks hold down and the cgroups the model matches
 //!   (with the netlink view below, all a plan is built from: planning is pure, so the
 //!   same inputs give the same plan). The apply records only if the plan of these inputs
-//!   as they are after its changes is the plan it applied: a plan that read something
-//!   the apply itself changed (a sysctl, say) would differ, and is never vouched for;
+//!   as they are after its changes is the plan it applied, and netlink's view holds that
+//!   plan's rules, routes and sysctls: a plan that read something the apply itself
+//!   changed, or a rule someone removed right after, is never vouched for;
 //! - the running binary (device, inode, size and modification time of
-//!   `/proc/self/exe`: another build may observe or diff differently);
+//!   `/proc/self/exe`: another build may plan, observe or diff differently);
 //! - what netlink shows: links, addresses, our and foreign rules, routes, and the sysctls
 //!   a plan reads (`observe::observe_netlink`);
 //! - the nftables ruleset's generation (`nft_rules::generation`): every table anyone
@@ -56,25 +57,51 @@ fn digest(
         what: "reading /proc/self/exe".into(),
         source,
     })?;
-    let st = state::load()?;
-    // Hashed as it is serialized: the model of a 10,000-selector config is 220 KB of
-    // JSON, which would otherwise be built, copied and freed on every proof.
-    let mut h = nft::Fingerprinter::default();
-    let _ = write!(
-        h,
-        "exe {} {} {} {}.{}\nnft generation {generation}\n",
+    let exe = format!(
+        "{} {} {} {}.{}",
         exe.dev(),
         exe.ino(),
         exe.size(),
         exe.mtime(),
         exe.mtime_nsec()
     );
+    Ok(digest_of(
+        &exe,
+        &state::load()?,
+        (model, host),
+        observed,
+        generation,
+    ))
+}
+
+/// [`digest`] of what it read: the binary (`exe`: the identity of /proc/self/exe; another
+/// build may plan, observe or diff differently) and the state file.
+fn digest_of(
+    exe: &str,
+    st: &state::State,
+    (model, host): (&Model, &HostView),
+    observed: &Observed,
+    generation: u32,
+) -> String {
+    // Every field of the view planning reads, named so that a new one is not forgotten:
+    // those netlink shows are in `observed` (the view is built from it), the others are
+    // added here.
+    let HostView {
+        links: _,
+        sysctls: _,
+        default_via: _,
+        health_down,
+        cgroups,
+    } = host;
+    // Hashed as it is serialized: the model of a 10,000-selector config is 220 KB of
+    // JSON, which would otherwise be built, copied and freed on every proof.
+    let mut h = nft::Fingerprinter::default();
+    let _ = write!(h, "exe {exe}\nnft generation {generation}\n");
     add_json(&mut h, observed);
-    add_json(&mut h, &st);
-    // The rest of the host view is netlink's, above.
-    add_json(&mut h, &(&host.health_down, &host.cgroups));
+    add_json(&mut h, st);
+    add_json(&mut h, &(health_down, cgroups));
     add_json(&mut h, model);
-    Ok(h.finish())
+    h.finish()
 }
 
 /// `value` as JSON and a new line, into a fingerprint.
@@ -121,8 +148,9 @@ pub struct Failed {
     /// The plan on the host view, built while the listing below was read (when it was);
     /// the full path reuses it when it reads the same host view.
     pub plan: Option<Plan>,
-    /// When the ruleset's generation had moved: netlink's view the plan was built from,
-    /// and the ruleset listing read meanwhile.
+    /// When the ruleset's generation had moved: netlink's view, and the other tables
+    /// read meanwhile (a fresh listing, or the daemon's kept one with our table read over
+    /// nfnetlink).
     pub observed: Option<observe::Halves>,
 }
 
@@ -239,6 +267,17 @@ pub(crate) fn remember(
     if expected != Some(generation) {
         return forget();
     }
+    let st = state::load()?;
+    // What netlink shows now must hold the plan: something that removed one of our rules
+    // or routes since the apply's last change (a program reacting to its netlink
+    // events) would otherwise be vouched for, and the change it caused taken for a
+    // no-op. The table is covered by the generation, checked above.
+    if !holds(plan, &observed, &st.sysctls) {
+        tracing::debug!(
+            "the kernel changed since this apply's last change: no no-op proof recorded"
+        );
+        return forget();
+    }
     let host = planning_view(model, &observed, &planned_on.health_down);
     // Planning is pure: on the same view, the same plan (the usual case: an apply changes
     // little that a plan reads). Else plan again, and compare.
@@ -253,6 +292,17 @@ pub(crate) fn remember(
         digest(model, &host, &observed, generation)?
     );
     rundir::write(&path()?, record.as_bytes())
+}
+
+/// Whether netlink's view (`observed`, with the recorded sysctls) holds `plan`'s rules,
+/// routes and sysctls: a diff against it changes nothing but, maybe, the table, which
+/// netlink's view does not hold.
+fn holds(plan: &Plan, observed: &Observed, recorded: &BTreeMap<String, String>) -> bool {
+    let with_table = Observed {
+        nft_fingerprint: Some(plan.nft_fingerprint.clone()),
+        ..observed.clone()
+    };
+    symroute_core::plan::diff::diff(plan, &with_table, recorded).is_empty()
 }
 
 /// Whether two plans are the same (the table's text through its fingerprint).
@@ -326,5 +376,84 @@ mod tests {
         let b = plan::build(&model(CONFIG), &up);
         assert_ne!(a.routes, b.routes);
         assert!(!same_plan(&a, &b));
+    }
+
+    #[test]
+    fn the_digest_changes_with_every_input_of_the_plan() {
+        let (m, host, observed) = (model(CONFIG), HostView::default(), Observed::default());
+        let st = state::State::default();
+        let of = |m: &Model, host: &HostView, observed: &Observed, generation: u32, exe: &str| {
+            digest_of(exe, &st, (m, host), observed, generation)
+        };
+        let base = of(&m, &host, &observed, 7, "1 2 3 4.5");
+        assert_eq!(base, of(&m, &host, &observed, 7, "1 2 3 4.5"));
+        let mut down = host.clone();
+        down.health_down.insert("isp1".into(), "probes lost".into());
+        let mut cg = host.clone();
+        cg.cgroups = Some(plan::Cgroups::default());
+        let mut seen = Observed::default();
+        seen.host
+            .sysctls
+            .insert("net.ipv4.conf.up1.rp_filter".into(), "1".into());
+        for (what, other) in [
+            (
+                "another model",
+                of(
+                    &model(&CONFIG.replace("= 25", "= 587")),
+                    &host,
+                    &observed,
+                    7,
+                    "1 2 3 4.5",
+                ),
+            ),
+            ("a health verdict", of(&m, &down, &observed, 7, "1 2 3 4.5")),
+            ("cgroups", of(&m, &cg, &observed, 7, "1 2 3 4.5")),
+            ("netlink's view", of(&m, &host, &seen, 7, "1 2 3 4.5")),
+            ("the generation", of(&m, &host, &observed, 8, "1 2 3 4.5")),
+            ("the binary", of(&m, &host, &observed, 7, "1 2 3 4.6")),
+        ] {
+            assert_ne!(base, other, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_view_holds_a_plan_only_with_all_its_rules_routes_and_sysctls() {
+        let mut host = HostView::default();
+        host.links.insert(
+            "up1".into(),
+            plan::Link {
+                up: true,
+                addrs: vec!["203.0.113.2/24".parse().expect("prefix")],
+                ..plan::Link::default()
+            },
+        );
+        host.sysctls
+            .insert("net.ipv4.conf.up1.rp_filter".into(), "2".into());
+        host.sysctls
+            .insert("net.ipv4.conf.all.rp_filter".into(), "0".into());
+        let p = plan::build(&model(CONFIG), &host);
+        let applied = Observed {
+            host: host.clone(),
+            rules: p.rules.clone(),
+            routes: p.routes.clone(),
+            ..Observed::default()
+        };
+        assert!(holds(&p, &applied, &BTreeMap::new()));
+        let mut lost_rule = applied.clone();
+        lost_rule.rules.pop_first();
+        let mut lost_route = applied.clone();
+        lost_route.routes.pop_first();
+        let mut strict = applied.clone();
+        strict
+            .host
+            .sysctls
+            .insert("net.ipv4.conf.up1.rp_filter".into(), "1".into());
+        for (what, view) in [
+            ("a rule", lost_rule),
+            ("a route", lost_route),
+            ("rp_filter", strict),
+        ] {
+            assert!(!holds(&p, &view, &BTreeMap::new()), "{what} changed");
+        }
     }
 }

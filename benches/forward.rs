@@ -62,9 +62,9 @@
 //! (b2k): (b2r) plus the two verdict-map lookups shape 1's classification needs (the same
 //! 10,000 MACs and sources, every element `continue`) behind symroute's guard, with no
 //! decision: what one lookup per key type costs by itself, the most any such design can
-//! keep of the floor. Each case runs 3 times per method, interleaved (a b c d …,
-//! a b c d …, …) so drifting machine load hits all cases alike, with the conntrack table
-//! flushed before every run; the median is reported. The first run of each symroute case
+//! keep of the floor. Each case runs 3 times per method (`FORWARD_REPEATS=N`: N times),
+//! interleaved (a b c d …, a b c d …, …) so drifting machine load hits all cases alike,
+//! with the conntrack table flushed before every run; the median is reported. The first run of each symroute case
 //! prints which share of the packets each quarter of the policy list classified (the
 //! policies' own nft counters).
 //!
@@ -83,7 +83,17 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use symroute::lab::{veth, Netns};
 
+/// Runs per case and method (`FORWARD_REPEATS` overrides: more runs, a steadier median
+/// on a noisy machine).
 const REPEATS: usize = 3;
+
+fn repeats() -> usize {
+    std::env::var("FORWARD_REPEATS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(REPEATS)
+}
 const WARMUP: Duration = Duration::from_millis(500);
 const WINDOW: Duration = Duration::from_secs(3);
 const TARGET_PCT: f64 = 95.0;
@@ -468,7 +478,7 @@ fn run_method(lab: &Lab, method: Method, run_cases: &[usize]) -> anyhow::Result<
         }
     }
     let mut samples: Vec<Vec<Sample>> = (0..CASES.len()).map(|_| Vec::new()).collect();
-    for rep in 0..REPEATS {
+    for rep in 0..repeats() {
         for &ci in run_cases {
             let case = CASES[ci];
             configure(lab, case.setup, (rep == 0).then_some(case.label))?;
@@ -501,7 +511,8 @@ fn run_method(lab: &Lab, method: Method, run_cases: &[usize]) -> anyhow::Result<
         .collect();
     let tag = |i: usize| CASES[i].label.split(')').next().unwrap_or("").to_string() + ")";
     println!(
-        "\n== method {method:?}: new connections routed per CPU-second (median of {REPEATS} runs of {:.0} s) ==",
+        "\n== method {method:?}: new connections routed per CPU-second (median of {} runs of {:.0} s) ==",
+        repeats(),
         WINDOW.as_secs_f64()
     );
     println!(

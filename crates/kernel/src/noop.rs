@@ -348,6 +348,19 @@ mod tests {
     use super::*;
     use symroute_core::plan;
 
+    /// `host` with the fixture's gateway interface up, with an address on its network.
+    fn with_up1(mut host: HostView) -> HostView {
+        host.links.insert(
+            "up1".into(),
+            plan::Link {
+                up: true,
+                addrs: vec!["203.0.113.2/24".parse().expect("prefix")],
+                ..plan::Link::default()
+            },
+        );
+        host
+    }
+
     #[test]
     fn plans_are_the_same_only_when_every_part_is() {
         let host = HostView::default();
@@ -364,15 +377,7 @@ mod tests {
             );
         }
         // Only the routes differ (a host whose up1 carries an address): another plan.
-        let mut up = host.clone();
-        up.links.insert(
-            "up1".into(),
-            plan::Link {
-                up: true,
-                addrs: vec!["203.0.113.2/24".parse().expect("prefix")],
-                ..plan::Link::default()
-            },
-        );
+        let up = with_up1(host.clone());
         let b = plan::build(&model(CONFIG), &up);
         assert_ne!(a.routes, b.routes);
         assert!(!same_plan(&a, &b));
@@ -418,15 +423,7 @@ mod tests {
 
     #[test]
     fn a_view_holds_a_plan_only_with_all_its_rules_routes_and_sysctls() {
-        let mut host = HostView::default();
-        host.links.insert(
-            "up1".into(),
-            plan::Link {
-                up: true,
-                addrs: vec!["203.0.113.2/24".parse().expect("prefix")],
-                ..plan::Link::default()
-            },
-        );
+        let mut host = with_up1(HostView::default());
         host.sysctls
             .insert("net.ipv4.conf.up1.rp_filter".into(), "2".into());
         host.sysctls

@@ -74,7 +74,7 @@ pub fn apply(
         Outcome::Unchanged
     });
     drop(session);
-    output::gateways(out, &report.plan.outline())?;
+    output::gateways(out, &report.outline)?;
     if !changed {
         output::changes(out, &report.changes, "applied")?;
         writeln!(out, "nothing to confirm: nothing changed")?;

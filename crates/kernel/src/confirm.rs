@@ -25,7 +25,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::apply::{self, ApplyOptions, ApplyReport, Faults, Locking};
+use super::apply::{self, Applied, ApplyOptions, Faults, Locking};
 use super::clock::{unix, BootTime};
 use super::confirm_record::{
     discard, guard_path, guarded, last_path, load, record, save, Ended, Pending,
@@ -147,8 +147,9 @@ fn settle_earlier() -> Result<Earlier, KernelError> {
 impl Session {
     /// Step 3, once the guard is armed: save the rollback point before the first change,
     /// then apply. `Ok((report, true))`: something changed and is pending; `false`:
-    /// nothing changed, nothing is pending.
-    pub fn apply(&self, model: &Model, guard_pid: u32) -> Result<(ApplyReport, bool), KernelError> {
+    /// nothing changed, nothing is pending. The report holds the plan's outline only (a
+    /// proved no-op builds no plan).
+    pub fn apply(&self, model: &Model, guard_pid: u32) -> Result<(Applied, bool), KernelError> {
         let saved = std::cell::Cell::new(false);
         let save_before = |b: &apply::Before| {
             let touched: BTreeSet<&String> = b
@@ -185,7 +186,7 @@ impl Session {
             before_change: Some(&save_before),
             ..ApplyOptions::default()
         };
-        let report = apply::apply(model, &opts)?;
+        let report = apply::apply_outlined(model, &opts)?;
         Ok((report, saved.get()))
     }
 }

@@ -88,11 +88,16 @@ use symroute::lab::{veth, Netns};
 const REPEATS: usize = 3;
 
 fn repeats() -> usize {
-    std::env::var("FORWARD_REPEATS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(REPEATS)
+    let Ok(v) = std::env::var("FORWARD_REPEATS") else {
+        return REPEATS;
+    };
+    match v.parse() {
+        Ok(n) if n > 0 => n,
+        _ => {
+            eprintln!("FORWARD_REPEATS={v:?} is not a count of runs: {REPEATS} runs");
+            REPEATS
+        }
+    }
 }
 const WARMUP: Duration = Duration::from_millis(500);
 const WINDOW: Duration = Duration::from_secs(3);
@@ -515,11 +520,13 @@ fn run_method(lab: &Lab, method: Method, run_cases: &[usize]) -> anyhow::Result<
         repeats(),
         WINDOW.as_secs_f64()
     );
+    // "246k " per run.
+    let runs_w = (5 * repeats()).max(24);
     println!(
-        "{:<38} | {:>12} | {:>24} | {:>13} | {:>14} | {:>10}",
+        "{:<38} | {:>12} | {:>runs_w$} | {:>13} | {:>14} | {:>10}",
         "case", "median pps", "runs (pps/CPU-s)", "% of floor", "% of other", "max ct fill"
     );
-    println!("{}", "-".repeat(38 + 12 + 24 + 13 + 14 + 10 + 15));
+    println!("{}", "-".repeat(38 + 12 + runs_w + 13 + 14 + 10 + 15));
     for &ci in run_cases {
         let case = CASES[ci];
         let runs: Vec<String> = samples[ci]
@@ -532,7 +539,7 @@ fn run_method(lab: &Lab, method: Method, run_cases: &[usize]) -> anyhow::Result<
             .map(|o| format!("{:>6.1}% {:<6}", 100.0 * med[ci] / med[o], tag(o)))
             .unwrap_or_default();
         println!(
-            "{:<38} | {:>12.0} | {:>24} | {:>6.1}% {:<5} | {:>14} | {:>10}",
+            "{:<38} | {:>12.0} | {:>runs_w$} | {:>6.1}% {:<5} | {:>14} | {:>10}",
             case.label,
             med[ci],
             runs.join(" "),

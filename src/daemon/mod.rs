@@ -1,8 +1,8 @@
 //! `symroute run`: a daemon that keeps the policy true.
 //!
 //! One actor (the thread that called `run`) owns the model and is the only one that
-//! touches the kernel, through the same `kernel::apply::apply` that `symroute apply`
-//! uses: observe → plan → diff → apply the difference, with its rollback and its
+//! touches the kernel, through `kernel::apply::apply`, the path `symroute apply` takes
+//! too: observe → plan → diff → apply the difference, with its rollback and its
 //! per-namespace lock (so a `symroute apply` by hand meanwhile is safe). Watchers on
 //! their own threads only send `Event`s over a channel:
 //!

@@ -1,5 +1,5 @@
-//! A no-op `symroute apply` is proved without listing nftables, checking conflicts or
-//! diffing (`kernel::noop`, inside `kernel::apply::apply`): the same config on a host
+//! A no-op `symroute apply` is proved without planning, listing nftables, checking
+//! conflicts or diffing (`kernel::noop`, inside `kernel::apply`): the same config on a host
 //! unchanged since the last apply. These
 //! tests check that the shortcut is really taken (the proved apply starts no other
 //! program, where a full one runs `nft`), and that every kind of change since the last
@@ -205,6 +205,12 @@ fn every_change_since_the_last_apply_takes_the_full_path() {
         change();
         repaired(what, &apply(&fw, CONFIG));
     }
+    let (after, programs) = programs_of_apply(&fw, CONFIG);
+    no_changes("after the last repair", &after);
+    assert!(
+        programs.is_empty(),
+        "after the last repair: not proved, ran {programs:?}"
+    );
     // The config's bytes: another policy.
     let more = format!(
         "{CONFIG}\n[[policy]]\nname = \"mail\"\nroute_via = \"isp1\"\n[policy.match]\nprotocol = \"tcp\"\ndestination_port = 25\n"

@@ -46,12 +46,13 @@ fn path() -> Result<std::path::PathBuf, KernelError> {
 
 /// The digest of the namespace as it is now (`observed`: netlink's view, read just
 /// before; `generation`: the ruleset's; `host`: the view `model` is planned on, which
-/// adds the health verdicts and cgroups to netlink's) holding `model`'s plan.
+/// adds the health verdicts and cgroups to netlink's; `st`: the state file) holding
+/// `model`'s plan.
 fn digest(
-    model: &Model,
-    host: &HostView,
+    (model, host): (&Model, &HostView),
     observed: &Observed,
     generation: u32,
+    st: &state::State,
 ) -> Result<String, KernelError> {
     let exe = std::fs::metadata("/proc/self/exe").map_err(|source| KernelError::Io {
         what: "reading /proc/self/exe".into(),
@@ -65,13 +66,7 @@ fn digest(
         exe.mtime(),
         exe.mtime_nsec()
     );
-    Ok(digest_of(
-        &exe,
-        &state::load()?,
-        (model, host),
-        observed,
-        generation,
-    ))
+    Ok(digest_of(&exe, st, (model, host), observed, generation))
 }
 
 /// [`digest`] of what it read: the binary (`exe`: the identity of /proc/self/exe; another
@@ -209,7 +204,7 @@ pub fn prove(
         // the digest, so one that appeared, went or came back with a new id is never
         // proved a no-op.
         let host = planning_view(model, &observed, health_down);
-        if !moved && digest(model, &host, &observed, generation)? == recorded {
+        if !moved && digest((model, &host), &observed, generation, &state::load()?)? == recorded {
             return Ok(Some(Proof {
                 host,
                 outcome: Outcome::Proved,
@@ -289,7 +284,7 @@ pub(crate) fn remember(
     }
     let record = format!(
         "{}\ngeneration {generation}\n",
-        digest(model, &host, &observed, generation)?
+        digest((model, &host), &observed, generation, &st)?
     );
     rundir::write(&path()?, record.as_bytes())
 }
@@ -416,6 +411,13 @@ mod tests {
             ("netlink's view", of(&m, &host, &seen, 7, "1 2 3 4.5")),
             ("the generation", of(&m, &host, &observed, 8, "1 2 3 4.5")),
             ("the binary", of(&m, &host, &observed, 7, "1 2 3 4.6")),
+            ("the state file", {
+                let st = state::State {
+                    table_digest: Some("abc".into()),
+                    ..state::State::default()
+                };
+                digest_of("1 2 3 4.5", &st, (&m, &host), &observed, 7)
+            }),
         ] {
             assert_ne!(base, other, "{what}");
         }
@@ -445,6 +447,20 @@ mod tests {
             .host
             .sysctls
             .insert("net.ipv4.conf.up1.rp_filter".into(), "1".into());
+        // A sysctl recorded as symroute's to restore, which the plan no longer sets: held
+        // while it has its recorded value again, not while it differs.
+        let recorded =
+            |v: &str| BTreeMap::from([("net.ipv4.ip_forward".to_string(), v.to_string())]);
+        let mut forwarding = applied.clone();
+        forwarding
+            .host
+            .sysctls
+            .insert("net.ipv4.ip_forward".into(), "1".into());
+        assert!(holds(&p, &forwarding, &recorded("1")));
+        assert!(
+            !holds(&p, &forwarding, &recorded("0")),
+            "a sysctl to restore"
+        );
         for (what, view) in [
             ("a rule", lost_rule),
             ("a route", lost_route),

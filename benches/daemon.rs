@@ -344,46 +344,18 @@ impl<'a> Daemon<'a> {
                         .stdout(Stdio::null())
                         .stderr(Stdio::piped())
                         .spawn()?;
-                    let spawned = Instant::now();
-                    let mut t0 = None;
-                    let mut ended = false;
-                    // A repair counts once the state was seen broken, or the command has
-                    // ended (it may be repaired between two looks): a notification that
-                    // is not the command's (a late one of the daemon's) cannot end a
-                    // run before the break.
-                    let mut seen_broken = false;
-                    while spawned.elapsed() < GIVE_UP {
-                        if t0.is_none() {
-                            t0 = watch.wait(Duration::from_millis(1))?;
-                        } else {
-                            std::thread::sleep(Duration::from_millis(1));
+                    let took = until_repaired(&mut child, &script, &watch, &mut nl, &mut check);
+                    match took {
+                        // The command may still run (a link flap's `sleep`): let it end.
+                        Ok(Some(_)) => {
+                            child.wait()?;
                         }
-                        if !ended {
-                            if let Some(status) = child.try_wait()? {
-                                ended = true;
-                                if !status.success() {
-                                    let mut err = String::new();
-                                    if let Some(mut e) = child.stderr.take() {
-                                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
-                                    }
-                                    bail!("`{script}` failed: {}", err.trim());
-                                }
-                                t0 = t0.or(Some(Instant::now()));
-                            }
-                        }
-                        if let Some(t0) = t0 {
-                            if !check(&mut nl)? {
-                                seen_broken = true;
-                            } else if seen_broken || ended {
-                                let took = t0.elapsed();
-                                child.wait()?;
-                                return Ok(Some(took));
-                            }
+                        _ => {
+                            let _ = child.kill();
+                            let _ = child.wait();
                         }
                     }
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    Ok(None)
+                    took
                 },
             )??;
             let Some(took) = took else {
@@ -510,6 +482,52 @@ fn pre_chain_has_rules() -> bool {
 /// is there is complete).
 fn nft_table_present() -> bool {
     matches!(rule_handles(TABLE), Ok(Some(rules)) if !rules.is_empty())
+}
+
+/// The time from the breaking command's commit (its first nftables notification on
+/// `watch`, or its end) until `check` holds again; `None` after `GIVE_UP`. A repair
+/// counts once the state was seen broken, or the command has ended (it may be repaired
+/// between two looks): a notification that is not the command's (a late one of the
+/// daemon's) cannot end a run before the break.
+fn until_repaired(
+    child: &mut std::process::Child,
+    script: &str,
+    watch: &NftWatch,
+    nl: &mut Netlink,
+    check: &mut impl FnMut(&mut Netlink) -> anyhow::Result<bool>,
+) -> anyhow::Result<Option<Duration>> {
+    let spawned = Instant::now();
+    let mut t0 = None;
+    let mut ended = false;
+    let mut seen_broken = false;
+    while spawned.elapsed() < GIVE_UP {
+        if t0.is_none() {
+            t0 = watch.wait(Duration::from_millis(1))?;
+        } else {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !ended {
+            if let Some(status) = child.try_wait()? {
+                ended = true;
+                if !status.success() {
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+                    }
+                    bail!("`{script}` failed: {}", err.trim());
+                }
+                t0 = t0.or(Some(Instant::now()));
+            }
+        }
+        if let Some(t0) = t0 {
+            if !check(nl)? {
+                seen_broken = true;
+            } else if seen_broken || ended {
+                return Ok(Some(t0.elapsed()));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// A socket subscribed to nftables notifications (NFNLGRP_NFTABLES): the kernel sends

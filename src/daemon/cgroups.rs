@@ -119,11 +119,12 @@ impl Watcher {
                 }
             }
         }
+        // A file that does not exist (yet) has no inode: neither kept nor added below.
         for p in &self.exec {
-            let events = self.hierarchy.dir(p).join("cgroup.events");
-            if events.exists() {
-                want.insert(events, AddWatchFlags::IN_MODIFY);
-            }
+            want.insert(
+                self.hierarchy.dir(p).join("cgroup.events"),
+                AddWatchFlags::IN_MODIFY,
+            );
         }
         let inode = |path: &PathBuf| std::fs::metadata(path).map(|m| m.ino()).ok();
         watches.retain(|path, (wd, ino)| {

@@ -292,13 +292,27 @@ fn a_kept_listing_never_hides_a_foreign_change() {
     let mut d = notified(&lab.fw, CONFIG, &[], &[]);
     d.wait_converged("start");
     let reused = |d: &Daemon| d.log().matches(REUSED).count();
-    // Asked inside the namespace (`nft_table_present` runs where it is called).
-    let present = || {
+    let present = || in_netns(lab.fw.name(), nft_table_present).expect("in netns");
+    // A change that adds the foreign mark user with our table deleted: refused, and our
+    // table stays away (a stale listing would have it written back).
+    let refused = |d: &Daemon, break_it: &dyn Fn()| {
+        let refused = d.log().matches(REFUSED).count();
+        break_it();
+        d.wait_log_count(REFUSED, refused + 1, SETTLE);
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !present(),
+            "the table was written back beside a new mark user:\n{}",
+            d.log()
+        );
+    };
+    // The mark user goes: converged again, our table back.
+    let cleared = |d: &Daemon, when: &str| {
         lab.fw
-            .exec(&["nft", "list", "tables"])
-            .expect("nft list tables")
-            .lines()
-            .any(|l| l.trim() == "table inet symroute")
+            .exec(&["nft", "delete table ip foreignmark"])
+            .expect("foreign table gone");
+        d.wait_converged(when);
+        assert!(present(), "not repaired:\n{}", d.log());
     };
     // Our table alone: repaired, and from the kept listing (after the first repair, whose
     // pass may have been the first to list since the start).
@@ -320,46 +334,24 @@ fn a_kept_listing_never_hides_a_foreign_change() {
         }
     }
     // One transaction: the foreign mark user, and our table deleted.
-    let refused = d.log().matches(REFUSED).count();
-    lab.fw
-        .exec(&["nft", &format!("{MARKER}; delete table inet symroute")])
-        .expect("one transaction");
-    d.wait_log_count(REFUSED, refused + 1, SETTLE);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !present(),
-        "the table was written back beside a new mark user:\n{}",
-        d.log()
-    );
+    refused(&d, &|| {
+        lab.fw
+            .exec(&["nft", &format!("{MARKER}; delete table inet symroute")])
+            .expect("one transaction");
+    });
     assert!(d.running(), "a conflict killed the daemon:\n{}", d.log());
-    // The conflict goes: converged again, and the next repair of our table alone lists
-    // once more before any reuse.
-    lab.fw
-        .exec(&["nft", "delete table ip foreignmark"])
-        .expect("foreign table gone");
-    d.wait_converged("after the conflict went away");
-    assert!(present(), "not repaired:\n{}", d.log());
-    // Two transactions, the foreign one first, then ours right after.
-    let refused = d.log().matches(REFUSED).count();
-    // `nft -i` commits each line on its own.
+    cleared(&d, "after the conflict went away");
+    // Two transactions, the foreign one first, then ours right after (`nft -i` commits
+    // each line on its own).
     let lines: String = MARKER.split("; add ").collect::<Vec<_>>().join("\nadd ");
-    lab.fw
-        .sh(&format!(
-            "nft -i <<'EOF'\n{lines}\ndelete table inet symroute\nEOF"
-        ))
-        .expect("two transactions");
-    d.wait_log_count(REFUSED, refused + 1, SETTLE);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !present(),
-        "the table was written back beside a new mark user:\n{}",
-        d.log()
-    );
-    lab.fw
-        .exec(&["nft", "delete table ip foreignmark"])
-        .expect("foreign table gone");
-    d.wait_converged("at the end");
-    assert!(present(), "not repaired:\n{}", d.log());
+    refused(&d, &|| {
+        lab.fw
+            .sh(&format!(
+                "nft -i <<'EOF'\n{lines}\ndelete table inet symroute\nEOF"
+            ))
+            .expect("two transactions");
+    });
+    cleared(&d, "at the end");
 }
 
 /// Routes of main's own (a BGP feed, a LAN's static routes) are nothing a reconcile

@@ -246,17 +246,16 @@ fn thread_cpu(pid: i32, name: &str) -> Option<Duration> {
         .filter_map(Result::ok)
         .find(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))?;
     let stat = std::fs::read_to_string(task.path().join("stat")).expect("stat");
-    let fields: Vec<u64> = stat
+    let fields: Vec<&str> = stat
         .rsplit_once(')')
         .expect("stat")
         .1
         .split_whitespace()
-        .filter_map(|f| f.parse().ok())
         .collect();
-    // utime and stime: fields 14 and 15, 11 and 12 after "pid (comm) state".
-    Some(Duration::from_millis(
-        (fields[10] + fields[11]) * 1000 / tick,
-    ))
+    // utime and stime: fields 14 and 15 (1-based), 11 and 12 after "pid (comm)" (a
+    // field such as tpgid may be -1, so every field counts).
+    let ticks = |i: usize| fields[i].parse::<u64>().expect("a tick count");
+    Some(Duration::from_millis((ticks(11) + ticks(12)) * 1000 / tick))
 }
 
 /// The cgroup watch sleeps between changes. It watches the directory a missing cgroup

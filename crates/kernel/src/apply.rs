@@ -456,9 +456,7 @@ fn prepare_with(
         None => {
             let mark = opts.listings.map(ListingMemo::mark);
             let halves = observe::halves()?;
-            if let (Some(memo), Some(mark), Ok(listed)) = (opts.listings, mark, &halves.ruleset) {
-                memo.keep(listed, mark);
-            }
+            ListingMemo::keep_if(opts.listings, mark, &halves.ruleset);
             halves
         }
     };

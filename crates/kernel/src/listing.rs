@@ -27,7 +27,7 @@ use serde_json::Value;
 #[derive(Debug, Default)]
 pub struct NftLedger(Mutex<Ledger>);
 
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Ledger {
     /// The generation of the last commit read (`None` after lost notifications, until
     /// the next commit).
@@ -87,6 +87,13 @@ impl ListingMemo {
     /// Keep `listing` (as `observe::nft_listing` returns it), taken after `mark`.
     pub fn keep(&self, listing: &Value, mark: Mark) {
         *self.kept.borrow_mut() = Some((super::observe::without_ours(listing), mark.0));
+    }
+
+    /// [`keep`](Self::keep) a listing that was read, where there is a memo (the daemon's).
+    pub(crate) fn keep_if<E>(memo: Option<&Self>, mark: Option<Mark>, listed: &Result<Value, E>) {
+        if let (Some(memo), Some(mark), Ok(listed)) = (memo, mark, listed) {
+            memo.keep(listed, mark);
+        }
     }
 
     /// The kept foreign tables, if they still hold at `generation` (the ruleset's, read

@@ -28,7 +28,6 @@ const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_GETCHAIN: u16 = 4;
 const NFTA_TABLE_NAME: u16 = 1;
-const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFT_MSG_NEWOBJ: u16 = 18;
 const NFT_MSG_GETOBJ: u16 = 19;
@@ -157,12 +156,11 @@ pub fn counters(table: &str) -> Result<Option<Counts>, KernelError> {
     Ok(Some(out))
 }
 
-/// A dump of one kind of object of family inet, and the attributes naming an object's
-/// table and the object itself.
+/// A dump of one kind of object of family inet, and the attribute naming the object
+/// (its table is in attribute 1: `names_inet_table`).
 struct Names {
     get: u16,
     new: u16,
-    table_attr: u16,
     name_attr: u16,
     seq: u32,
 }
@@ -171,14 +169,12 @@ impl Names {
     const TABLES: Names = Names {
         get: NFT_MSG_GETTABLE,
         new: NFT_MSG_NEWTABLE,
-        table_attr: NFTA_TABLE_NAME,
         name_attr: NFTA_TABLE_NAME,
         seq: 1,
     };
     const CHAINS: Names = Names {
         get: NFT_MSG_GETCHAIN,
         new: NFT_MSG_NEWCHAIN,
-        table_attr: NFTA_CHAIN_TABLE,
         name_attr: NFTA_CHAIN_NAME,
         seq: 2,
     };
@@ -203,11 +199,11 @@ fn inet_names(
         &[],
     );
     let interrupted = dump_raw(socket, buf, what, kind.seq, &request, |m| {
-        if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | kind.new {
-            let attrs = m.payload.get(4..).unwrap_or_default();
-            if attr_name(attrs, kind.table_attr).as_deref() == Some(table) {
-                names.extend(attr_name(attrs, kind.name_attr));
-            }
+        if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | kind.new && names_inet_table(m.payload, table) {
+            names.extend(attr_name(
+                m.payload.get(4..).unwrap_or_default(),
+                kind.name_attr,
+            ));
         }
         Ok(())
     })?;
@@ -282,7 +278,10 @@ fn attr_name(attrs: &[u8], kind: u16) -> Option<String> {
 
 /// The generation a NEWGEN notification (nfgenmsg, then attributes) announces.
 pub fn generation_of(payload: &[u8]) -> Option<u32> {
-    gen_id(payload.get(4..).unwrap_or_default())
+    NlasIterator::new(payload.get(4..).unwrap_or_default())
+        .map_while(Result::ok)
+        .find(|nla| nla.kind() == NFTA_GEN_ID)
+        .and_then(|nla| nla.value().try_into().ok().map(u32::from_be_bytes))
 }
 
 /// The generation of the namespace's nftables ruleset: the kernel counts every
@@ -312,19 +311,11 @@ fn generation_on(socket: &NfSocket, buf: &mut Vec<u8>) -> Result<u32, KernelErro
         &request,
         |m| {
             if m.kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN {
-                id = id.or(gen_id(m.payload.get(4..).unwrap_or_default()));
+                id = id.or(generation_of(m.payload));
             }
         },
     )?;
     id.ok_or_else(|| KernelError::Other("the kernel answered no nftables generation".into()))
-}
-
-/// NFTA_GEN_ID (big endian) of a NEWGEN message's attributes.
-fn gen_id(attrs: &[u8]) -> Option<u32> {
-    NlasIterator::new(attrs)
-        .map_while(Result::ok)
-        .find(|nla| nla.kind() == NFTA_GEN_ID)
-        .and_then(|nla| nla.value().try_into().ok().map(u32::from_be_bytes))
 }
 
 /// nlmsghdr + nfgenmsg + NFTA_RULE_TABLE, as a dump request.
@@ -391,12 +382,13 @@ mod tests {
 
     #[test]
     fn the_generation_is_read_from_its_attribute() {
-        let mut a = Vec::new();
+        // nfgenmsg, then the attribute.
+        let mut a = vec![0u8; 4];
         a.extend_from_slice(&8u16.to_ne_bytes());
         a.extend_from_slice(&NFTA_GEN_ID.to_ne_bytes());
         a.extend_from_slice(&0x0102_0304u32.to_be_bytes());
-        assert_eq!(gen_id(&a), Some(0x0102_0304));
-        assert_eq!(gen_id(&a[..6]), None);
+        assert_eq!(generation_of(&a), Some(0x0102_0304));
+        assert_eq!(generation_of(&a[..10]), None);
     }
 
     #[test]

@@ -221,9 +221,7 @@ pub fn prove(
             }),
             (_, _, Some((mark, thread))) => {
                 let ruleset = observe::joined(thread);
-                if let (Some(memo), Some(mark), Ok(listed)) = (listings, mark, &ruleset) {
-                    memo.keep(listed, mark);
-                }
+                ListingMemo::keep_if(listings, mark, &ruleset);
                 Some(observe::Halves {
                     netlink: observed,
                     ruleset,

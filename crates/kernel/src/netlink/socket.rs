@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, OnceLock};
 use std::time::Duration;
 
@@ -349,12 +348,22 @@ pub(crate) fn open_socket(protocol: isize, name: &str) -> Result<Socket, KernelE
 /// would only add to its start.
 pub(crate) struct NfSocket(Option<Socket>);
 
-static CLOSE_IN_BACKGROUND: AtomicBool = AtomicBool::new(false);
+/// Where dropped nfnetlink sockets go once [`close_nfnetlink_in_background`] was called:
+/// `None` inside when its thread could not start (they are closed where dropped). A
+/// Sender is Sync: the threads dropping sockets share it as it is.
+static CLOSER: OnceLock<Option<mpsc::Sender<Socket>>> = OnceLock::new();
 
 /// From now on, nfnetlink request sockets are closed on a thread of their own (the
 /// daemon calls this once, at its start).
 pub fn close_nfnetlink_in_background() {
-    CLOSE_IN_BACKGROUND.store(true, Ordering::Relaxed);
+    CLOSER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Socket>();
+        std::thread::Builder::new()
+            .name("nfnl-close".into())
+            .spawn(move || rx.into_iter().for_each(drop))
+            .ok()
+            .map(|_| tx)
+    });
 }
 
 impl NfSocket {
@@ -379,22 +388,8 @@ impl std::ops::Deref for NfSocket {
 
 impl Drop for NfSocket {
     fn drop(&mut self) {
-        // A Sender is Sync: the threads dropping sockets share it as it is.
-        static CLOSER: OnceLock<Option<mpsc::Sender<Socket>>> = OnceLock::new();
-        let Some(socket) = self.0.take() else { return };
-        if !CLOSE_IN_BACKGROUND.load(Ordering::Relaxed) {
-            return;
-        }
-        let closer = CLOSER.get_or_init(|| {
-            let (tx, rx) = mpsc::channel::<Socket>();
-            std::thread::Builder::new()
-                .name("nfnl-close".into())
-                .spawn(move || rx.into_iter().for_each(drop))
-                .ok()
-                .map(|_| tx)
-        });
-        // Without the thread (it could not start), or if it has gone, closed here.
-        if let Some(tx) = closer {
+        // Without the thread (not asked for, could not start, or gone), closed here.
+        if let (Some(socket), Some(Some(tx))) = (self.0.take(), CLOSER.get()) {
             let _ = tx.send(socket);
         }
     }
@@ -632,6 +627,7 @@ mod tests {
     #[test]
     fn an_nfnetlink_socket_is_closed_on_the_closer_thread() {
         use std::os::fd::AsRawFd;
+        // From here on for the whole test binary: it changes only when sockets close.
         close_nfnetlink_in_background();
         let socket = NfSocket::open().expect("an nfnetlink socket");
         let link = format!("/proc/self/fd/{}", socket.as_raw_fd());
